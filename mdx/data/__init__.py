@@ -1,0 +1,1 @@
+"""Data: sources (random access), phantoms, splits, label tools, transforms, grain pipelines."""

@@ -1,0 +1,1 @@
+"""Evaluation: metrics, bootstrap, calibration, Grad-CAM, reports. Reads predictions, not models."""

@@ -1,0 +1,1 @@
+"""Models: a registry by name, Flax Linen classifiers and segmenters, weight import."""

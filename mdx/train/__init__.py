@@ -1,0 +1,1 @@
+"""Training: TrainState, pure steps, device mesh, Orbax checkpoints, the host loop."""
