@@ -1,0 +1,148 @@
+"""DenseNet (Huang et al., 2017), laid out like torchvision and Keras so their weights import 1:1.
+
+Stages: stem (7x7/2 conv, BN, ReLU, 3x3/2 max pool), block1, transition1, ..., block<n>,
+norm_final (BN, ReLU: the last feature map, used by Grad-CAM), head (average pool, dense).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
+
+from mdx.models import common
+
+
+class Stem(nn.Module):
+  features: int
+  frozen: bool
+  axis_name: str | None
+  epsilon: float
+  dtype: Any
+
+  @nn.compact
+  def __call__(self, x, train: bool):
+    x = nn.Conv(self.features, (7, 7), (2, 2), padding=((3, 3), (3, 3)), use_bias=False,
+                dtype=self.dtype, kernel_init=common.conv_init, name="conv")(x)
+    x = common.batch_norm(train, self.frozen, self.axis_name, self.epsilon, self.dtype, "bn")(x)
+    x = nn.relu(x)
+    return nn.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
+
+
+class DenseLayer(nn.Module):
+  """BN-ReLU-1x1 conv (bottleneck) - BN-ReLU-3x3 conv: growth_rate new channels."""
+  growth_rate: int
+  bn_size: int
+  frozen: bool
+  axis_name: str | None
+  epsilon: float
+  dtype: Any
+
+  @nn.compact
+  def __call__(self, x, train: bool):
+    bn = lambda name: common.batch_norm(train, self.frozen, self.axis_name, self.epsilon,
+                                        self.dtype, name)
+    y = nn.relu(bn("bn1")(x))
+    y = nn.Conv(self.bn_size * self.growth_rate, (1, 1), use_bias=False, dtype=self.dtype,
+                kernel_init=common.conv_init, name="conv1")(y)
+    y = nn.relu(bn("bn2")(y))
+    return nn.Conv(self.growth_rate, (3, 3), padding=((1, 1), (1, 1)), use_bias=False,
+                   dtype=self.dtype, kernel_init=common.conv_init, name="conv2")(y)
+
+
+class DenseBlock(nn.Module):
+  num_layers: int
+  growth_rate: int
+  bn_size: int
+  frozen: bool
+  axis_name: str | None
+  epsilon: float
+  dtype: Any
+  remat: bool = False
+
+  @nn.compact
+  def __call__(self, x, train: bool):
+    layer_cls = nn.remat(DenseLayer, static_argnums=(2,)) if self.remat else DenseLayer
+    for i in range(self.num_layers):
+      y = layer_cls(self.growth_rate, self.bn_size, self.frozen, self.axis_name, self.epsilon,
+                    self.dtype, name=f"layer{i + 1}")(x, train)
+      x = jnp.concatenate([x, y.astype(x.dtype)], axis=-1)
+    return x
+
+
+class Transition(nn.Module):
+  """BN-ReLU-1x1 conv that halves the channels, then 2x2 average pooling."""
+  features: int
+  frozen: bool
+  axis_name: str | None
+  epsilon: float
+  dtype: Any
+
+  @nn.compact
+  def __call__(self, x, train: bool):
+    x = common.batch_norm(train, self.frozen, self.axis_name, self.epsilon, self.dtype, "bn")(x)
+    x = nn.Conv(self.features, (1, 1), use_bias=False, dtype=self.dtype,
+                kernel_init=common.conv_init, name="conv")(nn.relu(x))
+    return nn.avg_pool(x, (2, 2), (2, 2))
+
+
+class NormAct(nn.Module):
+  """BN then ReLU; its output is the classifier's last feature map."""
+  frozen: bool
+  axis_name: str | None
+  epsilon: float
+  dtype: Any
+
+  @nn.compact
+  def __call__(self, x, train: bool):
+    x = common.batch_norm(train, self.frozen, self.axis_name, self.epsilon, self.dtype, "bn")(x)
+    return nn.relu(x)
+
+
+class DenseNet(nn.Module):
+  """DenseNet-BC classifier on [B, H, W, C] images (any C): logits float32 [B, num_classes]."""
+  num_classes: int
+  block_sizes: Sequence[int] = (6, 12, 24, 16)
+  growth_rate: int = 32
+  stem_features: int = 64
+  bn_size: int = 4
+  compression: float = 0.5
+  dtype: Any = "float32"
+  bn_axis_name: str | None = None
+  bn_epsilon: float = 1.001e-5   # Keras applications; torchvision's 1e-5 differs by 1e-8
+  freeze: str = "none"
+  remat: bool = False
+
+  gradcam_layer: ClassVar[str] = "norm_final"
+
+  @property
+  def stages(self) -> tuple[str, ...]:
+    names = ["stem"]
+    for i in range(len(self.block_sizes)):
+      names.append(f"block{i + 1}")
+      if i < len(self.block_sizes) - 1:
+        names.append(f"transition{i + 1}")
+    return tuple(names + ["norm_final", "head"])
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    dtype = common.compute_dtype(self.dtype)
+    frozen = common.frozen_stages(self.stages, self.freeze)
+    kw = dict(axis_name=self.bn_axis_name, epsilon=self.bn_epsilon, dtype=dtype)
+    x = x.astype(dtype)
+    x = Stem(self.stem_features, "stem" in frozen, name="stem", **kw)(x, train)
+    features = self.stem_features
+    for i, n in enumerate(self.block_sizes):
+      name = f"block{i + 1}"
+      x = DenseBlock(n, self.growth_rate, self.bn_size, name in frozen, remat=self.remat,
+                     name=name, **kw)(x, train)
+      features += n * self.growth_rate
+      if i < len(self.block_sizes) - 1:
+        name = f"transition{i + 1}"
+        features = int(features * self.compression)
+        x = Transition(features, name in frozen, name=name, **kw)(x, train)
+    x = NormAct("norm_final" in frozen, name="norm_final", **kw)(x, train)
+    return common.Head(self.num_classes, name="head")(x)

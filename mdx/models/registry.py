@@ -1,0 +1,66 @@
+"""Models by name: config.model.name -> a Flax module, imported lazily so no import cycles arise.
+
+  model = registry.create('densenet121', num_classes=14, dtype='bfloat16')
+  model = registry.create_from_config(config.model, bn_axis_name='data')
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+from typing import Any
+
+from flax import linen as nn
+
+# name -> ('module:Class', default kwargs). Defaults are the published architectures.
+MODELS: dict[str, tuple[str, dict[str, Any]]] = {
+  "densenet121": ("mdx.models.densenet:DenseNet", dict(block_sizes=(6, 12, 24, 16))),
+  "densenet169": ("mdx.models.densenet:DenseNet", dict(block_sizes=(6, 12, 32, 32))),
+  "densenet201": ("mdx.models.densenet:DenseNet", dict(block_sizes=(6, 12, 48, 32))),
+  "densenet_tiny": ("mdx.models.densenet:DenseNet",
+                    dict(block_sizes=(2, 2), growth_rate=8, stem_features=16, bn_size=2)),
+  "unet3d": ("mdx.models.unet3d:UNet3D", {}),
+}
+
+# Config fields of config.model that are not module fields (read by the training core).
+NON_MODEL_FIELDS = frozenset({"name", "num_classes", "dtype", "init_from"})
+
+
+def model_class(name: str) -> tuple[type[nn.Module], dict[str, Any]]:
+  """The module class and default kwargs registered under `name`."""
+  if name not in MODELS:
+    raise ValueError(f"model name {name!r} is unknown; choose one of {sorted(MODELS)}")
+  path, defaults = MODELS[name]
+  module_name, class_name = path.split(":")
+  return getattr(importlib.import_module(module_name), class_name), dict(defaults)
+
+
+def create(name: str, *, num_classes: int, dtype: str = "float32", bn_axis_name: str | None = None,
+           **kwargs: Any) -> nn.Module:
+  """Builds a registered model; unknown kwargs are a ValueError naming them."""
+  cls, params = model_class(name)
+  fields = {f.name for f in dataclasses.fields(cls) if f.init} - {"parent", "name"}
+  unknown = sorted(set(kwargs) - fields)
+  if unknown:
+    raise ValueError(f"model {name!r} has no field(s) {unknown}; its fields are "
+                     f"{sorted(fields - {'num_classes', 'dtype', 'bn_axis_name'})}")
+  params.update(kwargs)
+  params.update(num_classes=num_classes, dtype=dtype)
+  if "bn_axis_name" in fields:
+    params["bn_axis_name"] = bn_axis_name
+  return cls(**params)
+
+
+def create_from_config(model_config: Any, bn_axis_name: str | None = None) -> nn.Module:
+  """Builds config.model (name, num_classes, dtype, model-specific fields such as growth_rate)."""
+  cfg = model_config.to_dict() if hasattr(model_config, "to_dict") else dict(model_config)
+  for key in ("name", "num_classes"):
+    if key not in cfg:
+      raise ValueError(f"config.model.{key} is missing; set it in the experiment file or by flag")
+  kwargs = {k: (tuple(v) if isinstance(v, list) else v) for k, v in cfg.items()
+            if k not in NON_MODEL_FIELDS}
+  try:
+    return create(cfg["name"], num_classes=cfg["num_classes"], dtype=cfg.get("dtype", "float32"),
+                  bn_axis_name=bn_axis_name, **kwargs)
+  except ValueError as e:
+    raise ValueError(f"config.model: {e}") from None
