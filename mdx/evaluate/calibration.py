@@ -1,0 +1,113 @@
+"""Calibration: reliability curve, expected calibration error, and Platt / isotonic recalibration.
+
+A calibrated model's 0.8 means 8 in 10 such patients have the finding. Recalibration maps are
+fitted on validation predictions and applied to test predictions, never fitted on test.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+from sklearn.isotonic import IsotonicRegression
+
+
+def _known(y, p) -> tuple[np.ndarray, np.ndarray]:
+  y = np.asarray(y, np.float64)
+  p = np.asarray(p, np.float64)
+  if y.shape != p.shape or y.ndim != 1:
+    raise ValueError(f"labels {y.shape} and probabilities {p.shape} must both be 1-D of equal length")
+  keep = ~np.isnan(y)
+  return y[keep], p[keep]
+
+
+def _bin_index(p: np.ndarray, n_bins: int) -> np.ndarray:
+  # Bins [0, 1/n], (1/n, 2/n], ..., ((n-1)/n, 1]: the edges of sklearn's calibration_curve.
+  return np.searchsorted(np.linspace(0.0, 1.0, n_bins + 1)[1:-1], p)
+
+
+def reliability_curve(y_true, y_prob, n_bins: int = 10) -> dict[str, np.ndarray]:
+  """Per equal-width bin: mean predicted probability, observed fraction positive, count.
+
+  Empty bins are left out (same points as sklearn.calibration.calibration_curve, strategy='uniform').
+  """
+  y, p = _known(y_true, y_prob)
+  b = _bin_index(p, n_bins)
+  count = np.bincount(b, minlength=n_bins).astype(np.float64)
+  sum_p = np.bincount(b, weights=p, minlength=n_bins)
+  sum_y = np.bincount(b, weights=y, minlength=n_bins)
+  nz = count > 0
+  return {"mean_predicted": sum_p[nz] / count[nz], "fraction_positive": sum_y[nz] / count[nz],
+          "count": count[nz], "bin_lower": np.arange(n_bins)[nz] / n_bins}
+
+
+def expected_calibration_error(y_true, y_prob, n_bins: int = 10, sample_weight=None):
+  """ECE = sum over equal-width bins of (share of cases) x |fraction positive - mean probability|.
+
+  With weights [B, N] returns [B] (bootstrap); nan when there are no known labels.
+  """
+  y = np.asarray(y_true, np.float64)
+  p = np.asarray(y_prob, np.float64)
+  keep = ~np.isnan(y)
+  y, p = y[keep], p[keep]
+  w = np.ones_like(y) if sample_weight is None else np.asarray(sample_weight, np.float64)[..., keep]
+  onehot = np.eye(n_bins)[_bin_index(p, n_bins)]  # [N, n_bins]
+  count, sum_p, sum_y = w @ onehot, (w * p) @ onehot, (w * y) @ onehot
+  total = count.sum(-1)
+  gap = np.abs(sum_y - sum_p).sum(-1)  # = sum_b count_b * |mean_y_b - mean_p_b|
+  out = np.where(total > 0, gap / np.where(total > 0, total, 1.0), np.nan)
+  return float(out) if out.ndim == 0 else out
+
+
+def _logit(p: np.ndarray) -> np.ndarray:
+  p = np.clip(p, 1e-7, 1 - 1e-7)
+  return np.log(p) - np.log1p(-p)
+
+
+@dataclasses.dataclass(frozen=True)
+class Platt:
+  """p' = sigmoid(a * logit(p) + b), fitted by maximum likelihood (Newton's method, no penalty)."""
+  a: float
+  b: float
+
+  def __call__(self, p) -> np.ndarray:
+    z = self.a * _logit(np.asarray(p, np.float64)) + self.b
+    return 1.0 / (1.0 + np.exp(-z))
+
+
+def fit_platt(y_true, y_prob, max_iter: int = 100) -> Platt:
+  """Logistic regression of the label on logit(p); a tiny ridge keeps separable data finite."""
+  y, p = _known(y_true, y_prob)
+  if len(np.unique(y)) < 2:
+    raise ValueError("Platt scaling needs positives and negatives in the validation labels")
+  x = np.stack([_logit(p), np.ones_like(p)], 1)
+  theta = np.array([1.0, 0.0])
+  ridge = 1e-8
+  for _ in range(max_iter):
+    q = 1.0 / (1.0 + np.exp(-(x @ theta)))
+    grad = x.T @ (q - y) + ridge * theta
+    hess = (x * (q * (1 - q))[:, None]).T @ x + ridge * np.eye(2)
+    step = np.linalg.solve(hess, grad)
+    theta = theta - step
+    if np.abs(step).max() < 1e-10:
+      break
+  return Platt(float(theta[0]), float(theta[1]))
+
+
+@dataclasses.dataclass(frozen=True)
+class Isotonic:
+  """Monotone step map from probability to observed frequency (pool adjacent violators)."""
+  model: IsotonicRegression
+
+  def __call__(self, p) -> np.ndarray:
+    return np.asarray(self.model.predict(np.asarray(p, np.float64)), np.float64)
+
+
+def fit_isotonic(y_true, y_prob) -> Isotonic:
+  """Isotonic regression of the label on p, clipped to [0, 1] outside the validation range."""
+  y, p = _known(y_true, y_prob)
+  if len(y) == 0:
+    raise ValueError("isotonic recalibration needs known validation labels")
+  model = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip", increasing=True)
+  model.fit(p, y)
+  return Isotonic(model)
