@@ -1,0 +1,173 @@
+"""Grad-CAM for any Flax Linen classifier, without the model's cooperation.
+
+Selvaraju et al. (2017): weight each channel k of a feature map A by the spatial mean of
+d logit_c / d A_k, sum, ReLU, upsample. The feature map is taken from a named submodule through
+`flax.linen.intercept_methods`: the interceptor records the submodule's output and adds a zero
+`delta` to it, so the gradient of the logit with respect to delta is the gradient with respect to
+the feature map. The model needs no hooks; models may name their default layer in a class attribute
+`gradcam_layer` (otherwise the last submodule that outputs a 4-D feature map is used).
+"""
+
+from __future__ import annotations
+
+import os
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def _path(module: nn.Module) -> str:
+  return "/".join(str(p) for p in module.path)
+
+
+def _apply(model, variables, images):
+  return model.apply(variables, images, train=False)
+
+
+def feature_maps(model: nn.Module, variables, images) -> list[tuple[str, tuple[int, ...]]]:
+  """(path, shape) of every submodule output that is a 4-D [B, h, w, K] map, in completion order."""
+  found: list[tuple[str, tuple[int, ...]]] = []
+
+  def record(next_fun, args, kwargs, context):
+    out = next_fun(*args, **kwargs)
+    if (context.method_name == "__call__" and isinstance(out, jax.Array) and out.ndim == 4
+        and context.module.path):
+      found.append((_path(context.module), tuple(out.shape)))
+    return out
+
+  with nn.intercept_methods(record):
+    jax.eval_shape(lambda v, x: _apply(model, v, x), variables, jnp.asarray(images))
+  return found
+
+
+def resolve_layer(model: nn.Module, variables, images, layer: str | None) -> tuple[str, tuple, object]:
+  """The full path, output shape and dtype of the layer Grad-CAM reads.
+
+  `layer` is a '/'-joined path ('backbone/DenseBlock_3') or its unique tail ('DenseBlock_3');
+  None uses the model's `gradcam_layer` attribute, else the last 4-D feature map.
+  """
+  dtypes: dict[str, tuple[tuple, object]] = {}
+
+  def record(next_fun, args, kwargs, context):
+    out = next_fun(*args, **kwargs)
+    if context.method_name == "__call__" and isinstance(out, jax.Array) and context.module.path:
+      dtypes.setdefault(_path(context.module), (tuple(out.shape), out.dtype))
+      order.append(_path(context.module))
+    return out
+
+  order: list[str] = []
+  with nn.intercept_methods(record):
+    jax.eval_shape(lambda v, x: _apply(model, v, x), variables, jnp.asarray(images))
+  maps = [p for p in order if len(dtypes[p][0]) == 4]
+  if layer is None:
+    layer = getattr(type(model), "gradcam_layer", None) or getattr(model, "gradcam_layer", None)
+    if layer is None:
+      if not maps:
+        raise ValueError(f"{type(model).__name__} has no submodule that outputs a 4-D feature map; "
+                         "Grad-CAM needs a convolutional layer")
+      layer = maps[-1]
+  want = tuple(layer.strip("/").split("/"))
+  if "/".join(want) in dtypes:
+    full = "/".join(want)
+  else:
+    hits = sorted({p for p in dtypes if tuple(p.split("/"))[-len(want):] == want})
+    if len(hits) != 1:
+      what = "matches several layers " + str(hits) if hits else "matches no layer"
+      raise ValueError(f"Grad-CAM layer {layer!r} {what} of {type(model).__name__}; "
+                       f"4-D feature maps are: {sorted(set(maps))}")
+    full = hits[0]
+  shape, dtype = dtypes[full]
+  if len(shape) != 4:
+    raise ValueError(f"Grad-CAM layer {full!r} outputs shape {shape}, not a 4-D [B, h, w, K] map")
+  return full, shape, dtype
+
+
+def grad_cam(model: nn.Module, variables, images, class_index: int, layer: str | None = None,
+             *, upsample: bool = True) -> np.ndarray:
+  """Grad-CAM heat maps [B, H, W] in [0, 1] for logit `class_index` (model in eval mode).
+
+  images: [B, H, W, C] as the model takes them. layer: see resolve_layer. upsample=False returns
+  the maps at the layer's resolution [B, h, w]. A map whose ReLU is zero everywhere stays zero.
+  """
+  images = jnp.asarray(images)
+  if images.ndim != 4:
+    raise ValueError(f"images must be [B, H, W, C], got shape {images.shape}")
+  path, shape, dtype = resolve_layer(model, variables, images, layer)
+
+  def logit_and_features(delta, variables, images):
+    feats: list[jax.Array] = []
+
+    def add_delta(next_fun, args, kwargs, context):
+      out = next_fun(*args, **kwargs)
+      if context.method_name == "__call__" and not feats and _path(context.module) == path:
+        feats.append(out)
+        out = out + delta
+      return out
+
+    with nn.intercept_methods(add_delta):
+      logits = _apply(model, variables, images)
+    return logits[:, class_index].astype(jnp.float32).sum(), feats[0]
+
+  @jax.jit
+  def compute(variables, images):
+    grads, feats = jax.grad(logit_and_features, has_aux=True)(
+        jnp.zeros(shape, dtype), variables, images)
+    alpha = grads.astype(jnp.float32).mean(axis=(1, 2))  # [B, K]
+    cam = jax.nn.relu(jnp.einsum("bhwk,bk->bhw", feats.astype(jnp.float32), alpha))
+    if upsample:
+      cam = jax.image.resize(cam, (cam.shape[0],) + tuple(images.shape[1:3]), "bilinear")
+      cam = jnp.maximum(cam, 0.0)
+    peak = cam.max(axis=(1, 2), keepdims=True)
+    return jnp.where(peak > 0, cam / jnp.where(peak > 0, peak, 1.0), 0.0)
+
+  return np.asarray(compute(variables, images))
+
+
+def peak_in_mask_rate(heatmaps, masks) -> float:
+  """Share of images whose heat-map peak (argmax) lies inside the mask. Masks [B, H, W] bool."""
+  heat = np.asarray(heatmaps)
+  masks = np.asarray(masks, bool)
+  if heat.shape != masks.shape or heat.ndim != 3:
+    raise ValueError(f"heatmaps {heat.shape} and masks {masks.shape} must both be [B, H, W]")
+  empty = np.flatnonzero(~masks.reshape(len(masks), -1).any(1))
+  if len(empty):
+    raise ValueError(f"masks {empty.tolist()} are empty: pass only images that show the finding")
+  flat = heat.reshape(len(heat), -1).argmax(1)
+  return float(masks.reshape(len(masks), -1)[np.arange(len(masks)), flat].mean())
+
+
+def overlay_png(image, heatmap, path: str, title: str | None = None, mask=None) -> str:
+  """Saves the image in grey with the heat map over it (and the mask's outline if given) as PNG."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  img = np.asarray(image, np.float64)
+  if img.ndim == 3:
+    img = img.mean(-1) if img.shape[-1] > 1 else img[..., 0]
+  heat = np.asarray(heatmap, np.float64)
+  if img.shape != heat.shape:
+    raise ValueError(f"image {img.shape} and heat map {heat.shape} must have the same height and width")
+  lo, hi = np.nanmin(img), np.nanmax(img)
+  img = (img - lo) / (hi - lo) if hi > lo else np.zeros_like(img)
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  fig, axes = plt.subplots(1, 2, figsize=(6, 3.2))
+  axes[0].imshow(img, cmap="gray", vmin=0, vmax=1)
+  axes[0].set_title("image", fontsize=9)
+  axes[1].imshow(img, cmap="gray", vmin=0, vmax=1)
+  shown = axes[1].imshow(heat, cmap="jet", alpha=0.45, vmin=0, vmax=1)
+  axes[1].set_title("Grad-CAM", fontsize=9)
+  if mask is not None:
+    for ax in axes:
+      ax.contour(np.asarray(mask, float), levels=[0.5], colors="white", linewidths=0.8)
+  for ax in axes:
+    ax.axis("off")
+  fig.colorbar(shown, ax=axes[1], fraction=0.046, pad=0.04)
+  if title:
+    fig.suptitle(title, fontsize=10)
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+  return path

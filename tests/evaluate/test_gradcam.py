@@ -1,0 +1,118 @@
+"""Grad-CAM on tiny hand-made CNNs where the answer is known."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mdx.evaluate import gradcam as G
+
+
+class Block(nn.Module):
+  features: int
+
+  @nn.compact
+  def __call__(self, x):
+    return nn.relu(nn.Conv(self.features, (3, 3), name="conv")(x))
+
+
+class TinyCNN(nn.Module):
+  """conv -> Block 'features' -> global average pool -> dense: Grad-CAM here equals CAM."""
+  gradcam_layer = "features"
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    h = nn.relu(nn.Conv(4, (3, 3), name="stem")(x))
+    h = Block(6, name="features")(h)
+    return nn.Dense(2, name="head")(h.mean((1, 2)))
+
+
+class NoAttr(TinyCNN):
+  gradcam_layer = None
+
+
+def _images(rng, n=3, size=12):
+  return rng.normal(size=(n, size, size, 1)).astype(np.float32)
+
+
+def test_grad_cam_equals_cam_for_global_pool_and_linear_head():
+  """For GAP + linear head, d logit_c / d A_k = W[k, c] / (h w): Grad-CAM = relu(sum_k W[k, c] A_k)."""
+  rng = np.random.default_rng(0)
+  x = _images(rng)
+  model = TinyCNN()
+  variables = model.init(jax.random.key(0), x)
+  _, state = model.apply(variables, x, capture_intermediates=True, mutable=["intermediates"])
+  feats = np.asarray(state["intermediates"]["features"]["__call__"][0])
+  w = np.asarray(variables["params"]["head"]["kernel"])
+  for c in range(2):
+    cam = np.maximum(np.einsum("bhwk,k->bhw", feats, w[:, c]), 0)
+    cam = cam / cam.max(axis=(1, 2), keepdims=True)
+    got = G.grad_cam(model, variables, x, c, upsample=False)
+    np.testing.assert_allclose(got, cam, rtol=1e-4, atol=1e-5)
+    full = G.grad_cam(model, variables, x, c)
+    assert full.shape == (3, 12, 12) and full.min() >= 0 and full.max() == pytest.approx(1.0)
+
+
+def test_heat_map_peak_falls_on_the_evidence():
+  """A bright square is the only thing that activates the features: the peak must sit on it."""
+  model = TinyCNN()
+  rng = np.random.default_rng(1)
+  size, n = 24, 6
+  x = 0.05 * rng.random((n, size, size, 1)).astype(np.float32)
+  masks = np.zeros((n, size, size), bool)
+  for i in range(n):
+    r, c = rng.integers(2, size - 8, 2)
+    x[i, r:r + 6, c:c + 6] = 1.0
+    masks[i, r:r + 6, c:c + 6] = True
+  variables = model.init(jax.random.key(0), x)
+  params = jax.tree_util.tree_map(np.asarray, variables["params"])
+  params["stem"]["kernel"] = np.full((3, 3, 1, 4), 1 / 9, np.float32)   # local mean brightness
+  params["stem"]["bias"] = np.full((4,), -0.5, np.float32)             # only bright regions pass
+  params["features"]["conv"]["kernel"] = np.full((3, 3, 4, 6), 1 / 36, np.float32)
+  params["features"]["conv"]["bias"] = np.zeros((6,), np.float32)
+  params["head"]["kernel"] = np.ones((6, 2), np.float32) * np.array([1.0, -1.0], np.float32)
+  variables = {"params": params}
+  heat = G.grad_cam(model, variables, x, 0)
+  assert G.peak_in_mask_rate(heat, masks) == 1.0
+  # The heat outside the square is small.
+  assert heat[~masks].mean() < 0.25 * heat[masks].mean()
+  # Class 1 has negative evidence there: its ReLU'd map is zero.
+  assert np.all(G.grad_cam(model, variables, x, 1) == 0)
+
+
+def test_layer_choice_by_path_tail_and_default():
+  rng = np.random.default_rng(2)
+  x = _images(rng, n=2)
+  model = TinyCNN()
+  variables = model.init(jax.random.key(1), x)
+  assert G.resolve_layer(model, variables, x, None)[0] == "features"
+  assert G.resolve_layer(NoAttr(), variables, x, None)[0] == "features"  # last 4-D map
+  assert G.resolve_layer(model, variables, x, "features/conv")[0] == "features/conv"
+  assert G.resolve_layer(model, variables, x, "stem")[1] == (2, 12, 12, 4)
+  a = G.grad_cam(model, variables, x, 0, layer="conv")  # unique tail of features/conv
+  b = G.grad_cam(model, variables, x, 0, layer="features/conv")
+  np.testing.assert_allclose(a, b)
+  assert not np.allclose(G.grad_cam(model, variables, x, 0, layer="stem"), a)
+  with pytest.raises(ValueError, match="matches no layer.*features"):
+    G.grad_cam(model, variables, x, 0, layer="DenseBlock_3")
+  with pytest.raises(ValueError, match="not a 4-D"):
+    G.grad_cam(model, variables, x, 0, layer="head")
+  maps = G.feature_maps(model, variables, x)
+  assert [p for p, _ in maps] == ["stem", "features/conv", "features"]
+
+
+def test_peak_in_mask_rate_and_overlay(tmp_path):
+  heat = np.zeros((2, 4, 4))
+  heat[0, 1, 1] = 1.0
+  heat[1, 3, 3] = 1.0
+  masks = np.zeros((2, 4, 4), bool)
+  masks[:, :2, :2] = True
+  assert G.peak_in_mask_rate(heat, masks) == 0.5
+  with pytest.raises(ValueError, match="empty"):
+    G.peak_in_mask_rate(heat, np.zeros((2, 4, 4), bool))
+  path = G.overlay_png(np.random.default_rng(0).random((16, 16, 3)), np.random.default_rng(1).random((16, 16)),
+                       str(tmp_path / "sub" / "o.png"), title="Mass p=0.91", mask=np.eye(16) > 0)
+  from PIL import Image
+  with Image.open(path) as im:
+    assert im.format == "PNG" and im.size[0] > 100
