@@ -32,12 +32,41 @@ def _phantoms(data_config, seed: int) -> RecordSource:
                                     image_size=data_config.image_size, seed=seed)
 
 
-# name -> builder(config.data, seed). Real sources register here too.
-SOURCES: dict[str, Callable[[Any, int], RecordSource]] = {"phantoms": _phantoms}
+def _nih(data_config, seed: int) -> RecordSource:
+  from mdx.data import nih
+  return nih.make_source(data_config, seed)
+
+
+def _chexpert(data_config, seed: int) -> RecordSource:
+  from mdx.data import chexpert
+  return chexpert.make_source(data_config, seed)
+
+
+def _folders(data_config, seed: int) -> RecordSource:
+  from mdx.data import folders
+  return folders.make_source(data_config, seed)
+
+
+def _nih_expert(data_config, seed: int) -> RecordSource:
+  from mdx.data import nih_expert
+  return nih_expert.make_source(data_config, seed)
+
+
+# name -> builder(config.data, seed). The config.data fields of each real source are documented in
+# its module: nih.py, chexpert.py, folders.py, nih_expert.py. Every real source also takes
+# config.data.prepared_dir: when set, records are read from the TFDS ArrayRecord files that
+# `python -m mdx.data.prepare --config=...` wrote there (images already resized).
+SOURCES: dict[str, Callable[[Any, int], RecordSource]] = {
+    "phantoms": _phantoms, "nih": _nih, "chexpert": _chexpert, "folders": _folders,
+    "nih_expert": _nih_expert}
 
 
 def make_source(data_config, seed: int) -> RecordSource:
   name = data_config.source
   if name not in SOURCES:
     raise ValueError(f"config.data.source={name!r} is unknown; choose one of {sorted(SOURCES)}")
+  prepared = data_config.get("prepared_dir") if hasattr(data_config, "get") else None
+  if prepared and name != "phantoms":
+    from mdx.data import tfds_builders
+    return tfds_builders.load_prepared(data_config, seed)
   return SOURCES[name](data_config, seed)

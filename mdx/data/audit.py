@@ -1,0 +1,71 @@
+"""Leakage audit: which patients, images and findings two or more sets share.
+
+  python -m mdx.data.audit A.csv B.csv [C.csv ...] [--patient-column="Patient ID"]
+  python -m mdx.data.audit --config=experiments/nih_64px.py
+
+prints a summary per set and per pair, and exits with status 1 when any patient is in two sets
+(0 otherwise), so it can guard a pipeline or CI job.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from mdx.data import metadata, splits
+
+
+def audit_tables(paths: list[str], patient_column: str | None = None, kind: str = "auto") -> dict:
+  loaded = [metadata.load(p, kind, patient_column=patient_column) for p in paths]
+  findings = loaded[0].findings
+  same = all(t.findings == findings for t in loaded)
+  sets = {}
+  for t in loaded:
+    name = os.path.splitext(os.path.basename(t.path.removesuffix(".gz")))[0]
+    while name in sets:
+      name += "'"
+    sets[name] = {"patient_ids": t.patient_ids, "image_ids": t.image_ids,
+                  "labels": t.labels if same else None}
+  return splits.audit(sets, findings if same else None)
+
+
+def audit_config(config) -> dict:
+  from mdx.data import sources
+  source = sources.make_source(config.data, config.seed)
+  parts = splits.make_split(config.data, source, config.seed)
+  labels, pids, ids = source.labels(), source.patient_ids(), source.image_ids()
+  return splits.audit({n: {"patient_ids": pids[i], "image_ids": ids[i], "labels": labels[i]}
+                       for n, i in parts.items()}, source.findings)
+
+
+def _load_config(path: str):
+  import importlib.util
+  spec = importlib.util.spec_from_file_location("experiment_config", path)
+  if spec is None or not os.path.exists(path):
+    raise FileNotFoundError(f"config file {path} does not exist")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
+def main(argv: list[str] | None = None) -> int:
+  parser = argparse.ArgumentParser(prog="python -m mdx.data.audit", description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("csvs", nargs="*", help="metadata CSV(s) of the sets to compare")
+  parser.add_argument("--patient-column", default=None, help="patient id column (default: guessed)")
+  parser.add_argument("--kind", default="auto", choices=["auto", "nih", "chexpert", "columns"])
+  parser.add_argument("--config", default=None, help="an experiment file: audit its split")
+  args = parser.parse_args(argv)
+  if args.config:
+    report = audit_config(_load_config(args.config))
+  else:
+    if len(args.csvs) < 2:
+      parser.error("give at least two CSV files (or --config)")
+    report = audit_tables(args.csvs, args.patient_column, args.kind)
+  print(splits.format_audit(report))
+  return 1 if report["leak"] else 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,119 @@
+"""CheXpert as it comes: train.csv / valid.csv with 1, 0, -1 (uncertain) and blank labels.
+
+config.data fields (source='chexpert'):
+  metadata: train.csv or valid.csv (columns 'Path', 'Frontal/Lateral', then the observations).
+  images: the folder the 'Path' column is relative to (the parent of CheXpert-v1.0[-small]/), or
+    the dataset folder itself.
+  findings: observation columns to predict (default: the 5 of the CheXpert competition).
+  uncertain: policy for -1: 'ones', 'zeros' or 'ignore' (nan, masked out of the loss), or a dict
+    {finding: policy} (e.g. U-Ones for Atelectasis and Edema, U-Zeros for the rest).
+  blank: policy for empty cells (not mentioned in the report): 'zeros' (default) or 'ignore'.
+  frontal_only: keep only frontal views (default False).
+  channels, on_error: as for NIH.
+The patient id is taken from the path (.../patient00001/study1/view1_frontal.jpg -> patient00001).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from mdx.data import tables
+
+OBSERVATIONS = ("No Finding", "Enlarged Cardiomediastinum", "Cardiomegaly", "Lung Opacity",
+                "Lung Lesion", "Edema", "Consolidation", "Pneumonia", "Atelectasis",
+                "Pneumothorax", "Pleural Effusion", "Pleural Other", "Fracture", "Support Devices")
+COMPETITION = ("Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Pleural Effusion")
+PATIENT_RE = re.compile(r"(patient\d+)")
+POLICIES = {"ones": 1.0, "zeros": 0.0, "ignore": np.nan}
+
+
+def _policy_value(policy: str, what: str) -> float:
+  if policy not in POLICIES:
+    raise ValueError(f"config.data.{what}={policy!r}; choose one of {sorted(POLICIES)}")
+  return POLICIES[policy]
+
+
+def parse_labels(rows: Sequence[dict[str, str]], findings: Sequence[str],
+                 uncertain: str | Mapping[str, str] = "ignore", blank: str = "zeros",
+                 where: str = "metadata") -> np.ndarray:
+  """CheXpert cells -> float32 [N, len(findings)] with the chosen uncertain / blank policies."""
+  if isinstance(uncertain, str):
+    uncertain = {f: uncertain for f in findings}
+  unknown = set(uncertain) - set(findings)
+  if unknown:
+    raise ValueError(f"config.data.uncertain names {sorted(unknown)}, which are not in findings "
+                     f"{list(findings)}")
+  u_value = [_policy_value(uncertain.get(f, "ignore"), "uncertain") for f in findings]
+  b_value = _policy_value(blank, "blank")
+  out = np.empty((len(rows), len(findings)), np.float32)
+  for r, row in enumerate(rows):
+    for c, f in enumerate(findings):
+      cell = (row.get(f) or "").strip()
+      if cell == "":
+        out[r, c] = b_value
+        continue
+      try:
+        v = float(cell)
+      except ValueError:
+        v = None
+      if v == 1.0:
+        out[r, c] = 1.0
+      elif v == 0.0:
+        out[r, c] = 0.0
+      elif v == -1.0:
+        out[r, c] = u_value[c]
+      else:
+        raise ValueError(f"{where}: row {r + 2} ({row.get('Path')}) column {f!r} has {cell!r}; "
+                         "CheXpert labels are 1, 0, -1 (uncertain) or blank")
+  return out
+
+
+def patient_of(path: str, where: str) -> str:
+  m = PATIENT_RE.search(path)
+  if not m:
+    raise ValueError(f"{where}: cannot find the patient id (patientNNNNN) in path {path!r}")
+  return m.group(1)
+
+
+def _resolve(root: str, rel: str) -> str:
+  """root/rel, or root/rel without its first folder when root is the dataset folder itself."""
+  full = os.path.join(root, rel)
+  if os.path.exists(full):
+    return full
+  parts = rel.replace("\\", "/").split("/", 1)
+  if len(parts) == 2:
+    alt = os.path.join(root, parts[1])
+    if os.path.exists(alt):
+      return alt
+  return full
+
+
+def make_source(data_config, seed: int = 0) -> tables.FileSource:
+  del seed
+  metadata = tables.require(data_config, "metadata", "chexpert")
+  findings = tuple(tables.config_get(data_config, "findings", COMPETITION))
+  _, rows = tables.read_csv(metadata, ("Path", *findings))
+  if tables.config_get(data_config, "frontal_only", False):
+    if rows and "Frontal/Lateral" not in rows[0]:
+      raise ValueError(f"{metadata}: frontal_only needs the 'Frontal/Lateral' column")
+    rows = [r for r in rows if r["Frontal/Lateral"] == "Frontal"]
+  uncertain = tables.config_get(data_config, "uncertain", "ignore")
+  if not isinstance(uncertain, str):
+    uncertain = dict(uncertain)
+  labels = parse_labels(rows, findings, uncertain, tables.config_get(data_config, "blank", "zeros"),
+                        where=metadata)
+  patients = [patient_of(r["Path"], metadata) for r in rows]
+  root = tables.require(data_config, "images", "chexpert")
+  paths = [_resolve(root, r["Path"]) for r in rows]
+  keep = tables.keep_existing(paths, f"CheXpert metadata {metadata}",
+                              tables.config_get(data_config, "on_error", "raise"))
+  idx = np.flatnonzero(keep)
+  # The image id is the path below the patient folder's parent: unique across studies and views.
+  ids = [rows[i]["Path"].split("/", 1)[-1] for i in idx]
+  return tables.FileSource([paths[i] for i in idx], labels[idx], [patients[i] for i in idx], ids,
+                           findings, channels=int(tables.config_get(data_config, "channels", 1)),
+                           name="chexpert", skipped=int((~keep).sum()))

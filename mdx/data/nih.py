@@ -1,0 +1,119 @@
+"""NIH ChestX-ray14 as it comes: Data_Entry_2017(.csv | _v2020.csv.gz) and images_*/ folders.
+
+config.data fields (source='nih'):
+  metadata: path of Data_Entry_2017.csv / Data_Entry_2017_v2020.csv.gz (or any CSV with the columns
+    'Image Index', 'Finding Labels', 'Patient ID'; 'Follow-up #' and 'View Position' optional).
+  images: folder holding the PNGs directly, or images_001..images_012 (each optionally with an
+    images/ subfolder, as in the Kaggle copy).
+  findings: names to predict (default: the 14 NIH findings in the paper's order).
+  view_positions: e.g. ['PA'] keeps only those rows (default: all).
+  channels: 1 (default) or 3.
+  on_error: 'raise' (default) or 'skip' rows whose image file is missing (the count is logged and
+    kept as source.skipped).
+The official split lists (train_val_list.txt, test_list.txt) are read by official_split.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+from collections.abc import Sequence
+
+import numpy as np
+
+from mdx.data import findings as findings_lib
+from mdx.data import tables
+
+IMAGE = "Image Index"
+LABELS = "Finding Labels"
+PATIENT = "Patient ID"
+REQUIRED = (IMAGE, LABELS, PATIENT)
+
+
+def parse_labels(rows: Sequence[dict[str, str]], findings: Sequence[str] = findings_lib.NIH_FINDINGS,
+                 where: str = "metadata", column: str = LABELS) -> np.ndarray:
+  """'A|B' / 'No Finding' strings -> multi-hot float32 [N, len(findings)].
+
+  Every name must be one of the 14 NIH findings or 'No Finding'; names outside `findings` (when a
+  subset is asked for) are ignored. An unknown name is an error naming the row.
+  """
+  known = set(findings_lib.NIH_FINDINGS)
+  col = {f: i for i, f in enumerate(findings)}
+  for f in findings:
+    if f not in known:
+      raise ValueError(f"config.data.findings has {f!r}, which is not an NIH finding; choose from "
+                       f"{list(findings_lib.NIH_FINDINGS)}")
+  out = np.zeros((len(rows), len(findings)), np.float32)
+  for r, row in enumerate(rows):
+    text = (row.get(column) or "").strip()
+    if not text:
+      raise ValueError(f"{where}: row {r + 2} ({row.get(IMAGE)}) has an empty {column!r}; "
+                       f"write '{findings_lib.NO_FINDING}' for normal images")
+    for name in text.split("|"):
+      name = name.strip()
+      if name == findings_lib.NO_FINDING:
+        continue
+      if name not in known:
+        raise ValueError(f"{where}: row {r + 2} ({row.get(IMAGE)}) has unknown label {name!r} in "
+                         f"{column!r}; known labels are {sorted(known)} and "
+                         f"{findings_lib.NO_FINDING!r}")
+      if name in col:
+        out[r, col[name]] = 1.0
+  return out
+
+
+def index_images(folder: str) -> dict[str, str]:
+  """File name -> path for PNGs in folder, folder/images_*/ and folder/images_*/images/."""
+  if not os.path.isdir(folder):
+    raise FileNotFoundError(f"NIH image folder {folder} does not exist (config.data.images)")
+  found: dict[str, str] = {}
+  for sub in [folder, *sorted(glob.glob(os.path.join(folder, "images_*"))),
+              *sorted(glob.glob(os.path.join(folder, "images_*", "images"))),
+              os.path.join(folder, "images")]:
+    if os.path.isdir(sub):
+      with os.scandir(sub) as it:
+        for entry in it:
+          if entry.is_file():
+            found.setdefault(entry.name, entry.path)
+  return found
+
+
+def official_split(image_ids: Sequence[str], folder: str) -> dict[str, np.ndarray]:
+  """{'train_val': idx, 'test': idx} from the official train_val_list.txt and test_list.txt."""
+  lists = {}
+  for name, fname in (("train_val", "train_val_list.txt"), ("test", "test_list.txt")):
+    path = os.path.join(folder, fname)
+    if not os.path.exists(path):
+      raise FileNotFoundError(f"official NIH split list {path} is missing; put train_val_list.txt "
+                              "and test_list.txt next to the metadata or use another split")
+    with open(path) as f:
+      lists[name] = {line.strip() for line in f if line.strip()}
+  ids = np.asarray(image_ids).astype(str)
+  out = {name: np.flatnonzero(np.isin(ids, sorted(names))) for name, names in lists.items()}
+  unlisted = len(ids) - sum(len(v) for v in out.values())
+  if unlisted:
+    raise ValueError(f"{unlisted} images are in neither train_val_list.txt nor test_list.txt "
+                     f"in {folder}")
+  return out
+
+
+def make_source(data_config, seed: int = 0) -> tables.FileSource:
+  del seed
+  metadata = tables.require(data_config, "metadata", "nih")
+  findings = tuple(tables.config_get(data_config, "findings", findings_lib.NIH_FINDINGS))
+  _, rows = tables.read_csv(metadata, REQUIRED)
+  views = tables.config_get(data_config, "view_positions")
+  if views:
+    rows = [r for r in rows if r.get("View Position") in set(views)]
+  labels = parse_labels(rows, findings, where=metadata)
+  names = [r[IMAGE] for r in rows]
+  folder = tables.require(data_config, "images", "nih")
+  index = index_images(folder)
+  paths = [index.get(n, os.path.join(folder, n)) for n in names]
+  on_error = tables.config_get(data_config, "on_error", "raise")
+  keep = tables.keep_existing(paths, f"NIH metadata {metadata}", on_error)
+  idx = np.flatnonzero(keep)
+  return tables.FileSource(
+      [paths[i] for i in idx], labels[idx], [rows[i][PATIENT] for i in idx],
+      [names[i] for i in idx], findings, channels=int(tables.config_get(data_config, "channels", 1)),
+      name="nih", skipped=int((~keep).sum()))

@@ -1,0 +1,58 @@
+"""The adjudicated expert labels of NIH images (Majkowska et al., Radiology 2019) as a test source.
+
+Four radiologist panels relabelled 4,376 NIH ChestX-ray14 images for Fracture, Pneumothorax,
+Airspace opacity and Nodule or mass (YES/NO after adjudication): a better reference standard than
+the NLP-mined NIH labels, so a model trained on NIH is best tested on these.
+
+config.data fields (source='nih_expert'):
+  metadata: google2019_nih-chest-xray-labels.csv.gz.
+  images: the NIH image folder (as for source='nih').
+  set: 'test', 'val' or None (both) - the 'Set Id' column.
+  findings: subset of the four (default all).
+  channels, on_error: as for NIH (most users hold only part of the NIH images: use 'skip').
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from mdx.data import nih, tables
+
+FINDINGS = ("Fracture", "Pneumothorax", "Airspace opacity", "Nodule or mass")
+VALUES = {"YES": 1.0, "NO": 0.0, "": np.nan}
+
+
+def make_source(data_config, seed: int = 0) -> tables.FileSource:
+  del seed
+  metadata = tables.require(data_config, "metadata", "nih_expert")
+  findings = tuple(tables.config_get(data_config, "findings", FINDINGS))
+  bad = [f for f in findings if f not in FINDINGS]
+  if bad:
+    raise ValueError(f"config.data.findings {bad} are not expert-labelled; choose from {FINDINGS}")
+  _, rows = tables.read_csv(metadata, (nih.IMAGE, nih.PATIENT, *findings))
+  which = tables.config_get(data_config, "set")
+  if which is not None:
+    rows = [r for r in rows if r.get("Set Id") == which]
+    if not rows:
+      raise ValueError(f"{metadata}: no rows with 'Set Id' == {which!r} (use 'test' or 'val')")
+  labels = np.empty((len(rows), len(findings)), np.float32)
+  for r, row in enumerate(rows):
+    for c, f in enumerate(findings):
+      cell = (row[f] or "").strip().upper()
+      if cell not in VALUES:
+        raise ValueError(f"{metadata}: row {r + 2} ({row[nih.IMAGE]}) column {f!r} has {row[f]!r}; "
+                         "expected YES or NO")
+      labels[r, c] = VALUES[cell]
+  folder = tables.require(data_config, "images", "nih_expert")
+  index = nih.index_images(folder)
+  names = [r[nih.IMAGE] for r in rows]
+  paths = [index.get(n, os.path.join(folder, n)) for n in names]
+  keep = tables.keep_existing(paths, f"expert labels {metadata}",
+                              tables.config_get(data_config, "on_error", "raise"))
+  idx = np.flatnonzero(keep)
+  return tables.FileSource([paths[i] for i in idx], labels[idx], [rows[i][nih.PATIENT] for i in idx],
+                           [names[i] for i in idx], findings,
+                           channels=int(tables.config_get(data_config, "channels", 1)),
+                           name="nih_expert", skipped=int((~keep).sum()))

@@ -1,0 +1,129 @@
+"""Metadata tables (CSV or CSV.GZ) and a record source backed by image files listed in them.
+
+The real datasets come as a CSV of rows (image, labels, patient) next to folders of images. read_csv
+checks the columns a source needs and names the file and the missing column; FileSource is the
+random-access source that the NIH, CheXpert, folder and expert-label sources all return.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from absl import logging
+
+from mdx.data import images as images_lib
+
+
+def read_csv(path: str | os.PathLike, required: Sequence[str] = ()) -> tuple[list[str], list[dict[str, str]]]:
+  """(column names, rows as dicts) of a CSV or gzip-compressed CSV; checks required columns."""
+  path = os.fspath(path)
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"metadata file {path} does not exist")
+  opener = gzip.open if path.endswith(".gz") else open
+  with opener(path, "rt", newline="", encoding="utf-8-sig") as f:
+    reader = csv.DictReader(f)
+    columns = list(reader.fieldnames or [])
+    missing = [c for c in required if c not in columns]
+    if missing:
+      raise ValueError(f"{path}: missing column(s) {missing}; found {columns}")
+    rows = list(reader)
+  return columns, rows
+
+
+def write_csv(path: str | os.PathLike, columns: Sequence[str], rows: Sequence[dict[str, str]]) -> None:
+  """Writes rows with the given columns (original order), creating the folder."""
+  path = os.fspath(path)
+  os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+  buf = io.StringIO()
+  writer = csv.DictWriter(buf, fieldnames=list(columns), lineterminator="\n")
+  writer.writeheader()
+  writer.writerows(rows)
+  opener = gzip.open if path.endswith(".gz") else open
+  with opener(path, "wt", encoding="utf-8") as f:
+    f.write(buf.getvalue())
+
+
+def keep_existing(paths: Sequence[str], what: str, on_error: str) -> np.ndarray:
+  """Boolean mask of the files that exist; raises on missing ones unless on_error == 'skip'."""
+  if on_error not in ("raise", "skip"):
+    raise ValueError(f"config.data.on_error={on_error!r}; choose 'raise' or 'skip'")
+  exists = np.array([os.path.exists(p) for p in paths], bool)
+  missing = int((~exists).sum())
+  if missing:
+    first = [paths[i] for i in np.flatnonzero(~exists)[:3]]
+    if on_error == "raise":
+      raise FileNotFoundError(f"{what}: {missing} of {len(paths)} image files are missing, e.g. "
+                              f"{first}; fix config.data.images or set config.data.on_error='skip'")
+    logging.warning("%s: skipped %d of %d rows whose image file is missing (e.g. %s)", what,
+                    missing, len(paths), first)
+  return exists
+
+
+class FileSource:
+  """Random-access records from image files: read lazily, labels and patients held in memory."""
+
+  def __init__(self, paths: Sequence[str], labels: np.ndarray, patient_ids: Sequence[str],
+               image_ids: Sequence[str], findings: Sequence[str], channels: int = 1,
+               name: str = "source", skipped: int = 0, extra: dict[str, np.ndarray] | None = None):
+    labels = np.asarray(labels, np.float32)
+    if not len(paths):
+      raise ValueError(f"{name}: no records left (after filters and skipped files); check the "
+                       "metadata, config.data filters and the image folder")
+    if labels.shape != (len(paths), len(findings)):
+      raise ValueError(f"{name}: labels shape {labels.shape} != ({len(paths)}, {len(findings)})")
+    self.name = name
+    self.findings = tuple(findings)
+    self.channels = channels
+    self.skipped = skipped
+    self._paths = np.asarray(paths, dtype=object)
+    self._labels = labels
+    self._patients = np.asarray(patient_ids).astype(str)
+    self._image_ids = np.asarray(image_ids).astype(str)
+    self.extra = extra or {}
+
+  def __len__(self) -> int:
+    return len(self._paths)
+
+  def __getitem__(self, index: int) -> dict[str, Any]:
+    index = int(index)
+    return {"image": images_lib.read_image(self._paths[index], self.channels),
+            "labels": self._labels[index].copy(),
+            "patient_id": self._patients[index], "image_id": self._image_ids[index]}
+
+  def labels(self) -> np.ndarray:
+    return self._labels
+
+  def patient_ids(self) -> np.ndarray:
+    return self._patients
+
+  def image_ids(self) -> np.ndarray:
+    return self._image_ids
+
+  def paths(self) -> np.ndarray:
+    return self._paths
+
+  def __repr__(self) -> str:
+    return (f"{self.name}({len(self)} images, {len(np.unique(self._patients))} patients, "
+            f"findings={list(self.findings)}, skipped={self.skipped})")
+
+
+def config_get(config, name: str, default=None):
+  """config.name when set (ConfigDict or dict), else default."""
+  if isinstance(config, dict):
+    value = config.get(name, default)
+  else:
+    value = getattr(config, name, default) if name in config else default
+  return default if value is None else value
+
+
+def require(config, name: str, source: str):
+  value = config_get(config, name)
+  if value is None:
+    raise ValueError(f"config.data.{name} must be set for config.data.source={source!r}")
+  return value
