@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# The one command a person types. Creates .venv from pyproject.toml when missing or stale.
+#   ./launch.sh demo [WORKDIR] [flags]             default experiment end to end; prints where the report is
+#   ./launch.sh test [pytest args]                 the test suite
+#   ./launch.sh train CONFIG --workdir=DIR [flags] train (resumes if DIR has checkpoints), then report
+#   ./launch.sh eval CONFIG --workdir=DIR [flags]  report from the best checkpoint of DIR
+#   ./launch.sh predict CONFIG --workdir=DIR --input=IN --output=OUT
+#   ./launch.sh prepare CONFIG [flags]             build the TFDS/ArrayRecord records of a real dataset
+#   ./launch.sh sweep ABLATION --workdir=DIR [flags]   every variant of an ablation, one results table
+#   ./launch.sh tpu NAME ZONE <command> ...        the same command on every worker of a Cloud TPU VM
+set -euo pipefail
+cd "$(dirname "$0")"
+VENV="${MDX_VENV:-.venv}"
+
+setup() {
+  if [[ ! -x "$VENV/bin/python" || pyproject.toml -nt "$VENV/.mdx-installed" ]]; then
+    echo "launch.sh: installing mdx into $VENV (first run takes a few minutes)" >&2
+    python3 -m venv "$VENV"
+    "$VENV/bin/pip" install -q --upgrade pip
+    "$VENV/bin/pip" install -q -e ".[test]"
+    touch "$VENV/.mdx-installed"
+  fi
+  export PATH="$PWD/$VENV/bin:$PATH"
+}
+
+usage() { sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+
+cmd="${1:-}"; [[ -n "$cmd" ]] || usage; shift
+case "$cmd" in
+  demo)
+    setup
+    workdir="runs/demo"
+    if [[ $# -gt 0 && "$1" != --* ]]; then workdir="$1"; shift; fi
+    exec python -m mdx.main --config=experiments/cxr_phantoms.py --workdir="$workdir" --mode=train "$@" ;;
+  test)
+    setup
+    exec python -m pytest -q -n 2 "$@" ;;
+  train|eval|predict)
+    [[ $# -ge 1 ]] || usage
+    setup
+    config="$1"; shift
+    exec python -m mdx.main --config="$config" --mode="$cmd" "$@" ;;
+  prepare)
+    [[ $# -ge 1 ]] || usage
+    setup
+    config="$1"; shift
+    exec python -m mdx.data.prepare --config="$config" "$@" ;;
+  sweep)
+    [[ $# -ge 1 ]] || usage
+    setup
+    ablation="$1"; shift
+    exec python -m mdx.train.sweep --ablation="$ablation" "$@" ;;
+  tpu)
+    [[ $# -ge 3 ]] || usage
+    name="$1"; zone="$2"; shift 2
+    # Copy this checkout to every worker, then run the same launch.sh command on all of them at once;
+    # --jax_distributed makes each process join the pod (jax.distributed.initialize()).
+    tarball="$(mktemp -d)/mdx.tar.gz"
+    git ls-files -z | tar --null -czf "$tarball" -T -
+    gcloud compute tpus tpu-vm scp "$tarball" "$name:~/mdx.tar.gz" --zone="$zone" --worker=all
+    remote="mkdir -p ~/mdx && tar -xzf ~/mdx.tar.gz -C ~/mdx && cd ~/mdx && ./launch.sh"
+    args=""; for a in "$@"; do args+=" $(printf '%q' "$a")"; done
+    extra=""; [[ "$1" == train || "$1" == eval || "$1" == predict ]] && extra=" --jax_distributed"
+    exec gcloud compute tpus tpu-vm ssh "$name" --zone="$zone" --worker=all \
+      --command="$remote$args$extra" ;;
+  *) usage ;;
+esac

@@ -1,0 +1,160 @@
+"""The host loop: build state on the mesh, resume, step, log, validate, checkpoint, finalize."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterable
+
+import jax
+import numpy as np
+from absl import logging
+
+from mdx.train import checkpoint, optim, parallel, steps
+from mdx.train.state import TrainState, create_state, init_variables
+
+
+class Evaluator:
+  """Runs a model state over padded evaluation batches; returns host numpy for the valid rows."""
+
+  def __init__(self, model, loss_fn, mesh, global_batch: int, input_key: str = "image"):
+    self.mesh = mesh
+    self.global_batch = global_batch
+    self._step = steps.make_eval_loss_step(model, loss_fn, mesh, global_batch, input_key)
+    self.state: TrainState | None = None
+
+  def run(self, batches: Iterable[dict]) -> tuple[np.ndarray, float, list[dict]]:
+    """-> (logits of valid rows, mean loss over valid rows, the valid rows' host batch fields)."""
+    logits, total, count, fields = [], 0.0, 0.0, []
+    for batch in batches:
+      global_batch = parallel.shard_batch(batch, self.mesh)
+      loss_sum, out = self._step(self.state, global_batch)
+      # Gather logits and the small per-row fields of the GLOBAL batch (every host sees all rows).
+      host = parallel.to_host({k: v for k, v in global_batch.items() if k != "image"})
+      mask = host["mask"] > 0
+      logits.append(np.asarray(parallel.to_host(out))[mask])
+      total += float(loss_sum) * self.global_batch
+      count += float(mask.sum())
+      fields.append({k: v[mask] for k, v in host.items()})
+    return np.concatenate(logits), total / max(count, 1.0), fields
+
+
+class History:
+  """Scalars of a run as JSON lines in the workdir (for the report) and TensorBoard events."""
+
+  def __init__(self, workdir: str, enabled: bool):
+    self.path = os.path.join(workdir, "history.jsonl")
+    self.enabled = enabled
+    self._tb = None
+    if enabled:
+      from tensorboardX import SummaryWriter
+      self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+
+  def truncate_after(self, step: int) -> None:
+    """Drops entries a killed run wrote after the checkpoint it resumes from."""
+    if self.enabled and os.path.exists(self.path):
+      kept = [line for line in open(self.path) if json.loads(line)["step"] <= step]
+      with open(self.path, "w") as f:
+        f.writelines(kept)
+
+  def write(self, step: int, scalars: dict[str, float]) -> None:
+    if not self.enabled:
+      return
+    with open(self.path, "a") as f:
+      f.write(json.dumps({"step": step, **{k: float(v) for k, v in scalars.items()}}) + "\n")
+    for k, v in scalars.items():
+      self._tb.add_scalar(k, float(v), step)
+    self._tb.flush()
+
+  def read(self) -> list[dict]:
+    return [json.loads(line) for line in open(self.path)] if os.path.exists(self.path) else []
+
+
+def _format_eta(seconds: float) -> str:
+  seconds = int(max(seconds, 0))
+  return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else \
+      f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+def build(config, task, mesh):
+  """-> (model, tx, state on the mesh) from a fresh initialisation (plus the task's pretrained weights)."""
+  model = task.model(bn_axis_name=parallel.DATA)
+  params, batch_stats = init_variables(model, task.sample_input(), config.seed)
+  params, batch_stats = task.init_variables(params, batch_stats)
+  tx = task.optimizer(params)
+  state = parallel.replicate(create_state(params, batch_stats, tx, config.seed), mesh)
+  return model, tx, state
+
+
+def train(config, workdir: str, task) -> TrainState:
+  mesh = parallel.make_mesh()
+  parallel.check_batch(config.train.batch_size, mesh)
+  parallel.check_batch(config.eval.batch_size, mesh, "config.eval.batch_size")
+  model, tx, state = build(config, task, mesh)
+  is_chief = jax.process_index() == 0
+  history = History(workdir, enabled=is_chief)
+
+  data = iter(task.train_data(jax.process_index(), jax.process_count()))
+  manager = checkpoint.make_manager(os.path.join(workdir, "checkpoints"),
+                                    keep_last=config.train.keep_last,
+                                    best_metric=config.train.best_metric)
+  start = manager.latest_step()
+  if start is not None:
+    state = checkpoint.restore(manager, start, state, data)
+    history.truncate_after(start)
+    logging.info("Resumed from step %d of %s", start, workdir)
+  start = start or 0
+
+  train_step = steps.make_train_step(model, task.loss, tx, mesh, config.train.batch_size)
+  evaluator = Evaluator(model, task.loss, mesh, config.eval.batch_size)
+  total = config.train.steps
+  if start >= total:
+    logging.info("Nothing to train: checkpoint step %d >= train.steps %d", start, total)
+  window_start, window_steps, loss = time.perf_counter(), 0, None
+  for step in range(start + 1, total + 1):
+    batch = next(data)
+    state, metrics = train_step(state, parallel.shard_batch(batch, mesh))
+    window_steps += 1
+    if step % config.train.log_every == 0 or step == total:
+      loss = float(metrics["loss"])  # the one host sync per log window
+      if not np.isfinite(loss):
+        raise FloatingPointError(f"loss is {loss} at step {step}; lower config.train.lr or check "
+                                 "the data (run with --mode=eval on the last checkpoint)")
+      elapsed = time.perf_counter() - window_start
+      rate = window_steps * config.train.batch_size / elapsed
+      eta = (total - step) * config.train.batch_size / rate
+      logging.info("step %d/%d  loss %.4f  %.1f img/s  ETA %s", step, total, loss, rate,
+                   _format_eta(eta))
+      history.write(step, {"train_loss": loss, "images_per_second": rate,
+                           "learning_rate": optim.make_schedule(config.train)(step)})
+      window_start, window_steps = time.perf_counter(), 0
+    if step % config.train.checkpoint_every == 0 or step == total:
+      evaluator.state = state
+      val = task.validate(evaluator)
+      history.write(step, val)
+      logging.info("step %d validation: %s", step,
+                   ", ".join(f"{k} {v:.4f}" for k, v in val.items()))
+      checkpoint.save(manager, step, state, data, val)
+  manager.wait_until_finished()
+  return state
+
+
+def restore_for_eval(config, workdir: str, task, step: int | None = None):
+  """-> (state, evaluator) from the best checkpoint (or `step`) of a run's workdir."""
+  mesh = parallel.make_mesh()
+  parallel.check_batch(config.eval.batch_size, mesh, "config.eval.batch_size")
+  model, _, state = build(config, task, mesh)
+  manager = checkpoint.make_manager(os.path.join(workdir, "checkpoints"),
+                                    keep_last=config.train.keep_last,
+                                    best_metric=config.train.best_metric)
+  step = step if step is not None else checkpoint.best_or_latest_step(manager)
+  if step is None:
+    raise FileNotFoundError(f"no checkpoint in {workdir}/checkpoints; train first "
+                            "(--mode=train) or pass the workdir of a trained run")
+  state = checkpoint.restore(manager, step, state)
+  evaluator = Evaluator(model, task.loss, mesh, config.eval.batch_size)
+  evaluator.state = state
+  logging.info("Evaluating checkpoint step %d of %s", step, workdir)
+  return state, evaluator, step
+

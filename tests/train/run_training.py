@@ -1,0 +1,71 @@
+"""Test helper run as a subprocess: trains experiments/tiny_phantoms.py with overrides.
+
+usage: python tests/train/run_training.py WORKDIR OUT.npz [--kill-at-step=N] [key=value ...]
+Writes the final parameters and batch statistics to OUT.npz. With --kill-at-step=N the process sends
+itself SIGKILL right before running train step N: an abrupt death between checkpoints, like preemption.
+"""
+
+import os
+import signal
+import sys
+
+import numpy as np
+from absl import flags
+
+flags.FLAGS.mark_as_parsed()  # grain workers need parsed absl flags
+
+
+def main():
+  workdir, out, *rest = sys.argv[1:]
+  kill_at = None
+  overrides = {}
+  for arg in rest:
+    if arg.startswith("--kill-at-step="):
+      kill_at = int(arg.split("=")[1])
+    else:
+      key, value = arg.split("=", 1)
+      overrides[key] = eval(value)  # test-controlled literals
+  import importlib.util
+
+  import jax
+  from flax import traverse_util
+
+  from mdx import config as config_lib
+  from mdx.main import prepare_workdir
+  from mdx.train import loop, steps, tasks
+
+  spec = importlib.util.spec_from_file_location("cfg", "experiments/tiny_phantoms.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config()
+  for key, value in overrides.items():
+    *path, leaf = key.split(".")
+    node = config
+    for p in path:
+      node = node[p]
+    node[leaf] = value
+  config = config_lib.resolve(config)
+
+  if kill_at is not None:
+    make = steps.make_train_step
+
+    def make_killing_step(*args, **kwargs):
+      step_fn = make(*args, **kwargs)
+      calls = {"n": 0}
+
+      def wrapped(state, batch):
+        if int(state.step) + 1 == kill_at:
+          os.kill(os.getpid(), signal.SIGKILL)
+        calls["n"] += 1
+        return step_fn(state, batch)
+      return wrapped
+    steps.make_train_step = make_killing_step
+
+  state = loop.train(config, prepare_workdir(workdir), tasks.make_task(config))
+  flat = traverse_util.flatten_dict({"params": jax.device_get(state.params),
+                                     "batch_stats": jax.device_get(state.batch_stats)}, sep="/")
+  np.savez(out, devices=jax.device_count(), **flat)
+
+
+if __name__ == "__main__":
+  main()
