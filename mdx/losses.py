@@ -38,3 +38,68 @@ def weighted_bce(logits: jax.Array, labels: jax.Array, pos_weight: jax.Array,
   if label_mask is not None:
     per_class = per_class * label_mask
   return per_class.sum(-1)
+
+
+# --- Segmentation: soft Dice (per class, epsilon in numerator and denominator) ---
+
+def _seg_probs_targets(logits: jax.Array, labels: jax.Array, activation: str):
+  """softmax: labels int [B, ...] -> one-hot; sigmoid: labels binary [B, ..., K] (regions)."""
+  logits = logits.astype(jnp.float32)
+  k = logits.shape[-1]
+  if activation == "softmax":
+    if labels.shape != logits.shape[:-1]:
+      raise ValueError(f"softmax Dice needs integer labels of shape {logits.shape[:-1]}, got {labels.shape}")
+    return jax.nn.softmax(logits, -1), jax.nn.one_hot(labels, k, dtype=jnp.float32)
+  if activation == "sigmoid":
+    if labels.shape != logits.shape:
+      raise ValueError(f"sigmoid Dice needs binary labels of shape {logits.shape}, got {labels.shape}")
+    return jax.nn.sigmoid(logits), labels.astype(jnp.float32)
+  raise ValueError(f"activation={activation!r}; choose 'softmax' (classes) or 'sigmoid' (regions)")
+
+
+def soft_dice_per_class(logits: jax.Array, labels: jax.Array, activation: str = "softmax",
+                        epsilon: float = 1e-5, squared: bool = False,
+                        mask: jax.Array | None = None) -> jax.Array:
+  """Soft Dice of every example and class -> [B, K].
+
+  (2 * sum(p * g) + eps) / (sum(p) + sum(g) + eps) over the voxels of one example, or with
+  sum(p**2) + sum(g**2) in the denominator when squared (the course's soft Dice loss). The epsilon in
+  both makes a class absent from label and prediction score 1 instead of 0/0.
+  mask [B, D, H, W] (1 valid, 0 padding) leaves padded voxels out.
+  """
+  p, g = _seg_probs_targets(logits, labels, activation)
+  if mask is not None:
+    m = mask.astype(jnp.float32)[..., None]
+    p, g = p * m, g * m
+  axes = tuple(range(1, p.ndim - 1))
+  inter = (p * g).sum(axes)
+  denom = ((p * p).sum(axes) + (g * g).sum(axes)) if squared else (p.sum(axes) + g.sum(axes))
+  return (2.0 * inter + epsilon) / (denom + epsilon)
+
+
+def soft_dice_loss(logits: jax.Array, labels: jax.Array, activation: str = "softmax",
+                   epsilon: float = 1e-5, squared: bool = False, include_background: bool = True,
+                   ce_weight: float = 0.0, mask: jax.Array | None = None) -> jax.Array:
+  """1 - mean over classes of the soft Dice, plus ce_weight * voxel-mean cross-entropy -> [B].
+
+  include_background=False leaves class 0 out of the Dice mean (softmax only).
+  """
+  dice = soft_dice_per_class(logits, labels, activation, epsilon, squared, mask)
+  if not include_background and activation == "softmax":
+    dice = dice[:, 1:]
+  loss = 1.0 - dice.mean(-1)
+  if ce_weight:
+    logits = logits.astype(jnp.float32)
+    if activation == "softmax":
+      ce = -(jax.nn.one_hot(labels, logits.shape[-1]) * jax.nn.log_softmax(logits, -1)).sum(-1)
+    else:
+      y = labels.astype(jnp.float32)
+      ce = -(y * jax.nn.log_sigmoid(logits) + (1 - y) * jax.nn.log_sigmoid(-logits)).mean(-1)
+    axes = tuple(range(1, ce.ndim))
+    if mask is not None:
+      m = mask.astype(jnp.float32)
+      ce = (ce * m).sum(axes) / jnp.maximum(m.sum(axes), 1.0)
+    else:
+      ce = ce.mean(axes)
+    loss = loss + ce_weight * ce
+  return loss

@@ -1,0 +1,163 @@
+"""Segmentation metrics per class and case: Dice, sensitivity, specificity, HD95; report and overlays.
+
+Conventions for empty structures (stated so that averages are honest):
+  Dice = 1 when the class is absent from both label and prediction, 0 when absent from only one.
+  Sensitivity is undefined (nan) when the label has no voxel of the class; specificity is nan when
+  every voxel belongs to the class. HD95 is 0 when both are empty and nan (not inf) when only one
+  is: averages use the defined values and count the undefined ones.
+Masks are classes (int label maps, class k = label == k) or regions (binary [..., R] maps).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import numpy as np
+from scipy import ndimage
+
+
+def binary_masks(label: np.ndarray, num_classes: int, regions: bool) -> np.ndarray:
+  """-> bool [K, D, H, W]; classes: one mask per class id; regions: the channels of [D, H, W, R]."""
+  label = np.asarray(label)
+  if regions:
+    return np.moveaxis(label.astype(bool), -1, 0)
+  return np.stack([label == k for k in range(num_classes)])
+
+
+def _surface(mask: np.ndarray) -> np.ndarray:
+  """Boundary voxels: in the mask with a 6-neighbour outside it (the volume edge counts as outside)."""
+  eroded = ndimage.binary_erosion(mask, structure=ndimage.generate_binary_structure(mask.ndim, 1),
+                                  border_value=0)
+  return mask & ~eroded
+
+
+def hd95(pred: np.ndarray, truth: np.ndarray, spacing=None) -> float:
+  """95th-percentile symmetric Hausdorff distance between the surfaces of two binary masks (in mm).
+
+  max(P95 of distances from pred surface to truth surface, P95 the other way), as in MedPy and the
+  BraTS evaluation. 0 if both empty, nan if only one is.
+  """
+  pred, truth = np.asarray(pred, bool), np.asarray(truth, bool)
+  if not pred.any() and not truth.any():
+    return 0.0
+  if not pred.any() or not truth.any():
+    return float("nan")
+  spacing = np.ones(pred.ndim) if spacing is None else np.asarray(spacing, np.float64)
+  sp, st = _surface(pred), _surface(truth)
+  dist_to_t = ndimage.distance_transform_edt(~st, sampling=spacing)
+  dist_to_p = ndimage.distance_transform_edt(~sp, sampling=spacing)
+  return float(max(np.percentile(dist_to_t[sp], 95), np.percentile(dist_to_p[st], 95)))
+
+
+def case_metrics(pred: np.ndarray, label: np.ndarray, class_names, regions: bool = False,
+                 spacing=None, with_hd95: bool = True) -> dict[str, dict[str, float]]:
+  """{class_name: {dice, sensitivity, specificity, hd95, tp, fp, fn, tn}} for one case."""
+  k = len(class_names)
+  pm, tm = binary_masks(pred, k, regions), binary_masks(label, k, regions)
+  if pm.shape != tm.shape:
+    raise ValueError(f"prediction masks {pm.shape} and label masks {tm.shape} differ in shape")
+  out = {}
+  for c, name in enumerate(class_names):
+    p, t = pm[c], tm[c]
+    tp = int((p & t).sum())
+    fp = int((p & ~t).sum())
+    fn = int((~p & t).sum())
+    tn = int((~p & ~t).sum())
+    dice = 1.0 if tp + fp + fn == 0 else 2 * tp / (2 * tp + fp + fn)
+    sens = tp / (tp + fn) if tp + fn else float("nan")
+    spec = tn / (tn + fp) if tn + fp else float("nan")
+    m = {"dice": dice, "sensitivity": sens, "specificity": spec, "tp": tp, "fp": fp, "fn": fn,
+         "tn": tn}
+    if with_hd95:
+      m["hd95"] = hd95(p, t, spacing)
+    out[name] = m
+  return out
+
+
+def summarize(per_case: dict[str, dict[str, dict[str, float]]], skip=("background",)) -> dict[str, Any]:
+  """Means over cases per class and metric (nan left out and counted), and the mean over classes."""
+  if not per_case:
+    raise ValueError("no cases to summarise")
+  names = list(next(iter(per_case.values())))
+  metrics = ("dice", "sensitivity", "specificity", "hd95")
+  summary: dict[str, Any] = {"num_cases": len(per_case), "per_class": {}}
+  for name in names:
+    s = {}
+    for m in metrics:
+      vals = np.asarray([per_case[c][name].get(m, np.nan) for c in per_case], np.float64)
+      ok = ~np.isnan(vals)
+      s[m] = float(vals[ok].mean()) if ok.any() else float("nan")
+      s[f"{m}_undefined_cases"] = int((~ok).sum())
+    summary["per_class"][name] = s
+  fg = [n for n in names if n not in skip] or names
+  for m in metrics:
+    vals = [summary["per_class"][n][m] for n in fg]
+    summary[f"mean_{m}"] = float(np.nanmean(vals)) if not np.all(np.isnan(vals)) else float("nan")
+  return summary
+
+
+def _jsonable(x):
+  if isinstance(x, dict):
+    return {k: _jsonable(v) for k, v in x.items()}
+  if isinstance(x, float) and not np.isfinite(x):
+    return None
+  if isinstance(x, (np.floating, np.integer)):
+    return _jsonable(x.item())
+  return x
+
+
+def write_metrics(path: str, per_case, summary) -> None:
+  """metrics.json: {'summary': ..., 'per_case': ...}; undefined values are written as null."""
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  with open(path, "w") as f:
+    json.dump(_jsonable({"summary": summary, "per_case": per_case}), f, indent=1)
+
+
+_COLOURS = np.asarray([[1, 0.2, 0.2], [0.2, 1, 0.2], [0.3, 0.5, 1], [1, 1, 0.2], [1, 0.3, 1]])
+
+
+def overlay_png(path: str, image: np.ndarray, label: np.ndarray, pred: np.ndarray,
+                class_names, regions: bool = False, title: str = "") -> None:
+  """Axial slice with the most foreground: image, truth and prediction contours side by side."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  k = len(class_names)
+  tm, pm = binary_masks(label, k, regions), binary_masks(pred, k, regions)
+  first = 0 if regions else 1
+  fg = tm[first:].any(0) | pm[first:].any(0)
+  z = int(np.argmax(fg.sum((0, 1)))) if fg.any() else image.shape[2] // 2
+  img = np.asarray(image)[..., z, 0] if image.ndim == 4 else np.asarray(image)[..., z]
+  lo, hi = np.percentile(img, [1, 99])
+  img = np.clip((img - lo) / max(hi - lo, 1e-6), 0, 1)
+  fig, axes = plt.subplots(1, 3, figsize=(9, 3.4))
+  for ax, masks, what in zip(axes, (None, tm, pm), ("image", "label", "prediction")):
+    rgb = np.repeat(img[..., None], 3, -1)
+    if masks is not None:
+      for c in range(first, k):
+        m = masks[c][..., z]
+        rgb[m] = 0.5 * rgb[m] + 0.5 * _COLOURS[(c - first) % len(_COLOURS)]
+    ax.imshow(np.transpose(rgb, (1, 0, 2)), origin="lower")
+    ax.set_title(what)
+    ax.axis("off")
+  fig.suptitle(f"{title} (slice {z})")
+  fig.tight_layout()
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  fig.savefig(path, dpi=80)
+  plt.close(fig)
+
+
+def write_report(path: str, summary: dict[str, Any], overlays: list[str] = ()) -> None:
+  """A short markdown report: per-class table and the overlay pictures."""
+  lines = [f"# Segmentation report ({summary['num_cases']} cases)", "",
+           "| class | Dice | sensitivity | specificity | HD95 (mm) |", "|---|---|---|---|---|"]
+  for name, s in summary["per_class"].items():
+    lines.append(f"| {name} | {s['dice']:.4f} | {s['sensitivity']:.4f} | {s['specificity']:.4f} | "
+                 f"{s['hd95']:.2f} |")
+  lines += ["", f"Mean Dice over foreground classes: {summary['mean_dice']:.4f}", ""]
+  lines += [f"![{os.path.basename(p)}]({os.path.relpath(p, os.path.dirname(os.path.abspath(path)))})"
+            for p in overlays]
+  with open(path, "w") as f:
+    f.write("\n".join(lines) + "\n")

@@ -1,0 +1,134 @@
+"""Soft Dice loss and segmentation metrics against hand computation from the definitions."""
+
+import json
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy.spatial.distance import cdist
+
+from mdx import losses
+from mdx.evaluate import segmentation as seg
+
+
+def _softmax(x):
+  e = np.exp(x - x.max(-1, keepdims=True))
+  return e / e.sum(-1, keepdims=True)
+
+
+def test_soft_dice_softmax_by_hand_with_empty_class():
+  rng = np.random.default_rng(0)
+  logits = rng.standard_normal((2, 3, 4, 2, 3)).astype(np.float32)
+  labels = rng.integers(0, 2, (2, 3, 4, 2))  # class 2 absent from every label
+  eps = 1e-5
+  p = _softmax(logits.astype(np.float64))
+  got = np.asarray(losses.soft_dice_per_class(jnp.asarray(logits), jnp.asarray(labels), epsilon=eps))
+  got_sq = np.asarray(losses.soft_dice_per_class(jnp.asarray(logits), jnp.asarray(labels),
+                                                 epsilon=eps, squared=True))
+  for b in range(2):
+    for k in range(3):
+      pk, gk = p[b, ..., k], (labels[b] == k).astype(np.float64)
+      np.testing.assert_allclose(got[b, k], (2 * (pk * gk).sum() + eps) / (pk.sum() + gk.sum() + eps),
+                                 rtol=1e-5)
+      np.testing.assert_allclose(got_sq[b, k], (2 * (pk * gk).sum() + eps) /
+                                 ((pk ** 2).sum() + (gk ** 2).sum() + eps), rtol=1e-5)
+  loss = np.asarray(losses.soft_dice_loss(jnp.asarray(logits), jnp.asarray(labels), epsilon=eps))
+  np.testing.assert_allclose(loss, 1 - got.mean(-1), rtol=1e-5)
+  nobg = np.asarray(losses.soft_dice_loss(jnp.asarray(logits), jnp.asarray(labels), epsilon=eps,
+                                          include_background=False))
+  np.testing.assert_allclose(nobg, 1 - got[:, 1:].mean(-1), rtol=1e-5)
+  # cross-entropy term: voxel mean of -log p_true
+  ce = -np.log(np.take_along_axis(p, labels[..., None], -1))[..., 0].mean((1, 2, 3))
+  with_ce = np.asarray(losses.soft_dice_loss(jnp.asarray(logits), jnp.asarray(labels), epsilon=eps,
+                                             ce_weight=0.5))
+  np.testing.assert_allclose(with_ce, 1 - got.mean(-1) + 0.5 * ce, rtol=1e-5)
+
+
+def test_soft_dice_empty_class_is_one_and_perfect_prediction_zero_loss():
+  labels = np.zeros((1, 2, 2, 2), np.int64)
+  logits = np.zeros((1, 2, 2, 2, 2), np.float32)
+  logits[..., 0] = 50.0  # confidently background everywhere; class 1 absent from both
+  d = np.asarray(losses.soft_dice_per_class(jnp.asarray(logits), jnp.asarray(labels), epsilon=1.0))
+  np.testing.assert_allclose(d[0], [1.0, 1.0], atol=1e-6)
+  assert float(losses.soft_dice_loss(jnp.asarray(logits), jnp.asarray(labels))[0]) < 1e-5
+
+
+def test_soft_dice_sigmoid_regions_and_mask():
+  rng = np.random.default_rng(1)
+  logits = rng.standard_normal((1, 4, 4, 4, 3)).astype(np.float32)
+  labels = rng.integers(0, 2, (1, 4, 4, 4, 3)).astype(np.uint8)
+  mask = np.zeros((1, 4, 4, 4), np.float32)
+  mask[:, :2] = 1
+  eps = 1e-5
+  p = 1 / (1 + np.exp(-logits.astype(np.float64)))
+  got = np.asarray(losses.soft_dice_per_class(jnp.asarray(logits), jnp.asarray(labels), "sigmoid",
+                                              eps, mask=jnp.asarray(mask)))
+  pk, gk = p[0, :2], labels[0, :2].astype(np.float64)
+  expect = (2 * (pk * gk).sum((0, 1, 2)) + eps) / (pk.sum((0, 1, 2)) + gk.sum((0, 1, 2)) + eps)
+  np.testing.assert_allclose(got[0], expect, rtol=1e-5)
+  with pytest.raises(ValueError, match="activation"):
+    losses.soft_dice_loss(jnp.asarray(logits), jnp.asarray(labels), "relu")
+
+
+def test_case_metrics_by_hand_including_empty_classes():
+  label = np.zeros((4, 4, 2), np.int32)
+  label[0, :2, 0] = 1  # 2 voxels of class 1
+  pred = np.zeros((4, 4, 2), np.int32)
+  pred[0, :3, 0] = 1  # 3 voxels: tp 2, fp 1
+  pred[3, 3, 1] = 2  # class 2: absent from the label (fp 1)
+  m = seg.case_metrics(pred, label, ("bg", "a", "b", "c"))
+  n = label.size
+  assert m["a"]["tp"] == 2 and m["a"]["fp"] == 1 and m["a"]["fn"] == 0
+  assert m["a"]["dice"] == pytest.approx(2 * 2 / (2 * 2 + 1))
+  assert m["a"]["sensitivity"] == pytest.approx(1.0)
+  assert m["a"]["specificity"] == pytest.approx((n - 3) / (n - 2))
+  assert m["b"]["dice"] == 0.0 and np.isnan(m["b"]["sensitivity"]) and np.isnan(m["b"]["hd95"])
+  assert m["c"]["dice"] == 1.0 and np.isnan(m["c"]["sensitivity"]) and m["c"]["hd95"] == 0.0
+  assert m["c"]["specificity"] == 1.0
+  s = seg.summarize({"x": m, "y": m}, skip=("bg",))
+  assert s["per_class"]["b"]["sensitivity_undefined_cases"] == 2
+  assert s["mean_dice"] == pytest.approx(np.mean([0.8, 0.0, 1.0]))
+
+
+def _brute_hd95(p, t, spacing):
+  def surf(m):
+    pts = np.argwhere(m)
+    pad = np.pad(m, 1)
+    keep = [not all(pad[tuple(q + 1 + d)] for d in np.vstack([np.eye(3, dtype=int), -np.eye(3, dtype=int)]))
+            for q in pts]
+    return pts[np.asarray(keep)] * spacing
+  sp, st = surf(p), surf(t)
+  d = cdist(sp, st)
+  return max(np.percentile(d.min(1), 95), np.percentile(d.min(0), 95))
+
+
+def test_hd95_against_brute_force_surface_distances():
+  rng = np.random.default_rng(2)
+  spacing = np.array([1.0, 1.5, 2.0])
+  p = np.zeros((12, 12, 10), bool)
+  t = np.zeros_like(p)
+  p[2:8, 3:9, 2:7] = True
+  t[3:10, 2:8, 3:9] = True
+  t[rng.integers(0, 12, 5), rng.integers(0, 12, 5), rng.integers(0, 10, 5)] = True  # outliers
+  np.testing.assert_allclose(seg.hd95(p, t, spacing), _brute_hd95(p, t, spacing), rtol=1e-6)
+  assert seg.hd95(p, p, spacing) == 0.0
+
+
+def test_regions_report_and_overlay(tmp_path):
+  label = np.zeros((8, 8, 6, 3), np.uint8)
+  label[2:6, 2:6, 2:4, 0] = 1
+  label[3:5, 3:5, 2:4, 1] = 1
+  pred = label.copy()
+  pred[3:5, 3:5, 2:4, 2] = 1  # false positive enhancing region
+  m = seg.case_metrics(pred, label, ("wt", "tc", "et"), regions=True, spacing=(1, 1, 1))
+  assert m["wt"]["dice"] == 1.0 and m["et"]["dice"] == 0.0
+  s = seg.summarize({"c1": m}, skip=())
+  seg.write_metrics(str(tmp_path / "metrics.json"), {"c1": m}, s)
+  data = json.load(open(tmp_path / "metrics.json"))
+  assert data["per_case"]["c1"]["et"]["hd95"] is None and data["summary"]["per_class"]["wt"]["dice"] == 1.0
+  png = str(tmp_path / "c1.png")
+  seg.overlay_png(png, np.random.default_rng(0).random((8, 8, 6, 4)), label, pred, ("wt", "tc", "et"),
+                  regions=True, title="c1")
+  assert open(png, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+  seg.write_report(str(tmp_path / "report.md"), s, [png])
+  assert "| wt | 1.0000" in open(tmp_path / "report.md").read()
