@@ -1,0 +1,38 @@
+"""DenseNet-121 on the 856-image, 64 px NIH ChestX-ray14 sample (219 patients), split by patient.
+
+Data: ../shared/data/nih_chestxray14_64px (Data_Entry.csv in the official layout + images/).
+First `python -m mdx.data.prepare --config=experiments/nih_64px.py` writes ArrayRecord files into
+data.prepared_dir; set --config.data.prepared_dir='' to decode the PNGs instead.
+"""
+
+import os
+
+from mdx.config import defaults
+
+DATA = os.environ.get("MDX_DATA", os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data"))
+
+
+def get_config():
+  c = defaults()
+  c.seed = 0
+  c.data.source = "nih"
+  c.data.metadata = os.path.join(DATA, "nih_chestxray14_64px", "Data_Entry.csv")
+  c.data.images = os.path.join(DATA, "nih_chestxray14_64px", "images")
+  c.data.prepared_dir = "/tmp/mdx_records"
+  c.data.channels = 1
+  c.data.on_error = "raise"
+  c.data.image_size = 64
+  c.data.split = dict(by="patient", test=0.2, val=0.15)
+  c.data.augment = "chest_xray"
+  c.data.standardize = "per_image"
+  c.data.workers = 1
+  c.model.name = "densenet121"
+  c.model.num_classes = 14
+  c.loss.name = "weighted_bce"
+  c.train.batch_size = 32
+  c.train.steps = 300
+  c.train.lr = 1e-3
+  c.train.schedule = "cosine"
+  c.train.checkpoint_every = 100
+  c.eval.bootstrap = 200
+  return c

@@ -1,0 +1,237 @@
+"""TFDS builders that store a source's images, resized, as ArrayRecord files (no TensorFlow).
+
+Training then reads small fixed-size records by index instead of decoding 1024 px PNGs or DICOMs:
+`python -m mdx.data.prepare --config=experiments/X.py` builds them into config.data.prepared_dir,
+and any real source with prepared_dir set reads them back (sources.make_source -> load_prepared).
+
+One builder per source (NihChestXray14, Chexpert, ClassFolders, NihExpertLabels). The raw files are
+the builder's manual_dir input; the builder config name is '<size>px-<hash>', the hash covering
+every config.data field that changes the records, so a changed label policy or resolution never
+reuses stale records. All records go into one split, 'records': mdx splits by patient itself. Records are
+written in the source's order (shuffling disabled) and an index (labels, patients, image ids) is
+saved next to them so splits and class weights never decode an image.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from typing import Any
+
+import numpy as np
+import tensorflow_datasets as tfds
+from absl import logging
+
+from mdx.data import images as images_lib
+from mdx.data import tables
+
+# config.data fields that change what is stored.
+RECORD_FIELDS = ("source", "metadata", "images", "root", "findings", "view_positions", "uncertain",
+                 "blank", "frontal_only", "classes", "negative_class", "patient_regex", "set",
+                 "channels", "image_size", "bit_depth", "extensions")
+INDEX_FILE = "mdx_index.npz"
+
+
+def _plain(value):
+  if hasattr(value, "to_dict"):
+    value = value.to_dict()
+  if isinstance(value, dict):
+    return {k: _plain(v) for k, v in sorted(value.items())}
+  if isinstance(value, (list, tuple)):
+    return [_plain(v) for v in value]
+  return value
+
+
+def config_name(data_config) -> str:
+  fields = {f: _plain(tables.config_get(data_config, f)) for f in RECORD_FIELDS}
+  for f in ("metadata", "images", "root"):  # the same files however the path is spelled
+    if fields[f]:
+      fields[f] = os.path.realpath(fields[f])
+  digest = hashlib.sha1(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()[:10]
+  return f"{int(tables.require(data_config, 'image_size', fields['source']))}px-{digest}"
+
+
+class _Prepared(tfds.core.GeneratorBasedBuilder):
+  """Resized images + labels + ids of one mdx source."""
+
+  VERSION = tfds.core.Version("1.0.0")
+  RELEASE_NOTES = {"1.0.0": "Images resized at prepare time; labels float32 with nan = unknown."}
+  SOURCE = ""
+
+  def __init__(self, *, data_config, seed: int = 0, **kwargs):
+    from mdx.data import sources
+    self._data_config = data_config
+    self._seed = seed
+    self._make = sources.SOURCES[self.SOURCE]
+    self._size = int(tables.require(data_config, "image_size", self.SOURCE))
+    self._channels = int(tables.config_get(data_config, "channels", 1))
+    self._dtype = np.uint16 if int(tables.config_get(data_config, "bit_depth", 8)) == 16 else np.uint8
+    self._source = None
+    self.written: dict[str, list] = {"labels": [], "patient_ids": [], "image_ids": []}
+    self.skipped_files: list[str] = []
+    kwargs.setdefault("config", tfds.core.BuilderConfig(name=config_name(data_config)))
+    super().__init__(**kwargs)
+
+  def source(self):
+    if self._source is None:
+      self._source = self._make(self._data_config, self._seed)
+    return self._source
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    # The number of findings is known only from the source; read it lazily (cheap, no images).
+    num = len(self.source().findings)
+    return tfds.core.DatasetInfo(
+        builder=self,
+        description=f"mdx source {self.SOURCE!r} resized to {self._size}px",
+        features=tfds.features.FeaturesDict({
+            "image": tfds.features.Tensor(shape=(self._size, self._size, self._channels),
+                                          dtype=self._dtype),
+            "labels": tfds.features.Tensor(shape=(num,), dtype=np.float32),
+            "patient_id": tfds.features.Text(),
+            "image_id": tfds.features.Text(),
+        }),
+        disable_shuffling=True,
+        metadata=tfds.core.MetadataDict(findings=list(self.source().findings)),
+    )
+
+  def _split_generators(self, dl_manager):
+    return {"records": self._generate_examples()}
+
+  def _generate_examples(self):
+    source = self.source()
+    on_error = tables.config_get(self._data_config, "on_error", "raise")
+    for i in range(len(source)):
+      try:
+        record = source[i]
+      except (ValueError, FileNotFoundError) as e:
+        if on_error != "skip":
+          raise
+        self.skipped_files.append(str(e).split(";")[0])
+        continue
+      image = record["image"]
+      if image.dtype == np.uint16 and self._dtype == np.uint8:
+        image = (image >> 8).astype(np.uint8)
+      elif image.dtype == np.uint8 and self._dtype == np.uint16:
+        image = image.astype(np.uint16) * 257
+      image = images_lib.resize(image, self._size)
+      for key in self.written:
+        self.written[key].append(record["labels"] if key == "labels" else record[key[:-1]])
+      yield i, {"image": image, "labels": record["labels"].astype(np.float32),
+                "patient_id": str(record["patient_id"]), "image_id": str(record["image_id"])}
+
+
+class NihChestXray14(_Prepared):
+  """NIH ChestX-ray14 (manual_dir: the folder of images or images_001..012)."""
+  SOURCE = "nih"
+
+
+class Chexpert(_Prepared):
+  """CheXpert (manual_dir: the folder that train.csv's paths are relative to)."""
+  SOURCE = "chexpert"
+
+
+class ClassFolders(_Prepared):
+  """A folder-per-class dataset (manual_dir: the folder of class folders)."""
+  SOURCE = "folders"
+
+
+class NihExpertLabels(_Prepared):
+  """NIH images with the Google adjudicated expert labels (manual_dir: the NIH image folder)."""
+  SOURCE = "nih_expert"
+
+
+BUILDERS = {b.SOURCE: b for b in (NihChestXray14, Chexpert, ClassFolders, NihExpertLabels)}
+
+
+def builder_for(data_config, seed: int = 0) -> _Prepared:
+  name = tables.require(data_config, "source", "?")
+  if name not in BUILDERS:
+    raise ValueError(f"no TFDS builder for config.data.source={name!r}; choose one of {sorted(BUILDERS)}")
+  data_dir = tables.require(data_config, "prepared_dir", name)
+  return BUILDERS[name](data_config=data_config, seed=seed, data_dir=data_dir,
+                        file_format="array_record")
+
+
+def prepared_path(data_config) -> str:
+  """Where the records of config.data live: prepared_dir/<builder>/<size>px-<hash>/<version>."""
+  name = tables.require(data_config, "source", "?")
+  if name not in BUILDERS:
+    raise ValueError(f"no TFDS builder for config.data.source={name!r}; choose one of {sorted(BUILDERS)}")
+  return os.path.join(tables.require(data_config, "prepared_dir", name), BUILDERS[name].name,
+                      config_name(data_config), str(_Prepared.VERSION))
+
+
+def prepare(data_config, seed: int = 0) -> dict[str, Any]:
+  """Builds the records (if not built yet) and the index; returns counts."""
+  path = prepared_path(data_config)
+  index_path = os.path.join(path, INDEX_FILE)
+  if os.path.exists(index_path):
+    logging.info("records already prepared in %s", path)
+    with np.load(index_path) as z:
+      return {"dir": path, "records": len(z["image_ids"]), "skipped": 0}
+  builder = builder_for(data_config, seed)
+  manual = tables.config_get(data_config, "images") or tables.config_get(data_config, "root")
+  builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=manual))
+  w = builder.written
+  if not w["image_ids"]:
+    raise ValueError(f"prepare wrote no records for {data_config.source}; every image failed")
+  if os.path.abspath(builder.data_dir) != os.path.abspath(path):
+    raise RuntimeError(f"TFDS wrote to {builder.data_dir}, expected {path}")
+  np.savez(index_path, labels=np.asarray(w["labels"], np.float32), patient_ids=np.asarray(w["patient_ids"]),
+           image_ids=np.asarray(w["image_ids"]), findings=np.asarray(builder.source().findings))
+  if builder.skipped_files:
+    logging.warning("prepare skipped %d unreadable images (on_error='skip'), e.g. %s",
+                    len(builder.skipped_files), builder.skipped_files[:3])
+  return {"dir": builder.data_dir, "records": len(w["image_ids"]), "skipped": len(builder.skipped_files)}
+
+
+class PreparedSource:
+  """Random access to prepared records: images already resized (uint8/uint16 [S, S, C])."""
+
+  def __init__(self, data_source, index: dict[str, np.ndarray], name: str):
+    self._ds = data_source
+    self.findings = tuple(str(f) for f in index["findings"])
+    self._labels = index["labels"].astype(np.float32)
+    self._patients = index["patient_ids"].astype(str)
+    self._image_ids = index["image_ids"].astype(str)
+    self.name = name
+    if len(self._ds) != len(self._image_ids):
+      raise ValueError(f"{name}: {len(self._ds)} records but {len(self._image_ids)} index rows; "
+                       "delete the prepared folder and run prepare again")
+
+  def __len__(self) -> int:
+    return len(self._image_ids)
+
+  def __getitem__(self, index: int) -> dict[str, Any]:
+    ex = self._ds[int(index)]
+    image_id = ex["image_id"].decode() if isinstance(ex["image_id"], bytes) else str(ex["image_id"])
+    if image_id != self._image_ids[index]:
+      raise ValueError(f"{self.name}: record {index} is {image_id!r} but the index says "
+                       f"{self._image_ids[index]!r}; delete the prepared folder and run prepare again")
+    return {"image": np.asarray(ex["image"]), "labels": np.asarray(ex["labels"], np.float32),
+            "patient_id": self._patients[index], "image_id": image_id}
+
+  def labels(self) -> np.ndarray:
+    return self._labels
+
+  def patient_ids(self) -> np.ndarray:
+    return self._patients
+
+  def image_ids(self) -> np.ndarray:
+    return self._image_ids
+
+
+def load_prepared(data_config, seed: int = 0) -> PreparedSource:
+  """The prepared records of config.data (FileNotFoundError telling how to prepare them)."""
+  path = prepared_path(data_config)
+  index_path = os.path.join(path, INDEX_FILE)
+  if not os.path.exists(index_path):
+    raise FileNotFoundError(f"no prepared records in {path}; run "
+                            "`python -m mdx.data.prepare --config=<experiment file>` first (or "
+                            "unset config.data.prepared_dir to decode the original files)")
+  with np.load(index_path) as z:
+    index = {k: z[k] for k in z.files}
+  # Read back from the folder alone: the raw files need not be present at training time.
+  builder = tfds.builder_from_directory(path)
+  return PreparedSource(builder.as_data_source(split="records"), index, f"prepared {data_config.source}")
