@@ -58,6 +58,9 @@ class _Prepared(tfds.core.GeneratorBasedBuilder):
   VERSION = tfds.core.Version("1.0.0")
   RELEASE_NOTES = {"1.0.0": "Images resized at prepare time; labels float32 with nan = unknown."}
   SOURCE = ""
+  # No checksums or metadata files ship with mdx (the data is the user's manual_dir); a plain None
+  # also stops TFDS from resolving the package as a resource path, which fails under some importers.
+  code_path = None
 
   def __init__(self, *, data_config, seed: int = 0, **kwargs):
     from mdx.data import sources
