@@ -1,0 +1,143 @@
+"""Splits by patient, test-first sampling with a minimum positive share, k-fold, official NIH, audit CLIs."""
+
+import ml_collections
+import numpy as np
+import pytest
+
+from mdx.data import audit, split, splits
+from real_layouts import NIH_COLUMNS, write_csv
+
+
+def _population(n_patients=300, seed=0):
+  rng = np.random.default_rng(seed)
+  pids, pos = [], []
+  for p in range(n_patients):
+    k = int(rng.integers(1, 6))
+    sick = rng.random() < 0.15
+    pids += [f"p{p}"] * k
+    pos += list(sick & (rng.random(k) < 0.7))
+  return np.array(pids), np.array(pos)
+
+
+def test_test_first_split_shares_sizes_and_no_leak():
+  pids, pos = _population()
+  out = splits.test_first_split(pids, pos, 60, 50, 0.5, seed=1)
+  assert sum(len(v) for v in out.values()) == len(pids)
+  sets = [set(pids[out[k]]) for k in ("train", "validation", "test")]
+  assert not (sets[0] & sets[1] or sets[0] & sets[2] or sets[1] & sets[2])
+  for name, size in (("test", 60), ("validation", 50)):
+    assert len(out[name]) >= size and pos[out[name]].mean() >= 0.5
+  assert pos[out["train"]].mean() < 0.5
+  again = splits.test_first_split(pids, pos, 60, 50, 0.5, seed=1)
+  assert all(np.array_equal(out[k], again[k]) for k in out)
+  with pytest.raises(ValueError, match="min-positive-share"):
+    splits.test_first_split(pids, pos, 400, 50, 0.9, seed=1)
+
+
+def test_kfold_by_patient():
+  pids, _ = _population(50)
+  folds = splits.patient_kfold(pids, 5, seed=0)
+  held = np.concatenate([h for _, h in folds])
+  assert sorted(held.tolist()) == list(range(len(pids)))
+  for train, h in folds:
+    assert not set(pids[train]) & set(pids[h]) and len(train) + len(h) == len(pids)
+  sizes = [len(h) for _, h in folds]
+  assert max(sizes) - min(sizes) <= 5  # balanced by images (max 5 per patient)
+
+
+def test_official_nih_split(tmp_path):
+  ids = [f"{p:08d}_{k:03d}.png" for p in range(10) for k in range(2)]
+  pids = [str(p) for p in range(10) for _ in range(2)]
+  (tmp_path / "test_list.txt").write_text("\n".join(ids[:6]) + "\n")
+  (tmp_path / "train_val_list.txt").write_text("\n".join(ids[6:]) + "\n")
+  out = splits.official_nih_split(ids, pids, str(tmp_path), 0.25, seed=0)
+  assert out["test"].tolist() == list(range(6))
+  assert len(out["validation"]) == 4 and not set(out["validation"]) & set(out["train"])
+  (tmp_path / "test_list.txt").write_text("\n".join(ids[:5]) + "\n")
+  with pytest.raises(ValueError, match="neither"):
+    splits.official_nih_split(ids, pids, str(tmp_path), 0.25, seed=0)
+
+
+class _Src:
+  findings = ("A", "B")
+
+  def __init__(self, pids, labels):
+    self._p, self._l = np.asarray(pids), labels
+
+  def patient_ids(self):
+    return self._p
+
+  def labels(self):
+    return self._l
+
+  def image_ids(self):
+    return np.array([f"i{i}" for i in range(len(self._p))])
+
+
+def test_make_split_dispatch():
+  pids, pos = _population(200)
+  src = _Src(pids, np.stack([pos, np.zeros_like(pos)], 1).astype(np.float32))
+  cfg = ml_collections.ConfigDict(dict(split=dict(by="test_first", test_size=20, val_size=20,
+                                                  min_positive_share=0.5, findings=["A"])))
+  out = splits.make_split(cfg, src, 0)
+  assert pos[out["test"]].mean() >= 0.5
+  cfg.split = dict(by="kfold", k=4, fold=3)
+  assert set(splits.make_split(cfg, src, 0)) == {"train", "validation"}
+  cfg.split = dict(by="patient", test=0.2, val=0.1)
+  assert set(splits.make_split(cfg, src, 0)) == {"train", "validation", "test"}
+  cfg.split = dict(by="image")
+  with pytest.raises(ValueError, match="unknown"):
+    splits.make_split(cfg, src, 0)
+
+
+def _nih_csv(path, n_patients=40, seed=0):
+  rng = np.random.default_rng(seed)
+  rows = []
+  for p in range(n_patients):
+    for k in range(int(rng.integers(1, 4))):
+      lab = "Mass" if rng.random() < 0.2 else ("Pneumonia|Effusion" if rng.random() < 0.1 else "No Finding")
+      rows.append((f"{p:08d}_{k:03d}.png", lab, k, p, 40, "M", "PA"))
+  write_csv(str(path), NIH_COLUMNS, rows)
+  return rows
+
+
+def test_split_cli_and_audit_cli(tmp_path, capsys):
+  rows = _nih_csv(tmp_path / "Data_Entry_2017.csv")
+  rc = split.main(["--source=nih", f"--metadata={tmp_path / 'Data_Entry_2017.csv'}", f"--out={tmp_path / 'out'}",
+                   "--test-size=10", "--val-size=10", "--min-positive-share=0.5",
+                   "--findings=Mass,Pneumonia", "--seed=3"])
+  out = capsys.readouterr().out
+  assert rc == 0 and "OK: no patient is in two sets" in out
+  files = [str(tmp_path / "out" / f"{n}.csv") for n in ("train", "validation", "test")]
+  from mdx.data import tables
+  loaded = [tables.read_csv(f) for f in files]
+  assert all(cols == NIH_COLUMNS for cols, _ in loaded)
+  assert sum(len(r) for _, r in loaded) == len(rows)
+  assert audit.main(files) == 0
+  # An image-level random split of the same rows leaks patients: the audit says so and exits 1.
+  perm = np.random.default_rng(0).permutation(len(rows))
+  thirds = np.array_split(perm, 3)
+  for i, idx in enumerate(thirds):
+    write_csv(str(tmp_path / f"img{i}.csv"), NIH_COLUMNS, [rows[j] for j in idx])
+  capsys.readouterr()
+  assert audit.main([str(tmp_path / f"img{i}.csv") for i in range(3)] + ["--patient-column=Patient ID"]) == 1
+  assert "LEAK" in capsys.readouterr().out
+
+
+def test_audit_reports_shared_items():
+  rep = splits.audit({"a": {"patient_ids": np.array(["1", "2"]), "image_ids": np.array(["x", "y"]),
+                            "labels": np.array([[1, 0], [0, 0]])},
+                      "b": {"patient_ids": np.array(["2", "3"]), "image_ids": np.array(["y", "z"]),
+                            "labels": np.array([[0, 1], [0, 0]])}}, ["F", "G"])
+  pair = rep["pairs"][("a", "b")]
+  assert pair["patients"].tolist() == ["2"] and pair["images"].tolist() == ["y"]
+  assert pair["findings_only_in_one"] == ["F", "G"] and rep["leak"]
+  assert "LEAK" in splits.format_audit(rep)
+
+
+def test_empty_split_and_missing_column(tmp_path):
+  with pytest.raises(ValueError, match="empty"):
+    splits.patient_split(["a", "b"], {"test": 0.1}, 0)
+  write_csv(str(tmp_path / "x.csv"), ["Image Index", "Finding Labels"], [("a.png", "Mass")])
+  with pytest.raises(ValueError, match="no patient column"):
+    audit.main([str(tmp_path / "x.csv"), str(tmp_path / "x.csv")])
