@@ -46,10 +46,10 @@ def resample_weights(patient_ids, n: int, n_resamples: int, seed: int,
 
 
 def bootstrap(fn: Callable[[np.ndarray], Mapping[str, np.ndarray]], patient_ids, n: int,
-              n_resamples: int, seed: int) -> dict[str, np.ndarray]:
+              n_resamples: int, seed: int, chunk_elems: int = 4_000_000) -> dict[str, np.ndarray]:
   """Runs fn(weights [b, n]) -> {name: [b]} over all resamples -> {name: [n_resamples]}."""
   parts: dict[str, list[np.ndarray]] = {}
-  for w in resample_weights(patient_ids, n, n_resamples, seed):
+  for w in resample_weights(patient_ids, n, n_resamples, seed, chunk_elems):
     for k, v in fn(w).items():
       parts.setdefault(k, []).append(np.broadcast_to(np.asarray(v, np.float64), (len(w),)))
   return {k: np.concatenate(v) for k, v in parts.items()}

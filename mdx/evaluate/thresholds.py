@@ -48,11 +48,15 @@ def parse_policy(policy: str | float) -> tuple[str, float | None]:
 def describe_policy(policy: str | float) -> str:
   """Readable name of a policy for the report."""
   kind, value = parse_policy(policy)
-  return {"youden": "maximum Youden's J (sensitivity + specificity - 1)",
-          "f1": "maximum F1",
-          "sensitivity": f"highest threshold with sensitivity >= {value:g}",
-          "specificity": f"lowest threshold with specificity >= {value:g}",
-          "fixed": f"fixed threshold {value:g}"}[kind]
+  if kind == "youden":
+    return "maximum Youden's J (sensitivity + specificity - 1)"
+  if kind == "f1":
+    return "maximum F1"
+  if kind == "sensitivity":
+    return f"highest threshold with sensitivity >= {value:g}"
+  if kind == "specificity":
+    return f"lowest threshold with specificity >= {value:g}"
+  return f"fixed threshold {value:g}"
 
 
 def choose_threshold(y_true, y_prob, policy: str | float = "youden") -> float:

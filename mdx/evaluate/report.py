@@ -1,0 +1,224 @@
+"""The evaluation report: metrics.json, report.md and report.html with PNG figures, in one folder.
+
+The report is built once as a list of blocks (heading, text, table, figure) and rendered to both
+Markdown and HTML, so the two always say the same thing. Figures are copied into the folder and
+linked relatively: the folder can be moved or zipped as it is.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import os
+import shutil
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from mdx.evaluate import classification as CL
+from mdx.evaluate import plots
+from mdx.evaluate import predictions as P
+
+_NAMES = {
+    "auroc": "AUROC", "average_precision": "Average precision", "brier": "Brier score",
+    "ece": "ECE (10 bins)", "accuracy": "Accuracy", "prevalence": "Prevalence",
+    "sensitivity": "Sensitivity", "specificity": "Specificity", "ppv": "PPV", "npv": "NPV",
+    "f1": "F1", "ppv_at_prevalence": "PPV at stated prevalence",
+    "npv_at_prevalence": "NPV at stated prevalence", "brier_platt": "Brier after Platt",
+    "ece_platt": "ECE after Platt", "brier_isotonic": "Brier after isotonic",
+    "ece_isotonic": "ECE after isotonic",
+}
+_OVERVIEW = ("auroc", "average_precision", "sensitivity", "specificity", "ppv", "npv", "f1", "brier")
+
+
+def _fmt(entry) -> str:
+  return plots._fmt(entry)  # one formatter for the figures and the tables
+
+
+def _blocks(result: Mapping, title: str, figures: Sequence[tuple[str, str]],
+            gradcam: Sequence[tuple[str, str]], extra: Sequence[tuple[str, str]]) -> list[tuple]:
+  s = result["settings"]
+  ci = f"{round(100 * s['ci_level'])}%"
+  blocks: list[tuple] = [("h1", title)]
+  blocks.append(("p", (
+      f"{result['n_images']} images of {result['n_patients']} patients, "
+      f"{len(result['findings'])} findings. Every value is followed by its {ci} confidence interval "
+      f"from {s['bootstrap_resamples']} bootstrap resamples of the {s['resampling_unit']} "
+      f"(seed {s['seed']}, percentile method). Thresholds: {s['threshold_policy_description']}, "
+      f"chosen on {s['thresholds_chosen_on']}, then held fixed. 'undefined' means the metric does "
+      "not exist on these cases (e.g. sensitivity without positives), not zero.")))
+  if s.get("prevalence") is not None:
+    blocks.append(("p", f"PPV and NPV are also given at the stated prevalence {s['prevalence']} "
+                        "(Bayes' rule from sensitivity and specificity)."))
+  blocks.append(("h2", "Summary"))
+  rows = [[_NAMES[m], _fmt(result["macro"].get(m)), _fmt(result["micro"].get(m))
+           if m in result["micro"] else "-"] for m in result["macro"]]
+  blocks.append(("table", ["Metric", "Macro average (over findings)", "Micro (all labels pooled)"], rows))
+  rows = []
+  for f in result["findings"]:
+    pf = result["per_finding"][f]
+    rows.append([f, str(pf["n"]), str(pf["n_positive"]),
+                 "-" if pf["threshold"] is None else f"{pf['threshold']:.3g}"]
+                + [_fmt(pf["metrics"].get(m)) for m in _OVERVIEW])
+  blocks.append(("table", ["Finding", "N", "Positives", "Threshold"] + [_NAMES[m] for m in _OVERVIEW],
+                 rows))
+  blocks.append(("h2", "Curves and calibration"))
+  for caption, rel in figures:
+    blocks.append(("figure", caption, rel))
+  if gradcam:
+    blocks.append(("h2", "Grad-CAM"))
+    blocks.append(("p", "Where the model looked: gradient-weighted class activation maps over the "
+                        "image (red = more evidence for the finding)."))
+    for caption, rel in gradcam:
+      blocks.append(("figure", caption, rel))
+  if extra:
+    blocks.append(("h2", "Training"))
+    for caption, rel in extra:
+      blocks.append(("figure", caption, rel))
+  blocks.append(("h2", "Per finding"))
+  for f in result["findings"]:
+    pf = result["per_finding"][f]
+    blocks.append(("h3", f))
+    cm = pf["confusion"]
+    thr = "no threshold (undefined)" if pf["threshold"] is None else f"threshold {pf['threshold']:.4g}"
+    conf = (f"; at it TP {cm['tp']}, FP {cm['fp']}, TN {cm['tn']}, FN {cm['fn']}" if cm else "")
+    blocks.append(("p", f"{pf['n']} cases with a known label ({pf['n_positive']} positive, "
+                        f"{pf['n_unknown']} unknown left out); {thr}{conf}."))
+    blocks.append(("table", ["Metric", f"Value [{ci} CI]"],
+                   [[_NAMES.get(k, k), _fmt(v)] for k, v in pf["metrics"].items()]))
+  return blocks
+
+
+def _md_cell(text: str) -> str:
+  return str(text).replace("|", "\\|")
+
+
+def _render_md(blocks: list[tuple]) -> str:
+  out = []
+  for b in blocks:
+    kind = b[0]
+    if kind in ("h1", "h2", "h3"):
+      out.append("#" * int(kind[1]) + " " + b[1])
+    elif kind == "p":
+      out.append(b[1])
+    elif kind == "table":
+      out.append("| " + " | ".join(_md_cell(h) for h in b[1]) + " |")
+      out.append("|" + "---|" * len(b[1]))
+      out.extend("| " + " | ".join(_md_cell(c) for c in r) + " |" for r in b[2])
+    elif kind == "figure":
+      out.append(f"![{b[1]}]({b[2]})\n\n*{b[1]}*")
+    out.append("")
+  return "\n".join(out)
+
+
+_CSS = """body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}
+table{border-collapse:collapse;margin:1em 0;font-size:13px}th,td{border:1px solid #ccc;padding:3px 8px}
+th{background:#f2f2f2}td{white-space:nowrap}figure{margin:1em 0}img{max-width:100%}
+figcaption{font-style:italic;color:#555}h3{margin-top:1.5em}"""
+
+
+def _render_html(blocks: list[tuple], title: str) -> str:
+  e = html.escape
+  out = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{e(title)}</title>"
+         f"<style>{_CSS}</style></head><body>"]
+  for b in blocks:
+    kind = b[0]
+    if kind in ("h1", "h2", "h3"):
+      out.append(f"<{kind}>{e(b[1])}</{kind}>")
+    elif kind == "p":
+      out.append(f"<p>{e(b[1])}</p>")
+    elif kind == "table":
+      out.append("<table><tr>" + "".join(f"<th>{e(h)}</th>" for h in b[1]) + "</tr>")
+      out.extend("<tr>" + "".join(f"<td>{e(c)}</td>" for c in r) + "</tr>" for r in b[2])
+      out.append("</table>")
+    elif kind == "figure":
+      out.append(f"<figure><img src='{e(b[2])}' alt='{e(b[1])}'><figcaption>{e(b[1])}"
+                 "</figcaption></figure>")
+  out.append("</body></html>")
+  return "\n".join(out)
+
+
+def _copy_figures(figs: Sequence[tuple[str, str]], out_dir: str, sub: str) -> list[tuple[str, str]]:
+  copied = []
+  for i, (caption, src) in enumerate(figs):
+    if not os.path.exists(src):
+      raise FileNotFoundError(f"figure {caption!r}: {src} does not exist")
+    rel = os.path.join(sub, f"{i:02d}_{os.path.basename(src)}")
+    dst = os.path.join(out_dir, rel)
+    os.makedirs(os.path.dirname(dst), exist_ok=True)
+    if os.path.abspath(src) != os.path.abspath(dst):
+      shutil.copyfile(src, dst)
+    copied.append((caption, rel))
+  return copied
+
+
+def write_json(path: str, obj) -> str:
+  """JSON with nan written as null (plain json would write the invalid token NaN)."""
+  def clean(x):
+    if isinstance(x, dict):
+      return {k: clean(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+      return [clean(v) for v in x]
+    if isinstance(x, (float, np.floating)):
+      return float(x) if np.isfinite(x) else None
+    if isinstance(x, np.integer):
+      return int(x)
+    return x
+  with open(path, "w") as f:
+    json.dump(clean(obj), f, indent=1, allow_nan=False)
+  return path
+
+
+def evaluate_and_report(out_dir: str, *, labels, probs, findings: Sequence[str], patient_ids=None,
+                        ids=None, val_labels=None, val_probs=None,
+                        threshold_policy: str | float = "youden", bootstrap: int = 1000,
+                        seed: int = 0, extra_figures: Sequence[tuple[str, str]] = (),
+                        gradcam_figures: Sequence[tuple[str, str]] = (),
+                        title: str = "mdx evaluation",
+                        prevalence: float | Mapping[str, float] | None = None) -> dict:
+  """Evaluates predictions and writes metrics.json, report.md, report.html and PNGs into out_dir.
+
+  labels [N, C] float with nan = unknown; probs [N, C] in [0, 1]; patient_ids [N] for
+  patient-level bootstrap; ids [N] to also write labels.csv / probs.csv (re-runnable with the CLI);
+  val_* choose thresholds and fit recalibration; extra_figures / gradcam_figures: (caption, png)
+  pairs copied in. Returns the metrics dict (as in metrics.json).
+  """
+  os.makedirs(out_dir, exist_ok=True)
+  labels = np.asarray(labels, np.float64)
+  probs = np.asarray(probs, np.float64)
+  findings = list(findings)
+  result = CL.evaluate_classification(
+      labels, probs, findings, patient_ids=patient_ids, val_labels=val_labels, val_probs=val_probs,
+      threshold_policy=threshold_policy, bootstrap=bootstrap, seed=seed, prevalence=prevalence)
+  result = {"title": title, **result}
+  recal = (CL.recalibrate(val_labels, val_probs, probs)
+           if val_labels is not None and val_probs is not None else [])
+  fig_dir = os.path.join(out_dir, "figures")
+  figures = [
+      ("ROC curves (dot: the chosen operating point)",
+       plots.roc_png(os.path.join(fig_dir, "roc.png"), labels, probs, findings, result)),
+      ("Precision-recall curves (dashed: prevalence)",
+       plots.pr_png(os.path.join(fig_dir, "pr.png"), labels, probs, findings, result)),
+      ("Reliability diagrams" + (" before and after recalibration fitted on validation" if recal else ""),
+       plots.reliability_png(os.path.join(fig_dir, "reliability.png"), labels, probs, findings,
+                             result, recal)),
+      ("Confusion matrices at the chosen thresholds",
+       plots.confusion_png(os.path.join(fig_dir, "confusion.png"), findings, result)),
+  ]
+  figures = [(c, os.path.relpath(p, out_dir)) for c, p in figures]
+  gradcam = _copy_figures(gradcam_figures, out_dir, "gradcam")
+  extra = _copy_figures(extra_figures, out_dir, "extra")
+  result["figures"] = {"curves": figures, "gradcam": gradcam, "extra": extra}
+  if ids is not None:
+    ids = [str(i) for i in ids]
+    pids = None if patient_ids is None else [str(p) for p in patient_ids]
+    P.write_csv(os.path.join(out_dir, "labels.csv"), ids, labels, findings, patient_ids=pids)
+    P.write_csv(os.path.join(out_dir, "probs.csv"), ids, probs, findings)
+  metrics_path = write_json(os.path.join(out_dir, "metrics.json"), result)
+  blocks = _blocks(result, title, figures, gradcam, extra)
+  with open(os.path.join(out_dir, "report.md"), "w") as f:
+    f.write(_render_md(blocks))
+  with open(os.path.join(out_dir, "report.html"), "w") as f:
+    f.write(_render_html(blocks, title))
+  with open(metrics_path) as f:
+    return json.load(f)  # exactly what metrics.json says
