@@ -19,6 +19,18 @@ MODELS: dict[str, tuple[str, dict[str, Any]]] = {
   "densenet201": ("mdx.models.densenet:DenseNet", dict(block_sizes=(6, 12, 48, 32))),
   "densenet_tiny": ("mdx.models.densenet:DenseNet",
                     dict(block_sizes=(2, 2), growth_rate=8, stem_features=16, bn_size=2)),
+  "resnet18": ("mdx.models.resnet:ResNet", dict(block="basic", stage_sizes=(2, 2, 2, 2))),
+  "resnet34": ("mdx.models.resnet:ResNet", dict(block="basic", stage_sizes=(3, 4, 6, 3))),
+  "resnet50": ("mdx.models.resnet:ResNet", dict(block="bottleneck", stage_sizes=(3, 4, 6, 3))),
+  # Keras applications' ResNet50 (v1): conv biases, stride on the first 1x1, epsilon 1.001e-5.
+  "resnet50_keras": ("mdx.models.resnet:ResNet",
+                     dict(block="bottleneck", stage_sizes=(3, 4, 6, 3), conv_bias=True,
+                          stride_on_1x1=True, bn_epsilon=1.001e-5)),
+  "resnext50_32x4d": ("mdx.models.resnet:ResNet",
+                      dict(block="bottleneck", stage_sizes=(3, 4, 6, 3), groups=32,
+                           width_per_group=4)),
+  "resnet_tiny": ("mdx.models.resnet:ResNet",
+                  dict(block="basic", stage_sizes=(1, 1), stem_features=8)),
   "unet3d": ("mdx.models.unet3d:UNet3D", {}),
 }
 

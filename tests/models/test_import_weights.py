@@ -1,0 +1,185 @@
+"""Imported weights reproduce the reference frameworks (Keras, PyTorch) on the same input."""
+
+import os
+
+os.environ.setdefault("KERAS_BACKEND", "jax")
+
+import h5py
+import jax
+import numpy as np
+import pytest
+
+from mdx.models import import_weights, pretrained, registry
+
+torch = pytest.importorskip("torch")
+keras = pytest.importorskip("keras")
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
+
+def _randomize_keras_bn(model, rng):
+  for layer in model.layers:
+    if isinstance(layer, keras.layers.BatchNormalization):
+      g, b, m, v = layer.get_weights()
+      layer.set_weights([rng.uniform(0.5, 1.5, g.shape), rng.normal(0, 0.1, b.shape),
+                         rng.normal(0, 0.1, m.shape), rng.uniform(0.5, 1.5, v.shape)])
+
+
+def _as_keras2_weight_file(src: str, dst: str) -> None:
+  """Rewrites a legacy full-model .h5 in the layout of the keras.applications ImageNet files:
+  root 'layer_names', layer names with '/' ('conv1/conv'), weight names ending in ':0'."""
+  with h5py.File(src, "r") as fin, h5py.File(dst, "w") as fout:
+    root = fin["model_weights"]
+    names = []
+    for layer in root.attrs["layer_names"]:
+      layer = layer.decode() if isinstance(layer, bytes) else layer
+      new = layer.replace("_", "/", 1) if layer.startswith(("conv", "pool")) else layer
+      names.append(new.encode())
+      g = fout.create_group(new)
+      wnames = []
+      for w in root[layer].attrs["weight_names"]:
+        w = w.decode() if isinstance(w, bytes) else w
+        leaf = f"{new}/{w.split('/')[-1]}:0"
+        g.create_dataset(leaf[len(new) + 1:], data=np.asarray(root[layer][w]))
+        wnames.append(leaf[len(new) + 1:].encode())
+      g.attrs["weight_names"] = wnames
+    fout.attrs["layer_names"] = names
+
+
+def _mdx_logits(name, variables, x, **kwargs):
+  num_classes = variables["params"]["head"]["dense"]["kernel"].shape[1]
+  model = registry.create(name, num_classes=num_classes, **kwargs)
+  return np.asarray(model.apply(variables, x, train=False))
+
+
+def test_keras_densenet121_same_outputs_both_h5_layouts(tmp_path):
+  rng = np.random.default_rng(0)
+  ref = keras.applications.DenseNet121(weights=None, input_shape=(32, 32, 3), classes=5,
+                                       classifier_activation=None)
+  _randomize_keras_bn(ref, rng)
+  ref.save(tmp_path / "full.h5")
+  _as_keras2_weight_file(str(tmp_path / "full.h5"), str(tmp_path / "keras2.h5"))
+  x = rng.normal(size=(2, 32, 32, 3)).astype(np.float32)
+  expected = np.asarray(ref(x, training=False))
+  for i, f in enumerate(["full.h5", "keras2.h5"]):
+    out = tmp_path / f"out{i}"
+    import_weights.import_weights("densenet121", "keras_h5", str(tmp_path / f), str(out))
+    variables = pretrained.load(str(out))
+    assert np.abs(_mdx_logits("densenet121", variables, x) - expected).max() < 1e-4
+  assert pretrained.provenance(str(out))["input_sha256"] == pretrained.sha256(tmp_path / f)
+
+
+def test_keras_densenet121_without_top_and_wrong_model(tmp_path):
+  ref = keras.applications.DenseNet121(weights=None, include_top=False, input_shape=(32, 32, 3))
+  ref.save(tmp_path / "notop.h5")
+  variables = import_weights.import_weights("densenet121", "keras_h5", str(tmp_path / "notop.h5"))
+  assert "head" not in variables["params"] and "norm_final" in variables["batch_stats"]
+  with pytest.raises(ValueError, match=r"model variables missing.*\n.*block3/layer25"):
+    import_weights.import_weights("densenet169", "keras_h5", str(tmp_path / "notop.h5"))
+
+
+def test_keras_resnet50_same_outputs(tmp_path):
+  rng = np.random.default_rng(1)
+  ref = keras.applications.ResNet50(weights=None, input_shape=(32, 32, 3), classes=4,
+                                    classifier_activation=None)
+  _randomize_keras_bn(ref, rng)
+  ref.save(tmp_path / "r.h5")
+  x = rng.normal(size=(2, 32, 32, 3)).astype(np.float32)
+  variables = import_weights.import_weights("resnet50_keras", "keras_h5", str(tmp_path / "r.h5"))
+  got = _mdx_logits("resnet50_keras", variables, x)
+  assert np.abs(got - np.asarray(ref(x, training=False))).max() < 1e-4
+  with pytest.raises(ValueError, match="resnet50_keras"):   # torchvision layout has no conv biases
+    import_weights.import_weights("resnet50", "keras_h5", str(tmp_path / "r.h5"))
+
+
+# A PyTorch DenseNet with torchvision's (and torchxrayvision's) module names.
+class _TorchDenseLayer(torch.nn.Module):
+  def __init__(self, cin, growth, bn_size):
+    super().__init__()
+    nn = torch.nn
+    self.norm1, self.relu1 = nn.BatchNorm2d(cin), nn.ReLU()
+    self.conv1 = nn.Conv2d(cin, bn_size * growth, 1, bias=False)
+    self.norm2, self.relu2 = nn.BatchNorm2d(bn_size * growth), nn.ReLU()
+    self.conv2 = nn.Conv2d(bn_size * growth, growth, 3, padding=1, bias=False)
+
+  def forward(self, x):
+    y = self.conv1(self.relu1(self.norm1(x)))
+    return torch.cat([x, self.conv2(self.relu2(self.norm2(y)))], 1)
+
+
+class _TorchDenseNet(torch.nn.Module):
+  def __init__(self, blocks=(6, 12, 24, 16), growth=32, init=64, bn_size=4, classes=3, cin=1):
+    super().__init__()
+    nn = torch.nn
+    f = nn.Sequential()
+    f.add_module("conv0", nn.Conv2d(cin, init, 7, 2, 3, bias=False))
+    f.add_module("norm0", nn.BatchNorm2d(init))
+    f.add_module("relu0", nn.ReLU())
+    f.add_module("pool0", nn.MaxPool2d(3, 2, 1))
+    c = init
+    for i, n in enumerate(blocks):
+      block = nn.Sequential()
+      for j in range(n):
+        block.add_module(f"denselayer{j + 1}", _TorchDenseLayer(c + j * growth, growth, bn_size))
+      f.add_module(f"denseblock{i + 1}", block)
+      c += n * growth
+      if i < len(blocks) - 1:
+        f.add_module(f"transition{i + 1}", nn.Sequential())
+        t = getattr(f, f"transition{i + 1}")
+        t.add_module("norm", nn.BatchNorm2d(c))
+        t.add_module("relu", nn.ReLU())
+        t.add_module("conv", nn.Conv2d(c, c // 2, 1, bias=False))
+        t.add_module("pool", nn.AvgPool2d(2, 2))
+        c //= 2
+    f.add_module("norm5", nn.BatchNorm2d(c))
+    self.features = f
+    self.classifier = nn.Linear(c, classes)
+
+  def forward(self, x):
+    y = torch.relu(self.features(x))
+    return self.classifier(torch.flatten(torch.nn.functional.adaptive_avg_pool2d(y, 1), 1))
+
+
+def _torch_densenet121(seed=0, cin=1):
+  torch.manual_seed(seed)
+  ref = _TorchDenseNet(cin=cin).eval()
+  g = torch.Generator().manual_seed(seed)
+  for m in ref.modules():
+    if isinstance(m, torch.nn.BatchNorm2d):
+      m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
+      m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+      m.weight.data.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+      m.bias.data.copy_(torch.randn(m.num_features, generator=g) * 0.1)
+  return ref
+
+
+def test_torch_densenet121_same_outputs_torch_and_safetensors(tmp_path):
+  ref = _torch_densenet121(cin=1)   # one channel, as torchxrayvision's DenseNet-121
+  state = ref.state_dict()
+  state["op_threshs"] = torch.rand(3)   # torchxrayvision's extra buffer: ignored, and reported
+  torch.save({"module." + k: v for k, v in state.items()}, tmp_path / "sd.pt")
+  x = np.random.default_rng(2).normal(size=(2, 32, 32, 1)).astype(np.float32)
+  with torch.no_grad():
+    expected = ref(torch.from_numpy(x.transpose(0, 3, 1, 2))).numpy()
+  import_weights.import_weights("densenet121", "torch", str(tmp_path / "sd.pt"), str(tmp_path / "o"))
+  variables = pretrained.load(str(tmp_path / "o"))
+  assert np.abs(_mdx_logits("densenet121", variables, x) - expected).max() < 1e-4
+  assert pretrained.provenance(str(tmp_path / "o"))["ignored_keys"] == ["op_threshs"]
+
+  from safetensors.torch import save_file
+  save_file({k: v.contiguous() for k, v in ref.state_dict().items()}, tmp_path / "sd.safetensors")
+  variables = import_weights.import_weights("densenet121", "safetensors",
+                                            str(tmp_path / "sd.safetensors"))
+  assert np.abs(_mdx_logits("densenet121", variables, x) - expected).max() < 1e-4
+
+
+def test_mismatches_are_listed(tmp_path):
+  state = _TorchDenseNet(blocks=(2, 2), growth=8, init=16, bn_size=2, cin=3).state_dict()
+  state["features.norm0.weight"] = torch.ones(17)
+  state["features.extra.weight"] = torch.ones(2)
+  torch.save(state, tmp_path / "bad.pt")
+  with pytest.raises(ValueError) as e:
+    import_weights.import_weights("densenet_tiny", "torch", str(tmp_path / "bad.pt"))
+  msg = str(e.value)
+  assert "features.extra.weight" in msg and "params/stem/bn/scale: file (17,) vs model (16,)" in msg
+  with pytest.raises(FileNotFoundError):
+    import_weights.import_weights("densenet_tiny", "torch", str(tmp_path / "none.pt"))
