@@ -185,6 +185,13 @@ def _bump(d2):
   return t * t
 
 
+def _between_domes(X, Y, new: _Lung, old: _Lung, px: float) -> np.ndarray:
+  """Pixels of new's half of the chest between its old and new diaphragm (+-1 pixel)."""
+  a, b = new.dome(X), old.dome(X)
+  return ((Y > np.minimum(a, b) - 1 / px) & (Y < np.maximum(a, b) + 1 / px)
+          & ((X - 0.5) * new.side >= -1 / px))
+
+
 def _ipow(x, n: int):
   """x ** n for a small integer n by multiplication (numpy's float pow is slow).
 
@@ -343,7 +350,7 @@ class ChestXrayPhantoms:
       if r.random() < 0.7:
         anat.lung(atel_side).dome_top -= r.uniform(0.03, 0.05)  # volume loss
 
-    fields = self._draw_anatomy(canvas, anat)
+    fields = self._draw_anatomy(canvas, anat, base)
     fx = _Effects(S)
     for f in NIH_FINDINGS:
       if f in frngs:
@@ -420,8 +427,12 @@ class ChestXrayPhantoms:
                     rib_curv=r.uniform(1.3, 1.8), torso_a=r.uniform(0.47, 0.50),
                     mark_phase=tuple(float(v) for v in r.uniform(0, 2 * np.pi, 6)), bubble=bool(r.random() < 0.7))
 
-  def _draw_anatomy(self, cv: _Canvas, an: _Anatomy) -> dict[str, np.ndarray]:
-    """Density of the normal chest (static) and the visible lung (0..1), lung markings."""
+  def _draw_anatomy(self, cv: _Canvas, an: _Anatomy, base: _Anatomy) -> dict[str, np.ndarray]:
+    """Density of the chest (static), the visible lung (0..1) and the lung markings.
+
+    `an` is the patient's anatomy as changed by findings; ribs and the gastric bubble follow
+    `base` (the unchanged anatomy) so a finding alters only the region its mask reports.
+    """
     X, Y, px = cv.X, cv.Y, cv.px
     ax = np.abs(X - 0.5)
     # Body outline: torso superellipse plus neck.
@@ -457,7 +468,7 @@ class ChestXrayPhantoms:
       lung += cov * (0.65 + 0.35 * np.clip((1 - f) * 2.5, 0, 1))
     lung *= (1 - 0.8 * heart) * (1 - 0.85 * med)
     # Ribs: posterior (clear) and anterior (faint) arcs inside the thoracic cage.
-    lung_bottom = max(L.dome_top for L in an.lungs) + 0.09
+    lung_bottom = max(L.dome_top for L in base.lungs) + 0.09
     cage = _cover((an.torso_a - 0.035 - ax) * px) * _cover((lung_bottom - Y) * px) * _cover((ax - 0.04) * px)
     post = (Y - (-0.2 * ax + an.rib_curv * ax * ax) - 0.11) / an.rib_spacing + an.rib_y0
     ribs = np.clip((np.cos(2 * np.pi * post) - 0.25) * 2.5, 0, 1)
@@ -472,7 +483,7 @@ class ChestXrayPhantoms:
     static += 0.16 * clav
     # Gastric bubble under the left hemidiaphragm (image right).
     if an.bubble:
-      Ll = an.lungs[1]
+      Ll = base.lungs[1]
       bx, by = Ll.dome_x + 0.02, Ll.dome_top + 0.045
       static -= 0.22 * _bump(((X - bx) / 0.055) ** 2 + ((Y - by) / 0.032) ** 2) * _cover((Y - Ll.dome(X) - 0.008) * px)
     # Vessel markings fanning out from the hila, fading to the periphery.
@@ -575,7 +586,7 @@ class ChestXrayPhantoms:
       fluid = np.clip((Y - top) * cv.px / 3.0, 0, 1) * (self._lung_side(fields, side)[sl] > 0)
       fx.fill[sl] += fluid
       fx.add[sl] += 0.04 * fluid
-      fx.mask("Effusion", sl, fluid * self._lung_side(fields, side)[sl] > 0.3)
+      fx.mask("Effusion", sl, fluid * self._lung_side(fields, side)[sl] > 0.03)
 
   def _draw_infiltration(self, r, cv, an, base, fields, fx, atel_side):
     """Patchy, hazy, ill-defined opacity made of several soft puffs."""
@@ -610,7 +621,7 @@ class ChestXrayPhantoms:
     bronch = _ipow(0.5 + 0.5 * np.cos(r.integers(14, 20) * th + r.uniform(0, 6.3)), 12)
     fx.fill[sl] += region * (1 - 0.55 * bronch)
     fx.add[sl] += 0.03 * region
-    fx.mask("Consolidation", sl, region > 0.3)
+    fx.mask("Consolidation", sl, region > 0.05)
 
   def _draw_pneumonia(self, r, cv, an, base, fields, fx, atel_side):
     """Focal, fuzzy-edged rounded opacity, denser centrally, with faint air bronchograms."""
@@ -627,7 +638,7 @@ class ChestXrayPhantoms:
     bronch = _ipow(0.5 + 0.5 * np.cos(17 * th + r.uniform(0, 6.3)), 14)
     val = core * mot * (1 - 0.35 * bronch) * self._lung_side(fields, side)[sl]
     fx.fill[sl] += val
-    fx.mask("Pneumonia", sl, val > 0.15)
+    fx.mask("Pneumonia", sl, val > 0.03)
 
   def _draw_pneumothorax(self, r, cv, an, base, fields, fx, atel_side):
     """Apicolateral rim of free air (no markings, darker) outside a visible pleural line."""
@@ -645,7 +656,7 @@ class ChestXrayPhantoms:
     fx.extra_air[sl] += 0.4 * gap
     fx.mark_mul[sl] *= 1 - gap
     fx.add[sl] += 0.09 * line
-    fx.mask("Pneumothorax", sl, (gap > 0.5) | (line > 0.3))
+    fx.mask("Pneumothorax", sl, (gap > 0.05) | (line > 0.05))
 
   def _draw_atelectasis(self, r, cv, an, base, fields, fx, atel_side):
     """Plate-like linear opacity in a lower zone, with volume loss (raised hemidiaphragm)."""
@@ -662,13 +673,10 @@ class ChestXrayPhantoms:
     plate = _cover((1 - (u * u + w * w)) * 0.5 * half_th * cv.px) * self._lung_side(fields, side)[sl]
     fx.fill[sl] += plate
     fx.add[sl] += 0.03 * plate
-    fx.mask("Atelectasis", sl, plate > 0.3)
+    fx.mask("Atelectasis", sl, plate > 0.05)
     B = base.lung(side)
     if L.dome_top != B.dome_top:  # where the lung used to be before the volume loss
-      sl = cv.window(L.cx, B.dome_top + 0.05, L.a * 1.1)
-      X, Y = cv.X[sl], cv.Y[sl]
-      lost = (Y < B.dome(X) + 1 / cv.px) & (Y > L.dome(X) - 1 / cv.px) & (B.f(X, Y) < 1.1)
-      fx.mask("Atelectasis", sl, lost)
+      fx.mask("Atelectasis", np.s_[:, :], _between_domes(cv.X, cv.Y, L, B, cv.px))
 
   def _draw_edema(self, r, cv, an, base, fields, fx, atel_side):
     """Bilateral perihilar (bat-wing) haze and Kerley B lines at the lateral bases."""
@@ -681,7 +689,7 @@ class ChestXrayPhantoms:
       haze = _bump(((X - hx) / ra) ** 2 + ((Y - hy) / rb) ** 2) * self._lung_side(fields, side)[sl]
       haze *= 0.75 + 0.25 * fields["marks"][sl].clip(0, 1)
       fx.fill[sl] += 0.45 * haze
-      fx.mask("Edema", sl, haze > 0.08)
+      fx.mask("Edema", sl, haze > 0.03)
       cpx, cpy = L.cp_angle()
       zx = L.cx + side * L.a * 0.8
       sl = cv.window(zx, cpy - 0.08, 0.1)
@@ -691,7 +699,7 @@ class ChestXrayPhantoms:
       lines = np.clip((np.cos(2 * np.pi * (Y - r.uniform(0, 1)) / period) - 0.55) * 3, 0, 1)
       kerley = lines * zone * self._lung_side(fields, side)[sl]
       fx.fill[sl] += 0.6 * kerley
-      fx.mask("Edema", sl, kerley > 0.2)
+      fx.mask("Edema", sl, kerley > 0.05)
 
   def _draw_emphysema(self, r, cv, an, base, fields, fx, atel_side):
     """Hyperlucent, enlarged lungs with sparse markings, flat diaphragm and apical bullae."""
@@ -701,8 +709,7 @@ class ChestXrayPhantoms:
     full = np.s_[:, :]
     fx.mask("Emphysema", full, lung > 0.05)
     for L, B in zip(an.lungs, base.lungs):  # the strip the old diaphragm occupied
-      fx.mask("Emphysema", full, (cv.Y > B.dome(cv.X) - 2 / cv.px) & (cv.Y < L.dome(cv.X) + 2 / cv.px)
-              & (B.f(cv.X, cv.Y) < 1.1))
+      fx.mask("Emphysema", full, _between_domes(cv.X, cv.Y, L, B, cv.px))
     for _ in range(int(r.integers(0, 3))):
       side = int(r.choice([-1, 1]))
       R = r.uniform(0.035, 0.055)
@@ -733,7 +740,7 @@ class ChestXrayPhantoms:
       val = net * zone
       fx.fill[sl] += 0.75 * val
       fx.add[sl] += 0.02 * val
-      fx.mask("Fibrosis", sl, zone > 0.25)
+      fx.mask("Fibrosis", sl, zone > 0.03)
 
   def _draw_pleural_thickening(self, r, cv, an, base, fields, fx, atel_side):
     """A thick, slightly lobulated band of soft tissue along the lateral chest wall or apex."""
@@ -750,12 +757,12 @@ class ChestXrayPhantoms:
     X, Y = cv.X[sl], cv.Y[sl]
     depth = (1 - L.f(X, Y)) * L.a / 2.5   # approximate distance inside the lung edge
     wob = thick * (1 + 0.25 * np.sin(Y * 60 + r.uniform(0, 6.3)))
-    lateral = (X - L.cx) * side > -0.3 * L.a if y0 > L.apex() else True
+    lateral = (X - L.cx) * side > (-0.3 if y0 > L.apex() else -0.6) * L.a
     band = (_cover((wob - depth) * cv.px) * _cover((Y - y0) * cv.px) * _cover((y1 - Y) * cv.px)
             * lateral * self._lung_side(fields, side)[sl])
     fx.fill[sl] += band
     fx.add[sl] += 0.06 * band
-    fx.mask("Pleural_Thickening", sl, band > 0.3)
+    fx.mask("Pleural_Thickening", sl, band > 0.05)
 
   def _draw_hernia(self, r, cv, an, base, fields, fx, atel_side):
     """Hiatal hernia: a rounded retrocardiac mass above the diaphragm with an air-fluid level."""
