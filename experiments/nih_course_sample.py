@@ -1,0 +1,32 @@
+"""The 100-image NIH course sample at the original 1024 px, resized to 128 px, split by patient.
+
+Data: ../shared/data/nih_chestxray14_course_sample (labels.csv in the Data_Entry layout + images/).
+Too small to learn from; it exercises the full-resolution path: prepare once
+(`python -m mdx.data.prepare --config=experiments/nih_course_sample.py`), then train from records.
+"""
+
+import os
+
+from mdx.config import defaults
+
+DATA = os.environ.get("MDX_DATA", os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data"))
+
+
+def get_config():
+  c = defaults()
+  c.seed = 0
+  c.data.source = "nih"
+  c.data.metadata = os.path.join(DATA, "nih_chestxray14_course_sample", "labels.csv")
+  c.data.images = os.path.join(DATA, "nih_chestxray14_course_sample", "images")
+  c.data.prepared_dir = "/tmp/mdx_records"
+  c.data.image_size = 128
+  c.data.split = dict(by="patient", test=0.2, val=0.2)
+  c.data.augment = "chest_xray"
+  c.data.standardize = "per_image"
+  c.model.name = "densenet121"
+  c.model.num_classes = 14
+  c.train.batch_size = 16
+  c.train.steps = 50
+  c.train.checkpoint_every = 25
+  c.eval.bootstrap = 100
+  return c

@@ -1,0 +1,33 @@
+"""Pediatric pneumonia (Kermany et al.) from NORMAL/ and PNEUMONIA/ folders: one binary finding.
+
+Data: ../shared/data/kermany_pneumonia_subset. The patient id comes from the file name
+(personN_virus_M.jpeg -> personN; IM-XXXX-YYYY.jpeg -> IM-XXXX), so a child's several films stay in
+one set. Prepare once: `python -m mdx.data.prepare --config=experiments/pneumonia_folder.py`.
+"""
+
+import os
+
+from mdx.config import defaults
+
+DATA = os.environ.get("MDX_DATA", os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data"))
+
+
+def get_config():
+  c = defaults()
+  c.seed = 0
+  c.data.source = "folders"
+  c.data.root = os.path.join(DATA, "kermany_pneumonia_subset")
+  c.data.negative_class = "NORMAL"
+  c.data.patient_regex = r"^(person\d+|(?:NORMAL2-)?IM-\d+)"
+  c.data.prepared_dir = "/tmp/mdx_records"
+  c.data.image_size = 128
+  c.data.split = dict(by="patient", test=0.2, val=0.2)
+  c.data.augment = "chest_xray"
+  c.data.standardize = "per_image"
+  c.model.name = "densenet121"
+  c.model.num_classes = 1
+  c.train.batch_size = 16
+  c.train.steps = 100
+  c.train.checkpoint_every = 50
+  c.eval.bootstrap = 200
+  return c
