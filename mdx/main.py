@@ -7,6 +7,7 @@ the workdir; running train again on the same workdir resumes from its latest che
 from __future__ import annotations
 
 import json
+import logging as logging_std
 import os
 
 from absl import app, flags, logging
@@ -74,7 +75,16 @@ def run(config, workdir: str, mode: str, input_dir: str | None = None,
   return report_dir
 
 
+class _QuietLibraries(logging_std.Filter):
+  """Drops INFO chatter of Orbax and grain (each save/restore logs a dozen lines); keeps warnings."""
+
+  def filter(self, record) -> bool:
+    return record.levelno >= logging_std.WARNING or not any(
+        part in record.pathname for part in ("/orbax/", "/grain/"))
+
+
 def main(argv):
+  logging.get_absl_handler().addFilter(_QuietLibraries())
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments {argv[1:]}; overrides look like "
                          "--config.train.steps=20")

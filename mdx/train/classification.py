@@ -42,8 +42,8 @@ class ClassificationTask:
     train_labels = self.labels[self.splits["train"]]
     self.pos_weight, self.neg_weight = losses.positive_negative_weights(train_labels)
     logging.info("Splits by patient: %s", {k: len(v) for k, v in self.splits.items()})
-    logging.info("Training prevalence per finding: %s", dict(zip(
-        self.findings, np.round(np.nanmean(train_labels, 0), 4).tolist())))
+    logging.info("Training prevalence per finding: %s", ", ".join(
+        f"{f} {p:.3f}" for f, p in zip(self.findings, np.nanmean(train_labels, 0))))
     self.transforms_eval = self._standardize()
     self.transforms_train = augment.make(data.augment, data.image_size) + self.transforms_eval
     first = np.asarray(self.source[int(self.splits["train"][0])]["image"])

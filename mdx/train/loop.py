@@ -115,15 +115,19 @@ def train(config, workdir: str, task) -> TrainState:
   for step in range(start + 1, total + 1):
     batch = next(data)
     state, metrics = train_step(state, parallel.shard_batch(batch, mesh))
-    window_steps += 1
+    if step == start + 1:  # the first step compiles: keep it out of the images/s and the ETA
+      jax.block_until_ready(metrics)
+      window_start = time.perf_counter()
+    else:
+      window_steps += 1
     if step % config.train.log_every == 0 or step == total:
       loss = float(metrics["loss"])  # the one host sync per log window
       if not np.isfinite(loss):
         raise FloatingPointError(f"loss is {loss} at step {step}; lower config.train.lr or check "
                                  "the data (run with --mode=eval on the last checkpoint)")
       elapsed = time.perf_counter() - window_start
-      rate = window_steps * config.train.batch_size / elapsed
-      eta = (total - step) * config.train.batch_size / rate
+      rate = window_steps * config.train.batch_size / max(elapsed, 1e-9)
+      eta = (total - step) * config.train.batch_size / max(rate, 1e-9)
       logging.info("step %d/%d  loss %.4f  %.1f img/s  ETA %s", step, total, loss, rate,
                    _format_eta(eta))
       history.write(step, {"train_loss": loss, "images_per_second": rate,
