@@ -57,7 +57,7 @@ _STUDY_COUNT_WEIGHTS = np.array([0.35, 0.25, 0.18, 0.12, 0.10, 0.05, 0.03, 0.02]
 
 # Necklace: this many bead slots, each bead one of 3 sizes -> 3**13 (1.6 M) distinct patterns.
 _BEADS = 13
-_BEAD_RADII = (0.009, 0.014, 0.019)
+_BEAD_RADII = (0.011, 0.016, 0.022)
 
 # Stream keys for np.random.default_rng([seed, key, ...]).
 _LABELS, _ANATOMY, _ACQUISITION, _FINDING, _NECKLACE, _NOISE = range(6)
@@ -449,7 +449,7 @@ class ChestXrayPhantoms:
     w = (-st * dx + ct * dyh) / hb
     heart = _cover((1 - (u * u + w * w)) * 0.5 * min(ha, hb) * px)
     med_w = 0.042 + 0.035 * np.clip((Y - 0.18) / 0.3, 0, 1)
-    med = _cover((med_w - np.abs(X - 0.505)) * px)
+    med = _cover((med_w - np.abs(X - 0.505)) * px) * np.clip((Y - 0.06) / 0.08, 0, 1)
     knob = _cover((0.03 - np.hypot(X - 0.555, Y - 0.30)) * px)
     med = np.maximum(med, knob)
     trachea = _cover((0.016 - np.abs(X - 0.5 + 0.004 * (Y - 0.2) / 0.2)) * px) * _cover((0.36 - Y) * px)
@@ -600,7 +600,7 @@ class ChestXrayPhantoms:
       rad = r.uniform(0.025, 0.05)
       patch += r.uniform(0.5, 1.0) * _bump(((X - px_) ** 2 + (Y - py_) ** 2) / rad ** 2)
     patch = np.minimum(patch, 1.0) * self._lung_side(fields, side)[sl]
-    fx.fill[sl] += 0.65 * patch
+    fx.fill[sl] += 0.75 * patch
     fx.mask("Infiltration", sl, patch > 0.1)
 
   def _draw_consolidation(self, r, cv, an, base, fields, fx, atel_side):
@@ -688,7 +688,7 @@ class ChestXrayPhantoms:
       X, Y = cv.X[sl], cv.Y[sl]
       haze = _bump(((X - hx) / ra) ** 2 + ((Y - hy) / rb) ** 2) * self._lung_side(fields, side)[sl]
       haze *= 0.75 + 0.25 * fields["marks"][sl].clip(0, 1)
-      fx.fill[sl] += 0.45 * haze
+      fx.fill[sl] += 0.55 * haze
       fx.mask("Edema", sl, haze > 0.03)
       cpx, cpy = L.cp_angle()
       zx = L.cx + side * L.a * 0.8
@@ -776,5 +776,5 @@ class ChestXrayPhantoms:
     sac = _cover((R - d) * cv.px)
     level = y - R * r.uniform(0.0, 0.35)
     gas = _cover((R - 0.008 - d) * cv.px) * _cover((level - Y) * cv.px)
-    fx.add[sl] += 0.2 * sac - 0.6 * gas
+    fx.add[sl] += 0.25 * sac - 0.8 * gas
     fx.mask("Hernia", sl, sac > 0.5)
