@@ -64,7 +64,7 @@ def _check_known(config: ml_collections.ConfigDict, reference: ml_collections.Co
   for key in config.keys():
     path = f"{prefix}{key}"
     if key not in reference:
-      if prefix.rstrip(".") in OPEN_SECTIONS:
+      if prefix.split(".")[0] in OPEN_SECTIONS:
         continue
       close = difflib.get_close_matches(key, list(reference.keys()), n=1)
       hint = f" Did you mean '{prefix}{close[0]}'?" if close else ""

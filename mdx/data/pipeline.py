@@ -167,10 +167,11 @@ def train_dataset(source, indices: np.ndarray, *, batch_size: int, steps: int, i
     epoch_fn = ShuffledEpochs(indices, seed)
   stream = EpochStream(epoch_fn, num_epochs=1)
   stream.num_epochs = math.ceil(steps * batch_size / stream.epoch_len) + 1
-  ds = grain.MapDataset.source(stream)[process_index::process_count]
+  # The seed comes first: grain derives each random map's per-element rng from it and the position.
+  ds = grain.MapDataset.source(stream).seed(seed)[process_index::process_count]
   ds = ds.map(LoadRecord(source, image_size))
   ds = _add_transforms(ds, transforms).map(finalize)
-  ds = ds.batch(local_batch, drop_remainder=True).seed(seed)
+  ds = ds.batch(local_batch, drop_remainder=True)
   it = ds.to_iter_dataset(grain.ReadOptions(num_threads=1 if workers else 2,
                                             prefetch_buffer_size=prefetch))
   if workers:

@@ -16,8 +16,6 @@ from mdx.evaluate import metrics
 from mdx.models import registry
 from mdx.train import optim
 
-# config.model fields read by training, not by the model's constructor.
-TRAINING_MODEL_FIELDS = ("init_from", "freeze")
 SPLIT_NAMES = {"train": "train", "val": "validation", "validation": "validation", "test": "test"}
 
 
@@ -31,14 +29,13 @@ class ClassificationTask:
     if config.model.num_classes != len(self.findings):
       raise ValueError(f"config.model.num_classes={config.model.num_classes} but source "
                        f"'{data.source}' has {len(self.findings)} findings {list(self.findings)}")
-    if data.split.by != "patient":
-      raise ValueError(f"config.data.split.by={data.split.by!r}: only 'patient' splits are "
-                       "supported (image-level splits leak patients between sets)")
     self.labels = self.source.labels()
     self.patient_ids = self.source.patient_ids()
-    self.splits = splits.patient_split(self.patient_ids,
-                                       {"test": data.split.test, "validation": data.split.val},
-                                       seed=config.seed)
+    self.splits = splits.make_split(data, self.source, config.seed)  # always by patient
+    if SPLIT_NAMES.get(config.eval.split) not in self.splits:
+      raise ValueError(f"config.eval.split={config.eval.split!r} but split.by="
+                       f"{data.split.by!r} makes only {sorted(self.splits)}; set "
+                       "--config.eval.split=validation (k-fold has no test set)")
     train_labels = self.labels[self.splits["train"]]
     self.pos_weight, self.neg_weight = losses.positive_negative_weights(train_labels)
     logging.info("Splits by patient: %s", {k: len(v) for k, v in self.splits.items()})
@@ -64,10 +61,8 @@ class ClassificationTask:
   # --- the task interface (see mdx/train/tasks.py) ---
 
   def model(self, bn_axis_name):
-    cfg = self.config.model.to_dict()
-    for key in TRAINING_MODEL_FIELDS:
-      cfg.pop(key, None)
-    return registry.create_from_config(cfg, bn_axis_name=bn_axis_name)
+    # model.freeze reaches the model too: frozen stages run BatchNorm on running statistics.
+    return registry.create_from_config(self.config.model, bn_axis_name=bn_axis_name)
 
   def sample_input(self) -> np.ndarray:
     size = self.config.data.image_size
