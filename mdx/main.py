@@ -50,6 +50,8 @@ def run(config, workdir: str, mode: str, input_dir: str | None = None,
 
   config = config_lib.resolve(config)
   workdir = prepare_workdir(workdir)
+  from mdx.train import parallel
+  parallel.enable_compilation_cache()
   if jax.process_index() == 0 and mode == "train":
     write_config(config, workdir)
   logging.info("mdx %s on %d device(s) (%s), %d process(es); workdir %s", mode, jax.device_count(),
@@ -63,10 +65,13 @@ def run(config, workdir: str, mode: str, input_dir: str | None = None,
     _, evaluator, _ = loop.restore_for_eval(config, workdir, task)
     return task.predict_files(evaluator, input_dir, output_dir)
   if mode == "train":
-    loop.train(config, workdir, task)
+    result = loop.train(config, workdir, task)
     if not config.eval.after_train:
       return None
-  _, evaluator, step = loop.restore_for_eval(config, workdir, task)
+    evaluator = result.evaluator
+    evaluator.state, step = loop.best_state(result)
+  else:
+    _, evaluator, step = loop.restore_for_eval(config, workdir, task)
   history = loop.History(workdir, enabled=True).read()
   report_dir = task.finalize(evaluator, workdir, history)
   if jax.process_index() == 0:

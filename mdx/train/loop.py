@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -87,7 +88,7 @@ def build(config, task, mesh):
   return model, tx, state
 
 
-def train(config, workdir: str, task) -> TrainState:
+def train(config, workdir: str, task) -> "TrainResult":
   mesh = parallel.make_mesh()
   parallel.check_batch(config.train.batch_size, mesh)
   parallel.check_batch(config.eval.batch_size, mesh, "config.eval.batch_size")
@@ -141,7 +142,20 @@ def train(config, workdir: str, task) -> TrainState:
                    ", ".join(f"{k} {v:.4f}" for k, v in val.items()))
       checkpoint.save(manager, step, state, data, val)
   manager.wait_until_finished()
-  return state
+  return TrainResult(state=state, evaluator=evaluator, manager=manager)
+
+
+@dataclasses.dataclass
+class TrainResult:
+  state: TrainState
+  evaluator: Evaluator   # compiled once; reused for the final report
+  manager: object
+
+
+def best_state(result: TrainResult) -> tuple[TrainState, int]:
+  """The best checkpoint's state (by the validation metric), restored into the run's structure."""
+  step = checkpoint.best_or_latest_step(result.manager)
+  return checkpoint.restore(result.manager, step, result.state), step
 
 
 def restore_for_eval(config, workdir: str, task, step: int | None = None):

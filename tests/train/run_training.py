@@ -45,6 +45,8 @@ def main():
       node = node[p]
     node[leaf] = value
   config = config_lib.resolve(config)
+  from mdx.train import parallel
+  parallel.enable_compilation_cache()
 
   if kill_at is not None:
     make = steps.make_train_step
@@ -61,7 +63,7 @@ def main():
       return wrapped
     steps.make_train_step = make_killing_step
 
-  state = loop.train(config, prepare_workdir(workdir), tasks.make_task(config))
+  state = loop.train(config, prepare_workdir(workdir), tasks.make_task(config)).state
   flat = traverse_util.flatten_dict({"params": jax.device_get(state.params),
                                      "batch_stats": jax.device_get(state.batch_stats)}, sep="/")
   np.savez(out, devices=jax.device_count(), **flat)
