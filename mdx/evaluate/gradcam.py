@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 
 import flax.linen as nn
+from absl import logging
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -42,6 +43,14 @@ def feature_maps(model: nn.Module, variables, images) -> list[tuple[str, tuple[i
   return found
 
 
+def _matches(layer: str, paths) -> list[str]:
+  """Paths equal to layer, else those ending with its '/'-separated components."""
+  want = tuple(layer.strip("/").split("/"))
+  if "/".join(want) in paths:
+    return ["/".join(want)]
+  return sorted({p for p in paths if tuple(p.split("/"))[-len(want):] == want})
+
+
 def resolve_layer(model: nn.Module, variables, images, layer: str | None) -> tuple[str, tuple, object]:
   """The full path, output shape and dtype of the layer Grad-CAM reads.
 
@@ -63,21 +72,21 @@ def resolve_layer(model: nn.Module, variables, images, layer: str | None) -> tup
   maps = [p for p in order if len(dtypes[p][0]) == 4]
   if layer is None:
     layer = getattr(type(model), "gradcam_layer", None) or getattr(model, "gradcam_layer", None)
+    if layer is not None and not _matches(layer, dtypes):
+      logging.warning("Grad-CAM: %s.gradcam_layer %r is not a layer of this instance; using the "
+                      "last 4-D feature map instead", type(model).__name__, layer)
+      layer = None
     if layer is None:
       if not maps:
         raise ValueError(f"{type(model).__name__} has no submodule that outputs a 4-D feature map; "
                          "Grad-CAM needs a convolutional layer")
       layer = maps[-1]
-  want = tuple(layer.strip("/").split("/"))
-  if "/".join(want) in dtypes:
-    full = "/".join(want)
-  else:
-    hits = sorted({p for p in dtypes if tuple(p.split("/"))[-len(want):] == want})
-    if len(hits) != 1:
-      what = "matches several layers " + str(hits) if hits else "matches no layer"
-      raise ValueError(f"Grad-CAM layer {layer!r} {what} of {type(model).__name__}; "
-                       f"4-D feature maps are: {sorted(set(maps))}")
-    full = hits[0]
+  hits = _matches(layer, dtypes)
+  if len(hits) != 1:
+    what = "matches several layers " + str(hits) if hits else "matches no layer"
+    raise ValueError(f"Grad-CAM layer {layer!r} {what} of {type(model).__name__}; "
+                     f"4-D feature maps are: {sorted(set(maps))}")
+  full = hits[0]
   shape, dtype = dtypes[full]
   if len(shape) != 4:
     raise ValueError(f"Grad-CAM layer {full!r} outputs shape {shape}, not a 4-D [B, h, w, K] map")

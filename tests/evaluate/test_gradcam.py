@@ -50,8 +50,8 @@ def test_grad_cam_equals_cam_for_global_pool_and_linear_head():
     cam = cam / cam.max(axis=(1, 2), keepdims=True)
     got = G.grad_cam(model, variables, x, c, upsample=False)
     np.testing.assert_allclose(got, cam, rtol=1e-4, atol=1e-5)
-    full = G.grad_cam(model, variables, x, c)
-    assert full.shape == (3, 12, 12) and full.min() >= 0 and full.max() == pytest.approx(1.0)
+  full = G.grad_cam(model, variables, x, 1)
+  assert full.shape == (3, 12, 12) and full.min() >= 0 and full.max() == pytest.approx(1.0)
 
 
 def test_heat_map_peak_falls_on_the_evidence():
@@ -116,3 +116,26 @@ def test_peak_in_mask_rate_and_overlay(tmp_path):
   from PIL import Image
   with Image.open(path) as im:
     assert im.format == "PNG" and im.size[0] > 100
+
+
+def test_grad_cam_on_a_zoo_model_uses_its_default_layer():
+  registry = pytest.importorskip("mdx.models.registry")
+  model = registry.create("densenet_tiny", num_classes=3)
+  x = np.random.default_rng(0).normal(size=(1, 32, 32, 1)).astype(np.float32)
+  variables = jax.jit(lambda k, x: model.init(k, x, train=False))(jax.random.key(0), x)
+  path, shape, _ = G.resolve_layer(model, variables, x, None)
+  assert path == type(model).gradcam_layer and len(shape) == 4
+  heat = G.grad_cam(model, variables, x, 1)
+  assert heat.shape == (1, 32, 32) and np.all((heat >= 0) & (heat <= 1)) and heat.max() > 0
+
+
+class WrongAttr(TinyCNN):
+  gradcam_layer = "layer4"  # e.g. a tiny variant without the fourth stage
+
+
+def test_missing_default_layer_falls_back_to_last_feature_map():
+  x = _images(np.random.default_rng(3), n=1)
+  variables = TinyCNN().init(jax.random.key(0), x)
+  assert G.resolve_layer(WrongAttr(), variables, x, None)[0] == "features"
+  with pytest.raises(ValueError, match="'layer4' matches no layer"):
+    G.resolve_layer(WrongAttr(), variables, x, "layer4")
