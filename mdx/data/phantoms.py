@@ -94,7 +94,7 @@ class _Lung:
   def dome(self, x):
     """Height of the diaphragm under x (y down): a dome that falls off steeply laterally."""
     q = (x - self.dome_x) / self.a
-    lateral = np.maximum(q * self.side, 0.0)
+    lateral = np.clip(q * self.side, 0.0, None)
     return self.dome_top + self.dome_curv * q * q + 0.05 * lateral * lateral * lateral
 
   def apex(self) -> float:
@@ -198,7 +198,7 @@ def _ipow(x, n: int):
   Values below 0.01 are raised to 0.01 first: their powers would be float32 denormals, which
   make every later operation many times slower.
   """
-  x = np.maximum(x, np.float32(0.01))
+  x = np.clip(x, 0.01, None)
   out = x
   for _ in range(n - 1):
     out = out * x
@@ -357,7 +357,7 @@ class ChestXrayPhantoms:
         getattr(self, "_draw_" + f.lower())(frngs[f], canvas, anat, base, fields, fx, atel_side)
 
     # Composite.
-    fill = np.minimum(fx.fill, 1.0)
+    fill = np.clip(fx.fill, None, 1.0)
     lung_eff = fields["lung"]
     A = fields["static"] + lung_eff * (
         0.12 * fields["marks"] * fx.mark_mul * (1 - fill)
@@ -365,7 +365,7 @@ class ChestXrayPhantoms:
     neck = np.zeros((S, S), bool)
     if self.draw_necklace:
       neck = self._draw_necklace(canvas, patient, A)
-    img = 1.0 - np.exp(-2.3 * np.maximum(A, 0.0))
+    img = 1.0 - np.exp(-2.3 * np.clip(A, 0.0, None))
     img = np.clip(gain * img + offset, 0.0, 1.0) ** gamma
     if sigma:
       oy, ox = noise_at
@@ -425,7 +425,8 @@ class ChestXrayPhantoms:
     return _Anatomy(lungs=lungs, heart=heart, tissue=r.uniform(0.40, 0.46), air=r.uniform(0.28, 0.33),
                     rib_spacing=r.uniform(0.068, 0.080), rib_y0=r.uniform(0, 1),
                     rib_curv=r.uniform(1.3, 1.8), torso_a=r.uniform(0.47, 0.50),
-                    mark_phase=tuple(float(v) for v in r.uniform(0, 2 * np.pi, 6)), bubble=bool(r.random() < 0.7))
+                    mark_phase=tuple(float(v) for v in r.uniform(0, 2 * np.pi, 6)),
+                    bubble=bool(r.random() < 0.7))
 
   def _draw_anatomy(self, cv: _Canvas, an: _Anatomy, base: _Anatomy) -> dict[str, np.ndarray]:
     """Density of the chest (static), the visible lung (0..1) and the lung markings.
@@ -439,7 +440,7 @@ class ChestXrayPhantoms:
     dy = np.clip((Y - 0.76) / 0.68, -1, 1)
     ady = np.abs(dy)
     tor_half = an.torso_a * np.sqrt(np.sqrt(np.clip(1 - ady * ady * ady, 0, 1)))
-    body = _cover((np.maximum(tor_half, 0.1) - ax) * px)
+    body = _cover((np.clip(tor_half, 0.1, None) - ax) * px)
     static = an.tissue * body
     # Heart (tilted ellipse) and mediastinum, aortic knob, trachea, spine.
     hx, hy, ha, hb, t = an.heart
@@ -485,7 +486,8 @@ class ChestXrayPhantoms:
     if an.bubble:
       Ll = base.lungs[1]
       bx, by = Ll.dome_x + 0.02, Ll.dome_top + 0.045
-      static -= 0.22 * _bump(((X - bx) / 0.055) ** 2 + ((Y - by) / 0.032) ** 2) * _cover((Y - Ll.dome(X) - 0.008) * px)
+      bubble = _bump(((X - bx) / 0.055) ** 2 + ((Y - by) / 0.032) ** 2)
+      static -= 0.22 * bubble * _cover((Y - Ll.dome(X) - 0.008) * px)
     # Vessel markings fanning out from the hila, fading to the periphery.
     left = X > 0.5
     f32 = np.float32
@@ -598,9 +600,9 @@ class ChestXrayPhantoms:
     for _ in range(int(r.integers(6, 11))):
       px_, py_ = x + r.normal(0, 0.045), y + r.normal(0, 0.045)
       rad = r.uniform(0.025, 0.05)
-      patch += r.uniform(0.5, 1.0) * _bump(((X - px_) ** 2 + (Y - py_) ** 2) / rad ** 2)
-    patch = np.minimum(patch, 1.0) * self._lung_side(fields, side)[sl]
-    fx.fill[sl] += 0.75 * patch
+      patch += r.uniform(0.6, 1.0) * _bump(((X - px_) ** 2 + (Y - py_) ** 2) / rad ** 2)
+    patch = np.clip(patch, None, 1.0) * self._lung_side(fields, side)[sl]
+    fx.fill[sl] += 0.85 * patch
     fx.mask("Infiltration", sl, patch > 0.1)
 
   def _draw_consolidation(self, r, cv, an, base, fields, fx, atel_side):
@@ -632,7 +634,7 @@ class ChestXrayPhantoms:
     sl = cv.window(x, y, R * 1.3)
     X, Y = cv.X[sl], cv.Y[sl]
     d2 = ((X - x) ** 2 / (R * 1.3) ** 2 + (Y - y) ** 2 / R ** 2)
-    core = np.minimum(_bump(d2) * 1.6, 1.0)
+    core = np.clip(_bump(d2) * 1.6, None, 1.0)
     mot = 0.8 + 0.2 * np.sin(X * 140 + r.uniform(0, 6.3)) * np.sin(Y * 130 + r.uniform(0, 6.3))
     th = np.arctan2(Y - L.hilum_y, X - L.hilum_x)
     bronch = _ipow(0.5 + 0.5 * np.cos(17 * th + r.uniform(0, 6.3)), 14)
@@ -766,7 +768,6 @@ class ChestXrayPhantoms:
 
   def _draw_hernia(self, r, cv, an, base, fields, fx, atel_side):
     """Hiatal hernia: a rounded retrocardiac mass above the diaphragm with an air-fluid level."""
-    hx, hy, ha, hb, t = an.heart
     R = r.uniform(0.045, 0.065)
     x = 0.5 + r.uniform(0.0, 0.04)
     y = min(L.dome_top for L in an.lungs) - R * 0.6

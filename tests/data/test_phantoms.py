@@ -53,7 +53,8 @@ def test_deterministic_in_another_process_and_after_pickling():
   ds = ChestXrayPhantoms(num_patients=10, image_size=64, seed=3)
   digest = hashlib.sha256(ds[7]["image"].tobytes()).hexdigest()
   code = ("import hashlib; from mdx.data.phantoms import ChestXrayPhantoms as P; "
-          "print(hashlib.sha256(P(num_patients=10, image_size=64, seed=3)[7]['image'].tobytes()).hexdigest())")
+          "img = P(num_patients=10, image_size=64, seed=3)[7]['image']; "
+          "print(hashlib.sha256(img.tobytes()).hexdigest())")
   out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
   assert out.stdout.strip() == digest
   clone = pickle.loads(pickle.dumps(ds))
