@@ -54,6 +54,8 @@ def defaults() -> ml_collections.ConfigDict:
   c.eval = ml_collections.ConfigDict(dict(
       batch_size=64, bootstrap=1000, threshold="youden", split="test",
       examples=8,              # example images with labels and predictions in the report
+      gradcam=dict(findings=("Mass", "Nodule", "Cardiomegaly", "Pneumothorax"), images=64,
+                   overlays=4, layer=""),  # layer "" = the model's default (last feature map)
       after_train=True,        # --mode=train ends by evaluating the best checkpoint and writing the report
   ))
   return c

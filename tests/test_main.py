@@ -60,8 +60,11 @@ def test_train_then_eval_writes_config_report_and_tensorboard(tmp_path):
   resolved = (work / "config.json").read_text()
   assert '"steps": 4' in resolved and '"checkpoint_every": 2' in resolved
   assert any(name.startswith("events") for name in os.listdir(work / "tensorboard"))
-  for name in ("metrics.json", "report.html", "report.md", "loss_curves.png", "examples.png"):
+  for name in ("metrics.json", "report.html", "report.md", "gradcam.json", "test_predictions.csv"):
     assert (work / "report" / name).exists(), name
+  html = (work / "report" / "report.html").read_text()
+  for figure in ("loss_curves.png", "examples.png", "gradcam_Mass_0.png"):
+    assert figure in html, figure
   assert "step 4/4" in proc.stderr  # the progress line
   # eval alone on the same workdir reproduces the report from the best checkpoint
   proc = run_main("--config=experiments/tiny_phantoms.py", f"--workdir={work}", "--mode=eval")

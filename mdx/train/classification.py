@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import os
 
 import jax
@@ -129,21 +130,87 @@ class ClassificationTask:
     pred = self.predict(evaluator, split)
     val = self.predict(evaluator, "validation")
     out_dir = os.path.join(workdir, "report")
+    fig_dir = os.path.join(workdir, "figures")  # the report copies what it shows into out_dir
     os.makedirs(out_dir, exist_ok=True)
+    os.makedirs(fig_dir, exist_ok=True)
     self.write_predictions(os.path.join(out_dir, f"{split}_predictions.csv"), pred)
-    figures = [report_figures.loss_curves(history, os.path.join(out_dir, "loss_curves.png")),
+    figures = [report_figures.loss_curves(history, os.path.join(fig_dir, "loss_curves.png")),
                report_figures.examples(self.source, pred, self.findings,
-                                       os.path.join(out_dir, "examples.png"),
+                                       os.path.join(fig_dir, "examples.png"),
                                        count=self.config.eval.examples, seed=self.config.seed)]
+    gradcam_figures = self.grad_cam(evaluator, pred, fig_dir)
+    os.replace(os.path.join(fig_dir, "gradcam.json"), os.path.join(out_dir, "gradcam.json"))
     report.evaluate_and_report(
         out_dir, labels=pred["labels"], probs=pred["probs"], findings=self.findings,
         patient_ids=self.patient_ids[pred["index"]],
         ids=self.source.image_ids()[pred["index"]],
         val_labels=val["labels"], val_probs=val["probs"],
         threshold_policy=self.config.eval.threshold, bootstrap=self.config.eval.bootstrap,
-        seed=self.config.seed, extra_figures=figures,
+        seed=self.config.seed, extra_figures=figures, gradcam_figures=gradcam_figures,
         title=f"{self.config.model.name} on {self.config.data.source}: {split} split")
     return out_dir
+
+  def model_inputs(self, indices) -> np.ndarray:
+    """The images of records as the model sees them in evaluation (resized, standardised)."""
+    load = pipeline.LoadRecord(self.source, self.config.data.image_size)
+    images = []
+    for i in indices:
+      record = load(i)
+      for t in self.transforms_eval:
+        record = t.map(record)
+      images.append(record["image"])
+    return np.stack(images)
+
+  def grad_cam(self, evaluator, pred: dict, out_dir: str) -> list[tuple[str, str]]:
+    """Grad-CAM overlays for positive test images of chosen findings; where the source knows where
+    each lesion was drawn (phantoms), the share of heat-map peaks inside the lesion -> gradcam.json."""
+    from mdx.evaluate import gradcam
+    cfg = self.config.eval.gradcam
+    model = self.model(bn_axis_name=None)
+    variables = {"params": evaluator.state.params, "batch_stats": evaluator.state.batch_stats}
+    figures, summary = [], {}
+    for finding in cfg.findings:
+      if finding not in self.findings:
+        continue
+      k = self.findings.index(finding)
+      rows = np.flatnonzero(pred["labels"][:, k] == 1)[:cfg.images]
+      if len(rows) == 0:
+        continue
+      records = pred["index"][rows]
+      images = self.model_inputs(records)
+      heat = gradcam.grad_cam(model, variables, images, k, cfg.layer or None)
+      entry = {"images": int(len(rows)), "layer": cfg.layer or getattr(model, "gradcam_layer", None)}
+      masks = None
+      if hasattr(self.source, "lesion_masks"):
+        masks = np.stack([self._mask(int(i), finding, heat.shape[1:]) for i in records])
+        nonempty = masks.reshape(len(masks), -1).any(1)
+        if nonempty.any():
+          entry["peak_in_lesion"] = gradcam.peak_in_mask_rate(heat[nonempty], masks[nonempty])
+      summary[finding] = entry
+      for j in range(min(cfg.overlays, len(rows))):
+        path = os.path.join(out_dir, f"gradcam_{finding}_{j}.png")
+        gradcam.overlay_png(images[j], heat[j], path,
+                            title=f"{finding}: p={pred['probs'][rows[j], k]:.2f}",
+                            mask=None if masks is None else masks[j])
+        rate = entry.get("peak_in_lesion")
+        caption = (f"Grad-CAM for {finding} ({entry['layer']}); peak inside the drawn lesion in "
+                   f"{rate:.0%} of {len(rows)} positive test images" if rate is not None else
+                   f"Grad-CAM for {finding} ({entry['layer']})")
+        figures.append((caption, path))
+    with open(os.path.join(out_dir, "gradcam.json"), "w") as f:
+      json.dump(summary, f, indent=2)
+    logging.info("Grad-CAM: %s", summary)
+    return figures
+
+  def _mask(self, index: int, finding: str, shape) -> np.ndarray:
+    mask = self.source.lesion_masks(index).get(finding)
+    if mask is None:
+      return np.zeros(shape, bool)
+    if mask.shape != tuple(shape):  # nearest-neighbour resize to the heat map's resolution
+      rows = np.arange(shape[0]) * mask.shape[0] // shape[0]
+      cols = np.arange(shape[1]) * mask.shape[1] // shape[1]
+      mask = mask[rows][:, cols]
+    return mask
 
   def write_predictions(self, path: str, pred: dict) -> None:
     image_ids = self.source.image_ids()[pred["index"]]
