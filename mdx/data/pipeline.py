@@ -176,8 +176,30 @@ def train_dataset(source, indices: np.ndarray, *, batch_size: int, steps: int, i
                                             prefetch_buffer_size=prefetch))
   if workers:
     it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers,
-                                                     per_worker_buffer_size=prefetch))
+                                                     per_worker_buffer_size=prefetch),
+                        worker_init_fn=exit_with_parent)
   return it
+
+
+def exit_with_parent(worker_index: int, worker_count: int) -> None:
+  """Runs in each grain worker: exit as soon as the training process is gone.
+
+  A training process killed with SIGKILL (preemption, OOM killer, a scheduler) cannot stop its
+  workers; without this they live on as orphans, holding CPU, memory and the job's output pipes.
+  """
+  del worker_index, worker_count
+  import os
+  import threading
+  import time
+
+  parent = os.getppid()
+
+  def watch():
+    while os.getppid() == parent:
+      time.sleep(0.5)
+    os._exit(0)
+
+  threading.Thread(target=watch, daemon=True, name="exit-with-parent").start()
 
 
 def eval_positions(num_records: int, global_batch: int) -> tuple[np.ndarray, np.ndarray]:
