@@ -134,8 +134,13 @@ def grad_cam(model: nn.Module, variables, images, class_index: int, layer: str |
   return np.asarray(compute(variables, images))
 
 
-def peak_in_mask_rate(heatmaps, masks) -> float:
-  """Share of images whose heat-map peak (argmax) lies inside the mask. Masks [B, H, W] bool."""
+def peak_in_mask_rate(heatmaps, masks, tolerance: int = 0) -> float:
+  """Share of images whose heat-map peak (argmax) lies inside the mask. Masks [B, H, W] bool.
+
+  tolerance > 0 counts a peak within that many pixels (Chebyshev distance) of the mask as a hit,
+  as in the "pointing game" (Zhang et al. 2018): a coarse feature map cannot point finer than its
+  cell size.
+  """
   heat = np.asarray(heatmaps)
   masks = np.asarray(masks, bool)
   if heat.shape != masks.shape or heat.ndim != 3:
@@ -143,6 +148,9 @@ def peak_in_mask_rate(heatmaps, masks) -> float:
   empty = np.flatnonzero(~masks.reshape(len(masks), -1).any(1))
   if len(empty):
     raise ValueError(f"masks {empty.tolist()} are empty: pass only images that show the finding")
+  if tolerance > 0:
+    from scipy import ndimage
+    masks = ndimage.binary_dilation(masks, np.ones((1, 2 * tolerance + 1, 2 * tolerance + 1), bool))
   flat = heat.reshape(len(heat), -1).argmax(1)
   return float(masks.reshape(len(masks), -1)[np.arange(len(masks)), flat].mean())
 

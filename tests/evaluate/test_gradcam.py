@@ -109,6 +109,8 @@ def test_peak_in_mask_rate_and_overlay(tmp_path):
   masks = np.zeros((2, 4, 4), bool)
   masks[:, :2, :2] = True
   assert G.peak_in_mask_rate(heat, masks) == 0.5
+  assert G.peak_in_mask_rate(heat, masks, tolerance=1) == 0.5  # (3, 3) is 2 px from the mask
+  assert G.peak_in_mask_rate(heat, masks, tolerance=2) == 1.0
   with pytest.raises(ValueError, match="empty"):
     G.peak_in_mask_rate(heat, np.zeros((2, 4, 4), bool))
   path = G.overlay_png(np.random.default_rng(0).random((16, 16, 3)), np.random.default_rng(1).random((16, 16)),
