@@ -27,6 +27,8 @@ _VAL_LABELS = flags.DEFINE_string("val-labels", None, "Validation labels CSV: th
                                   "recalibration are fitted on it (else on the evaluated set).")
 _VAL_PROBS = flags.DEFINE_string("val-probs", None, "Validation probabilities CSV.")
 _PREV = flags.DEFINE_float("prevalence", None, "Also report PPV/NPV at this prevalence.")
+_COMPARE = flags.DEFINE_string("compare-probs", None, "A second model's probabilities CSV (same ids "
+                                "and findings): AUROC differences by DeLong and paired bootstrap.")
 _TITLE = flags.DEFINE_string("title", None, "Report title (default: the labels file name).")
 
 
@@ -48,12 +50,17 @@ def main(argv) -> int:
       if val.findings != pred.findings:
         raise ValueError(f"{_VAL_LABELS.value}: findings {list(val.findings)} differ from "
                          f"{_LABELS.value}: {list(pred.findings)}")
+    other = None
+    if _COMPARE.value:
+      other = P.read_predictions(_LABELS.value, _COMPARE.value, id_column=_ID.value,
+                                 patient_column=_PATIENT.value).probs
     result = report.evaluate_and_report(
         _OUT.value, labels=pred.labels, probs=pred.probs, findings=pred.findings,
         patient_ids=pred.patient_ids, val_labels=None if val is None else val.labels,
         val_probs=None if val is None else val.probs, threshold_policy=_POLICY.value,
         bootstrap=_BOOT.value, seed=_SEED.value, prevalence=_PREV.value,
-        title=_TITLE.value or f"Evaluation of {_PROBS.value}")
+        title=_TITLE.value or f"Evaluation of {_PROBS.value}", compare_probs=other,
+        compare_names=(_PROBS.value, _COMPARE.value or ""))
   except (ValueError, FileNotFoundError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2

@@ -182,3 +182,27 @@ def evaluate_classification(labels, probs, findings: Sequence[str], *, patient_i
       "macro": {m: entry(f"macro/{m}") for m in MACRO_METRICS},
       "micro": {m: entry(f"micro/{m}") for m in MICRO_METRICS},
   }
+
+
+def compare_models(labels, probs_a, probs_b, findings: Sequence[str], *, patient_ids=None,
+                   bootstrap: int = 1000, seed: int = 0) -> dict:
+  """Per finding: AUROC(a) - AUROC(b) on the same cases, by DeLong and by paired patient bootstrap.
+
+  DeLong assumes independent cases; the paired bootstrap respects patients. Both are reported.
+  """
+  findings = tuple(findings)
+  labels, probs_a = _check(labels, probs_a, findings)
+  _, probs_b = _check(labels, probs_b, findings)
+  out = {}
+  for j, f in enumerate(findings):
+    dl = B.delong_test(labels[:, j], probs_a[:, j], probs_b[:, j])
+    entry = {"auroc_a": _num(dl["auroc_a"]), "auroc_b": _num(dl["auroc_b"]),
+             "diff": _num(dl["diff"]),
+             "delong": {"ci": [_num(dl["ci_low"]), _num(dl["ci_high"])], "p_value": _num(dl["p_value"])}}
+    if bootstrap > 0:
+      bs = B.paired_bootstrap_auroc(labels[:, j], probs_a[:, j], probs_b[:, j], patient_ids,
+                                    bootstrap, seed)
+      entry["paired_bootstrap"] = {"ci": [_num(bs["ci_low"]), _num(bs["ci_high"])],
+                                   "p_value": _num(bs["p_value"])}
+    out[f] = entry
+  return out

@@ -35,6 +35,10 @@ def _fmt(entry) -> str:
   return plots._fmt(entry)  # one formatter for the figures and the tables
 
 
+def _p(p) -> str:
+  return "undefined" if p is None else ("< 0.001" if p < 0.001 else f"{p:.3f}")
+
+
 def _blocks(result: Mapping, title: str, figures: Sequence[tuple[str, str]],
             gradcam: Sequence[tuple[str, str]], extra: Sequence[tuple[str, str]]) -> list[tuple]:
   s = result["settings"]
@@ -62,6 +66,22 @@ def _blocks(result: Mapping, title: str, figures: Sequence[tuple[str, str]],
                 + [_fmt(pf["metrics"].get(m)) for m in _OVERVIEW])
   blocks.append(("table", ["Finding", "N", "Positives", "Threshold"] + [_NAMES[m] for m in _OVERVIEW],
                  rows))
+  if result.get("comparison"):
+    cmp = result["comparison"]
+    blocks.append(("h2", f"Comparison with {cmp['name_b']}"))
+    blocks.append(("p", f"AUROC of this model ({cmp['name_a']}) minus AUROC of {cmp['name_b']} on the "
+                        "same cases: DeLong's test (assumes independent cases) and a paired bootstrap "
+                        f"of the {s['resampling_unit']}."))
+    rows = []
+    for f, e in cmp["findings"].items():
+      pb = e.get("paired_bootstrap", {"ci": [None, None], "p_value": None})
+      rows.append([f, _fmt({"value": e["auroc_a"], "ci": [None, None]}),
+                   _fmt({"value": e["auroc_b"], "ci": [None, None]}),
+                   _fmt({"value": e["diff"], "ci": e["delong"]["ci"]}), _p(e["delong"]["p_value"]),
+                   _fmt({"value": e["diff"], "ci": pb["ci"]}), _p(pb["p_value"])])
+    blocks.append(("table", ["Finding", f"AUROC {cmp['name_a']}", f"AUROC {cmp['name_b']}",
+                             "Difference [DeLong CI]", "DeLong p", "Difference [bootstrap CI]",
+                             "Bootstrap p"], rows))
   blocks.append(("h2", "Curves and calibration"))
   for caption, rel in figures:
     blocks.append(("figure", caption, rel))
@@ -175,13 +195,16 @@ def evaluate_and_report(out_dir: str, *, labels, probs, findings: Sequence[str],
                         seed: int = 0, extra_figures: Sequence[tuple[str, str]] = (),
                         gradcam_figures: Sequence[tuple[str, str]] = (),
                         title: str = "mdx evaluation",
-                        prevalence: float | Mapping[str, float] | None = None) -> dict:
+                        prevalence: float | Mapping[str, float] | None = None,
+                        compare_probs=None, compare_names: tuple[str, str] = ("A", "B")) -> dict:
   """Evaluates predictions and writes metrics.json, report.md, report.html and PNGs into out_dir.
 
   labels [N, C] float with nan = unknown; probs [N, C] in [0, 1]; patient_ids [N] for
   patient-level bootstrap; ids [N] to also write labels.csv / probs.csv (re-runnable with the CLI);
   val_* choose thresholds and fit recalibration; extra_figures / gradcam_figures: (caption, png)
-  pairs copied in. Returns the metrics dict (as in metrics.json).
+  pairs copied in; compare_probs [N, C]: a second model's probabilities on the same cases, compared
+  by AUROC (DeLong and paired bootstrap), named compare_names. Returns the metrics dict (as in
+  metrics.json).
   """
   os.makedirs(out_dir, exist_ok=True)
   labels = np.asarray(labels, np.float64)
@@ -191,6 +214,11 @@ def evaluate_and_report(out_dir: str, *, labels, probs, findings: Sequence[str],
       labels, probs, findings, patient_ids=patient_ids, val_labels=val_labels, val_probs=val_probs,
       threshold_policy=threshold_policy, bootstrap=bootstrap, seed=seed, prevalence=prevalence)
   result = {"title": title, **result}
+  if compare_probs is not None:
+    result["comparison"] = {
+        "name_a": compare_names[0], "name_b": compare_names[1],
+        "findings": CL.compare_models(labels, probs, compare_probs, findings, patient_ids=patient_ids,
+                                      bootstrap=bootstrap, seed=seed)}
   recal = (CL.recalibrate(val_labels, val_probs, probs)
            if val_labels is not None and val_probs is not None else [])
   fig_dir = os.path.join(out_dir, "figures")

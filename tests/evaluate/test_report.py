@@ -140,3 +140,24 @@ def test_cli_writes_the_report_and_reports_bad_csvs(tmp_path, cli, capsys):
   bad.write_text(pp and open(pp).read().replace("s3,", "s3x,", 1))
   assert cli(f"--labels={lp}", f"--probs={bad}", f"--out={out}", "--patient-column=subject") == 2
   assert "ids do not match" in capsys.readouterr().err
+
+
+def test_cli_compares_two_models(tmp_path, cli):
+  rng = np.random.default_rng(9)
+  n = 200
+  y = np.zeros((n, 1))
+  y[n // 2:] = 1
+  good = 1 / (1 + np.exp(-rng.normal(3 * y - 1.5, 1.0)))
+  bad = 1 / (1 + np.exp(-rng.normal(0.3 * y, 1.0)))
+  ids = [f"s{i}" for i in range(n)]
+  lp = P.write_csv(str(tmp_path / "l.csv"), ids, y, ["Mass"])
+  ap = P.write_csv(str(tmp_path / "a.csv"), ids, good, ["Mass"])
+  bp = P.write_csv(str(tmp_path / "b.csv"), ids, bad, ["Mass"])
+  out = tmp_path / "cmp"
+  assert cli(f"--labels={lp}", f"--probs={ap}", f"--compare-probs={bp}", f"--out={out}",
+             "--bootstrap=200") == 0
+  res = json.loads((out / "metrics.json").read_text())
+  e = res["comparison"]["findings"]["Mass"]
+  assert e["diff"] == pytest.approx(roc_auc_score(y[:, 0], good[:, 0]) - roc_auc_score(y[:, 0], bad[:, 0]))
+  assert e["delong"]["p_value"] < 0.001 and e["paired_bootstrap"]["ci"][0] > 0
+  assert "Comparison with" in (out / "report.md").read_text()
