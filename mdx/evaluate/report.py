@@ -90,7 +90,7 @@ def _blocks(result: Mapping, title: str, figures: Sequence[tuple[str, str]],
     blocks.append(("p", "Where the model looked: gradient-weighted class activation maps over the "
                         "image (red = more evidence for the finding)."))
     for caption, rel in gradcam:
-      blocks.append(("figure", caption, rel))
+      blocks.append(("figure", caption, rel, "small"))
   if extra:
     blocks.append(("h2", "Training"))
     for caption, rel in extra:
@@ -134,7 +134,8 @@ def _render_md(blocks: list[tuple]) -> str:
 _CSS = """body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}
 table{border-collapse:collapse;margin:1em 0;font-size:13px}th,td{border:1px solid #ccc;padding:3px 8px}
 th{background:#f2f2f2}td{white-space:nowrap}figure{margin:1em 0}img{max-width:100%}
-figcaption{font-style:italic;color:#555}h3{margin-top:1.5em}"""
+figcaption{font-style:italic;color:#555}h3{margin-top:1.5em}
+figure.small{display:inline-block;width:31%;vertical-align:top;margin:0.5em}"""
 
 
 def _render_html(blocks: list[tuple], title: str) -> str:
@@ -152,7 +153,8 @@ def _render_html(blocks: list[tuple], title: str) -> str:
       out.extend("<tr>" + "".join(f"<td>{e(c)}</td>" for c in r) + "</tr>" for r in b[2])
       out.append("</table>")
     elif kind == "figure":
-      out.append(f"<figure><img src='{e(b[2])}' alt='{e(b[1])}'><figcaption>{e(b[1])}"
+      css = f" class='{b[3]}'" if len(b) > 3 else ""
+      out.append(f"<figure{css}><img src='{e(b[2])}' alt='{e(b[1])}'><figcaption>{e(b[1])}"
                  "</figcaption></figure>")
   out.append("</body></html>")
   return "\n".join(out)
