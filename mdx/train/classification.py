@@ -186,6 +186,9 @@ class ClassificationTask:
         nonempty = masks.reshape(len(masks), -1).any(1)
         if nonempty.any():
           entry["peak_in_lesion"] = gradcam.peak_in_mask_rate(heat[nonempty], masks[nonempty])
+          # the "pointing game" tolerance: a coarse feature map cannot point finer than its cell
+          entry["peak_within_4px_of_lesion"] = gradcam.peak_in_mask_rate(
+              heat[nonempty], masks[nonempty], tolerance=4)
       summary[finding] = entry
       for j in range(min(cfg.overlays, len(rows))):
         path = os.path.join(out_dir, f"gradcam_{finding}_{j}.png")

@@ -65,11 +65,12 @@ def test_four_devices_match_one_device(reference, tmp_path):
   four = load(tmp_path / "final.npz")
   assert int(four["devices"]) == 4 and int(ref["devices"]) == 1
   # Same global batch, BatchNorm statistics and gradients averaged over devices: equal up to the
-  # order of float summation.
+  # order of float summation (Adam amplifies it a little over 8 steps). Per-device BatchNorm
+  # statistics (2 images per device) would differ by ~1e-2.
   assert max_diff(ref, four) < 2e-4
   for key in ref:
     if "batch_stats" in key:
-      np.testing.assert_allclose(four[key], ref[key], rtol=1e-4, atol=1e-5)
+      np.testing.assert_allclose(four[key], ref[key], rtol=5e-4, atol=5e-5)
 
 
 def test_batch_that_does_not_divide_over_devices_is_a_clear_error(tmp_path):
