@@ -17,6 +17,9 @@ MODELS: dict[str, tuple[str, dict[str, Any]]] = {
   "densenet121": ("mdx.models.densenet:DenseNet", dict(block_sizes=(6, 12, 24, 16))),
   "densenet169": ("mdx.models.densenet:DenseNet", dict(block_sizes=(6, 12, 32, 32))),
   "densenet201": ("mdx.models.densenet:DenseNet", dict(block_sizes=(6, 12, 48, 32))),
+  # Four blocks like DenseNet-121 (same stage names and freeze policies), for CPU-sized runs.
+  "densenet_small": ("mdx.models.densenet:DenseNet",
+                     dict(block_sizes=(2, 4, 6, 4), growth_rate=12, stem_features=24)),
   "densenet_tiny": ("mdx.models.densenet:DenseNet",
                     dict(block_sizes=(2, 2), growth_rate=8, stem_features=16, bn_size=2)),
   "resnet18": ("mdx.models.resnet:ResNet", dict(block="basic", stage_sizes=(2, 2, 2, 2))),
@@ -30,7 +33,13 @@ MODELS: dict[str, tuple[str, dict[str, Any]]] = {
                       dict(block="bottleneck", stage_sizes=(3, 4, 6, 3), groups=32,
                            width_per_group=4)),
   "resnet_tiny": ("mdx.models.resnet:ResNet",
-                  dict(block="basic", stage_sizes=(1, 1), stem_features=8)),
+                  dict(block="basic", stage_sizes=(1, 1, 1, 1), stem_features=8)),
+  "efficientnet_b0": ("mdx.models.efficientnet:EfficientNet", dict(width=1.0, depth=1.0)),
+  "efficientnet_b1": ("mdx.models.efficientnet:EfficientNet", dict(width=1.0, depth=1.1)),
+  "efficientnet_b2": ("mdx.models.efficientnet:EfficientNet", dict(width=1.1, depth=1.2)),
+  "efficientnet_b3": ("mdx.models.efficientnet:EfficientNet", dict(width=1.2, depth=1.4)),
+  "efficientnet_tiny": ("mdx.models.efficientnet:EfficientNet", dict(width=0.25, depth=0.3)),
+  "inception_v3": ("mdx.models.inception:InceptionV3", {}),
   "unet3d": ("mdx.models.unet3d:UNet3D", {}),
 }
 

@@ -59,3 +59,27 @@ def test_remat_gives_same_outputs_and_gradients():
   g2 = jax.grad(loss)(variables["params"], remat)
   for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g2)):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name,count", [
+    ("densenet169", 14_149_480), ("densenet201", 20_013_928), ("resnet18", 11_689_512),
+    ("resnet34", 21_797_672), ("resnet50", 25_557_032), ("resnext50_32x4d", 25_028_904),
+    ("efficientnet_b0", 5_288_548), ("efficientnet_b3", 12_233_232),
+    ("inception_v3", 23_834_568)])   # torchvision's counts, 1000 classes (Inception without aux)
+def test_parameter_counts_match_torchvision(name, count):
+  model = registry.create(name, num_classes=1000)
+  shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 299, 299, 3)))
+  assert sum(np.prod(p.shape) for p in jax.tree.leaves(shapes["params"])) == count
+
+
+@pytest.mark.parametrize("name", ["resnet_tiny", "efficientnet_tiny"])
+def test_tiny_models_train_mode_and_freeze(name):
+  x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 32, 32, 2)), jnp.float32)
+  model = registry.create(name, num_classes=3, freeze="head")
+  variables = model.init(jax.random.key(0), x)
+  logits, upd = model.apply(variables, x, train=True, mutable=["batch_stats"])
+  assert logits.shape == (2, 3) and np.all(np.isfinite(logits))
+  # freeze='head': every BatchNorm runs on running statistics, which stay as they were.
+  for a, b in zip(jax.tree.leaves(upd["batch_stats"]), jax.tree.leaves(variables["batch_stats"])):
+    np.testing.assert_array_equal(a, b)
+  assert set(variables["params"]) <= set(model.stages) and model.gradcam_layer in model.stages

@@ -1,0 +1,32 @@
+"""Pretraining inside mdx: a backbone trained on a large phantom set, to be fine-tuned elsewhere.
+
+The pretraining data are 1500 phantom patients drawn with seed 1; experiments/finetune_phantoms.py
+fine-tunes on 120 other patients (seed 0), the small-data case where pretraining should pay off.
+The run's workdir is the pretrained checkpoint: fine-tuning points config.model.init_from at it
+(mdx.train.finetune restores the best checkpoint's backbone and builds a new head).
+
+  ./launch.sh train experiments/pretrain_phantoms.py --workdir=/tmp/mdx/pretrain_phantoms
+"""
+
+from mdx.config import defaults
+
+
+def get_config():
+  c = defaults()
+  c.seed = 1
+  c.data.source = "phantoms"
+  c.data.num_patients = 1500
+  c.data.image_size = 64
+  c.data.split = dict(by="patient", test=0.1, val=0.1)
+  c.data.augment = "chest_xray"
+  c.data.standardize = "per_image"
+  c.data.workers = 1
+  c.model.name = "densenet121"   # densenet_small: same stages, CPU-sized
+  c.model.num_classes = 14
+  c.train.batch_size = 32
+  c.train.steps = 600
+  c.train.lr = 1e-3
+  c.train.schedule = "cosine"
+  c.train.checkpoint_every = 100
+  c.eval.bootstrap = 200
+  return c
