@@ -215,7 +215,11 @@ class SegmentationTask:
   def predict_files(self, evaluator, input_dir: str, output_dir: str) -> str:
     """One label NIfTI per input scan, same file name, the input's affine."""
     from mdx.data import msd
-    scans = msd.ScanFolder(input_dir, self.num_channels)
+    if self.config.data.source == "brats":  # one folder per case: write CASE.nii.gz
+      scans = brats.BraTSSource(input_dir, label_mode=self.config.data.get("label_mode", "regions"),
+                                require_labels=False)
+    else:
+      scans = msd.ScanFolder(input_dir, self.num_channels)
     os.makedirs(output_dir, exist_ok=True)
     for i in range(len(scans)):
       record = scans[i]
@@ -224,6 +228,7 @@ class SegmentationTask:
         pred = regions_to_labels(pred)
       elif self.config.data.source in ("brats", "brain_phantoms"):
         pred = np.where(pred == 3, 4, pred)
-      nifti.save_nifti(os.path.join(output_dir, record["file_name"]), pred, record["affine"])
-      logging.info("Wrote %s", os.path.join(output_dir, record["file_name"]))
+      path = os.path.join(output_dir, record.get("file_name", f"{record['case_id']}.nii.gz"))
+      nifti.save_nifti(path, pred, record["affine"])
+      logging.info("Wrote %s", path)
     return output_dir
