@@ -11,6 +11,7 @@ count (channels-last and autocast bfloat16 on a GPU) and the ratio mdx / PyTorch
 
 from __future__ import annotations
 
+import json
 import statistics
 import time
 
@@ -30,6 +31,7 @@ _DTYPE = flags.DEFINE_string("dtype", "float32", "compute dtype (params stay flo
 _STEPS = flags.DEFINE_integer("steps", 3, "steps per timing")
 _REPEATS = flags.DEFINE_integer("repeats", 3, "timings; the median is reported")
 _TORCH = flags.DEFINE_bool("torch", False, "also time a PyTorch DenseNet-121 train step")
+_KWARGS = flags.DEFINE_string("kwargs", "{}", "JSON model kwargs, e.g. '{\"concat\": \"buffer\"}'")
 _THREADS = flags.DEFINE_integer("threads", 0, "torch threads (0: as many as JAX's CPU devices use)")
 
 
@@ -45,8 +47,8 @@ def _median_rate(fn, images: int, steps: int, repeats: int) -> float:
 
 
 def bench_model(name: str, size: int, batch: int, channels: int, dtype: str, steps: int,
-                repeats: int) -> dict:
-  model = registry.create(name, num_classes=14, dtype=dtype)
+                repeats: int, **kwargs) -> dict:
+  model = registry.create(name, num_classes=14, dtype=dtype, **kwargs)
   x = jnp.asarray(np.random.default_rng(0).normal(size=(batch, size, size, channels)), jnp.float32)
   y = jnp.asarray(np.random.default_rng(1).integers(0, 2, (batch, 14)), jnp.float32)
   variables = jax.jit(lambda x: model.init(jax.random.key(0), x))(x)
@@ -157,14 +159,15 @@ def bench_torch(size: int, batch: int, channels: int, steps: int, repeats: int,
 
 def main(argv):
   del argv
-  print(f"devices: {jax.devices()}  dtype={_DTYPE.value}  batch={_BATCH.value}")
+  print(f"devices: {jax.devices()}  dtype={_DTYPE.value}  batch={_BATCH.value}  "
+        f"kwargs={_KWARGS.value}")
   print(f"{'model':<18}{'size':>6}{'params':>12}{'compile s':>11}{'fwd img/s':>11}"
         f"{'train img/s':>13}")
   rows = []
   for name in _MODELS.value:
     for size in map(int, _RES.value):
       r = bench_model(name, size, _BATCH.value, _CHANNELS.value, _DTYPE.value, _STEPS.value,
-                      _REPEATS.value)
+                      _REPEATS.value, **json.loads(_KWARGS.value))
       rows.append(r)
       print(f"{name:<18}{size:>6}{r['params']:>12,}{r['compile_s']:>11.1f}{r['forward']:>11.1f}"
             f"{r['train']:>13.2f}", flush=True)

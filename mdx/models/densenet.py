@@ -62,14 +62,27 @@ class DenseBlock(nn.Module):
   epsilon: float
   dtype: Any
   remat: bool = False
+  concat: str = "concat"
 
   @nn.compact
   def __call__(self, x, train: bool):
+    """'concat': each layer's output concatenated to its input (a copy per layer, as torchvision);
+    'buffer': one buffer of the block's final width, each output written into its slice."""
     layer_cls = nn.remat(DenseLayer, static_argnums=(2,)) if self.remat else DenseLayer
-    for i in range(self.num_layers):
-      y = layer_cls(self.growth_rate, self.bn_size, self.frozen, self.axis_name, self.epsilon,
-                    self.dtype, name=f"layer{i + 1}")(x, train)
-      x = jnp.concatenate([x, y.astype(x.dtype)], axis=-1)
+    layers = [layer_cls(self.growth_rate, self.bn_size, self.frozen, self.axis_name, self.epsilon,
+                        self.dtype, name=f"layer{i + 1}") for i in range(self.num_layers)]
+    if self.concat == "buffer":
+      c0, k = x.shape[-1], self.growth_rate
+      buf = jnp.zeros(x.shape[:-1] + (c0 + k * self.num_layers,), x.dtype)
+      buf = jax.lax.dynamic_update_slice_in_dim(buf, x, 0, axis=-1)
+      for i, layer in enumerate(layers):
+        y = layer(buf[..., :c0 + i * k], train)
+        buf = jax.lax.dynamic_update_slice_in_dim(buf, y.astype(x.dtype), c0 + i * k, axis=-1)
+      return buf
+    if self.concat != "concat":
+      raise ValueError(f"DenseNet concat={self.concat!r} is unknown; use 'concat' or 'buffer'")
+    for layer in layers:
+      x = jnp.concatenate([x, layer(x, train).astype(x.dtype)], axis=-1)
     return x
 
 
@@ -115,6 +128,7 @@ class DenseNet(nn.Module):
   bn_epsilon: float = 1.001e-5   # Keras applications; torchvision's 1e-5 differs by 1e-8
   freeze: str = "none"
   remat: bool = False
+  concat: str = "concat"      # dense-block pattern: 'concat' or 'buffer' (see DenseBlock)
 
   gradcam_layer: ClassVar[str] = "norm_final"
 
@@ -138,7 +152,7 @@ class DenseNet(nn.Module):
     for i, n in enumerate(self.block_sizes):
       name = f"block{i + 1}"
       x = DenseBlock(n, self.growth_rate, self.bn_size, name in frozen, remat=self.remat,
-                     name=name, **kw)(x, train)
+                     concat=self.concat, name=name, **kw)(x, train)
       features += n * self.growth_rate
       if i < len(self.block_sizes) - 1:
         name = f"transition{i + 1}"

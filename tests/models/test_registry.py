@@ -45,10 +45,11 @@ def test_densenet121_parameter_count_matches_torchvision():
   assert sum(np.prod(p.shape) for p in jax.tree.leaves(shapes["params"])) == 7_978_856
 
 
-def test_remat_gives_same_outputs_and_gradients():
+@pytest.mark.parametrize("kwargs", [dict(remat=True), dict(concat="buffer")])
+def test_remat_and_buffer_concat_give_same_outputs_and_gradients(kwargs):
   x = jnp.asarray(np.random.default_rng(1).normal(size=(2, 32, 32, 3)), jnp.float32)
   plain = registry.create("densenet_tiny", num_classes=2)
-  remat = registry.create("densenet_tiny", num_classes=2, remat=True)
+  remat = registry.create("densenet_tiny", num_classes=2, **kwargs)
   variables = plain.init(jax.random.key(0), x)
 
   def loss(params, model):
