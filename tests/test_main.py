@@ -69,3 +69,17 @@ def test_train_then_eval_writes_config_report_and_tensorboard(tmp_path):
   # eval alone on the same workdir reproduces the report from the best checkpoint
   proc = run_main("--config=experiments/tiny_phantoms.py", f"--workdir={work}", "--mode=eval")
   assert proc.returncode == 0, proc.stderr[-4000:]
+
+
+def test_unknown_data_field_for_the_chosen_source_names_it():
+  from mdx.data import sources
+  c = config_lib.defaults()
+  c.data.imag_size = 64  # a typo: phantoms and the pipeline read data.image_size
+  with pytest.raises(ValueError, match=r"unknown config field 'data.imag_size'.*'data.image_size'"):
+    sources.make_source(c.data, seed=0)
+  c = config_lib.defaults()
+  c.data.source = "nih"
+  c.data.metadata = "x.csv"
+  c.data.patient_regex = "p(\\d+)"  # a folders field, not an NIH one
+  with pytest.raises(ValueError, match="unknown config field 'data.patient_regex' for source 'nih'"):
+    sources.make_source(c.data, seed=0)

@@ -61,10 +61,40 @@ SOURCES: dict[str, Callable[[Any, int], RecordSource]] = {
     "nih_expert": _nih_expert}
 
 
+# config.data fields each source reads, besides the pipeline's own (mdx.config.defaults().data).
+_FILE_FIELDS = ("metadata", "images", "findings", "channels", "on_error", "prepared_dir", "bit_depth")
+SOURCE_FIELDS: dict[str, tuple[str, ...]] = {
+    "phantoms": (),
+    "nih": _FILE_FIELDS + ("view_positions",),
+    "chexpert": _FILE_FIELDS + ("uncertain", "blank", "frontal_only"),
+    "folders": ("root", "classes", "extensions", "negative_class", "patient_regex", "channels",
+                "on_error", "prepared_dir", "bit_depth"),
+    "nih_expert": _FILE_FIELDS + ("set",),
+}
+
+
+def check_fields(data_config) -> None:
+  """A config.data field that neither the pipeline nor the chosen source reads is a typo: say so."""
+  import difflib
+
+  from mdx import config as config_lib
+  name = data_config.source
+  known = set(config_lib.defaults().data.keys()) | set(SOURCE_FIELDS.get(name, ()))
+  keys = data_config.keys() if hasattr(data_config, "keys") else vars(data_config).keys()
+  for key in keys:
+    if key not in known:
+      close = difflib.get_close_matches(key, sorted(known), n=1)
+      hint = f" Did you mean 'data.{close[0]}'?" if close else ""
+      raise ValueError(f"unknown config field 'data.{key}' for source {name!r}.{hint} Known: "
+                       f"{sorted(known)}")
+
+
 def make_source(data_config, seed: int) -> RecordSource:
   name = data_config.source
   if name not in SOURCES:
     raise ValueError(f"config.data.source={name!r} is unknown; choose one of {sorted(SOURCES)}")
+  if name in SOURCE_FIELDS:  # sources registered elsewhere check their own fields
+    check_fields(data_config)
   prepared = data_config.get("prepared_dir") if hasattr(data_config, "get") else None
   if prepared and name != "phantoms":
     from mdx.data import tfds_builders
