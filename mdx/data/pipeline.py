@@ -22,24 +22,28 @@ import grain
 import numpy as np
 from PIL import Image
 
+from mdx.data import images
+
 # --------------------------------------------------------------------------------------------------
 # Per-record transforms (plain callables: grain pickles them into worker processes).
 
 
 def to_float_image(image: np.ndarray, image_size: int | None) -> np.ndarray:
-  """uint8/uint16/float [H, W] or [H, W, C] -> float32 [S, S, C] in [0, 1], resized bilinearly."""
+  """uint8/uint16/float [H, W] or [H, W, C] -> float32 [S, S, C] in [0, 1].
+
+  Integer films are resized by area averaging (mdx.data.images.resize) before conversion; float
+  images bilinearly.
+  """
   image = np.asarray(image)
   if image.ndim == 2:
     image = image[..., None]
   if image.ndim != 3:
     raise ValueError(f"expected an image [H, W] or [H, W, C], got shape {image.shape}")
-  if image.dtype == np.uint8:
-    image = image.astype(np.float32) / 255.0
-  elif image.dtype == np.uint16:
-    image = image.astype(np.float32) / 65535.0
-  else:
-    image = image.astype(np.float32)
-  if image_size and image.shape[:2] != (image_size, image_size):
+  resize = bool(image_size) and image.shape[:2] != (image_size, image_size)
+  if resize and image.dtype in (np.uint8, np.uint16):
+    image, resize = images.resize(image, image_size), False
+  image = images.to_float(image)
+  if resize:
     channels = [np.asarray(Image.fromarray(image[..., c], mode="F").resize(
         (image_size, image_size), Image.BILINEAR)) for c in range(image.shape[-1])]
     image = np.stack(channels, -1)
