@@ -90,3 +90,47 @@ def test_phantom_regions_task_loss_and_label_conversion():
   with pytest.raises(ValueError, match="num_classes"):
     c.model.num_classes = 4
     segmentation.SegmentationTask(config_lib.resolve(c))
+
+
+_SCRIPT = r"""
+import os, sys, importlib.util
+import numpy as np
+from absl import flags
+flags.FLAGS.mark_as_parsed()
+import jax
+from flax import traverse_util
+from mdx import config as config_lib
+from mdx.train import loop, tasks
+spec = importlib.util.spec_from_file_location("cfg", "experiments/brain_phantoms_unet3d.py")
+m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m)
+c = m.get_config()
+c.data.num_cases, c.data.shape, c.data.patch_size = 6, (16, 16, 16), (8, 8, 8)
+c.model.base_width, c.model.depth = 2, 2
+c.train.steps, c.train.checkpoint_every, c.train.log_every = 2, 100, 1
+c.eval.after_train = False
+c = config_lib.resolve(c)
+result = loop.train(c, sys.argv[1], tasks.make_task(c))
+state = getattr(result, "state", result)
+flat = traverse_util.flatten_dict({"p": jax.device_get(state.params), "b": jax.device_get(state.batch_stats)}, sep="/")
+np.savez(sys.argv[2], **flat)
+"""
+
+
+def test_four_devices_match_one_device(tmp_path):
+  """Data-parallel U-Net training (BatchNorm synchronised over 'data') equals the 1-device run."""
+  import subprocess
+  import sys
+  root = os.path.join(os.path.dirname(__file__), "..", "..")
+  script = tmp_path / "run.py"
+  script.write_text(_SCRIPT)
+  outs = []
+  for n in (1, 4):
+    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={n}",
+               JAX_PLATFORMS="cpu")
+    out = str(tmp_path / f"p{n}.npz")
+    subprocess.run([sys.executable, str(script), str(tmp_path / f"w{n}"), out], cwd=root, env=env,
+                   check=True, capture_output=True)
+    outs.append(np.load(out))
+  assert set(outs[0].files) == set(outs[1].files) and any(k.startswith("b/") for k in outs[0].files)
+  for k in outs[0].files:
+    np.testing.assert_allclose(outs[1][k], outs[0][k], rtol=2e-4, atol=2e-5, err_msg=k)
