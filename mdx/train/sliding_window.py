@@ -91,5 +91,7 @@ def make_predict_fn(model, variables, activation: str = "softmax", mesh=None) ->
     return lambda batch: np.asarray(jitted(jnp.asarray(batch)))
   from jax.sharding import NamedSharding, PartitionSpec as P
   sharding = NamedSharding(mesh, P("data"))
-  jitted = jax.jit(fn, in_shardings=sharding, out_shardings=sharding)
+  # shard_map: each device runs the model on its local windows (as the training core does), so the
+  # model's reshapes never see a sharded batch axis.
+  jitted = jax.jit(jax.shard_map(fn, mesh=mesh, in_specs=P("data"), out_specs=P("data")))
   return lambda batch: np.asarray(jitted(jax.device_put(batch, sharding)))
