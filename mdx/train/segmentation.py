@@ -207,7 +207,8 @@ class SegmentationTask:
     summary = seg_metrics.summarize(per_case)
     summary["split"] = split
     seg_metrics.write_metrics(os.path.join(out_dir, "metrics.json"), per_case, summary)
-    seg_metrics.write_report(os.path.join(out_dir, "report.md"), summary, overlays)
+    figures = [seg_metrics.curves_png(history, os.path.join(out_dir, "curves.png"))] if history else []
+    seg_metrics.write_report(os.path.join(out_dir, "report.md"), summary, figures + overlays)
     logging.info("%s: mean Dice %.4f; per class %s", split, summary["mean_dice"],
                  {k: round(v["dice"], 4) for k, v in summary["per_class"].items()})
     return out_dir

@@ -132,3 +132,10 @@ def test_regions_report_and_overlay(tmp_path):
   assert open(png, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
   seg.write_report(str(tmp_path / "report.md"), s, [png])
   assert "| wt | 1.0000" in open(tmp_path / "report.md").read()
+
+
+def test_curves_png(tmp_path):
+  hist = [{"step": 1, "train_loss": 1.0}, {"step": 2, "train_loss": 0.5},
+          {"step": 2, "val_dice": 0.4, "val_dice_a": 0.3}]
+  path = seg.curves_png(hist, str(tmp_path / "c.png"))
+  assert open(path, "rb").read(4) == b"\x89PNG"
