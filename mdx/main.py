@@ -6,12 +6,12 @@ the workdir; running train again on the same workdir resumes from its latest che
 
 from __future__ import annotations
 
-import json
 import logging as logging_std
-import os
 
 from absl import app, flags, logging
 from ml_collections import config_flags
+
+from mdx.train.run import prepare_workdir, run  # noqa: F401  (the flag-free API, re-exported)
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment file with get_config().",
                                           lock_config=True)
@@ -24,60 +24,6 @@ _OUTPUT = flags.DEFINE_string("output", None, "predict: the folder to write pred
 _DISTRIBUTED = flags.DEFINE_bool("jax_distributed", False,
                                  "Call jax.distributed.initialize() (multi-host TPU/GPU).")
 flags.mark_flags_as_required(["config", "workdir"])
-
-
-def prepare_workdir(workdir: str) -> str:
-  workdir = os.path.abspath(os.path.expanduser(workdir))
-  if os.path.exists(workdir) and not os.path.isdir(workdir):
-    raise NotADirectoryError(f"--workdir={workdir} is a file, not a directory; pass a directory "
-                             "path (it is created if missing)")
-  os.makedirs(workdir, exist_ok=True)
-  return workdir
-
-
-def write_config(config, workdir: str) -> None:
-  with open(os.path.join(workdir, "config.json"), "w") as f:
-    f.write(config.to_json_best_effort(indent=2, sort_keys=True))
-
-
-def run(config, workdir: str, mode: str, input_dir: str | None = None,
-        output_dir: str | None = None) -> str | None:
-  """Runs one mode; returns the report directory (train, eval) or the output folder (predict)."""
-  import jax
-
-  from mdx import config as config_lib
-  from mdx.train import loop, tasks
-
-  config = config_lib.resolve(config)
-  workdir = prepare_workdir(workdir)
-  from mdx.train import parallel
-  parallel.enable_compilation_cache()
-  if jax.process_index() == 0 and mode == "train":
-    write_config(config, workdir)
-  logging.info("mdx %s on %d device(s) (%s), %d process(es); workdir %s", mode, jax.device_count(),
-               jax.devices()[0].platform, jax.process_count(), workdir)
-  task = tasks.make_task(config)
-  if mode == "predict":
-    if not (input_dir and output_dir):
-      raise ValueError("--mode=predict needs --input=FOLDER and --output=FOLDER")
-    if not hasattr(task, "predict_files"):
-      raise ValueError(f"config.task={config.task!r} has no predict mode")
-    _, evaluator, _ = loop.restore_for_eval(config, workdir, task)
-    return task.predict_files(evaluator, input_dir, output_dir)
-  if mode == "train":
-    result = loop.train(config, workdir, task)
-    if not config.eval.after_train:
-      return None
-    evaluator = result.evaluator
-    evaluator.state, step = loop.best_state(result)
-  else:
-    _, evaluator, step = loop.restore_for_eval(config, workdir, task)
-  history = loop.History(workdir, enabled=True).read()
-  report_dir = task.finalize(evaluator, workdir, history)
-  if jax.process_index() == 0:
-    with open(os.path.join(workdir, "evaluated_checkpoint.json"), "w") as f:
-      json.dump({"step": int(step)}, f)
-  return report_dir
 
 
 class _QuietLibraries(logging_std.Filter):

@@ -8,7 +8,7 @@ import ml_collections
 import pytest
 
 from mdx import config as config_lib
-from mdx import main
+from mdx.train import run as runner
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -46,7 +46,7 @@ def test_workdir_that_is_a_file(tmp_path):
   f = tmp_path / "afile"
   f.write_text("x")
   with pytest.raises(NotADirectoryError, match="is a file"):
-    main.prepare_workdir(str(f))
+    runner.prepare_workdir(str(f))
   proc = run_main("--config=experiments/tiny_phantoms.py", f"--workdir={f}")
   assert proc.returncode != 0 and "is a file, not a directory" in proc.stderr
 

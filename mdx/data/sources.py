@@ -28,8 +28,13 @@ class RecordSource(Protocol):
 
 def _phantoms(data_config, seed: int) -> RecordSource:
   from mdx.data import phantoms
+  extra = {}
+  for key in ("findings", "prevalence", "studies_per_patient"):
+    value = data_config.get(key) if hasattr(data_config, "get") else getattr(data_config, key, None)
+    if value:
+      extra[key] = (dict(value) if key == "prevalence" else tuple(value))
   return phantoms.ChestXrayPhantoms(num_patients=data_config.num_patients,
-                                    image_size=data_config.image_size, seed=seed)
+                                    image_size=data_config.image_size, seed=seed, **extra)
 
 
 def _nih(data_config, seed: int) -> RecordSource:
@@ -64,7 +69,7 @@ SOURCES: dict[str, Callable[[Any, int], RecordSource]] = {
 # config.data fields each source reads, besides the pipeline's own (mdx.config.defaults().data).
 _FILE_FIELDS = ("metadata", "images", "findings", "channels", "on_error", "prepared_dir", "bit_depth")
 SOURCE_FIELDS: dict[str, tuple[str, ...]] = {
-    "phantoms": (),
+    "phantoms": ("findings", "prevalence", "studies_per_patient"),
     "nih": _FILE_FIELDS + ("view_positions",),
     "chexpert": _FILE_FIELDS + ("uncertain", "blank", "frontal_only"),
     "folders": ("root", "classes", "extensions", "negative_class", "patient_regex", "channels",

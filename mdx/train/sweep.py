@@ -83,7 +83,7 @@ def write_table(results: dict, path: str, reach: float) -> None:
 
 def main(argv):
   del argv
-  from mdx import main as mdx_main
+  from mdx.train import run as runner
 
   module = load_module(_ABLATION.value)
   sweep = module.get_sweep()
@@ -96,7 +96,7 @@ def main(argv):
     apply_overrides(config, overrides)
     apply_overrides(config, {k: parse_value(v) for k, v in extra.items()})
     workdir = os.path.join(_WORKDIR.value, name)
-    mdx_main.run(config, workdir, "train")
+    runner.run(config, workdir, "train")
     results[name] = summarize(workdir, _REACH.value)
     print(f"sweep: {name}: {results[name]}", flush=True)
   os.makedirs(_WORKDIR.value, exist_ok=True)

@@ -31,7 +31,7 @@ def main():
   from flax import traverse_util
 
   from mdx import config as config_lib
-  from mdx.main import prepare_workdir
+  from mdx.train.run import prepare_workdir
   from mdx.train import loop, steps, tasks
 
   spec = importlib.util.spec_from_file_location("cfg", "experiments/tiny_phantoms.py")
