@@ -149,10 +149,12 @@ class ResampledEpochs:
   labels: np.ndarray
   policy: dict
   seed: int
+  findings: tuple[str, ...] | None = None
 
   def __call__(self, epoch: int) -> np.ndarray:
     from mdx.data import resample
-    picked = resample.resampled_indices(self.labels[self.indices], self.policy, self.seed, epoch)
+    picked = resample.resampled_indices(self.labels[self.indices], self.policy, self.seed, epoch,
+                                        findings=self.findings)
     return self.indices[np.asarray(picked, np.int64)]
 
 
@@ -166,7 +168,8 @@ def train_dataset(source, indices: np.ndarray, *, batch_size: int, steps: int, i
   local_batch = batch_size // process_count
   indices = np.asarray(indices, np.int64)
   if resample_policy:
-    epoch_fn = ResampledEpochs(indices, source.labels(), dict(resample_policy), seed)
+    epoch_fn = ResampledEpochs(indices, source.labels(), dict(resample_policy), seed,
+                               tuple(source.findings))
   else:
     epoch_fn = ShuffledEpochs(indices, seed)
   stream = EpochStream(epoch_fn, num_epochs=1)

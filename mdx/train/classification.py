@@ -42,6 +42,16 @@ class ClassificationTask:
     logging.info("Splits by patient: %s", {k: len(v) for k, v in self.splits.items()})
     logging.info("Training prevalence per finding: %s", ", ".join(
         f"{f} {p:.3f}" for f, p in zip(self.findings, np.nanmean(train_labels, 0))))
+    if data.resample:
+      from mdx.data import resample
+      epoch0 = pipeline.ResampledEpochs(self.splits["train"], self.labels, data.resample.to_dict(),
+                                        config.seed, self.findings)(0)
+      logging.info("Resampling %s: %d training records -> %d visits per epoch",
+                   data.resample.to_dict(), len(self.splits["train"]), len(epoch0))
+      logging.info("Positive share before resampling: %s",
+                   resample.class_balance(self.labels, self.splits["train"], self.findings, log=False))
+      logging.info("Positive share the model sees: %s",
+                   resample.class_balance(self.labels, epoch0, self.findings, log=False))
     self.transforms_eval = self._standardize()
     self.transforms_train = augment.make(data.augment, data.image_size) + self.transforms_eval
     first = np.asarray(self.source[int(self.splits["train"][0])]["image"])

@@ -1,0 +1,44 @@
+"""The classification task's data side: resampling reaches the training stream, splits are by patient."""
+
+import numpy as np
+from absl import flags
+
+from mdx import config as config_lib
+from mdx.train.classification import ClassificationTask
+
+flags.FLAGS.mark_as_parsed()
+
+
+def tiny_config(**data):
+  c = config_lib.defaults()
+  c.data.num_patients = 80
+  c.data.image_size = 32
+  c.data.update(data)
+  c.model.name = "densenet_tiny"
+  c.train.batch_size = 16
+  c.train.steps = 12
+  return c
+
+
+def positive_share(task, k, batches=12):
+  it = iter(task.train_data(0, 1))
+  labels = np.concatenate([next(it)["labels"] for _ in range(batches)])
+  return labels[:, k].mean()
+
+
+def test_oversampling_named_finding_raises_its_share_in_the_stream():
+  plain = ClassificationTask(tiny_config())
+  k = plain.findings.index("Effusion")
+  resampled = ClassificationTask(tiny_config(resample=dict(mode="oversample", ratio=1.0,
+                                                           findings=["Effusion"])))
+  before = positive_share(plain, k)
+  after = positive_share(resampled, k)
+  assert before < 0.25 and after > 0.35, (before, after)
+
+
+def test_splits_share_no_patient():
+  task = ClassificationTask(tiny_config())
+  sets = {name: set(task.patient_ids[idx]) for name, idx in task.splits.items()}
+  assert not (sets["train"] & sets["test"]) and not (sets["train"] & sets["validation"])
+  assert not (sets["test"] & sets["validation"])
+  assert sum(len(v) for v in task.splits.values()) == len(task.source)
