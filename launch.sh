@@ -12,13 +12,17 @@ set -euo pipefail
 cd "$(dirname "$0")"
 VENV="${MDX_VENV:-.venv}"
 
+# setup [EXTRA]: the package (and an extra of pyproject.toml, e.g. test) into $VENV, again whenever
+# pyproject.toml is newer than the last install.
 setup() {
-  if [[ ! -x "$VENV/bin/python" || pyproject.toml -nt "$VENV/.mdx-installed" ]]; then
-    echo "launch.sh: installing mdx into $VENV (first run takes a few minutes)" >&2
-    python3 -m venv "$VENV"
+  local target="." stamp="$VENV/.mdx-installed"
+  if [[ -n "${1:-}" ]]; then target=".[$1]"; stamp="$VENV/.mdx-installed-$1"; fi
+  if [[ ! -x "$VENV/bin/python" || pyproject.toml -nt "$stamp" ]]; then
+    echo "launch.sh: installing mdx$([[ -n "${1:-}" ]] && echo " with [$1]") into $VENV (first run takes a few minutes)" >&2
+    [[ -x "$VENV/bin/python" ]] || python3 -m venv "$VENV"
     "$VENV/bin/pip" install -q --upgrade pip
-    "$VENV/bin/pip" install -q -e ".[test]"
-    touch "$VENV/.mdx-installed"
+    "$VENV/bin/pip" install -q -e "$target"
+    touch "$stamp"
   fi
   export PATH="$PWD/$VENV/bin:$PATH"
 }
@@ -33,7 +37,7 @@ case "$cmd" in
     if [[ $# -gt 0 && "$1" != --* ]]; then workdir="$1"; shift; fi
     exec python -m mdx.main --config=experiments/cxr_phantoms.py --workdir="$workdir" --mode=train "$@" ;;
   test)
-    setup
+    setup test
     exec python -m pytest -q -n 2 "$@" ;;
   train|eval|predict)
     [[ $# -ge 1 ]] || usage
