@@ -6,12 +6,10 @@ the workdir; running train again on the same workdir resumes from its latest che
 
 from __future__ import annotations
 
-import logging as logging_std
-
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from mdx.train.run import prepare_workdir, run  # noqa: F401  (the flag-free API, re-exported)
+from mdx.train.run import prepare_workdir, quiet_library_logs, run  # noqa: F401  (flag-free API)
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment file with get_config().",
                                           lock_config=True)
@@ -26,16 +24,8 @@ _DISTRIBUTED = flags.DEFINE_bool("jax_distributed", False,
 flags.mark_flags_as_required(["config", "workdir"])
 
 
-class _QuietLibraries(logging_std.Filter):
-  """Drops INFO chatter of Orbax and grain (each save/restore logs a dozen lines); keeps warnings."""
-
-  def filter(self, record) -> bool:
-    return record.levelno >= logging_std.WARNING or not any(
-        part in record.pathname for part in ("/orbax/", "/grain/"))
-
-
 def main(argv):
-  logging.get_absl_handler().addFilter(_QuietLibraries())
+  quiet_library_logs()
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments {argv[1:]}; overrides look like "
                          "--config.train.steps=20")

@@ -3,9 +3,22 @@
 from __future__ import annotations
 
 import json
+import logging as logging_std
 import os
 
 from absl import logging
+
+
+class _QuietLibraries(logging_std.Filter):
+  """Drops INFO chatter of Orbax and grain (each save/restore logs a dozen lines); keeps warnings."""
+
+  def filter(self, record) -> bool:
+    return record.levelno >= logging_std.WARNING or not any(
+        part in record.pathname for part in ("/orbax/", "/grain/"))
+
+
+def quiet_library_logs() -> None:
+  logging.get_absl_handler().addFilter(_QuietLibraries())
 
 
 def prepare_workdir(workdir: str) -> str:

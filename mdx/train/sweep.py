@@ -84,6 +84,7 @@ def write_table(results: dict, path: str, reach: float) -> None:
 def main(argv):
   del argv
   from mdx.train import run as runner
+  runner.quiet_library_logs()
 
   module = load_module(_ABLATION.value)
   sweep = module.get_sweep()
