@@ -21,7 +21,6 @@ _INPUT = flags.DEFINE_string("input", None, "predict: a folder of input files.")
 _OUTPUT = flags.DEFINE_string("output", None, "predict: the folder to write predictions into.")
 _DISTRIBUTED = flags.DEFINE_bool("jax_distributed", False,
                                  "Call jax.distributed.initialize() (multi-host TPU/GPU).")
-flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv):
@@ -38,4 +37,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  # Required only when run as a program: importing this module must not change global flag state.
+  flags.mark_flags_as_required(["config", "workdir"])
   app.run(main)

@@ -13,7 +13,6 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "experiment file", lock_config=False)
-flags.mark_flags_as_required(["config"])
 
 
 def main(argv):
@@ -32,4 +31,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  flags.mark_flags_as_required(["config"])  # not on import: keeps global flags clean
   app.run(main)

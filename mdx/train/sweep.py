@@ -22,7 +22,6 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Directory holding one workdir p
 _ONLY = flags.DEFINE_list("only", None, "Run only these variants (default: all).")
 _REACH = flags.DEFINE_float("reach", 0.95, "Report the first step reaching this share of the best.")
 _OVERRIDE = flags.DEFINE_multi_string("set", [], "Extra override for every variant: field=value.")
-flags.mark_flags_as_required(["ablation", "workdir"])
 
 
 def load_module(path: str):
@@ -107,4 +106,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  flags.mark_flags_as_required(["ablation", "workdir"])  # not on import: keeps global flags clean
   app.run(main)

@@ -8,7 +8,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from mdx import main
+from mdx.train import run as runner
 from mdx.train import segmentation
 
 AFFINE = np.array([[-1.0, 0, 0, 20], [0, 1.2, 0, -3], [0, 0, 0.8, 7], [0, 0, 0, 1]])
@@ -52,7 +52,7 @@ def test_msd_train_report_and_predict(tmp_path):
   c.data.root = str(tmp_path / "data")
   c.data.split.val = 0.34
   work = str(tmp_path / "work")
-  report = main.run(c, work, "train")
+  report = runner.run(c, work, "train")
   metrics = json.load(open(os.path.join(report, "metrics.json")))
   assert metrics["summary"]["num_cases"] == 2 and metrics["summary"]["split"] == "validation"
   assert set(metrics["summary"]["per_class"]) == {"background", "anterior", "posterior"}
@@ -64,7 +64,7 @@ def test_msd_train_report_and_predict(tmp_path):
   img = nib.load(str(tmp_path / "data/imagesTr/hippocampus_001.nii.gz"))
   odd = np.asarray(img.dataobj)[:9, :13, :7]  # not a multiple of the window: padded and cropped
   nib.save(nib.Nifti1Image(odd, AFFINE), str(scans / "scan_a.nii.gz"))
-  out = main.run(c, work, "predict", str(scans), str(tmp_path / "out"))
+  out = runner.run(c, work, "predict", str(scans), str(tmp_path / "out"))
   pred = nib.load(os.path.join(out, "scan_a.nii.gz"))
   assert pred.shape == (9, 13, 7)
   np.testing.assert_allclose(pred.affine, AFFINE)
