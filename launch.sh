@@ -38,7 +38,7 @@ case "$cmd" in
     exec python -m mdx.main --config=experiments/cxr_phantoms.py --workdir="$workdir" --mode=train "$@" ;;
   test)
     setup test
-    exec python -m pytest -q -n 2 "$@" ;;
+    exec python -m pytest -n 2 "$@" ;;
   train|eval|predict)
     [[ $# -ge 1 ]] || usage
     setup
