@@ -24,7 +24,10 @@ def make_manager(directory: str, *, keep_last: int, best_metric: str) -> ocp.Che
       cm.BestN(get_metric_fn=lambda metrics: metrics[best_metric], reverse=False, n=1,
                keep_checkpoints_without_metrics=False),
   ])
+  # best_fn too: without it Orbax neither writes the metrics to disk nor answers best_step() after a
+  # restart (it returns the latest step), although the policy above kept the best checkpoint.
   options = ocp.CheckpointManagerOptions(preservation_policy=policy,
+                                         best_fn=lambda metrics: metrics[best_metric], best_mode="max",
                                          enable_async_checkpointing=False, create=True)
   return ocp.CheckpointManager(os.path.abspath(directory), options=options,
                                item_names=("state", "data"))
@@ -51,5 +54,6 @@ def restore(manager: ocp.CheckpointManager, step: int, state: TrainState,
 
 
 def best_or_latest_step(manager: ocp.CheckpointManager) -> int | None:
+  """The kept step with the best validation metric (the latest when none has metrics)."""
   best = manager.best_step()
   return best if best is not None else manager.latest_step()

@@ -59,19 +59,15 @@ def resolve_checkpoint(path: str) -> str:
 
 
 def _best_step(directory: str, steps: list[int]) -> int:
-  """The step with the highest saved val_auroc (the run's best), else the latest."""
-  import json
-  best, best_value = steps[-1], -np.inf
-  for step in steps:
-    meta = os.path.join(directory, str(step), "_CHECKPOINT_METADATA")
-    try:
-      with open(meta) as f:
-        value = json.load(f).get("metrics", {}).get("val_auroc")
-    except (OSError, ValueError):
-      value = None
-    if value is not None and value > best_value:
-      best, best_value = step, value
-  return best
+  """The step with the highest saved val_auroc (the run's best), else the latest.
+
+  Orbax keeps a step's metrics in its own `metrics` item; a read-only manager with best_fn reads them.
+  """
+  import orbax.checkpoint as ocp
+  options = ocp.CheckpointManagerOptions(
+      best_fn=lambda metrics: metrics.get("val_auroc", -np.inf), best_mode="max", read_only=True)
+  best = ocp.CheckpointManager(os.path.abspath(directory), options=options).best_step()
+  return best if best in steps else steps[-1]
 
 
 def _checkpoint_shapes(path: str) -> dict[tuple[str, ...], tuple[int, ...]]:

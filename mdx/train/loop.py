@@ -78,11 +78,13 @@ def _format_eta(seconds: float) -> str:
       f"{seconds // 60}m{seconds % 60:02d}s"
 
 
-def build(config, task, mesh):
-  """-> (model, tx, state on the mesh) from a fresh initialisation (plus the task's pretrained weights)."""
+def build(config, task, mesh, pretrained: bool = True):
+  """-> (model, tx, state on the mesh) from a fresh initialisation, plus the task's pretrained weights
+  unless a checkpoint is about to replace them anyway (pretrained=False)."""
   model = task.model(bn_axis_name=parallel.DATA)
   params, batch_stats = init_variables(model, task.sample_input(), config.seed)
-  params, batch_stats = task.init_variables(params, batch_stats)
+  if pretrained:
+    params, batch_stats = task.init_variables(params, batch_stats)
   tx = task.optimizer(params)
   state = parallel.replicate(create_state(params, batch_stats, tx, config.seed), mesh)
   return model, tx, state
@@ -162,7 +164,7 @@ def restore_for_eval(config, workdir: str, task, step: int | None = None):
   """-> (state, evaluator) from the best checkpoint (or `step`) of a run's workdir."""
   mesh = parallel.make_mesh()
   parallel.check_batch(config.eval.batch_size, mesh, "config.eval.batch_size")
-  model, _, state = build(config, task, mesh)
+  model, _, state = build(config, task, mesh, pretrained=False)
   manager = checkpoint.make_manager(os.path.join(workdir, "checkpoints"),
                                     keep_last=config.train.keep_last,
                                     best_metric=config.train.best_metric)
