@@ -6,10 +6,10 @@ the workdir; running train again on the same workdir resumes from its latest che
 
 from __future__ import annotations
 
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
 
-from mdx.train.run import prepare_workdir, quiet_library_logs, run  # noqa: F401  (flag-free API)
+from mdx.train.run import quiet_library_logs, run  # the flag-free API behind this command line
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment file with get_config().",
                                           lock_config=True)

@@ -99,23 +99,25 @@ def _add_transforms(ds, transforms: Sequence[Any]):
 
 
 class EpochStream:
-  """Random-access record positions over `num_epochs` epochs, each from epoch_fn(e) (a source for grain)."""
+  """Random-access record positions, epoch after epoch from epoch_fn(e), enough epochs to cover
+  `positions` reads (a source for grain)."""
 
-  def __init__(self, epoch_fn: Callable[[int], np.ndarray], num_epochs: int):
+  def __init__(self, epoch_fn: Callable[[int], np.ndarray], positions: int):
     self._epoch_fn = epoch_fn
-    self._cache: dict[int, np.ndarray] = {}
-    self.epoch_len = len(self._epoch(0))
+    first = np.asarray(epoch_fn(0), np.int64)
+    self.epoch_len = len(first)
     if self.epoch_len == 0:
       raise ValueError("the training split is empty after resampling; check the split and the "
                        "resample policy")
-    self.num_epochs = num_epochs
+    self._cache: dict[int, np.ndarray] = {0: first}
+    self.num_epochs = math.ceil(positions / self.epoch_len) + 1
 
   def _epoch(self, e: int) -> np.ndarray:
     if e not in self._cache:
       if len(self._cache) > 2:
         self._cache.clear()
       indices = np.asarray(self._epoch_fn(e), np.int64)
-      if hasattr(self, "epoch_len") and len(indices) != self.epoch_len:
+      if len(indices) != self.epoch_len:
         raise ValueError(f"epoch {e} has {len(indices)} records but epoch 0 had {self.epoch_len}; "
                          "a resample policy must give epochs of equal length")
       self._cache[e] = indices
@@ -172,8 +174,7 @@ def train_dataset(source, indices: np.ndarray, *, batch_size: int, steps: int, i
                                tuple(source.findings))
   else:
     epoch_fn = ShuffledEpochs(indices, seed)
-  stream = EpochStream(epoch_fn, num_epochs=1)
-  stream.num_epochs = math.ceil(steps * batch_size / stream.epoch_len) + 1
+  stream = EpochStream(epoch_fn, positions=steps * batch_size)
   # The seed comes first: grain derives each random map's per-element rng from it and the position.
   ds = grain.MapDataset.source(stream).seed(seed)[process_index::process_count]
   ds = ds.map(LoadRecord(source, image_size))

@@ -10,7 +10,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
-import jax.numpy as jnp
 from flax import linen as nn
 
 from mdx.models import common

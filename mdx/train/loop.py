@@ -90,6 +90,12 @@ def build(config, task, mesh, pretrained: bool = True):
   return model, tx, state
 
 
+def _manager(config, workdir: str):
+  return checkpoint.make_manager(os.path.join(workdir, "checkpoints"),
+                                 keep_last=config.train.keep_last,
+                                 best_metric=config.train.best_metric)
+
+
 def train(config, workdir: str, task) -> "TrainResult":
   mesh = parallel.make_mesh()
   parallel.check_batch(config.train.batch_size, mesh)
@@ -99,9 +105,7 @@ def train(config, workdir: str, task) -> "TrainResult":
   history = History(workdir, enabled=is_chief)
 
   data = iter(task.train_data(jax.process_index(), jax.process_count()))
-  manager = checkpoint.make_manager(os.path.join(workdir, "checkpoints"),
-                                    keep_last=config.train.keep_last,
-                                    best_metric=config.train.best_metric)
+  manager = _manager(config, workdir)
   start = manager.latest_step()
   if start is not None:
     state = checkpoint.restore(manager, start, state, data)
@@ -112,9 +116,10 @@ def train(config, workdir: str, task) -> "TrainResult":
   train_step = steps.make_train_step(model, task.loss, tx, mesh, config.train.batch_size)
   evaluator = Evaluator(model, task.loss, mesh, config.eval.batch_size)
   total = config.train.steps
+  schedule = optim.make_schedule(config.train)  # for the logged learning rate
   if start >= total:
     logging.info("Nothing to train: checkpoint step %d >= train.steps %d", start, total)
-  window_start, window_steps, loss = time.perf_counter(), 0, None
+  window_start, window_steps = time.perf_counter(), 0
   for step in range(start + 1, total + 1):
     batch = next(data)
     state, metrics = train_step(state, parallel.shard_batch(batch, mesh))
@@ -134,7 +139,7 @@ def train(config, workdir: str, task) -> "TrainResult":
       logging.info("step %d/%d  loss %.4f  %.1f img/s  ETA %s", step, total, loss, rate,
                    _format_eta(eta))
       history.write(step, {"train_loss": loss, "images_per_second": rate,
-                           "learning_rate": optim.make_schedule(config.train)(step)})
+                           "learning_rate": schedule(step)})
       window_start, window_steps = time.perf_counter(), 0
     if step % config.train.checkpoint_every == 0 or step == total:
       evaluator.state = state
@@ -165,9 +170,7 @@ def restore_for_eval(config, workdir: str, task, step: int | None = None):
   mesh = parallel.make_mesh()
   parallel.check_batch(config.eval.batch_size, mesh, "config.eval.batch_size")
   model, _, state = build(config, task, mesh, pretrained=False)
-  manager = checkpoint.make_manager(os.path.join(workdir, "checkpoints"),
-                                    keep_last=config.train.keep_last,
-                                    best_metric=config.train.best_metric)
+  manager = _manager(config, workdir)
   step = step if step is not None else checkpoint.best_or_latest_step(manager)
   if step is None:
     raise FileNotFoundError(f"no checkpoint in {workdir}/checkpoints; train first "

@@ -8,9 +8,7 @@ BraTS-style data with data.label_mode='regions', the nested tumour regions (sigm
 
 from __future__ import annotations
 
-import math
 import os
-from typing import Any
 
 import grain
 import jax
@@ -131,8 +129,8 @@ class SegmentationTask:
     if train.batch_size % process_count:
       raise ValueError(f"global batch {train.batch_size} does not divide over {process_count} processes")
     indices = np.asarray(self.splits["train"], np.int64)
-    stream = pipeline.EpochStream(pipeline.ShuffledEpochs(indices, self.config.seed), 1)
-    stream.num_epochs = math.ceil(train.steps * train.batch_size / stream.epoch_len) + 1
+    stream = pipeline.EpochStream(pipeline.ShuffledEpochs(indices, self.config.seed),
+                                  positions=train.steps * train.batch_size)
     ds = grain.MapDataset.source(stream).seed(self.config.seed)[process_index::process_count]
     ds = ds.map(LoadCase(self.source, data.standardize))
     for t in self.train_transforms():

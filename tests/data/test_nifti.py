@@ -1,6 +1,5 @@
 """NIfTI I/O, MSD and BraTS sources on fixtures written in the real formats."""
 
-import gzip
 import json
 import os
 

@@ -5,7 +5,6 @@ import os
 os.environ.setdefault("KERAS_BACKEND", "jax")
 
 import h5py
-import jax
 import numpy as np
 import pytest
 
