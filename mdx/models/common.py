@@ -11,16 +11,41 @@ running statistics; mdx.train.finetune uses the same policy to zero their optimi
 
 from __future__ import annotations
 
+import contextlib
+import functools
 from collections.abc import Sequence
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 from flax import linen as nn
+from jax import lax
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
 # He-normal over fan-in, as torchvision initialises conv layers.
 conv_init = nn.initializers.variance_scaling(2.0, "fan_in", "normal")
+
+
+# The hand-tuned operations below, on by default; plain_flax_ops() turns them off to measure them.
+_TUNED = {"bn_relu_vjp": True, "max_pool_slices": True}
+
+
+@contextlib.contextmanager
+def plain_flax_ops(*names: str):
+  """Trace models with plain Flax/JAX operations instead of the tuned ones named (default: all):
+  'bn_relu_vjp' (BatchNorm-ReLU's hand-written backward pass), 'max_pool_slices' (max pooling as
+  a maximum of strided slices). Parameters and results are the same; mdx.models.bench uses this
+  to measure what each tuning buys."""
+  unknown = set(names) - set(_TUNED)
+  if unknown:
+    raise ValueError(f"unknown tuned operations {sorted(unknown)}; choose from {sorted(_TUNED)}")
+  before = dict(_TUNED)
+  _TUNED.update({n: False for n in names or _TUNED})
+  try:
+    yield
+  finally:
+    _TUNED.update(before)
 
 
 def compute_dtype(dtype: Any) -> Any:
@@ -58,6 +83,113 @@ def batch_norm(train: bool, frozen: bool, axis_name: str | None, epsilon: float,
   use_running = (not train) or frozen
   return nn.BatchNorm(use_running_average=use_running, axis_name=None if use_running else axis_name,
                       momentum=0.9, epsilon=epsilon, dtype=dtype, name=name)
+
+
+def max_pool(x, window: int, stride: int, pad: int):
+  """nn.max_pool(x, (window, window), (stride, stride), ((pad, pad), (pad, pad))) on [B, H, W, C].
+
+  Computed as the maximum of window**2 strided slices: JAX differentiates reduce_window-max through
+  an index scatter that XLA:CPU runs slowly (a DenseNet stem's pooling took longer than its
+  convolution); the slices' gradient is elementwise. Where several inputs tie for the maximum the
+  gradient is shared between them instead of going to one (both are valid subgradients; after a
+  ReLU the ties are zeros, whose gradient the ReLU drops anyway).
+  """
+  if not _TUNED["max_pool_slices"]:
+    return nn.max_pool(x, (window, window), (stride, stride), ((pad, pad), (pad, pad)))
+  b, h, w, c = x.shape
+  x = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)), constant_values=-jnp.inf)
+  ho, wo = (h + 2 * pad - window) // stride + 1, (w + 2 * pad - window) // stride + 1
+  out = None
+  for i in range(window):
+    for j in range(window):
+      s = lax.slice(x, (0, i, j, 0), (b, i + stride * (ho - 1) + 1, j + stride * (wo - 1) + 1, c),
+                    (1, stride, stride, 1))
+      out = s if out is None else jnp.maximum(out, s)
+  return out
+
+
+def _batch_moments(x, axis_name):
+  """Per-channel mean and biased variance over every axis but the last, in float32, as flax does."""
+  axes = tuple(range(x.ndim - 1))
+  x32 = x.astype(jnp.float32)
+  moments = jnp.stack([jnp.mean(x32, axes), jnp.mean(x32 * x32, axes)])
+  if axis_name is not None:
+    moments = lax.pmean(moments, axis_name)
+  mean, mean2 = moments[0], moments[1]
+  return mean, jnp.maximum(mean2 - mean * mean, 0.0)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def _bn_relu_train(x, scale, bias, epsilon, axis_name):
+  return _bn_relu_train_fwd(x, scale, bias, epsilon, axis_name)[0]
+
+
+def _bn_relu_train_fwd(x, scale, bias, epsilon, axis_name):
+  mean, var = _batch_moments(x, axis_name)
+  rstd = lax.rsqrt(var + epsilon)
+  a = (scale * rstd).astype(x.dtype)
+  out = jnp.maximum((x - mean.astype(x.dtype)) * a + bias.astype(x.dtype), 0)
+  # Only x (the block's input, alive anyway) and per-channel vectors are kept for the backward
+  # pass; autodiff of BatchNorm would also keep x - mean and the activation mask.
+  return (out, mean, var), (x, scale, bias, mean, rstd)
+
+
+def _bn_relu_train_bwd(epsilon, axis_name, residuals, cotangents):
+  del epsilon
+  x, scale, bias, mean, rstd = residuals
+  g = cotangents[0]   # the batch statistics feed only the running averages: no gradient
+  axes = tuple(range(x.ndim - 1))
+  xhat = (x.astype(jnp.float32) - mean) * rstd
+  dy = jnp.where(xhat * scale + bias > 0, g.astype(jnp.float32), 0.0)
+  sums = jnp.stack([dy.sum(axes), (dy * xhat).sum(axes)])
+  count = x.size // x.shape[-1]
+  if axis_name is not None:   # statistics were global: so are their gradients
+    sums = lax.psum(sums, axis_name)
+    count = count * lax.psum(1, axis_name)
+  dbias, dscale = sums[0], sums[1]
+  dx = (scale * rstd) * (dy - dbias / count - xhat * (dscale / count))
+  return dx.astype(x.dtype), dscale.astype(scale.dtype), dbias.astype(bias.dtype)
+
+
+_bn_relu_train.defvjp(_bn_relu_train_fwd, _bn_relu_train_bwd)
+
+
+class BatchNormReLU(nn.Module):
+  """relu(BatchNorm(x)) with nn.BatchNorm's parameters, statistics and numbers, and a hand-written
+  backward pass for training (one reduction and one elementwise pass; autodiff takes about twice
+  as many, and BatchNorm-ReLU pairs are most of a DenseNet's non-convolution time).
+
+  Use in place of `relu(batch_norm(...)(x))`; the arguments are those of `batch_norm`.
+  """
+  train: bool
+  frozen: bool
+  axis_name: str | None
+  epsilon: float
+  dtype: Any
+  momentum: float = 0.9
+
+  @nn.compact
+  def __call__(self, x):
+    c = x.shape[-1]
+    scale = self.param("scale", nn.initializers.ones, (c,), jnp.float32)
+    bias = self.param("bias", nn.initializers.zeros, (c,), jnp.float32)
+    ra_mean = self.variable("batch_stats", "mean", lambda: jnp.zeros((c,), jnp.float32))
+    ra_var = self.variable("batch_stats", "var", lambda: jnp.ones((c,), jnp.float32))
+    x = x.astype(self.dtype)
+    if not self.train or self.frozen:   # running statistics: an affine map, autodiff is fine
+      a = scale * lax.rsqrt(ra_var.value + self.epsilon)
+      return nn.relu((x - ra_mean.value.astype(x.dtype)) * a.astype(x.dtype) + bias.astype(x.dtype))
+    if _TUNED["bn_relu_vjp"]:
+      out, mean, var = _bn_relu_train(x, scale, bias, self.epsilon, self.axis_name)
+    else:   # the same function, differentiated by JAX (as nn.BatchNorm then nn.relu)
+      mean, var = _batch_moments(x, self.axis_name)
+      a = (scale * lax.rsqrt(var + self.epsilon)).astype(x.dtype)
+      out = nn.relu((x - mean.astype(x.dtype)) * a + bias.astype(x.dtype))
+    if not self.is_initializing():
+      m = self.momentum
+      ra_mean.value = m * ra_mean.value + (1 - m) * lax.stop_gradient(mean)
+      ra_var.value = m * ra_var.value + (1 - m) * lax.stop_gradient(var)
+    return out
 
 
 class Head(nn.Module):

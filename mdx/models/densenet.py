@@ -27,9 +27,9 @@ class Stem(nn.Module):
   def __call__(self, x, train: bool):
     x = nn.Conv(self.features, (7, 7), (2, 2), padding=((3, 3), (3, 3)), use_bias=False,
                 dtype=self.dtype, kernel_init=common.conv_init, name="conv")(x)
-    x = common.batch_norm(train, self.frozen, self.axis_name, self.epsilon, self.dtype, "bn")(x)
-    x = nn.relu(x)
-    return nn.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
+    x = common.BatchNormReLU(train, self.frozen, self.axis_name, self.epsilon, self.dtype,
+                             name="bn")(x)
+    return common.max_pool(x, 3, 2, 1)
 
 
 class DenseLayer(nn.Module):
@@ -43,12 +43,12 @@ class DenseLayer(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool):
-    bn = lambda name: common.batch_norm(train, self.frozen, self.axis_name, self.epsilon,
-                                        self.dtype, name)
-    y = nn.relu(bn("bn1")(x))
+    bn_relu = lambda name: common.BatchNormReLU(train, self.frozen, self.axis_name, self.epsilon,
+                                                self.dtype, name=name)
+    y = bn_relu("bn1")(x)
     y = nn.Conv(self.bn_size * self.growth_rate, (1, 1), use_bias=False, dtype=self.dtype,
                 kernel_init=common.conv_init, name="conv1")(y)
-    y = nn.relu(bn("bn2")(y))
+    y = bn_relu("bn2")(y)
     return nn.Conv(self.growth_rate, (3, 3), padding=((1, 1), (1, 1)), use_bias=False,
                    dtype=self.dtype, kernel_init=common.conv_init, name="conv2")(y)
 
@@ -96,9 +96,10 @@ class Transition(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool):
-    x = common.batch_norm(train, self.frozen, self.axis_name, self.epsilon, self.dtype, "bn")(x)
+    x = common.BatchNormReLU(train, self.frozen, self.axis_name, self.epsilon, self.dtype,
+                             name="bn")(x)
     x = nn.Conv(self.features, (1, 1), use_bias=False, dtype=self.dtype,
-                kernel_init=common.conv_init, name="conv")(nn.relu(x))
+                kernel_init=common.conv_init, name="conv")(x)
     return nn.avg_pool(x, (2, 2), (2, 2))
 
 
@@ -111,8 +112,8 @@ class NormAct(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool):
-    x = common.batch_norm(train, self.frozen, self.axis_name, self.epsilon, self.dtype, "bn")(x)
-    return nn.relu(x)
+    return common.BatchNormReLU(train, self.frozen, self.axis_name, self.epsilon, self.dtype,
+                                name="bn")(x)
 
 
 class DenseNet(nn.Module):

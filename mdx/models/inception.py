@@ -26,9 +26,8 @@ class _Blocks(nn.Module):
     pad = ((kh // 2, kh // 2), (kw // 2, kw // 2)) if padding == "SAME" else "VALID"
     x = nn.Conv(features, (kh, kw), (stride, stride), padding=pad, use_bias=False,
                 dtype=self.dtype, kernel_init=common.conv_init, name=f"{name}_conv")(x)
-    x = common.batch_norm(train, self.frozen, self.axis_name, self.epsilon, self.dtype,
-                          f"{name}_bn")(x)
-    return nn.relu(x)
+    return common.BatchNormReLU(train, self.frozen, self.axis_name, self.epsilon, self.dtype,
+                                name=f"{name}_bn")(x)
 
 
 def _avg3(x):
@@ -36,7 +35,7 @@ def _avg3(x):
 
 
 def _max3s2(x):
-  return nn.max_pool(x, (3, 3), (2, 2))
+  return common.max_pool(x, 3, 2, 0)
 
 
 class Stem(_Blocks):

@@ -31,14 +31,18 @@ class _Base(nn.Module):
   def bn(self, train, name):
     return common.batch_norm(train, self.frozen, self.axis_name, self.epsilon, self.dtype, name)
 
+  def bn_relu(self, train, name):
+    return common.BatchNormReLU(train, self.frozen, self.axis_name, self.epsilon, self.dtype,
+                                name=name)
+
 
 class Stem(_Base):
   features: int = 64
 
   @nn.compact
   def __call__(self, x, train: bool):
-    x = nn.relu(self.bn(train, "bn")(self.conv(self.features, 7, 2, name="conv")(x)))
-    return nn.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
+    x = self.bn_relu(train, "bn")(self.conv(self.features, 7, 2, name="conv")(x))
+    return common.max_pool(x, 3, 2, 1)
 
 
 class BasicBlock(_Base):
@@ -51,7 +55,7 @@ class BasicBlock(_Base):
 
   @nn.compact
   def __call__(self, x, train: bool):
-    y = nn.relu(self.bn(train, "bn1")(self.conv(self.features, 3, self.stride, name="conv1")(x)))
+    y = self.bn_relu(train, "bn1")(self.conv(self.features, 3, self.stride, name="conv1")(x))
     y = self.bn(train, "bn2")(self.conv(self.features, 3, name="conv2")(y))
     if self.stride != 1 or x.shape[-1] != self.features:
       x = self.bn(train, "down_bn")(self.conv(self.features, 1, self.stride, name="down_conv")(x))
@@ -70,8 +74,8 @@ class Bottleneck(_Base):
   def __call__(self, x, train: bool):
     out = self.features * self.expansion
     s1, s3 = (self.stride, 1) if self.stride_on_1x1 else (1, self.stride)
-    y = nn.relu(self.bn(train, "bn1")(self.conv(self.width, 1, s1, name="conv1")(x)))
-    y = nn.relu(self.bn(train, "bn2")(self.conv(self.width, 3, s3, self.groups, name="conv2")(y)))
+    y = self.bn_relu(train, "bn1")(self.conv(self.width, 1, s1, name="conv1")(x))
+    y = self.bn_relu(train, "bn2")(self.conv(self.width, 3, s3, self.groups, name="conv2")(y))
     y = self.bn(train, "bn3")(self.conv(out, 1, name="conv3")(y))
     if self.stride != 1 or x.shape[-1] != out:
       x = self.bn(train, "down_bn")(self.conv(out, 1, self.stride, name="down_conv")(x))
