@@ -1,17 +1,29 @@
 """Model benchmark: parameters, compile time, forward and train-step images/s, in one run.
 
   python -m mdx.models.bench --models=densenet121,resnet50 --resolutions=128,224 --batch=16
-  python -m mdx.models.bench --models=densenet121 --resolutions=128 --torch   # + PyTorch beside it
+  python -m mdx.models.bench --models=densenet121 --resolutions=64,128 --torch \
+      --variants=mdx,plain_flax_ops,xla_cpu_defaults,donate,baseline   # what each tuning buys
 
-The train step is a full SGD step (forward in train mode, backward, BatchNorm statistics, update),
-timed after compilation as the median over --repeats timings of --steps steps. With --torch, a
-PyTorch DenseNet-121 (torchvision's architecture) trains at the same batch, resolution and thread
-count (channels-last and autocast bfloat16 on a GPU) and the ratio mdx / PyTorch is printed.
+The train step is a full SGD step (forward in train mode, backward, BatchNorm statistics, update).
+Every contestant (each variant of each model, and with --torch a PyTorch DenseNet-121 of
+torchvision's architecture at the same batch, resolution and thread count; channels-last and
+autocast bfloat16 on a GPU) is compiled first, then they take turns: --repeats rounds of --steps
+steps each, so a noisy machine slows all of them alike; the median round is reported.
+
+Variants (mdx's train step is 'mdx'; the others undo one tuning each, 'baseline' all of them):
+  mdx               BatchNorm-ReLU with a hand-written backward pass (mdx.models.common),
+                    mdx.train.parallel's XLA options, buffers donated only off CPU;
+  plain_flax_ops    the same with plain Flax operations (BatchNorm-ReLU by autodiff);
+  xla_cpu_defaults  the same with XLA's default options;
+  donate            the same, donating the state's buffers on CPU too;
+  baseline          plain Flax operations, XLA defaults, donation: a straightforward Flax step.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import statistics
 import time
 
@@ -21,7 +33,8 @@ import numpy as np
 import optax
 from absl import app, flags
 
-from mdx.models import registry
+from mdx.models import common, registry
+from mdx.train import parallel
 
 _MODELS = flags.DEFINE_list("models", ["densenet121", "resnet50"], "registry names")
 _RES = flags.DEFINE_list("resolutions", ["128"], "square input sizes")
@@ -29,25 +42,38 @@ _BATCH = flags.DEFINE_integer("batch", 16, "images per step")
 _CHANNELS = flags.DEFINE_integer("channels", 3, "input channels")
 _DTYPE = flags.DEFINE_string("dtype", "float32", "compute dtype (params stay float32)")
 _STEPS = flags.DEFINE_integer("steps", 3, "steps per timing")
-_REPEATS = flags.DEFINE_integer("repeats", 3, "timings; the median is reported")
+_REPEATS = flags.DEFINE_integer("repeats", 5, "rounds of timings; the median is reported")
 _TORCH = flags.DEFINE_bool("torch", False, "also time a PyTorch DenseNet-121 train step")
 _KWARGS = flags.DEFINE_string("kwargs", "{}", "JSON model kwargs, e.g. '{\"concat\": \"buffer\"}'")
-_THREADS = flags.DEFINE_integer("threads", 0, "torch threads (0: as many as JAX's CPU devices use)")
+_THREADS = flags.DEFINE_integer("threads", 0, "torch threads (0: one per CPU core)")
+_VARIANTS = flags.DEFINE_list("variants", ["mdx"], "train-step variants (see the module docstring)")
+
+# variant -> (plain Flax operations, use mdx's XLA options, donate: None = mdx's choice)
+VARIANTS = {
+    "mdx": (False, True, None),
+    "plain_flax_ops": (True, True, None),
+    "xla_cpu_defaults": (False, False, None),
+    "donate": (False, True, True),
+    "baseline": (True, False, True),
+}
 
 
-def _median_rate(fn, images: int, steps: int, repeats: int) -> float:
-  rates = []
-  for _ in range(repeats):
-    t = time.perf_counter()
-    for _ in range(steps):
-      out = fn()
-    jax.block_until_ready(out)
-    rates.append(images * steps / (time.perf_counter() - t))
-  return statistics.median(rates)
+def _rate(fn, images: int, steps: int) -> float:
+  t = time.perf_counter()
+  for _ in range(steps):
+    out = fn()
+  jax.block_until_ready(out)
+  return images * steps / (time.perf_counter() - t)
 
 
-def bench_model(name: str, size: int, batch: int, channels: int, dtype: str, steps: int,
-                repeats: int, **kwargs) -> dict:
+def build_model_step(name: str, size: int, batch: int, channels: int, dtype: str,
+                     variant: str = "mdx", **kwargs) -> dict:
+  """Compiles `name`'s train step and forward pass as `variant`: a contestant for `race`."""
+  if variant not in VARIANTS:
+    raise ValueError(f"unknown variant {variant!r}; choose from {sorted(VARIANTS)}")
+  plain, options, donate = VARIANTS[variant]
+  options = parallel.compiler_options() if options else {}
+  donate = parallel.donate_state() if donate is None else donate
   model = registry.create(name, num_classes=14, dtype=dtype, **kwargs)
   x = jnp.asarray(np.random.default_rng(0).normal(size=(batch, size, size, channels)), jnp.float32)
   y = jnp.asarray(np.random.default_rng(1).integers(0, 2, (batch, 14)), jnp.float32)
@@ -65,21 +91,39 @@ def bench_model(name: str, size: int, batch: int, channels: int, dtype: str, ste
     updates, opt_state = tx.update(grads, opt_state, params)
     return optax.apply_updates(params, updates), stats, opt_state, loss
 
-  t = time.perf_counter()
-  step = jax.jit(train_step, donate_argnums=(0, 1, 2)).lower(params, stats, opt_state, x, y).compile()
-  compile_s = time.perf_counter() - t
-  forward = jax.jit(lambda v, x: model.apply(v, x, train=False))
-  jax.block_until_ready(forward(variables, x))
-  fwd = _median_rate(lambda: forward(variables, x), batch, steps, repeats)
+  with common.plain_flax_ops() if plain else contextlib.nullcontext():
+    t = time.perf_counter()
+    step = jax.jit(train_step, donate_argnums=(0, 1, 2) if donate else (),
+                   compiler_options=options).lower(params, stats, opt_state, x, y).compile()
+    compile_s = time.perf_counter() - t
+    forward = jax.jit(lambda v, x: model.apply(v, x, train=False),
+                      compiler_options=options).lower({"params": params, "batch_stats": stats}, x).compile()
   state = [params, stats, opt_state]
 
-  def run():
+  def train():
     state[0], state[1], state[2], loss = step(state[0], state[1], state[2], x, y)
     return loss
-  jax.block_until_ready(run())
-  train = _median_rate(run, batch, steps, repeats)
+  jax.block_until_ready(train())
   n = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(params))
-  return dict(model=name, size=size, params=n, compile_s=compile_s, forward=fwd, train=train)
+  return dict(model=name, size=size, variant=variant, params=n, compile_s=compile_s,
+              forward_fn=lambda: forward({"params": state[0], "batch_stats": state[1]}, x),
+              train_fn=train)
+
+
+def race(contestants: list[dict], batch: int, steps: int, repeats: int) -> None:
+  """Times every contestant's train (and forward) function in turns, adding their median img/s and
+  'vs_last': the median over rounds of train img/s / the last contestant's in the same round (on a
+  noisy machine a paired ratio is steadier than a ratio of medians)."""
+  rates = [{"train": [], "forward": []} for _ in contestants]
+  for _ in range(repeats):
+    for c, r in zip(contestants, rates):
+      r["train"].append(_rate(c["train_fn"], batch, steps))
+      if c.get("forward_fn"):
+        r["forward"].append(_rate(c["forward_fn"], batch, steps))
+  for c, r in zip(contestants, rates):
+    c["train"] = statistics.median(r["train"])
+    c["forward"] = statistics.median(r["forward"]) if r["forward"] else float("nan")
+    c["vs_last"] = statistics.median(a / b for a, b in zip(r["train"], rates[-1]["train"]))
 
 
 def torch_densenet121(num_classes: int = 14, in_channels: int = 3):
@@ -122,8 +166,8 @@ def torch_densenet121(num_classes: int = 14, in_channels: int = 3):
   return nn.Sequential(*mods)
 
 
-def bench_torch(size: int, batch: int, channels: int, steps: int, repeats: int,
-                threads: int) -> float:
+def build_torch_step(size: int, batch: int, channels: int, threads: int) -> dict:
+  """PyTorch DenseNet-121's train step as a contestant for `race`."""
   import torch
   cuda = torch.cuda.is_available()
   if threads:
@@ -137,49 +181,41 @@ def bench_torch(size: int, batch: int, channels: int, steps: int, repeats: int,
   y = torch.randint(0, 2, (batch, 14), device=device).float()
   loss_fn = torch.nn.BCEWithLogitsLoss()
 
-  def step():
+  def train():
     opt.zero_grad(set_to_none=True)
     with torch.autocast(device, dtype=torch.bfloat16, enabled=cuda):
       loss = loss_fn(model(x).float(), y)
     loss.backward()
     opt.step()
-    return loss
-
-  step()
-  rates = []
-  for _ in range(repeats):
-    t = time.perf_counter()
-    for _ in range(steps):
-      step()
     if cuda:
       torch.cuda.synchronize()
-    rates.append(batch * steps / (time.perf_counter() - t))
-  return statistics.median(rates)
+    return None
+
+  train()
+  n = sum(p.numel() for p in model.parameters())
+  return dict(model="densenet121", size=size, variant=f"torch {torch.__version__}", params=n,
+              compile_s=float("nan"), forward_fn=None, train_fn=train)
 
 
 def main(argv):
   del argv
+  threads = _THREADS.value or os.cpu_count()
   print(f"devices: {jax.devices()}  dtype={_DTYPE.value}  batch={_BATCH.value}  "
-        f"kwargs={_KWARGS.value}")
-  print(f"{'model':<18}{'size':>6}{'params':>12}{'compile s':>11}{'fwd img/s':>11}"
-        f"{'train img/s':>13}")
-  rows = []
+        f"kwargs={_KWARGS.value}  torch threads={threads if _TORCH.value else '-'}")
+  print(f"{'model':<14}{'size':>5}  {'variant':<18}{'params':>11}{'compile s':>11}{'fwd img/s':>11}"
+        f"{'train img/s':>13}{'vs torch':>10}")
   for name in _MODELS.value:
     for size in map(int, _RES.value):
-      r = bench_model(name, size, _BATCH.value, _CHANNELS.value, _DTYPE.value, _STEPS.value,
-                      _REPEATS.value, **json.loads(_KWARGS.value))
-      rows.append(r)
-      print(f"{name:<18}{size:>6}{r['params']:>12,}{r['compile_s']:>11.1f}{r['forward']:>11.1f}"
-            f"{r['train']:>13.2f}", flush=True)
-  if _TORCH.value:
-    import os
-    threads = _THREADS.value or os.cpu_count()
-    for r in rows:
-      if r["model"] == "densenet121":
-        t = bench_torch(r["size"], _BATCH.value, _CHANNELS.value, _STEPS.value, _REPEATS.value,
-                        threads)
-        print(f"torch densenet121 size {r['size']} batch {_BATCH.value} threads {threads}: "
-              f"train {t:.2f} img/s; mdx/torch ratio {r['train'] / t:.2f}", flush=True)
+      contestants = [build_model_step(name, size, _BATCH.value, _CHANNELS.value, _DTYPE.value,
+                                      v, **json.loads(_KWARGS.value)) for v in _VARIANTS.value]
+      if _TORCH.value and name == "densenet121":
+        contestants.append(build_torch_step(size, _BATCH.value, _CHANNELS.value, threads))
+      race(contestants, _BATCH.value, _STEPS.value, _REPEATS.value)
+      with_torch = contestants[-1]["variant"].startswith("torch")
+      for c in contestants:
+        ratio = f"{c['vs_last']:10.2f}" if with_torch else f"{'-':>10}"
+        print(f"{name:<14}{size:>5}  {c['variant']:<18}{c['params']:>11,}{c['compile_s']:>11.1f}"
+              f"{c['forward']:>11.1f}{c['train']:>13.2f}{ratio}", flush=True)
 
 
 if __name__ == "__main__":
