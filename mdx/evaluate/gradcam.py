@@ -10,6 +10,7 @@ the feature map. The model needs no hooks; models may name their default layer i
 
 from __future__ import annotations
 
+import functools
 import os
 
 import flax.linen as nn
@@ -17,6 +18,8 @@ from absl import logging
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from mdx.train import parallel
 
 
 def _path(module: nn.Module) -> str:
@@ -119,7 +122,7 @@ def grad_cam(model: nn.Module, variables, images, class_index: int, layer: str |
       logits = _apply(model, variables, images)
     return logits[:, class_index].astype(jnp.float32).sum(), feats[0]
 
-  @jax.jit
+  @functools.partial(jax.jit, compiler_options=parallel.compiler_options())
   def compute(variables, images):
     grads, feats = jax.grad(logit_and_features, has_aux=True)(
         jnp.zeros(shape, dtype), variables, images)
