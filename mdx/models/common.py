@@ -156,8 +156,9 @@ _bn_relu_train.defvjp(_bn_relu_train_fwd, _bn_relu_train_bwd)
 
 class BatchNormReLU(nn.Module):
   """relu(BatchNorm(x)) with nn.BatchNorm's parameters, statistics and numbers, and a hand-written
-  backward pass for training (one reduction and one elementwise pass; autodiff takes about twice
-  as many, and BatchNorm-ReLU pairs are most of a DenseNet's non-convolution time).
+  backward pass for training: one reduction and one elementwise pass, keeping only x and
+  per-channel vectors. DenseNet-121's train step compiles in ~23 s instead of ~34 s on CPU; its
+  speed is the same within noise (python -m mdx.models.bench --variants=mdx,plain_flax_ops).
 
   Use in place of `relu(batch_norm(...)(x))`; the arguments are those of `batch_norm`.
   """
