@@ -208,10 +208,10 @@ def main(argv):
     for size in map(int, _RES.value):
       contestants = [build_model_step(name, size, _BATCH.value, _CHANNELS.value, _DTYPE.value,
                                       v, **json.loads(_KWARGS.value)) for v in _VARIANTS.value]
-      if _TORCH.value and name == "densenet121":
+      with_torch = _TORCH.value and name == "densenet121"
+      if with_torch:
         contestants.append(build_torch_step(size, _BATCH.value, _CHANNELS.value, threads))
       race(contestants, _BATCH.value, _STEPS.value, _REPEATS.value)
-      with_torch = contestants[-1]["variant"].startswith("torch")
       for c in contestants:
         ratio = f"{c['vs_last']:10.2f}" if with_torch else f"{'-':>10}"
         print(f"{name:<14}{size:>5}  {c['variant']:<18}{c['params']:>11,}{c['compile_s']:>11.1f}"

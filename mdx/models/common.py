@@ -124,11 +124,16 @@ def _bn_relu_train(x, scale, bias, epsilon, axis_name):
   return _bn_relu_train_fwd(x, scale, bias, epsilon, axis_name)[0]
 
 
+def _normalize_relu(x, mean, rstd, scale, bias):
+  """relu((x - mean) * rstd * scale + bias) in x's dtype: BatchNorm-ReLU given the statistics."""
+  a = (scale * rstd).astype(x.dtype)
+  return nn.relu((x - mean.astype(x.dtype)) * a + bias.astype(x.dtype))
+
+
 def _bn_relu_train_fwd(x, scale, bias, epsilon, axis_name):
   mean, var = _batch_moments(x, axis_name)
   rstd = lax.rsqrt(var + epsilon)
-  a = (scale * rstd).astype(x.dtype)
-  out = jnp.maximum((x - mean.astype(x.dtype)) * a + bias.astype(x.dtype), 0)
+  out = _normalize_relu(x, mean, rstd, scale, bias)
   # Only x (the block's input, alive anyway) and per-channel vectors are kept for the backward
   # pass; autodiff of BatchNorm would also keep x - mean and the activation mask.
   return (out, mean, var), (x, scale, bias, mean, rstd)
@@ -178,14 +183,12 @@ class BatchNormReLU(nn.Module):
     ra_var = self.variable("batch_stats", "var", lambda: jnp.ones((c,), jnp.float32))
     x = x.astype(self.dtype)
     if not self.train or self.frozen:   # running statistics: an affine map, autodiff is fine
-      a = scale * lax.rsqrt(ra_var.value + self.epsilon)
-      return nn.relu((x - ra_mean.value.astype(x.dtype)) * a.astype(x.dtype) + bias.astype(x.dtype))
+      return _normalize_relu(x, ra_mean.value, lax.rsqrt(ra_var.value + self.epsilon), scale, bias)
     if _TUNED["bn_relu_vjp"]:
       out, mean, var = _bn_relu_train(x, scale, bias, self.epsilon, self.axis_name)
     else:   # the same function, differentiated by JAX (as nn.BatchNorm then nn.relu)
       mean, var = _batch_moments(x, self.axis_name)
-      a = (scale * lax.rsqrt(var + self.epsilon)).astype(x.dtype)
-      out = nn.relu((x - mean.astype(x.dtype)) * a + bias.astype(x.dtype))
+      out = _normalize_relu(x, mean, lax.rsqrt(var + self.epsilon), scale, bias)
     if not self.is_initializing():
       m = self.momentum
       ra_mean.value = m * ra_mean.value + (1 - m) * lax.stop_gradient(mean)
