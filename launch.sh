@@ -48,7 +48,7 @@ case "$cmd" in
     [[ $# -ge 1 ]] || usage
     setup
     config="$1"; shift
-    exec python -m mdx.data.prepare --config="$config" "$@" ;;
+    exec python -m mdx.data.cli.prepare --config="$config" "$@" ;;
   sweep)
     [[ $# -ge 1 ]] || usage
     setup

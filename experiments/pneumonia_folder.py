@@ -2,7 +2,7 @@
 
 Data: ../shared/data/kermany_pneumonia_subset. The patient id comes from the file name
 (personN_virus_M.jpeg -> personN; IM-XXXX-YYYY.jpeg -> IM-XXXX), so a child's several films stay in
-one set. Prepare once: `python -m mdx.data.prepare --config=experiments/pneumonia_folder.py`.
+one set. Prepare once: `python -m mdx.data.cli.prepare --config=experiments/pneumonia_folder.py`.
 """
 
 import os

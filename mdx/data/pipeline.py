@@ -22,7 +22,7 @@ import grain
 import numpy as np
 from PIL import Image
 
-from mdx.data import images
+from mdx.data.cxr import images
 
 # --------------------------------------------------------------------------------------------------
 # Per-record transforms (plain callables: grain pickles them into worker processes).
@@ -31,7 +31,7 @@ from mdx.data import images
 def to_float_image(image: np.ndarray, image_size: int | None) -> np.ndarray:
   """uint8/uint16/float [H, W] or [H, W, C] -> float32 [S, S, C] in [0, 1].
 
-  Integer films are resized by area averaging (mdx.data.images.resize) before conversion; float
+  Integer films are resized by area averaging (mdx.data.cxr.images.resize) before conversion; float
   images bilinearly.
   """
   image = np.asarray(image)

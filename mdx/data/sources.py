@@ -27,7 +27,7 @@ class RecordSource(Protocol):
 
 
 def _phantoms(data_config, seed: int) -> RecordSource:
-  from mdx.data import phantoms
+  from mdx.data.cxr import phantoms
   extra = {}
   for key in ("findings", "prevalence", "studies_per_patient"):
     value = data_config.get(key) if hasattr(data_config, "get") else getattr(data_config, key, None)
@@ -38,29 +38,29 @@ def _phantoms(data_config, seed: int) -> RecordSource:
 
 
 def _nih(data_config, seed: int) -> RecordSource:
-  from mdx.data import nih
+  from mdx.data.cxr import nih
   return nih.make_source(data_config, seed)
 
 
 def _chexpert(data_config, seed: int) -> RecordSource:
-  from mdx.data import chexpert
+  from mdx.data.cxr import chexpert
   return chexpert.make_source(data_config, seed)
 
 
 def _folders(data_config, seed: int) -> RecordSource:
-  from mdx.data import folders
+  from mdx.data.cxr import folders
   return folders.make_source(data_config, seed)
 
 
 def _nih_expert(data_config, seed: int) -> RecordSource:
-  from mdx.data import nih_expert
+  from mdx.data.cxr import nih_expert
   return nih_expert.make_source(data_config, seed)
 
 
 # name -> builder(config.data, seed). The config.data fields of each real source are documented in
 # its module: nih.py, chexpert.py, folders.py, nih_expert.py. Every real source also takes
 # config.data.prepared_dir: when set, records are read from the TFDS ArrayRecord files that
-# `python -m mdx.data.prepare --config=...` wrote there (images already resized).
+# `python -m mdx.data.cli.prepare --config=...` wrote there (images already resized).
 SOURCES: dict[str, Callable[[Any, int], RecordSource]] = {
     "phantoms": _phantoms, "nih": _nih, "chexpert": _chexpert, "folders": _folders,
     "nih_expert": _nih_expert}
@@ -102,6 +102,6 @@ def make_source(data_config, seed: int) -> RecordSource:
     check_fields(data_config)
   prepared = data_config.get("prepared_dir") if hasattr(data_config, "get") else None
   if prepared and name != "phantoms":
-    from mdx.data import tfds_builders
+    from mdx.data.cxr import tfds_builders
     return tfds_builders.load_prepared(data_config, seed)
   return SOURCES[name](data_config, seed)

@@ -165,7 +165,7 @@ def patient_kfold(patient_ids: Sequence[str] | np.ndarray, k: int,
 def official_nih_split(image_ids: Sequence[str], patient_ids: Sequence[str], lists_dir: str,
                        val_fraction: float, seed: int) -> dict[str, np.ndarray]:
   """The official NIH test list as 'test'; train_val_list.txt split by patient into train/validation."""
-  from mdx.data import nih
+  from mdx.data.cxr import nih
   official = nih.official_split(image_ids, lists_dir)
   tv = official["train_val"]
   inner = patient_split(np.asarray(patient_ids).astype(str)[tv], {"validation": val_fraction}, seed)

@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mdx.train import parallel
+from mdx import runtime
 
 
 def _path(module: nn.Module) -> str:
@@ -122,7 +122,7 @@ def grad_cam(model: nn.Module, variables, images, class_index: int, layer: str |
       logits = _apply(model, variables, images)
     return logits[:, class_index].astype(jnp.float32).sum(), feats[0]
 
-  @functools.partial(jax.jit, compiler_options=parallel.compiler_options())
+  @functools.partial(jax.jit, compiler_options=runtime.compiler_options())
   def compute(variables, images):
     grads, feats = jax.grad(logit_and_features, has_aux=True)(
         jnp.zeros(shape, dtype), variables, images)

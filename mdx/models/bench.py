@@ -12,7 +12,7 @@ steps each, so a noisy machine slows all of them alike; the median round is repo
 
 Variants (mdx's train step is 'mdx'; the others undo one tuning each, 'baseline' all of them):
   mdx               BatchNorm-ReLU with a hand-written backward pass (mdx.models.common),
-                    mdx.train.parallel's XLA options, buffers donated only off CPU;
+                    mdx.runtime's XLA options, buffers donated only off CPU;
   plain_flax_ops    the same with plain Flax operations (BatchNorm-ReLU by autodiff);
   xla_cpu_defaults  the same with XLA's default options;
   donate            the same, donating the state's buffers on CPU too;
@@ -34,7 +34,7 @@ import optax
 from absl import app, flags
 
 from mdx.models import common, registry
-from mdx.train import parallel
+from mdx import runtime
 
 _MODELS = flags.DEFINE_list("models", ["densenet121", "resnet50"], "registry names")
 _RES = flags.DEFINE_list("resolutions", ["128"], "square input sizes")
@@ -72,8 +72,8 @@ def build_model_step(name: str, size: int, batch: int, channels: int, dtype: str
   if variant not in VARIANTS:
     raise ValueError(f"unknown variant {variant!r}; choose from {sorted(VARIANTS)}")
   plain, options, donate = VARIANTS[variant]
-  options = parallel.compiler_options() if options else {}
-  donate = parallel.donate_state() if donate is None else donate
+  options = runtime.compiler_options() if options else {}
+  donate = runtime.donate_state() if donate is None else donate
   model = registry.create(name, num_classes=14, dtype=dtype, **kwargs)
   x = jnp.asarray(np.random.default_rng(0).normal(size=(batch, size, size, channels)), jnp.float32)
   y = jnp.asarray(np.random.default_rng(1).integers(0, 2, (batch, 14)), jnp.float32)

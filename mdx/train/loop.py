@@ -12,7 +12,8 @@ import jax
 import numpy as np
 from absl import logging
 
-from mdx.train import checkpoint, optim, parallel, steps
+from mdx import runtime
+from mdx.train import checkpoint, optim, steps
 from mdx.train.state import TrainState, create_state, init_variables
 
 
@@ -29,12 +30,12 @@ class Evaluator:
     """-> (logits of valid rows, mean loss over valid rows, the valid rows' host batch fields)."""
     logits, total, count, fields = [], 0.0, 0.0, []
     for batch in batches:
-      global_batch = parallel.shard_batch(batch, self.mesh)
+      global_batch = runtime.shard_batch(batch, self.mesh)
       loss_sum, out = self._step(self.state, global_batch)
       # Gather logits and the small per-row fields of the GLOBAL batch (every host sees all rows).
-      host = parallel.to_host({k: v for k, v in global_batch.items() if k != "image"})
+      host = runtime.to_host({k: v for k, v in global_batch.items() if k != "image"})
       mask = host["mask"] > 0
-      logits.append(np.asarray(parallel.to_host(out))[mask])
+      logits.append(np.asarray(runtime.to_host(out))[mask])
       total += float(loss_sum) * self.global_batch
       count += float(mask.sum())
       fields.append({k: v[mask] for k, v in host.items()})
@@ -81,12 +82,12 @@ def _format_eta(seconds: float) -> str:
 def build(config, task, mesh, pretrained: bool = True):
   """-> (model, tx, state on the mesh) from a fresh initialisation, plus the task's pretrained weights
   unless a checkpoint is about to replace them anyway (pretrained=False)."""
-  model = task.model(bn_axis_name=parallel.DATA)
+  model = task.model(bn_axis_name=runtime.DATA)
   params, batch_stats = init_variables(model, task.sample_input(), config.seed)
   if pretrained:
     params, batch_stats = task.init_variables(params, batch_stats)
   tx = task.optimizer(params)
-  state = parallel.replicate(create_state(params, batch_stats, tx, config.seed), mesh)
+  state = runtime.replicate(create_state(params, batch_stats, tx, config.seed), mesh)
   return model, tx, state
 
 
@@ -97,9 +98,9 @@ def _manager(config, workdir: str):
 
 
 def train(config, workdir: str, task) -> "TrainResult":
-  mesh = parallel.make_mesh()
-  parallel.check_batch(config.train.batch_size, mesh)
-  parallel.check_batch(config.eval.batch_size, mesh, "config.eval.batch_size")
+  mesh = runtime.make_mesh()
+  runtime.check_batch(config.train.batch_size, mesh)
+  runtime.check_batch(config.eval.batch_size, mesh, "config.eval.batch_size")
   model, tx, state = build(config, task, mesh)
   is_chief = jax.process_index() == 0
   history = History(workdir, enabled=is_chief)
@@ -122,7 +123,7 @@ def train(config, workdir: str, task) -> "TrainResult":
   window_start, window_steps = time.perf_counter(), 0
   for step in range(start + 1, total + 1):
     batch = next(data)
-    state, metrics = train_step(state, parallel.shard_batch(batch, mesh))
+    state, metrics = train_step(state, runtime.shard_batch(batch, mesh))
     if step == start + 1:  # the first step compiles: keep it out of the images/s and the ETA
       jax.block_until_ready(metrics)
       window_start = time.perf_counter()
@@ -167,8 +168,8 @@ def best_state(result: TrainResult) -> tuple[TrainState, int]:
 
 def restore_for_eval(config, workdir: str, task, step: int | None = None):
   """-> (state, evaluator) from the best checkpoint (or `step`) of a run's workdir."""
-  mesh = parallel.make_mesh()
-  parallel.check_batch(config.eval.batch_size, mesh, "config.eval.batch_size")
+  mesh = runtime.make_mesh()
+  runtime.check_batch(config.eval.batch_size, mesh, "config.eval.batch_size")
   model, _, state = build(config, task, mesh, pretrained=False)
   manager = _manager(config, workdir)
   step = step if step is not None else checkpoint.best_or_latest_step(manager)

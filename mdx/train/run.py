@@ -45,8 +45,8 @@ def run(config, workdir: str, mode: str, input_dir: str | None = None,
 
   config = config_lib.resolve(config)
   workdir = prepare_workdir(workdir)
-  from mdx.train import parallel
-  parallel.enable_compilation_cache()
+  from mdx import runtime
+  runtime.enable_compilation_cache()
   if jax.process_index() == 0 and mode == "train":
     write_config(config, workdir)
   logging.info("mdx %s on %d device(s) (%s), %d process(es); workdir %s", mode, jax.device_count(),

@@ -15,13 +15,14 @@ import jax
 import numpy as np
 from absl import logging
 
-from mdx import losses
-from mdx.data import brats, nifti, pipeline, splits
-from mdx.data import volume_transforms as vt
+from mdx import losses, runtime
+from mdx.data.volume import brats, nifti
+from mdx.data import pipeline, splits
+from mdx.data.volume import transforms as vt
 from mdx.evaluate import segmentation as seg_metrics
 from mdx.models import registry
-from mdx.train import optim, parallel, steps
-from mdx.train.sliding_window import sliding_window_inference
+from mdx.train import optim, steps
+from mdx.inference.sliding_window import sliding_window_inference
 
 SOURCES = ("msd", "brats", "brain_phantoms")
 SPLIT_NAMES = {"train": "train", "val": "validation", "validation": "validation", "test": "test"}
@@ -31,13 +32,13 @@ def make_source(data, seed: int):
   """config.data -> a segmentation source (records: image [D,H,W,C], label, case_id, affine)."""
   name = data.source
   if name == "msd":
-    from mdx.data import msd
+    from mdx.data.volume import msd
     names = tuple(data.get("class_names") or ()) or None
     return msd.MSDSource(data.root, class_names=names, cache=bool(data.get("cache", False)))
   if name == "brats":
     return brats.BraTSSource(data.root, label_mode=data.get("label_mode", "regions"))
   if name == "brain_phantoms":
-    from mdx.data import brain_phantoms
+    from mdx.data.volume import brain_phantoms
     return brain_phantoms.BrainPhantoms(data.get("num_cases", 32), tuple(data.get("shape", (48,) * 3)),
                                         seed=seed, label_mode=data.get("label_mode", "regions"))
   raise ValueError(f"config.data.source={name!r} is unknown for segmentation; choose one of {SOURCES}")
@@ -148,11 +149,11 @@ class SegmentationTask:
 
   def _predict_fn(self, evaluator):
     if self._predict is None:
-      self._predict = steps.make_predict_step(self.model(parallel.DATA), evaluator.mesh)
+      self._predict = steps.make_predict_step(self.model(runtime.DATA), evaluator.mesh)
 
     def fn(batch):
-      logits = self._predict(evaluator.state, parallel.shard_batch({"image": batch}, evaluator.mesh))
-      logits = np.asarray(parallel.to_host(logits))
+      logits = self._predict(evaluator.state, runtime.shard_batch({"image": batch}, evaluator.mesh))
+      logits = np.asarray(runtime.to_host(logits))
       return np.asarray(jax.nn.softmax(logits, -1) if self.activation == "softmax"
                         else jax.nn.sigmoid(logits))
     return fn
@@ -213,7 +214,7 @@ class SegmentationTask:
 
   def predict_files(self, evaluator, input_dir: str, output_dir: str) -> str:
     """One label NIfTI per input scan, same file name, the input's affine."""
-    from mdx.data import msd
+    from mdx.data.volume import msd
     if self.config.data.source == "brats":  # one folder per case: write CASE.nii.gz
       scans = brats.BraTSSource(input_dir, label_mode=self.config.data.get("label_mode", "regions"),
                                 require_labels=False)

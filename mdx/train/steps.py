@@ -16,8 +16,8 @@ import jax
 import optax
 from jax.sharding import Mesh, PartitionSpec as P
 
-from mdx.train import parallel
-from mdx.train.parallel import DATA
+from mdx import runtime
+from mdx.runtime import DATA
 from mdx.train.state import TrainState
 
 # (logits, batch) -> per-example loss [B]
@@ -46,8 +46,8 @@ def make_train_step(model, loss_fn: LossFn, tx: optax.GradientTransformation, me
     return new_state, {"loss": jax.lax.psum(loss, DATA)}
 
   step = jax.shard_map(local_step, mesh=mesh, in_specs=(P(), P(DATA)), out_specs=(P(), P()))
-  return jax.jit(step, donate_argnums=0 if parallel.donate_state() else (),
-                 compiler_options=parallel.compiler_options())
+  return jax.jit(step, donate_argnums=0 if runtime.donate_state() else (),
+                 compiler_options=runtime.compiler_options())
 
 
 def make_predict_step(model, mesh: Mesh, input_key: str = "image"):
@@ -58,7 +58,7 @@ def make_predict_step(model, mesh: Mesh, input_key: str = "image"):
                        batch[input_key], train=False)
 
   return jax.jit(jax.shard_map(local_predict, mesh=mesh, in_specs=(P(), P(DATA)),
-                               out_specs=P(DATA)), compiler_options=parallel.compiler_options())
+                               out_specs=P(DATA)), compiler_options=runtime.compiler_options())
 
 
 def make_eval_loss_step(model, loss_fn: LossFn, mesh: Mesh, global_batch: int,
@@ -72,4 +72,4 @@ def make_eval_loss_step(model, loss_fn: LossFn, mesh: Mesh, global_batch: int,
     return jax.lax.psum(per_example.sum(), DATA) / global_batch, logits
 
   return jax.jit(jax.shard_map(local, mesh=mesh, in_specs=(P(), P(DATA)),
-                               out_specs=(P(), P(DATA))), compiler_options=parallel.compiler_options())
+                               out_specs=(P(), P(DATA))), compiler_options=runtime.compiler_options())

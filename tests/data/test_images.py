@@ -7,7 +7,7 @@ from PIL import Image
 from pydicom.dataset import FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
-from mdx.data import images
+from mdx.data.cxr import images
 from real_layouts import write_png
 
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import cohen_kappa_score
 
-from mdx.data import labels, resample
+from mdx.data import consensus as labels, resample
 
 
 def test_cohen_kappa_matches_sklearn():

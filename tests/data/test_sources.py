@@ -6,7 +6,8 @@ import ml_collections
 import numpy as np
 import pytest
 
-from mdx.data import chexpert, findings, sources, tfds_builders
+from mdx.data.cxr import chexpert, findings, tfds_builders
+from mdx.data import sources
 from real_layouts import NIH_COLUMNS, write_csv, write_png
 
 
@@ -136,7 +137,7 @@ def test_nih_expert_labels(nih_dir, tmp_path):
 def test_prepared_records_roundtrip(nih_dir, tmp_path):
   cfg = C(source="nih", metadata=str(nih_dir / "Data_Entry_2017.csv"), images=str(nih_dir),
           image_size=8, prepared_dir=str(tmp_path / "records"))
-  with pytest.raises(FileNotFoundError, match="mdx.data.prepare"):
+  with pytest.raises(FileNotFoundError, match="mdx.data.cli.prepare"):
     sources.make_source(cfg, 0)
   out = tfds_builders.prepare(cfg, 0)
   assert out["records"] == 6

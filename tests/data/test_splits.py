@@ -4,7 +4,8 @@ import ml_collections
 import numpy as np
 import pytest
 
-from mdx.data import audit, split, splits
+from mdx.data.cli import audit, split
+from mdx.data import splits
 from real_layouts import NIH_COLUMNS, write_csv
 
 
@@ -109,8 +110,8 @@ def test_split_cli_and_audit_cli(tmp_path, capsys):
   out = capsys.readouterr().out
   assert rc == 0 and "OK: no patient is in two sets" in out
   files = [str(tmp_path / "out" / f"{n}.csv") for n in ("train", "validation", "test")]
-  from mdx.data import tables
-  loaded = [tables.read_csv(f) for f in files]
+  from mdx.data.cxr import file_source
+  loaded = [file_source.read_csv(f) for f in files]
   assert all(cols == NIH_COLUMNS for cols, _ in loaded)
   assert sum(len(r) for _, r in loaded) == len(rows)
   assert audit.main(files) == 0

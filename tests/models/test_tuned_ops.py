@@ -11,7 +11,7 @@ import pytest
 from flax import linen as nn
 
 from mdx.models import common, registry
-from mdx.train import parallel
+from mdx import runtime
 
 
 class FlaxBnRelu(nn.Module):
@@ -122,12 +122,12 @@ def test_densenet_trains_the_same_with_tuned_and_plain_ops():
 
 
 def test_compiler_options_apply_on_cpu_and_fall_back_when_unknown(monkeypatch):
-  parallel.compiler_options.cache_clear()
+  runtime.compiler_options.cache_clear()
   try:
     assert jax.default_backend() == "cpu"
-    assert parallel.compiler_options() == parallel.CPU_COMPILER_OPTIONS
-    parallel.compiler_options.cache_clear()
-    monkeypatch.setattr(parallel, "CPU_COMPILER_OPTIONS", {"xla_cpu_no_such_option": "1"})
-    assert parallel.compiler_options() == {}   # skipped with a warning: training still runs
+    assert runtime.compiler_options() == runtime.CPU_COMPILER_OPTIONS
+    runtime.compiler_options.cache_clear()
+    monkeypatch.setattr(runtime, "CPU_COMPILER_OPTIONS", {"xla_cpu_no_such_option": "1"})
+    assert runtime.compiler_options() == {}   # skipped with a warning: training still runs
   finally:
-    parallel.compiler_options.cache_clear()
+    runtime.compiler_options.cache_clear()

@@ -45,8 +45,8 @@ def main():
       node = node[p]
     node[leaf] = value
   config = config_lib.resolve(config)
-  from mdx.train import parallel
-  parallel.enable_compilation_cache()
+  from mdx import runtime
+  runtime.enable_compilation_cache()
 
   if kill_at is not None:
     make = steps.make_train_step

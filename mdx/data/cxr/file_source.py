@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 from absl import logging
 
-from mdx.data import images as images_lib
+from mdx.data.cxr import images as images_lib
 
 
 def read_csv(path: str | os.PathLike, required: Sequence[str] = ()) -> tuple[list[str], list[dict[str, str]]]:

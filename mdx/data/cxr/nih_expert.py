@@ -18,21 +18,21 @@ import os
 
 import numpy as np
 
-from mdx.data import nih, tables
+from mdx.data.cxr import nih, file_source
 
 FINDINGS = ("Fracture", "Pneumothorax", "Airspace opacity", "Nodule or mass")
 VALUES = {"YES": 1.0, "NO": 0.0, "": np.nan}
 
 
-def make_source(data_config, seed: int = 0) -> tables.FileSource:
+def make_source(data_config, seed: int = 0) -> file_source.FileSource:
   del seed
-  metadata = tables.require(data_config, "metadata", "nih_expert")
-  findings = tuple(tables.config_get(data_config, "findings", FINDINGS))
+  metadata = file_source.require(data_config, "metadata", "nih_expert")
+  findings = tuple(file_source.config_get(data_config, "findings", FINDINGS))
   bad = [f for f in findings if f not in FINDINGS]
   if bad:
     raise ValueError(f"config.data.findings {bad} are not expert-labelled; choose from {FINDINGS}")
-  _, rows = tables.read_csv(metadata, (nih.IMAGE, nih.PATIENT, *findings))
-  which = tables.config_get(data_config, "set")
+  _, rows = file_source.read_csv(metadata, (nih.IMAGE, nih.PATIENT, *findings))
+  which = file_source.config_get(data_config, "set")
   if which is not None:
     rows = [r for r in rows if r.get("Set Id") == which]
     if not rows:
@@ -45,14 +45,14 @@ def make_source(data_config, seed: int = 0) -> tables.FileSource:
         raise ValueError(f"{metadata}: row {r + 2} ({row[nih.IMAGE]}) column {f!r} has {row[f]!r}; "
                          "expected YES or NO")
       labels[r, c] = VALUES[cell]
-  folder = tables.require(data_config, "images", "nih_expert")
+  folder = file_source.require(data_config, "images", "nih_expert")
   index = nih.index_images(folder)
   names = [r[nih.IMAGE] for r in rows]
   paths = [index.get(n, os.path.join(folder, n)) for n in names]
-  keep = tables.keep_existing(paths, f"expert labels {metadata}",
-                              tables.config_get(data_config, "on_error", "raise"))
+  keep = file_source.keep_existing(paths, f"expert labels {metadata}",
+                              file_source.config_get(data_config, "on_error", "raise"))
   idx = np.flatnonzero(keep)
-  return tables.FileSource([paths[i] for i in idx], labels[idx], [rows[i][nih.PATIENT] for i in idx],
+  return file_source.FileSource([paths[i] for i in idx], labels[idx], [rows[i][nih.PATIENT] for i in idx],
                            [names[i] for i in idx], findings,
-                           channels=int(tables.config_get(data_config, "channels", 1)),
+                           channels=int(file_source.config_get(data_config, "channels", 1)),
                            name="nih_expert", skipped=int((~keep).sum()))

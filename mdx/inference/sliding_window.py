@@ -14,7 +14,7 @@ import itertools
 import jax
 import numpy as np
 
-from mdx.train import parallel
+from mdx import runtime
 
 
 def gaussian_importance(window, sigma_scale: float = 0.125) -> np.ndarray:
@@ -89,12 +89,12 @@ def make_predict_fn(model, variables, activation: str = "softmax", mesh=None) ->
     return jax.nn.softmax(logits, -1) if activation == "softmax" else jax.nn.sigmoid(logits)
 
   if mesh is None:
-    jitted = jax.jit(fn, compiler_options=parallel.compiler_options())
+    jitted = jax.jit(fn, compiler_options=runtime.compiler_options())
     return lambda batch: np.asarray(jitted(jnp.asarray(batch)))
   from jax.sharding import NamedSharding, PartitionSpec as P
   sharding = NamedSharding(mesh, P("data"))
   # shard_map: each device runs the model on its local windows (as the training core does), so the
   # model's reshapes never see a sharded batch axis.
   jitted = jax.jit(jax.shard_map(fn, mesh=mesh, in_specs=P("data"), out_specs=P("data")),
-                   compiler_options=parallel.compiler_options())
+                   compiler_options=runtime.compiler_options())
   return lambda batch: np.asarray(jitted(jax.device_put(batch, sharding)))

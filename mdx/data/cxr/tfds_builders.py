@@ -1,7 +1,7 @@
 """TFDS builders that store a source's images, resized, as ArrayRecord files (no TensorFlow).
 
 Training then reads small fixed-size records by index instead of decoding 1024 px PNGs or DICOMs:
-`python -m mdx.data.prepare --config=experiments/X.py` builds them into config.data.prepared_dir,
+`python -m mdx.data.cli.prepare --config=experiments/X.py` builds them into config.data.prepared_dir,
 and any real source with prepared_dir set reads them back (sources.make_source -> load_prepared).
 
 One builder per source (NihChestXray14, Chexpert, ClassFolders, NihExpertLabels). The raw files are
@@ -23,8 +23,8 @@ import numpy as np
 import tensorflow_datasets as tfds
 from absl import logging
 
-from mdx.data import images as images_lib
-from mdx.data import tables
+from mdx.data.cxr import images as images_lib
+from mdx.data.cxr import file_source
 
 # config.data fields that change what is stored.
 RECORD_FIELDS = ("source", "metadata", "images", "root", "findings", "view_positions", "uncertain",
@@ -44,12 +44,12 @@ def _plain(value):
 
 
 def config_name(data_config) -> str:
-  fields = {f: _plain(tables.config_get(data_config, f)) for f in RECORD_FIELDS}
+  fields = {f: _plain(file_source.config_get(data_config, f)) for f in RECORD_FIELDS}
   for f in ("metadata", "images", "root"):  # the same files however the path is spelled
     if fields[f]:
       fields[f] = os.path.realpath(fields[f])
   digest = hashlib.sha1(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()[:10]
-  return f"{int(tables.require(data_config, 'image_size', fields['source']))}px-{digest}"
+  return f"{int(file_source.require(data_config, 'image_size', fields['source']))}px-{digest}"
 
 
 class _Prepared(tfds.core.GeneratorBasedBuilder):
@@ -67,9 +67,9 @@ class _Prepared(tfds.core.GeneratorBasedBuilder):
     self._data_config = data_config
     self._seed = seed
     self._make = sources.SOURCES[self.SOURCE]
-    self._size = int(tables.require(data_config, "image_size", self.SOURCE))
-    self._channels = int(tables.config_get(data_config, "channels", 1))
-    self._dtype = np.uint16 if int(tables.config_get(data_config, "bit_depth", 8)) == 16 else np.uint8
+    self._size = int(file_source.require(data_config, "image_size", self.SOURCE))
+    self._channels = int(file_source.config_get(data_config, "channels", 1))
+    self._dtype = np.uint16 if int(file_source.config_get(data_config, "bit_depth", 8)) == 16 else np.uint8
     self._source = None
     self.written: dict[str, list] = {"labels": [], "patient_ids": [], "image_ids": []}
     self.skipped_files: list[str] = []
@@ -103,7 +103,7 @@ class _Prepared(tfds.core.GeneratorBasedBuilder):
 
   def _generate_examples(self):
     source = self.source()
-    on_error = tables.config_get(self._data_config, "on_error", "raise")
+    on_error = file_source.config_get(self._data_config, "on_error", "raise")
     for i in range(len(source)):
       try:
         record = source[i]
@@ -148,20 +148,20 @@ BUILDERS = {b.SOURCE: b for b in (NihChestXray14, Chexpert, ClassFolders, NihExp
 
 
 def builder_for(data_config, seed: int = 0) -> _Prepared:
-  name = tables.require(data_config, "source", "?")
+  name = file_source.require(data_config, "source", "?")
   if name not in BUILDERS:
     raise ValueError(f"no TFDS builder for config.data.source={name!r}; choose one of {sorted(BUILDERS)}")
-  data_dir = tables.require(data_config, "prepared_dir", name)
+  data_dir = file_source.require(data_config, "prepared_dir", name)
   return BUILDERS[name](data_config=data_config, seed=seed, data_dir=data_dir,
                         file_format="array_record")
 
 
 def prepared_path(data_config) -> str:
   """Where the records of config.data live: prepared_dir/<builder>/<size>px-<hash>/<version>."""
-  name = tables.require(data_config, "source", "?")
+  name = file_source.require(data_config, "source", "?")
   if name not in BUILDERS:
     raise ValueError(f"no TFDS builder for config.data.source={name!r}; choose one of {sorted(BUILDERS)}")
-  return os.path.join(tables.require(data_config, "prepared_dir", name), BUILDERS[name].name,
+  return os.path.join(file_source.require(data_config, "prepared_dir", name), BUILDERS[name].name,
                       config_name(data_config), str(_Prepared.VERSION))
 
 
@@ -174,7 +174,7 @@ def prepare(data_config, seed: int = 0) -> dict[str, Any]:
     with np.load(index_path) as z:
       return {"dir": path, "records": len(z["image_ids"]), "skipped": 0}
   builder = builder_for(data_config, seed)
-  manual = tables.config_get(data_config, "images") or tables.config_get(data_config, "root")
+  manual = file_source.config_get(data_config, "images") or file_source.config_get(data_config, "root")
   builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=manual))
   w = builder.written
   if not w["image_ids"]:
@@ -231,7 +231,7 @@ def load_prepared(data_config, seed: int = 0) -> PreparedSource:
   index_path = os.path.join(path, INDEX_FILE)
   if not os.path.exists(index_path):
     raise FileNotFoundError(f"no prepared records in {path}; run "
-                            "`python -m mdx.data.prepare --config=<experiment file>` first (or "
+                            "`python -m mdx.data.cli.prepare --config=<experiment file>` first (or "
                             "unset config.data.prepared_dir to decode the original files)")
   with np.load(index_path) as z:
     index = {k: z[k] for k in z.files}

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from mdx.data import phantoms
-from mdx.data.findings import NIH_FINDINGS
-from mdx.data.phantoms import CHRONIC_FINDINGS, DEFAULT_PREVALENCE, ChestXrayPhantoms
+from mdx.data.cxr import phantoms
+from mdx.data.cxr.findings import NIH_FINDINGS
+from mdx.data.cxr.phantoms import CHRONIC_FINDINGS, DEFAULT_PREVALENCE, ChestXrayPhantoms
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -52,7 +52,7 @@ def test_deterministic_across_instances_and_order():
 def test_deterministic_in_another_process_and_after_pickling():
   ds = ChestXrayPhantoms(num_patients=10, image_size=64, seed=3)
   digest = hashlib.sha256(ds[7]["image"].tobytes()).hexdigest()
-  code = ("import hashlib; from mdx.data.phantoms import ChestXrayPhantoms as P; "
+  code = ("import hashlib; from mdx.data.cxr.phantoms import ChestXrayPhantoms as P; "
           "img = P(num_patients=10, image_size=64, seed=3)[7]['image']; "
           "print(hashlib.sha256(img.tobytes()).hexdigest())")
   out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)

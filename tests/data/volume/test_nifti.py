@@ -7,7 +7,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from mdx.data import brats, msd, nifti
+from mdx.data.volume import brats, msd, nifti
 
 
 def _save(path, data, affine=None):

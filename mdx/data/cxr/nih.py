@@ -21,8 +21,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from mdx.data import findings as findings_lib
-from mdx.data import tables
+from mdx.data.cxr import findings as findings_lib
+from mdx.data.cxr import file_source
 
 IMAGE = "Image Index"
 LABELS = "Finding Labels"
@@ -97,23 +97,23 @@ def official_split(image_ids: Sequence[str], folder: str) -> dict[str, np.ndarra
   return out
 
 
-def make_source(data_config, seed: int = 0) -> tables.FileSource:
+def make_source(data_config, seed: int = 0) -> file_source.FileSource:
   del seed
-  metadata = tables.require(data_config, "metadata", "nih")
-  findings = tuple(tables.config_get(data_config, "findings", findings_lib.NIH_FINDINGS))
-  _, rows = tables.read_csv(metadata, REQUIRED)
-  views = tables.config_get(data_config, "view_positions")
+  metadata = file_source.require(data_config, "metadata", "nih")
+  findings = tuple(file_source.config_get(data_config, "findings", findings_lib.NIH_FINDINGS))
+  _, rows = file_source.read_csv(metadata, REQUIRED)
+  views = file_source.config_get(data_config, "view_positions")
   if views:
     rows = [r for r in rows if r.get("View Position") in set(views)]
   labels = parse_labels(rows, findings, where=metadata)
   names = [r[IMAGE] for r in rows]
-  folder = tables.require(data_config, "images", "nih")
+  folder = file_source.require(data_config, "images", "nih")
   index = index_images(folder)
   paths = [index.get(n, os.path.join(folder, n)) for n in names]
-  on_error = tables.config_get(data_config, "on_error", "raise")
-  keep = tables.keep_existing(paths, f"NIH metadata {metadata}", on_error)
+  on_error = file_source.config_get(data_config, "on_error", "raise")
+  keep = file_source.keep_existing(paths, f"NIH metadata {metadata}", on_error)
   idx = np.flatnonzero(keep)
-  return tables.FileSource(
+  return file_source.FileSource(
       [paths[i] for i in idx], labels[idx], [rows[i][PATIENT] for i in idx],
-      [names[i] for i in idx], findings, channels=int(tables.config_get(data_config, "channels", 1)),
+      [names[i] for i in idx], findings, channels=int(file_source.config_get(data_config, "channels", 1)),
       name="nih", skipped=int((~keep).sum()))

@@ -1,6 +1,6 @@
 """Patient-level split of a metadata CSV into train / validation / test CSVs, then an audit.
 
-  python -m mdx.data.split --source=nih --metadata=CSV --out=DIR [--seed=N]
+  python -m mdx.data.cli.split --source=nih --metadata=CSV --out=DIR [--seed=N]
       [--test-size=N --val-size=N --min-positive-share=0.5 --findings=Mass,Pneumonia,...]
       [--official=DIR]  (the official NIH test list; train_val split by patient)
 
@@ -20,7 +20,8 @@ import time
 
 import numpy as np
 
-from mdx.data import metadata, splits, tables
+from mdx.data.cxr import metadata, file_source
+from mdx.data import splits
 
 
 def split_table(table: metadata.Table, seed: int, test_size: float | None = None,
@@ -44,7 +45,7 @@ def split_table(table: metadata.Table, seed: int, test_size: float | None = None
 
 
 def main(argv: list[str] | None = None) -> int:
-  p = argparse.ArgumentParser(prog="python -m mdx.data.split", description=__doc__,
+  p = argparse.ArgumentParser(prog="python -m mdx.data.cli.split", description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--source", default="auto", choices=["auto", "nih", "chexpert", "columns"])
   p.add_argument("--metadata", required=True)
@@ -65,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
   parts = split_table(table, args.seed, args.test_size, args.val_size, args.min_positive_share,
                       findings, args.test_fraction, args.val_fraction, args.official)
   for name, idx in parts.items():
-    tables.write_csv(os.path.join(args.out, f"{name}.csv"), table.columns,
+    file_source.write_csv(os.path.join(args.out, f"{name}.csv"), table.columns,
                      [table.rows[i] for i in idx])
   elapsed = time.perf_counter() - start
   report = splits.audit({n: {"patient_ids": table.patient_ids[i], "image_ids": table.image_ids[i],

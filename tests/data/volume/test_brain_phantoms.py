@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from mdx.data import brain_phantoms, brats
+from mdx.data.volume import brain_phantoms, brats
 
 
 def test_phantoms_shape_determinism_and_regions():

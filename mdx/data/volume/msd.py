@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from mdx.data import nifti
+from mdx.data.volume import nifti
 
 
 class MSDSource:

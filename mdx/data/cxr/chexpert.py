@@ -21,7 +21,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from mdx.data import tables
+from mdx.data.cxr import file_source
 
 OBSERVATIONS = ("No Finding", "Enlarged Cardiomediastinum", "Cardiomegaly", "Lung Opacity",
                 "Lung Lesion", "Edema", "Consolidation", "Pneumonia", "Atelectasis",
@@ -92,28 +92,28 @@ def _resolve(root: str, rel: str) -> str:
   return full
 
 
-def make_source(data_config, seed: int = 0) -> tables.FileSource:
+def make_source(data_config, seed: int = 0) -> file_source.FileSource:
   del seed
-  metadata = tables.require(data_config, "metadata", "chexpert")
-  findings = tuple(tables.config_get(data_config, "findings", COMPETITION))
-  _, rows = tables.read_csv(metadata, ("Path", *findings))
-  if tables.config_get(data_config, "frontal_only", False):
+  metadata = file_source.require(data_config, "metadata", "chexpert")
+  findings = tuple(file_source.config_get(data_config, "findings", COMPETITION))
+  _, rows = file_source.read_csv(metadata, ("Path", *findings))
+  if file_source.config_get(data_config, "frontal_only", False):
     if rows and "Frontal/Lateral" not in rows[0]:
       raise ValueError(f"{metadata}: frontal_only needs the 'Frontal/Lateral' column")
     rows = [r for r in rows if r["Frontal/Lateral"] == "Frontal"]
-  uncertain = tables.config_get(data_config, "uncertain", "ignore")
+  uncertain = file_source.config_get(data_config, "uncertain", "ignore")
   if not isinstance(uncertain, str):
     uncertain = dict(uncertain)
-  labels = parse_labels(rows, findings, uncertain, tables.config_get(data_config, "blank", "zeros"),
+  labels = parse_labels(rows, findings, uncertain, file_source.config_get(data_config, "blank", "zeros"),
                         where=metadata)
   patients = [patient_of(r["Path"], metadata) for r in rows]
-  root = tables.require(data_config, "images", "chexpert")
+  root = file_source.require(data_config, "images", "chexpert")
   paths = [_resolve(root, r["Path"]) for r in rows]
-  keep = tables.keep_existing(paths, f"CheXpert metadata {metadata}",
-                              tables.config_get(data_config, "on_error", "raise"))
+  keep = file_source.keep_existing(paths, f"CheXpert metadata {metadata}",
+                              file_source.config_get(data_config, "on_error", "raise"))
   idx = np.flatnonzero(keep)
   # The image id is the path below the patient folder's parent: unique across studies and views.
   ids = [rows[i]["Path"].split("/", 1)[-1] for i in idx]
-  return tables.FileSource([paths[i] for i in idx], labels[idx], [patients[i] for i in idx], ids,
-                           findings, channels=int(tables.config_get(data_config, "channels", 1)),
+  return file_source.FileSource([paths[i] for i in idx], labels[idx], [patients[i] for i in idx], ids,
+                           findings, channels=int(file_source.config_get(data_config, "channels", 1)),
                            name="chexpert", skipped=int((~keep).sum()))

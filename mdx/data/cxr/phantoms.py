@@ -27,7 +27,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from mdx.data.findings import NIH_FINDINGS
+from mdx.data.cxr.findings import NIH_FINDINGS
 
 # Per-image prevalences close to NIH ChestX-ray14 (Wang et al., 2017, Data_Entry_2017).
 DEFAULT_PREVALENCE: dict[str, float] = {

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from mdx.data import nifti
+from mdx.data.volume import nifti
 
 MODALITIES = ("flair", "t1", "t1ce", "t2")
 RAW_LABELS = (0, 1, 2, 4)

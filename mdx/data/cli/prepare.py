@@ -1,4 +1,4 @@
-"""Prepare fast records for an experiment: `python -m mdx.data.prepare --config=experiments/X.py`.
+"""Prepare fast records for an experiment: `python -m mdx.data.cli.prepare --config=experiments/X.py`.
 
 Decodes every image of config.data's source once, resizes it to config.data.image_size and writes
 TFDS ArrayRecord files into config.data.prepared_dir (with TFDS's progress bar). Runs that set
@@ -17,7 +17,7 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "experiment file", loc
 
 def main(argv):
   del argv
-  from mdx.data import tfds_builders
+  from mdx.data.cxr import tfds_builders
   config = _CONFIG.value
   if not config.data.get("prepared_dir"):
     raise app.UsageError("config.data.prepared_dir is not set: say where the records should go "

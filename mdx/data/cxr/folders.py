@@ -20,7 +20,7 @@ import re
 import numpy as np
 from absl import logging
 
-from mdx.data import tables
+from mdx.data.cxr import file_source
 
 EXTENSIONS = (".png", ".jpg", ".jpeg", ".dcm", ".dicom")
 
@@ -37,12 +37,12 @@ def patient_id(file_name: str, pattern: re.Pattern | None) -> str | None:
   return m.group(1) if pattern.groups else m.group(0)
 
 
-def make_source(data_config, seed: int = 0) -> tables.FileSource:
+def make_source(data_config, seed: int = 0) -> file_source.FileSource:
   del seed
-  root = tables.require(data_config, "root", "folders")
+  root = file_source.require(data_config, "root", "folders")
   if not os.path.isdir(root):
     raise FileNotFoundError(f"config.data.root={root} is not a folder")
-  classes = list(tables.config_get(data_config, "classes", []) or
+  classes = list(file_source.config_get(data_config, "classes", []) or
                  sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d))))
   if not classes:
     raise ValueError(f"{root} has no class subfolders")
@@ -50,14 +50,14 @@ def make_source(data_config, seed: int = 0) -> tables.FileSource:
     if not os.path.isdir(os.path.join(root, c)):
       raise FileNotFoundError(f"class folder {os.path.join(root, c)} does not exist "
                               f"(config.data.classes={classes})")
-  negative = tables.config_get(data_config, "negative_class")
+  negative = file_source.config_get(data_config, "negative_class")
   if negative is not None and negative not in classes:
     raise ValueError(f"config.data.negative_class={negative!r} is not one of the classes {classes}")
   findings = [c for c in classes if c != negative]
-  regex = tables.config_get(data_config, "patient_regex")
+  regex = file_source.config_get(data_config, "patient_regex")
   pattern = re.compile(regex) if regex else None
-  exts = tuple(e.lower() for e in tables.config_get(data_config, "extensions", EXTENSIONS))
-  on_error = tables.config_get(data_config, "on_error", "raise")
+  exts = tuple(e.lower() for e in file_source.config_get(data_config, "extensions", EXTENSIONS))
+  on_error = file_source.config_get(data_config, "on_error", "raise")
   paths, labels, patients, ids, unmatched = [], [], [], [], []
   for c in classes:
     for name in sorted(os.listdir(os.path.join(root, c))):
@@ -80,7 +80,7 @@ def make_source(data_config, seed: int = 0) -> tables.FileSource:
     if on_error != "skip":
       raise ValueError(msg + "; fix the regex or set config.data.on_error='skip'")
     logging.warning("skipped %s", msg)
-  return tables.FileSource(paths, np.asarray(labels, np.float32).reshape(-1, len(findings)),
+  return file_source.FileSource(paths, np.asarray(labels, np.float32).reshape(-1, len(findings)),
                            patients, ids, findings,
-                           channels=int(tables.config_get(data_config, "channels", 1)),
+                           channels=int(file_source.config_get(data_config, "channels", 1)),
                            name="folders", skipped=len(unmatched))

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from mdx.data import chexpert, findings as findings_lib, nih, tables
+from mdx.data.cxr import chexpert, findings as findings_lib, nih, file_source
 
 PATIENT_COLUMNS = ("Patient ID", "PatientId", "patient_id", "Patient", "patient")
 IMAGE_COLUMNS = ("Image Index", "Image", "Path", "image_id", "image")
@@ -45,7 +45,7 @@ def load(path: str | os.PathLike, kind: str = "auto", findings: Sequence[str] | 
          patient_column: str | None = None) -> Table:
   """Reads a metadata CSV of any supported kind (see the module docstring)."""
   path = os.fspath(path)
-  columns, rows = tables.read_csv(path)
+  columns, rows = file_source.read_csv(path)
   if kind == "auto":
     kind = _guess(columns)
   if kind == "nih":

@@ -1,7 +1,7 @@
 """Leakage audit: which patients, images and findings two or more sets share.
 
-  python -m mdx.data.audit A.csv B.csv [C.csv ...] [--patient-column="Patient ID"]
-  python -m mdx.data.audit --config=experiments/nih_64px.py
+  python -m mdx.data.cli.audit A.csv B.csv [C.csv ...] [--patient-column="Patient ID"]
+  python -m mdx.data.cli.audit --config=experiments/nih_64px.py
 
 prints a summary per set and per pair, and exits with status 1 when any patient is in two sets
 (0 otherwise), so it can guard a pipeline or CI job.
@@ -13,7 +13,8 @@ import argparse
 import os
 import sys
 
-from mdx.data import metadata, splits
+from mdx.data.cxr import metadata
+from mdx.data import splits
 
 
 def audit_tables(paths: list[str], patient_column: str | None = None, kind: str = "auto") -> dict:
@@ -50,7 +51,7 @@ def _load_config(path: str):
 
 
 def main(argv: list[str] | None = None) -> int:
-  parser = argparse.ArgumentParser(prog="python -m mdx.data.audit", description=__doc__,
+  parser = argparse.ArgumentParser(prog="python -m mdx.data.cli.audit", description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("csvs", nargs="*", help="metadata CSV(s) of the sets to compare")
   parser.add_argument("--patient-column", default=None, help="patient id column (default: guessed)")

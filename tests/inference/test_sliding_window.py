@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from mdx.models.unet3d import UNet3D
-from mdx.train import sliding_window as sw
+from mdx.inference import sliding_window as sw
 
 
 def test_window_grid_and_gaussian():

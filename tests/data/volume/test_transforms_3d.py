@@ -4,7 +4,7 @@ import grain
 import numpy as np
 import pytest
 
-from mdx.data import volume_transforms as vt
+from mdx.data.volume import transforms as vt
 
 
 def test_standardize_nonzero_matches_hand_computation():

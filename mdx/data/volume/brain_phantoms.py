@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from mdx.data import brats
+from mdx.data.volume import brats
 
 # Mean intensity of each tissue per modality (flair, t1, t1ce, t2).
 _TISSUE = {
