@@ -7,8 +7,7 @@ from mdx.config import defaults
 
 
 def get_config():
-  c = defaults()
-  c.task = "segmentation"
+  c = defaults("segmentation")
   c.seed = 0
   c.data.source = "brain_phantoms"
   c.data.num_cases = 40

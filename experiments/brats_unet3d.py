@@ -13,8 +13,7 @@ from mdx.config import defaults
 
 
 def get_config():
-  c = defaults()
-  c.task = "segmentation"
+  c = defaults("segmentation")
   c.seed = 0
   c.data.source = "brats"
   c.data.root = ""

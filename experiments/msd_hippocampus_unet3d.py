@@ -13,14 +13,13 @@ from mdx.config import defaults
 
 
 def get_config():
-  c = defaults()
-  c.task = "segmentation"
+  c = defaults("segmentation")
   c.seed = 0
   c.data.source = "msd"
   c.data.root = ""
   c.data.class_names = ("background", "anterior", "posterior")
   c.data.cache = True
-  c.data.standardize = "volume"  # MRI crops: z-score over the whole scan (nnU-Net's choice)
+  c.data.standardize = "per_channel"  # MRI crops: z-score per channel over the whole scan (nnU-Net's choice)
   c.data.split = dict(by="patient", test=0.0, val=0.2)
   c.data.patch_size = (32, 48, 32)
   c.data.max_background = 0.95

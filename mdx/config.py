@@ -1,41 +1,41 @@
-"""Config defaults and validation.
+"""The experiment config: defaults per task, every field declared, every typo and impossible value
+an error before anything is built.
 
-An experiment file (experiments/*.py) returns a ConfigDict with only what it changes; `resolve` lays it
-over these defaults and rejects any field the defaults do not know, so a typo (train.stpes) is an error
-instead of a silently ignored setting. Sections whose fields depend on a choice (data.* depends on the
-source, model.* on the architecture) accept extra fields here and are checked by their builders.
+A config has the sections data, model, loss, train and eval. Their fields come from the parts that
+read them, so each part declares what it reads:
+  common()                      fields every task has (seed, train.*, eval.batch_size, ...);
+  the task (mdx.train.tasks)    its own defaults, e.g. data.image_size and eval.gradcam for
+                                classification, data.patch_size and loss.ce_weight for segmentation;
+  the source (mdx.data.sources) the config.data fields it reads (data.metadata, data.root, ...);
+  the model (mdx.models.registry) its module's fields (model.growth_rate, model.base_width, ...);
+  mdx.data.splits / resample    the fields of data.split and data.resample.
+An experiment file starts from defaults(task) and changes what it needs; `resolve` lays it over the
+defaults and rejects any field nobody reads (with the closest known name), then checks values.
 """
 
 from __future__ import annotations
 
 import difflib
+import math
 
 import ml_collections
 
-# Sections whose extra fields are checked by the code that consumes them (source builders, model registry).
-OPEN_SECTIONS = ("data", "model", "loss", "eval")
+TASK_DEFAULT = "classification"
 
 
-def defaults() -> ml_collections.ConfigDict:
+def common() -> ml_collections.ConfigDict:
+  """The fields every task reads (the training loop's, the data pipeline's, the evaluator's)."""
   c = ml_collections.ConfigDict()
-  c.task = "classification"  # classification | segmentation
+  c.task = TASK_DEFAULT  # classification | segmentation (mdx.train.tasks)
   c.seed = 0
   c.data = ml_collections.ConfigDict(dict(
-      source="phantoms",
-      num_patients=600,
-      image_size=128,
-      split=dict(by="patient", test=0.15, val=0.15),
-      augment=None,            # preset name in mdx.data.augment, or None
-      standardize="per_image",  # per_image | dataset | None
-      resample=ml_collections.ConfigDict(),  # empty: no resampling (see mdx.data.resample)
+      source="phantoms",       # mdx.data.sources.SOURCES
+      split=dict(by="patient", test=0.15, val=0.15),  # always by patient (mdx.data.splits)
+      standardize="per_image",  # mdx.data.standardize.MODES
       workers=0,               # grain worker processes (0: in the main process)
       prefetch=2,              # batches buffered per worker
   ))
-  c.model = ml_collections.ConfigDict(dict(
-      name="densenet121", num_classes=14, dtype="float32",
-      init_from="",   # Orbax checkpoint of pretrained weights (backbone restored, new head)
-      freeze="none",  # none | head | from:<block name>  (see mdx.train.finetune)
-  ))
+  c.model = ml_collections.ConfigDict(dict(name="densenet121", num_classes=14, dtype="float32"))
   c.loss = ml_collections.ConfigDict(dict(name="weighted_bce"))
   c.train = ml_collections.ConfigDict(dict(
       batch_size=32,           # global batch, over all devices of all hosts
@@ -49,45 +49,122 @@ def defaults() -> ml_collections.ConfigDict:
       log_every=10,
       checkpoint_every=100,
       keep_last=2,             # checkpoints kept besides the best one
-      best_metric="val_auroc",  # chosen by the task's validation; higher is better
+      best_metric="val_auroc",  # a key of the task's validation metrics; higher is better
   ))
   c.eval = ml_collections.ConfigDict(dict(
-      batch_size=64, bootstrap=1000, threshold="youden", split="test",
-      examples=8,              # example images with labels and predictions in the report
-      gradcam=dict(findings=("Mass", "Nodule", "Cardiomegaly", "Pneumothorax"), images=64,
-                   overlays=4, layer=""),  # layer "" = the model's default (last feature map)
-      after_train=True,        # --mode=train ends by evaluating the best checkpoint and writing the report
+      batch_size=64,
+      split="test",            # the split the final report evaluates
+      examples=8,              # example images (or scans) in the report
+      after_train=True,        # --mode=train ends by evaluating the best checkpoint and reporting
   ))
   return c
 
 
-def _check_known(config: ml_collections.ConfigDict, reference: ml_collections.ConfigDict,
-                 prefix: str) -> None:
+def _task_class(task: str):
+  from mdx.train import tasks
+  return tasks.task_class(task)
+
+
+def defaults(task: str = TASK_DEFAULT) -> ml_collections.ConfigDict:
+  """Every declared field of `task` with its default (the task's own defaults over common())."""
+  c = common()
+  c.task = task
+  c.update(_sections(_task_class(task).defaults()))
+  return c
+
+
+# ------------------------------------------------------------------------------ closed sections
+def _known_fields(config: ml_collections.ConfigDict, base: ml_collections.ConfigDict) -> dict:
+  """Section -> the field names it may hold, for the chosen task, source and model."""
+  from mdx.data import resample, sources, splits
+  from mdx.models import registry
+  known = {"": set(base.keys())}
+  for section in ("data", "model", "loss", "train", "eval"):
+    known[section] = set(base[section].keys())
+  task_cls = _task_class(base.task)
+  source = config.data.source if "data" in config and "source" in config.data else base.data.source
+  known["data"] |= set(sources.spec(source, task_cls.source_kind).fields)
+  known["data.split"] = set(splits.SPLIT_FIELDS)
+  known["data.resample"] = set(resample.RESAMPLE_FIELDS)
+  model = config.model.name if "model" in config and "name" in config.model else base.model.name
+  if model not in registry.MODELS:
+    raise ValueError(f"config.model.name={model!r} is unknown; choose one of {sorted(registry.MODELS)}")
+  known["model"] |= set(registry.config_fields(model))
+  for key, value in base.items():  # nested sections of the defaults, e.g. eval.gradcam
+    if isinstance(value, ml_collections.ConfigDict):
+      for sub, subvalue in value.items():
+        if isinstance(subvalue, ml_collections.ConfigDict) and f"{key}.{sub}" not in known:
+          known[f"{key}.{sub}"] = set(subvalue.keys())
+  return known
+
+
+def _check_known(config, known: dict, prefix: str = "") -> None:
+  allowed = known.get(prefix.rstrip("."))
   for key in config.keys():
     path = f"{prefix}{key}"
-    if key not in reference:
-      if prefix.split(".")[0] in OPEN_SECTIONS:
-        continue
-      close = difflib.get_close_matches(key, list(reference.keys()), n=1)
+    if allowed is not None and key not in allowed:
+      close = difflib.get_close_matches(key, sorted(allowed), n=1)
       hint = f" Did you mean '{prefix}{close[0]}'?" if close else ""
-      raise ValueError(f"unknown config field '{path}'.{hint} Known fields here: "
-                       f"{sorted(reference.keys())}")
-    value, ref = config[key], reference[key]
-    if isinstance(ref, ml_collections.ConfigDict) and isinstance(value, ml_collections.ConfigDict):
-      _check_known(value, ref, path + ".")
+      raise ValueError(f"unknown config field '{path}'.{hint} Known fields here: {sorted(allowed)}")
+    if isinstance(config[key], ml_collections.ConfigDict) and path in known:
+      _check_known(config[key], known, path + ".")
 
 
 def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """Returns defaults updated with `config`; raises on fields the defaults do not know."""
-  base = defaults()
-  _check_known(config, base, "")
+  """defaults(config.task) updated with `config`; raises on a field nothing reads or an impossible
+  value, naming the field."""
+  task = config.get("task", TASK_DEFAULT) if hasattr(config, "get") else TASK_DEFAULT
+  base = defaults(task)
+  _check_known(config, _known_fields(config, base))
   merged = base
   with merged.unlocked():
-    merged.update(_plain(config))
+    merged.update(_sections(config))
+  check_values(merged)
+  _task_class(task).check_config(merged)
   return merged
 
 
-def _plain(config):
-  """ConfigDict -> nested dict of ConfigDicts, so update() merges sections instead of replacing them."""
+def _sections(config) -> dict:
+  """ConfigDict -> dict of ConfigDicts, so update() merges sections instead of replacing them."""
   return {k: ml_collections.ConfigDict(v) if isinstance(v, ml_collections.ConfigDict) else v
           for k, v in config.items()}
+
+
+# ------------------------------------------------------------------------------ values
+def _require(ok: bool, field: str, value, rule: str) -> None:
+  if not ok:
+    raise ValueError(f"config.{field}={value!r}: {rule}")
+
+
+def _number(value) -> bool:
+  return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def check_values(c: ml_collections.ConfigDict) -> None:
+  """Values no run can use: one error naming the field and what it must be, before anything runs."""
+  t, e, d = c.train, c.eval, c.data
+  for field, value in (("train.batch_size", t.batch_size), ("eval.batch_size", e.batch_size),
+                       ("train.steps", t.steps), ("train.log_every", t.log_every),
+                       ("train.checkpoint_every", t.checkpoint_every),
+                       ("train.keep_last", t.keep_last), ("data.prefetch", d.prefetch),
+                       ("model.num_classes", c.model.num_classes)):
+    _require(isinstance(value, int) and not isinstance(value, bool) and value >= 1, field, value,
+             "must be a whole number >= 1")
+  for field, value in (("train.warmup_steps", t.warmup_steps), ("data.workers", d.workers),
+                       ("eval.examples", e.examples)):
+    _require(isinstance(value, int) and value >= 0, field, value, "must be a whole number >= 0")
+  _require(_number(t.lr) and t.lr > 0, "train.lr", t.lr, "must be a number > 0 (e.g. 1e-3)")
+  for field, value in (("train.weight_decay", t.weight_decay), ("train.grad_clip", t.grad_clip)):
+    _require(_number(value) and value >= 0, field, value, "must be a number >= 0 (0 turns it off)")
+  _require(t.warmup_steps <= t.steps, "train.warmup_steps", t.warmup_steps,
+           f"must not exceed train.steps={t.steps}")
+  for key in ("test", "val"):
+    if key in d.split:
+      share = d.split[key]
+      _require(_number(share) and 0 <= share < 1, f"data.split.{key}", share,
+               "must be a share of patients in [0, 1)")
+  if d.split.by == "patient":
+    total = d.split.get("test", 0) + d.split.get("val", 0)
+    _require(total < 1, "data.split", d.split.to_dict(), "test + val must leave patients for training")
+  from mdx.data import splits
+  splits.split_key(e.split)

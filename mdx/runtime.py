@@ -1,7 +1,11 @@
-"""The device mesh and moving data onto it: one code path for 1 CPU, 4 fake CPUs or a TPU pod."""
+"""The bottom layer: the device mesh, batch geometry, moving data on and off devices, and how steps
+compile (XLA options, buffer donation, the compilation cache). One code path for 1 CPU, 4 fake CPU
+devices or a TPU pod. Imports nothing of mdx, so data, models, inference, evaluate and train all may.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import jax
@@ -23,6 +27,24 @@ def check_batch(global_batch: int, mesh: Mesh, what: str = "config.train.batch_s
   if global_batch % n:
     raise ValueError(f"{what}={global_batch} does not divide over {n} devices; choose a multiple of "
                      f"{n} (e.g. {max(n, global_batch // n * n)})")
+
+
+@dataclasses.dataclass(frozen=True)
+class BatchGeometry:
+  """A global batch and this process's share of it (rows [p * local, (p + 1) * local))."""
+  global_batch: int
+  process_index: int = 0
+  process_count: int = 1
+
+  @property
+  def local_batch(self) -> int:
+    return self.global_batch // self.process_count
+
+
+def batch_geometry(global_batch: int, mesh: Mesh, what: str = "config.train.batch_size") -> BatchGeometry:
+  """The geometry of a global batch on `mesh`, checked to divide over its devices (and processes)."""
+  check_batch(global_batch, mesh, what)
+  return BatchGeometry(global_batch, jax.process_index(), jax.process_count())
 
 
 def replicate(tree, mesh: Mesh):

@@ -72,14 +72,113 @@ def test_train_then_eval_writes_config_report_and_tensorboard(tmp_path):
 
 
 def test_unknown_data_field_for_the_chosen_source_names_it():
-  from mdx.data import sources
   c = config_lib.defaults()
   c.data.imag_size = 64  # a typo: phantoms and the pipeline read data.image_size
   with pytest.raises(ValueError, match=r"unknown config field 'data.imag_size'.*'data.image_size'"):
-    sources.make_source(c.data, seed=0)
+    config_lib.resolve(c)
   c = config_lib.defaults()
   c.data.source = "nih"
   c.data.metadata = "x.csv"
   c.data.patient_regex = "p(\\d+)"  # a folders field, not an NIH one
-  with pytest.raises(ValueError, match="unknown config field 'data.patient_regex' for source 'nih'"):
-    sources.make_source(c.data, seed=0)
+  with pytest.raises(ValueError, match="unknown config field 'data.patient_regex'"):
+    config_lib.resolve(c)
+
+
+# ------------------------------------------------------------------------------ a closed config
+@pytest.mark.parametrize("section, field, close", [
+    ("data", "imag_size", "image_size"), ("model", "nmae", "name"), ("loss", "nmae", "name"),
+    ("train", "stpes", "steps"), ("eval", "bootstrp", "bootstrap"),
+    ("data.split", "tset", "test"), ("eval.gradcam", "layr", "layer"),
+    ("data.resample", "ratoi", "ratio")])
+def test_a_typo_in_any_section_names_the_field(section, field, close):
+  c = config_lib.defaults()
+  node = c
+  for part in section.split("."):
+    node = node[part]
+  node[field] = 1
+  with pytest.raises(ValueError, match=rf"unknown config field '{section}.{field}'.*"
+                                       rf"Did you mean '{section}.{close}'"):
+    config_lib.resolve(c)
+
+
+def test_a_model_field_typo_and_a_field_of_another_model():
+  c = config_lib.defaults()
+  c.model.growth_rte = 12
+  with pytest.raises(ValueError, match="'model.growth_rte'.*'model.growth_rate'"):
+    config_lib.resolve(c)
+  c = config_lib.defaults()
+  c.model.base_width = 8  # a U-Net field on a DenseNet
+  with pytest.raises(ValueError, match="unknown config field 'model.base_width'"):
+    config_lib.resolve(c)
+  c.model.name = "unet3d"  # a classifier's fine-tuning policy means nothing to a U-Net
+  with pytest.raises(ValueError, match=r"model 'unet3d' has no field\(s\) \['freeze'\]"):
+    config_lib.resolve(c)
+
+
+def test_a_3d_source_field_typo_is_an_error():
+  c = config_lib.defaults("segmentation")
+  c.data.rotate_degress = 10.0  # rotate_degrees
+  with pytest.raises(ValueError, match="'data.rotate_degress'.*'data.rotate_degrees'"):
+    config_lib.resolve(c)
+  c = config_lib.defaults("segmentation")
+  c.data.num_case = 10  # brain_phantoms reads num_cases
+  with pytest.raises(ValueError, match="'data.num_case'.*'data.num_cases'"):
+    config_lib.resolve(c)
+  c = config_lib.defaults("segmentation")
+  c.data.source = "nih"  # a 2D source for a 3D task
+  with pytest.raises(ValueError, match="source='nih' is unknown for volume tasks"):
+    config_lib.resolve(c)
+
+
+def test_segmentation_defaults_are_its_own():
+  c = config_lib.resolve(config_lib.defaults("segmentation"))
+  assert c.train.best_metric == "val_dice" and c.loss.name == "dice_ce" and c.model.name == "unet3d"
+  assert "gradcam" not in c.eval and "image_size" not in c.data and "patch_size" in c.data
+  assert "patch_size" not in config_lib.defaults().data and "gradcam" in config_lib.defaults().eval
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("train.batch_size", 0, r"config.train.batch_size=0: must be a whole number >= 1"),
+    ("train.steps", -3, r"config.train.steps=-3: must be a whole number >= 1"),
+    ("train.lr", -1.0, r"config.train.lr=-1.0: must be a number > 0"),
+    ("train.lr", 0.0, r"config.train.lr=0.0: must be a number > 0"),
+    ("eval.batch_size", 0, r"config.eval.batch_size=0"),
+    ("data.image_size", 7, r"config.data.image_size=7 is below the 32 px"),
+    ("data.split.test", 1.5, r"config.data.split.test=1.5"),
+    ("eval.split", "tset", r"config.eval.split='tset' is unknown"),
+    ("loss.name", "focal", r"config.loss.name='focal' is unknown"),
+    ("eval.threshold", "yuoden", r"yuoden")])
+def test_impossible_values_are_one_line_errors_before_anything_is_built(field, value, message):
+  c = config_lib.defaults()
+  *path, leaf = field.split(".")
+  node = c
+  for part in path:
+    node = node[part]
+  node[leaf] = value
+  with pytest.raises(ValueError, match=message) as info:
+    config_lib.resolve(c)
+  assert "\n" not in str(info.value)
+
+
+def test_impossible_segmentation_values():
+  c = config_lib.defaults("segmentation")
+  c.data.patch_size = (12, 16, 16)  # depth 3 pools twice: sides must be multiples of 4... 12 is
+  config_lib.resolve(c)
+  c.data.patch_size = (10, 16, 16)
+  with pytest.raises(ValueError, match=r"patch_size=\(10, 16, 16\) must be three sides"):
+    config_lib.resolve(c)
+  c = config_lib.defaults("segmentation")
+  c.eval.overlap = 1.0
+  with pytest.raises(ValueError, match="overlap=1.0 must be in"):
+    config_lib.resolve(c)
+
+
+def test_config_errors_on_the_command_line_stop_before_training(tmp_path):
+  proc = run_main("--config=experiments/tiny_phantoms.py", f"--workdir={tmp_path}/w",
+                  "--config.train.batch_size=0")
+  assert proc.returncode != 0
+  assert "config.train.batch_size=0: must be a whole number >= 1" in proc.stderr
+  assert not os.path.exists(tmp_path / "w" / "checkpoints")
+  proc = run_main("--config=experiments/tiny_phantoms.py", f"--workdir={tmp_path}/w",
+                  "--config.eval.bootstrp=5")
+  assert proc.returncode != 0 and "bootstrp" in proc.stderr

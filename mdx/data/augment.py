@@ -12,7 +12,6 @@ array operations.
 
   make(name, image_size) -> list of transforms for a preset ('chest_xray', 'dermatology', 'fundus',
     'histopathology'; None or 'none' -> []).
-  standardize(mode, mean, std) -> list with a Map that standardises per image or with dataset stats.
 """
 
 from __future__ import annotations
@@ -244,59 +243,3 @@ def make(name: str | None, image_size: int) -> list:
     raise ValueError(f"config.data.augment={name!r} is unknown; choose one of "
                      f"{sorted(PRESETS)} or 'none'")
   return PRESETS[name](image_size)
-
-
-@dataclasses.dataclass(frozen=True)
-class Standardize(grain.transforms.Map):
-  """(image - mean) / std, with the image's own statistics ('per_image') or given ones ('dataset').
-
-  Per-image standardisation removes exposure differences between films; dataset statistics (from
-  the training split) keep them but centre the inputs.
-  """
-  mode: str = "per_image"
-  mean: Any = None
-  std: Any = None
-  eps: float = 1e-6
-
-  def map(self, record: dict[str, Any]) -> dict[str, Any]:
-    image = _image_of(record)
-    if self.mode == "per_image":
-      mean, std = image.mean(), image.std()
-    else:
-      mean = np.asarray(self.mean, np.float32)
-      std = np.asarray(self.std, np.float32)
-    return {**record, "image": ((image - mean) / (std + self.eps)).astype(np.float32)}
-
-
-def standardize(mode: str | None, mean: float | Sequence[float] | None = None,
-                std: float | Sequence[float] | None = None) -> list:
-  """[Standardize] for 'per_image' or 'dataset' (needs mean and std, scalar or per channel); None -> []."""
-  if mode is None or mode == "none":
-    return []
-  if mode == "per_image":
-    return [Standardize("per_image")]
-  if mode == "dataset":
-    if mean is None or std is None:
-      raise ValueError("standardize='dataset' needs mean and std (compute them on the training "
-                       "split, e.g. with augment.dataset_mean_std)")
-    if np.any(np.asarray(std, np.float64) <= 0):
-      raise ValueError(f"standardize='dataset' needs std > 0; got {std}")
-    return [Standardize("dataset", tuple(np.atleast_1d(mean).tolist()),
-                        tuple(np.atleast_1d(std).tolist()))]
-  raise ValueError(f"standardize mode {mode!r} is unknown; choose 'per_image', 'dataset' or None")
-
-
-def dataset_mean_std(images) -> tuple[np.ndarray, np.ndarray]:
-  """Per-channel mean and std over an iterable of float [H, W, C] images (one pass, float64)."""
-  total = total_sq = None
-  count = 0
-  for image in images:
-    x = np.asarray(image, np.float64).reshape(-1, np.shape(image)[-1])
-    s, sq = x.sum(0), (x * x).sum(0)
-    total = s if total is None else total + s
-    total_sq = sq if total_sq is None else total_sq + sq
-    count += x.shape[0]
-  if count == 0:
-    raise ValueError("dataset_mean_std got no images; the training split is empty")
-  mean = total / count
-  return mean.astype(np.float32), np.sqrt(np.maximum(total_sq / count - mean ** 2, 0)).astype(np.float32)

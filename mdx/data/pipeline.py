@@ -1,4 +1,10 @@
-"""Grain pipelines: records -> float images -> augment -> standardize -> batches.
+"""The one data path of every task: record positions -> load -> transforms -> batches, with grain.
+
+A task supplies two picklable callables and a list of grain transforms: `load(index) -> dict` reads
+record `index` of its source (a 2D film: mdx.data.cxr.records; a 3D case: mdx.data.volume.transforms),
+and the transforms (augmentation, standardisation, the last one shaping the batch fields) run after it.
+Sharding by process, epochs, resampling, seeded random maps, batching, worker processes and the
+iterator's checkpointable state live here once.
 
 Training reads an endless, deterministic stream of record positions: epoch e is a permutation of the
 training records (or a resampled list of them) drawn from (seed, e). Global batch g is positions
@@ -20,70 +26,6 @@ from typing import Any
 
 import grain
 import numpy as np
-from PIL import Image
-
-from mdx.data.cxr import images
-
-# --------------------------------------------------------------------------------------------------
-# Per-record transforms (plain callables: grain pickles them into worker processes).
-
-
-def to_float_image(image: np.ndarray, image_size: int | None) -> np.ndarray:
-  """uint8/uint16/float [H, W] or [H, W, C] -> float32 [S, S, C] in [0, 1].
-
-  Integer films are resized by area averaging (mdx.data.cxr.images.resize) before conversion; float
-  images bilinearly.
-  """
-  image = np.asarray(image)
-  if image.ndim == 2:
-    image = image[..., None]
-  if image.ndim != 3:
-    raise ValueError(f"expected an image [H, W] or [H, W, C], got shape {image.shape}")
-  resize = bool(image_size) and image.shape[:2] != (image_size, image_size)
-  if resize and image.dtype in (np.uint8, np.uint16):
-    image, resize = images.resize(image, image_size), False
-  image = images.to_float(image)
-  if resize:
-    channels = [np.asarray(Image.fromarray(image[..., c], mode="F").resize(
-        (image_size, image_size), Image.BILINEAR)) for c in range(image.shape[-1])]
-    image = np.stack(channels, -1)
-  return image
-
-
-@dataclasses.dataclass(frozen=True)
-class LoadRecord:
-  """Reads record `index` of the source and returns it with a float image."""
-  source: Any
-  image_size: int
-
-  def __call__(self, index) -> dict:
-    record = self.source[int(index)]
-    return {"image": to_float_image(record["image"], self.image_size),
-            "labels": np.asarray(record["labels"], np.float32),
-            "index": np.int64(index)}
-
-
-@dataclasses.dataclass(frozen=True)
-class LoadEvalRecord:
-  """Like LoadRecord for a (record index, valid) pair; padded rows get mask 0."""
-  load: LoadRecord
-
-  def __call__(self, item) -> dict:
-    index, valid = item
-    record = self.load(index)
-    record["mask"] = np.float32(valid)
-    return record
-
-
-def finalize(record: dict) -> dict:
-  """Unknown labels (nan) become 0 with label_mask 0, so the loss can leave them out."""
-  labels = record["labels"]
-  known = ~np.isnan(labels)
-  out = dict(record)
-  out["labels"] = np.where(known, labels, 0.0).astype(np.float32)
-  out["label_mask"] = known.astype(np.float32)
-  return out
-
 
 def _add_transforms(ds, transforms: Sequence[Any]):
   for t in transforms:
@@ -160,26 +102,32 @@ class ResampledEpochs:
     return self.indices[np.asarray(picked, np.int64)]
 
 
-def train_dataset(source, indices: np.ndarray, *, batch_size: int, steps: int, image_size: int,
-                  transforms: Sequence[Any] = (), seed: int = 0, resample_policy: dict | None = None,
-                  process_index: int = 0, process_count: int = 1, workers: int = 0,
-                  prefetch: int = 2) -> grain.IterDataset:
-  """Per-process batches of the training stream. batch_size is the GLOBAL batch."""
-  if batch_size % process_count:
-    raise ValueError(f"global batch {batch_size} does not divide over {process_count} processes")
-  local_batch = batch_size // process_count
+def epochs(indices: np.ndarray, seed: int, resample_policy: dict | None = None,
+           labels: np.ndarray | None = None,
+           findings: tuple[str, ...] | None = None) -> Callable[[int], np.ndarray]:
+  """The epoch function of a training split: shuffled, or resampled by `resample_policy` (which
+  needs the source's labels [N, C])."""
   indices = np.asarray(indices, np.int64)
   if resample_policy:
-    epoch_fn = ResampledEpochs(indices, source.labels(), dict(resample_policy), seed,
-                               tuple(source.findings))
-  else:
-    epoch_fn = ShuffledEpochs(indices, seed)
+    return ResampledEpochs(indices, labels, dict(resample_policy), seed, findings)
+  return ShuffledEpochs(indices, seed)
+
+
+def train_dataset(load: Callable[[int], dict], epoch_fn: Callable[[int], np.ndarray], *,
+                  batch_size: int, steps: int, transforms: Sequence[Any] = (), seed: int = 0,
+                  process_index: int = 0, process_count: int = 1, workers: int = 0,
+                  prefetch: int = 2) -> grain.IterDataset:
+  """Per-process batches of the training stream. batch_size is the GLOBAL batch.
+
+  load: record index -> dict (picklable: it runs in worker processes); transforms: grain Maps and
+  RandomMaps applied in order after it.
+  """
+  if batch_size % process_count:
+    raise ValueError(f"global batch {batch_size} does not divide over {process_count} processes")
   stream = EpochStream(epoch_fn, positions=steps * batch_size)
   # The seed comes first: grain derives each random map's per-element rng from it and the position.
-  ds = grain.MapDataset.source(stream).seed(seed)[process_index::process_count]
-  ds = ds.map(LoadRecord(source, image_size))
-  ds = _add_transforms(ds, transforms).map(finalize)
-  ds = ds.batch(local_batch, drop_remainder=True)
+  ds = grain.MapDataset.source(stream).seed(seed)[process_index::process_count].map(load)
+  ds = _add_transforms(ds, transforms).batch(batch_size // process_count, drop_remainder=True)
   it = ds.to_iter_dataset(grain.ReadOptions(num_threads=1 if workers else 2,
                                             prefetch_buffer_size=prefetch))
   if workers:
@@ -217,7 +165,19 @@ def eval_positions(num_records: int, global_batch: int) -> tuple[np.ndarray, np.
   return np.minimum(pos, max(num_records - 1, 0)), pos < num_records
 
 
-def eval_dataset(source, indices: np.ndarray, *, batch_size: int, image_size: int,
+@dataclasses.dataclass(frozen=True)
+class LoadEvalRecord:
+  """`load` for a (record index, valid) pair: padded rows get mask 0."""
+  load: Callable[[int], dict]
+
+  def __call__(self, item) -> dict:
+    index, valid = item
+    record = self.load(index)
+    record["mask"] = np.float32(valid)
+    return record
+
+
+def eval_dataset(load: Callable[[int], dict], indices: np.ndarray, *, batch_size: int,
                  transforms: Sequence[Any] = (), process_index: int = 0,
                  process_count: int = 1) -> grain.IterDataset:
   """Every record of `indices` once, in order, in per-process shares of padded global batches."""
@@ -232,6 +192,6 @@ def eval_dataset(source, indices: np.ndarray, *, batch_size: int, image_size: in
   rows = pos.reshape(-1, process_count, local)[:, process_index].ravel()
   row_valid = valid.reshape(-1, process_count, local)[:, process_index].ravel()
   items = [(int(indices[r]), bool(v)) for r, v in zip(rows, row_valid)]
-  ds = grain.MapDataset.source(items).map(LoadEvalRecord(LoadRecord(source, image_size)))
-  ds = _add_transforms(ds, transforms).map(finalize).batch(local)
+  ds = grain.MapDataset.source(items).map(LoadEvalRecord(load))
+  ds = _add_transforms(ds, transforms).batch(local)
   return ds.to_iter_dataset(grain.ReadOptions(num_threads=2, prefetch_buffer_size=2))

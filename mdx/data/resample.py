@@ -22,6 +22,9 @@ from typing import Any
 import numpy as np
 from absl import logging
 
+# The fields of config.data.resample (see the module docstring).
+RESAMPLE_FIELDS = ("mode", "ratio", "max_repeat", "findings")
+
 
 def _columns(policy: Mapping[str, Any], num: int, findings: Sequence[str] | None) -> list[int]:
   chosen = policy.get("findings")

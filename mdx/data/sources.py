@@ -1,19 +1,30 @@
-"""The record-source interface and a factory that builds a source from config.data.
+"""One registry of record sources, 2D and 3D: config.data.source -> a random-access source.
 
-A source is a random-access sequence of records. Every source, phantom or real, offers:
-  len(source), source[i] -> {'image': uint8|uint16 array [H, W, C], 'labels': float32 [num_findings]
+Every source declares the config.data fields it reads (besides the task's own, such as image_size
+or patch_size), so mdx.config can reject a typo in any of them before anything is built.
+
+2D sources ('image': films for classification) offer
+  len(source), source[i] -> {'image': uint8|uint16 array [H, W, C], 'labels': float32 [F]
   (nan = unknown), 'patient_id': str, 'image_id': str}
 and, without decoding any image (splits and class weights need them for every record):
-  source.findings -> tuple of finding names, source.labels() -> float32 [N, num_findings],
+  source.findings -> tuple of F names, source.labels() -> float32 [N, F],
   source.patient_ids() -> str array [N], source.image_ids() -> str array [N].
+3D sources ('volume': scans for segmentation) offer
+  len(source), source[i] -> {'image': float32 [D, H, W, C], 'label': [D, H, W] classes or
+  [D, H, W, R] regions, 'case_id', 'affine', 'spacing'},
+  source.class_names, source.num_channels, source.label_mode ('classes' | 'regions'),
+  source.patient_ids() (one patient per case).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import Any, Protocol
 
 import numpy as np
+
+IMAGE, VOLUME = "image", "volume"
 
 
 class RecordSource(Protocol):
@@ -26,82 +37,100 @@ class RecordSource(Protocol):
   def image_ids(self) -> np.ndarray: ...
 
 
-def _phantoms(data_config, seed: int) -> RecordSource:
+class VolumeSource(Protocol):
+  class_names: tuple[str, ...] | None
+  num_channels: int | None
+  label_mode: str
+
+  def __len__(self) -> int: ...
+  def __getitem__(self, index: int) -> dict[str, Any]: ...
+  def patient_ids(self) -> np.ndarray: ...
+
+
+@dataclasses.dataclass(frozen=True)
+class SourceSpec:
+  kind: str                                   # IMAGE or VOLUME
+  build: Callable[[Any, int], Any]            # (config.data, seed) -> source
+  fields: tuple[str, ...]                     # the config.data fields it reads
+  preparable: bool = False                    # reads TFDS ArrayRecords when data.prepared_dir is set
+
+
+def _get(data, key, default=None):
+  value = data.get(key, default) if hasattr(data, "get") else getattr(data, key, default)
+  return default if value is None else value
+
+
+def _phantoms(data, seed: int):
   from mdx.data.cxr import phantoms
   extra = {}
   for key in ("findings", "prevalence", "studies_per_patient"):
-    value = data_config.get(key) if hasattr(data_config, "get") else getattr(data_config, key, None)
+    value = _get(data, key)
     if value:
-      extra[key] = (dict(value) if key == "prevalence" else tuple(value))
-  return phantoms.ChestXrayPhantoms(num_patients=data_config.num_patients,
-                                    image_size=data_config.image_size, seed=seed, **extra)
+      extra[key] = dict(value) if key == "prevalence" else tuple(value)
+  return phantoms.ChestXrayPhantoms(num_patients=_get(data, "num_patients", 600),
+                                    image_size=data.image_size, seed=seed, **extra)
 
 
-def _nih(data_config, seed: int) -> RecordSource:
-  from mdx.data.cxr import nih
-  return nih.make_source(data_config, seed)
+def _from_module(module: str) -> Callable[[Any, int], Any]:
+  def build(data, seed: int):
+    import importlib
+    return importlib.import_module(module).make_source(data, seed)
+  return build
 
 
-def _chexpert(data_config, seed: int) -> RecordSource:
-  from mdx.data.cxr import chexpert
-  return chexpert.make_source(data_config, seed)
+def _msd(data, seed: int):
+  del seed
+  from mdx.data.volume import msd
+  names = tuple(_get(data, "class_names", ())) or None
+  return msd.MSDSource(_get(data, "root", ""), class_names=names, cache=bool(_get(data, "cache", False)))
 
 
-def _folders(data_config, seed: int) -> RecordSource:
-  from mdx.data.cxr import folders
-  return folders.make_source(data_config, seed)
+def _brats(data, seed: int):
+  del seed
+  from mdx.data.volume import brats
+  return brats.BraTSSource(_get(data, "root", ""), label_mode=_get(data, "label_mode", "regions"))
 
 
-def _nih_expert(data_config, seed: int) -> RecordSource:
-  from mdx.data.cxr import nih_expert
-  return nih_expert.make_source(data_config, seed)
+def _brain_phantoms(data, seed: int):
+  from mdx.data.volume import brain_phantoms
+  return brain_phantoms.BrainPhantoms(int(_get(data, "num_cases", 32)),
+                                      tuple(_get(data, "shape", (48, 48, 48))), seed=seed,
+                                      label_mode=_get(data, "label_mode", "regions"))
 
 
-# name -> builder(config.data, seed). The config.data fields of each real source are documented in
-# its module: nih.py, chexpert.py, folders.py, nih_expert.py. Every real source also takes
-# config.data.prepared_dir: when set, records are read from the TFDS ArrayRecord files that
-# `python -m mdx.data.cli.prepare --config=...` wrote there (images already resized).
-SOURCES: dict[str, Callable[[Any, int], RecordSource]] = {
-    "phantoms": _phantoms, "nih": _nih, "chexpert": _chexpert, "folders": _folders,
-    "nih_expert": _nih_expert}
-
-
-# config.data fields each source reads, besides the pipeline's own (mdx.config.defaults().data).
+# The config.data fields of each real source are documented in its module (mdx/data/cxr/nih.py, ...).
 _FILE_FIELDS = ("metadata", "images", "findings", "channels", "on_error", "prepared_dir", "bit_depth")
-SOURCE_FIELDS: dict[str, tuple[str, ...]] = {
-    "phantoms": ("findings", "prevalence", "studies_per_patient"),
-    "nih": _FILE_FIELDS + ("view_positions",),
-    "chexpert": _FILE_FIELDS + ("uncertain", "blank", "frontal_only"),
-    "folders": ("root", "classes", "extensions", "negative_class", "patient_regex", "channels",
-                "on_error", "prepared_dir", "bit_depth"),
-    "nih_expert": _FILE_FIELDS + ("set",),
+SOURCES: dict[str, SourceSpec] = {
+    "phantoms": SourceSpec(IMAGE, _phantoms,
+                           ("num_patients", "findings", "prevalence", "studies_per_patient")),
+    "nih": SourceSpec(IMAGE, _from_module("mdx.data.cxr.nih"), _FILE_FIELDS + ("view_positions",),
+                      preparable=True),
+    "chexpert": SourceSpec(IMAGE, _from_module("mdx.data.cxr.chexpert"),
+                           _FILE_FIELDS + ("uncertain", "blank", "frontal_only"), preparable=True),
+    "folders": SourceSpec(IMAGE, _from_module("mdx.data.cxr.folders"),
+                          ("root", "classes", "extensions", "negative_class", "patient_regex",
+                           "channels", "on_error", "prepared_dir", "bit_depth"), preparable=True),
+    "nih_expert": SourceSpec(IMAGE, _from_module("mdx.data.cxr.nih_expert"), _FILE_FIELDS + ("set",),
+                             preparable=True),
+    "msd": SourceSpec(VOLUME, _msd, ("root", "class_names", "cache")),
+    "brats": SourceSpec(VOLUME, _brats, ("root", "label_mode")),
+    "brain_phantoms": SourceSpec(VOLUME, _brain_phantoms, ("num_cases", "shape", "label_mode")),
 }
 
 
-def check_fields(data_config) -> None:
-  """A config.data field that neither the pipeline nor the chosen source reads is a typo: say so."""
-  import difflib
-
-  from mdx import config as config_lib
-  name = data_config.source
-  known = set(config_lib.defaults().data.keys()) | set(SOURCE_FIELDS.get(name, ()))
-  keys = data_config.keys() if hasattr(data_config, "keys") else vars(data_config).keys()
-  for key in keys:
-    if key not in known:
-      close = difflib.get_close_matches(key, sorted(known), n=1)
-      hint = f" Did you mean 'data.{close[0]}'?" if close else ""
-      raise ValueError(f"unknown config field 'data.{key}' for source {name!r}.{hint} Known: "
-                       f"{sorted(known)}")
+def spec(name: str, kind: str | None = None) -> SourceSpec:
+  """The registered source `name` (of `kind`, when given); an unknown name is an error listing them."""
+  choices = sorted(n for n, s in SOURCES.items() if kind is None or s.kind == kind)
+  if name not in choices:
+    what = f" for {kind} tasks" if kind else ""
+    raise ValueError(f"config.data.source={name!r} is unknown{what}; choose one of {choices}")
+  return SOURCES[name]
 
 
-def make_source(data_config, seed: int) -> RecordSource:
-  name = data_config.source
-  if name not in SOURCES:
-    raise ValueError(f"config.data.source={name!r} is unknown; choose one of {sorted(SOURCES)}")
-  if name in SOURCE_FIELDS:  # sources registered elsewhere check their own fields
-    check_fields(data_config)
-  prepared = data_config.get("prepared_dir") if hasattr(data_config, "get") else None
-  if prepared and name != "phantoms":
+def make_source(data_config, seed: int, kind: str | None = None):
+  """config.data -> the source it names (prepared records when data.prepared_dir is set)."""
+  entry = spec(data_config.source, kind)
+  if entry.preparable and _get(data_config, "prepared_dir"):
     from mdx.data.cxr import tfds_builders
     return tfds_builders.load_prepared(data_config, seed)
-  return SOURCES[name](data_config, seed)
+  return entry.build(data_config, seed)

@@ -172,11 +172,24 @@ def official_nih_split(image_ids: Sequence[str], patient_ids: Sequence[str], lis
   return {"train": tv[inner["train"]], "validation": tv[inner["validation"]], "test": official["test"]}
 
 
+# Every field of config.data.split that some policy reads (see make_split).
+SPLIT_FIELDS = ("by", "test", "val", "test_size", "val_size", "min_positive_share", "findings",
+                "lists_dir", "k", "fold")
+# Names a config may use for a split (config.eval.split) -> the split's key.
+SPLIT_NAMES = {"train": "train", "val": "validation", "validation": "validation", "test": "test"}
+
+
+def split_key(name: str, what: str = "config.eval.split") -> str:
+  if name not in SPLIT_NAMES:
+    raise ValueError(f"{what}={name!r} is unknown; choose one of {sorted(SPLIT_NAMES)}")
+  return SPLIT_NAMES[name]
+
+
 def make_split(data_config, source, seed: int) -> dict[str, np.ndarray]:
   """{'train', 'validation', 'test'} (or a k-fold's 'train'/'validation') from config.data.split.
 
   config.data.split fields, by `by`:
-    'patient': test, val (shares of patients).
+    'patient': test, val (shares of patients; a share of 0 makes no such split).
     'test_first': test_size, val_size (image counts, or shares when < 1), min_positive_share,
       findings (names; default all of source.findings).
     'official': lists_dir (folder of train_val_list.txt, test_list.txt), val (share of the
@@ -188,7 +201,8 @@ def make_split(data_config, source, seed: int) -> dict[str, np.ndarray]:
   by = get("by", "patient")
   pids = source.patient_ids()
   if by == "patient":
-    out = patient_split(pids, {"test": get("test", 0.15), "validation": get("val", 0.15)}, seed)
+    shares = {"test": get("test", 0.15), "validation": get("val", 0.15)}
+    out = patient_split(pids, {k: v for k, v in shares.items() if v}, seed)
   elif by == "test_first":
     names = get("findings") or source.findings
     missing = [f for f in names if f not in source.findings]

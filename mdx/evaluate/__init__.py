@@ -1,12 +1,19 @@
 """Evaluation: metrics, bootstrap, calibration, Grad-CAM, reports. Reads predictions, not models.
 
+Nothing here imports mdx.train: a task gathers predictions and hands them to run_report.
+
   metrics         weighted binary metrics (AUROC, AP, Brier, confusion-matrix metrics, curves)
   thresholds      operating-threshold policies chosen on validation
   bootstrap       patient-level bootstrap CIs, DeLong and paired-bootstrap AUROC comparison
   calibration     reliability curve, ECE, Platt and isotonic recalibration
   classification  the per-finding / macro / micro table with CIs (a JSON-ready dict)
   predictions     labels / probabilities CSVs matched by id
-  plots, report   PNG figures and metrics.json + report.md + report.html
-  gradcam         Grad-CAM for any Flax Linen classifier (the one place that reads a model)
+  plots, report   PNG figures (also a run's training curves and example images) and
+                  metrics.json + report.md + report.html
+  gradcam         Grad-CAM for any Flax Linen classifier (the one place that reads a model), and
+                  the report's Grad-CAM overlays and peak-in-lesion rates (gradcam.json)
+  segmentation    per-class Dice, sensitivity, specificity, HD95; overlays, report.md
+  run_report      the report at the end of a run: classification (predictions CSV, curves,
+                  examples, Grad-CAM, metrics report) and segmentation (metrics.json, curves)
   __main__        python -m mdx.evaluate --labels=L.csv --probs=P.csv --out=DIR
 """

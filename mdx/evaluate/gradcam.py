@@ -6,12 +6,18 @@ d logit_c / d A_k, sum, ReLU, upsample. The feature map is taken from a named su
 `delta` to it, so the gradient of the logit with respect to delta is the gradient with respect to
 the feature map. The model needs no hooks; models may name their default layer in a class attribute
 `gradcam_layer` (otherwise the last submodule that outputs a 4-D feature map is used).
+
+grad_cam_report drives it for a run's report: positive test images per finding, overlays, and,
+where the data knows where each lesion was drawn (phantoms), how often the heat map points at it.
+It takes plain arrays and callables, so a report needs no training task to make it.
 """
 
 from __future__ import annotations
 
 import functools
+import json
 import os
+from collections.abc import Callable, Mapping, Sequence
 
 import flax.linen as nn
 from absl import logging
@@ -191,3 +197,78 @@ def overlay_png(image, heatmap, path: str, title: str | None = None, mask=None) 
   fig.savefig(path, dpi=100)
   plt.close(fig)
   return path
+
+
+def _resize_mask(mask, shape) -> np.ndarray:
+  """Nearest-neighbour resize of a bool mask [h, w] to the heat map's resolution."""
+  mask = np.asarray(mask, bool)
+  if mask.shape != tuple(shape):
+    rows = np.arange(shape[0]) * mask.shape[0] // shape[0]
+    cols = np.arange(shape[1]) * mask.shape[1] // shape[1]
+    mask = mask[rows][:, cols]
+  return mask
+
+
+def grad_cam_report(model: nn.Module, variables,
+                    model_inputs: Callable[[Sequence[int]], np.ndarray], *, labels, probs, index,
+                    findings: Sequence[str], out_dir: str,
+                    gradcam_findings: Sequence[str] = (), images: int = 64, overlays: int = 4,
+                    layer: str | None = None,
+                    lesion_masks: Callable[[int], Mapping[str, np.ndarray]] | None = None,
+                    summary_path: str | None = None) -> list[tuple[str, str]]:
+  """Grad-CAM overlays for positive images of chosen findings, and gradcam.json.
+
+  labels [N, C] (nan unknown), probs [N, C] and index [N] (record indices) are the rows of the
+  evaluated split, findings its C names; model_inputs(record indices) -> [B, H, W, C] images as the
+  model sees them. For each finding of gradcam_findings the model has, the first `images` positive
+  rows get heat maps at `layer` (None or "": the model's default) and the first `overlays` of them
+  a PNG out_dir/gradcam_{finding}_{j}.png. lesion_masks(record index) -> {finding: bool [h, w]}
+  (a finding absent = no lesion drawn) adds the share of heat-map peaks inside the lesion
+  (peak_in_lesion) and within 4 px of it. The summary {finding: {images, layer, peak_in_lesion,
+  peak_within_4px_of_lesion}} goes to summary_path (default out_dir/gradcam.json).
+  Returns (caption, png) pairs for the report.
+  """
+  labels, probs, index = np.asarray(labels), np.asarray(probs), np.asarray(index)
+  findings = list(findings)
+  figures, summary = [], {}
+  for finding in gradcam_findings:
+    if finding not in findings:
+      continue
+    k = findings.index(finding)
+    rows = np.flatnonzero(labels[:, k] == 1)[:images]
+    if len(rows) == 0:
+      continue
+    records = index[rows]
+    x = model_inputs(records)
+    heat = grad_cam(model, variables, x, k, layer or None)
+    entry = {"images": int(len(rows)), "layer": layer or getattr(model, "gradcam_layer", None)}
+    masks = None
+    if lesion_masks is not None:
+      masks = []
+      for i in records:
+        mask = lesion_masks(int(i)).get(finding)
+        masks.append(np.zeros(heat.shape[1:], bool) if mask is None
+                     else _resize_mask(mask, heat.shape[1:]))
+      masks = np.stack(masks)
+      nonempty = masks.reshape(len(masks), -1).any(1)
+      if nonempty.any():
+        entry["peak_in_lesion"] = peak_in_mask_rate(heat[nonempty], masks[nonempty])
+        # the "pointing game" tolerance: a coarse feature map cannot point finer than its cell
+        entry["peak_within_4px_of_lesion"] = peak_in_mask_rate(heat[nonempty], masks[nonempty],
+                                                               tolerance=4)
+    summary[finding] = entry
+    for j in range(min(overlays, len(rows))):
+      path = os.path.join(out_dir, f"gradcam_{finding}_{j}.png")
+      overlay_png(x[j], heat[j], path, title=f"{finding}: p={probs[rows[j], k]:.2f}",
+                  mask=None if masks is None else masks[j])
+      rate = entry.get("peak_in_lesion")
+      caption = (f"Grad-CAM for {finding} ({entry['layer']}); peak inside the drawn lesion in "
+                 f"{rate:.0%} of {len(rows)} positive test images" if rate is not None else
+                 f"Grad-CAM for {finding} ({entry['layer']})")
+      figures.append((caption, path))
+  summary_path = summary_path or os.path.join(out_dir, "gradcam.json")
+  os.makedirs(os.path.dirname(os.path.abspath(summary_path)), exist_ok=True)
+  with open(summary_path, "w") as f:
+    json.dump(summary, f, indent=2)
+  logging.info("Grad-CAM: %s", summary)
+  return figures

@@ -1,10 +1,15 @@
-"""Report pictures (matplotlib, Agg): ROC, PR, reliability and confusion matrices, one panel per finding."""
+"""Report pictures (matplotlib, Agg): ROC, PR, reliability and confusion matrices, one panel per
+finding; training curves and example images for a run's report.
+
+The training curves serve classification (validation AUROC) and segmentation (validation Dice)
+alike, so that a run's loss is drawn by one function whatever the task.
+"""
 
 from __future__ import annotations
 
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import matplotlib
 
@@ -144,3 +149,81 @@ def confusion_png(path: str, findings: Sequence[str], result: Mapping) -> str:
     ax.set_yticks([0, 1], ["true -", "true +"], fontsize=7)
     ax.set_title(f"{f}\nthreshold {pf['threshold']:.3g}", fontsize=8)
   return _save(fig, path)
+
+
+def training_curves_png(history: Sequence[Mapping], path: str, metric: str = "val_auroc",
+                        metric_label: str = "mean AUROC", loss_label: str = "loss", *,
+                        ylim: tuple[float, float] | None = None,
+                        chance: float | None = None) -> tuple[str, str]:
+  """Loss (left) and a validation metric (right) over training steps, from history.jsonl rows.
+
+  Left: train_loss per logged batch and val_loss where the history has it. Right: `metric` and
+  its per-class variants (keys '{metric}_*', e.g. val_dice_tumour) at each checkpoint; `chance`
+  draws a dotted line at a useless model's value (0.5 for AUROC). Rows without a key are skipped,
+  so a history without validation rows still draws. Returns (caption, path).
+  """
+  def series(key):
+    return [(h["step"], h[key]) for h in history if key in h]
+
+  train, val = series("train_loss"), series("val_loss")
+  keys = sorted({k for h in history for k in h if k == metric or k.startswith(metric + "_")},
+                key=lambda k: (k != metric, k))  # the overall metric first, then per class
+  fig, ax = plt.subplots(1, 2, figsize=(10, 3.6))
+  if train:
+    ax[0].plot(*zip(*train), label="train (batch)", lw=1)
+  if val:
+    ax[0].plot(*zip(*val), "o-", label="validation")
+  ax[0].set(xlabel="step", ylabel=loss_label, title="Loss")
+  if train or val:
+    ax[0].legend()
+  for n, k in enumerate(keys):
+    ax[1].plot(*zip(*series(k)), "o-", color=f"C{(n + 2) % 10}", label=k)
+  if chance is not None:
+    ax[1].axhline(chance, color="grey", ls=":", lw=1)
+  ax[1].set(xlabel="step", ylabel=metric_label, title=f"Validation {metric_label}")
+  if ylim is not None:
+    ax[1].set_ylim(*ylim)
+  if len(keys) > 1:
+    ax[1].legend(fontsize=7)
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+  what = "validation loss and " if val else "validation "
+  return (f"Training loss (per logged batch) and {what}{metric_label} at each checkpoint", path)
+
+
+def examples_png(image_fn: Callable[[int], np.ndarray], labels, probs, index,
+                 findings: Sequence[str], path: str, count: int = 8,
+                 seed: int = 0) -> tuple[str, str]:
+  """A grid of test images, each titled with its true findings and the model's top probabilities.
+
+  labels [N, C] (nan unknown) and probs [N, C] are rows of the evaluated split, index [N] their
+  record indices; image_fn(record index) -> the image as stored [H, W] or [H, W, C]. About three
+  quarters of the images show a finding (the rest none), drawn with `seed`. Returns (caption, path).
+  """
+  labels, probs = np.asarray(labels), np.asarray(probs)
+  rng = np.random.default_rng(seed)
+  positive = np.flatnonzero(np.nansum(labels, 1) > 0)
+  negative = np.flatnonzero(np.nansum(labels, 1) == 0)
+  n_pos = min(len(positive), max(count - count // 4, 1))
+  rows = np.concatenate([rng.choice(positive, n_pos, replace=False) if n_pos else [],
+                         rng.choice(negative, min(len(negative), count - n_pos), replace=False)])
+  rows = rows.astype(int)
+  cols = 4
+  nrows = max(1, int(np.ceil(len(rows) / cols)))
+  fig, axes = plt.subplots(nrows, cols, figsize=(3.2 * cols, 3.7 * nrows), squeeze=False)
+  for ax in axes.ravel():
+    ax.axis("off")
+  for ax, r in zip(axes.ravel(), rows):
+    image = np.asarray(image_fn(int(index[r])))
+    ax.imshow(image[..., 0] if image.ndim == 3 else image, cmap="gray")
+    truth = [f for f, y in zip(findings, labels[r]) if y == 1] or ["No Finding"]
+    top = np.argsort(-probs[r])[:3]
+    guess = ", ".join(f"{findings[k]} {probs[r][k]:.2f}" for k in top)
+    ax.set_title(f"true: {', '.join(truth)}\npred: {guess}", fontsize=7)
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+  return ("Example test images: true findings and the model's three most probable findings", path)

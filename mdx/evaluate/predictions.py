@@ -145,8 +145,12 @@ def read_predictions(labels_csv: str, probs_csv: str, *, id_column: str | None =
 
 def write_csv(path: str, ids: Sequence[str], values, findings: Sequence[str], *,
               id_column: str = "id", patient_ids: Sequence[str] | None = None,
-              patient_column: str = "patient_id") -> str:
-  """Writes ids (+ patients) and one column per finding; nan is written blank (unknown label)."""
+              patient_column: str = "patient_id", digits: int | None = None) -> str:
+  """Writes ids (+ patients) and one column per finding; nan is written blank (unknown label).
+
+  digits: decimals per value (a run's predictions use 6: readable, and finer than any model's
+  calibration); None writes each float exactly (repr), so a re-read gives the same numbers.
+  """
   values = np.asarray(values, np.float64)
   if values.shape != (len(ids), len(findings)):
     raise ValueError(f"values {values.shape} must be [len(ids)={len(ids)}, len(findings)={len(findings)}]")
@@ -155,6 +159,7 @@ def write_csv(path: str, ids: Sequence[str], values, findings: Sequence[str], *,
     w = csv.writer(f)
     w.writerow([id_column] + ([patient_column] if patient_ids is not None else []) + list(findings))
     for i, row in enumerate(values):
-      cells = ["" if np.isnan(v) else repr(float(v)) for v in row]
+      cells = ["" if np.isnan(v) else repr(float(v)) if digits is None else f"{v:.{digits}f}"
+               for v in row]
       w.writerow([ids[i]] + ([patient_ids[i]] if patient_ids is not None else []) + cells)
   return path

@@ -149,31 +149,6 @@ def overlay_png(path: str, image: np.ndarray, label: np.ndarray, pred: np.ndarra
   plt.close(fig)
 
 
-def curves_png(history: list[dict], path: str) -> str:
-  """Training loss per logged step and validation Dice per checkpoint (from history.jsonl rows)."""
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-  train = [(h["step"], h["train_loss"]) for h in history if "train_loss" in h]
-  dice = {k: [(h["step"], h[k]) for h in history if k in h]
-          for k in sorted({k for h in history for k in h if k.startswith("val_dice")})}
-  fig, ax = plt.subplots(1, 2, figsize=(9, 3.4))
-  if train:
-    ax[0].plot(*zip(*train), lw=1)
-  ax[0].set(xlabel="step", ylabel="loss", title="Training loss")
-  for k, pts in dice.items():
-    if pts:
-      ax[1].plot(*zip(*pts), "o-", label=k)
-  ax[1].set(xlabel="step", ylabel="Dice", title="Validation Dice", ylim=(0, 1))
-  if dice:
-    ax[1].legend(fontsize=7)
-  fig.tight_layout()
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  fig.savefig(path, dpi=90)
-  plt.close(fig)
-  return path
-
-
 def write_report(path: str, summary: dict[str, Any], overlays: list[str] = ()) -> None:
   """A short markdown report: per-class table and the overlay pictures."""
   lines = [f"# Segmentation report ({summary['num_cases']} cases)", "",

@@ -11,10 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 import itertools
 
-import jax
 import numpy as np
-
-from mdx import runtime
 
 
 def gaussian_importance(window, sigma_scale: float = 0.125) -> np.ndarray:
@@ -77,24 +74,3 @@ def sliding_window_inference(predict_fn: Callable[[np.ndarray], np.ndarray], ima
       norm[sl] += weight
   out /= norm[..., None]
   return out[: shape[0], : shape[1], : shape[2]]
-
-
-def make_predict_fn(model, variables, activation: str = "softmax", mesh=None) -> Callable:
-  """A jitted batch -> probabilities function; with a mesh the batch is split over its 'data' axis
-  (batch_size must then be a multiple of the number of devices)."""
-  import jax.numpy as jnp
-
-  def fn(x):
-    logits = model.apply(variables, x, train=False)
-    return jax.nn.softmax(logits, -1) if activation == "softmax" else jax.nn.sigmoid(logits)
-
-  if mesh is None:
-    jitted = jax.jit(fn, compiler_options=runtime.compiler_options())
-    return lambda batch: np.asarray(jitted(jnp.asarray(batch)))
-  from jax.sharding import NamedSharding, PartitionSpec as P
-  sharding = NamedSharding(mesh, P("data"))
-  # shard_map: each device runs the model on its local windows (as the training core does), so the
-  # model's reshapes never see a sharded batch axis.
-  jitted = jax.jit(jax.shard_map(fn, mesh=mesh, in_specs=P("data"), out_specs=P("data")),
-                   compiler_options=runtime.compiler_options())
-  return lambda batch: np.asarray(jitted(jax.device_put(batch, sharding)))

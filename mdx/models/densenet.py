@@ -133,6 +133,10 @@ class DenseNet(nn.Module):
 
   gradcam_layer: ClassVar[str] = "norm_final"
 
+  def min_input_size(self) -> int:
+    """Smallest image side giving a 1x1 last feature map: the stem's 4x times 2x per transition."""
+    return 4 * 2 ** (len(self.block_sizes) - 1)
+
   @property
   def stages(self) -> tuple[str, ...]:
     names = ["stem"]

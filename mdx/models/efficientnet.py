@@ -107,6 +107,10 @@ class EfficientNet(nn.Module):
   stages: ClassVar[tuple[str, ...]] = ("stem",) + tuple(f"block{i}" for i in range(1, 8)) + (
       "top", "head")
 
+  def min_input_size(self) -> int:
+    """Smallest image side giving a 1x1 last feature map (five stride-2 stages: 32x)."""
+    return 32
+
   @nn.compact
   def __call__(self, x, train: bool = False):
     dtype = common.compute_dtype(self.dtype)

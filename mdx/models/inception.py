@@ -127,6 +127,10 @@ class InceptionV3(nn.Module):
                                        "mixed6b", "mixed6c", "mixed6d", "mixed6e", "mixed7a",
                                        "mixed7b", "mixed7c", "head")
 
+  def min_input_size(self) -> int:
+    """Inception-v3's valid-padded stem and reductions need at least 75 px (as in Keras)."""
+    return 75
+
   @nn.compact
   def __call__(self, x, train: bool = False):
     dtype = common.compute_dtype(self.dtype)

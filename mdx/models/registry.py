@@ -56,6 +56,19 @@ def model_class(name: str) -> tuple[type[nn.Module], dict[str, Any]]:
   return getattr(importlib.import_module(module_name), class_name), dict(defaults)
 
 
+def config_fields(name: str) -> tuple[str, ...]:
+  """The config.model fields model `name` reads besides name, num_classes and dtype: its module's
+  own fields (e.g. growth_rate, freeze, base_width), so mdx.config can reject a typo early."""
+  cls, _ = model_class(name)
+  fields = {f.name for f in dataclasses.fields(cls) if f.init}
+  return tuple(sorted(fields - {"parent", "name", "num_classes", "dtype", "bn_axis_name"}))
+
+
+def min_input_size(model_config: Any) -> int:
+  """The smallest image side (classifiers) or the patch-side multiple (U-Net) of config.model."""
+  return create_from_config(model_config).min_input_size()
+
+
 def create(name: str, *, num_classes: int, dtype: str = "float32", bn_axis_name: str | None = None,
            **kwargs: Any) -> nn.Module:
   """Builds a registered model; unknown kwargs are a ValueError naming them."""

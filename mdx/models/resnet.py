@@ -127,6 +127,10 @@ class ResNet(nn.Module):
 
   gradcam_layer: ClassVar[str] = "layer4"
 
+  def min_input_size(self) -> int:
+    """Smallest image side giving a 1x1 last feature map: the stem's 4x times 2x per later stage."""
+    return 4 * 2 ** (len(self.stage_sizes) - 1)
+
   @property
   def stages(self) -> tuple[str, ...]:
     return ("stem",) + tuple(f"layer{i + 1}" for i in range(len(self.stage_sizes))) + ("head",)

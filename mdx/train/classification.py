@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 
@@ -11,21 +10,70 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
+import ml_collections
+
 from mdx import losses
-from mdx.data import augment, pipeline, sources, splits
-from mdx.evaluate import metrics
+from mdx.data import augment, pipeline, resample, sources, splits
+from mdx.data import standardize as standardize_lib
+from mdx.data.cxr import records
+from mdx.evaluate import metrics, thresholds
 from mdx.models import registry
 from mdx.train import optim
 
-SPLIT_NAMES = {"train": "train", "val": "validation", "validation": "validation", "test": "test"}
+LOSSES = ("weighted_bce", "bce")
 
 
 class ClassificationTask:
+  """Multi-label (or binary) classification of 2D images: chest X-ray findings, pneumonia, skin..."""
+
+  source_kind = sources.IMAGE
+  predict_files = None  # no --mode=predict for classifiers yet
+
+  @classmethod
+  def defaults(cls) -> ml_collections.ConfigDict:
+    return ml_collections.ConfigDict(dict(
+        data=dict(image_size=128,
+                  augment=None,  # preset name in mdx.data.augment, or None
+                  resample=ml_collections.ConfigDict()),  # empty: no resampling (mdx.data.resample)
+        model=dict(init_from="",   # Orbax checkpoint of pretrained weights (backbone restored)
+                   freeze="none"),  # none | head | from:<block name>  (see mdx.train.finetune)
+        loss=dict(name="weighted_bce"),  # weighted_bce | bce
+        train=dict(best_metric="val_auroc"),
+        eval=dict(bootstrap=1000, threshold="youden",
+                  gradcam=dict(findings=("Mass", "Nodule", "Cardiomegaly", "Pneumothorax"),
+                               images=64, overlays=4, layer=""),  # "" = the model's default layer
+                  ),
+    ))
+
+  @classmethod
+  def check_config(cls, config) -> None:
+    data, ev = config.data, config.eval
+    smallest = registry.min_input_size(config.model)
+    if not isinstance(data.image_size, int) or data.image_size < smallest:
+      raise ValueError(f"config.data.image_size={data.image_size!r} is below the {smallest} px that "
+                       f"model {config.model.name!r} needs; raise it (films are resized to it)")
+    if config.loss.name not in LOSSES:
+      raise ValueError(f"config.loss.name={config.loss.name!r} is unknown; choose one of {LOSSES}")
+    if not isinstance(ev.bootstrap, int) or ev.bootstrap < 0:
+      raise ValueError(f"config.eval.bootstrap={ev.bootstrap!r} must be a whole number >= 0")
+    for key in ("images", "overlays"):
+      if not isinstance(ev.gradcam[key], int) or ev.gradcam[key] < 0:
+        raise ValueError(f"config.eval.gradcam.{key}={ev.gradcam[key]!r} must be a whole number >= 0")
+    thresholds.parse_policy(ev.threshold)
+    augment.make(data.augment, data.image_size)
+    if data.standardize != "dataset":
+      standardize_lib.transforms(data.standardize)
+
+  @classmethod
+  def headline(cls, report_dir: str) -> dict:
+    with open(os.path.join(report_dir, "metrics.json")) as f:
+      auroc = json.load(f)["macro"]["auroc"]
+    return {"test mean AUROC": (auroc["value"], auroc["ci"])}
 
   def __init__(self, config):
     self.config = config
     data = config.data
-    self.source = sources.make_source(data, config.seed)
+    self.source = sources.make_source(data, config.seed, sources.IMAGE)
     self.findings = tuple(self.source.findings)
     if config.model.num_classes != len(self.findings):
       raise ValueError(f"config.model.num_classes={config.model.num_classes} but source "
@@ -33,7 +81,7 @@ class ClassificationTask:
     self.labels = self.source.labels()
     self.patient_ids = self.source.patient_ids()
     self.splits = splits.make_split(data, self.source, config.seed)  # always by patient
-    if SPLIT_NAMES.get(config.eval.split) not in self.splits:
+    if splits.split_key(config.eval.split) not in self.splits:
       raise ValueError(f"config.eval.split={config.eval.split!r} but split.by="
                        f"{data.split.by!r} makes only {sorted(self.splits)}; set "
                        "--config.eval.split=validation (k-fold has no test set)")
@@ -42,17 +90,20 @@ class ClassificationTask:
     logging.info("Splits by patient: %s", {k: len(v) for k, v in self.splits.items()})
     logging.info("Training prevalence per finding: %s", ", ".join(
         f"{f} {p:.3f}" for f, p in zip(self.findings, np.nanmean(train_labels, 0))))
-    if data.resample:
-      from mdx.data import resample
-      epoch0 = pipeline.ResampledEpochs(self.splits["train"], self.labels, data.resample.to_dict(),
-                                        config.seed, self.findings)(0)
+    policy = data.resample.to_dict() if data.resample else None
+    self.epochs = pipeline.epochs(self.splits["train"], config.seed, policy, self.labels,
+                                  self.findings)
+    if policy:
+      epoch0 = self.epochs(0)
       logging.info("Resampling %s: %d training records -> %d visits per epoch",
                    data.resample.to_dict(), len(self.splits["train"]), len(epoch0))
       logging.info("Positive share before resampling: %s",
                    resample.class_balance(self.labels, self.splits["train"], self.findings, log=False))
       logging.info("Positive share the model sees: %s",
                    resample.class_balance(self.labels, epoch0, self.findings, log=False))
-    self.transforms_eval = self._standardize()
+    self.load = records.LoadImageRecord(self.source, data.image_size)
+    self.standardize = self._standardize()  # grain Maps
+    self.transforms_eval = self.standardize + [records.mask_unknown_labels]
     self.transforms_train = augment.make(data.augment, data.image_size) + self.transforms_eval
     first = np.asarray(self.source[int(self.splits["train"][0])]["image"])
     self._channels = first.shape[-1] if first.ndim == 3 else 1
@@ -61,13 +112,13 @@ class ClassificationTask:
     mode = self.config.data.standardize
     if mode == "dataset":
       sample = self.splits["train"][:256]
-      images = [pipeline.to_float_image(self.source[int(i)]["image"], self.config.data.image_size)
+      images = [records.to_float_image(self.source[int(i)]["image"], self.config.data.image_size)
                 for i in sample]
-      mean, std = augment.dataset_mean_std(images)
+      mean, std = standardize_lib.dataset_mean_std(images)
       logging.info("Dataset standardisation from %d training images: mean %s std %s",
                    len(sample), mean, std)
-      return augment.standardize("dataset", mean, std)
-    return augment.standardize(mode)
+      return standardize_lib.transforms("dataset", mean, std)
+    return standardize_lib.transforms(mode)
 
   # --- the task interface (see mdx/train/tasks.py) ---
 
@@ -97,32 +148,28 @@ class ClassificationTask:
   def loss(self, logits, batch):
     if self.config.loss.name == "weighted_bce":
       pos, neg = self.pos_weight, self.neg_weight
-    elif self.config.loss.name == "bce":
+    else:  # bce (check_config allows no other)
       pos = neg = np.ones_like(self.pos_weight)
-    else:
-      raise ValueError(f"config.loss.name={self.config.loss.name!r} is unknown; choose "
-                       "weighted_bce or bce")
     return losses.weighted_bce(logits, batch["labels"], jnp.asarray(pos), jnp.asarray(neg),
                                batch["label_mask"])
 
-  def train_data(self, process_index: int, process_count: int):
-    data, train = self.config.data, self.config.train
+  def train_data(self, geometry):
+    data = self.config.data
     return pipeline.train_dataset(
-        self.source, self.splits["train"], batch_size=train.batch_size, steps=train.steps,
-        image_size=data.image_size, transforms=self.transforms_train, seed=self.config.seed,
-        resample_policy=data.resample.to_dict() if data.resample else None,
-        process_index=process_index, process_count=process_count, workers=data.workers,
-        prefetch=data.prefetch)
+        self.load, self.epochs, batch_size=geometry.global_batch, steps=self.config.train.steps,
+        transforms=self.transforms_train, seed=self.config.seed,
+        process_index=geometry.process_index, process_count=geometry.process_count,
+        workers=data.workers, prefetch=data.prefetch)
 
-  def eval_data(self, split: str):
+  def eval_data(self, split: str, geometry):
     return pipeline.eval_dataset(
-        self.source, self.splits[SPLIT_NAMES[split]], batch_size=self.config.eval.batch_size,
-        image_size=self.config.data.image_size, transforms=self.transforms_eval,
-        process_index=jax.process_index(), process_count=jax.process_count())
+        self.load, self.splits[splits.split_key(split)], batch_size=geometry.global_batch,
+        transforms=self.transforms_eval, process_index=geometry.process_index,
+        process_count=geometry.process_count)
 
   def predict(self, evaluator, split: str) -> dict:
     """-> {'probs', 'labels' (nan unknown), 'index', 'loss'} for every record of the split, in order."""
-    logits, loss, fields = evaluator.run(self.eval_data(split))
+    logits, loss, fields = evaluator.run(self.eval_data(split, evaluator.geometry))
     index = np.concatenate([f["index"] for f in fields])
     return {"probs": np.asarray(jax.nn.sigmoid(logits)), "labels": self.labels[index],
             "index": index, "loss": loss}
@@ -133,103 +180,32 @@ class ClassificationTask:
     return {"val_loss": pred["loss"],
             "val_auroc": float(np.nanmean(auroc)) if np.any(np.isfinite(auroc)) else 0.0}
 
-  def finalize(self, evaluator, workdir: str, history: list[dict]) -> str:
-    from mdx.train import report_figures
-    from mdx.evaluate import report
+  def report(self, evaluator, workdir: str, history: list[dict]) -> str:
+    from mdx.evaluate import run_report
     split = self.config.eval.split
     pred = self.predict(evaluator, split)
     val = self.predict(evaluator, "validation")
     out_dir = os.path.join(workdir, "report")
-    fig_dir = os.path.join(workdir, "figures")  # the report copies what it shows into out_dir
-    os.makedirs(out_dir, exist_ok=True)
-    os.makedirs(fig_dir, exist_ok=True)
-    self.write_predictions(os.path.join(out_dir, f"{split}_predictions.csv"), pred)
-    figures = [report_figures.loss_curves(history, os.path.join(fig_dir, "loss_curves.png")),
-               report_figures.examples(self.source, pred, self.findings,
-                                       os.path.join(fig_dir, "examples.png"),
-                                       count=self.config.eval.examples, seed=self.config.seed)]
-    gradcam_figures = self.grad_cam(evaluator, pred, fig_dir)
-    os.replace(os.path.join(fig_dir, "gradcam.json"), os.path.join(out_dir, "gradcam.json"))
-    report.evaluate_and_report(
-        out_dir, labels=pred["labels"], probs=pred["probs"], findings=self.findings,
-        patient_ids=self.patient_ids[pred["index"]],
-        ids=self.source.image_ids()[pred["index"]],
-        val_labels=val["labels"], val_probs=val["probs"],
+    run_report.classification_run_report(
+        out_dir, os.path.join(workdir, "figures"), split=split, pred=pred, val=val,
+        findings=self.findings, patient_ids=self.patient_ids[pred["index"]],
+        image_ids=self.source.image_ids()[pred["index"]],
+        image_fn=lambda i: self.source[i]["image"], history=history,
         threshold_policy=self.config.eval.threshold, bootstrap=self.config.eval.bootstrap,
-        seed=self.config.seed, extra_figures=figures, gradcam_figures=gradcam_figures,
-        title=f"{self.config.model.name} on {self.config.data.source}: {split} split")
+        examples=self.config.eval.examples, seed=self.config.seed,
+        title=f"{self.config.model.name} on {self.config.data.source}: {split} split",
+        model=self.model(bn_axis_name=None),
+        variables={"params": evaluator.state.params, "batch_stats": evaluator.state.batch_stats},
+        model_inputs=self.model_inputs, gradcam=self.config.eval.gradcam,
+        lesion_masks=getattr(self.source, "lesion_masks", None))
     return out_dir
 
   def model_inputs(self, indices) -> np.ndarray:
     """The images of records as the model sees them in evaluation (resized, standardised)."""
-    load = pipeline.LoadRecord(self.source, self.config.data.image_size)
     images = []
     for i in indices:
-      record = load(i)
-      for t in self.transforms_eval:
+      record = self.load(i)
+      for t in self.standardize:
         record = t.map(record)
       images.append(record["image"])
     return np.stack(images)
-
-  def grad_cam(self, evaluator, pred: dict, out_dir: str) -> list[tuple[str, str]]:
-    """Grad-CAM overlays for positive test images of chosen findings; where the source knows where
-    each lesion was drawn (phantoms), the share of heat-map peaks inside the lesion -> gradcam.json."""
-    from mdx.evaluate import gradcam
-    cfg = self.config.eval.gradcam
-    model = self.model(bn_axis_name=None)
-    variables = {"params": evaluator.state.params, "batch_stats": evaluator.state.batch_stats}
-    figures, summary = [], {}
-    for finding in cfg.findings:
-      if finding not in self.findings:
-        continue
-      k = self.findings.index(finding)
-      rows = np.flatnonzero(pred["labels"][:, k] == 1)[:cfg.images]
-      if len(rows) == 0:
-        continue
-      records = pred["index"][rows]
-      images = self.model_inputs(records)
-      heat = gradcam.grad_cam(model, variables, images, k, cfg.layer or None)
-      entry = {"images": int(len(rows)), "layer": cfg.layer or getattr(model, "gradcam_layer", None)}
-      masks = None
-      if hasattr(self.source, "lesion_masks"):
-        masks = np.stack([self._mask(int(i), finding, heat.shape[1:]) for i in records])
-        nonempty = masks.reshape(len(masks), -1).any(1)
-        if nonempty.any():
-          entry["peak_in_lesion"] = gradcam.peak_in_mask_rate(heat[nonempty], masks[nonempty])
-          # the "pointing game" tolerance: a coarse feature map cannot point finer than its cell
-          entry["peak_within_4px_of_lesion"] = gradcam.peak_in_mask_rate(
-              heat[nonempty], masks[nonempty], tolerance=4)
-      summary[finding] = entry
-      for j in range(min(cfg.overlays, len(rows))):
-        path = os.path.join(out_dir, f"gradcam_{finding}_{j}.png")
-        gradcam.overlay_png(images[j], heat[j], path,
-                            title=f"{finding}: p={pred['probs'][rows[j], k]:.2f}",
-                            mask=None if masks is None else masks[j])
-        rate = entry.get("peak_in_lesion")
-        caption = (f"Grad-CAM for {finding} ({entry['layer']}); peak inside the drawn lesion in "
-                   f"{rate:.0%} of {len(rows)} positive test images" if rate is not None else
-                   f"Grad-CAM for {finding} ({entry['layer']})")
-        figures.append((caption, path))
-    with open(os.path.join(out_dir, "gradcam.json"), "w") as f:
-      json.dump(summary, f, indent=2)
-    logging.info("Grad-CAM: %s", summary)
-    return figures
-
-  def _mask(self, index: int, finding: str, shape) -> np.ndarray:
-    mask = self.source.lesion_masks(index).get(finding)
-    if mask is None:
-      return np.zeros(shape, bool)
-    if mask.shape != tuple(shape):  # nearest-neighbour resize to the heat map's resolution
-      rows = np.arange(shape[0]) * mask.shape[0] // shape[0]
-      cols = np.arange(shape[1]) * mask.shape[1] // shape[1]
-      mask = mask[rows][:, cols]
-    return mask
-
-  def write_predictions(self, path: str, pred: dict) -> None:
-    image_ids = self.source.image_ids()[pred["index"]]
-    patients = self.patient_ids[pred["index"]]
-    with open(path, "w", newline="") as f:
-      w = csv.writer(f)
-      w.writerow(["image_id", "patient_id", *self.findings])
-      for row, (iid, pid) in enumerate(zip(image_ids, patients)):
-        w.writerow([iid, pid, *(f"{p:.6f}" for p in pred["probs"][row])])

@@ -1,4 +1,4 @@
-"""The host loop: build state on the mesh, resume, step, log, validate, checkpoint, finalize."""
+"""The host loop: build state on the mesh, resume, step, log, validate, checkpoint."""
 
 from __future__ import annotations
 
@@ -20,10 +20,11 @@ from mdx.train.state import TrainState, create_state, init_variables
 class Evaluator:
   """Runs a model state over padded evaluation batches; returns host numpy for the valid rows."""
 
-  def __init__(self, model, loss_fn, mesh, global_batch: int, input_key: str = "image"):
+  def __init__(self, model, loss_fn, mesh, geometry: runtime.BatchGeometry, input_key: str = "image"):
     self.mesh = mesh
-    self.global_batch = global_batch
-    self._step = steps.make_eval_loss_step(model, loss_fn, mesh, global_batch, input_key)
+    self.geometry = geometry  # tasks build their evaluation batches with it
+    self.global_batch = geometry.global_batch
+    self._step = steps.make_eval_loss_step(model, loss_fn, mesh, geometry.global_batch, input_key)
     self.state: TrainState | None = None
 
   def run(self, batches: Iterable[dict]) -> tuple[np.ndarray, float, list[dict]]:
@@ -99,13 +100,13 @@ def _manager(config, workdir: str):
 
 def train(config, workdir: str, task) -> "TrainResult":
   mesh = runtime.make_mesh()
-  runtime.check_batch(config.train.batch_size, mesh)
-  runtime.check_batch(config.eval.batch_size, mesh, "config.eval.batch_size")
+  geometry = runtime.batch_geometry(config.train.batch_size, mesh)
+  eval_geometry = runtime.batch_geometry(config.eval.batch_size, mesh, "config.eval.batch_size")
   model, tx, state = build(config, task, mesh)
   is_chief = jax.process_index() == 0
   history = History(workdir, enabled=is_chief)
 
-  data = iter(task.train_data(jax.process_index(), jax.process_count()))
+  data = iter(task.train_data(geometry))
   manager = _manager(config, workdir)
   start = manager.latest_step()
   if start is not None:
@@ -115,7 +116,7 @@ def train(config, workdir: str, task) -> "TrainResult":
   start = start or 0
 
   train_step = steps.make_train_step(model, task.loss, tx, mesh, config.train.batch_size)
-  evaluator = Evaluator(model, task.loss, mesh, config.eval.batch_size)
+  evaluator = Evaluator(model, task.loss, mesh, eval_geometry)
   total = config.train.steps
   schedule = optim.make_schedule(config.train)  # for the logged learning rate
   if start >= total:
@@ -145,6 +146,9 @@ def train(config, workdir: str, task) -> "TrainResult":
     if step % config.train.checkpoint_every == 0 or step == total:
       evaluator.state = state
       val = task.validate(evaluator)
+      if config.train.best_metric not in val:
+        raise ValueError(f"config.train.best_metric={config.train.best_metric!r} is not one of the "
+                         f"task's validation metrics {sorted(val)}")
       history.write(step, val)
       logging.info("step %d validation: %s", step,
                    ", ".join(f"{k} {v:.4f}" for k, v in val.items()))
@@ -169,7 +173,7 @@ def best_state(result: TrainResult) -> tuple[TrainState, int]:
 def restore_for_eval(config, workdir: str, task, step: int | None = None):
   """-> (state, evaluator) from the best checkpoint (or `step`) of a run's workdir."""
   mesh = runtime.make_mesh()
-  runtime.check_batch(config.eval.batch_size, mesh, "config.eval.batch_size")
+  eval_geometry = runtime.batch_geometry(config.eval.batch_size, mesh, "config.eval.batch_size")
   model, _, state = build(config, task, mesh, pretrained=False)
   manager = _manager(config, workdir)
   step = step if step is not None else checkpoint.best_or_latest_step(manager)
@@ -177,7 +181,7 @@ def restore_for_eval(config, workdir: str, task, step: int | None = None):
     raise FileNotFoundError(f"no checkpoint in {workdir}/checkpoints; train first "
                             "(--mode=train) or pass the workdir of a trained run")
   state = checkpoint.restore(manager, step, state)
-  evaluator = Evaluator(model, task.loss, mesh, config.eval.batch_size)
+  evaluator = Evaluator(model, task.loss, mesh, eval_geometry)
   evaluator.state = state
   logging.info("Evaluating checkpoint step %d of %s", step, workdir)
   return state, evaluator, step

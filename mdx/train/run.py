@@ -55,7 +55,7 @@ def run(config, workdir: str, mode: str, input_dir: str | None = None,
   if mode == "predict":
     if not (input_dir and output_dir):
       raise ValueError("--mode=predict needs --input=FOLDER and --output=FOLDER")
-    if not hasattr(task, "predict_files"):
+    if task.predict_files is None:
       raise ValueError(f"config.task={config.task!r} has no predict mode")
     _, evaluator, _ = loop.restore_for_eval(config, workdir, task)
     return task.predict_files(evaluator, input_dir, output_dir)
@@ -68,7 +68,7 @@ def run(config, workdir: str, mode: str, input_dir: str | None = None,
   else:
     _, evaluator, step = loop.restore_for_eval(config, workdir, task)
   history = loop.History(workdir, enabled=True).read()
-  report_dir = task.finalize(evaluator, workdir, history)
+  report_dir = task.report(evaluator, workdir, history)
   if jax.process_index() == 0:
     with open(os.path.join(workdir, "evaluated_checkpoint.json"), "w") as f:
       json.dump({"step": int(step)}, f)

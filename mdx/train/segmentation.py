@@ -8,40 +8,25 @@ BraTS-style data with data.label_mode='regions', the nested tumour regions (sigm
 
 from __future__ import annotations
 
+import json
 import os
 
-import grain
-import jax
+import ml_collections
 import numpy as np
 from absl import logging
 
 from mdx import losses, runtime
+from mdx.data import pipeline, sources, splits
+from mdx.data import standardize as standardize_lib
 from mdx.data.volume import brats, nifti
-from mdx.data import pipeline, splits
 from mdx.data.volume import transforms as vt
 from mdx.evaluate import segmentation as seg_metrics
-from mdx.models import registry
-from mdx.train import optim, steps
+from mdx.inference import predict as inference_predict
 from mdx.inference.sliding_window import sliding_window_inference
+from mdx.models import registry
+from mdx.train import optim
 
-SOURCES = ("msd", "brats", "brain_phantoms")
-SPLIT_NAMES = {"train": "train", "val": "validation", "validation": "validation", "test": "test"}
-
-
-def make_source(data, seed: int):
-  """config.data -> a segmentation source (records: image [D,H,W,C], label, case_id, affine)."""
-  name = data.source
-  if name == "msd":
-    from mdx.data.volume import msd
-    names = tuple(data.get("class_names") or ()) or None
-    return msd.MSDSource(data.root, class_names=names, cache=bool(data.get("cache", False)))
-  if name == "brats":
-    return brats.BraTSSource(data.root, label_mode=data.get("label_mode", "regions"))
-  if name == "brain_phantoms":
-    from mdx.data.volume import brain_phantoms
-    return brain_phantoms.BrainPhantoms(data.get("num_cases", 32), tuple(data.get("shape", (48,) * 3)),
-                                        seed=seed, label_mode=data.get("label_mode", "regions"))
-  raise ValueError(f"config.data.source={name!r} is unknown for segmentation; choose one of {SOURCES}")
+LOSSES = ("dice", "dice_ce")
 
 
 def regions_to_labels(regions: np.ndarray) -> np.ndarray:
@@ -52,35 +37,71 @@ def regions_to_labels(regions: np.ndarray) -> np.ndarray:
   return np.where(et, 4, out).astype(np.uint8)
 
 
-class LoadCase:
-  """Index -> standardised case {'image', 'label'} (a picklable grain map for worker processes)."""
-
-  def __init__(self, source, standardize: str):
-    self.source, self.standardize = source, standardize
-
-  def __call__(self, index) -> dict:
-    record = self.source[int(index)]
-    return {"image": vt.standardize(record["image"], self.standardize), "label": record["label"]}
-
-
 class SegmentationTask:
+  """Voxel labels of 3D scans: exclusive classes (softmax) or nested regions (sigmoid)."""
+
+  source_kind = sources.VOLUME
+
+  @classmethod
+  def defaults(cls) -> ml_collections.ConfigDict:
+    return ml_collections.ConfigDict(dict(
+        data=dict(source="brain_phantoms",
+                  standardize="nonzero",      # mdx.data.standardize.MODES
+                  patch_size=(64, 64, 64),    # training sub-volumes and sliding windows
+                  max_background=0.95,        # most a sampled patch may be background
+                  foreground_rate=0.33,       # share of patches centred on foreground
+                  flip_axes=(),               # random flips (none where direction carries meaning)
+                  rotate_degrees=0.0, rotate_p=0.3,
+                  intensity_scale=0.0, intensity_shift=0.0),
+        model=dict(name="unet3d", num_classes=3),
+        loss=dict(name="dice_ce", epsilon=1e-5, squared=False, include_background=True,
+                  ce_weight=1.0),             # ce_weight counts for 'dice_ce' only
+        train=dict(best_metric="val_dice"),
+        eval=dict(overlap=0.5),               # sliding-window overlap in [0, 1)
+    ))
+
+  @classmethod
+  def check_config(cls, config) -> None:
+    data = config.data
+    patch = tuple(data.patch_size)
+    multiple = registry.min_input_size(config.model)
+    if len(patch) != 3 or any(not isinstance(s, int) or s < multiple or s % multiple for s in patch):
+      raise ValueError(f"config.data.patch_size={patch} must be three sides, each a multiple of "
+                       f"{multiple} (model {config.model.name!r}, depth {config.model.get('depth')})")
+    if config.loss.name not in LOSSES:
+      raise ValueError(f"config.loss.name={config.loss.name!r}; segmentation uses one of {LOSSES}")
+    if not 0 <= config.eval.overlap < 1:
+      raise ValueError(f"config.eval.overlap={config.eval.overlap} must be in [0, 1)")
+    for key in ("max_background", "foreground_rate", "rotate_p"):
+      if not 0 <= data[key] <= 1:
+        raise ValueError(f"config.data.{key}={data[key]} must be in [0, 1]")
+    standardize_lib.transforms(data.standardize)
+
+  @classmethod
+  def headline(cls, report_dir: str) -> dict:
+    with open(os.path.join(report_dir, "metrics.json")) as f:
+      summary = json.load(f)["summary"]
+    out = {"mean Dice": (summary["mean_dice"], None)}
+    for name, s in summary["per_class"].items():
+      if name != "background":
+        out[f"Dice {name}"] = (s["dice"], None)
+    return out
 
   def __init__(self, config):
     self.config = config
     data = config.data
-    self.source = make_source(data, config.seed)
+    self.source = sources.make_source(data, config.seed, sources.VOLUME)
     self.class_names = tuple(self.source.class_names or ())
     if not self.class_names:
       raise ValueError("config.data.class_names is needed for an MSD folder without dataset.json "
                        "(e.g. ('background', 'anterior', 'posterior'))")
-    self.regions = data.source in ("brats", "brain_phantoms") and data.get("label_mode") == "regions"
+    self.regions = self.source.label_mode == "regions"
     self.activation = "sigmoid" if self.regions else "softmax"
     if config.model.num_classes != len(self.class_names):
       raise ValueError(f"config.model.num_classes={config.model.num_classes} but the data has "
                        f"{len(self.class_names)} outputs {self.class_names}")
     self.patch = tuple(int(s) for s in data.patch_size)
-    fractions = {k: v for k, v in (("test", data.split.test), ("validation", data.split.val)) if v}
-    self.splits = splits.patient_split(self.source.patient_ids(), fractions, seed=config.seed)
+    self.splits = splits.make_split(data, self.source, config.seed)  # by patient (one per case)
     for name in ("test", "validation"):
       self.splits.setdefault(name, np.zeros(0, np.int64))
     logging.info("Splits by case: %s", {k: len(v) for k, v in self.splits.items()})
@@ -90,10 +111,7 @@ class SegmentationTask:
   # --- the task interface (see mdx/train/tasks.py) ---
 
   def model(self, bn_axis_name):
-    cfg = self.config.model.to_dict()
-    for key in ("init_from", "freeze"):
-      cfg.pop(key, None)
-    return registry.create_from_config(cfg, bn_axis_name=bn_axis_name)
+    return registry.create_from_config(self.config.model, bn_axis_name=bn_axis_name)
 
   def sample_input(self) -> np.ndarray:
     return np.zeros((1, *self.patch, self.num_channels), np.float32)
@@ -106,70 +124,53 @@ class SegmentationTask:
 
   def loss(self, logits, batch):
     c = self.config.loss
-    if c.name not in ("dice", "dice_ce"):
-      raise ValueError(f"config.loss.name={c.name!r}; segmentation uses 'dice' or 'dice_ce'")
     return losses.soft_dice_loss(
-        logits, batch["label"], self.activation, epsilon=c.get("epsilon", 1e-5),
-        squared=c.get("squared", False), include_background=c.get("include_background", True),
-        ce_weight=c.get("ce_weight", 1.0) if c.name == "dice_ce" else 0.0)
+        logits, batch["label"], self.activation, epsilon=c.epsilon, squared=c.squared,
+        include_background=c.include_background,
+        ce_weight=c.ce_weight if c.name == "dice_ce" else 0.0)
 
   def train_transforms(self) -> list:
     d = self.config.data
-    out = [vt.RandomSubVolume(self.patch, max_background=d.get("max_background", 0.95),
-                              foreground_rate=d.get("foreground_rate", 0.33))]
-    if d.get("flip_axes"):
+    out = [vt.RandomSubVolume(self.patch, max_background=d.max_background,
+                              foreground_rate=d.foreground_rate)]
+    if d.flip_axes:
       out.append(vt.RandomFlip3D(tuple(d.flip_axes)))
-    if d.get("rotate_degrees", 0):
-      out.append(vt.RandomRotate3D(d.rotate_degrees, p=d.get("rotate_p", 0.3)))
-    if d.get("intensity_scale", 0) or d.get("intensity_shift", 0):
-      out.append(vt.RandomIntensity(d.get("intensity_scale", 0.0), d.get("intensity_shift", 0.0)))
-    return out
+    if d.rotate_degrees:
+      out.append(vt.RandomRotate3D(d.rotate_degrees, p=d.rotate_p))
+    if d.intensity_scale or d.intensity_shift:
+      out.append(vt.RandomIntensity(d.intensity_scale, d.intensity_shift))
+    return out + [vt.KeepKeys(("image", "label"))]
 
-  def train_data(self, process_index: int, process_count: int):
-    data, train = self.config.data, self.config.train
-    if train.batch_size % process_count:
-      raise ValueError(f"global batch {train.batch_size} does not divide over {process_count} processes")
-    indices = np.asarray(self.splits["train"], np.int64)
-    stream = pipeline.EpochStream(pipeline.ShuffledEpochs(indices, self.config.seed),
-                                  positions=train.steps * train.batch_size)
-    ds = grain.MapDataset.source(stream).seed(self.config.seed)[process_index::process_count]
-    ds = ds.map(LoadCase(self.source, data.standardize))
-    for t in self.train_transforms():
-      ds = ds.random_map(t) if isinstance(t, grain.transforms.RandomMap) else ds.map(t)
-    ds = ds.map(vt.KeepKeys(("image", "label")))
-    ds = ds.batch(train.batch_size // process_count, drop_remainder=True)
-    it = ds.to_iter_dataset(grain.ReadOptions(num_threads=1 if data.workers else 2,
-                                              prefetch_buffer_size=data.prefetch))
-    if data.workers:
-      it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=data.workers,
-                                                       per_worker_buffer_size=data.prefetch))
-    return it
+  def train_data(self, geometry):
+    data = self.config.data
+    return pipeline.train_dataset(
+        vt.LoadCase(self.source, data.standardize),
+        pipeline.epochs(self.splits["train"], self.config.seed),
+        batch_size=geometry.global_batch, steps=self.config.train.steps,
+        transforms=self.train_transforms(), seed=self.config.seed,
+        process_index=geometry.process_index, process_count=geometry.process_count,
+        workers=data.workers, prefetch=data.prefetch)
 
   # --- whole-scan inference ---
 
   def _predict_fn(self, evaluator):
     if self._predict is None:
-      self._predict = steps.make_predict_step(self.model(runtime.DATA), evaluator.mesh)
-
-    def fn(batch):
-      logits = self._predict(evaluator.state, runtime.shard_batch({"image": batch}, evaluator.mesh))
-      logits = np.asarray(runtime.to_host(logits))
-      return np.asarray(jax.nn.softmax(logits, -1) if self.activation == "softmax"
-                        else jax.nn.sigmoid(logits))
-    return fn
+      self._predict = inference_predict.make_predict_fn(self.model(runtime.DATA), evaluator.mesh,
+                                                        self.activation)
+    return lambda batch: self._predict(evaluator.state, batch)
 
   def predict_volume(self, evaluator, image: np.ndarray) -> np.ndarray:
     """Raw image [D, H, W, C] -> predicted label map (classes [D,H,W] or regions [D,H,W,R])."""
     ev = self.config.eval
     probs = sliding_window_inference(
-        self._predict_fn(evaluator), vt.standardize(image, self.config.data.standardize),
-        self.patch, overlap=ev.get("overlap", 0.5), batch_size=ev.batch_size)
+        self._predict_fn(evaluator), standardize_lib.standardize(image, self.config.data.standardize),
+        self.patch, overlap=ev.overlap, batch_size=ev.batch_size)
     if self.activation == "softmax":
       return probs.argmax(-1).astype(np.int32)
     return (probs > 0.5).astype(np.uint8)
 
   def evaluate_split(self, evaluator, split: str, overlay_dir: str | None = None):
-    indices = self.splits[SPLIT_NAMES[split]]
+    indices = self.splits[splits.split_key(split)]
     if len(indices) == 0:
       raise ValueError(f"the {split} split is empty; set config.data.split.{'val' if split.startswith('val') else split}")
     per_case, overlays = {}, []
@@ -195,29 +196,24 @@ class SegmentationTask:
         out[f"val_dice_{name}"] = s["dice"]
     return out
 
-  def finalize(self, evaluator, workdir: str, history: list[dict]) -> str:
+  def report(self, evaluator, workdir: str, history: list[dict]) -> str:
+    from mdx.evaluate import run_report
     split = self.config.eval.split
-    if len(self.splits[SPLIT_NAMES[split]]) == 0:
+    if len(self.splits[splits.split_key(split)]) == 0:
       logging.info("The %s split is empty; reporting on the validation split", split)
       split = "validation"
     out_dir = os.path.join(workdir, "report")
-    os.makedirs(out_dir, exist_ok=True)
+    # overlays are drawn while each case's prediction is at hand, not kept for the report
     per_case, overlays = self.evaluate_split(evaluator, split, os.path.join(out_dir, "overlays"))
-    summary = seg_metrics.summarize(per_case)
-    summary["split"] = split
-    seg_metrics.write_metrics(os.path.join(out_dir, "metrics.json"), per_case, summary)
-    figures = [seg_metrics.curves_png(history, os.path.join(out_dir, "curves.png"))] if history else []
-    seg_metrics.write_report(os.path.join(out_dir, "report.md"), summary, figures + overlays)
-    logging.info("%s: mean Dice %.4f; per class %s", split, summary["mean_dice"],
-                 {k: round(v["dice"], 4) for k, v in summary["per_class"].items()})
+    run_report.segmentation_run_report(out_dir, split=split, per_case=per_case, history=history,
+                                       overlays=overlays)
     return out_dir
 
   def predict_files(self, evaluator, input_dir: str, output_dir: str) -> str:
     """One label NIfTI per input scan, same file name, the input's affine."""
     from mdx.data.volume import msd
     if self.config.data.source == "brats":  # one folder per case: write CASE.nii.gz
-      scans = brats.BraTSSource(input_dir, label_mode=self.config.data.get("label_mode", "regions"),
-                                require_labels=False)
+      scans = brats.BraTSSource(input_dir, label_mode=self.source.label_mode, require_labels=False)
     else:
       scans = msd.ScanFolder(input_dir, self.num_channels)
     os.makedirs(output_dir, exist_ok=True)

@@ -50,17 +50,6 @@ def make_train_step(model, loss_fn: LossFn, tx: optax.GradientTransformation, me
                  compiler_options=runtime.compiler_options())
 
 
-def make_predict_step(model, mesh: Mesh, input_key: str = "image"):
-  """Returns jit(predict)(state, batch) -> logits, sharded like the batch (running BN statistics)."""
-
-  def local_predict(state: TrainState, batch: dict[str, Any]):
-    return model.apply({"params": state.params, "batch_stats": state.batch_stats},
-                       batch[input_key], train=False)
-
-  return jax.jit(jax.shard_map(local_predict, mesh=mesh, in_specs=(P(), P(DATA)),
-                               out_specs=P(DATA)), compiler_options=runtime.compiler_options())
-
-
 def make_eval_loss_step(model, loss_fn: LossFn, mesh: Mesh, global_batch: int,
                         input_key: str = "image"):
   """Returns jit(f)(state, batch) -> (summed masked loss / global_batch, logits)."""

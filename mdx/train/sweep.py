@@ -5,8 +5,9 @@ An ablation file (experiments/ablations/*.py) defines
   get_sweep()   -> {variant name: {dotted config field: value}}
 and `python -m mdx.train.sweep --ablation=FILE --workdir=DIR` trains each variant into DIR/<name>
 (resuming any that were interrupted), evaluates it, and writes DIR/results.md and DIR/results.json:
-per variant the test mean AUROC with its 95% CI, the best validation AUROC, and the first step at which
-validation AUROC reached `--reach` of its final best (how fast a variant learns).
+per variant the task's headline test results (classification: mean AUROC with its 95% CI;
+segmentation: mean and per-class Dice), the best validation value of config.train.best_metric, and
+the first step at which it reached `--reach` of its best (how fast a variant learns). Any task works.
 """
 
 from __future__ import annotations
@@ -57,51 +58,75 @@ def parse_value(text: str):
     return text
 
 
-def summarize(workdir: str, reach: float) -> dict:
-  metrics = json.load(open(os.path.join(workdir, "report", "metrics.json")))
+def summarize(workdir: str, config, reach: float) -> dict:
+  """A variant's row: the task's headline test results (from its report) and, from the run's
+  history, the best validation value of config.train.best_metric and the first step reaching
+  `reach` of it (how fast a variant learns)."""
+  from mdx.train import tasks
+  metric = config.train.best_metric
+  headline = tasks.task_class(config.task).headline(os.path.join(workdir, "report"))
   history = [json.loads(line) for line in open(os.path.join(workdir, "history.jsonl"))]
-  val = [(h["step"], h["val_auroc"]) for h in history if "val_auroc" in h]
+  val = [(h["step"], h[metric]) for h in history if h.get(metric) is not None]
   best = max((v for _, v in val), default=float("nan"))
   first = next((s for s, v in val if v >= reach * best), None)
-  auroc = metrics["macro"]["auroc"]
-  return {"test_auroc": auroc["value"], "test_auroc_ci": auroc["ci"], "best_val_auroc": best,
-          "steps_to_reach": first}
+  return {"headline": {k: {"value": v, "ci": ci} for k, (v, ci) in headline.items()},
+          "metric": metric, "best": best, "steps_to_reach": first}
+
+
+def _cell(entry: dict) -> str:
+  value, ci = entry["value"], entry["ci"]
+  text = "n/a" if value is None else f"{value:.3f}"
+  if ci is not None:
+    lo, hi = ci
+    text += f" [{lo:.3f}, {hi:.3f}]" if lo is not None else " [n/a]"
+  return text
 
 
 def write_table(results: dict, path: str, reach: float) -> None:
-  lines = ["| variant | test mean AUROC [95% CI] | best val AUROC | "
-           f"steps to {reach:.0%} of best |", "|---|---|---|---|"]
+  """One markdown table: variant x (the task's headline results, best validation metric, speed)."""
+  first = next(iter(results.values()))
+  columns = list(first["headline"])
+  metric = first["metric"]
+  lines = ["| variant | " + " | ".join(columns) + f" | best {metric} | steps to {reach:.0%} of best |",
+           "|---|" + "---|" * (len(columns) + 2)]
   for name, r in results.items():
-    lo, hi = r["test_auroc_ci"]
-    ci = f"[{lo:.3f}, {hi:.3f}]" if lo is not None else "[n/a]"
-    lines.append(f"| {name} | {r['test_auroc']:.3f} {ci} | {r['best_val_auroc']:.3f} | "
-                 f"{r['steps_to_reach']} |")
+    cells = [_cell(r["headline"][c]) if c in r["headline"] else "" for c in columns]
+    lines.append(f"| {name} | " + " | ".join(cells) + f" | {r['best']:.3f} | {r['steps_to_reach']} |")
   with open(path, "w") as f:
     f.write("\n".join(lines) + "\n")
+
+
+def run_sweep(module, workdir: str, *, only=None, reach: float = 0.95,
+              overrides: dict | None = None) -> dict:
+  """Trains and evaluates every variant of an ablation module into workdir/<variant>; writes
+  workdir/results.json and workdir/results.md; returns the results. Flag-free (tests call it)."""
+  from mdx import config as config_lib
+  from mdx.train import run as runner
+  results = {}
+  for name, changes in module.get_sweep().items():
+    if only and name not in only:
+      continue
+    config = module.get_config()
+    apply_overrides(config, changes)
+    apply_overrides(config, overrides or {})
+    variant_dir = os.path.join(workdir, name)
+    runner.run(config, variant_dir, "train")
+    results[name] = summarize(variant_dir, config_lib.resolve(config), reach)
+    print(f"sweep: {name}: {results[name]}", flush=True)
+  os.makedirs(workdir, exist_ok=True)
+  with open(os.path.join(workdir, "results.json"), "w") as f:
+    json.dump(results, f, indent=2)
+  write_table(results, os.path.join(workdir, "results.md"), reach)
+  return results
 
 
 def main(argv):
   del argv
   from mdx.train import run as runner
   runner.quiet_library_logs()
-
-  module = load_module(_ABLATION.value)
-  sweep = module.get_sweep()
   extra = dict(item.split("=", 1) for item in _OVERRIDE.value)
-  results = {}
-  for name, overrides in sweep.items():
-    if _ONLY.value and name not in _ONLY.value:
-      continue
-    config = module.get_config()
-    apply_overrides(config, overrides)
-    apply_overrides(config, {k: parse_value(v) for k, v in extra.items()})
-    workdir = os.path.join(_WORKDIR.value, name)
-    runner.run(config, workdir, "train")
-    results[name] = summarize(workdir, _REACH.value)
-    print(f"sweep: {name}: {results[name]}", flush=True)
-  os.makedirs(_WORKDIR.value, exist_ok=True)
-  json.dump(results, open(os.path.join(_WORKDIR.value, "results.json"), "w"), indent=2)
-  write_table(results, os.path.join(_WORKDIR.value, "results.md"), _REACH.value)
+  run_sweep(load_module(_ABLATION.value), _WORKDIR.value, only=_ONLY.value, reach=_REACH.value,
+            overrides={k: parse_value(v) for k, v in extra.items()})
   print(open(os.path.join(_WORKDIR.value, "results.md")).read())
 
 

@@ -1,24 +1,67 @@
-"""The task interface: what the generic training loop needs from classification, segmentation, ...
+"""The Task protocol: what the generic training loop needs from classification, segmentation, ...
 
 The loop (mdx/train/loop.py) owns devices, steps, checkpoints, logging and resumption; a task owns its
-data, model, loss and evaluation. A task is built from the resolved config and offers:
-
-  model(bn_axis_name) -> flax module called as model.apply(variables, x, train=...)
-  sample_input() -> numpy batch [1, ...] used to initialise parameters
-  init_variables(params, batch_stats) -> (params, batch_stats)   e.g. restore a pretrained backbone
-  optimizer(params) -> optax transform                            e.g. with frozen layers
-  loss(logits, batch) -> per-example loss [B]
-  train_data(process_index, process_count) -> grain IterDataset of per-process batches (dicts)
-  validate(evaluator) -> {metric: float}, including config.train.best_metric
-  finalize(evaluator, workdir, history) -> path of the report     (test evaluation, report)
+records, transforms, model, loss and evaluation, and declares its config. Each task is one class
+registered in TASKS; mdx.config asks it for its defaults and checks, the loop for everything else.
 
 `evaluator` is a mdx.train.loop.Evaluator: it runs the model over a split's padded batches and returns
-numpy logits for the valid rows, so tasks never touch devices.
+numpy logits for the valid rows, so tasks never touch devices. `geometry` (mdx.runtime.BatchGeometry)
+is the global batch and this process's share of it, decided by the loop from the mesh.
 """
 
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
+from typing import Any, ClassVar, Protocol
+
+import ml_collections
+import numpy as np
+
+
+class Task(Protocol):
+  # Which sources the task reads: mdx.data.sources.IMAGE or VOLUME.
+  source_kind: ClassVar[str]
+  # (evaluator, input_dir, output_dir) -> output_dir for --mode=predict, or None where the task has
+  # no predict mode (a declared absence: the entry point says so instead of probing attributes).
+  predict_files: Callable[[Any, str, str], str] | None
+
+  @classmethod
+  def defaults(cls) -> ml_collections.ConfigDict:
+    """The task's own config sections and fields, laid over mdx.config.common()."""
+
+  @classmethod
+  def check_config(cls, config) -> None:
+    """Raises ValueError naming a field whose value the task cannot use (before anything is built)."""
+
+  @classmethod
+  def headline(cls, report_dir: str) -> dict[str, tuple[float, tuple | None]]:
+    """The report's main test results, {column: (value, 95% CI or None)}, for sweep tables."""
+
+  def model(self, bn_axis_name: str | None) -> Any:
+    """A Flax module called as model.apply(variables, x, train=...)."""
+
+  def sample_input(self) -> np.ndarray:
+    """A zero batch [1, ...] to initialise parameters."""
+
+  def init_variables(self, params, batch_stats) -> tuple[Any, Any]:
+    """(params, batch_stats) after e.g. restoring a pretrained backbone."""
+
+  def optimizer(self, params) -> Any:
+    """An optax transform (e.g. with frozen layers)."""
+
+  def loss(self, logits, batch: dict) -> Any:
+    """Per-example loss [B]."""
+
+  def train_data(self, geometry) -> Any:
+    """A grain IterDataset of this process's share of each global training batch."""
+
+  def validate(self, evaluator) -> dict[str, float]:
+    """Validation metrics, including config.train.best_metric."""
+
+  def report(self, evaluator, workdir: str, history: list[dict]) -> str:
+    """Evaluates config.eval.split and writes the report; returns its folder."""
+
 
 # config.task -> 'module:Class', imported lazily so one task's dependencies never load for another.
 TASKS = {
@@ -27,8 +70,12 @@ TASKS = {
 }
 
 
-def make_task(config):
-  if config.task not in TASKS:
-    raise ValueError(f"config.task={config.task!r} is unknown; choose one of {sorted(TASKS)}")
-  module, cls = TASKS[config.task].split(":")
-  return getattr(importlib.import_module(module), cls)(config)
+def task_class(name: str) -> type[Task]:
+  if name not in TASKS:
+    raise ValueError(f"config.task={name!r} is unknown; choose one of {sorted(TASKS)}")
+  module, cls = TASKS[name].split(":")
+  return getattr(importlib.import_module(module), cls)
+
+
+def make_task(config) -> Task:
+  return task_class(config.task)(config)

@@ -76,24 +76,6 @@ def test_stain_mix_identity_and_change():
   assert not np.allclose(augment.stain_mix(img, np.array([1.1, 1, 1]), np.zeros(3)), img, atol=1e-3)
 
 
-def test_standardize():
-  rec = _record(channels=3)
-  (t,) = augment.standardize("per_image")
-  out = t.map(rec)["image"]
-  assert abs(out.mean()) < 1e-5 and abs(out.std() - 1) < 1e-3
-  mean, std = augment.dataset_mean_std([rec["image"], rec["image"] * 0.5])
-  both = np.concatenate([rec["image"], rec["image"] * 0.5]).reshape(-1, 3)
-  np.testing.assert_allclose(mean, both.mean(0), rtol=1e-5)
-  np.testing.assert_allclose(std, both.std(0), rtol=1e-4)
-  (t,) = augment.standardize("dataset", mean, std)
-  np.testing.assert_allclose(t.map(rec)["image"], (rec["image"] - mean) / (std + 1e-6), rtol=1e-5)
-  assert augment.standardize(None) == []
-  with pytest.raises(ValueError, match="mean and std"):
-    augment.standardize("dataset")
-  with pytest.raises(ValueError, match="unknown"):
-    augment.standardize("global")
-
-
 def test_works_in_a_grain_dataset():
   recs = [_record(16, 1, s) for s in range(4)]
   ds = grain.MapDataset.source(recs).seed(3)

@@ -5,6 +5,7 @@ import pytest
 from absl import flags
 
 from mdx.data import augment, pipeline
+from mdx.data.cxr import records
 
 flags.FLAGS.mark_as_parsed()  # grain worker processes need parsed absl flags
 
@@ -36,25 +37,37 @@ def take(it, n):
   return [next(it) for _ in range(n)]
 
 
+def train_dataset(src, indices, *, image_size, seed=0, transforms=(), **kwargs):
+  """The classification task's training stream over `src` (2D records, unknown labels masked)."""
+  return pipeline.train_dataset(records.LoadImageRecord(src, image_size),
+                                pipeline.epochs(indices, seed), seed=seed,
+                                transforms=[*transforms, records.mask_unknown_labels], **kwargs)
+
+
+def eval_dataset(src, indices, *, image_size, **kwargs):
+  return pipeline.eval_dataset(records.LoadImageRecord(src, image_size), indices,
+                               transforms=[records.mask_unknown_labels], **kwargs)
+
+
 def test_to_float_image_scales_and_resizes():
   img16 = np.full((10, 20), 65535, np.uint16)
-  out = pipeline.to_float_image(img16, 8)
+  out = records.to_float_image(img16, 8)
   assert out.shape == (8, 8, 1) and out.dtype == np.float32
   np.testing.assert_allclose(out, 1.0, atol=1e-6)
   rgb = np.zeros((4, 4, 3), np.uint8)
   rgb[..., 1] = 255
-  out = pipeline.to_float_image(rgb, None)
+  out = records.to_float_image(rgb, None)
   assert out.shape == (4, 4, 3) and out[..., 1].min() == 1.0 and out[..., 0].max() == 0.0
   with pytest.raises(ValueError, match="expected an image"):
-    pipeline.to_float_image(np.zeros((2, 2, 2, 2)), 4)
+    records.to_float_image(np.zeros((2, 2, 2, 2)), 4)
 
 
 def test_training_stream_is_deterministic_and_covers_each_epoch():
   src = TinySource(40)
   indices = np.arange(0, 40, 2)  # a 20-record training split
   kwargs = dict(batch_size=5, steps=8, image_size=12, seed=3)
-  a = take(iter(pipeline.train_dataset(src, indices, **kwargs)), 8)
-  b = take(iter(pipeline.train_dataset(src, indices, **kwargs)), 8)
+  a = take(iter(train_dataset(src, indices, **kwargs)), 8)
+  b = take(iter(train_dataset(src, indices, **kwargs)), 8)
   for x, y in zip(a, b):
     np.testing.assert_array_equal(x["index"], y["index"])
   epoch1 = np.concatenate([x["index"] for x in a[:4]])
@@ -66,7 +79,7 @@ def test_training_stream_is_deterministic_and_covers_each_epoch():
 
 def test_unknown_labels_are_masked():
   src = TinySource(10)
-  batch = next(iter(pipeline.eval_dataset(src, np.arange(10), batch_size=10, image_size=12)))
+  batch = next(iter(eval_dataset(src, np.arange(10), batch_size=10, image_size=12)))
   row = list(batch["index"]).index(3)
   assert batch["label_mask"][row].tolist() == [1.0, 0.0] and batch["labels"][row, 1] == 0.0
 
@@ -75,8 +88,8 @@ def test_processes_share_each_global_batch():
   src = TinySource(40)
   indices = np.arange(40)
   kwargs = dict(batch_size=8, steps=4, image_size=12, seed=1)
-  single = take(iter(pipeline.train_dataset(src, indices, **kwargs)), 4)
-  shares = [take(iter(pipeline.train_dataset(src, indices, process_index=p, process_count=2,
+  single = take(iter(train_dataset(src, indices, **kwargs)), 4)
+  shares = [take(iter(train_dataset(src, indices, process_index=p, process_count=2,
                                               **kwargs)), 4) for p in range(2)]
   for g in range(4):
     union = np.concatenate([shares[0][g]["index"], shares[1][g]["index"]])
@@ -88,8 +101,8 @@ def test_worker_processes_give_the_same_augmented_batches():
   src = TinySource(30)
   kwargs = dict(batch_size=6, steps=5, image_size=12, seed=5,
                 transforms=augment.make("chest_xray", 12))
-  inline = take(iter(pipeline.train_dataset(src, np.arange(30), **kwargs)), 5)
-  workers = take(iter(pipeline.train_dataset(src, np.arange(30), workers=2, **kwargs)), 5)
+  inline = take(iter(train_dataset(src, np.arange(30), **kwargs)), 5)
+  workers = take(iter(train_dataset(src, np.arange(30), workers=2, **kwargs)), 5)
   for x, y in zip(inline, workers):
     np.testing.assert_array_equal(x["index"], y["index"])
     np.testing.assert_array_equal(x["image"], y["image"])
@@ -99,7 +112,7 @@ def test_worker_processes_give_the_same_augmented_batches():
 
 def test_iterator_state_resumes_exactly():
   src = TinySource(30)
-  ds = pipeline.train_dataset(src, np.arange(30), batch_size=4, steps=20, image_size=12, seed=2,
+  ds = train_dataset(src, np.arange(30), batch_size=4, steps=20, image_size=12, seed=2,
                               transforms=augment.make("chest_xray", 12))
   it = iter(ds)
   take(it, 3)
@@ -114,14 +127,14 @@ def test_iterator_state_resumes_exactly():
 def test_eval_pads_and_masks_and_keeps_order():
   src = TinySource(23)
   indices = np.arange(3, 23)  # 20 records, global batch 8 -> 3 batches, 4 padded rows
-  batches = list(pipeline.eval_dataset(src, indices, batch_size=8, image_size=12))
+  batches = list(eval_dataset(src, indices, batch_size=8, image_size=12))
   assert len(batches) == 3 and all(b["image"].shape[0] == 8 for b in batches)
   mask = np.concatenate([b["mask"] for b in batches])
   order = np.concatenate([b["index"] for b in batches])
   assert mask.sum() == 20 and mask[-4:].sum() == 0
   np.testing.assert_array_equal(order[mask > 0], indices)
   # Two processes: each takes half of every global batch; together the same rows.
-  shares = [list(pipeline.eval_dataset(src, indices, batch_size=8, image_size=12, process_index=p,
+  shares = [list(eval_dataset(src, indices, batch_size=8, image_size=12, process_index=p,
                                        process_count=2)) for p in range(2)]
   for g in range(3):
     joined = np.concatenate([shares[0][g]["index"], shares[1][g]["index"]])
@@ -130,4 +143,4 @@ def test_eval_pads_and_masks_and_keeps_order():
 
 def test_empty_eval_split_is_an_error():
   with pytest.raises(ValueError, match="evaluation split is empty"):
-    pipeline.eval_dataset(TinySource(5), np.array([], np.int64), batch_size=4, image_size=12)
+    eval_dataset(TinySource(5), np.array([], np.int64), batch_size=4, image_size=12)

@@ -47,6 +47,18 @@ def test_round_trip_through_write_csv(tmp_path):
   np.testing.assert_array_equal(pred.probs, [[0.25, 1.0], [0.3, 0.4]])
 
 
+def test_write_csv_with_patient_ids_and_fixed_decimals(tmp_path):
+  """A run's predictions CSV: image_id, patient_id, then one probability per finding, 6 decimals."""
+  probs = np.array([[0.1234567, 1.0], [0.5, 2e-7]], np.float32)
+  path = P.write_csv(str(tmp_path / "sub" / "test_predictions.csv"), ["a.png", "b.png"], probs,
+                     ["Mass", "Effusion"], id_column="image_id", patient_ids=["p1", "p2"], digits=6)
+  lines = open(path).read().splitlines()
+  assert lines == ["image_id,patient_id,Mass,Effusion", "a.png,p1,0.123457,1.000000",
+                   "b.png,p2,0.500000,0.000000"]
+  with pytest.raises(ValueError, match=r"values \(2, 2\) must be \[len\(ids\)=3"):
+    P.write_csv(str(tmp_path / "x.csv"), ["a", "b", "c"], probs, ["Mass", "Effusion"])
+
+
 @pytest.mark.parametrize("labels_text, probs_text, match", [
     ("id,A\n,1\n", "id,A\nx,0.5\n", r"labels.csv: line 2, column 'id': the id is missing"),
     ("id,A\nx,1\nx,0\n", "id,A\nx,0.5\n", r"line 3, column 'id': id 'x' already appeared on line 2"),

@@ -135,7 +135,9 @@ def test_regions_report_and_overlay(tmp_path):
 
 
 def test_curves_png(tmp_path):
+  from mdx.evaluate import plots
   hist = [{"step": 1, "train_loss": 1.0}, {"step": 2, "train_loss": 0.5},
           {"step": 2, "val_dice": 0.4, "val_dice_a": 0.3}]
-  path = seg.curves_png(hist, str(tmp_path / "c.png"))
+  _, path = plots.training_curves_png(hist, str(tmp_path / "c.png"), "val_dice", "Dice", "loss",
+                                      ylim=(0, 1))
   assert open(path, "rb").read(4) == b"\x89PNG"

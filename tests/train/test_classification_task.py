@@ -4,6 +4,7 @@ import numpy as np
 from absl import flags
 
 from mdx import config as config_lib
+from mdx.runtime import BatchGeometry
 from mdx.train.classification import ClassificationTask
 
 flags.FLAGS.mark_as_parsed()
@@ -21,7 +22,7 @@ def tiny_config(**data):
 
 
 def positive_share(task, k, batches=12):
-  it = iter(task.train_data(0, 1))
+  it = iter(task.train_data(BatchGeometry(task.config.train.batch_size)))
   labels = np.concatenate([next(it)["labels"] for _ in range(batches)])
   return labels[:, k].mean()
 

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from mdx.train import run as runner
+from mdx.runtime import BatchGeometry
 from mdx.train import segmentation
 
 AFFINE = np.array([[-1.0, 0, 0, 20], [0, 1.2, 0, -3], [0, 0, 0.8, 7], [0, 0, 0, 1]])
@@ -78,7 +79,7 @@ def test_phantom_regions_task_loss_and_label_conversion():
   from mdx import config as config_lib
   task = segmentation.SegmentationTask(config_lib.resolve(c))
   assert task.activation == "sigmoid" and task.regions
-  batch = next(iter(task.train_data(0, 1)))
+  batch = next(iter(task.train_data(BatchGeometry(task.config.train.batch_size))))
   assert batch["image"].shape == (4, 8, 8, 8, 4) and batch["label"].shape == (4, 8, 8, 8, 3)
   logits = np.where(batch["label"] > 0, 20.0, -20.0).astype(np.float32)
   assert np.all(np.asarray(task.loss(logits, batch)) < 1e-3)  # perfect prediction: ~0 loss

@@ -66,7 +66,7 @@ class _Prepared(tfds.core.GeneratorBasedBuilder):
     from mdx.data import sources
     self._data_config = data_config
     self._seed = seed
-    self._make = sources.SOURCES[self.SOURCE]
+    self._make = sources.SOURCES[self.SOURCE].build
     self._size = int(file_source.require(data_config, "image_size", self.SOURCE))
     self._channels = int(file_source.config_get(data_config, "channels", 1))
     self._dtype = np.uint16 if int(file_source.config_get(data_config, "bit_depth", 8)) == 16 else np.uint8

@@ -21,6 +21,8 @@ from mdx.data.volume import nifti
 class MSDSource:
   """Random access to the cases of one MSD task folder."""
 
+  label_mode = "classes"  # MSD labels are exclusive classes (softmax)
+
   def __init__(self, root: str, class_names: tuple[str, ...] | None = None,
                num_channels: int | None = None, cache: bool = False):
     if not os.path.isdir(root):

@@ -1,4 +1,5 @@
-"""Grain transforms for 3D volumes: standardisation, sub-volume sampling, 3D augmentation.
+"""A 3D case as a segmenter reads it, and grain transforms for volumes: sub-volume sampling, 3D
+augmentation. LoadCase is the `load` the pipeline takes for 3D tasks (mdx.data.pipeline).
 
 Each works on a record {'image': float32 [D, H, W, C], 'label': int [D, H, W] (classes) or
 uint8 [D, H, W, R] (regions), ...}. Random ones are grain RandomMaps, so their randomness comes from
@@ -14,46 +15,24 @@ import grain
 import numpy as np
 from scipy import ndimage
 
-STANDARDIZE_MODES = ("nonzero", "per_slice", "volume", "none")
+from mdx.data import standardize as standardize_lib
+
+
+@dataclasses.dataclass(frozen=True)
+class LoadCase:
+  """Case `index` of a 3D source -> {'image' standardised float32 [D, H, W, C], 'label'}."""
+  source: Any
+  standardize: str | None
+
+  def __call__(self, index) -> dict:
+    record = self.source[int(index)]
+    return {"image": standardize_lib.standardize(record["image"], self.standardize),
+            "label": record["label"]}
 
 
 def foreground_mask(label: np.ndarray) -> np.ndarray:
   """Voxels that are not background: class > 0, or any region set. -> bool [D, H, W]."""
   return label.any(-1) if label.ndim == 4 else label > 0
-
-
-def standardize(image: np.ndarray, mode: str = "nonzero", eps: float = 1e-8) -> np.ndarray:
-  """Zero mean, unit variance per channel.
-
-  'nonzero': statistics over the brain (voxels where the channel is non-zero, as skull-stripped
-             BraTS scans are zero outside the brain); outside stays 0.
-  'per_slice': the course's variant: every channel of every axial slice (last spatial axis)
-             separately, over all its voxels; a slice with zero spread is only centred.
-  'volume': over all voxels of each channel.
-  """
-  if mode not in STANDARDIZE_MODES:
-    raise ValueError(f"config.data.standardize={mode!r}; choose one of {STANDARDIZE_MODES}")
-  x = np.asarray(image, np.float32)
-  if mode == "none":
-    return x
-  if mode == "volume":
-    mean = x.mean((0, 1, 2), keepdims=True)
-    std = x.std((0, 1, 2), keepdims=True)
-    return ((x - mean) / np.maximum(std, eps)).astype(np.float32)
-  if mode == "per_slice":
-    mean = x.mean((0, 1), keepdims=True)
-    centred = x - mean
-    std = centred.std((0, 1), keepdims=True)
-    return np.where(std > 0, centred / np.where(std > 0, std, 1), centred).astype(np.float32)
-  out = np.zeros_like(x)
-  for c in range(x.shape[-1]):
-    ch = x[..., c]
-    mask = ch != 0
-    if not mask.any():
-      continue
-    vals = ch[mask]
-    out[..., c] = np.where(mask, (ch - vals.mean()) / max(float(vals.std()), eps), 0.0)
-  return out
 
 
 def pad_to(record: dict[str, Any], size, mode: str = "constant") -> dict[str, Any]:
@@ -76,16 +55,6 @@ def crop(record: dict[str, Any], start, size) -> dict[str, Any]:
   if "label" in record:
     out["label"] = np.ascontiguousarray(record["label"][sl])
   return out
-
-
-@dataclasses.dataclass
-class Standardize(grain.transforms.Map):
-  mode: str = "nonzero"
-
-  def map(self, record):
-    out = dict(record)
-    out["image"] = standardize(record["image"], self.mode)
-    return out
 
 
 @dataclasses.dataclass

@@ -1,0 +1,59 @@
+"""Batched prediction on the device mesh: a compiled forward pass with running BatchNorm statistics.
+
+The batch is split over the mesh's 'data' axis and each device runs the model on its rows under
+shard_map (as the training steps do), so a model's reshapes never see a sharded batch axis. Used by
+whole-scan sliding windows (mdx.inference.sliding_window) and any task that predicts outside the
+training loop.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, PartitionSpec as P
+
+from mdx import runtime
+
+ACTIVATIONS = ("softmax", "sigmoid", "none")
+
+
+def make_predict_step(model, mesh: Mesh, input_key: str = "image"):
+  """Returns jit(predict)(variables, batch) -> logits, sharded like the batch.
+
+  variables: {'params', 'batch_stats'} (or anything with those attributes, e.g. a TrainState).
+  """
+
+  def local_predict(variables: Any, batch: dict[str, Any]):
+    params, stats = ((variables["params"], variables.get("batch_stats", {}))
+                     if isinstance(variables, dict) else (variables.params, variables.batch_stats))
+    return model.apply({"params": params, "batch_stats": stats}, batch[input_key], train=False)
+
+  return jax.jit(jax.shard_map(local_predict, mesh=mesh, in_specs=(P(), P(runtime.DATA)),
+                               out_specs=P(runtime.DATA)),
+                 compiler_options=runtime.compiler_options())
+
+
+def activate(logits: np.ndarray, activation: str) -> np.ndarray:
+  """Logits [..., K] -> probabilities by 'softmax' (exclusive classes), 'sigmoid' or 'none'."""
+  if activation not in ACTIVATIONS:
+    raise ValueError(f"activation={activation!r}; choose one of {ACTIVATIONS}")
+  if activation == "none":
+    return np.asarray(logits)
+  return np.asarray(jax.nn.softmax(logits, -1) if activation == "softmax" else jax.nn.sigmoid(logits))
+
+
+def make_predict_fn(model, mesh: Mesh, activation: str = "softmax",
+                    input_key: str = "image") -> Callable[[Any, np.ndarray], np.ndarray]:
+  """(variables, images [B, ...] numpy) -> numpy probabilities [B, ..., K] on every host.
+
+  B must be a multiple of the mesh's device count (runtime.check_batch says which)."""
+  step = make_predict_step(model, mesh, input_key)
+
+  def predict(variables, images: np.ndarray) -> np.ndarray:
+    logits = step(variables, runtime.shard_batch({input_key: images}, mesh))
+    return activate(np.asarray(runtime.to_host(logits)), activation)
+
+  return predict
