@@ -2,6 +2,7 @@
 # The one command a person types. Creates .venv from pyproject.toml when missing or stale.
 #   ./launch.sh demo [WORKDIR] [flags]             default experiment end to end; prints where the report is
 #   ./launch.sh test [pytest args]                 the test suite
+#   ./launch.sh lint                               ruff check and ruff format --check (as CI runs them)
 #   ./launch.sh train CONFIG --workdir=DIR [flags] train (resumes if DIR has checkpoints), then report
 #   ./launch.sh eval CONFIG --workdir=DIR [flags]  report from the best checkpoint of DIR
 #   ./launch.sh predict CONFIG --workdir=DIR --input=IN --output=OUT
@@ -27,7 +28,7 @@ setup() {
   export PATH="$PWD/$VENV/bin:$PATH"
 }
 
-usage() { sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+usage() { sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
 
 cmd="${1:-}"; [[ -n "$cmd" ]] || usage; shift
 case "$cmd" in
@@ -39,6 +40,9 @@ case "$cmd" in
   test)
     setup test
     exec python -m pytest -n 2 "$@" ;;
+  lint)
+    setup test
+    ruff check . && ruff format --check . ;;
   train|eval|predict)
     [[ $# -ge 1 ]] || usage
     setup

@@ -1,6 +1,6 @@
 """The built-in 3D demo: a small U-Net on four-channel brain phantoms with BraTS-style tumours.
 
-  ./launch.sh train experiments/brain_phantoms_unet3d.py --workdir=W
+./launch.sh train experiments/brain_phantoms_unet3d.py --workdir=W
 """
 
 from mdx.config import defaults

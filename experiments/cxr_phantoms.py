@@ -10,7 +10,7 @@ def get_config():
   c = defaults()
   c.seed = 0
   c.data.source = "phantoms"
-  c.data.num_patients = 1500   # ~3,600 studies; rendering is ~1 ms per 64 px image
+  c.data.num_patients = 1500  # ~3,600 studies; rendering is ~1 ms per 64 px image
   c.data.image_size = 64
   c.data.split = dict(by="patient", test=0.2, val=0.15)
   c.data.augment = "chest_xray"

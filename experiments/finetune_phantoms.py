@@ -23,7 +23,7 @@ def get_config():
   c.data.augment = "chest_xray"
   c.data.standardize = "per_image"
   c.data.workers = 1
-  c.model.name = "densenet121"   # must be the pretrained architecture
+  c.model.name = "densenet121"  # must be the pretrained architecture
   c.model.num_classes = 14
   c.model.init_from = PRETRAINED
   c.model.freeze = "none"
@@ -32,6 +32,6 @@ def get_config():
   c.train.lr = 3e-4
   c.train.schedule = "cosine"
   c.train.log_every = 10
-  c.train.checkpoint_every = 25   # also the validation interval: steps-to-reach resolution
+  c.train.checkpoint_every = 25  # also the validation interval: steps-to-reach resolution
   c.eval.bootstrap = 200
   return c

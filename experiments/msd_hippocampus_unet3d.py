@@ -19,7 +19,9 @@ def get_config():
   c.data.root = ""
   c.data.class_names = ("background", "anterior", "posterior")
   c.data.cache = True
-  c.data.standardize = "per_channel"  # MRI crops: z-score per channel over the whole scan (nnU-Net's choice)
+  c.data.standardize = (
+    "per_channel"  # MRI crops: z-score per channel over the whole scan (nnU-Net's choice)
+  )
   c.data.split = dict(by="patient", test=0.0, val=0.2)
   c.data.patch_size = (32, 48, 32)
   c.data.max_background = 0.95

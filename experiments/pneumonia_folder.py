@@ -9,7 +9,9 @@ import os
 
 from mdx.config import defaults
 
-DATA = os.environ.get("MDX_DATA", os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data"))
+DATA = os.environ.get(
+  "MDX_DATA", os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")
+)
 
 
 def get_config():

@@ -21,7 +21,7 @@ def get_config():
   c.data.augment = "chest_xray"
   c.data.standardize = "per_image"
   c.data.workers = 1
-  c.model.name = "densenet121"   # densenet_small: same stages, CPU-sized
+  c.model.name = "densenet121"  # densenet_small: same stages, CPU-sized
   c.model.num_classes = 14
   c.train.batch_size = 32
   c.train.steps = 600

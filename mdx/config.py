@@ -28,40 +28,47 @@ def common() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.task = TASK_DEFAULT  # classification | segmentation (mdx.train.tasks)
   c.seed = 0
-  c.data = ml_collections.ConfigDict(dict(
-      source="phantoms",       # mdx.data.sources.SOURCES
+  c.data = ml_collections.ConfigDict(
+    dict(
+      source="phantoms",  # mdx.data.sources.SOURCES
       split=dict(by="patient", test=0.15, val=0.15),  # always by patient (mdx.data.splits)
       standardize="per_image",  # mdx.data.standardize.MODES
-      workers=0,               # grain worker processes (0: in the main process)
-      prefetch=2,              # batches buffered per worker
-  ))
+      workers=0,  # grain worker processes (0: in the main process)
+      prefetch=2,  # batches buffered per worker
+    )
+  )
   c.model = ml_collections.ConfigDict(dict(name="densenet121", num_classes=14, dtype="float32"))
   c.loss = ml_collections.ConfigDict(dict(name="weighted_bce"))
-  c.train = ml_collections.ConfigDict(dict(
-      batch_size=32,           # global batch, over all devices of all hosts
+  c.train = ml_collections.ConfigDict(
+    dict(
+      batch_size=32,  # global batch, over all devices of all hosts
       steps=600,
-      optimizer="adam",        # adam | adamw | sgd
+      optimizer="adam",  # adam | adamw | sgd
       lr=1e-3,
-      schedule="cosine",       # constant | cosine | warmup_cosine
+      schedule="cosine",  # constant | cosine | warmup_cosine
       warmup_steps=0,
       weight_decay=0.0,
-      grad_clip=0.0,           # global-norm clip; 0 disables
+      grad_clip=0.0,  # global-norm clip; 0 disables
       log_every=10,
       checkpoint_every=100,
-      keep_last=2,             # checkpoints kept besides the best one
+      keep_last=2,  # checkpoints kept besides the best one
       best_metric="val_auroc",  # a key of the task's validation metrics; higher is better
-  ))
-  c.eval = ml_collections.ConfigDict(dict(
+    )
+  )
+  c.eval = ml_collections.ConfigDict(
+    dict(
       batch_size=64,
-      split="test",            # the split the final report evaluates
-      examples=8,              # example images (or scans) in the report
-      after_train=True,        # --mode=train ends by evaluating the best checkpoint and reporting
-  ))
+      split="test",  # the split the final report evaluates
+      examples=8,  # example images (or scans) in the report
+      after_train=True,  # --mode=train ends by evaluating the best checkpoint and reporting
+    )
+  )
   return c
 
 
 def _task_class(task: str):
   from mdx.train import tasks
+
   return tasks.task_class(task)
 
 
@@ -78,6 +85,7 @@ def _known_fields(config: ml_collections.ConfigDict, base: ml_collections.Config
   """Section -> the field names it may hold, for the chosen task, source and model."""
   from mdx.data import resample, sources, splits
   from mdx.models import registry
+
   known = {"": set(base.keys())}
   for section in ("data", "model", "loss", "train", "eval"):
     known[section] = set(base[section].keys())
@@ -88,7 +96,9 @@ def _known_fields(config: ml_collections.ConfigDict, base: ml_collections.Config
   known["data.resample"] = set(resample.RESAMPLE_FIELDS)
   model = config.model.name if "model" in config and "name" in config.model else base.model.name
   if model not in registry.MODELS:
-    raise ValueError(f"config.model.name={model!r} is unknown; choose one of {sorted(registry.MODELS)}")
+    raise ValueError(
+      f"config.model.name={model!r} is unknown; choose one of {sorted(registry.MODELS)}"
+    )
   known["model"] |= set(registry.config_fields(model))
   for key, value in base.items():  # nested sections of the defaults, e.g. eval.gradcam
     if isinstance(value, ml_collections.ConfigDict):
@@ -126,8 +136,10 @@ def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 
 def _sections(config) -> dict:
   """ConfigDict -> dict of ConfigDicts, so update() merges sections instead of replacing them."""
-  return {k: ml_collections.ConfigDict(v) if isinstance(v, ml_collections.ConfigDict) else v
-          for k, v in config.items()}
+  return {
+    k: ml_collections.ConfigDict(v) if isinstance(v, ml_collections.ConfigDict) else v
+    for k, v in config.items()
+  }
 
 
 # ------------------------------------------------------------------------------ values
@@ -143,28 +155,51 @@ def _number(value) -> bool:
 def check_values(c: ml_collections.ConfigDict) -> None:
   """Values no run can use: one error naming the field and what it must be, before anything runs."""
   t, e, d = c.train, c.eval, c.data
-  for field, value in (("train.batch_size", t.batch_size), ("eval.batch_size", e.batch_size),
-                       ("train.steps", t.steps), ("train.log_every", t.log_every),
-                       ("train.checkpoint_every", t.checkpoint_every),
-                       ("train.keep_last", t.keep_last), ("data.prefetch", d.prefetch),
-                       ("model.num_classes", c.model.num_classes)):
-    _require(isinstance(value, int) and not isinstance(value, bool) and value >= 1, field, value,
-             "must be a whole number >= 1")
-  for field, value in (("train.warmup_steps", t.warmup_steps), ("data.workers", d.workers),
-                       ("eval.examples", e.examples)):
+  for field, value in (
+    ("train.batch_size", t.batch_size),
+    ("eval.batch_size", e.batch_size),
+    ("train.steps", t.steps),
+    ("train.log_every", t.log_every),
+    ("train.checkpoint_every", t.checkpoint_every),
+    ("train.keep_last", t.keep_last),
+    ("data.prefetch", d.prefetch),
+    ("model.num_classes", c.model.num_classes),
+  ):
+    _require(
+      isinstance(value, int) and not isinstance(value, bool) and value >= 1,
+      field,
+      value,
+      "must be a whole number >= 1",
+    )
+  for field, value in (
+    ("train.warmup_steps", t.warmup_steps),
+    ("data.workers", d.workers),
+    ("eval.examples", e.examples),
+  ):
     _require(isinstance(value, int) and value >= 0, field, value, "must be a whole number >= 0")
   _require(_number(t.lr) and t.lr > 0, "train.lr", t.lr, "must be a number > 0 (e.g. 1e-3)")
   for field, value in (("train.weight_decay", t.weight_decay), ("train.grad_clip", t.grad_clip)):
     _require(_number(value) and value >= 0, field, value, "must be a number >= 0 (0 turns it off)")
-  _require(t.warmup_steps <= t.steps, "train.warmup_steps", t.warmup_steps,
-           f"must not exceed train.steps={t.steps}")
+  _require(
+    t.warmup_steps <= t.steps,
+    "train.warmup_steps",
+    t.warmup_steps,
+    f"must not exceed train.steps={t.steps}",
+  )
   for key in ("test", "val"):
     if key in d.split:
       share = d.split[key]
-      _require(_number(share) and 0 <= share < 1, f"data.split.{key}", share,
-               "must be a share of patients in [0, 1)")
+      _require(
+        _number(share) and 0 <= share < 1,
+        f"data.split.{key}",
+        share,
+        "must be a share of patients in [0, 1)",
+      )
   if d.split.by == "patient":
     total = d.split.get("test", 0) + d.split.get("val", 0)
-    _require(total < 1, "data.split", d.split.to_dict(), "test + val must leave patients for training")
+    _require(
+      total < 1, "data.split", d.split.to_dict(), "test + val must leave patients for training"
+    )
   from mdx.data import splits
+
   splits.split_key(e.split)

@@ -18,14 +18,21 @@ def positive_negative_weights(labels: np.ndarray) -> tuple[np.ndarray, np.ndarra
   known = ~np.isnan(labels)
   total = known.sum(0)
   if np.any(total == 0):
-    raise ValueError(f"classes {np.flatnonzero(total == 0).tolist()} have no known labels in the "
-                     "training split; weights cannot be computed")
+    raise ValueError(
+      f"classes {np.flatnonzero(total == 0).tolist()} have no known labels in the "
+      "training split; weights cannot be computed"
+    )
   pos = np.where(known, labels, 0).sum(0)
   return ((total - pos) / total).astype(np.float32), (pos / total).astype(np.float32)
 
 
-def weighted_bce(logits: jax.Array, labels: jax.Array, pos_weight: jax.Array,
-                 neg_weight: jax.Array, label_mask: jax.Array | None = None) -> jax.Array:
+def weighted_bce(
+  logits: jax.Array,
+  labels: jax.Array,
+  pos_weight: jax.Array,
+  neg_weight: jax.Array,
+  label_mask: jax.Array | None = None,
+) -> jax.Array:
   """Weighted multi-label binary cross-entropy, summed over classes -> [B].
 
   -(w_p * y * log(p) + w_n * (1 - y) * log(1 - p)) per class, computed from logits stably.
@@ -42,24 +49,34 @@ def weighted_bce(logits: jax.Array, labels: jax.Array, pos_weight: jax.Array,
 
 # --- Segmentation: soft Dice (per class, epsilon in numerator and denominator) ---
 
+
 def _seg_probs_targets(logits: jax.Array, labels: jax.Array, activation: str):
   """softmax: labels int [B, ...] -> one-hot; sigmoid: labels binary [B, ..., K] (regions)."""
   logits = logits.astype(jnp.float32)
   k = logits.shape[-1]
   if activation == "softmax":
     if labels.shape != logits.shape[:-1]:
-      raise ValueError(f"softmax Dice needs integer labels of shape {logits.shape[:-1]}, got {labels.shape}")
+      raise ValueError(
+        f"softmax Dice needs integer labels of shape {logits.shape[:-1]}, got {labels.shape}"
+      )
     return jax.nn.softmax(logits, -1), jax.nn.one_hot(labels, k, dtype=jnp.float32)
   if activation == "sigmoid":
     if labels.shape != logits.shape:
-      raise ValueError(f"sigmoid Dice needs binary labels of shape {logits.shape}, got {labels.shape}")
+      raise ValueError(
+        f"sigmoid Dice needs binary labels of shape {logits.shape}, got {labels.shape}"
+      )
     return jax.nn.sigmoid(logits), labels.astype(jnp.float32)
   raise ValueError(f"activation={activation!r}; choose 'softmax' (classes) or 'sigmoid' (regions)")
 
 
-def soft_dice_per_class(logits: jax.Array, labels: jax.Array, activation: str = "softmax",
-                        epsilon: float = 1e-5, squared: bool = False,
-                        mask: jax.Array | None = None) -> jax.Array:
+def soft_dice_per_class(
+  logits: jax.Array,
+  labels: jax.Array,
+  activation: str = "softmax",
+  epsilon: float = 1e-5,
+  squared: bool = False,
+  mask: jax.Array | None = None,
+) -> jax.Array:
   """Soft Dice of every example and class -> [B, K].
 
   (2 * sum(p * g) + eps) / (sum(p) + sum(g) + eps) over the voxels of one example, or with
@@ -77,9 +94,16 @@ def soft_dice_per_class(logits: jax.Array, labels: jax.Array, activation: str = 
   return (2.0 * inter + epsilon) / (denom + epsilon)
 
 
-def soft_dice_loss(logits: jax.Array, labels: jax.Array, activation: str = "softmax",
-                   epsilon: float = 1e-5, squared: bool = False, include_background: bool = True,
-                   ce_weight: float = 0.0, mask: jax.Array | None = None) -> jax.Array:
+def soft_dice_loss(
+  logits: jax.Array,
+  labels: jax.Array,
+  activation: str = "softmax",
+  epsilon: float = 1e-5,
+  squared: bool = False,
+  include_background: bool = True,
+  ce_weight: float = 0.0,
+  mask: jax.Array | None = None,
+) -> jax.Array:
   """1 - mean over classes of the soft Dice, plus ce_weight * voxel-mean cross-entropy -> [B].
 
   include_background=False leaves class 0 out of the Dice mean (softmax only).

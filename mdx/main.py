@@ -6,32 +6,48 @@ the workdir; running train again on the same workdir resumes from its latest che
 
 from __future__ import annotations
 
+import sys
+
 from absl import app, flags
 from ml_collections import config_flags
 
+from mdx import config as config_lib
 from mdx.train.run import quiet_library_logs, run  # the flag-free API behind this command line
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment file with get_config().",
-                                          lock_config=True)
+_CONFIG = config_flags.DEFINE_config_file(
+  "config", None, "Experiment file with get_config().", lock_config=True
+)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and the report.")
-_MODE = flags.DEFINE_enum("mode", "train", ["train", "eval", "predict"],
-                          "train (then evaluate and report), eval (report from the best checkpoint), "
-                          "or predict (files in --input -> --output).")
+_MODE = flags.DEFINE_enum(
+  "mode",
+  "train",
+  ["train", "eval", "predict"],
+  "train (then evaluate and report), eval (report from the best checkpoint), "
+  "or predict (files in --input -> --output).",
+)
 _INPUT = flags.DEFINE_string("input", None, "predict: a folder of input files.")
 _OUTPUT = flags.DEFINE_string("output", None, "predict: the folder to write predictions into.")
-_DISTRIBUTED = flags.DEFINE_bool("jax_distributed", False,
-                                 "Call jax.distributed.initialize() (multi-host TPU/GPU).")
+_DISTRIBUTED = flags.DEFINE_bool(
+  "jax_distributed", False, "Call jax.distributed.initialize() (multi-host TPU/GPU)."
+)
 
 
 def main(argv):
   quiet_library_logs()
   if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments {argv[1:]}; overrides look like "
-                         "--config.train.steps=20")
+    raise app.UsageError(
+      f"unexpected arguments {argv[1:]}; overrides look like --config.train.steps=20"
+    )
   if _DISTRIBUTED.value:
     import jax
+
     jax.distributed.initialize()
-  out = run(_CONFIG.value, _WORKDIR.value, _MODE.value, _INPUT.value, _OUTPUT.value)
+  try:  # a config mistake is the user's: one line naming the field, before anything is built
+    config = config_lib.resolve(_CONFIG.value)
+  except ValueError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+  out = run(config, _WORKDIR.value, _MODE.value, _INPUT.value, _OUTPUT.value)
   if out:
     print(f"mdx: {_MODE.value} done; see {out}", flush=True)
 

@@ -12,7 +12,8 @@ import jax
 import numpy as np
 from absl import logging
 from jax.experimental import multihost_utils
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 DATA = "data"
 
@@ -25,13 +26,16 @@ def make_mesh() -> Mesh:
 def check_batch(global_batch: int, mesh: Mesh, what: str = "config.train.batch_size") -> None:
   n = mesh.devices.size
   if global_batch % n:
-    raise ValueError(f"{what}={global_batch} does not divide over {n} devices; choose a multiple of "
-                     f"{n} (e.g. {max(n, global_batch // n * n)})")
+    raise ValueError(
+      f"{what}={global_batch} does not divide over {n} devices; choose a multiple of "
+      f"{n} (e.g. {max(n, global_batch // n * n)})"
+    )
 
 
 @dataclasses.dataclass(frozen=True)
 class BatchGeometry:
   """A global batch and this process's share of it (rows [p * local, (p + 1) * local))."""
+
   global_batch: int
   process_index: int = 0
   process_count: int = 1
@@ -41,7 +45,9 @@ class BatchGeometry:
     return self.global_batch // self.process_count
 
 
-def batch_geometry(global_batch: int, mesh: Mesh, what: str = "config.train.batch_size") -> BatchGeometry:
+def batch_geometry(
+  global_batch: int, mesh: Mesh, what: str = "config.train.batch_size"
+) -> BatchGeometry:
   """The geometry of a global batch on `mesh`, checked to divide over its devices (and processes)."""
   check_batch(global_batch, mesh, what)
   return BatchGeometry(global_batch, jax.process_index(), jax.process_count())
@@ -54,8 +60,10 @@ def replicate(tree, mesh: Mesh):
 def shard_batch(local_batch: dict, mesh: Mesh) -> dict:
   """Process-local numpy batch -> global jax arrays split over the 'data' axis."""
   sharding = NamedSharding(mesh, P(DATA))
-  return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
-          for k, v in local_batch.items()}
+  return {
+    k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
+    for k, v in local_batch.items()
+  }
 
 
 def to_host(tree):
@@ -70,8 +78,11 @@ def enable_compilation_cache(directory: str | None = None) -> None:
   (a DenseNet-121 train step takes tens of seconds to compile on CPU). MDX_COMPILATION_CACHE overrides
   the folder; an empty value turns the cache off."""
   import os
-  directory = os.environ.get("MDX_COMPILATION_CACHE", directory or
-                             os.path.join(os.path.expanduser("~"), ".cache", "mdx", "jax"))
+
+  directory = os.environ.get(
+    "MDX_COMPILATION_CACHE",
+    directory or os.path.join(os.path.expanduser("~"), ".cache", "mdx", "jax"),
+  )
   if not directory:
     return
   jax.config.update("jax_compilation_cache_dir", directory)
@@ -93,10 +104,14 @@ def compiler_options() -> dict:
     return {}
   try:
     jax.jit(lambda x: x.sum(0), compiler_options=CPU_COMPILER_OPTIONS).lower(
-        jax.ShapeDtypeStruct((8, 8), np.float32)).compile()
-  except Exception as e:   # pylint: disable=broad-except  (XLA raises JaxRuntimeError)
-    logging.warning("XLA options %s not applied (%s); CPU steps use XLA's defaults",
-                    CPU_COMPILER_OPTIONS, str(e).splitlines()[0])
+      jax.ShapeDtypeStruct((8, 8), np.float32)
+    ).compile()
+  except Exception as e:  # pylint: disable=broad-except  (XLA raises JaxRuntimeError)
+    logging.warning(
+      "XLA options %s not applied (%s); CPU steps use XLA's defaults",
+      CPU_COMPILER_OPTIONS,
+      str(e).splitlines()[0],
+    )
     return {}
   return dict(CPU_COMPILER_OPTIONS)
 

@@ -11,11 +11,11 @@ import pytest
 MDX = pathlib.Path(__file__).resolve().parents[1] / "mdx"
 # room -> the mdx packages and modules it must not import (directly or through what it imports)
 FORBIDDEN = {
-    "runtime": ("mdx.",),
-    "data": ("mdx.train", "mdx.main", "mdx.config", "mdx.models", "mdx.evaluate", "mdx.inference"),
-    "models": ("mdx.train", "mdx.main", "mdx.config", "mdx.data", "mdx.evaluate", "mdx.inference"),
-    "inference": ("mdx.train", "mdx.main", "mdx.config"),
-    "evaluate": ("mdx.train", "mdx.main", "mdx.config"),
+  "runtime": ("mdx.",),
+  "data": ("mdx.train", "mdx.main", "mdx.config", "mdx.models", "mdx.evaluate", "mdx.inference"),
+  "models": ("mdx.train", "mdx.main", "mdx.config", "mdx.data", "mdx.evaluate", "mdx.inference"),
+  "inference": ("mdx.train", "mdx.main", "mdx.config"),
+  "evaluate": ("mdx.train", "mdx.main", "mdx.config"),
 }
 
 
@@ -35,8 +35,9 @@ def _imported(path: pathlib.Path) -> list[str]:
 
 
 def _bad(name: str, forbidden) -> bool:
-  return any(name == f.rstrip(".") or name.startswith(f if f.endswith(".") else f + ".")
-             for f in forbidden)
+  return any(
+    name == f.rstrip(".") or name.startswith(f if f.endswith(".") else f + ".") for f in forbidden
+  )
 
 
 @pytest.mark.parametrize("room", sorted(FORBIDDEN))
@@ -48,13 +49,15 @@ def test_no_upward_import_statement(room):
 
 def test_no_upward_import_at_run_time():
   """Importing every module of the lower rooms loads nothing of train (nor main)."""
-  code = ("import sys, pkgutil, importlib\n"
-          "import mdx.runtime\n"
-          "for room in ('data', 'models', 'inference', 'evaluate'):\n"
-          "  pkg = importlib.import_module('mdx.' + room)\n"
-          "  for m in pkgutil.walk_packages(pkg.__path__, 'mdx.' + room + '.'):\n"
-          "    if not m.name.endswith('__main__'): importlib.import_module(m.name)\n"
-          "print(sorted(k for k in sys.modules if k.startswith(('mdx.train', 'mdx.main'))))")
+  code = (
+    "import sys, pkgutil, importlib\n"
+    "import mdx.runtime\n"
+    "for room in ('data', 'models', 'inference', 'evaluate'):\n"
+    "  pkg = importlib.import_module('mdx.' + room)\n"
+    "  for m in pkgutil.walk_packages(pkg.__path__, 'mdx.' + room + '.'):\n"
+    "    if not m.name.endswith('__main__'): importlib.import_module(m.name)\n"
+    "print(sorted(k for k in sys.modules if k.startswith(('mdx.train', 'mdx.main'))))"
+  )
   out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
   assert out.stdout.strip() == "[]", out.stdout
 

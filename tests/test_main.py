@@ -14,8 +14,14 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def run_main(*args):
-  return subprocess.run([sys.executable, "-m", "mdx.main", *args], cwd=ROOT, capture_output=True,
-                        text=True, timeout=600, env=dict(os.environ, JAX_PLATFORMS="cpu"))
+  return subprocess.run(
+    [sys.executable, "-m", "mdx.main", *args],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=600,
+    env=dict(os.environ, JAX_PLATFORMS="cpu"),
+  )
 
 
 def test_unknown_config_field_in_an_experiment_file_names_it():
@@ -30,14 +36,17 @@ def test_unknown_top_level_field():
 
 
 def test_resolve_keeps_defaults_and_applies_changes():
-  c = config_lib.resolve(ml_collections.ConfigDict({"train": {"steps": 7}, "data": {"image_size": 32}}))
+  c = config_lib.resolve(
+    ml_collections.ConfigDict({"train": {"steps": 7}, "data": {"image_size": 32}})
+  )
   assert c.train.steps == 7 and c.train.batch_size == 32  # merged, not replaced
   assert c.data.image_size == 32 and c.data.source == "phantoms"
 
 
 def test_unknown_override_flag_is_rejected(tmp_path):
-  proc = run_main("--config=experiments/tiny_phantoms.py", f"--workdir={tmp_path}",
-                  "--config.train.stpes=3")
+  proc = run_main(
+    "--config=experiments/tiny_phantoms.py", f"--workdir={tmp_path}", "--config.train.stpes=3"
+  )
   assert proc.returncode != 0
   assert "stpes" in proc.stderr
 
@@ -53,8 +62,12 @@ def test_workdir_that_is_a_file(tmp_path):
 
 def test_train_then_eval_writes_config_report_and_tensorboard(tmp_path):
   work = tmp_path / "run"
-  proc = run_main("--config=experiments/tiny_phantoms.py", f"--workdir={work}",
-                  "--config.train.steps=4", "--config.train.checkpoint_every=2")
+  proc = run_main(
+    "--config=experiments/tiny_phantoms.py",
+    f"--workdir={work}",
+    "--config.train.steps=4",
+    "--config.train.checkpoint_every=2",
+  )
   assert proc.returncode == 0, proc.stderr[-4000:]
   assert "see " in proc.stdout
   resolved = (work / "config.json").read_text()
@@ -85,19 +98,30 @@ def test_unknown_data_field_for_the_chosen_source_names_it():
 
 
 # ------------------------------------------------------------------------------ a closed config
-@pytest.mark.parametrize("section, field, close", [
-    ("data", "imag_size", "image_size"), ("model", "nmae", "name"), ("loss", "nmae", "name"),
-    ("train", "stpes", "steps"), ("eval", "bootstrp", "bootstrap"),
-    ("data.split", "tset", "test"), ("eval.gradcam", "layr", "layer"),
-    ("data.resample", "ratoi", "ratio")])
+@pytest.mark.parametrize(
+  "section, field, close",
+  [
+    ("data", "imag_size", "image_size"),
+    ("model", "nmae", "name"),
+    ("loss", "nmae", "name"),
+    ("train", "stpes", "steps"),
+    ("eval", "bootstrp", "bootstrap"),
+    ("data.split", "tset", "test"),
+    ("eval.gradcam", "layr", "layer"),
+    ("data.resample", "ratoi", "ratio"),
+  ],
+)
 def test_a_typo_in_any_section_names_the_field(section, field, close):
   c = config_lib.defaults()
   node = c
   for part in section.split("."):
     node = node[part]
   node[field] = 1
-  with pytest.raises(ValueError, match=rf"unknown config field '{section}.{field}'.*"
-                                       rf"Did you mean '{section}.{close}'"):
+  with pytest.raises(
+    ValueError,
+    match=rf"unknown config field '{section}.{field}'.*"
+    rf"Did you mean '{section}.{close}'",
+  ):
     config_lib.resolve(c)
 
 
@@ -137,7 +161,9 @@ def test_segmentation_defaults_are_its_own():
   assert "patch_size" not in config_lib.defaults().data and "gradcam" in config_lib.defaults().eval
 
 
-@pytest.mark.parametrize("field, value, message", [
+@pytest.mark.parametrize(
+  "field, value, message",
+  [
     ("train.batch_size", 0, r"config.train.batch_size=0: must be a whole number >= 1"),
     ("train.steps", -3, r"config.train.steps=-3: must be a whole number >= 1"),
     ("train.lr", -1.0, r"config.train.lr=-1.0: must be a number > 0"),
@@ -147,7 +173,9 @@ def test_segmentation_defaults_are_its_own():
     ("data.split.test", 1.5, r"config.data.split.test=1.5"),
     ("eval.split", "tset", r"config.eval.split='tset' is unknown"),
     ("loss.name", "focal", r"config.loss.name='focal' is unknown"),
-    ("eval.threshold", "yuoden", r"yuoden")])
+    ("eval.threshold", "yuoden", r"yuoden"),
+  ],
+)
 def test_impossible_values_are_one_line_errors_before_anything_is_built(field, value, message):
   c = config_lib.defaults()
   *path, leaf = field.split(".")
@@ -174,11 +202,15 @@ def test_impossible_segmentation_values():
 
 
 def test_config_errors_on_the_command_line_stop_before_training(tmp_path):
-  proc = run_main("--config=experiments/tiny_phantoms.py", f"--workdir={tmp_path}/w",
-                  "--config.train.batch_size=0")
+  proc = run_main(
+    "--config=experiments/tiny_phantoms.py",
+    f"--workdir={tmp_path}/w",
+    "--config.train.batch_size=0",
+  )
   assert proc.returncode != 0
   assert "config.train.batch_size=0: must be a whole number >= 1" in proc.stderr
   assert not os.path.exists(tmp_path / "w" / "checkpoints")
-  proc = run_main("--config=experiments/tiny_phantoms.py", f"--workdir={tmp_path}/w",
-                  "--config.eval.bootstrp=5")
+  proc = run_main(
+    "--config=experiments/tiny_phantoms.py", f"--workdir={tmp_path}/w", "--config.eval.bootstrp=5"
+  )
   assert proc.returncode != 0 and "bootstrp" in proc.stderr

@@ -13,7 +13,8 @@ import importlib.util
 import os
 
 _spec = importlib.util.spec_from_file_location(
-    "finetune_phantoms", os.path.join(os.path.dirname(__file__), "..", "finetune_phantoms.py"))
+  "finetune_phantoms", os.path.join(os.path.dirname(__file__), "..", "finetune_phantoms.py")
+)
 _base = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(_base)
 
@@ -24,8 +25,8 @@ def get_config():
 
 def get_sweep():
   return {
-      "from_scratch": {"model.init_from": "", "model.freeze": "none", "train.lr": 1e-3},
-      "finetune_all": {"model.freeze": "none"},
-      "finetune_last_block": {"model.freeze": "from:block4"},
-      "head_only": {"model.freeze": "head", "train.lr": 1e-3},
+    "from_scratch": {"model.init_from": "", "model.freeze": "none", "train.lr": 1e-3},
+    "finetune_all": {"model.freeze": "none"},
+    "finetune_last_block": {"model.freeze": "from:block4"},
+    "head_only": {"model.freeze": "head", "train.lr": 1e-3},
   }

@@ -10,7 +10,8 @@ import importlib.util
 import os
 
 _spec = importlib.util.spec_from_file_location(
-    "brain_phantoms_unet3d", os.path.join(os.path.dirname(__file__), "..", "brain_phantoms_unet3d.py"))
+  "brain_phantoms_unet3d", os.path.join(os.path.dirname(__file__), "..", "brain_phantoms_unet3d.py")
+)
 _base = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(_base)
 

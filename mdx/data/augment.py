@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Sequence
 from typing import Any
 
 import grain
@@ -29,14 +28,20 @@ from scipy import ndimage
 def _image_of(record: dict[str, Any]) -> np.ndarray:
   image = record["image"]
   if not isinstance(image, np.ndarray) or image.ndim != 3:
-    raise ValueError(f"augmentation expects record['image'] as a float array [H, W, C]; got "
-                     f"{type(image).__name__} with shape {getattr(image, 'shape', None)} "
-                     f"(image_id={record.get('image_id')!r}); convert and resize before augmenting")
+    raise ValueError(
+      f"augmentation expects record['image'] as a float array [H, W, C]; got "
+      f"{type(image).__name__} with shape {getattr(image, 'shape', None)} "
+      f"(image_id={record.get('image_id')!r}); convert and resize before augmenting"
+    )
   return image
 
 
-def affine_matrix(shape: tuple[int, int], rotation_deg: float = 0.0, scale: float = 1.0,
-                  translate: tuple[float, float] = (0.0, 0.0)) -> tuple[np.ndarray, np.ndarray]:
+def affine_matrix(
+  shape: tuple[int, int],
+  rotation_deg: float = 0.0,
+  scale: float = 1.0,
+  translate: tuple[float, float] = (0.0, 0.0),
+) -> tuple[np.ndarray, np.ndarray]:
   """(matrix, offset) for ndimage.affine_transform: rotate and zoom about the centre, then shift.
 
   Forward map (input pixel i -> output pixel o): o = scale * R (i - c) + c + t, with c the image
@@ -51,13 +56,26 @@ def affine_matrix(shape: tuple[int, int], rotation_deg: float = 0.0, scale: floa
   return matrix, offset
 
 
-def warp(image: np.ndarray, matrix: np.ndarray, offset: np.ndarray, mode: str = "constant",
-         cval: float = 0.0) -> np.ndarray:
+def warp(
+  image: np.ndarray,
+  matrix: np.ndarray,
+  offset: np.ndarray,
+  mode: str = "constant",
+  cval: float = 0.0,
+) -> np.ndarray:
   """Applies one 2D affine map to every channel of an [H, W, C] image (bilinear)."""
   out = np.empty_like(image)
   for c in range(image.shape[-1]):
-    ndimage.affine_transform(image[..., c], matrix, offset=offset, output=out[..., c], order=1,
-                             mode=mode, cval=cval, prefilter=False)
+    ndimage.affine_transform(
+      image[..., c],
+      matrix,
+      offset=offset,
+      output=out[..., c],
+      order=1,
+      mode=mode,
+      cval=cval,
+      prefilter=False,
+    )
   return out
 
 
@@ -73,6 +91,7 @@ class RandomGeometry(grain.transforms.RandomMap):
     (square images only).
   mode / cval: how pixels outside the image are filled (scipy.ndimage modes).
   """
+
   rotation_deg: float = 0.0
   zoom: tuple[float, float] = (1.0, 1.0)
   translate: float = 0.0
@@ -94,8 +113,11 @@ class RandomGeometry(grain.transforms.RandomMap):
       image = np.rot90(image, int(rng.integers(4)))
     angle = rng.uniform(-self.rotation_deg, self.rotation_deg) if self.rotation_deg else 0.0
     scale = rng.uniform(*self.zoom) if self.zoom[0] != self.zoom[1] else float(self.zoom[0])
-    shift = (rng.uniform(-self.translate, self.translate, size=2) * np.asarray(image.shape[:2])
-             if self.translate else np.zeros(2))
+    shift = (
+      rng.uniform(-self.translate, self.translate, size=2) * np.asarray(image.shape[:2])
+      if self.translate
+      else np.zeros(2)
+    )
     if angle != 0.0 or scale != 1.0 or np.any(shift != 0.0):
       matrix, offset = affine_matrix(image.shape[:2], angle, scale, tuple(shift))
       image = warp(np.ascontiguousarray(image), matrix, offset, self.mode, self.cval)
@@ -109,6 +131,7 @@ class RandomIntensity(grain.transforms.RandomMap):
   Models differences in exposure, detector and windowing between sites; the anatomy and hence the
   label stay the same.
   """
+
   brightness: float = 0.0
   contrast: tuple[float, float] = (1.0, 1.0)
 
@@ -128,6 +151,7 @@ class RandomColour(grain.transforms.RandomMap):
   Models camera, lighting and white-balance differences between dermatoscopes and fundus cameras;
   gray (1-channel) images pass through unchanged.
   """
+
   saturation: tuple[float, float] = (1.0, 1.0)
   channel_gain: float = 0.0
 
@@ -156,14 +180,17 @@ class RandomStain(grain.transforms.RandomMap):
   tissue. The image is converted to optical density, unmixed into stain concentrations, jittered,
   and mixed back.
   """
+
   sigma: float = 0.05
   bias: float = 0.05
 
   def random_map(self, record: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
     image = _image_of(record)
     if image.shape[-1] != 3:
-      raise ValueError(f"stain jitter needs RGB images; got {image.shape[-1]} channels "
-                       f"(image_id={record.get('image_id')!r})")
+      raise ValueError(
+        f"stain jitter needs RGB images; got {image.shape[-1]} channels "
+        f"(image_id={record.get('image_id')!r})"
+      )
     alpha = rng.uniform(1 - self.sigma, 1 + self.sigma, size=3)
     beta = rng.uniform(-self.bias, self.bias, size=3)
     return {**record, "image": stain_mix(image, alpha, beta)}
@@ -187,8 +214,10 @@ def chest_xray(image_size: int) -> list:
   the gastric bubble are lateralised too. No vertical flip either (anatomy is never upside down).
   """
   del image_size  # the parameters are relative to the size.
-  return [RandomGeometry(rotation_deg=10.0, zoom=(0.9, 1.1), translate=0.06, mode="constant"),
-          RandomIntensity(brightness=0.1, contrast=(0.8, 1.2))]
+  return [
+    RandomGeometry(rotation_deg=10.0, zoom=(0.9, 1.1), translate=0.06, mode="constant"),
+    RandomIntensity(brightness=0.1, contrast=(0.8, 1.2)),
+  ]
 
 
 def dermatology(image_size: int) -> list:
@@ -199,10 +228,19 @@ def dermatology(image_size: int) -> list:
   varies with camera and lighting. Reflect padding keeps skin at the corners after rotation.
   """
   del image_size
-  return [RandomGeometry(rotation_deg=180.0, zoom=(1.0, 1.2), translate=0.05, flip_lr=True,
-                         flip_ud=True, rot90=True, mode="reflect"),
-          RandomColour(saturation=(0.8, 1.2), channel_gain=0.05),
-          RandomIntensity(brightness=0.1, contrast=(0.8, 1.2))]
+  return [
+    RandomGeometry(
+      rotation_deg=180.0,
+      zoom=(1.0, 1.2),
+      translate=0.05,
+      flip_lr=True,
+      flip_ud=True,
+      rot90=True,
+      mode="reflect",
+    ),
+    RandomColour(saturation=(0.8, 1.2), channel_gain=0.05),
+    RandomIntensity(brightness=0.1, contrast=(0.8, 1.2)),
+  ]
 
 
 def fundus(image_size: int) -> list:
@@ -213,9 +251,12 @@ def fundus(image_size: int) -> list:
   left-looking one, which does not change the grade. Black padding matches the black surround.
   """
   del image_size
-  return [RandomGeometry(rotation_deg=180.0, zoom=(0.95, 1.1), flip_lr=True, flip_ud=True,
-                         mode="constant"),
-          RandomIntensity(brightness=0.05, contrast=(0.9, 1.1))]
+  return [
+    RandomGeometry(
+      rotation_deg=180.0, zoom=(0.95, 1.1), flip_lr=True, flip_ud=True, mode="constant"
+    ),
+    RandomIntensity(brightness=0.05, contrast=(0.9, 1.1)),
+  ]
 
 
 def histopathology(image_size: int) -> list:
@@ -226,13 +267,20 @@ def histopathology(image_size: int) -> list:
   centre region, translation stays within the zoom margin).
   """
   del image_size
-  return [RandomStain(sigma=0.05, bias=0.05),
-          RandomGeometry(zoom=(1.0, 1.25), translate=0.1, flip_lr=True, flip_ud=True, rot90=True,
-                         mode="reflect")]
+  return [
+    RandomStain(sigma=0.05, bias=0.05),
+    RandomGeometry(
+      zoom=(1.0, 1.25), translate=0.1, flip_lr=True, flip_ud=True, rot90=True, mode="reflect"
+    ),
+  ]
 
 
-PRESETS = {"chest_xray": chest_xray, "dermatology": dermatology, "fundus": fundus,
-           "histopathology": histopathology}
+PRESETS = {
+  "chest_xray": chest_xray,
+  "dermatology": dermatology,
+  "fundus": fundus,
+  "histopathology": histopathology,
+}
 
 
 def make(name: str | None, image_size: int) -> list:
@@ -240,6 +288,7 @@ def make(name: str | None, image_size: int) -> list:
   if name is None or name == "none":
     return []
   if name not in PRESETS:
-    raise ValueError(f"config.data.augment={name!r} is unknown; choose one of "
-                     f"{sorted(PRESETS)} or 'none'")
+    raise ValueError(
+      f"config.data.augment={name!r} is unknown; choose one of {sorted(PRESETS)} or 'none'"
+    )
   return PRESETS[name](image_size)

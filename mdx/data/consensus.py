@@ -25,7 +25,9 @@ def majority_vote(reads: np.ndarray, tie: str = "unknown") -> np.ndarray:
   """
   reads = np.asarray(reads, np.float64)
   if reads.ndim not in (2, 3):
-    raise ValueError(f"reads must be [N, readers] or [N, readers, classes]; got shape {reads.shape}")
+    raise ValueError(
+      f"reads must be [N, readers] or [N, readers, classes]; got shape {reads.shape}"
+    )
   known = ~np.isnan(reads)
   if np.any((reads[known] != 0) & (reads[known] != 1)):
     raise ValueError("reads must be 0, 1 or nan (binary reads per reader)")
@@ -78,12 +80,14 @@ def fleiss_kappa(counts: np.ndarray) -> float:
   counts = np.asarray(counts, np.float64)
   n = counts.sum(1)
   if counts.ndim != 2 or np.any(n != n[0]) or n[0] < 2:
-    raise ValueError("fleiss_kappa needs counts [N, categories] with the same number (>= 2) of "
-                     "readers for every image")
+    raise ValueError(
+      "fleiss_kappa needs counts [N, categories] with the same number (>= 2) of "
+      "readers for every image"
+    )
   n = n[0]
   p_j = counts.sum(0) / counts.sum()
   p_i = ((counts * (counts - 1)).sum(1)) / (n * (n - 1))
-  p_bar, p_e = p_i.mean(), float((p_j ** 2).sum())
+  p_bar, p_e = p_i.mean(), float((p_j**2).sum())
   if p_e == 1.0:
     return 1.0
   return float((p_bar - p_e) / (1.0 - p_e))

@@ -27,6 +27,7 @@ from typing import Any
 import grain
 import numpy as np
 
+
 def _add_transforms(ds, transforms: Sequence[Any]):
   for t in transforms:
     if isinstance(t, grain.transforms.RandomMap):
@@ -49,8 +50,9 @@ class EpochStream:
     first = np.asarray(epoch_fn(0), np.int64)
     self.epoch_len = len(first)
     if self.epoch_len == 0:
-      raise ValueError("the training split is empty after resampling; check the split and the "
-                       "resample policy")
+      raise ValueError(
+        "the training split is empty after resampling; check the split and the resample policy"
+      )
     self._cache: dict[int, np.ndarray] = {0: first}
     self.num_epochs = math.ceil(positions / self.epoch_len) + 1
 
@@ -60,8 +62,10 @@ class EpochStream:
         self._cache.clear()
       indices = np.asarray(self._epoch_fn(e), np.int64)
       if len(indices) != self.epoch_len:
-        raise ValueError(f"epoch {e} has {len(indices)} records but epoch 0 had {self.epoch_len}; "
-                         "a resample policy must give epochs of equal length")
+        raise ValueError(
+          f"epoch {e} has {len(indices)} records but epoch 0 had {self.epoch_len}; "
+          "a resample policy must give epochs of equal length"
+        )
       self._cache[e] = indices
     return self._cache[e]
 
@@ -79,6 +83,7 @@ class EpochStream:
 @dataclasses.dataclass(frozen=True)
 class ShuffledEpochs:
   """Epoch e = a permutation of `indices` drawn from (seed, e)."""
+
   indices: np.ndarray
   seed: int
 
@@ -89,6 +94,7 @@ class ShuffledEpochs:
 @dataclasses.dataclass(frozen=True)
 class ResampledEpochs:
   """Epoch e = indices[resampled_indices(labels[indices], policy, seed, e)] (see mdx.data.resample)."""
+
   indices: np.ndarray
   labels: np.ndarray
   policy: dict
@@ -97,14 +103,20 @@ class ResampledEpochs:
 
   def __call__(self, epoch: int) -> np.ndarray:
     from mdx.data import resample
-    picked = resample.resampled_indices(self.labels[self.indices], self.policy, self.seed, epoch,
-                                        findings=self.findings)
+
+    picked = resample.resampled_indices(
+      self.labels[self.indices], self.policy, self.seed, epoch, findings=self.findings
+    )
     return self.indices[np.asarray(picked, np.int64)]
 
 
-def epochs(indices: np.ndarray, seed: int, resample_policy: dict | None = None,
-           labels: np.ndarray | None = None,
-           findings: tuple[str, ...] | None = None) -> Callable[[int], np.ndarray]:
+def epochs(
+  indices: np.ndarray,
+  seed: int,
+  resample_policy: dict | None = None,
+  labels: np.ndarray | None = None,
+  findings: tuple[str, ...] | None = None,
+) -> Callable[[int], np.ndarray]:
   """The epoch function of a training split: shuffled, or resampled by `resample_policy` (which
   needs the source's labels [N, C])."""
   indices = np.asarray(indices, np.int64)
@@ -113,10 +125,19 @@ def epochs(indices: np.ndarray, seed: int, resample_policy: dict | None = None,
   return ShuffledEpochs(indices, seed)
 
 
-def train_dataset(load: Callable[[int], dict], epoch_fn: Callable[[int], np.ndarray], *,
-                  batch_size: int, steps: int, transforms: Sequence[Any] = (), seed: int = 0,
-                  process_index: int = 0, process_count: int = 1, workers: int = 0,
-                  prefetch: int = 2) -> grain.IterDataset:
+def train_dataset(
+  load: Callable[[int], dict],
+  epoch_fn: Callable[[int], np.ndarray],
+  *,
+  batch_size: int,
+  steps: int,
+  transforms: Sequence[Any] = (),
+  seed: int = 0,
+  process_index: int = 0,
+  process_count: int = 1,
+  workers: int = 0,
+  prefetch: int = 2,
+) -> grain.IterDataset:
   """Per-process batches of the training stream. batch_size is the GLOBAL batch.
 
   load: record index -> dict (picklable: it runs in worker processes); transforms: grain Maps and
@@ -128,12 +149,14 @@ def train_dataset(load: Callable[[int], dict], epoch_fn: Callable[[int], np.ndar
   # The seed comes first: grain derives each random map's per-element rng from it and the position.
   ds = grain.MapDataset.source(stream).seed(seed)[process_index::process_count].map(load)
   ds = _add_transforms(ds, transforms).batch(batch_size // process_count, drop_remainder=True)
-  it = ds.to_iter_dataset(grain.ReadOptions(num_threads=1 if workers else 2,
-                                            prefetch_buffer_size=prefetch))
+  it = ds.to_iter_dataset(
+    grain.ReadOptions(num_threads=1 if workers else 2, prefetch_buffer_size=prefetch)
+  )
   if workers:
-    it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers,
-                                                     per_worker_buffer_size=prefetch),
-                        worker_init_fn=exit_with_parent)
+    it = it.mp_prefetch(
+      grain.MultiprocessingOptions(num_workers=workers, per_worker_buffer_size=prefetch),
+      worker_init_fn=exit_with_parent,
+    )
   return it
 
 
@@ -168,6 +191,7 @@ def eval_positions(num_records: int, global_batch: int) -> tuple[np.ndarray, np.
 @dataclasses.dataclass(frozen=True)
 class LoadEvalRecord:
   """`load` for a (record index, valid) pair: padded rows get mask 0."""
+
   load: Callable[[int], dict]
 
   def __call__(self, item) -> dict:
@@ -177,9 +201,15 @@ class LoadEvalRecord:
     return record
 
 
-def eval_dataset(load: Callable[[int], dict], indices: np.ndarray, *, batch_size: int,
-                 transforms: Sequence[Any] = (), process_index: int = 0,
-                 process_count: int = 1) -> grain.IterDataset:
+def eval_dataset(
+  load: Callable[[int], dict],
+  indices: np.ndarray,
+  *,
+  batch_size: int,
+  transforms: Sequence[Any] = (),
+  process_index: int = 0,
+  process_count: int = 1,
+) -> grain.IterDataset:
   """Every record of `indices` once, in order, in per-process shares of padded global batches."""
   indices = np.asarray(indices, np.int64)
   if len(indices) == 0:

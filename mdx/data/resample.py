@@ -41,8 +41,9 @@ def _columns(policy: Mapping[str, Any], num: int, findings: Sequence[str] | None
   return out
 
 
-def repeat_factors(labels: np.ndarray, policy: Mapping[str, Any],
-                   findings: Sequence[str] | None = None) -> np.ndarray:
+def repeat_factors(
+  labels: np.ndarray, policy: Mapping[str, Any], findings: Sequence[str] | None = None
+) -> np.ndarray:
   """Expected number of visits per record in one epoch (float [N])."""
   labels = np.asarray(labels, np.float64)
   if labels.ndim == 1:
@@ -63,11 +64,18 @@ def repeat_factors(labels: np.ndarray, policy: Mapping[str, Any],
     n_any, n_none = int(any_pos.sum()), int((~any_pos).sum())
     keep = min(1.0, n_any / (ratio * n_none)) if n_none else 1.0
     return np.where(any_pos, 1.0, keep)
-  raise ValueError(f"config.data.resample.mode={mode!r} is unknown; choose 'oversample' or 'undersample'")
+  raise ValueError(
+    f"config.data.resample.mode={mode!r} is unknown; choose 'oversample' or 'undersample'"
+  )
 
 
-def resampled_indices(labels: np.ndarray, policy: Mapping[str, Any], seed: int, epoch: int,
-                      findings: Sequence[str] | None = None) -> np.ndarray:
+def resampled_indices(
+  labels: np.ndarray,
+  policy: Mapping[str, Any],
+  seed: int,
+  epoch: int,
+  findings: Sequence[str] | None = None,
+) -> np.ndarray:
   """Shuffled int64 record indices for one epoch (repeats allowed), decided by (seed, epoch).
 
   Every epoch has the same length, round(sum of repeat factors): each record is visited
@@ -88,8 +96,12 @@ def resampled_indices(labels: np.ndarray, policy: Mapping[str, Any], seed: int, 
   return rng.permutation(out)
 
 
-def class_balance(labels: np.ndarray, indices: np.ndarray | None = None,
-                  findings: Sequence[str] | None = None, log: bool = True) -> dict[str, float]:
+def class_balance(
+  labels: np.ndarray,
+  indices: np.ndarray | None = None,
+  findings: Sequence[str] | None = None,
+  log: bool = True,
+) -> dict[str, float]:
   """Share of positives per finding among the visited records (what the model actually sees)."""
   labels = np.asarray(labels, np.float64)
   if labels.ndim == 1:

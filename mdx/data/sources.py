@@ -49,10 +49,10 @@ class VolumeSource(Protocol):
 
 @dataclasses.dataclass(frozen=True)
 class SourceSpec:
-  kind: str                                   # IMAGE or VOLUME
-  build: Callable[[Any, int], Any]            # (config.data, seed) -> source
-  fields: tuple[str, ...]                     # the config.data fields it reads
-  preparable: bool = False                    # reads TFDS ArrayRecords when data.prepared_dir is set
+  kind: str  # IMAGE or VOLUME
+  build: Callable[[Any, int], Any]  # (config.data, seed) -> source
+  fields: tuple[str, ...]  # the config.data fields it reads
+  preparable: bool = False  # reads TFDS ArrayRecords when data.prepared_dir is set
 
 
 def _get(data, key, default=None):
@@ -62,59 +62,99 @@ def _get(data, key, default=None):
 
 def _phantoms(data, seed: int):
   from mdx.data.cxr import phantoms
+
   extra = {}
   for key in ("findings", "prevalence", "studies_per_patient"):
     value = _get(data, key)
     if value:
       extra[key] = dict(value) if key == "prevalence" else tuple(value)
-  return phantoms.ChestXrayPhantoms(num_patients=_get(data, "num_patients", 600),
-                                    image_size=data.image_size, seed=seed, **extra)
+  return phantoms.ChestXrayPhantoms(
+    num_patients=_get(data, "num_patients", 600), image_size=data.image_size, seed=seed, **extra
+  )
 
 
 def _from_module(module: str) -> Callable[[Any, int], Any]:
   def build(data, seed: int):
     import importlib
+
     return importlib.import_module(module).make_source(data, seed)
+
   return build
 
 
 def _msd(data, seed: int):
   del seed
   from mdx.data.volume import msd
+
   names = tuple(_get(data, "class_names", ())) or None
-  return msd.MSDSource(_get(data, "root", ""), class_names=names, cache=bool(_get(data, "cache", False)))
+  return msd.MSDSource(
+    _get(data, "root", ""), class_names=names, cache=bool(_get(data, "cache", False))
+  )
 
 
 def _brats(data, seed: int):
   del seed
   from mdx.data.volume import brats
+
   return brats.BraTSSource(_get(data, "root", ""), label_mode=_get(data, "label_mode", "regions"))
 
 
 def _brain_phantoms(data, seed: int):
   from mdx.data.volume import brain_phantoms
-  return brain_phantoms.BrainPhantoms(int(_get(data, "num_cases", 32)),
-                                      tuple(_get(data, "shape", (48, 48, 48))), seed=seed,
-                                      label_mode=_get(data, "label_mode", "regions"))
+
+  return brain_phantoms.BrainPhantoms(
+    int(_get(data, "num_cases", 32)),
+    tuple(_get(data, "shape", (48, 48, 48))),
+    seed=seed,
+    label_mode=_get(data, "label_mode", "regions"),
+  )
 
 
 # The config.data fields of each real source are documented in its module (mdx/data/cxr/nih.py, ...).
-_FILE_FIELDS = ("metadata", "images", "findings", "channels", "on_error", "prepared_dir", "bit_depth")
+_FILE_FIELDS = (
+  "metadata",
+  "images",
+  "findings",
+  "channels",
+  "on_error",
+  "prepared_dir",
+  "bit_depth",
+)
 SOURCES: dict[str, SourceSpec] = {
-    "phantoms": SourceSpec(IMAGE, _phantoms,
-                           ("num_patients", "findings", "prevalence", "studies_per_patient")),
-    "nih": SourceSpec(IMAGE, _from_module("mdx.data.cxr.nih"), _FILE_FIELDS + ("view_positions",),
-                      preparable=True),
-    "chexpert": SourceSpec(IMAGE, _from_module("mdx.data.cxr.chexpert"),
-                           _FILE_FIELDS + ("uncertain", "blank", "frontal_only"), preparable=True),
-    "folders": SourceSpec(IMAGE, _from_module("mdx.data.cxr.folders"),
-                          ("root", "classes", "extensions", "negative_class", "patient_regex",
-                           "channels", "on_error", "prepared_dir", "bit_depth"), preparable=True),
-    "nih_expert": SourceSpec(IMAGE, _from_module("mdx.data.cxr.nih_expert"), _FILE_FIELDS + ("set",),
-                             preparable=True),
-    "msd": SourceSpec(VOLUME, _msd, ("root", "class_names", "cache")),
-    "brats": SourceSpec(VOLUME, _brats, ("root", "label_mode")),
-    "brain_phantoms": SourceSpec(VOLUME, _brain_phantoms, ("num_cases", "shape", "label_mode")),
+  "phantoms": SourceSpec(
+    IMAGE, _phantoms, ("num_patients", "findings", "prevalence", "studies_per_patient")
+  ),
+  "nih": SourceSpec(
+    IMAGE, _from_module("mdx.data.cxr.nih"), _FILE_FIELDS + ("view_positions",), preparable=True
+  ),
+  "chexpert": SourceSpec(
+    IMAGE,
+    _from_module("mdx.data.cxr.chexpert"),
+    _FILE_FIELDS + ("uncertain", "blank", "frontal_only"),
+    preparable=True,
+  ),
+  "folders": SourceSpec(
+    IMAGE,
+    _from_module("mdx.data.cxr.folders"),
+    (
+      "root",
+      "classes",
+      "extensions",
+      "negative_class",
+      "patient_regex",
+      "channels",
+      "on_error",
+      "prepared_dir",
+      "bit_depth",
+    ),
+    preparable=True,
+  ),
+  "nih_expert": SourceSpec(
+    IMAGE, _from_module("mdx.data.cxr.nih_expert"), _FILE_FIELDS + ("set",), preparable=True
+  ),
+  "msd": SourceSpec(VOLUME, _msd, ("root", "class_names", "cache")),
+  "brats": SourceSpec(VOLUME, _brats, ("root", "label_mode")),
+  "brain_phantoms": SourceSpec(VOLUME, _brain_phantoms, ("num_cases", "shape", "label_mode")),
 }
 
 
@@ -132,5 +172,6 @@ def make_source(data_config, seed: int, kind: str | None = None):
   entry = spec(data_config.source, kind)
   if entry.preparable and _get(data_config, "prepared_dir"):
     from mdx.data.cxr import tfds_builders
+
     return tfds_builders.load_prepared(data_config, seed)
   return entry.build(data_config, seed)

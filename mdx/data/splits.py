@@ -9,9 +9,9 @@ import numpy as np
 
 
 def patient_split(
-    patient_ids: Sequence[str] | np.ndarray,
-    fractions: Mapping[str, float],
-    seed: int,
+  patient_ids: Sequence[str] | np.ndarray,
+  fractions: Mapping[str, float],
+  seed: int,
 ) -> dict[str, np.ndarray]:
   """Splits record indices into named sets by patient.
 
@@ -27,22 +27,26 @@ def patient_split(
   pids = np.asarray(patient_ids).astype(str)
   total = float(sum(fractions.values()))
   if not 0.0 <= total < 1.0 or any(f < 0 for f in fractions.values()):
-    raise ValueError(f"split fractions {dict(fractions)} must be >= 0 and sum to < 1 "
-                     "(the rest of the patients go to 'train')")
+    raise ValueError(
+      f"split fractions {dict(fractions)} must be >= 0 and sum to < 1 "
+      "(the rest of the patients go to 'train')"
+    )
   unique = np.unique(pids)
   order = np.random.default_rng(seed).permutation(len(unique))
   assignment = np.full(len(unique), "train", dtype=object)
   start = 0
   for name, frac in fractions.items():
     n = int(round(frac * len(unique)))
-    assignment[order[start:start + n]] = name
+    assignment[order[start : start + n]] = name
     start += n
   set_of_record = assignment[np.searchsorted(unique, pids)]
   out = {name: np.flatnonzero(set_of_record == name) for name in ["train", *fractions]}
   for name, idx in out.items():
     if len(idx) == 0:
-      raise ValueError(f"split '{name}' is empty: {len(unique)} patients are too few for "
-                       f"fractions {dict(fractions)}; use more data or larger fractions")
+      raise ValueError(
+        f"split '{name}' is empty: {len(unique)} patients are too few for "
+        f"fractions {dict(fractions)}; use more data or larger fractions"
+      )
   return out
 
 
@@ -60,16 +64,20 @@ def positives_any(labels: np.ndarray, finding_index: Sequence[int] | None = None
     labels = labels[:, None]
   if finding_index is not None:
     labels = labels[:, list(finding_index)]
-  return np.nan_to_num(labels, nan=0.0).max(axis=1) > 0.5 if labels.shape[1] else np.zeros(len(labels), bool)
+  return (
+    np.nan_to_num(labels, nan=0.0).max(axis=1) > 0.5
+    if labels.shape[1]
+    else np.zeros(len(labels), bool)
+  )
 
 
 def test_first_split(
-    patient_ids: Sequence[str] | np.ndarray,
-    positive: np.ndarray,
-    test_size: float,
-    val_size: float,
-    min_positive_share: float,
-    seed: int,
+  patient_ids: Sequence[str] | np.ndarray,
+  positive: np.ndarray,
+  test_size: float,
+  val_size: float,
+  min_positive_share: float,
+  seed: int,
 ) -> dict[str, np.ndarray]:
   """The course's sampling order: test first, then validation, the rest of the patients to train.
 
@@ -100,8 +108,10 @@ def test_first_split(
   # lowers the set's share; follow-up films of a positive patient are often negative), each group
   # in the seeded random order.
   rich = n_pos >= min_positive_share * n_img
-  pos_queue = collections.deque([p for p in order if n_pos[p] > 0 and rich[p]] +
-                                [p for p in order if n_pos[p] > 0 and not rich[p]])
+  pos_queue = collections.deque(
+    [p for p in order if n_pos[p] > 0 and rich[p]]
+    + [p for p in order if n_pos[p] > 0 and not rich[p]]
+  )
   neg_queue = collections.deque(p for p in order if n_pos[p] == 0)
   taken = np.zeros(len(unique), bool)
   assignment = np.full(len(unique), "train", dtype=object)
@@ -121,10 +131,11 @@ def test_first_split(
           other.popleft()
         if want_pos or not other:
           raise ValueError(
-              f"cannot sample the {name} set: {total} images with {pos} positives so far and no "
-              f"{'positive ' if want_pos else ''}patients left for size {target} with a positive "
-              f"share >= {min_positive_share}; lower --{name[:3] if name == 'validation' else name}"
-              "-size or --min-positive-share")
+            f"cannot sample the {name} set: {total} images with {pos} positives so far and no "
+            f"{'positive ' if want_pos else ''}patients left for size {target} with a positive "
+            f"share >= {min_positive_share}; lower --{name[:3] if name == 'validation' else name}"
+            "-size or --min-positive-share"
+          )
         queue = other
       p = queue.popleft()
       taken[p] = True
@@ -138,8 +149,9 @@ def test_first_split(
   return out
 
 
-def patient_kfold(patient_ids: Sequence[str] | np.ndarray, k: int,
-                  seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+def patient_kfold(
+  patient_ids: Sequence[str] | np.ndarray, k: int, seed: int
+) -> list[tuple[np.ndarray, np.ndarray]]:
   """k (train, held-out) index pairs; every patient is held out in exactly one fold.
 
   Patients are shuffled by seed, then given largest first to the fold with the fewest images, so
@@ -162,19 +174,39 @@ def patient_kfold(patient_ids: Sequence[str] | np.ndarray, k: int,
   return [(np.flatnonzero(folds != f), np.flatnonzero(folds == f)) for f in range(k)]
 
 
-def official_nih_split(image_ids: Sequence[str], patient_ids: Sequence[str], lists_dir: str,
-                       val_fraction: float, seed: int) -> dict[str, np.ndarray]:
+def official_nih_split(
+  image_ids: Sequence[str],
+  patient_ids: Sequence[str],
+  lists_dir: str,
+  val_fraction: float,
+  seed: int,
+) -> dict[str, np.ndarray]:
   """The official NIH test list as 'test'; train_val_list.txt split by patient into train/validation."""
   from mdx.data.cxr import nih
+
   official = nih.official_split(image_ids, lists_dir)
   tv = official["train_val"]
   inner = patient_split(np.asarray(patient_ids).astype(str)[tv], {"validation": val_fraction}, seed)
-  return {"train": tv[inner["train"]], "validation": tv[inner["validation"]], "test": official["test"]}
+  return {
+    "train": tv[inner["train"]],
+    "validation": tv[inner["validation"]],
+    "test": official["test"],
+  }
 
 
 # Every field of config.data.split that some policy reads (see make_split).
-SPLIT_FIELDS = ("by", "test", "val", "test_size", "val_size", "min_positive_share", "findings",
-                "lists_dir", "k", "fold")
+SPLIT_FIELDS = (
+  "by",
+  "test",
+  "val",
+  "test_size",
+  "val_size",
+  "min_positive_share",
+  "findings",
+  "lists_dir",
+  "k",
+  "fold",
+)
 # Names a config may use for a split (config.eval.split) -> the split's key.
 SPLIT_NAMES = {"train": "train", "val": "validation", "validation": "validation", "test": "test"}
 
@@ -207,11 +239,18 @@ def make_split(data_config, source, seed: int) -> dict[str, np.ndarray]:
     names = get("findings") or source.findings
     missing = [f for f in names if f not in source.findings]
     if missing:
-      raise ValueError(f"config.data.split.findings {missing} not in the source's findings "
-                       f"{list(source.findings)}")
+      raise ValueError(
+        f"config.data.split.findings {missing} not in the source's findings {list(source.findings)}"
+      )
     positive = positives_any(source.labels(), [source.findings.index(f) for f in names])
-    out = test_first_split(pids, positive, get("test_size", 0.15), get("val_size", 0.15),
-                           get("min_positive_share", 0.0), seed)
+    out = test_first_split(
+      pids,
+      positive,
+      get("test_size", 0.15),
+      get("val_size", 0.15),
+      get("min_positive_share", 0.0),
+      seed,
+    )
   elif by == "official":
     out = official_nih_split(source.image_ids(), pids, get("lists_dir"), get("val", 0.1), seed)
   elif by == "kfold":
@@ -221,16 +260,19 @@ def make_split(data_config, source, seed: int) -> dict[str, np.ndarray]:
     train, held = patient_kfold(pids, k, seed)[fold]
     out = {"train": train, "validation": held}
   else:
-    raise ValueError(f"config.data.split.by={by!r} is unknown; choose 'patient', 'test_first', "
-                     "'official' or 'kfold'")
+    raise ValueError(
+      f"config.data.split.by={by!r} is unknown; choose 'patient', 'test_first', "
+      "'official' or 'kfold'"
+    )
   for name, idx in out.items():
     if len(idx) == 0:
       raise ValueError(f"split '{name}' is empty ({len(pids)} records); change config.data.split")
   return out
 
 
-def audit(sets: Mapping[str, Mapping[str, np.ndarray]],
-          findings: Sequence[str] | None = None) -> dict:
+def audit(
+  sets: Mapping[str, Mapping[str, np.ndarray]], findings: Sequence[str] | None = None
+) -> dict:
   """What named sets share: patients, images and findings, pair by pair.
 
   Args:
@@ -248,21 +290,29 @@ def audit(sets: Mapping[str, Mapping[str, np.ndarray]],
     s = sets[name]
     entry = {"images": int(len(s["image_ids"])), "patients": int(len(np.unique(s["patient_ids"])))}
     if s.get("labels") is not None and findings is not None:
-      entry["positives"] = dict(zip(findings, np.nansum(np.asarray(s["labels"], float), 0).astype(int).tolist()))
+      entry["positives"] = dict(
+        zip(findings, np.nansum(np.asarray(s["labels"], float), 0).astype(int).tolist())
+      )
     summary[name] = entry
   for i, a in enumerate(names):
-    for b in names[i + 1:]:
-      shared_p = np.intersect1d(np.asarray(sets[a]["patient_ids"]).astype(str),
-                                np.asarray(sets[b]["patient_ids"]).astype(str))
-      shared_i = np.intersect1d(np.asarray(sets[a]["image_ids"]).astype(str),
-                                np.asarray(sets[b]["image_ids"]).astype(str))
+    for b in names[i + 1 :]:
+      shared_p = np.intersect1d(
+        np.asarray(sets[a]["patient_ids"]).astype(str),
+        np.asarray(sets[b]["patient_ids"]).astype(str),
+      )
+      shared_i = np.intersect1d(
+        np.asarray(sets[a]["image_ids"]).astype(str), np.asarray(sets[b]["image_ids"]).astype(str)
+      )
       pair = {"patients": shared_p, "images": shared_i}
       if "positives" in summary[a] and "positives" in summary[b]:
         pa, pb = summary[a]["positives"], summary[b]["positives"]
         pair["findings_only_in_one"] = [f for f in findings if (pa[f] > 0) != (pb[f] > 0)]
       pairs[(a, b)] = pair
-  return {"sets": summary, "pairs": pairs,
-          "leak": any(len(p["patients"]) > 0 for p in pairs.values())}
+  return {
+    "sets": summary,
+    "pairs": pairs,
+    "leak": any(len(p["patients"]) > 0 for p in pairs.values()),
+  }
 
 
 def format_audit(report: dict) -> str:
@@ -275,12 +325,13 @@ def format_audit(report: dict) -> str:
       line += f"; positives: {pos}"
     lines.append(line)
   for (a, b), p in report["pairs"].items():
-    line = (f"{a} & {b}: {len(p['patients'])} shared patients, {len(p['images'])} shared images")
+    line = f"{a} & {b}: {len(p['patients'])} shared patients, {len(p['images'])} shared images"
     if len(p["patients"]):
       line += f" (e.g. patients {p['patients'][:5].tolist()})"
     if p.get("findings_only_in_one"):
       line += f"; findings positive in only one of them: {p['findings_only_in_one']}"
     lines.append(line)
-  lines.append("LEAK: some patients are in two sets" if report["leak"]
-               else "OK: no patient is in two sets")
+  lines.append(
+    "LEAK: some patients are in two sets" if report["leak"] else "OK: no patient is in two sets"
+  )
   return "\n".join(lines)

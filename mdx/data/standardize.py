@@ -26,7 +26,9 @@ import numpy as np
 MODES = ("per_image", "per_channel", "nonzero", "per_slice", "dataset", "none")
 
 
-def standardize(image: np.ndarray, mode: str | None, mean: Any = None, std: Any = None) -> np.ndarray:
+def standardize(
+  image: np.ndarray, mode: str | None, mean: Any = None, std: Any = None
+) -> np.ndarray:
   """float32 image [..., C] standardised by `mode` (see the module docstring)."""
   if mode not in MODES and mode is not None:
     raise ValueError(f"config.data.standardize={mode!r} is unknown; choose one of {MODES}")
@@ -38,8 +40,10 @@ def standardize(image: np.ndarray, mode: str | None, mean: Any = None, std: Any 
     return ((x - x.mean()) / (x.std() + 1e-6)).astype(np.float32)
   if mode == "dataset":
     if mean is None or std is None:
-      raise ValueError("standardize='dataset' needs mean and std (compute them on the training "
-                       "split with mdx.data.standardize.dataset_mean_std)")
+      raise ValueError(
+        "standardize='dataset' needs mean and std (compute them on the training "
+        "split with mdx.data.standardize.dataset_mean_std)"
+      )
     mean, std = np.asarray(mean, np.float32), np.asarray(std, np.float32)
     return ((x - mean) / (std + 1e-6)).astype(np.float32)
   if mode == "per_channel":
@@ -65,6 +69,7 @@ def standardize(image: np.ndarray, mode: str | None, mean: Any = None, std: Any 
 @dataclasses.dataclass(frozen=True)
 class Standardize(grain.transforms.Map):
   """record['image'] standardised (a grain Map; mean/std only for mode 'dataset')."""
+
   mode: str = "per_image"
   mean: Any = None
   std: Any = None
@@ -73,8 +78,11 @@ class Standardize(grain.transforms.Map):
     return {**record, "image": standardize(record["image"], self.mode, self.mean, self.std)}
 
 
-def transforms(mode: str | None, mean: float | Sequence[float] | None = None,
-               std: float | Sequence[float] | None = None) -> list:
+def transforms(
+  mode: str | None,
+  mean: float | Sequence[float] | None = None,
+  std: float | Sequence[float] | None = None,
+) -> list:
   """[Standardize] for a mode, checked now rather than in a worker; None or 'none' -> []."""
   if mode is None or mode == "none":
     return []
@@ -83,12 +91,15 @@ def transforms(mode: str | None, mean: float | Sequence[float] | None = None,
   if mode != "dataset":
     return [Standardize(mode)]
   if mean is None or std is None:
-    raise ValueError("standardize='dataset' needs mean and std (compute them on the training "
-                     "split with mdx.data.standardize.dataset_mean_std)")
+    raise ValueError(
+      "standardize='dataset' needs mean and std (compute them on the training "
+      "split with mdx.data.standardize.dataset_mean_std)"
+    )
   if np.any(np.asarray(std, np.float64) <= 0):
     raise ValueError(f"standardize='dataset' needs std > 0; got {std}")
-  return [Standardize("dataset", tuple(np.atleast_1d(mean).tolist()),
-                      tuple(np.atleast_1d(std).tolist()))]
+  return [
+    Standardize("dataset", tuple(np.atleast_1d(mean).tolist()), tuple(np.atleast_1d(std).tolist()))
+  ]
 
 
 def dataset_mean_std(images: Iterable[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:

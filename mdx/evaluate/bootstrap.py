@@ -27,8 +27,9 @@ def patient_index(patient_ids, n: int) -> tuple[np.ndarray, int]:
   return idx, len(uniq)
 
 
-def resample_weights(patient_ids, n: int, n_resamples: int, seed: int,
-                     chunk_elems: int = 4_000_000) -> Iterator[np.ndarray]:
+def resample_weights(
+  patient_ids, n: int, n_resamples: int, seed: int, chunk_elems: int = 4_000_000
+) -> Iterator[np.ndarray]:
   """Yields image weights [b, n] for n_resamples patient-level resamples, in chunks of b rows.
 
   Chunks keep memory bounded (b * n <= chunk_elems); the sequence of resamples depends only on the
@@ -45,8 +46,14 @@ def resample_weights(patient_ids, n: int, n_resamples: int, seed: int,
     done += b
 
 
-def bootstrap(fn: Callable[[np.ndarray], Mapping[str, np.ndarray]], patient_ids, n: int,
-              n_resamples: int, seed: int, chunk_elems: int = 4_000_000) -> dict[str, np.ndarray]:
+def bootstrap(
+  fn: Callable[[np.ndarray], Mapping[str, np.ndarray]],
+  patient_ids,
+  n: int,
+  n_resamples: int,
+  seed: int,
+  chunk_elems: int = 4_000_000,
+) -> dict[str, np.ndarray]:
   """Runs fn(weights [b, n]) -> {name: [b]} over all resamples -> {name: [n_resamples]}."""
   parts: dict[str, list[np.ndarray]] = {}
   for w in resample_weights(patient_ids, n, n_resamples, seed, chunk_elems):
@@ -85,8 +92,9 @@ def delong_test(y_true, score_a, score_b) -> dict[str, float]:
   m, n = int(pos.sum()), int(neg.sum())
   nan = float("nan")
   if m < 2 or n < 2:
-    return dict(auroc_a=nan, auroc_b=nan, diff=nan, se=nan, z=nan, p_value=nan,
-                ci_low=nan, ci_high=nan)
+    return dict(
+      auroc_a=nan, auroc_b=nan, diff=nan, se=nan, z=nan, p_value=nan, ci_low=nan, ci_high=nan
+    )
   v10, v01, auc = [], [], []
   for s in (a, b):
     tz = _midrank(np.r_[s[pos], s[neg]])
@@ -104,23 +112,50 @@ def delong_test(y_true, score_a, score_b) -> dict[str, float]:
   else:
     z, p = (0.0, 1.0) if diff == 0 else (float(np.sign(diff) * np.inf), 0.0)
   q = stats.norm.ppf(0.975)
-  return dict(auroc_a=float(auc[0]), auroc_b=float(auc[1]), diff=float(diff), se=se, z=float(z),
-              p_value=p, ci_low=float(diff - q * se), ci_high=float(diff + q * se))
+  return dict(
+    auroc_a=float(auc[0]),
+    auroc_b=float(auc[1]),
+    diff=float(diff),
+    se=se,
+    z=float(z),
+    p_value=p,
+    ci_low=float(diff - q * se),
+    ci_high=float(diff + q * se),
+  )
 
 
-def paired_bootstrap_auroc(y_true, score_a, score_b, patient_ids=None, n_resamples: int = 1000,
-                           seed: int = 0, level: float = 0.95) -> dict[str, float]:
+def paired_bootstrap_auroc(
+  y_true,
+  score_a,
+  score_b,
+  patient_ids=None,
+  n_resamples: int = 1000,
+  seed: int = 0,
+  level: float = 0.95,
+) -> dict[str, float]:
   """Paired patient-level bootstrap of AUROC(a) - AUROC(b): both models see the same resamples.
 
   p_value is two-sided: twice the smaller share of resamples on either side of zero (floored at
   1 / n_resamples).
   """
   y = np.asarray(y_true, np.float64)
-  diffs = bootstrap(lambda w: {"d": roc_auc(y, score_a, w) - roc_auc(y, score_b, w)},
-                    patient_ids, len(y), n_resamples, seed)["d"]
+  diffs = bootstrap(
+    lambda w: {"d": roc_auc(y, score_a, w) - roc_auc(y, score_b, w)},
+    patient_ids,
+    len(y),
+    n_resamples,
+    seed,
+  )["d"]
   lo, hi = percentile_ci(diffs, level)
   ok = diffs[np.isfinite(diffs)]
   p = float(min(1.0, 2 * min((ok <= 0).mean(), (ok >= 0).mean()))) if len(ok) else float("nan")
   auc_a, auc_b = roc_auc(y, score_a), roc_auc(y, score_b)
-  return dict(auroc_a=auc_a, auroc_b=auc_b, diff=auc_a - auc_b, ci_low=lo, ci_high=hi,
-              p_value=max(p, 1.0 / n_resamples) if np.isfinite(p) else p, n_resamples=n_resamples)
+  return dict(
+    auroc_a=auc_a,
+    auroc_b=auc_b,
+    diff=auc_a - auc_b,
+    ci_low=lo,
+    ci_high=hi,
+    p_value=max(p, 1.0 / n_resamples) if np.isfinite(p) else p,
+    n_resamples=n_resamples,
+  )

@@ -16,7 +16,9 @@ def _known(y, p) -> tuple[np.ndarray, np.ndarray]:
   y = np.asarray(y, np.float64)
   p = np.asarray(p, np.float64)
   if y.shape != p.shape or y.ndim != 1:
-    raise ValueError(f"labels {y.shape} and probabilities {p.shape} must both be 1-D of equal length")
+    raise ValueError(
+      f"labels {y.shape} and probabilities {p.shape} must both be 1-D of equal length"
+    )
   keep = ~np.isnan(y)
   return y[keep], p[keep]
 
@@ -37,8 +39,12 @@ def reliability_curve(y_true, y_prob, n_bins: int = 10) -> dict[str, np.ndarray]
   sum_p = np.bincount(b, weights=p, minlength=n_bins)
   sum_y = np.bincount(b, weights=y, minlength=n_bins)
   nz = count > 0
-  return {"mean_predicted": sum_p[nz] / count[nz], "fraction_positive": sum_y[nz] / count[nz],
-          "count": count[nz], "bin_lower": np.arange(n_bins)[nz] / n_bins}
+  return {
+    "mean_predicted": sum_p[nz] / count[nz],
+    "fraction_positive": sum_y[nz] / count[nz],
+    "count": count[nz],
+    "bin_lower": np.arange(n_bins)[nz] / n_bins,
+  }
 
 
 def expected_calibration_error(y_true, y_prob, n_bins: int = 10, sample_weight=None):
@@ -67,6 +73,7 @@ def _logit(p: np.ndarray) -> np.ndarray:
 @dataclasses.dataclass(frozen=True)
 class Platt:
   """p' = sigmoid(a * logit(p) + b), fitted by maximum likelihood (Newton's method, no penalty)."""
+
   a: float
   b: float
 
@@ -97,6 +104,7 @@ def fit_platt(y_true, y_prob, max_iter: int = 100) -> Platt:
 @dataclasses.dataclass(frozen=True)
 class Isotonic:
   """Monotone step map from probability to observed frequency (pool adjacent violators)."""
+
   model: IsotonicRegression
 
   def __call__(self, p) -> np.ndarray:

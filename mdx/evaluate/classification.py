@@ -18,8 +18,17 @@ from mdx.evaluate import thresholds as T
 
 # Metrics whose macro average and micro (pooled) value the report gives.
 MACRO_METRICS = ("auroc", "average_precision", "brier", "ece", *M.THRESHOLD_METRICS)
-MICRO_METRICS = ("auroc", "average_precision", "brier", "accuracy", "sensitivity", "specificity",
-                 "ppv", "npv", "f1")
+MICRO_METRICS = (
+  "auroc",
+  "average_precision",
+  "brier",
+  "accuracy",
+  "sensitivity",
+  "specificity",
+  "ppv",
+  "npv",
+  "f1",
+)
 ECE_BINS = 10
 
 
@@ -29,15 +38,19 @@ def _check(labels, probs, findings) -> tuple[np.ndarray, np.ndarray]:
   if labels.ndim != 2 or labels.shape != probs.shape:
     raise ValueError(f"labels {labels.shape} and probs {probs.shape} must both be [N, C]")
   if labels.shape[1] != len(findings):
-    raise ValueError(f"{labels.shape[1]} label columns but {len(findings)} findings {list(findings)}")
+    raise ValueError(
+      f"{labels.shape[1]} label columns but {len(findings)} findings {list(findings)}"
+    )
   bad = ~np.isnan(labels) & (labels != 0) & (labels != 1)
   if bad.any():
     i, j = np.argwhere(bad)[0]
     raise ValueError(f"labels[{i}, {j}] ({findings[j]}) = {labels[i, j]}: must be 0, 1 or nan")
   if np.isnan(probs).any() or (probs < 0).any() or (probs > 1).any():
     i, j = np.argwhere(np.isnan(probs) | (probs < 0) | (probs > 1))[0]
-    raise ValueError(f"probs[{i}, {j}] ({findings[j]}) = {probs[i, j]}: probabilities must lie in "
-                     "[0, 1] (apply a sigmoid to logits)")
+    raise ValueError(
+      f"probs[{i}, {j}] ({findings[j]}) = {probs[i, j]}: probabilities must lie in "
+      "[0, 1] (apply a sigmoid to logits)"
+    )
   return labels, probs
 
 
@@ -67,15 +80,28 @@ def recalibrate(val_labels, val_probs, probs) -> list[dict[str, np.ndarray]]:
     if len(np.unique(yv[~np.isnan(yv)])) < 2:
       out.append({})
       continue
-    maps = {"platt": C.fit_platt(yv, val_probs[:, j]), "isotonic": C.fit_isotonic(yv, val_probs[:, j])}
+    maps = {
+      "platt": C.fit_platt(yv, val_probs[:, j]),
+      "isotonic": C.fit_isotonic(yv, val_probs[:, j]),
+    }
     out.append({k: m(probs[:, j]) for k, m in maps.items()})
   return out
 
 
-def evaluate_classification(labels, probs, findings: Sequence[str], *, patient_ids=None,
-                            val_labels=None, val_probs=None, threshold_policy: str | float = "youden",
-                            bootstrap: int = 1000, seed: int = 0, ci_level: float = 0.95,
-                            prevalence: float | Mapping[str, float] | None = None) -> dict:
+def evaluate_classification(
+  labels,
+  probs,
+  findings: Sequence[str],
+  *,
+  patient_ids=None,
+  val_labels=None,
+  val_probs=None,
+  threshold_policy: str | float = "youden",
+  bootstrap: int = 1000,
+  seed: int = 0,
+  ci_level: float = 0.95,
+  prevalence: float | Mapping[str, float] | None = None,
+) -> dict:
   """Per-finding, macro and micro metrics with patient-level bootstrap CIs.
 
   labels [N, C] (nan = unknown), probs [N, C]; val_* the validation predictions used to choose
@@ -89,8 +115,9 @@ def evaluate_classification(labels, probs, findings: Sequence[str], *, patient_i
   if have_val:
     val_labels, val_probs = _check(val_labels, val_probs, findings)
   sel_labels, sel_probs = (val_labels, val_probs) if have_val else (labels, probs)
-  thresholds = np.array([T.choose_threshold(sel_labels[:, j], sel_probs[:, j], threshold_policy)
-                         for j in range(c)])
+  thresholds = np.array(
+    [T.choose_threshold(sel_labels[:, j], sel_probs[:, j], threshold_policy) for j in range(c)]
+  )
   recal = recalibrate(val_labels, val_probs, probs) if have_val else [{} for _ in range(c)]
   prevs = [_prevalence_of(prevalence, f) for f in findings]
   known = ~np.isnan(labels)
@@ -117,7 +144,9 @@ def evaluate_classification(labels, probs, findings: Sequence[str], *, patient_i
       stack = np.stack([np.asarray(v, np.float64) for v in per[m]], 0)
       ok = np.isfinite(stack)
       cnt = ok.sum(0)
-      out[f"macro/{m}"] = np.where(cnt > 0, np.where(ok, stack, 0).sum(0) / np.maximum(cnt, 1), np.nan)
+      out[f"macro/{m}"] = np.where(
+        cnt > 0, np.where(ok, stack, 0).sum(0) / np.maximum(cnt, 1), np.nan
+      )
     # Micro: every known (case, finding) pair pooled; confusion counts at each finding's threshold.
     rows, cols = np.nonzero(known)
     y, p = labels[rows, cols], probs[rows, cols]
@@ -128,8 +157,12 @@ def evaluate_classification(labels, probs, findings: Sequence[str], *, patient_i
     has_t = np.isfinite(thresholds[cols])
     pred = (p >= np.where(has_t, thresholds[cols], np.inf)).astype(np.float64)
     wt = (np.ones_like(y) if w is None else wm) * has_t
-    counts = {"tp": wt @ (y * pred), "fp": wt @ ((1 - y) * pred),
-              "tn": wt @ ((1 - y) * (1 - pred)), "fn": wt @ (y * (1 - pred))}
+    counts = {
+      "tp": wt @ (y * pred),
+      "fp": wt @ ((1 - y) * pred),
+      "tn": wt @ ((1 - y) * (1 - pred)),
+      "fn": wt @ (y * (1 - pred)),
+    }
     micro = M.from_counts(**counts)
     for m in MICRO_METRICS[3:]:
       out[f"micro/{m}"] = micro[m]
@@ -139,8 +172,14 @@ def evaluate_classification(labels, probs, findings: Sequence[str], *, patient_i
   samples = {}
   if bootstrap > 0:
     # Bound memory by the pooled (micro) width, about N * C columns.
-    samples = B.bootstrap(all_metrics, patient_ids, n, bootstrap, seed,
-                          chunk_elems=max(1, 2_000_000 // max(int(known.sum(1).mean()) if n else 1, 1)))
+    samples = B.bootstrap(
+      all_metrics,
+      patient_ids,
+      n,
+      bootstrap,
+      seed,
+      chunk_elems=max(1, 2_000_000 // max(int(known.sum(1).mean()) if n else 1, 1)),
+    )
 
   def entry(key: str) -> dict:
     lo, hi = B.percentile_ci(samples[key], ci_level) if key in samples else (np.nan, np.nan)
@@ -150,42 +189,57 @@ def evaluate_classification(labels, probs, findings: Sequence[str], *, patient_i
   for j, f in enumerate(findings):
     y, p = labels[:, j], probs[:, j]
     t = thresholds[j]
-    counts = (M.confusion_counts(y, p, t) if np.isfinite(t) else {})
-    keys = sorted({k.split("/", 1)[1] for k in point if k.startswith(f + "/")},
-                  key=lambda k: (k not in MACRO_METRICS, k))
+    counts = M.confusion_counts(y, p, t) if np.isfinite(t) else {}
+    keys = sorted(
+      {k.split("/", 1)[1] for k in point if k.startswith(f + "/")},
+      key=lambda k: (k not in MACRO_METRICS, k),
+    )
     per_finding[f] = {
-        "n": int(known[:, j].sum()),
-        "n_positive": int(np.nansum(y)),
-        "n_unknown": int((~known[:, j]).sum()),
-        "threshold": _num(t),
-        "confusion": {k: int(v) for k, v in counts.items()},
-        "stated_prevalence": prevs[j],
-        "metrics": {k: entry(f"{f}/{k}") for k in keys},
+      "n": int(known[:, j].sum()),
+      "n_positive": int(np.nansum(y)),
+      "n_unknown": int((~known[:, j]).sum()),
+      "threshold": _num(t),
+      "confusion": {k: int(v) for k, v in counts.items()},
+      "stated_prevalence": prevs[j],
+      "metrics": {k: entry(f"{f}/{k}") for k in keys},
     }
   unit = "patient" if patient_ids is not None else "image (no patient ids given)"
   return {
-      "n_images": int(n),
-      "n_patients": int(B.patient_index(patient_ids, n)[1]),
-      "findings": list(findings),
-      "settings": {
-          "bootstrap_resamples": int(bootstrap), "seed": int(seed), "ci_level": ci_level,
-          "resampling_unit": unit,
-          "threshold_policy": str(threshold_policy),
-          "threshold_policy_description": T.describe_policy(threshold_policy),
-          "thresholds_chosen_on": ("validation set" if have_val else
-                                   "the evaluated set itself (no validation set given: optimistic)"),
-          "recalibration_fitted_on": "validation set" if have_val else None,
-          "ece_bins": ECE_BINS,
-          "prevalence": (dict(prevalence) if isinstance(prevalence, Mapping) else prevalence),
-      },
-      "per_finding": per_finding,
-      "macro": {m: entry(f"macro/{m}") for m in MACRO_METRICS},
-      "micro": {m: entry(f"micro/{m}") for m in MICRO_METRICS},
+    "n_images": int(n),
+    "n_patients": int(B.patient_index(patient_ids, n)[1]),
+    "findings": list(findings),
+    "settings": {
+      "bootstrap_resamples": int(bootstrap),
+      "seed": int(seed),
+      "ci_level": ci_level,
+      "resampling_unit": unit,
+      "threshold_policy": str(threshold_policy),
+      "threshold_policy_description": T.describe_policy(threshold_policy),
+      "thresholds_chosen_on": (
+        "validation set"
+        if have_val
+        else "the evaluated set itself (no validation set given: optimistic)"
+      ),
+      "recalibration_fitted_on": "validation set" if have_val else None,
+      "ece_bins": ECE_BINS,
+      "prevalence": (dict(prevalence) if isinstance(prevalence, Mapping) else prevalence),
+    },
+    "per_finding": per_finding,
+    "macro": {m: entry(f"macro/{m}") for m in MACRO_METRICS},
+    "micro": {m: entry(f"micro/{m}") for m in MICRO_METRICS},
   }
 
 
-def compare_models(labels, probs_a, probs_b, findings: Sequence[str], *, patient_ids=None,
-                   bootstrap: int = 1000, seed: int = 0) -> dict:
+def compare_models(
+  labels,
+  probs_a,
+  probs_b,
+  findings: Sequence[str],
+  *,
+  patient_ids=None,
+  bootstrap: int = 1000,
+  seed: int = 0,
+) -> dict:
   """Per finding: AUROC(a) - AUROC(b) on the same cases, by DeLong and by paired patient bootstrap.
 
   DeLong assumes independent cases; the paired bootstrap respects patients. Both are reported.
@@ -196,13 +250,19 @@ def compare_models(labels, probs_a, probs_b, findings: Sequence[str], *, patient
   out = {}
   for j, f in enumerate(findings):
     dl = B.delong_test(labels[:, j], probs_a[:, j], probs_b[:, j])
-    entry = {"auroc_a": _num(dl["auroc_a"]), "auroc_b": _num(dl["auroc_b"]),
-             "diff": _num(dl["diff"]),
-             "delong": {"ci": [_num(dl["ci_low"]), _num(dl["ci_high"])], "p_value": _num(dl["p_value"])}}
+    entry = {
+      "auroc_a": _num(dl["auroc_a"]),
+      "auroc_b": _num(dl["auroc_b"]),
+      "diff": _num(dl["diff"]),
+      "delong": {"ci": [_num(dl["ci_low"]), _num(dl["ci_high"])], "p_value": _num(dl["p_value"])},
+    }
     if bootstrap > 0:
-      bs = B.paired_bootstrap_auroc(labels[:, j], probs_a[:, j], probs_b[:, j], patient_ids,
-                                    bootstrap, seed)
-      entry["paired_bootstrap"] = {"ci": [_num(bs["ci_low"]), _num(bs["ci_high"])],
-                                   "p_value": _num(bs["p_value"])}
+      bs = B.paired_bootstrap_auroc(
+        labels[:, j], probs_a[:, j], probs_b[:, j], patient_ids, bootstrap, seed
+      )
+      entry["paired_bootstrap"] = {
+        "ci": [_num(bs["ci_low"]), _num(bs["ci_high"])],
+        "p_value": _num(bs["p_value"]),
+      }
     out[f] = entry
   return out

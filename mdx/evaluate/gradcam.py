@@ -20,10 +20,10 @@ import os
 from collections.abc import Callable, Mapping, Sequence
 
 import flax.linen as nn
-from absl import logging
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import logging
 
 from mdx import runtime
 
@@ -42,8 +42,12 @@ def feature_maps(model: nn.Module, variables, images) -> list[tuple[str, tuple[i
 
   def record(next_fun, args, kwargs, context):
     out = next_fun(*args, **kwargs)
-    if (context.method_name == "__call__" and isinstance(out, jax.Array) and out.ndim == 4
-        and context.module.path):
+    if (
+      context.method_name == "__call__"
+      and isinstance(out, jax.Array)
+      and out.ndim == 4
+      and context.module.path
+    ):
       found.append((_path(context.module), tuple(out.shape)))
     return out
 
@@ -57,10 +61,12 @@ def _matches(layer: str, paths) -> list[str]:
   want = tuple(layer.strip("/").split("/"))
   if "/".join(want) in paths:
     return ["/".join(want)]
-  return sorted({p for p in paths if tuple(p.split("/"))[-len(want):] == want})
+  return sorted({p for p in paths if tuple(p.split("/"))[-len(want) :] == want})
 
 
-def resolve_layer(model: nn.Module, variables, images, layer: str | None) -> tuple[str, tuple, object]:
+def resolve_layer(
+  model: nn.Module, variables, images, layer: str | None
+) -> tuple[str, tuple, object]:
   """The full path, output shape and dtype of the layer Grad-CAM reads.
 
   `layer` is a '/'-joined path ('backbone/DenseBlock_3') or its unique tail ('DenseBlock_3');
@@ -82,19 +88,27 @@ def resolve_layer(model: nn.Module, variables, images, layer: str | None) -> tup
   if layer is None:
     layer = getattr(type(model), "gradcam_layer", None) or getattr(model, "gradcam_layer", None)
     if layer is not None and not _matches(layer, dtypes):
-      logging.warning("Grad-CAM: %s.gradcam_layer %r is not a layer of this instance; using the "
-                      "last 4-D feature map instead", type(model).__name__, layer)
+      logging.warning(
+        "Grad-CAM: %s.gradcam_layer %r is not a layer of this instance; using the "
+        "last 4-D feature map instead",
+        type(model).__name__,
+        layer,
+      )
       layer = None
     if layer is None:
       if not maps:
-        raise ValueError(f"{type(model).__name__} has no submodule that outputs a 4-D feature map; "
-                         "Grad-CAM needs a convolutional layer")
+        raise ValueError(
+          f"{type(model).__name__} has no submodule that outputs a 4-D feature map; "
+          "Grad-CAM needs a convolutional layer"
+        )
       layer = maps[-1]
   hits = _matches(layer, dtypes)
   if len(hits) != 1:
     what = "matches several layers " + str(hits) if hits else "matches no layer"
-    raise ValueError(f"Grad-CAM layer {layer!r} {what} of {type(model).__name__}; "
-                     f"4-D feature maps are: {sorted(set(maps))}")
+    raise ValueError(
+      f"Grad-CAM layer {layer!r} {what} of {type(model).__name__}; "
+      f"4-D feature maps are: {sorted(set(maps))}"
+    )
   full = hits[0]
   shape, dtype = dtypes[full]
   if len(shape) != 4:
@@ -102,8 +116,15 @@ def resolve_layer(model: nn.Module, variables, images, layer: str | None) -> tup
   return full, shape, dtype
 
 
-def grad_cam(model: nn.Module, variables, images, class_index: int, layer: str | None = None,
-             *, upsample: bool = True) -> np.ndarray:
+def grad_cam(
+  model: nn.Module,
+  variables,
+  images,
+  class_index: int,
+  layer: str | None = None,
+  *,
+  upsample: bool = True,
+) -> np.ndarray:
   """Grad-CAM heat maps [B, H, W] in [0, 1] for logit `class_index` (model in eval mode).
 
   images: [B, H, W, C] as the model takes them. layer: see resolve_layer. upsample=False returns
@@ -131,7 +152,8 @@ def grad_cam(model: nn.Module, variables, images, class_index: int, layer: str |
   @functools.partial(jax.jit, compiler_options=runtime.compiler_options())
   def compute(variables, images):
     grads, feats = jax.grad(logit_and_features, has_aux=True)(
-        jnp.zeros(shape, dtype), variables, images)
+      jnp.zeros(shape, dtype), variables, images
+    )
     alpha = grads.astype(jnp.float32).mean(axis=(1, 2))  # [B, K]
     cam = jax.nn.relu(jnp.einsum("bhwk,bk->bhw", feats.astype(jnp.float32), alpha))
     if upsample:
@@ -159,6 +181,7 @@ def peak_in_mask_rate(heatmaps, masks, tolerance: int = 0) -> float:
     raise ValueError(f"masks {empty.tolist()} are empty: pass only images that show the finding")
   if tolerance > 0:
     from scipy import ndimage
+
     masks = ndimage.binary_dilation(masks, np.ones((1, 2 * tolerance + 1, 2 * tolerance + 1), bool))
   flat = heat.reshape(len(heat), -1).argmax(1)
   return float(masks.reshape(len(masks), -1)[np.arange(len(masks)), flat].mean())
@@ -167,6 +190,7 @@ def peak_in_mask_rate(heatmaps, masks, tolerance: int = 0) -> float:
 def overlay_png(image, heatmap, path: str, title: str | None = None, mask=None) -> str:
   """Saves the image in grey with the heat map over it (and the mask's outline if given) as PNG."""
   import matplotlib
+
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
 
@@ -175,7 +199,9 @@ def overlay_png(image, heatmap, path: str, title: str | None = None, mask=None) 
     img = img.mean(-1) if img.shape[-1] > 1 else img[..., 0]
   heat = np.asarray(heatmap, np.float64)
   if img.shape != heat.shape:
-    raise ValueError(f"image {img.shape} and heat map {heat.shape} must have the same height and width")
+    raise ValueError(
+      f"image {img.shape} and heat map {heat.shape} must have the same height and width"
+    )
   lo, hi = np.nanmin(img), np.nanmax(img)
   img = (img - lo) / (hi - lo) if hi > lo else np.zeros_like(img)
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
@@ -209,13 +235,23 @@ def _resize_mask(mask, shape) -> np.ndarray:
   return mask
 
 
-def grad_cam_report(model: nn.Module, variables,
-                    model_inputs: Callable[[Sequence[int]], np.ndarray], *, labels, probs, index,
-                    findings: Sequence[str], out_dir: str,
-                    gradcam_findings: Sequence[str] = (), images: int = 64, overlays: int = 4,
-                    layer: str | None = None,
-                    lesion_masks: Callable[[int], Mapping[str, np.ndarray]] | None = None,
-                    summary_path: str | None = None) -> list[tuple[str, str]]:
+def grad_cam_report(
+  model: nn.Module,
+  variables,
+  model_inputs: Callable[[Sequence[int]], np.ndarray],
+  *,
+  labels,
+  probs,
+  index,
+  findings: Sequence[str],
+  out_dir: str,
+  gradcam_findings: Sequence[str] = (),
+  images: int = 64,
+  overlays: int = 4,
+  layer: str | None = None,
+  lesion_masks: Callable[[int], Mapping[str, np.ndarray]] | None = None,
+  summary_path: str | None = None,
+) -> list[tuple[str, str]]:
   """Grad-CAM overlays for positive images of chosen findings, and gradcam.json.
 
   labels [N, C] (nan unknown), probs [N, C] and index [N] (record indices) are the rows of the
@@ -247,24 +283,34 @@ def grad_cam_report(model: nn.Module, variables,
       masks = []
       for i in records:
         mask = lesion_masks(int(i)).get(finding)
-        masks.append(np.zeros(heat.shape[1:], bool) if mask is None
-                     else _resize_mask(mask, heat.shape[1:]))
+        masks.append(
+          np.zeros(heat.shape[1:], bool) if mask is None else _resize_mask(mask, heat.shape[1:])
+        )
       masks = np.stack(masks)
       nonempty = masks.reshape(len(masks), -1).any(1)
       if nonempty.any():
         entry["peak_in_lesion"] = peak_in_mask_rate(heat[nonempty], masks[nonempty])
         # the "pointing game" tolerance: a coarse feature map cannot point finer than its cell
-        entry["peak_within_4px_of_lesion"] = peak_in_mask_rate(heat[nonempty], masks[nonempty],
-                                                               tolerance=4)
+        entry["peak_within_4px_of_lesion"] = peak_in_mask_rate(
+          heat[nonempty], masks[nonempty], tolerance=4
+        )
     summary[finding] = entry
     for j in range(min(overlays, len(rows))):
       path = os.path.join(out_dir, f"gradcam_{finding}_{j}.png")
-      overlay_png(x[j], heat[j], path, title=f"{finding}: p={probs[rows[j], k]:.2f}",
-                  mask=None if masks is None else masks[j])
+      overlay_png(
+        x[j],
+        heat[j],
+        path,
+        title=f"{finding}: p={probs[rows[j], k]:.2f}",
+        mask=None if masks is None else masks[j],
+      )
       rate = entry.get("peak_in_lesion")
-      caption = (f"Grad-CAM for {finding} ({entry['layer']}); peak inside the drawn lesion in "
-                 f"{rate:.0%} of {len(rows)} positive test images" if rate is not None else
-                 f"Grad-CAM for {finding} ({entry['layer']})")
+      caption = (
+        f"Grad-CAM for {finding} ({entry['layer']}); peak inside the drawn lesion in "
+        f"{rate:.0%} of {len(rows)} positive test images"
+        if rate is not None
+        else f"Grad-CAM for {finding} ({entry['layer']})"
+      )
       figures.append((caption, path))
   summary_path = summary_path or os.path.join(out_dir, "gradcam.json")
   os.makedirs(os.path.dirname(os.path.abspath(summary_path)), exist_ok=True)

@@ -14,7 +14,14 @@ import numpy as np
 
 # Names of the metrics the tables report, in display order.
 THRESHOLD_METRICS: tuple[str, ...] = (
-    "accuracy", "prevalence", "sensitivity", "specificity", "ppv", "npv", "f1")
+  "accuracy",
+  "prevalence",
+  "sensitivity",
+  "specificity",
+  "ppv",
+  "npv",
+  "f1",
+)
 RANKING_METRICS: tuple[str, ...] = ("auroc", "average_precision", "brier")
 
 
@@ -120,21 +127,25 @@ def confusion_counts(y_true, y_prob, threshold: float, sample_weight=None) -> di
   keep = ~np.isnan(y)
   y, p, w = y[keep], p[keep], w[..., keep]
   pred = (p >= threshold).astype(np.float64)
-  return {"tp": w @ (y * pred), "fp": w @ ((1 - y) * pred),
-          "tn": w @ ((1 - y) * (1 - pred)), "fn": w @ (y * (1 - pred))}
+  return {
+    "tp": w @ (y * pred),
+    "fp": w @ ((1 - y) * pred),
+    "tn": w @ ((1 - y) * (1 - pred)),
+    "fn": w @ (y * (1 - pred)),
+  }
 
 
 def from_counts(tp, fp, tn, fn) -> dict[str, np.ndarray | float]:
   """Accuracy, prevalence, sensitivity, specificity, PPV, NPV, F1 from confusion counts (nan when undefined)."""
   n = tp + fp + tn + fn
   return {
-      "accuracy": _safe_div(tp + tn, n),
-      "prevalence": _safe_div(tp + fn, n),
-      "sensitivity": _safe_div(tp, tp + fn),
-      "specificity": _safe_div(tn, tn + fp),
-      "ppv": _safe_div(tp, tp + fp),
-      "npv": _safe_div(tn, tn + fn),
-      "f1": _safe_div(2 * tp, 2 * tp + fp + fn),
+    "accuracy": _safe_div(tp + tn, n),
+    "prevalence": _safe_div(tp + fn, n),
+    "sensitivity": _safe_div(tp, tp + fn),
+    "specificity": _safe_div(tn, tn + fp),
+    "ppv": _safe_div(tp, tp + fp),
+    "npv": _safe_div(tn, tn + fn),
+    "f1": _safe_div(2 * tp, 2 * tp + fp + fn),
   }
 
 
@@ -172,7 +183,11 @@ def roc_curve(y_true, y_score) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   tp = np.r_[0.0, np.cumsum(_group_sums(y, starts))]
   fp = np.r_[0.0, np.cumsum(_group_sums(1.0 - y, starts))]
   thresholds = np.r_[np.inf, s[starts]]
-  return _safe_div(fp, np.full_like(fp, fp[-1])), _safe_div(tp, np.full_like(tp, tp[-1])), thresholds
+  return (
+    _safe_div(fp, np.full_like(fp, fp[-1])),
+    _safe_div(tp, np.full_like(tp, tp[-1])),
+    thresholds,
+  )
 
 
 def pr_curve(y_true, y_score) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -191,8 +206,7 @@ def pr_curve(y_true, y_score) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   fp = np.cumsum(_group_sums(1.0 - y, starts))
   precision = np.where(tp + fp > 0, tp / np.maximum(tp + fp, 1e-300), 0.0)
   recall = _safe_div(tp, np.full_like(tp, tp[-1] if len(tp) else 0.0))
-  return (np.r_[precision[::-1], 1.0], np.r_[np.atleast_1d(recall)[::-1], 0.0],
-          s[starts][::-1])
+  return (np.r_[precision[::-1], 1.0], np.r_[np.atleast_1d(recall)[::-1], 0.0], s[starts][::-1])
 
 
 def known_mask(labels: np.ndarray) -> np.ndarray:
@@ -214,18 +228,23 @@ def mean_roc_auc(labels, probs) -> float:
   return float(np.nanmean(per)) if np.isfinite(per).any() else float("nan")
 
 
-def finding_metrics(y, p, w=None, *, threshold: float | None = None,
-                    prevalence: float | None = None) -> dict[str, np.ndarray | float]:
+def finding_metrics(
+  y, p, w=None, *, threshold: float | None = None, prevalence: float | None = None
+) -> dict[str, np.ndarray | float]:
   """Every reported metric of one finding at once; with weights [B, N] each value is [B].
 
   y: labels [N] (nan = unknown, ignored); p: probabilities [N]; threshold fixed beforehand
   (None skips the confusion-matrix metrics); prevalence: also report PPV/NPV at that prevalence.
   """
-  out = {"auroc": roc_auc(y, p, w), "average_precision": average_precision(y, p, w),
-         "brier": brier(y, p, w)}
+  out = {
+    "auroc": roc_auc(y, p, w),
+    "average_precision": average_precision(y, p, w),
+    "brier": brier(y, p, w),
+  }
   if threshold is not None:
     out.update(threshold_metrics(y, p, threshold, w))
     if prevalence is not None:
       out["ppv_at_prevalence"], out["npv_at_prevalence"] = ppv_npv_at_prevalence(
-          out["sensitivity"], out["specificity"], prevalence)
+        out["sensitivity"], out["specificity"], prevalence
+      )
   return out

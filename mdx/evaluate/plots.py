@@ -97,8 +97,15 @@ def pr_png(path: str, labels, probs, findings: Sequence[str], result: Mapping) -
   return _save(fig, path)
 
 
-def reliability_png(path: str, labels, probs, findings: Sequence[str], result: Mapping,
-                    recalibrated: Sequence[Mapping[str, np.ndarray]] = (), n_bins: int = 10) -> str:
+def reliability_png(
+  path: str,
+  labels,
+  probs,
+  findings: Sequence[str],
+  result: Mapping,
+  recalibrated: Sequence[Mapping[str, np.ndarray]] = (),
+  n_bins: int = 10,
+) -> str:
   """Reliability diagram per finding: observed frequency vs mean probability, before/after recalibration."""
   fig, axes = _grid(len(findings))
   styles = {"raw": ("o-", "C0"), "platt": ("s--", "C1"), "isotonic": ("^:", "C2")}
@@ -116,8 +123,15 @@ def reliability_png(path: str, labels, probs, findings: Sequence[str], result: M
       curve = C.reliability_curve(labels[:, j], p, n_bins)
       ece = pf["metrics"]["ece" if name == "raw" else f"ece_{name}"]
       style, color = styles[name]
-      ax.plot(curve["mean_predicted"], curve["fraction_positive"], style, color=color, ms=3, lw=1,
-              label=f"{name} ECE {_fmt(ece, 2)}")
+      ax.plot(
+        curve["mean_predicted"],
+        curve["fraction_positive"],
+        style,
+        color=color,
+        ms=3,
+        lw=1,
+        label=f"{name} ECE {_fmt(ece, 2)}",
+      )
     if pf["n"]:
       ax.legend(loc="upper left", fontsize=6)
     ax.set_title(f, fontsize=8)
@@ -143,18 +157,31 @@ def confusion_png(path: str, findings: Sequence[str], result: Mapping) -> str:
     mat = np.array([[cm["tn"], cm["fp"]], [cm["fn"], cm["tp"]]])
     ax.imshow(mat, cmap="Blues", vmin=0, vmax=max(mat.max(), 1))
     for (r, c), v in np.ndenumerate(mat):
-      ax.text(c, r, f"{['TN', 'FP', 'FN', 'TP'][2 * r + c]}\n{v}", ha="center", va="center",
-              fontsize=8, color="white" if v > mat.max() / 2 else "black")
+      ax.text(
+        c,
+        r,
+        f"{['TN', 'FP', 'FN', 'TP'][2 * r + c]}\n{v}",
+        ha="center",
+        va="center",
+        fontsize=8,
+        color="white" if v > mat.max() / 2 else "black",
+      )
     ax.set_xticks([0, 1], ["pred -", "pred +"], fontsize=7)
     ax.set_yticks([0, 1], ["true -", "true +"], fontsize=7)
     ax.set_title(f"{f}\nthreshold {pf['threshold']:.3g}", fontsize=8)
   return _save(fig, path)
 
 
-def training_curves_png(history: Sequence[Mapping], path: str, metric: str = "val_auroc",
-                        metric_label: str = "mean AUROC", loss_label: str = "loss", *,
-                        ylim: tuple[float, float] | None = None,
-                        chance: float | None = None) -> tuple[str, str]:
+def training_curves_png(
+  history: Sequence[Mapping],
+  path: str,
+  metric: str = "val_auroc",
+  metric_label: str = "mean AUROC",
+  loss_label: str = "loss",
+  *,
+  ylim: tuple[float, float] | None = None,
+  chance: float | None = None,
+) -> tuple[str, str]:
   """Loss (left) and a validation metric (right) over training steps, from history.jsonl rows.
 
   Left: train_loss per logged batch and val_loss where the history has it. Right: `metric` and
@@ -162,12 +189,15 @@ def training_curves_png(history: Sequence[Mapping], path: str, metric: str = "va
   draws a dotted line at a useless model's value (0.5 for AUROC). Rows without a key are skipped,
   so a history without validation rows still draws. Returns (caption, path).
   """
+
   def series(key):
     return [(h["step"], h[key]) for h in history if key in h]
 
   train, val = series("train_loss"), series("val_loss")
-  keys = sorted({k for h in history for k in h if k == metric or k.startswith(metric + "_")},
-                key=lambda k: (k != metric, k))  # the overall metric first, then per class
+  keys = sorted(
+    {k for h in history for k in h if k == metric or k.startswith(metric + "_")},
+    key=lambda k: (k != metric, k),
+  )  # the overall metric first, then per class
   fig, ax = plt.subplots(1, 2, figsize=(10, 3.6))
   if train:
     ax[0].plot(*zip(*train), label="train (batch)", lw=1)
@@ -193,9 +223,16 @@ def training_curves_png(history: Sequence[Mapping], path: str, metric: str = "va
   return (f"Training loss (per logged batch) and {what}{metric_label} at each checkpoint", path)
 
 
-def examples_png(image_fn: Callable[[int], np.ndarray], labels, probs, index,
-                 findings: Sequence[str], path: str, count: int = 8,
-                 seed: int = 0) -> tuple[str, str]:
+def examples_png(
+  image_fn: Callable[[int], np.ndarray],
+  labels,
+  probs,
+  index,
+  findings: Sequence[str],
+  path: str,
+  count: int = 8,
+  seed: int = 0,
+) -> tuple[str, str]:
   """A grid of test images, each titled with its true findings and the model's top probabilities.
 
   labels [N, C] (nan unknown) and probs [N, C] are rows of the evaluated split, index [N] their
@@ -207,8 +244,12 @@ def examples_png(image_fn: Callable[[int], np.ndarray], labels, probs, index,
   positive = np.flatnonzero(np.nansum(labels, 1) > 0)
   negative = np.flatnonzero(np.nansum(labels, 1) == 0)
   n_pos = min(len(positive), max(count - count // 4, 1))
-  rows = np.concatenate([rng.choice(positive, n_pos, replace=False) if n_pos else [],
-                         rng.choice(negative, min(len(negative), count - n_pos), replace=False)])
+  rows = np.concatenate(
+    [
+      rng.choice(positive, n_pos, replace=False) if n_pos else [],
+      rng.choice(negative, min(len(negative), count - n_pos), replace=False),
+    ]
+  )
   rows = rows.astype(int)
   cols = 4
   nrows = max(1, int(np.ceil(len(rows) / cols)))

@@ -20,10 +20,11 @@ _UNKNOWN = {"", "nan", "NaN", "NA"}
 @dataclasses.dataclass(frozen=True)
 class Predictions:
   """Labels and probabilities of the same cases, rows aligned."""
-  ids: np.ndarray                # [N] str
+
+  ids: np.ndarray  # [N] str
   findings: tuple[str, ...]
-  labels: np.ndarray             # [N, C] float, nan = unknown
-  probs: np.ndarray              # [N, C] float in [0, 1]
+  labels: np.ndarray  # [N, C] float, nan = unknown
+  probs: np.ndarray  # [N, C] float in [0, 1]
   patient_ids: np.ndarray | None  # [N] str or None
 
 
@@ -33,8 +34,10 @@ def _read(path: str) -> tuple[list[str], list[list[str]]]:
   with open(path, newline="", encoding="utf-8-sig") as f:
     rows = list(csv.reader(f))
   if not rows:
-    raise ValueError(f"{path}: the file is empty; expected a header row with an id column and "
-                     "one column per finding")
+    raise ValueError(
+      f"{path}: the file is empty; expected a header row with an id column and "
+      "one column per finding"
+    )
   header = [h.strip() for h in rows[0]]
   dup = sorted({h for h in header if header.count(h) > 1})
   if dup:
@@ -62,8 +65,10 @@ def _ids(rows: list[list[str]], col: int, path: str, header: list[str]) -> np.nd
     if not v:
       raise ValueError(f"{path}: line {line}, column {header[col]!r}: the id is missing")
     if v in seen:
-      raise ValueError(f"{path}: line {line}, column {header[col]!r}: id {v!r} already appeared "
-                       f"on line {seen[v]}; ids must be unique")
+      raise ValueError(
+        f"{path}: line {line}, column {header[col]!r}: id {v!r} already appeared "
+        f"on line {seen[v]}; ids must be unique"
+      )
     seen[v] = line
     ids.append(v)
   return np.array(ids, dtype=str)
@@ -85,17 +90,25 @@ def _numbers(rows, cols: Sequence[int], header, path: str, kind: str) -> np.ndar
       except ValueError:
         raise ValueError(f"{where}: {raw!r} is not a number") from None
       if kind == "label" and v not in (0.0, 1.0):
-        raise ValueError(f"{where}: label {raw!r} must be 0, 1 or blank (unknown); map uncertain "
-                         "labels (e.g. CheXpert -1) to 0, 1 or blank first")
+        raise ValueError(
+          f"{where}: label {raw!r} must be 0, 1 or blank (unknown); map uncertain "
+          "labels (e.g. CheXpert -1) to 0, 1 or blank first"
+        )
       if kind == "probability" and not 0.0 <= v <= 1.0:
-        raise ValueError(f"{where}: probability {raw!r} lies outside [0, 1]; "
-                         "write sigmoid(logit), not the logit")
+        raise ValueError(
+          f"{where}: probability {raw!r} lies outside [0, 1]; write sigmoid(logit), not the logit"
+        )
       out[i, j] = v
   return out
 
 
-def read_predictions(labels_csv: str, probs_csv: str, *, id_column: str | None = None,
-                     patient_column: str | None = None) -> Predictions:
+def read_predictions(
+  labels_csv: str,
+  probs_csv: str,
+  *,
+  id_column: str | None = None,
+  patient_column: str | None = None,
+) -> Predictions:
   """Reads and matches the two CSVs; rows follow the labels file.
 
   id_column: name of the id column in both files (default: each file's first column).
@@ -116,9 +129,11 @@ def read_predictions(labels_csv: str, probs_csv: str, *, id_column: str | None =
   missing = [f for f in findings if f not in p_findings]
   extra = [f for f in p_findings if f not in findings]
   if missing or extra:
-    raise ValueError(f"{probs_csv}: the finding columns differ from {labels_csv}: missing "
-                     f"{missing}, unexpected {extra}; both files need one column per finding (a labels "
-                     "column that is not a finding, like a patient id, goes to --patient-column)")
+    raise ValueError(
+      f"{probs_csv}: the finding columns differ from {labels_csv}: missing "
+      f"{missing}, unexpected {extra}; both files need one column per finding (a labels "
+      "column that is not a finding, like a patient id, goes to --patient-column)"
+    )
   if not lrows:
     raise ValueError(f"{labels_csv}: no data rows")
   l_ids, p_ids = _ids(lrows, lid, labels_csv, lh), _ids(prows, pid, probs_csv, ph)
@@ -127,9 +142,10 @@ def read_predictions(labels_csv: str, probs_csv: str, *, id_column: str | None =
   only_p = [i for i in p_ids.tolist() if i not in l_set]
   if only_l or only_p:
     raise ValueError(
-        f"the ids do not match: {len(only_l)} ids of {labels_csv} have no row in {probs_csv} "
-        f"(first: {only_l[:5]}), {len(only_p)} ids of {probs_csv} have no row in {labels_csv} "
-        f"(first: {only_p[:5]}); check the id column (--id-column)")
+      f"the ids do not match: {len(only_l)} ids of {labels_csv} have no row in {probs_csv} "
+      f"(first: {only_l[:5]}), {len(only_p)} ids of {probs_csv} have no row in {labels_csv} "
+      f"(first: {only_p[:5]}); check the id column (--id-column)"
+    )
   labels = _numbers(lrows, [lh.index(f) for f in findings], lh, labels_csv, "label")
   probs = _numbers(prows, [ph.index(f) for f in findings], ph, probs_csv, "probability")
   row_of = {v: i for i, v in enumerate(p_ids)}
@@ -139,13 +155,23 @@ def read_predictions(labels_csv: str, probs_csv: str, *, id_column: str | None =
     patients = np.array([r[pcol].strip() for r in lrows], dtype=str)
     blank = [r[-1] for r in lrows if not r[pcol].strip()]
     if blank:
-      raise ValueError(f"{labels_csv}: line {blank[0]}, column {lh[pcol]!r}: the patient id is missing")
+      raise ValueError(
+        f"{labels_csv}: line {blank[0]}, column {lh[pcol]!r}: the patient id is missing"
+      )
   return Predictions(l_ids, findings, labels, probs, patients)
 
 
-def write_csv(path: str, ids: Sequence[str], values, findings: Sequence[str], *,
-              id_column: str = "id", patient_ids: Sequence[str] | None = None,
-              patient_column: str = "patient_id", digits: int | None = None) -> str:
+def write_csv(
+  path: str,
+  ids: Sequence[str],
+  values,
+  findings: Sequence[str],
+  *,
+  id_column: str = "id",
+  patient_ids: Sequence[str] | None = None,
+  patient_column: str = "patient_id",
+  digits: int | None = None,
+) -> str:
   """Writes ids (+ patients) and one column per finding; nan is written blank (unknown label).
 
   digits: decimals per value (a run's predictions use 6: readable, and finer than any model's
@@ -153,13 +179,16 @@ def write_csv(path: str, ids: Sequence[str], values, findings: Sequence[str], *,
   """
   values = np.asarray(values, np.float64)
   if values.shape != (len(ids), len(findings)):
-    raise ValueError(f"values {values.shape} must be [len(ids)={len(ids)}, len(findings)={len(findings)}]")
+    raise ValueError(
+      f"values {values.shape} must be [len(ids)={len(ids)}, len(findings)={len(findings)}]"
+    )
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   with open(path, "w", newline="") as f:
     w = csv.writer(f)
     w.writerow([id_column] + ([patient_column] if patient_ids is not None else []) + list(findings))
     for i, row in enumerate(values):
-      cells = ["" if np.isnan(v) else repr(float(v)) if digits is None else f"{v:.{digits}f}"
-               for v in row]
+      cells = [
+        "" if np.isnan(v) else repr(float(v)) if digits is None else f"{v:.{digits}f}" for v in row
+      ]
       w.writerow([ids[i]] + ([patient_ids[i]] if patient_ids is not None else []) + cells)
   return path

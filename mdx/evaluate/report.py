@@ -20,15 +20,34 @@ from mdx.evaluate import plots
 from mdx.evaluate import predictions as P
 
 _NAMES = {
-    "auroc": "AUROC", "average_precision": "Average precision", "brier": "Brier score",
-    "ece": "ECE (10 bins)", "accuracy": "Accuracy", "prevalence": "Prevalence",
-    "sensitivity": "Sensitivity", "specificity": "Specificity", "ppv": "PPV", "npv": "NPV",
-    "f1": "F1", "ppv_at_prevalence": "PPV at stated prevalence",
-    "npv_at_prevalence": "NPV at stated prevalence", "brier_platt": "Brier after Platt",
-    "ece_platt": "ECE after Platt", "brier_isotonic": "Brier after isotonic",
-    "ece_isotonic": "ECE after isotonic",
+  "auroc": "AUROC",
+  "average_precision": "Average precision",
+  "brier": "Brier score",
+  "ece": "ECE (10 bins)",
+  "accuracy": "Accuracy",
+  "prevalence": "Prevalence",
+  "sensitivity": "Sensitivity",
+  "specificity": "Specificity",
+  "ppv": "PPV",
+  "npv": "NPV",
+  "f1": "F1",
+  "ppv_at_prevalence": "PPV at stated prevalence",
+  "npv_at_prevalence": "NPV at stated prevalence",
+  "brier_platt": "Brier after Platt",
+  "ece_platt": "ECE after Platt",
+  "brier_isotonic": "Brier after isotonic",
+  "ece_isotonic": "ECE after isotonic",
 }
-_OVERVIEW = ("auroc", "average_precision", "sensitivity", "specificity", "ppv", "npv", "f1", "brier")
+_OVERVIEW = (
+  "auroc",
+  "average_precision",
+  "sensitivity",
+  "specificity",
+  "ppv",
+  "npv",
+  "f1",
+  "brier",
+)
 
 
 def _fmt(entry) -> str:
@@ -39,56 +58,116 @@ def _p(p) -> str:
   return "undefined" if p is None else ("< 0.001" if p < 0.001 else f"{p:.3f}")
 
 
-def _blocks(result: Mapping, title: str, figures: Sequence[tuple[str, str]],
-            gradcam: Sequence[tuple[str, str]], extra: Sequence[tuple[str, str]]) -> list[tuple]:
+def _blocks(
+  result: Mapping,
+  title: str,
+  figures: Sequence[tuple[str, str]],
+  gradcam: Sequence[tuple[str, str]],
+  extra: Sequence[tuple[str, str]],
+) -> list[tuple]:
   s = result["settings"]
   ci = f"{round(100 * s['ci_level'])}%"
   blocks: list[tuple] = [("h1", title)]
-  blocks.append(("p", (
-      f"{result['n_images']} images of {result['n_patients']} patients, "
-      f"{len(result['findings'])} findings. Every value is followed by its {ci} confidence interval "
-      f"from {s['bootstrap_resamples']} bootstrap resamples of the {s['resampling_unit']} "
-      f"(seed {s['seed']}, percentile method). Thresholds: {s['threshold_policy_description']}, "
-      f"chosen on {s['thresholds_chosen_on']}, then held fixed. 'undefined' means the metric does "
-      "not exist on these cases (e.g. sensitivity without positives), not zero.")))
+  blocks.append(
+    (
+      "p",
+      (
+        f"{result['n_images']} images of {result['n_patients']} patients, "
+        f"{len(result['findings'])} findings. Every value is followed by its {ci} confidence interval "
+        f"from {s['bootstrap_resamples']} bootstrap resamples of the {s['resampling_unit']} "
+        f"(seed {s['seed']}, percentile method). Thresholds: {s['threshold_policy_description']}, "
+        f"chosen on {s['thresholds_chosen_on']}, then held fixed. 'undefined' means the metric does "
+        "not exist on these cases (e.g. sensitivity without positives), not zero."
+      ),
+    )
+  )
   if s.get("prevalence") is not None:
-    blocks.append(("p", f"PPV and NPV are also given at the stated prevalence {s['prevalence']} "
-                        "(Bayes' rule from sensitivity and specificity)."))
+    blocks.append(
+      (
+        "p",
+        f"PPV and NPV are also given at the stated prevalence {s['prevalence']} "
+        "(Bayes' rule from sensitivity and specificity).",
+      )
+    )
   blocks.append(("h2", "Summary"))
-  rows = [[_NAMES[m], _fmt(result["macro"].get(m)), _fmt(result["micro"].get(m))
-           if m in result["micro"] else "-"] for m in result["macro"]]
-  blocks.append(("table", ["Metric", "Macro average (over findings)", "Micro (all labels pooled)"], rows))
+  rows = [
+    [
+      _NAMES[m],
+      _fmt(result["macro"].get(m)),
+      _fmt(result["micro"].get(m)) if m in result["micro"] else "-",
+    ]
+    for m in result["macro"]
+  ]
+  blocks.append(
+    ("table", ["Metric", "Macro average (over findings)", "Micro (all labels pooled)"], rows)
+  )
   rows = []
   for f in result["findings"]:
     pf = result["per_finding"][f]
-    rows.append([f, str(pf["n"]), str(pf["n_positive"]),
-                 "-" if pf["threshold"] is None else f"{pf['threshold']:.3g}"]
-                + [_fmt(pf["metrics"].get(m)) for m in _OVERVIEW])
-  blocks.append(("table", ["Finding", "N", "Positives", "Threshold"] + [_NAMES[m] for m in _OVERVIEW],
-                 rows))
+    rows.append(
+      [
+        f,
+        str(pf["n"]),
+        str(pf["n_positive"]),
+        "-" if pf["threshold"] is None else f"{pf['threshold']:.3g}",
+      ]
+      + [_fmt(pf["metrics"].get(m)) for m in _OVERVIEW]
+    )
+  blocks.append(
+    ("table", ["Finding", "N", "Positives", "Threshold"] + [_NAMES[m] for m in _OVERVIEW], rows)
+  )
   if result.get("comparison"):
     cmp = result["comparison"]
     blocks.append(("h2", f"Comparison with {cmp['name_b']}"))
-    blocks.append(("p", f"AUROC of this model ({cmp['name_a']}) minus AUROC of {cmp['name_b']} on the "
-                        "same cases: DeLong's test (assumes independent cases) and a paired bootstrap "
-                        f"of the {s['resampling_unit']}."))
+    blocks.append(
+      (
+        "p",
+        f"AUROC of this model ({cmp['name_a']}) minus AUROC of {cmp['name_b']} on the "
+        "same cases: DeLong's test (assumes independent cases) and a paired bootstrap "
+        f"of the {s['resampling_unit']}.",
+      )
+    )
     rows = []
     for f, e in cmp["findings"].items():
       pb = e.get("paired_bootstrap", {"ci": [None, None], "p_value": None})
-      rows.append([f, _fmt({"value": e["auroc_a"], "ci": [None, None]}),
-                   _fmt({"value": e["auroc_b"], "ci": [None, None]}),
-                   _fmt({"value": e["diff"], "ci": e["delong"]["ci"]}), _p(e["delong"]["p_value"]),
-                   _fmt({"value": e["diff"], "ci": pb["ci"]}), _p(pb["p_value"])])
-    blocks.append(("table", ["Finding", f"AUROC {cmp['name_a']}", f"AUROC {cmp['name_b']}",
-                             "Difference [DeLong CI]", "DeLong p", "Difference [bootstrap CI]",
-                             "Bootstrap p"], rows))
+      rows.append(
+        [
+          f,
+          _fmt({"value": e["auroc_a"], "ci": [None, None]}),
+          _fmt({"value": e["auroc_b"], "ci": [None, None]}),
+          _fmt({"value": e["diff"], "ci": e["delong"]["ci"]}),
+          _p(e["delong"]["p_value"]),
+          _fmt({"value": e["diff"], "ci": pb["ci"]}),
+          _p(pb["p_value"]),
+        ]
+      )
+    blocks.append(
+      (
+        "table",
+        [
+          "Finding",
+          f"AUROC {cmp['name_a']}",
+          f"AUROC {cmp['name_b']}",
+          "Difference [DeLong CI]",
+          "DeLong p",
+          "Difference [bootstrap CI]",
+          "Bootstrap p",
+        ],
+        rows,
+      )
+    )
   blocks.append(("h2", "Curves and calibration"))
   for caption, rel in figures:
     blocks.append(("figure", caption, rel))
   if gradcam:
     blocks.append(("h2", "Grad-CAM"))
-    blocks.append(("p", "Where the model looked: gradient-weighted class activation maps over the "
-                        "image (red = more evidence for the finding)."))
+    blocks.append(
+      (
+        "p",
+        "Where the model looked: gradient-weighted class activation maps over the "
+        "image (red = more evidence for the finding).",
+      )
+    )
     for caption, rel in gradcam:
       blocks.append(("figure", caption, rel, "small"))
   if extra:
@@ -100,12 +179,24 @@ def _blocks(result: Mapping, title: str, figures: Sequence[tuple[str, str]],
     pf = result["per_finding"][f]
     blocks.append(("h3", f))
     cm = pf["confusion"]
-    thr = "no threshold (undefined)" if pf["threshold"] is None else f"threshold {pf['threshold']:.4g}"
-    conf = (f"; at it TP {cm['tp']}, FP {cm['fp']}, TN {cm['tn']}, FN {cm['fn']}" if cm else "")
-    blocks.append(("p", f"{pf['n']} cases with a known label ({pf['n_positive']} positive, "
-                        f"{pf['n_unknown']} unknown left out); {thr}{conf}."))
-    blocks.append(("table", ["Metric", f"Value [{ci} CI]"],
-                   [[_NAMES.get(k, k), _fmt(v)] for k, v in pf["metrics"].items()]))
+    thr = (
+      "no threshold (undefined)" if pf["threshold"] is None else f"threshold {pf['threshold']:.4g}"
+    )
+    conf = f"; at it TP {cm['tp']}, FP {cm['fp']}, TN {cm['tn']}, FN {cm['fn']}" if cm else ""
+    blocks.append(
+      (
+        "p",
+        f"{pf['n']} cases with a known label ({pf['n_positive']} positive, "
+        f"{pf['n_unknown']} unknown left out); {thr}{conf}.",
+      )
+    )
+    blocks.append(
+      (
+        "table",
+        ["Metric", f"Value [{ci} CI]"],
+        [[_NAMES.get(k, k), _fmt(v)] for k, v in pf["metrics"].items()],
+      )
+    )
   return blocks
 
 
@@ -140,8 +231,10 @@ figure.small{display:inline-block;width:31%;vertical-align:top;margin:0.5em}"""
 
 def _render_html(blocks: list[tuple], title: str) -> str:
   e = html.escape
-  out = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{e(title)}</title>"
-         f"<style>{_CSS}</style></head><body>"]
+  out = [
+    f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{e(title)}</title>"
+    f"<style>{_CSS}</style></head><body>"
+  ]
   for b in blocks:
     kind = b[0]
     if kind in ("h1", "h2", "h3"):
@@ -154,8 +247,10 @@ def _render_html(blocks: list[tuple], title: str) -> str:
       out.append("</table>")
     elif kind == "figure":
       css = f" class='{b[3]}'" if len(b) > 3 else ""
-      out.append(f"<figure{css}><img src='{e(b[2])}' alt='{e(b[1])}'><figcaption>{e(b[1])}"
-                 "</figcaption></figure>")
+      out.append(
+        f"<figure{css}><img src='{e(b[2])}' alt='{e(b[1])}'><figcaption>{e(b[1])}"
+        "</figcaption></figure>"
+      )
   out.append("</body></html>")
   return "\n".join(out)
 
@@ -176,6 +271,7 @@ def _copy_figures(figs: Sequence[tuple[str, str]], out_dir: str, sub: str) -> li
 
 def write_json(path: str, obj) -> str:
   """JSON with nan written as null (plain json would write the invalid token NaN)."""
+
   def clean(x):
     if isinstance(x, dict):
       return {k: clean(v) for k, v in x.items()}
@@ -186,19 +282,32 @@ def write_json(path: str, obj) -> str:
     if isinstance(x, np.integer):
       return int(x)
     return x
+
   with open(path, "w") as f:
     json.dump(clean(obj), f, indent=1, allow_nan=False)
   return path
 
 
-def evaluate_and_report(out_dir: str, *, labels, probs, findings: Sequence[str], patient_ids=None,
-                        ids=None, val_labels=None, val_probs=None,
-                        threshold_policy: str | float = "youden", bootstrap: int = 1000,
-                        seed: int = 0, extra_figures: Sequence[tuple[str, str]] = (),
-                        gradcam_figures: Sequence[tuple[str, str]] = (),
-                        title: str = "mdx evaluation",
-                        prevalence: float | Mapping[str, float] | None = None,
-                        compare_probs=None, compare_names: tuple[str, str] = ("A", "B")) -> dict:
+def evaluate_and_report(
+  out_dir: str,
+  *,
+  labels,
+  probs,
+  findings: Sequence[str],
+  patient_ids=None,
+  ids=None,
+  val_labels=None,
+  val_probs=None,
+  threshold_policy: str | float = "youden",
+  bootstrap: int = 1000,
+  seed: int = 0,
+  extra_figures: Sequence[tuple[str, str]] = (),
+  gradcam_figures: Sequence[tuple[str, str]] = (),
+  title: str = "mdx evaluation",
+  prevalence: float | Mapping[str, float] | None = None,
+  compare_probs=None,
+  compare_names: tuple[str, str] = ("A", "B"),
+) -> dict:
   """Evaluates predictions and writes metrics.json, report.md, report.html and PNGs into out_dir.
 
   labels [N, C] float with nan = unknown; probs [N, C] in [0, 1]; patient_ids [N] for
@@ -213,27 +322,58 @@ def evaluate_and_report(out_dir: str, *, labels, probs, findings: Sequence[str],
   probs = np.asarray(probs, np.float64)
   findings = list(findings)
   result = CL.evaluate_classification(
-      labels, probs, findings, patient_ids=patient_ids, val_labels=val_labels, val_probs=val_probs,
-      threshold_policy=threshold_policy, bootstrap=bootstrap, seed=seed, prevalence=prevalence)
+    labels,
+    probs,
+    findings,
+    patient_ids=patient_ids,
+    val_labels=val_labels,
+    val_probs=val_probs,
+    threshold_policy=threshold_policy,
+    bootstrap=bootstrap,
+    seed=seed,
+    prevalence=prevalence,
+  )
   result = {"title": title, **result}
   if compare_probs is not None:
     result["comparison"] = {
-        "name_a": compare_names[0], "name_b": compare_names[1],
-        "findings": CL.compare_models(labels, probs, compare_probs, findings, patient_ids=patient_ids,
-                                      bootstrap=bootstrap, seed=seed)}
-  recal = (CL.recalibrate(val_labels, val_probs, probs)
-           if val_labels is not None and val_probs is not None else [])
+      "name_a": compare_names[0],
+      "name_b": compare_names[1],
+      "findings": CL.compare_models(
+        labels,
+        probs,
+        compare_probs,
+        findings,
+        patient_ids=patient_ids,
+        bootstrap=bootstrap,
+        seed=seed,
+      ),
+    }
+  recal = (
+    CL.recalibrate(val_labels, val_probs, probs)
+    if val_labels is not None and val_probs is not None
+    else []
+  )
   fig_dir = os.path.join(out_dir, "figures")
   figures = [
-      ("ROC curves (dot: the chosen operating point)",
-       plots.roc_png(os.path.join(fig_dir, "roc.png"), labels, probs, findings, result)),
-      ("Precision-recall curves (dashed: prevalence)",
-       plots.pr_png(os.path.join(fig_dir, "pr.png"), labels, probs, findings, result)),
-      ("Reliability diagrams" + (" before and after recalibration fitted on validation" if recal else ""),
-       plots.reliability_png(os.path.join(fig_dir, "reliability.png"), labels, probs, findings,
-                             result, recal)),
-      ("Confusion matrices at the chosen thresholds",
-       plots.confusion_png(os.path.join(fig_dir, "confusion.png"), findings, result)),
+    (
+      "ROC curves (dot: the chosen operating point)",
+      plots.roc_png(os.path.join(fig_dir, "roc.png"), labels, probs, findings, result),
+    ),
+    (
+      "Precision-recall curves (dashed: prevalence)",
+      plots.pr_png(os.path.join(fig_dir, "pr.png"), labels, probs, findings, result),
+    ),
+    (
+      "Reliability diagrams"
+      + (" before and after recalibration fitted on validation" if recal else ""),
+      plots.reliability_png(
+        os.path.join(fig_dir, "reliability.png"), labels, probs, findings, result, recal
+      ),
+    ),
+    (
+      "Confusion matrices at the chosen thresholds",
+      plots.confusion_png(os.path.join(fig_dir, "confusion.png"), findings, result),
+    ),
   ]
   figures = [(c, os.path.relpath(p, out_dir)) for c, p in figures]
   gradcam = _copy_figures(gradcam_figures, out_dir, "gradcam")

@@ -19,20 +19,34 @@ import numpy as np
 from absl import logging
 
 from mdx.evaluate import gradcam as G
-from mdx.evaluate import plots
+from mdx.evaluate import plots, report
 from mdx.evaluate import predictions as P
-from mdx.evaluate import report
 from mdx.evaluate import segmentation as S
 
 
 def classification_run_report(
-    out_dir: str, fig_dir: str, *, split: str, pred: Mapping, val: Mapping,
-    findings: Sequence[str], patient_ids, image_ids, image_fn: Callable[[int], np.ndarray],
-    history: Sequence[Mapping], threshold_policy: str | float = "youden", bootstrap: int = 1000,
-    examples: int = 8, seed: int = 0, title: str = "mdx evaluation", model=None, variables=None,
-    model_inputs: Callable[[Sequence[int]], np.ndarray] | None = None,
-    gradcam: Mapping | None = None,
-    lesion_masks: Callable[[int], Mapping[str, np.ndarray]] | None = None) -> dict:
+  out_dir: str,
+  fig_dir: str,
+  *,
+  split: str,
+  pred: Mapping,
+  val: Mapping,
+  findings: Sequence[str],
+  patient_ids,
+  image_ids,
+  image_fn: Callable[[int], np.ndarray],
+  history: Sequence[Mapping],
+  threshold_policy: str | float = "youden",
+  bootstrap: int = 1000,
+  examples: int = 8,
+  seed: int = 0,
+  title: str = "mdx evaluation",
+  model=None,
+  variables=None,
+  model_inputs: Callable[[Sequence[int]], np.ndarray] | None = None,
+  gradcam: Mapping | None = None,
+  lesion_masks: Callable[[int], Mapping[str, np.ndarray]] | None = None,
+) -> dict:
   """Writes out_dir/{split}_predictions.csv, gradcam.json, metrics.json, report.md and report.html.
 
   pred: the evaluated split, val: the validation split (thresholds and recalibration are chosen
@@ -45,30 +59,80 @@ def classification_run_report(
   os.makedirs(out_dir, exist_ok=True)
   os.makedirs(fig_dir, exist_ok=True)
   findings = list(findings)
-  P.write_csv(os.path.join(out_dir, f"{split}_predictions.csv"), image_ids, pred["probs"],
-              findings, id_column="image_id", patient_ids=patient_ids, digits=6)
+  P.write_csv(
+    os.path.join(out_dir, f"{split}_predictions.csv"),
+    image_ids,
+    pred["probs"],
+    findings,
+    id_column="image_id",
+    patient_ids=patient_ids,
+    digits=6,
+  )
   figures = [
-      plots.training_curves_png(history, os.path.join(fig_dir, "loss_curves.png"), "val_auroc",
-                                "mean AUROC", "weighted BCE loss", ylim=(0.4, 1.0), chance=0.5),
-      plots.examples_png(image_fn, pred["labels"], pred["probs"], pred["index"], findings,
-                         os.path.join(fig_dir, "examples.png"), count=examples, seed=seed)]
+    plots.training_curves_png(
+      history,
+      os.path.join(fig_dir, "loss_curves.png"),
+      "val_auroc",
+      "mean AUROC",
+      "weighted BCE loss",
+      ylim=(0.4, 1.0),
+      chance=0.5,
+    ),
+    plots.examples_png(
+      image_fn,
+      pred["labels"],
+      pred["probs"],
+      pred["index"],
+      findings,
+      os.path.join(fig_dir, "examples.png"),
+      count=examples,
+      seed=seed,
+    ),
+  ]
   gradcam_figures = []
   if model is not None and gradcam is not None:
     gradcam_figures = G.grad_cam_report(
-        model, variables, model_inputs, labels=pred["labels"], probs=pred["probs"],
-        index=pred["index"], findings=findings, out_dir=fig_dir,
-        gradcam_findings=tuple(gradcam["findings"]), images=gradcam["images"],
-        overlays=gradcam["overlays"], layer=gradcam["layer"] or None, lesion_masks=lesion_masks,
-        summary_path=os.path.join(out_dir, "gradcam.json"))
+      model,
+      variables,
+      model_inputs,
+      labels=pred["labels"],
+      probs=pred["probs"],
+      index=pred["index"],
+      findings=findings,
+      out_dir=fig_dir,
+      gradcam_findings=tuple(gradcam["findings"]),
+      images=gradcam["images"],
+      overlays=gradcam["overlays"],
+      layer=gradcam["layer"] or None,
+      lesion_masks=lesion_masks,
+      summary_path=os.path.join(out_dir, "gradcam.json"),
+    )
   return report.evaluate_and_report(
-      out_dir, labels=pred["labels"], probs=pred["probs"], findings=findings,
-      patient_ids=patient_ids, ids=image_ids, val_labels=val["labels"], val_probs=val["probs"],
-      threshold_policy=threshold_policy, bootstrap=bootstrap, seed=seed, extra_figures=figures,
-      gradcam_figures=gradcam_figures, title=title)
+    out_dir,
+    labels=pred["labels"],
+    probs=pred["probs"],
+    findings=findings,
+    patient_ids=patient_ids,
+    ids=image_ids,
+    val_labels=val["labels"],
+    val_probs=val["probs"],
+    threshold_policy=threshold_policy,
+    bootstrap=bootstrap,
+    seed=seed,
+    extra_figures=figures,
+    gradcam_figures=gradcam_figures,
+    title=title,
+  )
 
 
-def segmentation_run_report(out_dir: str, *, split: str, per_case: Mapping,
-                            history: Sequence[Mapping], overlays: Sequence[str] = ()) -> dict:
+def segmentation_run_report(
+  out_dir: str,
+  *,
+  split: str,
+  per_case: Mapping,
+  history: Sequence[Mapping],
+  overlays: Sequence[str] = (),
+) -> dict:
   """Writes out_dir/metrics.json, curves.png (when there is a history) and report.md.
 
   per_case: {case_id: segmentation.case_metrics(...)} of the evaluated split; overlays: PNG paths
@@ -80,10 +144,15 @@ def segmentation_run_report(out_dir: str, *, split: str, per_case: Mapping,
   S.write_metrics(os.path.join(out_dir, "metrics.json"), per_case, summary)
   figures = []
   if history:
-    _, path = plots.training_curves_png(history, os.path.join(out_dir, "curves.png"), "val_dice",
-                                        "Dice", "loss", ylim=(0, 1))
+    _, path = plots.training_curves_png(
+      history, os.path.join(out_dir, "curves.png"), "val_dice", "Dice", "loss", ylim=(0, 1)
+    )
     figures.append(path)
   S.write_report(os.path.join(out_dir, "report.md"), summary, figures + list(overlays))
-  logging.info("%s: mean Dice %.4f; per class %s", split, summary["mean_dice"],
-               {k: round(v["dice"], 4) for k, v in summary["per_class"].items()})
+  logging.info(
+    "%s: mean Dice %.4f; per class %s",
+    split,
+    summary["mean_dice"],
+    {k: round(v["dice"], 4) for k, v in summary["per_class"].items()},
+  )
   return summary

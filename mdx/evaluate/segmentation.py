@@ -28,8 +28,9 @@ def binary_masks(label: np.ndarray, num_classes: int, regions: bool) -> np.ndarr
 
 def _surface(mask: np.ndarray) -> np.ndarray:
   """Boundary voxels: in the mask with a 6-neighbour outside it (the volume edge counts as outside)."""
-  eroded = ndimage.binary_erosion(mask, structure=ndimage.generate_binary_structure(mask.ndim, 1),
-                                  border_value=0)
+  eroded = ndimage.binary_erosion(
+    mask, structure=ndimage.generate_binary_structure(mask.ndim, 1), border_value=0
+  )
   return mask & ~eroded
 
 
@@ -51,8 +52,14 @@ def hd95(pred: np.ndarray, truth: np.ndarray, spacing=None) -> float:
   return float(max(np.percentile(dist_to_t[sp], 95), np.percentile(dist_to_p[st], 95)))
 
 
-def case_metrics(pred: np.ndarray, label: np.ndarray, class_names, regions: bool = False,
-                 spacing=None, with_hd95: bool = True) -> dict[str, dict[str, float]]:
+def case_metrics(
+  pred: np.ndarray,
+  label: np.ndarray,
+  class_names,
+  regions: bool = False,
+  spacing=None,
+  with_hd95: bool = True,
+) -> dict[str, dict[str, float]]:
   """{class_name: {dice, sensitivity, specificity, hd95, tp, fp, fn, tn}} for one case."""
   k = len(class_names)
   pm, tm = binary_masks(pred, k, regions), binary_masks(label, k, regions)
@@ -68,15 +75,24 @@ def case_metrics(pred: np.ndarray, label: np.ndarray, class_names, regions: bool
     dice = 1.0 if tp + fp + fn == 0 else 2 * tp / (2 * tp + fp + fn)
     sens = tp / (tp + fn) if tp + fn else float("nan")
     spec = tn / (tn + fp) if tn + fp else float("nan")
-    m = {"dice": dice, "sensitivity": sens, "specificity": spec, "tp": tp, "fp": fp, "fn": fn,
-         "tn": tn}
+    m = {
+      "dice": dice,
+      "sensitivity": sens,
+      "specificity": spec,
+      "tp": tp,
+      "fp": fp,
+      "fn": fn,
+      "tn": tn,
+    }
     if with_hd95:
       m["hd95"] = hd95(p, t, spacing)
     out[name] = m
   return out
 
 
-def summarize(per_case: dict[str, dict[str, dict[str, float]]], skip=("background",)) -> dict[str, Any]:
+def summarize(
+  per_case: dict[str, dict[str, dict[str, float]]], skip=("background",)
+) -> dict[str, Any]:
   """Means over cases per class and metric (nan left out and counted), and the mean over classes."""
   if not per_case:
     raise ValueError("no cases to summarise")
@@ -118,12 +134,21 @@ def write_metrics(path: str, per_case, summary) -> None:
 _COLOURS = np.asarray([[1, 0.2, 0.2], [0.2, 1, 0.2], [0.3, 0.5, 1], [1, 1, 0.2], [1, 0.3, 1]])
 
 
-def overlay_png(path: str, image: np.ndarray, label: np.ndarray, pred: np.ndarray,
-                class_names, regions: bool = False, title: str = "") -> None:
+def overlay_png(
+  path: str,
+  image: np.ndarray,
+  label: np.ndarray,
+  pred: np.ndarray,
+  class_names,
+  regions: bool = False,
+  title: str = "",
+) -> None:
   """Axial slice with the most foreground: image, truth and prediction contours side by side."""
   import matplotlib
+
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
+
   k = len(class_names)
   tm, pm = binary_masks(label, k, regions), binary_masks(pred, k, regions)
   first = 0 if regions else 1
@@ -151,13 +176,21 @@ def overlay_png(path: str, image: np.ndarray, label: np.ndarray, pred: np.ndarra
 
 def write_report(path: str, summary: dict[str, Any], overlays: list[str] = ()) -> None:
   """A short markdown report: per-class table and the overlay pictures."""
-  lines = [f"# Segmentation report ({summary['num_cases']} cases)", "",
-           "| class | Dice | sensitivity | specificity | HD95 (mm) |", "|---|---|---|---|---|"]
+  lines = [
+    f"# Segmentation report ({summary['num_cases']} cases)",
+    "",
+    "| class | Dice | sensitivity | specificity | HD95 (mm) |",
+    "|---|---|---|---|---|",
+  ]
   for name, s in summary["per_class"].items():
-    lines.append(f"| {name} | {s['dice']:.4f} | {s['sensitivity']:.4f} | {s['specificity']:.4f} | "
-                 f"{s['hd95']:.2f} |")
+    lines.append(
+      f"| {name} | {s['dice']:.4f} | {s['sensitivity']:.4f} | {s['specificity']:.4f} | "
+      f"{s['hd95']:.2f} |"
+    )
   lines += ["", f"Mean Dice over foreground classes: {summary['mean_dice']:.4f}", ""]
-  lines += [f"![{os.path.basename(p)}]({os.path.relpath(p, os.path.dirname(os.path.abspath(path)))})"
-            for p in overlays]
+  lines += [
+    f"![{os.path.basename(p)}]({os.path.relpath(p, os.path.dirname(os.path.abspath(path)))})"
+    for p in overlays
+  ]
   with open(path, "w") as f:
     f.write("\n".join(lines) + "\n")

@@ -32,14 +32,17 @@ def parse_policy(policy: str | float) -> tuple[str, float | None]:
       except ValueError:
         value = float("nan")
       if kind not in ("sensitivity", "specificity") or not 0.0 < value <= 1.0:
-        raise ValueError(f"threshold policy {policy!r}: use 'sensitivity=T' or 'specificity=T' "
-                         "with 0 < T <= 1")
+        raise ValueError(
+          f"threshold policy {policy!r}: use 'sensitivity=T' or 'specificity=T' with 0 < T <= 1"
+        )
       return kind, value
     try:
       kind, value = "fixed", float(text)
     except ValueError:
-      raise ValueError(f"unknown threshold policy {policy!r}: use 'youden', 'f1', "
-                       "'sensitivity=0.9', 'specificity=0.9' or a number in [0, 1]") from None
+      raise ValueError(
+        f"unknown threshold policy {policy!r}: use 'youden', 'f1', "
+        "'sensitivity=0.9', 'specificity=0.9' or a number in [0, 1]"
+      ) from None
   if not 0.0 <= value <= 1.0:
     raise ValueError(f"fixed threshold {value} must lie in [0, 1]")
   return kind, value

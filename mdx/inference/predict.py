@@ -13,7 +13,8 @@ from typing import Any
 
 import jax
 import numpy as np
-from jax.sharding import Mesh, PartitionSpec as P
+from jax.sharding import Mesh
+from jax.sharding import PartitionSpec as P
 
 from mdx import runtime
 
@@ -27,13 +28,19 @@ def make_predict_step(model, mesh: Mesh, input_key: str = "image"):
   """
 
   def local_predict(variables: Any, batch: dict[str, Any]):
-    params, stats = ((variables["params"], variables.get("batch_stats", {}))
-                     if isinstance(variables, dict) else (variables.params, variables.batch_stats))
+    params, stats = (
+      (variables["params"], variables.get("batch_stats", {}))
+      if isinstance(variables, dict)
+      else (variables.params, variables.batch_stats)
+    )
     return model.apply({"params": params, "batch_stats": stats}, batch[input_key], train=False)
 
-  return jax.jit(jax.shard_map(local_predict, mesh=mesh, in_specs=(P(), P(runtime.DATA)),
-                               out_specs=P(runtime.DATA)),
-                 compiler_options=runtime.compiler_options())
+  return jax.jit(
+    jax.shard_map(
+      local_predict, mesh=mesh, in_specs=(P(), P(runtime.DATA)), out_specs=P(runtime.DATA)
+    ),
+    compiler_options=runtime.compiler_options(),
+  )
 
 
 def activate(logits: np.ndarray, activation: str) -> np.ndarray:
@@ -42,11 +49,14 @@ def activate(logits: np.ndarray, activation: str) -> np.ndarray:
     raise ValueError(f"activation={activation!r}; choose one of {ACTIVATIONS}")
   if activation == "none":
     return np.asarray(logits)
-  return np.asarray(jax.nn.softmax(logits, -1) if activation == "softmax" else jax.nn.sigmoid(logits))
+  return np.asarray(
+    jax.nn.softmax(logits, -1) if activation == "softmax" else jax.nn.sigmoid(logits)
+  )
 
 
-def make_predict_fn(model, mesh: Mesh, activation: str = "softmax",
-                    input_key: str = "image") -> Callable[[Any, np.ndarray], np.ndarray]:
+def make_predict_fn(
+  model, mesh: Mesh, activation: str = "softmax", input_key: str = "image"
+) -> Callable[[Any, np.ndarray], np.ndarray]:
   """(variables, images [B, ...] numpy) -> numpy probabilities [B, ..., K] on every host.
 
   B must be a multiple of the mesh's device count (runtime.check_batch says which)."""

@@ -8,8 +8,8 @@ the window is padded and the output cropped back.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 import itertools
+from collections.abc import Callable
 
 import numpy as np
 
@@ -35,9 +35,15 @@ def window_starts(size: int, window: int, overlap: float) -> list[int]:
   return sorted({int(round(s)) for s in np.linspace(0, size - window, n)})
 
 
-def sliding_window_inference(predict_fn: Callable[[np.ndarray], np.ndarray], image: np.ndarray,
-                             window, overlap: float = 0.5, batch_size: int = 4,
-                             weighting: str = "gaussian", sigma_scale: float = 0.125) -> np.ndarray:
+def sliding_window_inference(
+  predict_fn: Callable[[np.ndarray], np.ndarray],
+  image: np.ndarray,
+  window,
+  overlap: float = 0.5,
+  batch_size: int = 4,
+  weighting: str = "gaussian",
+  sigma_scale: float = 0.125,
+) -> np.ndarray:
   """image [D, H, W, C] -> averaged outputs [D, H, W, K].
 
   predict_fn maps a batch [batch_size, *window, C] to [batch_size, *window, K] (probabilities
@@ -55,13 +61,16 @@ def sliding_window_inference(predict_fn: Callable[[np.ndarray], np.ndarray], ima
   padded = tuple(max(s, w) for s, w in zip(shape, window))
   if padded != shape:
     image = np.pad(image, [(0, p - s) for p, s in zip(padded, shape)] + [(0, 0)])
-  weight = (gaussian_importance(window, sigma_scale) if weighting == "gaussian"
-            else np.ones(window, np.float32))
+  weight = (
+    gaussian_importance(window, sigma_scale)
+    if weighting == "gaussian"
+    else np.ones(window, np.float32)
+  )
   starts = list(itertools.product(*[window_starts(p, w, overlap) for p, w in zip(padded, window)]))
   out = None
   norm = np.zeros(padded, np.float32)
   for b in range(0, len(starts), batch_size):
-    chunk = starts[b: b + batch_size]
+    chunk = starts[b : b + batch_size]
     batch = np.zeros((batch_size,) + window + image.shape[-1:], np.float32)
     for i, st in enumerate(chunk):
       batch[i] = image[tuple(slice(s, s + w) for s, w in zip(st, window))]

@@ -33,8 +33,8 @@ import numpy as np
 import optax
 from absl import app, flags
 
-from mdx.models import common, registry
 from mdx import runtime
+from mdx.models import common, registry
 
 _MODELS = flags.DEFINE_list("models", ["densenet121", "resnet50"], "registry names")
 _RES = flags.DEFINE_list("resolutions", ["128"], "square input sizes")
@@ -44,17 +44,17 @@ _DTYPE = flags.DEFINE_string("dtype", "float32", "compute dtype (params stay flo
 _STEPS = flags.DEFINE_integer("steps", 3, "steps per timing")
 _REPEATS = flags.DEFINE_integer("repeats", 5, "rounds of timings; the median is reported")
 _TORCH = flags.DEFINE_bool("torch", False, "also time a PyTorch DenseNet-121 train step")
-_KWARGS = flags.DEFINE_string("kwargs", "{}", "JSON model kwargs, e.g. '{\"concat\": \"buffer\"}'")
+_KWARGS = flags.DEFINE_string("kwargs", "{}", 'JSON model kwargs, e.g. \'{"concat": "buffer"}\'')
 _THREADS = flags.DEFINE_integer("threads", 0, "torch threads (0: one per CPU core)")
 _VARIANTS = flags.DEFINE_list("variants", ["mdx"], "train-step variants (see the module docstring)")
 
 # variant -> (plain Flax operations, use mdx's XLA options, donate: None = mdx's choice)
 VARIANTS = {
-    "mdx": (False, True, None),
-    "plain_flax_ops": (True, True, None),
-    "xla_cpu_defaults": (False, False, None),
-    "donate": (False, True, True),
-    "baseline": (True, False, True),
+  "mdx": (False, True, None),
+  "plain_flax_ops": (True, True, None),
+  "xla_cpu_defaults": (False, False, None),
+  "donate": (False, True, True),
+  "baseline": (True, False, True),
 }
 
 
@@ -66,8 +66,9 @@ def _rate(fn, images: int, steps: int) -> float:
   return images * steps / (time.perf_counter() - t)
 
 
-def build_model_step(name: str, size: int, batch: int, channels: int, dtype: str,
-                     variant: str = "mdx", **kwargs) -> dict:
+def build_model_step(
+  name: str, size: int, batch: int, channels: int, dtype: str, variant: str = "mdx", **kwargs
+) -> dict:
   """Compiles `name`'s train step and forward pass as `variant`: a contestant for `race`."""
   if variant not in VARIANTS:
     raise ValueError(f"unknown variant {variant!r}; choose from {sorted(VARIANTS)}")
@@ -84,30 +85,45 @@ def build_model_step(name: str, size: int, batch: int, channels: int, dtype: str
 
   def train_step(params, stats, opt_state, x, y):
     def loss_fn(p):
-      logits, upd = model.apply({"params": p, "batch_stats": stats}, x, train=True,
-                                mutable=["batch_stats"])
+      logits, upd = model.apply(
+        {"params": p, "batch_stats": stats}, x, train=True, mutable=["batch_stats"]
+      )
       return optax.sigmoid_binary_cross_entropy(logits, y).mean(), upd["batch_stats"]
+
     (loss, stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
     updates, opt_state = tx.update(grads, opt_state, params)
     return optax.apply_updates(params, updates), stats, opt_state, loss
 
   with common.plain_flax_ops() if plain else contextlib.nullcontext():
     t = time.perf_counter()
-    step = jax.jit(train_step, donate_argnums=(0, 1, 2) if donate else (),
-                   compiler_options=options).lower(params, stats, opt_state, x, y).compile()
+    step = (
+      jax.jit(train_step, donate_argnums=(0, 1, 2) if donate else (), compiler_options=options)
+      .lower(params, stats, opt_state, x, y)
+      .compile()
+    )
     compile_s = time.perf_counter() - t
-    forward = jax.jit(lambda v, x: model.apply(v, x, train=False),
-                      compiler_options=options).lower({"params": params, "batch_stats": stats}, x).compile()
+    forward = (
+      jax.jit(lambda v, x: model.apply(v, x, train=False), compiler_options=options)
+      .lower({"params": params, "batch_stats": stats}, x)
+      .compile()
+    )
   state = [params, stats, opt_state]
 
   def train():
     state[0], state[1], state[2], loss = step(state[0], state[1], state[2], x, y)
     return loss
+
   jax.block_until_ready(train())
   n = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(params))
-  return dict(model=name, size=size, variant=variant, params=n, compile_s=compile_s,
-              forward_fn=lambda: forward({"params": state[0], "batch_stats": state[1]}, x),
-              train_fn=train)
+  return dict(
+    model=name,
+    size=size,
+    variant=variant,
+    params=n,
+    compile_s=compile_s,
+    forward_fn=lambda: forward({"params": state[0], "batch_stats": state[1]}, x),
+    train_fn=train,
+  )
 
 
 def race(contestants: list[dict], batch: int, steps: int, repeats: int) -> None:
@@ -138,7 +154,7 @@ def torch_densenet121(num_classes: int = 14, in_channels: int = 3):
       self.norm2 = nn.BatchNorm2d(bn_size * growth)
       self.conv2 = nn.Conv2d(bn_size * growth, growth, 3, padding=1, bias=False)
 
-    def forward(self, feats):   # torchvision: concatenate the list of previous outputs
+    def forward(self, feats):  # torchvision: concatenate the list of previous outputs
       y = self.conv1(torch.relu(self.norm1(torch.cat(feats, 1))))
       return self.conv2(torch.relu(self.norm2(y)))
 
@@ -153,22 +169,35 @@ def torch_densenet121(num_classes: int = 14, in_channels: int = 3):
         feats.append(layer(feats))
       return torch.cat(feats, 1)
 
-  mods, c = [nn.Conv2d(in_channels, 64, 7, 2, 3, bias=False), nn.BatchNorm2d(64), nn.ReLU(),
-             nn.MaxPool2d(3, 2, 1)], 64
+  mods, c = (
+    [
+      nn.Conv2d(in_channels, 64, 7, 2, 3, bias=False),
+      nn.BatchNorm2d(64),
+      nn.ReLU(),
+      nn.MaxPool2d(3, 2, 1),
+    ],
+    64,
+  )
   for i, n in enumerate((6, 12, 24, 16)):
     mods.append(Block(n, c))
     c += 32 * n
     if i < 3:
       mods += [nn.BatchNorm2d(c), nn.ReLU(), nn.Conv2d(c, c // 2, 1, bias=False), nn.AvgPool2d(2)]
       c //= 2
-  mods += [nn.BatchNorm2d(c), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-           nn.Linear(c, num_classes)]
+  mods += [
+    nn.BatchNorm2d(c),
+    nn.ReLU(),
+    nn.AdaptiveAvgPool2d(1),
+    nn.Flatten(),
+    nn.Linear(c, num_classes),
+  ]
   return nn.Sequential(*mods)
 
 
 def build_torch_step(size: int, batch: int, channels: int, threads: int) -> dict:
   """PyTorch DenseNet-121's train step as a contestant for `race`."""
   import torch
+
   cuda = torch.cuda.is_available()
   if threads:
     torch.set_num_threads(threads)
@@ -193,29 +222,47 @@ def build_torch_step(size: int, batch: int, channels: int, threads: int) -> dict
 
   train()
   n = sum(p.numel() for p in model.parameters())
-  return dict(model="densenet121", size=size, variant=f"torch {torch.__version__}", params=n,
-              compile_s=float("nan"), forward_fn=None, train_fn=train)
+  return dict(
+    model="densenet121",
+    size=size,
+    variant=f"torch {torch.__version__}",
+    params=n,
+    compile_s=float("nan"),
+    forward_fn=None,
+    train_fn=train,
+  )
 
 
 def main(argv):
   del argv
   threads = _THREADS.value or os.cpu_count()
-  print(f"devices: {jax.devices()}  dtype={_DTYPE.value}  batch={_BATCH.value}  "
-        f"kwargs={_KWARGS.value}  torch threads={threads if _TORCH.value else '-'}")
-  print(f"{'model':<14}{'size':>5}  {'variant':<18}{'params':>11}{'compile s':>11}{'fwd img/s':>11}"
-        f"{'train img/s':>13}{'vs torch':>10}")
+  print(
+    f"devices: {jax.devices()}  dtype={_DTYPE.value}  batch={_BATCH.value}  "
+    f"kwargs={_KWARGS.value}  torch threads={threads if _TORCH.value else '-'}"
+  )
+  print(
+    f"{'model':<14}{'size':>5}  {'variant':<18}{'params':>11}{'compile s':>11}{'fwd img/s':>11}"
+    f"{'train img/s':>13}{'vs torch':>10}"
+  )
   for name in _MODELS.value:
     for size in map(int, _RES.value):
-      contestants = [build_model_step(name, size, _BATCH.value, _CHANNELS.value, _DTYPE.value,
-                                      v, **json.loads(_KWARGS.value)) for v in _VARIANTS.value]
+      contestants = [
+        build_model_step(
+          name, size, _BATCH.value, _CHANNELS.value, _DTYPE.value, v, **json.loads(_KWARGS.value)
+        )
+        for v in _VARIANTS.value
+      ]
       with_torch = _TORCH.value and name == "densenet121"
       if with_torch:
         contestants.append(build_torch_step(size, _BATCH.value, _CHANNELS.value, threads))
       race(contestants, _BATCH.value, _STEPS.value, _REPEATS.value)
       for c in contestants:
         ratio = f"{c['vs_last']:10.2f}" if with_torch else f"{'-':>10}"
-        print(f"{name:<14}{size:>5}  {c['variant']:<18}{c['params']:>11,}{c['compile_s']:>11.1f}"
-              f"{c['forward']:>11.1f}{c['train']:>13.2f}{ratio}", flush=True)
+        print(
+          f"{name:<14}{size:>5}  {c['variant']:<18}{c['params']:>11,}{c['compile_s']:>11.1f}"
+          f"{c['forward']:>11.1f}{c['train']:>13.2f}{ratio}",
+          flush=True,
+        )
 
 
 if __name__ == "__main__":

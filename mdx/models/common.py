@@ -64,25 +64,41 @@ def frozen_stages(stages: Sequence[str], policy: str | None) -> frozenset[str]:
   if policy == "head":
     first = "head"
   elif isinstance(policy, str) and policy.startswith("from:"):
-    first = policy[len("from:"):]
+    first = policy[len("from:") :]
   else:
-    raise ValueError(f"freeze policy {policy!r} is unknown; use 'none', 'head' or 'from:<stage>' "
-                     f"with a stage of {list(stages)}")
+    raise ValueError(
+      f"freeze policy {policy!r} is unknown; use 'none', 'head' or 'from:<stage>' "
+      f"with a stage of {list(stages)}"
+    )
   if first not in stages:
-    raise ValueError(f"freeze policy {policy!r} names stage {first!r}, which this model does not "
-                     f"have; its stages are {list(stages)}")
-  return frozenset(stages[:list(stages).index(first)])
+    raise ValueError(
+      f"freeze policy {policy!r} names stage {first!r}, which this model does not "
+      f"have; its stages are {list(stages)}"
+    )
+  return frozenset(stages[: list(stages).index(first)])
 
 
-def batch_norm(train: bool, frozen: bool, axis_name: str | None, epsilon: float, dtype: Any,
-               name: str | None = None) -> nn.BatchNorm:
+def batch_norm(
+  train: bool,
+  frozen: bool,
+  axis_name: str | None,
+  epsilon: float,
+  dtype: Any,
+  name: str | None = None,
+) -> nn.BatchNorm:
   """BatchNorm with the mdx conventions: momentum 0.9, statistics averaged over `axis_name`.
 
   A frozen layer always uses (and never updates) its running statistics.
   """
   use_running = (not train) or frozen
-  return nn.BatchNorm(use_running_average=use_running, axis_name=None if use_running else axis_name,
-                      momentum=0.9, epsilon=epsilon, dtype=dtype, name=name)
+  return nn.BatchNorm(
+    use_running_average=use_running,
+    axis_name=None if use_running else axis_name,
+    momentum=0.9,
+    epsilon=epsilon,
+    dtype=dtype,
+    name=name,
+  )
 
 
 def max_pool(x, window: int, stride: int, pad: int):
@@ -102,8 +118,12 @@ def max_pool(x, window: int, stride: int, pad: int):
   out = None
   for i in range(window):
     for j in range(window):
-      s = lax.slice(x, (0, i, j, 0), (b, i + stride * (ho - 1) + 1, j + stride * (wo - 1) + 1, c),
-                    (1, stride, stride, 1))
+      s = lax.slice(
+        x,
+        (0, i, j, 0),
+        (b, i + stride * (ho - 1) + 1, j + stride * (wo - 1) + 1, c),
+        (1, stride, stride, 1),
+      )
       out = s if out is None else jnp.maximum(out, s)
   return out
 
@@ -142,13 +162,13 @@ def _bn_relu_train_fwd(x, scale, bias, epsilon, axis_name):
 def _bn_relu_train_bwd(epsilon, axis_name, residuals, cotangents):
   del epsilon
   x, scale, bias, mean, rstd = residuals
-  g = cotangents[0]   # the batch statistics feed only the running averages: no gradient
+  g = cotangents[0]  # the batch statistics feed only the running averages: no gradient
   axes = tuple(range(x.ndim - 1))
   xhat = (x.astype(jnp.float32) - mean) * rstd
   dy = jnp.where(xhat * scale + bias > 0, g.astype(jnp.float32), 0.0)
   sums = jnp.stack([dy.sum(axes), (dy * xhat).sum(axes)])
   count = x.size // x.shape[-1]
-  if axis_name is not None:   # statistics were global: so are their gradients
+  if axis_name is not None:  # statistics were global: so are their gradients
     sums = lax.psum(sums, axis_name)
     count = count * lax.psum(1, axis_name)
   dbias, dscale = sums[0], sums[1]
@@ -167,6 +187,7 @@ class BatchNormReLU(nn.Module):
 
   Use in place of `relu(batch_norm(...)(x))`; the arguments are those of `batch_norm`.
   """
+
   train: bool
   frozen: bool
   axis_name: str | None
@@ -182,11 +203,11 @@ class BatchNormReLU(nn.Module):
     ra_mean = self.variable("batch_stats", "mean", lambda: jnp.zeros((c,), jnp.float32))
     ra_var = self.variable("batch_stats", "var", lambda: jnp.ones((c,), jnp.float32))
     x = x.astype(self.dtype)
-    if not self.train or self.frozen:   # running statistics: an affine map, autodiff is fine
+    if not self.train or self.frozen:  # running statistics: an affine map, autodiff is fine
       return _normalize_relu(x, ra_mean.value, lax.rsqrt(ra_var.value + self.epsilon), scale, bias)
     if _TUNED["bn_relu_vjp"]:
       out, mean, var = _bn_relu_train(x, scale, bias, self.epsilon, self.axis_name)
-    else:   # the same function, differentiated by JAX (as nn.BatchNorm then nn.relu)
+    else:  # the same function, differentiated by JAX (as nn.BatchNorm then nn.relu)
       mean, var = _batch_moments(x, self.axis_name)
       out = _normalize_relu(x, mean, lax.rsqrt(var + self.epsilon), scale, bias)
     if not self.is_initializing():
@@ -198,6 +219,7 @@ class BatchNormReLU(nn.Module):
 
 class Head(nn.Module):
   """Global average pooling and a dense layer in float32: logits [B, num_classes] float32."""
+
   num_classes: int
 
   @nn.compact

@@ -25,15 +25,25 @@ class Stem(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool):
-    x = nn.Conv(self.features, (7, 7), (2, 2), padding=((3, 3), (3, 3)), use_bias=False,
-                dtype=self.dtype, kernel_init=common.conv_init, name="conv")(x)
-    x = common.BatchNormReLU(train, self.frozen, self.axis_name, self.epsilon, self.dtype,
-                             name="bn")(x)
+    x = nn.Conv(
+      self.features,
+      (7, 7),
+      (2, 2),
+      padding=((3, 3), (3, 3)),
+      use_bias=False,
+      dtype=self.dtype,
+      kernel_init=common.conv_init,
+      name="conv",
+    )(x)
+    x = common.BatchNormReLU(
+      train, self.frozen, self.axis_name, self.epsilon, self.dtype, name="bn"
+    )(x)
     return common.max_pool(x, 3, 2, 1)
 
 
 class DenseLayer(nn.Module):
   """BN-ReLU-1x1 conv (bottleneck) - BN-ReLU-3x3 conv: growth_rate new channels."""
+
   growth_rate: int
   bn_size: int
   frozen: bool
@@ -43,14 +53,28 @@ class DenseLayer(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool):
-    bn_relu = lambda name: common.BatchNormReLU(train, self.frozen, self.axis_name, self.epsilon,
-                                                self.dtype, name=name)
+    bn_relu = lambda name: common.BatchNormReLU(
+      train, self.frozen, self.axis_name, self.epsilon, self.dtype, name=name
+    )
     y = bn_relu("bn1")(x)
-    y = nn.Conv(self.bn_size * self.growth_rate, (1, 1), use_bias=False, dtype=self.dtype,
-                kernel_init=common.conv_init, name="conv1")(y)
+    y = nn.Conv(
+      self.bn_size * self.growth_rate,
+      (1, 1),
+      use_bias=False,
+      dtype=self.dtype,
+      kernel_init=common.conv_init,
+      name="conv1",
+    )(y)
     y = bn_relu("bn2")(y)
-    return nn.Conv(self.growth_rate, (3, 3), padding=((1, 1), (1, 1)), use_bias=False,
-                   dtype=self.dtype, kernel_init=common.conv_init, name="conv2")(y)
+    return nn.Conv(
+      self.growth_rate,
+      (3, 3),
+      padding=((1, 1), (1, 1)),
+      use_bias=False,
+      dtype=self.dtype,
+      kernel_init=common.conv_init,
+      name="conv2",
+    )(y)
 
 
 class DenseBlock(nn.Module):
@@ -69,14 +93,24 @@ class DenseBlock(nn.Module):
     """'concat': each layer's output concatenated to its input (a copy per layer, as torchvision);
     'buffer': one buffer of the block's final width, each output written into its slice."""
     layer_cls = nn.remat(DenseLayer, static_argnums=(2,)) if self.remat else DenseLayer
-    layers = [layer_cls(self.growth_rate, self.bn_size, self.frozen, self.axis_name, self.epsilon,
-                        self.dtype, name=f"layer{i + 1}") for i in range(self.num_layers)]
+    layers = [
+      layer_cls(
+        self.growth_rate,
+        self.bn_size,
+        self.frozen,
+        self.axis_name,
+        self.epsilon,
+        self.dtype,
+        name=f"layer{i + 1}",
+      )
+      for i in range(self.num_layers)
+    ]
     if self.concat == "buffer":
       c0, k = x.shape[-1], self.growth_rate
       buf = jnp.zeros(x.shape[:-1] + (c0 + k * self.num_layers,), x.dtype)
       buf = jax.lax.dynamic_update_slice_in_dim(buf, x, 0, axis=-1)
       for i, layer in enumerate(layers):
-        y = layer(buf[..., :c0 + i * k], train)
+        y = layer(buf[..., : c0 + i * k], train)
         buf = jax.lax.dynamic_update_slice_in_dim(buf, y.astype(x.dtype), c0 + i * k, axis=-1)
       return buf
     if self.concat != "concat":
@@ -88,6 +122,7 @@ class DenseBlock(nn.Module):
 
 class Transition(nn.Module):
   """BN-ReLU-1x1 conv that halves the channels, then 2x2 average pooling."""
+
   features: int
   frozen: bool
   axis_name: str | None
@@ -96,15 +131,23 @@ class Transition(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool):
-    x = common.BatchNormReLU(train, self.frozen, self.axis_name, self.epsilon, self.dtype,
-                             name="bn")(x)
-    x = nn.Conv(self.features, (1, 1), use_bias=False, dtype=self.dtype,
-                kernel_init=common.conv_init, name="conv")(x)
+    x = common.BatchNormReLU(
+      train, self.frozen, self.axis_name, self.epsilon, self.dtype, name="bn"
+    )(x)
+    x = nn.Conv(
+      self.features,
+      (1, 1),
+      use_bias=False,
+      dtype=self.dtype,
+      kernel_init=common.conv_init,
+      name="conv",
+    )(x)
     return nn.avg_pool(x, (2, 2), (2, 2))
 
 
 class NormAct(nn.Module):
   """BN then ReLU; its output is the classifier's last feature map."""
+
   frozen: bool
   axis_name: str | None
   epsilon: float
@@ -112,12 +155,14 @@ class NormAct(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool):
-    return common.BatchNormReLU(train, self.frozen, self.axis_name, self.epsilon, self.dtype,
-                                name="bn")(x)
+    return common.BatchNormReLU(
+      train, self.frozen, self.axis_name, self.epsilon, self.dtype, name="bn"
+    )(x)
 
 
 class DenseNet(nn.Module):
   """DenseNet-BC classifier on [B, H, W, C] images (any C): logits float32 [B, num_classes]."""
+
   num_classes: int
   block_sizes: Sequence[int] = (6, 12, 24, 16)
   growth_rate: int = 32
@@ -126,10 +171,10 @@ class DenseNet(nn.Module):
   compression: float = 0.5
   dtype: Any = "float32"
   bn_axis_name: str | None = None
-  bn_epsilon: float = 1.001e-5   # Keras applications; torchvision's 1e-5 differs by 1e-8
+  bn_epsilon: float = 1.001e-5  # Keras applications; torchvision's 1e-5 differs by 1e-8
   freeze: str = "none"
   remat: bool = False
-  concat: str = "concat"      # dense-block pattern: 'concat' or 'buffer' (see DenseBlock)
+  concat: str = "concat"  # dense-block pattern: 'concat' or 'buffer' (see DenseBlock)
 
   gradcam_layer: ClassVar[str] = "norm_final"
 
@@ -156,8 +201,16 @@ class DenseNet(nn.Module):
     features = self.stem_features
     for i, n in enumerate(self.block_sizes):
       name = f"block{i + 1}"
-      x = DenseBlock(n, self.growth_rate, self.bn_size, name in frozen, remat=self.remat,
-                     concat=self.concat, name=name, **kw)(x, train)
+      x = DenseBlock(
+        n,
+        self.growth_rate,
+        self.bn_size,
+        name in frozen,
+        remat=self.remat,
+        concat=self.concat,
+        name=name,
+        **kw,
+      )(x, train)
       features += n * self.growth_rate
       if i < len(self.block_sizes) - 1:
         name = f"transition{i + 1}"

@@ -15,8 +15,15 @@ from flax import linen as nn
 from mdx.models import common
 
 # expand ratio, kernel, stride, output channels, layers (B0)
-_B0 = ((1, 3, 1, 16, 1), (6, 3, 2, 24, 2), (6, 5, 2, 40, 2), (6, 3, 2, 80, 3), (6, 5, 1, 112, 3),
-       (6, 5, 2, 192, 4), (6, 3, 1, 320, 1))
+_B0 = (
+  (1, 3, 1, 16, 1),
+  (6, 3, 2, 24, 2),
+  (6, 5, 2, 40, 2),
+  (6, 3, 2, 80, 3),
+  (6, 5, 1, 112, 3),
+  (6, 5, 2, 192, 4),
+  (6, 3, 1, 320, 1),
+)
 
 
 def _round(channels: float, divisor: int = 8) -> int:
@@ -38,9 +45,17 @@ class ConvBN(nn.Module):
   @nn.compact
   def __call__(self, x, train: bool):
     p = (self.kernel - 1) // 2
-    x = nn.Conv(self.features, (self.kernel, self.kernel), (self.stride, self.stride),
-                padding=((p, p), (p, p)), feature_group_count=self.groups, use_bias=False,
-                dtype=self.dtype, kernel_init=common.conv_init, name="conv")(x)
+    x = nn.Conv(
+      self.features,
+      (self.kernel, self.kernel),
+      (self.stride, self.stride),
+      padding=((p, p), (p, p)),
+      feature_group_count=self.groups,
+      use_bias=False,
+      dtype=self.dtype,
+      kernel_init=common.conv_init,
+      name="conv",
+    )(x)
     x = common.batch_norm(train, self.frozen, self.axis_name, self.epsilon, self.dtype, "bn")(x)
     return nn.silu(x) if self.act else x
 
@@ -87,13 +102,23 @@ class Stage(nn.Module):
   def __call__(self, x, train: bool):
     cls = nn.remat(MBConv, static_argnums=(2,)) if self.remat else MBConv
     for i in range(self.layers):
-      x = cls(self.expand, self.kernel, self.stride if i == 0 else 1, self.features, self.frozen,
-              self.axis_name, self.epsilon, self.dtype, name=f"layer{i + 1}")(x, train)
+      x = cls(
+        self.expand,
+        self.kernel,
+        self.stride if i == 0 else 1,
+        self.features,
+        self.frozen,
+        self.axis_name,
+        self.epsilon,
+        self.dtype,
+        name=f"layer{i + 1}",
+      )(x, train)
     return x
 
 
 class EfficientNet(nn.Module):
   """EfficientNet classifier on [B, H, W, C] images (any C): logits float32 [B, num_classes]."""
+
   num_classes: int
   width: float = 1.0
   depth: float = 1.0
@@ -104,8 +129,9 @@ class EfficientNet(nn.Module):
   remat: bool = False
 
   gradcam_layer: ClassVar[str] = "top"
-  stages: ClassVar[tuple[str, ...]] = ("stem",) + tuple(f"block{i}" for i in range(1, 8)) + (
-      "top", "head")
+  stages: ClassVar[tuple[str, ...]] = (
+    ("stem",) + tuple(f"block{i}" for i in range(1, 8)) + ("top", "head")
+  )
 
   def min_input_size(self) -> int:
     """Smallest image side giving a 1x1 last feature map (five stride-2 stages: 32x)."""
@@ -117,10 +143,22 @@ class EfficientNet(nn.Module):
     frozen = common.frozen_stages(self.stages, self.freeze)
     kw = dict(axis_name=self.bn_axis_name, epsilon=self.bn_epsilon, dtype=dtype)
     x = ConvBN(_round(32 * self.width), 3, 2, 1, True, "stem" in frozen, name="stem", **kw)(
-        x.astype(dtype), train)
+      x.astype(dtype), train
+    )
     for i, (e, k, s, c, n) in enumerate(_B0):
       name = f"block{i + 1}"
-      x = Stage(e, k, s, _round(c * self.width), int(math.ceil(n * self.depth)), name in frozen,
-                remat=self.remat, name=name, **kw)(x, train)
-    x = ConvBN(_round(1280 * self.width), 1, 1, 1, True, "top" in frozen, name="top", **kw)(x, train)
+      x = Stage(
+        e,
+        k,
+        s,
+        _round(c * self.width),
+        int(math.ceil(n * self.depth)),
+        name in frozen,
+        remat=self.remat,
+        name=name,
+        **kw,
+      )(x, train)
+    x = ConvBN(_round(1280 * self.width), 1, 1, 1, True, "top" in frozen, name="top", **kw)(
+      x, train
+    )
     return common.Head(self.num_classes, name="head")(x)

@@ -26,12 +26,18 @@ from flax import traverse_util
 
 from mdx.models import pretrained, registry
 
-Path = tuple[str, ...]   # ('params' | 'batch_stats', module, ..., leaf)
+Path = tuple[str, ...]  # ('params' | 'batch_stats', module, ..., leaf)
 
-_BN = {"gamma": ("params", "scale"), "beta": ("params", "bias"),
-       "moving_mean": ("batch_stats", "mean"), "moving_variance": ("batch_stats", "var"),
-       "weight": ("params", "scale"), "bias": ("params", "bias"),
-       "running_mean": ("batch_stats", "mean"), "running_var": ("batch_stats", "var")}
+_BN = {
+  "gamma": ("params", "scale"),
+  "beta": ("params", "bias"),
+  "moving_mean": ("batch_stats", "mean"),
+  "moving_variance": ("batch_stats", "var"),
+  "weight": ("params", "scale"),
+  "bias": ("params", "bias"),
+  "running_mean": ("batch_stats", "mean"),
+  "running_var": ("batch_stats", "var"),
+}
 # Keys that carry no weights of the architecture (torch BN step counters, torchxrayvision thresholds).
 _IGNORED = re.compile(r"(num_batches_tracked|op_threshs|^upsample\.)")
 
@@ -40,13 +46,16 @@ _IGNORED = re.compile(r"(num_batches_tracked|op_threshs|^upsample\.)")
 def read_keras_h5(path: str) -> dict[str, np.ndarray]:
   """Keras 2 / legacy .h5 -> {'layer_name/weight_name': array}, '/' in layer names made '_'."""
   import h5py
+
   out = {}
   with h5py.File(path, "r") as f:
     root = f["model_weights"] if "model_weights" in f else f
     if "layer_names" not in root.attrs:
-      raise ValueError(f"{path} is not a Keras 2 / legacy .h5 weight file (no 'layer_names'); a "
-                       "Keras 3 '.weights.h5' does not keep layer names: save the model with "
-                       "model.save('file.h5') instead")
+      raise ValueError(
+        f"{path} is not a Keras 2 / legacy .h5 weight file (no 'layer_names'); a "
+        "Keras 3 '.weights.h5' does not keep layer names: save the model with "
+        "model.save('file.h5') instead"
+      )
     for layer in root.attrs["layer_names"]:
       layer = layer.decode() if isinstance(layer, bytes) else str(layer)
       group = root[layer]
@@ -60,18 +69,24 @@ def read_keras_h5(path: str) -> dict[str, np.ndarray]:
 def read_torch(path: str) -> dict[str, np.ndarray]:
   """A state dict through torch.load(weights_only=True): tensors only, no pickle code runs."""
   import torch
+
   obj = torch.load(path, map_location="cpu", weights_only=True)
   for key in ("state_dict", "model_state_dict", "model"):
     if isinstance(obj, dict) and isinstance(obj.get(key), dict):
       obj = obj[key]
   if not isinstance(obj, dict):
-    raise ValueError(f"{path} holds a {type(obj).__name__}, not a state dict; save "
-                     "model.state_dict() with torch.save")
-  return _strip_prefix({k: v.detach().float().numpy() for k, v in obj.items() if hasattr(v, "numpy")})
+    raise ValueError(
+      f"{path} holds a {type(obj).__name__}, not a state dict; save "
+      "model.state_dict() with torch.save"
+    )
+  return _strip_prefix(
+    {k: v.detach().float().numpy() for k, v in obj.items() if hasattr(v, "numpy")}
+  )
 
 
 def read_safetensors(path: str) -> dict[str, np.ndarray]:
   from safetensors.numpy import load_file
+
   return _strip_prefix({k: np.asarray(v, np.float32) for k, v in load_file(path).items()})
 
 
@@ -79,12 +94,15 @@ def _strip_prefix(d: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
   """Removes 'module.' (DataParallel) and 'model.' wrappers around torchvision names."""
   for prefix in ("module.", "model."):
     if d and all(k.startswith(prefix) for k in d):
-      d = {k[len(prefix):]: v for k, v in d.items()}
+      d = {k[len(prefix) :]: v for k, v in d.items()}
   return d
 
 
 READERS: dict[str, Callable[[str], dict[str, np.ndarray]]] = {
-  "keras_h5": read_keras_h5, "torch": read_torch, "safetensors": read_safetensors}
+  "keras_h5": read_keras_h5,
+  "torch": read_torch,
+  "safetensors": read_safetensors,
+}
 
 
 # ------------------------------------------------------------------------------- name mappings
@@ -124,7 +142,7 @@ def _densenet_keras(layer: str):
 
 
 def _densenet_torch(module: str):
-  module = re.sub(r"(denselayer\d+\.(?:norm|conv))\.([12])$", r"\1\2", module)   # old torchvision
+  module = re.sub(r"(denselayer\d+\.(?:norm|conv))\.([12])$", r"\1\2", module)  # old torchvision
   if m := re.fullmatch(r"features\.(conv|norm)0", module):
     return ("conv", ("stem", "conv")) if m[1] == "conv" else ("bn", ("stem", "bn"))
   if m := re.fullmatch(r"features\.denseblock(\d+)\.denselayer(\d+)\.(norm|conv)([12])", module):
@@ -170,19 +188,21 @@ def _resnet_torch(module: str):
 MAPPERS = {"DenseNet": (_densenet_keras, _densenet_torch), "ResNet": (_resnet_keras, _resnet_torch)}
 
 
-def convert(model_name: str, source: str, weights: dict[str, np.ndarray]
-            ) -> tuple[dict[str, np.ndarray], list[str], list[str]]:
+def convert(
+  model_name: str, source: str, weights: dict[str, np.ndarray]
+) -> tuple[dict[str, np.ndarray], list[str], list[str]]:
   """File arrays -> ({flax path: array}, unmapped file keys, ignored file keys)."""
   cls, _ = registry.model_class(model_name)
   if cls.__name__ not in MAPPERS:
-    raise ValueError(f"weight import knows {sorted(MAPPERS)} families; model {model_name!r} is a "
-                     f"{cls.__name__}")
+    raise ValueError(
+      f"weight import knows {sorted(MAPPERS)} families; model {model_name!r} is a {cls.__name__}"
+    )
   keras_map, torch_map = MAPPERS[cls.__name__]
   torch = source != "keras_h5"
   flat, unmapped, ignored = {}, [], []
   for key, array in weights.items():
     if torch and _IGNORED.search(key):
-      if not key.endswith("num_batches_tracked"):   # a step counter, not a weight
+      if not key.endswith("num_batches_tracked"):  # a step counter, not a weight
         ignored.append(key)
       continue
     sep = "." if torch else "/"
@@ -196,39 +216,56 @@ def convert(model_name: str, source: str, weights: dict[str, np.ndarray]
   return flat, unmapped, ignored
 
 
-def expected_shapes(model_name: str, num_classes: int, in_channels: int, **kwargs: Any
-                    ) -> dict[Path, tuple[int, ...]]:
+def expected_shapes(
+  model_name: str, num_classes: int, in_channels: int, **kwargs: Any
+) -> dict[Path, tuple[int, ...]]:
   model = registry.create(model_name, num_classes=num_classes, **kwargs)
   shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 224, 224, in_channels)))
   return {k: tuple(v.shape) for k, v in traverse_util.flatten_dict(dict(shapes)).items()}
 
 
-def check(flat: dict[Path, np.ndarray], expected: dict[Path, tuple[int, ...]], unmapped: list[str],
-          model_name: str, head_optional: bool = True) -> None:
+def check(
+  flat: dict[Path, np.ndarray],
+  expected: dict[Path, tuple[int, ...]],
+  unmapped: list[str],
+  model_name: str,
+  head_optional: bool = True,
+) -> None:
   """ValueError listing missing, unexpected and mis-shaped weights (nothing is silently dropped)."""
   has_head = any(k[1] == "head" for k in flat)
-  missing = [k for k in expected if k not in flat and not (head_optional and not has_head
-                                                           and k[1] == "head")]
+  missing = [
+    k for k in expected if k not in flat and not (head_optional and not has_head and k[1] == "head")
+  ]
   unexpected = [k for k in flat if k not in expected]
-  wrong = [f"{'/'.join(k)}: file {flat[k].shape} vs model {expected[k]}" for k in flat
-           if k in expected and tuple(flat[k].shape) != expected[k]]
+  wrong = [
+    f"{'/'.join(k)}: file {flat[k].shape} vs model {expected[k]}"
+    for k in flat
+    if k in expected and tuple(flat[k].shape) != expected[k]
+  ]
   problems = []
-  for title, items in (("file keys with no place in the model", unmapped),
-                       ("model variables missing from the file", ["/".join(k) for k in missing]),
-                       ("file weights the model does not have", ["/".join(k) for k in unexpected]),
-                       ("shape mismatches", wrong)):
+  for title, items in (
+    ("file keys with no place in the model", unmapped),
+    ("model variables missing from the file", ["/".join(k) for k in missing]),
+    ("file weights the model does not have", ["/".join(k) for k in unexpected]),
+    ("shape mismatches", wrong),
+  ):
     if items:
-      shown = "\n    ".join(items[:20]) + (f"\n    ... and {len(items) - 20} more"
-                                             if len(items) > 20 else "")
+      shown = "\n    ".join(items[:20]) + (
+        f"\n    ... and {len(items) - 20} more" if len(items) > 20 else ""
+      )
       problems.append(f"  {len(items)} {title}:\n    {shown}")
   if problems:
-    raise ValueError(f"the weights do not fit model {model_name!r}:\n" + "\n".join(problems)
-                     + "\nCheck --model (e.g. densenet121 vs densenet169; Keras applications' "
-                       "ResNet50 is 'resnet50_keras') and --source.")
+    raise ValueError(
+      f"the weights do not fit model {model_name!r}:\n"
+      + "\n".join(problems)
+      + "\nCheck --model (e.g. densenet121 vs densenet169; Keras applications' "
+      "ResNet50 is 'resnet50_keras') and --source."
+    )
 
 
-def import_weights(model_name: str, source: str, input_path: str, output_dir: str | None = None,
-                   **model_kwargs: Any) -> dict[str, Any]:
+def import_weights(
+  model_name: str, source: str, input_path: str, output_dir: str | None = None, **model_kwargs: Any
+) -> dict[str, Any]:
   """Reads, maps, checks and (with output_dir) saves; returns {'params', 'batch_stats'}."""
   if source not in READERS:
     raise ValueError(f"--source={source!r} is unknown; choose one of {sorted(READERS)}")
@@ -239,21 +276,36 @@ def import_weights(model_name: str, source: str, input_path: str, output_dir: st
   head = flat.get(("params", "head", "dense", "kernel"))
   in_channels = stem[0].shape[2] if stem else 3
   num_classes = head.shape[1] if head is not None else 1
-  check(flat, expected_shapes(model_name, num_classes, in_channels, **model_kwargs), unmapped,
-        model_name)
+  check(
+    flat,
+    expected_shapes(model_name, num_classes, in_channels, **model_kwargs),
+    unmapped,
+    model_name,
+  )
   variables = traverse_util.unflatten_dict(flat)
   if output_dir:
-    pretrained.save(output_dir, variables, dict(
-        model=model_name, model_kwargs=model_kwargs, source=source,
-        input=os.path.abspath(input_path), input_sha256=pretrained.sha256(input_path),
-        head_num_classes=None if head is None else int(num_classes), in_channels=int(in_channels),
-        ignored_keys=ignored, created=datetime.datetime.now(datetime.timezone.utc).isoformat()))
+    pretrained.save(
+      output_dir,
+      variables,
+      dict(
+        model=model_name,
+        model_kwargs=model_kwargs,
+        source=source,
+        input=os.path.abspath(input_path),
+        input_sha256=pretrained.sha256(input_path),
+        head_num_classes=None if head is None else int(num_classes),
+        in_channels=int(in_channels),
+        ignored_keys=ignored,
+        created=datetime.datetime.now(datetime.UTC).isoformat(),
+      ),
+    )
   return variables
 
 
 def main(argv):
   del argv
   from absl import flags
+
   f = flags.FLAGS
   out = import_weights(f.model, f.source, f.input, f.output)
   n = sum(v.size for v in jax.tree.leaves(out))
@@ -262,9 +314,11 @@ def main(argv):
 
 if __name__ == "__main__":
   from absl import app, flags
+
   flags.DEFINE_string("model", None, "registry name, e.g. densenet121", required=True)
   flags.DEFINE_enum("source", None, sorted(READERS), "weight file format", required=True)
   flags.DEFINE_string("input", None, "weight file", required=True)
-  flags.DEFINE_string("output", None, "output directory (Orbax checkpoint + provenance.json)",
-                      required=True)
+  flags.DEFINE_string(
+    "output", None, "output directory (Orbax checkpoint + provenance.json)", required=True
+  )
   app.run(main)

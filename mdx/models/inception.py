@@ -24,10 +24,19 @@ class _Blocks(nn.Module):
     """conv (no bias) - BN - ReLU; `kernel` an int or (kh, kw); padding 'SAME' keeps the size."""
     kh, kw = (kernel, kernel) if isinstance(kernel, int) else kernel
     pad = ((kh // 2, kh // 2), (kw // 2, kw // 2)) if padding == "SAME" else "VALID"
-    x = nn.Conv(features, (kh, kw), (stride, stride), padding=pad, use_bias=False,
-                dtype=self.dtype, kernel_init=common.conv_init, name=f"{name}_conv")(x)
-    return common.BatchNormReLU(train, self.frozen, self.axis_name, self.epsilon, self.dtype,
-                                name=f"{name}_bn")(x)
+    x = nn.Conv(
+      features,
+      (kh, kw),
+      (stride, stride),
+      padding=pad,
+      use_bias=False,
+      dtype=self.dtype,
+      kernel_init=common.conv_init,
+      name=f"{name}_conv",
+    )(x)
+    return common.BatchNormReLU(
+      train, self.frozen, self.axis_name, self.epsilon, self.dtype, name=f"{name}_bn"
+    )(x)
 
 
 def _avg3(x):
@@ -90,8 +99,9 @@ class InceptionC(_Blocks):
 class InceptionD(_Blocks):
   @nn.compact
   def __call__(self, x, train: bool):
-    b3 = self.cbr(self.cbr(x, train, 192, 1, name="branch3x3_1"), train, 320, 3, 2, "VALID",
-                  "branch3x3_2")
+    b3 = self.cbr(
+      self.cbr(x, train, 192, 1, name="branch3x3_1"), train, 320, 3, 2, "VALID", "branch3x3_2"
+    )
     b7 = self.cbr(x, train, 192, 1, name="branch7x7x3_1")
     b7 = self.cbr(b7, train, 192, (1, 7), name="branch7x7x3_2")
     b7 = self.cbr(b7, train, 192, (7, 1), name="branch7x7x3_3")
@@ -105,16 +115,20 @@ class InceptionE(_Blocks):
     c = lambda y, f, k, n: self.cbr(y, train, f, k, name=n)
     b1 = c(x, 320, 1, "branch1x1")
     b3 = c(x, 384, 1, "branch3x3_1")
-    b3 = jnp.concatenate([c(b3, 384, (1, 3), "branch3x3_2a"), c(b3, 384, (3, 1), "branch3x3_2b")], -1)
+    b3 = jnp.concatenate(
+      [c(b3, 384, (1, 3), "branch3x3_2a"), c(b3, 384, (3, 1), "branch3x3_2b")], -1
+    )
     d = c(c(x, 448, 1, "branch3x3dbl_1"), 384, 3, "branch3x3dbl_2")
-    d = jnp.concatenate([c(d, 384, (1, 3), "branch3x3dbl_3a"), c(d, 384, (3, 1), "branch3x3dbl_3b")],
-                        -1)
+    d = jnp.concatenate(
+      [c(d, 384, (1, 3), "branch3x3dbl_3a"), c(d, 384, (3, 1), "branch3x3dbl_3b")], -1
+    )
     bp = c(_avg3(x), 192, 1, "branch_pool")
     return jnp.concatenate([b1, b3, d, bp], -1)
 
 
 class InceptionV3(nn.Module):
   """Inception-v3 classifier on [B, H, W, C] images (any C, >= 75 px): logits float32 [B, classes]."""
+
   num_classes: int
   dtype: Any = "float32"
   bn_axis_name: str | None = None
@@ -123,9 +137,21 @@ class InceptionV3(nn.Module):
   remat: bool = False
 
   gradcam_layer: ClassVar[str] = "mixed7c"
-  stages: ClassVar[tuple[str, ...]] = ("stem", "mixed5b", "mixed5c", "mixed5d", "mixed6a",
-                                       "mixed6b", "mixed6c", "mixed6d", "mixed6e", "mixed7a",
-                                       "mixed7b", "mixed7c", "head")
+  stages: ClassVar[tuple[str, ...]] = (
+    "stem",
+    "mixed5b",
+    "mixed5c",
+    "mixed5d",
+    "mixed6a",
+    "mixed6b",
+    "mixed6c",
+    "mixed6d",
+    "mixed6e",
+    "mixed7a",
+    "mixed7b",
+    "mixed7c",
+    "head",
+  )
 
   def min_input_size(self) -> int:
     """Inception-v3's valid-padded stem and reductions need at least 75 px (as in Keras)."""
@@ -136,11 +162,19 @@ class InceptionV3(nn.Module):
     dtype = common.compute_dtype(self.dtype)
     frozen = common.frozen_stages(self.stages, self.freeze)
     kw = dict(axis_name=self.bn_axis_name, epsilon=self.bn_epsilon, dtype=dtype)
-    blocks = [(InceptionA, dict(pool_features=32)), (InceptionA, dict(pool_features=64)),
-              (InceptionA, dict(pool_features=64)), (InceptionB, {}),
-              (InceptionC, dict(channels_7x7=128)), (InceptionC, dict(channels_7x7=160)),
-              (InceptionC, dict(channels_7x7=160)), (InceptionC, dict(channels_7x7=192)),
-              (InceptionD, {}), (InceptionE, {}), (InceptionE, {})]
+    blocks = [
+      (InceptionA, dict(pool_features=32)),
+      (InceptionA, dict(pool_features=64)),
+      (InceptionA, dict(pool_features=64)),
+      (InceptionB, {}),
+      (InceptionC, dict(channels_7x7=128)),
+      (InceptionC, dict(channels_7x7=160)),
+      (InceptionC, dict(channels_7x7=160)),
+      (InceptionC, dict(channels_7x7=192)),
+      (InceptionD, {}),
+      (InceptionE, {}),
+      (InceptionE, {}),
+    ]
     x = Stem("stem" in frozen, name="stem", **kw)(x.astype(dtype), train)
     for name, (cls, extra) in zip(self.stages[1:-1], blocks):
       if self.remat:

@@ -1,7 +1,7 @@
 """Pretrained weights on disk: an Orbax checkpoint of {'params', 'batch_stats'} plus provenance.json.
 
-  DIR/checkpoint/       Orbax PyTree checkpoint, restorable in part (backbone without the head)
-  DIR/provenance.json   where the weights came from (model, source file and its sha256, head, ...)
+DIR/checkpoint/       Orbax PyTree checkpoint, restorable in part (backbone without the head)
+DIR/provenance.json   where the weights came from (model, source file and its sha256, head, ...)
 """
 
 from __future__ import annotations
@@ -48,8 +48,10 @@ def checkpoint_path(directory: str) -> str:
     return inner
   if os.path.isdir(directory) and os.path.exists(os.path.join(directory, "_METADATA")):
     return directory
-  raise FileNotFoundError(f"{directory} holds no pretrained checkpoint (expected {inner}); create "
-                          "one with `python -m mdx.models.import_weights` or a pretraining run")
+  raise FileNotFoundError(
+    f"{directory} holds no pretrained checkpoint (expected {inner}); create "
+    "one with `python -m mdx.models.import_weights` or a pretraining run"
+  )
 
 
 def provenance(directory: str) -> dict[str, Any]:
@@ -64,8 +66,9 @@ def shapes(directory: str) -> dict[str, Any]:
   """The checkpoint's tree of array shapes, read from metadata without loading arrays."""
   md = ocp.PyTreeCheckpointer().metadata(checkpoint_path(directory))
   tree = getattr(getattr(md, "item_metadata", md), "tree", md)
-  return jax.tree.map(lambda m: tuple(m.shape), tree,
-                      is_leaf=lambda m: hasattr(m, "shape") and hasattr(m, "dtype"))
+  return jax.tree.map(
+    lambda m: tuple(m.shape), tree, is_leaf=lambda m: hasattr(m, "shape") and hasattr(m, "dtype")
+  )
 
 
 def load(directory: str, target: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -73,8 +76,10 @@ def load(directory: str, target: dict[str, Any] | None = None) -> dict[str, Any]
   path = checkpoint_path(directory)
   ckpt = ocp.PyTreeCheckpointer()
   if target is None:
-    target = jax.tree.map(lambda s: np.zeros(s, np.float32), shapes(directory),
-                          is_leaf=lambda s: isinstance(s, tuple))
+    target = jax.tree.map(
+      lambda s: np.zeros(s, np.float32), shapes(directory), is_leaf=lambda s: isinstance(s, tuple)
+    )
   restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), target)
-  return ckpt.restore(path, args=ocp.args.PyTreeRestore(item=target, restore_args=restore_args,
-                                                        partial_restore=True))
+  return ckpt.restore(
+    path, args=ocp.args.PyTreeRestore(item=target, restore_args=restore_args, partial_restore=True)
+  )

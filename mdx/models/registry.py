@@ -1,7 +1,7 @@
 """Models by name: config.model.name -> a Flax module, imported lazily so no import cycles arise.
 
-  model = registry.create('densenet121', num_classes=14, dtype='bfloat16')
-  model = registry.create_from_config(config.model, bn_axis_name='data')
+model = registry.create('densenet121', num_classes=14, dtype='bfloat16')
+model = registry.create_from_config(config.model, bn_axis_name='data')
 """
 
 from __future__ import annotations
@@ -18,22 +18,36 @@ MODELS: dict[str, tuple[str, dict[str, Any]]] = {
   "densenet169": ("mdx.models.densenet:DenseNet", dict(block_sizes=(6, 12, 32, 32))),
   "densenet201": ("mdx.models.densenet:DenseNet", dict(block_sizes=(6, 12, 48, 32))),
   # Four blocks like DenseNet-121 (same stage names and freeze policies), for CPU-sized runs.
-  "densenet_small": ("mdx.models.densenet:DenseNet",
-                     dict(block_sizes=(2, 4, 6, 4), growth_rate=12, stem_features=24)),
-  "densenet_tiny": ("mdx.models.densenet:DenseNet",
-                    dict(block_sizes=(2, 2), growth_rate=8, stem_features=16, bn_size=2)),
+  "densenet_small": (
+    "mdx.models.densenet:DenseNet",
+    dict(block_sizes=(2, 4, 6, 4), growth_rate=12, stem_features=24),
+  ),
+  "densenet_tiny": (
+    "mdx.models.densenet:DenseNet",
+    dict(block_sizes=(2, 2), growth_rate=8, stem_features=16, bn_size=2),
+  ),
   "resnet18": ("mdx.models.resnet:ResNet", dict(block="basic", stage_sizes=(2, 2, 2, 2))),
   "resnet34": ("mdx.models.resnet:ResNet", dict(block="basic", stage_sizes=(3, 4, 6, 3))),
   "resnet50": ("mdx.models.resnet:ResNet", dict(block="bottleneck", stage_sizes=(3, 4, 6, 3))),
   # Keras applications' ResNet50 (v1): conv biases, stride on the first 1x1, epsilon 1.001e-5.
-  "resnet50_keras": ("mdx.models.resnet:ResNet",
-                     dict(block="bottleneck", stage_sizes=(3, 4, 6, 3), conv_bias=True,
-                          stride_on_1x1=True, bn_epsilon=1.001e-5)),
-  "resnext50_32x4d": ("mdx.models.resnet:ResNet",
-                      dict(block="bottleneck", stage_sizes=(3, 4, 6, 3), groups=32,
-                           width_per_group=4)),
-  "resnet_tiny": ("mdx.models.resnet:ResNet",
-                  dict(block="basic", stage_sizes=(1, 1, 1, 1), stem_features=8)),
+  "resnet50_keras": (
+    "mdx.models.resnet:ResNet",
+    dict(
+      block="bottleneck",
+      stage_sizes=(3, 4, 6, 3),
+      conv_bias=True,
+      stride_on_1x1=True,
+      bn_epsilon=1.001e-5,
+    ),
+  ),
+  "resnext50_32x4d": (
+    "mdx.models.resnet:ResNet",
+    dict(block="bottleneck", stage_sizes=(3, 4, 6, 3), groups=32, width_per_group=4),
+  ),
+  "resnet_tiny": (
+    "mdx.models.resnet:ResNet",
+    dict(block="basic", stage_sizes=(1, 1, 1, 1), stem_features=8),
+  ),
   "efficientnet_b0": ("mdx.models.efficientnet:EfficientNet", dict(width=1.0, depth=1.0)),
   "efficientnet_b1": ("mdx.models.efficientnet:EfficientNet", dict(width=1.0, depth=1.1)),
   "efficientnet_b2": ("mdx.models.efficientnet:EfficientNet", dict(width=1.1, depth=1.2)),
@@ -69,15 +83,23 @@ def min_input_size(model_config: Any) -> int:
   return create_from_config(model_config).min_input_size()
 
 
-def create(name: str, *, num_classes: int, dtype: str = "float32", bn_axis_name: str | None = None,
-           **kwargs: Any) -> nn.Module:
+def create(
+  name: str,
+  *,
+  num_classes: int,
+  dtype: str = "float32",
+  bn_axis_name: str | None = None,
+  **kwargs: Any,
+) -> nn.Module:
   """Builds a registered model; unknown kwargs are a ValueError naming them."""
   cls, params = model_class(name)
   fields = {f.name for f in dataclasses.fields(cls) if f.init} - {"parent", "name"}
   unknown = sorted(set(kwargs) - fields)
   if unknown:
-    raise ValueError(f"model {name!r} has no field(s) {unknown}; its fields are "
-                     f"{sorted(fields - {'num_classes', 'dtype', 'bn_axis_name'})}")
+    raise ValueError(
+      f"model {name!r} has no field(s) {unknown}; its fields are "
+      f"{sorted(fields - {'num_classes', 'dtype', 'bn_axis_name'})}"
+    )
   params.update(kwargs)
   params.update(num_classes=num_classes, dtype=dtype)
   if "bn_axis_name" in fields:
@@ -91,10 +113,16 @@ def create_from_config(model_config: Any, bn_axis_name: str | None = None) -> nn
   for key in ("name", "num_classes"):
     if key not in cfg:
       raise ValueError(f"config.model.{key} is missing; set it in the experiment file or by flag")
-  kwargs = {k: (tuple(v) if isinstance(v, list) else v) for k, v in cfg.items()
-            if k not in NON_MODEL_FIELDS}
+  kwargs = {
+    k: (tuple(v) if isinstance(v, list) else v) for k, v in cfg.items() if k not in NON_MODEL_FIELDS
+  }
   try:
-    return create(cfg["name"], num_classes=cfg["num_classes"], dtype=cfg.get("dtype", "float32"),
-                  bn_axis_name=bn_axis_name, **kwargs)
+    return create(
+      cfg["name"],
+      num_classes=cfg["num_classes"],
+      dtype=cfg.get("dtype", "float32"),
+      bn_axis_name=bn_axis_name,
+      **kwargs,
+    )
   except ValueError as e:
     raise ValueError(f"config.model: {e}") from None

@@ -24,16 +24,25 @@ class _Base(nn.Module):
 
   def conv(self, features, kernel, stride=1, groups=1, name=None):
     pad = (kernel - 1) // 2
-    return nn.Conv(features, (kernel, kernel), (stride, stride), padding=((pad, pad), (pad, pad)),
-                   feature_group_count=groups, use_bias=self.conv_bias, dtype=self.dtype,
-                   kernel_init=common.conv_init, name=name)
+    return nn.Conv(
+      features,
+      (kernel, kernel),
+      (stride, stride),
+      padding=((pad, pad), (pad, pad)),
+      feature_group_count=groups,
+      use_bias=self.conv_bias,
+      dtype=self.dtype,
+      kernel_init=common.conv_init,
+      name=name,
+    )
 
   def bn(self, train, name):
     return common.batch_norm(train, self.frozen, self.axis_name, self.epsilon, self.dtype, name)
 
   def bn_relu(self, train, name):
-    return common.BatchNormReLU(train, self.frozen, self.axis_name, self.epsilon, self.dtype,
-                                name=name)
+    return common.BatchNormReLU(
+      train, self.frozen, self.axis_name, self.epsilon, self.dtype, name=name
+    )
 
 
 class Stem(_Base):
@@ -63,10 +72,10 @@ class BasicBlock(_Base):
 
 
 class Bottleneck(_Base):
-  features: int = 64          # output channels / 4
+  features: int = 64  # output channels / 4
   stride: int = 1
   groups: int = 1
-  width: int = 64             # channels of the grouped 3x3 convolution
+  width: int = 64  # channels of the grouped 3x3 convolution
   stride_on_1x1: bool = False
   expansion: ClassVar[int] = 4
 
@@ -103,16 +112,27 @@ class Stage(nn.Module):
     if self.remat:
       cls = nn.remat(cls, static_argnums=(2,))
     for i in range(self.num_blocks):
-      x = cls(self.frozen, self.axis_name, self.epsilon, self.dtype, self.conv_bias,
-              features=self.features, stride=self.stride if i == 0 else 1, groups=self.groups,
-              width=self.width, stride_on_1x1=self.stride_on_1x1, name=f"block{i + 1}")(x, train)
+      x = cls(
+        self.frozen,
+        self.axis_name,
+        self.epsilon,
+        self.dtype,
+        self.conv_bias,
+        features=self.features,
+        stride=self.stride if i == 0 else 1,
+        groups=self.groups,
+        width=self.width,
+        stride_on_1x1=self.stride_on_1x1,
+        name=f"block{i + 1}",
+      )(x, train)
     return x
 
 
 class ResNet(nn.Module):
   """ResNet / ResNeXt classifier on [B, H, W, C] images (any C): logits float32 [B, num_classes]."""
+
   num_classes: int
-  block: str = "bottleneck"                 # 'basic' (ResNet-18/34) or 'bottleneck'
+  block: str = "bottleneck"  # 'basic' (ResNet-18/34) or 'bottleneck'
   stage_sizes: Sequence[int] = (3, 4, 6, 3)
   groups: int = 1
   width_per_group: int = 64
@@ -120,8 +140,8 @@ class ResNet(nn.Module):
   dtype: Any = "float32"
   bn_axis_name: str | None = None
   bn_epsilon: float = 1e-5
-  conv_bias: bool = False                   # True for Keras applications' ResNet50
-  stride_on_1x1: bool = False               # True for Keras applications' ResNet50
+  conv_bias: bool = False  # True for Keras applications' ResNet50
+  stride_on_1x1: bool = False  # True for Keras applications' ResNet50
   freeze: str = "none"
   remat: bool = False
 
@@ -139,14 +159,27 @@ class ResNet(nn.Module):
   def __call__(self, x, train: bool = False):
     dtype = common.compute_dtype(self.dtype)
     frozen = common.frozen_stages(self.stages, self.freeze)
-    kw = dict(axis_name=self.bn_axis_name, epsilon=self.bn_epsilon, dtype=dtype,
-              conv_bias=self.conv_bias)
+    kw = dict(
+      axis_name=self.bn_axis_name, epsilon=self.bn_epsilon, dtype=dtype, conv_bias=self.conv_bias
+    )
     x = Stem(frozen="stem" in frozen, features=self.stem_features, name="stem", **kw)(
-        x.astype(dtype), train)
+      x.astype(dtype), train
+    )
     for i, n in enumerate(self.stage_sizes):
       name = f"layer{i + 1}"
-      features = self.stem_features * 2 ** i
+      features = self.stem_features * 2**i
       width = int(features * self.width_per_group / 64) * self.groups
-      x = Stage(self.block, n, features, 1 if i == 0 else 2, self.groups, width, self.stride_on_1x1,
-                name in frozen, remat=self.remat, name=name, **kw)(x, train)
+      x = Stage(
+        self.block,
+        n,
+        features,
+        1 if i == 0 else 2,
+        self.groups,
+        width,
+        self.stride_on_1x1,
+        name in frozen,
+        remat=self.remat,
+        name=name,
+        **kw,
+      )(x, train)
     return common.Head(self.num_classes, name="head")(x)

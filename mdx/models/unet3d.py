@@ -28,20 +28,27 @@ def conv3x3x3(x: jax.Array, kernel: jax.Array, impl: str) -> jax.Array:
   if impl == "auto":
     impl = "slices" if jax.default_backend() == "cpu" else "native"
   if impl == "native":
-    return jax.lax.conv_general_dilated(x, kernel, (1, 1, 1), "SAME",
-                                        dimension_numbers=("NDHWC", "DHWIO", "NDHWC"))
+    return jax.lax.conv_general_dilated(
+      x, kernel, (1, 1, 1), "SAME", dimension_numbers=("NDHWC", "DHWIO", "NDHWC")
+    )
   b, d, h, w, c = x.shape
   xp = jnp.pad(x, ((0, 0), (1, 1), (0, 0), (0, 0), (0, 0)))
   out = None
   for a in range(3):
-    y = jax.lax.conv_general_dilated(xp[:, a:a + d].reshape(b * d, h, w, c), kernel[a], (1, 1),
-                                     "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    y = jax.lax.conv_general_dilated(
+      xp[:, a : a + d].reshape(b * d, h, w, c),
+      kernel[a],
+      (1, 1),
+      "SAME",
+      dimension_numbers=("NHWC", "HWIO", "NHWC"),
+    )
     out = y if out is None else out + y
   return out.reshape(b, d, h, w, kernel.shape[-1])
 
 
 class Conv3(nn.Module):
   """A 3x3x3 'SAME' convolution with nn.Conv's parameter names and initialisation."""
+
   features: int
   use_bias: bool = True
   impl: str = "auto"
@@ -49,11 +56,14 @@ class Conv3(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    kernel = self.param("kernel", nn.initializers.lecun_normal(),
-                        (3, 3, 3, x.shape[-1], self.features), jnp.float32)
+    kernel = self.param(
+      "kernel", nn.initializers.lecun_normal(), (3, 3, 3, x.shape[-1], self.features), jnp.float32
+    )
     y = conv3x3x3(x.astype(self.dtype), kernel.astype(self.dtype), self.impl)
     if self.use_bias:
-      y = y + self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32).astype(self.dtype)
+      y = y + self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32).astype(
+        self.dtype
+      )
     return y
 
 
@@ -66,14 +76,16 @@ def max_pool2(x: jax.Array) -> jax.Array:
 class UpConv(nn.Module):
   """2x2x2 transposed convolution with stride 2: the kernels do not overlap, so it is a per-voxel
   matmul to 8 * features followed by depth-to-space (nn.ConvTranspose's 'VALID' result)."""
+
   features: int
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x):
     b, d, h, w, c = x.shape
-    kernel = self.param("kernel", nn.initializers.lecun_normal(), (2, 2, 2, c, self.features),
-                        jnp.float32)
+    kernel = self.param(
+      "kernel", nn.initializers.lecun_normal(), (2, 2, 2, c, self.features), jnp.float32
+    )
     bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
     y = jnp.einsum("bdhwc,ijkcf->bdihjwkf", x.astype(self.dtype), kernel.astype(self.dtype))
     return y.reshape(b, 2 * d, 2 * h, 2 * w, self.features) + bias.astype(self.dtype)
@@ -94,24 +106,41 @@ class ConvBlock(nn.Module):
   @nn.compact
   def __call__(self, x, train: bool):
     for i in range(2):
-      x = Conv3(self.features, use_bias=self.norm == "none", impl=self.conv_impl, dtype=self.dtype,
-                name=f"conv{i}")(x)
+      x = Conv3(
+        self.features,
+        use_bias=self.norm == "none",
+        impl=self.conv_impl,
+        dtype=self.dtype,
+        name=f"conv{i}",
+      )(x)
       if self.norm == "batch":
-        x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
-                         axis_name=self.bn_axis_name if train else None, dtype=self.dtype,
-                         param_dtype=jnp.float32, name=f"norm{i}")(x)
+        x = nn.BatchNorm(
+          use_running_average=not train,
+          momentum=0.9,
+          epsilon=1e-5,
+          axis_name=self.bn_axis_name if train else None,
+          dtype=self.dtype,
+          param_dtype=jnp.float32,
+          name=f"norm{i}",
+        )(x)
       elif self.norm == "group":
-        x = nn.GroupNorm(num_groups=min(self.groups, self.features), dtype=self.dtype,
-                         param_dtype=jnp.float32, name=f"norm{i}")(x)
+        x = nn.GroupNorm(
+          num_groups=min(self.groups, self.features),
+          dtype=self.dtype,
+          param_dtype=jnp.float32,
+          name=f"norm{i}",
+        )(x)
       elif self.norm == "instance":
-        x = nn.GroupNorm(num_groups=None, group_size=1, dtype=self.dtype,
-                         param_dtype=jnp.float32, name=f"norm{i}")(x)
+        x = nn.GroupNorm(
+          num_groups=None, group_size=1, dtype=self.dtype, param_dtype=jnp.float32, name=f"norm{i}"
+        )(x)
       x = nn.relu(x)
     return x
 
 
 class UNet3D(nn.Module):
   """depth levels (depth - 1 poolings); level l has base_width * 2**l channels (capped)."""
+
   num_classes: int
   dtype: Any = "float32"
   bn_axis_name: str | None = None
@@ -135,12 +164,15 @@ class UNet3D(nn.Module):
       raise ValueError(f"UNet3D expects [B, D, H, W, C] input, got shape {x.shape}")
     factor = 2 ** (self.depth - 1)
     if any(s % factor for s in x.shape[1:4]):
-      raise ValueError(f"UNet3D with depth {self.depth} needs D, H, W divisible by {factor}; got "
-                       f"{x.shape[1:4]} (pad the volume or choose another patch size)")
+      raise ValueError(
+        f"UNet3D with depth {self.depth} needs D, H, W divisible by {factor}; got "
+        f"{x.shape[1:4]} (pad the volume or choose another patch size)"
+      )
     dtype = jnp.dtype(self.dtype)
-    block = dict(norm=self.norm, dtype=dtype, bn_axis_name=self.bn_axis_name,
-                 conv_impl=self.conv_impl)
-    widths = [min(self.base_width * 2 ** level, self.max_width) for level in range(self.depth)]
+    block = dict(
+      norm=self.norm, dtype=dtype, bn_axis_name=self.bn_axis_name, conv_impl=self.conv_impl
+    )
+    widths = [min(self.base_width * 2**level, self.max_width) for level in range(self.depth)]
     x = x.astype(dtype)
     skips = []
     for level, width in enumerate(widths[:-1]):

@@ -7,10 +7,9 @@ import os
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 from absl import logging
-
-import ml_collections
 
 from mdx import losses
 from mdx.data import augment, pipeline, resample, sources, splits
@@ -31,34 +30,50 @@ class ClassificationTask:
 
   @classmethod
   def defaults(cls) -> ml_collections.ConfigDict:
-    return ml_collections.ConfigDict(dict(
-        data=dict(image_size=128,
-                  augment=None,  # preset name in mdx.data.augment, or None
-                  resample=ml_collections.ConfigDict()),  # empty: no resampling (mdx.data.resample)
-        model=dict(init_from="",   # Orbax checkpoint of pretrained weights (backbone restored)
-                   freeze="none"),  # none | head | from:<block name>  (see mdx.train.finetune)
+    return ml_collections.ConfigDict(
+      dict(
+        data=dict(
+          image_size=128,
+          augment=None,  # preset name in mdx.data.augment, or None
+          resample=ml_collections.ConfigDict(),
+        ),  # empty: no resampling (mdx.data.resample)
+        model=dict(
+          init_from="",  # Orbax checkpoint of pretrained weights (backbone restored)
+          freeze="none",
+        ),  # none | head | from:<block name>  (see mdx.train.finetune)
         loss=dict(name="weighted_bce"),  # weighted_bce | bce
         train=dict(best_metric="val_auroc"),
-        eval=dict(bootstrap=1000, threshold="youden",
-                  gradcam=dict(findings=("Mass", "Nodule", "Cardiomegaly", "Pneumothorax"),
-                               images=64, overlays=4, layer=""),  # "" = the model's default layer
-                  ),
-    ))
+        eval=dict(
+          bootstrap=1000,
+          threshold="youden",
+          gradcam=dict(
+            findings=("Mass", "Nodule", "Cardiomegaly", "Pneumothorax"),
+            images=64,
+            overlays=4,
+            layer="",
+          ),  # "" = the model's default layer
+        ),
+      )
+    )
 
   @classmethod
   def check_config(cls, config) -> None:
     data, ev = config.data, config.eval
     smallest = registry.min_input_size(config.model)
     if not isinstance(data.image_size, int) or data.image_size < smallest:
-      raise ValueError(f"config.data.image_size={data.image_size!r} is below the {smallest} px that "
-                       f"model {config.model.name!r} needs; raise it (films are resized to it)")
+      raise ValueError(
+        f"config.data.image_size={data.image_size!r} is below the {smallest} px that "
+        f"model {config.model.name!r} needs; raise it (films are resized to it)"
+      )
     if config.loss.name not in LOSSES:
       raise ValueError(f"config.loss.name={config.loss.name!r} is unknown; choose one of {LOSSES}")
     if not isinstance(ev.bootstrap, int) or ev.bootstrap < 0:
       raise ValueError(f"config.eval.bootstrap={ev.bootstrap!r} must be a whole number >= 0")
     for key in ("images", "overlays"):
       if not isinstance(ev.gradcam[key], int) or ev.gradcam[key] < 0:
-        raise ValueError(f"config.eval.gradcam.{key}={ev.gradcam[key]!r} must be a whole number >= 0")
+        raise ValueError(
+          f"config.eval.gradcam.{key}={ev.gradcam[key]!r} must be a whole number >= 0"
+        )
     thresholds.parse_policy(ev.threshold)
     augment.make(data.augment, data.image_size)
     if data.standardize != "dataset":
@@ -76,31 +91,46 @@ class ClassificationTask:
     self.source = sources.make_source(data, config.seed, sources.IMAGE)
     self.findings = tuple(self.source.findings)
     if config.model.num_classes != len(self.findings):
-      raise ValueError(f"config.model.num_classes={config.model.num_classes} but source "
-                       f"'{data.source}' has {len(self.findings)} findings {list(self.findings)}")
+      raise ValueError(
+        f"config.model.num_classes={config.model.num_classes} but source "
+        f"'{data.source}' has {len(self.findings)} findings {list(self.findings)}"
+      )
     self.labels = self.source.labels()
     self.patient_ids = self.source.patient_ids()
     self.splits = splits.make_split(data, self.source, config.seed)  # always by patient
     if splits.split_key(config.eval.split) not in self.splits:
-      raise ValueError(f"config.eval.split={config.eval.split!r} but split.by="
-                       f"{data.split.by!r} makes only {sorted(self.splits)}; set "
-                       "--config.eval.split=validation (k-fold has no test set)")
+      raise ValueError(
+        f"config.eval.split={config.eval.split!r} but split.by="
+        f"{data.split.by!r} makes only {sorted(self.splits)}; set "
+        "--config.eval.split=validation (k-fold has no test set)"
+      )
     train_labels = self.labels[self.splits["train"]]
     self.pos_weight, self.neg_weight = losses.positive_negative_weights(train_labels)
     logging.info("Splits by patient: %s", {k: len(v) for k, v in self.splits.items()})
-    logging.info("Training prevalence per finding: %s", ", ".join(
-        f"{f} {p:.3f}" for f, p in zip(self.findings, np.nanmean(train_labels, 0))))
+    logging.info(
+      "Training prevalence per finding: %s",
+      ", ".join(f"{f} {p:.3f}" for f, p in zip(self.findings, np.nanmean(train_labels, 0))),
+    )
     policy = data.resample.to_dict() if data.resample else None
-    self.epochs = pipeline.epochs(self.splits["train"], config.seed, policy, self.labels,
-                                  self.findings)
+    self.epochs = pipeline.epochs(
+      self.splits["train"], config.seed, policy, self.labels, self.findings
+    )
     if policy:
       epoch0 = self.epochs(0)
-      logging.info("Resampling %s: %d training records -> %d visits per epoch",
-                   data.resample.to_dict(), len(self.splits["train"]), len(epoch0))
-      logging.info("Positive share before resampling: %s",
-                   resample.class_balance(self.labels, self.splits["train"], self.findings, log=False))
-      logging.info("Positive share the model sees: %s",
-                   resample.class_balance(self.labels, epoch0, self.findings, log=False))
+      logging.info(
+        "Resampling %s: %d training records -> %d visits per epoch",
+        data.resample.to_dict(),
+        len(self.splits["train"]),
+        len(epoch0),
+      )
+      logging.info(
+        "Positive share before resampling: %s",
+        resample.class_balance(self.labels, self.splits["train"], self.findings, log=False),
+      )
+      logging.info(
+        "Positive share the model sees: %s",
+        resample.class_balance(self.labels, epoch0, self.findings, log=False),
+      )
     self.load = records.LoadImageRecord(self.source, data.image_size)
     self.standardize = self._standardize()  # grain Maps
     self.transforms_eval = self.standardize + [records.mask_unknown_labels]
@@ -112,11 +142,14 @@ class ClassificationTask:
     mode = self.config.data.standardize
     if mode == "dataset":
       sample = self.splits["train"][:256]
-      images = [records.to_float_image(self.source[int(i)]["image"], self.config.data.image_size)
-                for i in sample]
+      images = [
+        records.to_float_image(self.source[int(i)]["image"], self.config.data.image_size)
+        for i in sample
+      ]
       mean, std = standardize_lib.dataset_mean_std(images)
-      logging.info("Dataset standardisation from %d training images: mean %s std %s",
-                   len(sample), mean, std)
+      logging.info(
+        "Dataset standardisation from %d training images: mean %s std %s", len(sample), mean, std
+      )
       return standardize_lib.transforms("dataset", mean, std)
     return standardize_lib.transforms(mode)
 
@@ -133,8 +166,10 @@ class ClassificationTask:
   def init_variables(self, params, batch_stats):
     if self.config.model.init_from:
       from mdx.train import finetune
-      params, batch_stats = finetune.restore_backbone(params, batch_stats,
-                                                      self.config.model.init_from)
+
+      params, batch_stats = finetune.restore_backbone(
+        params, batch_stats, self.config.model.init_from
+      )
       logging.info("Backbone restored from %s", self.config.model.init_from)
     return params, batch_stats
 
@@ -142,6 +177,7 @@ class ClassificationTask:
     tx = optim.make_optimizer(self.config.train)
     if self.config.model.freeze not in ("", "none", None):
       from mdx.train import finetune
+
       tx = finetune.freeze(tx, finetune.trainable_labels(params, self.config.model.freeze))
     return tx
 
@@ -150,54 +186,83 @@ class ClassificationTask:
       pos, neg = self.pos_weight, self.neg_weight
     else:  # bce (check_config allows no other)
       pos = neg = np.ones_like(self.pos_weight)
-    return losses.weighted_bce(logits, batch["labels"], jnp.asarray(pos), jnp.asarray(neg),
-                               batch["label_mask"])
+    return losses.weighted_bce(
+      logits, batch["labels"], jnp.asarray(pos), jnp.asarray(neg), batch["label_mask"]
+    )
 
   def train_data(self, geometry):
     data = self.config.data
     return pipeline.train_dataset(
-        self.load, self.epochs, batch_size=geometry.global_batch, steps=self.config.train.steps,
-        transforms=self.transforms_train, seed=self.config.seed,
-        process_index=geometry.process_index, process_count=geometry.process_count,
-        workers=data.workers, prefetch=data.prefetch)
+      self.load,
+      self.epochs,
+      batch_size=geometry.global_batch,
+      steps=self.config.train.steps,
+      transforms=self.transforms_train,
+      seed=self.config.seed,
+      process_index=geometry.process_index,
+      process_count=geometry.process_count,
+      workers=data.workers,
+      prefetch=data.prefetch,
+    )
 
   def eval_data(self, split: str, geometry):
     return pipeline.eval_dataset(
-        self.load, self.splits[splits.split_key(split)], batch_size=geometry.global_batch,
-        transforms=self.transforms_eval, process_index=geometry.process_index,
-        process_count=geometry.process_count)
+      self.load,
+      self.splits[splits.split_key(split)],
+      batch_size=geometry.global_batch,
+      transforms=self.transforms_eval,
+      process_index=geometry.process_index,
+      process_count=geometry.process_count,
+    )
 
   def predict(self, evaluator, split: str) -> dict:
     """-> {'probs', 'labels' (nan unknown), 'index', 'loss'} for every record of the split, in order."""
     logits, loss, fields = evaluator.run(self.eval_data(split, evaluator.geometry))
     index = np.concatenate([f["index"] for f in fields])
-    return {"probs": np.asarray(jax.nn.sigmoid(logits)), "labels": self.labels[index],
-            "index": index, "loss": loss}
+    return {
+      "probs": np.asarray(jax.nn.sigmoid(logits)),
+      "labels": self.labels[index],
+      "index": index,
+      "loss": loss,
+    }
 
   def validate(self, evaluator) -> dict[str, float]:
     pred = self.predict(evaluator, "validation")
     auroc = metrics.roc_auc_per_class(pred["labels"], pred["probs"])
-    return {"val_loss": pred["loss"],
-            "val_auroc": float(np.nanmean(auroc)) if np.any(np.isfinite(auroc)) else 0.0}
+    return {
+      "val_loss": pred["loss"],
+      "val_auroc": float(np.nanmean(auroc)) if np.any(np.isfinite(auroc)) else 0.0,
+    }
 
   def report(self, evaluator, workdir: str, history: list[dict]) -> str:
     from mdx.evaluate import run_report
+
     split = self.config.eval.split
     pred = self.predict(evaluator, split)
     val = self.predict(evaluator, "validation")
     out_dir = os.path.join(workdir, "report")
     run_report.classification_run_report(
-        out_dir, os.path.join(workdir, "figures"), split=split, pred=pred, val=val,
-        findings=self.findings, patient_ids=self.patient_ids[pred["index"]],
-        image_ids=self.source.image_ids()[pred["index"]],
-        image_fn=lambda i: self.source[i]["image"], history=history,
-        threshold_policy=self.config.eval.threshold, bootstrap=self.config.eval.bootstrap,
-        examples=self.config.eval.examples, seed=self.config.seed,
-        title=f"{self.config.model.name} on {self.config.data.source}: {split} split",
-        model=self.model(bn_axis_name=None),
-        variables={"params": evaluator.state.params, "batch_stats": evaluator.state.batch_stats},
-        model_inputs=self.model_inputs, gradcam=self.config.eval.gradcam,
-        lesion_masks=getattr(self.source, "lesion_masks", None))
+      out_dir,
+      os.path.join(workdir, "figures"),
+      split=split,
+      pred=pred,
+      val=val,
+      findings=self.findings,
+      patient_ids=self.patient_ids[pred["index"]],
+      image_ids=self.source.image_ids()[pred["index"]],
+      image_fn=lambda i: self.source[i]["image"],
+      history=history,
+      threshold_policy=self.config.eval.threshold,
+      bootstrap=self.config.eval.bootstrap,
+      examples=self.config.eval.examples,
+      seed=self.config.seed,
+      title=f"{self.config.model.name} on {self.config.data.source}: {split} split",
+      model=self.model(bn_axis_name=None),
+      variables={"params": evaluator.state.params, "batch_stats": evaluator.state.batch_stats},
+      model_inputs=self.model_inputs,
+      gradcam=self.config.eval.gradcam,
+      lesion_masks=getattr(self.source, "lesion_masks", None),
+    )
     return out_dir
 
   def model_inputs(self, indices) -> np.ndarray:

@@ -20,7 +20,9 @@ from mdx.train.state import TrainState, create_state, init_variables
 class Evaluator:
   """Runs a model state over padded evaluation batches; returns host numpy for the valid rows."""
 
-  def __init__(self, model, loss_fn, mesh, geometry: runtime.BatchGeometry, input_key: str = "image"):
+  def __init__(
+    self, model, loss_fn, mesh, geometry: runtime.BatchGeometry, input_key: str = "image"
+  ):
     self.mesh = mesh
     self.geometry = geometry  # tasks build their evaluation batches with it
     self.global_batch = geometry.global_batch
@@ -52,6 +54,7 @@ class History:
     self._tb = None
     if enabled:
       from tensorboardX import SummaryWriter
+
       self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
 
   def truncate_after(self, step: int) -> None:
@@ -76,8 +79,11 @@ class History:
 
 def _format_eta(seconds: float) -> str:
   seconds = int(max(seconds, 0))
-  return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else \
-      f"{seconds // 60}m{seconds % 60:02d}s"
+  return (
+    f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    if seconds >= 3600
+    else f"{seconds // 60}m{seconds % 60:02d}s"
+  )
 
 
 def build(config, task, mesh, pretrained: bool = True):
@@ -93,12 +99,14 @@ def build(config, task, mesh, pretrained: bool = True):
 
 
 def _manager(config, workdir: str):
-  return checkpoint.make_manager(os.path.join(workdir, "checkpoints"),
-                                 keep_last=config.train.keep_last,
-                                 best_metric=config.train.best_metric)
+  return checkpoint.make_manager(
+    os.path.join(workdir, "checkpoints"),
+    keep_last=config.train.keep_last,
+    best_metric=config.train.best_metric,
+  )
 
 
-def train(config, workdir: str, task) -> "TrainResult":
+def train(config, workdir: str, task) -> TrainResult:
   mesh = runtime.make_mesh()
   geometry = runtime.batch_geometry(config.train.batch_size, mesh)
   eval_geometry = runtime.batch_geometry(config.eval.batch_size, mesh, "config.eval.batch_size")
@@ -133,25 +141,32 @@ def train(config, workdir: str, task) -> "TrainResult":
     if step % config.train.log_every == 0 or step == total:
       loss = float(metrics["loss"])  # the one host sync per log window
       if not np.isfinite(loss):
-        raise FloatingPointError(f"loss is {loss} at step {step}; lower config.train.lr or check "
-                                 "the data (run with --mode=eval on the last checkpoint)")
+        raise FloatingPointError(
+          f"loss is {loss} at step {step}; lower config.train.lr or check "
+          "the data (run with --mode=eval on the last checkpoint)"
+        )
       elapsed = time.perf_counter() - window_start
       rate = window_steps * config.train.batch_size / max(elapsed, 1e-9)
       eta = (total - step) * config.train.batch_size / max(rate, 1e-9)
-      logging.info("step %d/%d  loss %.4f  %.1f img/s  ETA %s", step, total, loss, rate,
-                   _format_eta(eta))
-      history.write(step, {"train_loss": loss, "images_per_second": rate,
-                           "learning_rate": schedule(step)})
+      logging.info(
+        "step %d/%d  loss %.4f  %.1f img/s  ETA %s", step, total, loss, rate, _format_eta(eta)
+      )
+      history.write(
+        step, {"train_loss": loss, "images_per_second": rate, "learning_rate": schedule(step)}
+      )
       window_start, window_steps = time.perf_counter(), 0
     if step % config.train.checkpoint_every == 0 or step == total:
       evaluator.state = state
       val = task.validate(evaluator)
       if config.train.best_metric not in val:
-        raise ValueError(f"config.train.best_metric={config.train.best_metric!r} is not one of the "
-                         f"task's validation metrics {sorted(val)}")
+        raise ValueError(
+          f"config.train.best_metric={config.train.best_metric!r} is not one of the "
+          f"task's validation metrics {sorted(val)}"
+        )
       history.write(step, val)
-      logging.info("step %d validation: %s", step,
-                   ", ".join(f"{k} {v:.4f}" for k, v in val.items()))
+      logging.info(
+        "step %d validation: %s", step, ", ".join(f"{k} {v:.4f}" for k, v in val.items())
+      )
       checkpoint.save(manager, step, state, data, val)
   manager.wait_until_finished()
   return TrainResult(state=state, evaluator=evaluator, manager=manager)
@@ -160,7 +175,7 @@ def train(config, workdir: str, task) -> "TrainResult":
 @dataclasses.dataclass
 class TrainResult:
   state: TrainState
-  evaluator: Evaluator   # compiled once; reused for the final report
+  evaluator: Evaluator  # compiled once; reused for the final report
   manager: object
 
 
@@ -178,11 +193,12 @@ def restore_for_eval(config, workdir: str, task, step: int | None = None):
   manager = _manager(config, workdir)
   step = step if step is not None else checkpoint.best_or_latest_step(manager)
   if step is None:
-    raise FileNotFoundError(f"no checkpoint in {workdir}/checkpoints; train first "
-                            "(--mode=train) or pass the workdir of a trained run")
+    raise FileNotFoundError(
+      f"no checkpoint in {workdir}/checkpoints; train first "
+      "(--mode=train) or pass the workdir of a trained run"
+    )
   state = checkpoint.restore(manager, step, state)
   evaluator = Evaluator(model, task.loss, mesh, eval_geometry)
   evaluator.state = state
   logging.info("Evaluating checkpoint step %d of %s", step, workdir)
   return state, evaluator, step
-

@@ -13,10 +13,12 @@ def make_schedule(train_config) -> optax.Schedule:
   if name == "cosine":
     return optax.cosine_decay_schedule(lr, decay_steps=max(steps, 1))
   if name == "warmup_cosine":
-    return optax.warmup_cosine_decay_schedule(0.0, lr, warmup_steps=warmup,
-                                              decay_steps=max(steps, warmup + 1))
-  raise ValueError(f"config.train.schedule={name!r} is unknown; choose constant, cosine or "
-                   "warmup_cosine")
+    return optax.warmup_cosine_decay_schedule(
+      0.0, lr, warmup_steps=warmup, decay_steps=max(steps, warmup + 1)
+    )
+  raise ValueError(
+    f"config.train.schedule={name!r} is unknown; choose constant, cosine or warmup_cosine"
+  )
 
 
 def make_optimizer(train_config) -> optax.GradientTransformation:

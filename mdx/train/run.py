@@ -14,7 +14,8 @@ class _QuietLibraries(logging_std.Filter):
 
   def filter(self, record) -> bool:
     return record.levelno >= logging_std.WARNING or not any(
-        part in record.pathname for part in ("/orbax/", "/grain/"))
+      part in record.pathname for part in ("/orbax/", "/grain/")
+    )
 
 
 def quiet_library_logs() -> None:
@@ -24,8 +25,10 @@ def quiet_library_logs() -> None:
 def prepare_workdir(workdir: str) -> str:
   workdir = os.path.abspath(os.path.expanduser(workdir))
   if os.path.exists(workdir) and not os.path.isdir(workdir):
-    raise NotADirectoryError(f"--workdir={workdir} is a file, not a directory; pass a directory "
-                             "path (it is created if missing)")
+    raise NotADirectoryError(
+      f"--workdir={workdir} is a file, not a directory; pass a directory "
+      "path (it is created if missing)"
+    )
   os.makedirs(workdir, exist_ok=True)
   return workdir
 
@@ -35,8 +38,9 @@ def write_config(config, workdir: str) -> None:
     f.write(config.to_json_best_effort(indent=2, sort_keys=True))
 
 
-def run(config, workdir: str, mode: str, input_dir: str | None = None,
-        output_dir: str | None = None) -> str | None:
+def run(
+  config, workdir: str, mode: str, input_dir: str | None = None, output_dir: str | None = None
+) -> str | None:
   """Runs one mode; returns the report directory (train, eval) or the output folder (predict)."""
   import jax
 
@@ -46,11 +50,18 @@ def run(config, workdir: str, mode: str, input_dir: str | None = None,
   config = config_lib.resolve(config)
   workdir = prepare_workdir(workdir)
   from mdx import runtime
+
   runtime.enable_compilation_cache()
   if jax.process_index() == 0 and mode == "train":
     write_config(config, workdir)
-  logging.info("mdx %s on %d device(s) (%s), %d process(es); workdir %s", mode, jax.device_count(),
-               jax.devices()[0].platform, jax.process_count(), workdir)
+  logging.info(
+    "mdx %s on %d device(s) (%s), %d process(es); workdir %s",
+    mode,
+    jax.device_count(),
+    jax.devices()[0].platform,
+    jax.process_count(),
+    workdir,
+  )
   task = tasks.make_task(config)
   if mode == "predict":
     if not (input_dir and output_dir):

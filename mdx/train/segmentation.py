@@ -44,30 +44,41 @@ class SegmentationTask:
 
   @classmethod
   def defaults(cls) -> ml_collections.ConfigDict:
-    return ml_collections.ConfigDict(dict(
-        data=dict(source="brain_phantoms",
-                  standardize="nonzero",      # mdx.data.standardize.MODES
-                  patch_size=(64, 64, 64),    # training sub-volumes and sliding windows
-                  max_background=0.95,        # most a sampled patch may be background
-                  foreground_rate=0.33,       # share of patches centred on foreground
-                  flip_axes=(),               # random flips (none where direction carries meaning)
-                  rotate_degrees=0.0, rotate_p=0.3,
-                  intensity_scale=0.0, intensity_shift=0.0),
+    return ml_collections.ConfigDict(
+      dict(
+        data=dict(
+          source="brain_phantoms",
+          standardize="nonzero",  # mdx.data.standardize.MODES
+          patch_size=(64, 64, 64),  # training sub-volumes and sliding windows
+          max_background=0.95,  # most a sampled patch may be background
+          foreground_rate=0.33,  # share of patches centred on foreground
+          flip_axes=(),  # random flips (none where direction carries meaning)
+          rotate_degrees=0.0,
+          rotate_p=0.3,
+          intensity_scale=0.0,
+          intensity_shift=0.0,
+        ),
         model=dict(name="unet3d", num_classes=3),
-        loss=dict(name="dice_ce", epsilon=1e-5, squared=False, include_background=True,
-                  ce_weight=1.0),             # ce_weight counts for 'dice_ce' only
+        loss=dict(
+          name="dice_ce", epsilon=1e-5, squared=False, include_background=True, ce_weight=1.0
+        ),  # ce_weight counts for 'dice_ce' only
         train=dict(best_metric="val_dice"),
-        eval=dict(overlap=0.5),               # sliding-window overlap in [0, 1)
-    ))
+        eval=dict(overlap=0.5),  # sliding-window overlap in [0, 1)
+      )
+    )
 
   @classmethod
   def check_config(cls, config) -> None:
     data = config.data
     patch = tuple(data.patch_size)
     multiple = registry.min_input_size(config.model)
-    if len(patch) != 3 or any(not isinstance(s, int) or s < multiple or s % multiple for s in patch):
-      raise ValueError(f"config.data.patch_size={patch} must be three sides, each a multiple of "
-                       f"{multiple} (model {config.model.name!r}, depth {config.model.get('depth')})")
+    if len(patch) != 3 or any(
+      not isinstance(s, int) or s < multiple or s % multiple for s in patch
+    ):
+      raise ValueError(
+        f"config.data.patch_size={patch} must be three sides, each a multiple of "
+        f"{multiple} (model {config.model.name!r}, depth {config.model.get('depth')})"
+      )
     if config.loss.name not in LOSSES:
       raise ValueError(f"config.loss.name={config.loss.name!r}; segmentation uses one of {LOSSES}")
     if not 0 <= config.eval.overlap < 1:
@@ -93,13 +104,17 @@ class SegmentationTask:
     self.source = sources.make_source(data, config.seed, sources.VOLUME)
     self.class_names = tuple(self.source.class_names or ())
     if not self.class_names:
-      raise ValueError("config.data.class_names is needed for an MSD folder without dataset.json "
-                       "(e.g. ('background', 'anterior', 'posterior'))")
+      raise ValueError(
+        "config.data.class_names is needed for an MSD folder without dataset.json "
+        "(e.g. ('background', 'anterior', 'posterior'))"
+      )
     self.regions = self.source.label_mode == "regions"
     self.activation = "sigmoid" if self.regions else "softmax"
     if config.model.num_classes != len(self.class_names):
-      raise ValueError(f"config.model.num_classes={config.model.num_classes} but the data has "
-                       f"{len(self.class_names)} outputs {self.class_names}")
+      raise ValueError(
+        f"config.model.num_classes={config.model.num_classes} but the data has "
+        f"{len(self.class_names)} outputs {self.class_names}"
+      )
     self.patch = tuple(int(s) for s in data.patch_size)
     self.splits = splits.make_split(data, self.source, config.seed)  # by patient (one per case)
     for name in ("test", "validation"):
@@ -125,14 +140,22 @@ class SegmentationTask:
   def loss(self, logits, batch):
     c = self.config.loss
     return losses.soft_dice_loss(
-        logits, batch["label"], self.activation, epsilon=c.epsilon, squared=c.squared,
-        include_background=c.include_background,
-        ce_weight=c.ce_weight if c.name == "dice_ce" else 0.0)
+      logits,
+      batch["label"],
+      self.activation,
+      epsilon=c.epsilon,
+      squared=c.squared,
+      include_background=c.include_background,
+      ce_weight=c.ce_weight if c.name == "dice_ce" else 0.0,
+    )
 
   def train_transforms(self) -> list:
     d = self.config.data
-    out = [vt.RandomSubVolume(self.patch, max_background=d.max_background,
-                              foreground_rate=d.foreground_rate)]
+    out = [
+      vt.RandomSubVolume(
+        self.patch, max_background=d.max_background, foreground_rate=d.foreground_rate
+      )
+    ]
     if d.flip_axes:
       out.append(vt.RandomFlip3D(tuple(d.flip_axes)))
     if d.rotate_degrees:
@@ -144,27 +167,37 @@ class SegmentationTask:
   def train_data(self, geometry):
     data = self.config.data
     return pipeline.train_dataset(
-        vt.LoadCase(self.source, data.standardize),
-        pipeline.epochs(self.splits["train"], self.config.seed),
-        batch_size=geometry.global_batch, steps=self.config.train.steps,
-        transforms=self.train_transforms(), seed=self.config.seed,
-        process_index=geometry.process_index, process_count=geometry.process_count,
-        workers=data.workers, prefetch=data.prefetch)
+      vt.LoadCase(self.source, data.standardize),
+      pipeline.epochs(self.splits["train"], self.config.seed),
+      batch_size=geometry.global_batch,
+      steps=self.config.train.steps,
+      transforms=self.train_transforms(),
+      seed=self.config.seed,
+      process_index=geometry.process_index,
+      process_count=geometry.process_count,
+      workers=data.workers,
+      prefetch=data.prefetch,
+    )
 
   # --- whole-scan inference ---
 
   def _predict_fn(self, evaluator):
     if self._predict is None:
-      self._predict = inference_predict.make_predict_fn(self.model(runtime.DATA), evaluator.mesh,
-                                                        self.activation)
+      self._predict = inference_predict.make_predict_fn(
+        self.model(runtime.DATA), evaluator.mesh, self.activation
+      )
     return lambda batch: self._predict(evaluator.state, batch)
 
   def predict_volume(self, evaluator, image: np.ndarray) -> np.ndarray:
     """Raw image [D, H, W, C] -> predicted label map (classes [D,H,W] or regions [D,H,W,R])."""
     ev = self.config.eval
     probs = sliding_window_inference(
-        self._predict_fn(evaluator), standardize_lib.standardize(image, self.config.data.standardize),
-        self.patch, overlap=ev.overlap, batch_size=ev.batch_size)
+      self._predict_fn(evaluator),
+      standardize_lib.standardize(image, self.config.data.standardize),
+      self.patch,
+      overlap=ev.overlap,
+      batch_size=evaluator.geometry.global_batch,
+    )
     if self.activation == "softmax":
       return probs.argmax(-1).astype(np.int32)
     return (probs > 0.5).astype(np.uint8)
@@ -172,18 +205,32 @@ class SegmentationTask:
   def evaluate_split(self, evaluator, split: str, overlay_dir: str | None = None):
     indices = self.splits[splits.split_key(split)]
     if len(indices) == 0:
-      raise ValueError(f"the {split} split is empty; set config.data.split.{'val' if split.startswith('val') else split}")
+      raise ValueError(
+        f"the {split} split is empty; set config.data.split.{'val' if split.startswith('val') else split}"
+      )
     per_case, overlays = {}, []
     for n, i in enumerate(indices):
       record = self.source[int(i)]
       pred = self.predict_volume(evaluator, record["image"])
       per_case[record["case_id"]] = seg_metrics.case_metrics(
-          pred, record["label"], self.class_names, self.regions, record["spacing"],
-          with_hd95=overlay_dir is not None)
+        pred,
+        record["label"],
+        self.class_names,
+        self.regions,
+        record["spacing"],
+        with_hd95=overlay_dir is not None,
+      )
       if overlay_dir and n < self.config.eval.examples:
         path = os.path.join(overlay_dir, f"{record['case_id']}.png")
-        seg_metrics.overlay_png(path, record["image"], record["label"], pred, self.class_names,
-                                self.regions, title=record["case_id"])
+        seg_metrics.overlay_png(
+          path,
+          record["image"],
+          record["label"],
+          pred,
+          self.class_names,
+          self.regions,
+          title=record["case_id"],
+        )
         overlays.append(path)
     return per_case, overlays
 
@@ -198,6 +245,7 @@ class SegmentationTask:
 
   def report(self, evaluator, workdir: str, history: list[dict]) -> str:
     from mdx.evaluate import run_report
+
     split = self.config.eval.split
     if len(self.splits[splits.split_key(split)]) == 0:
       logging.info("The %s split is empty; reporting on the validation split", split)
@@ -205,13 +253,15 @@ class SegmentationTask:
     out_dir = os.path.join(workdir, "report")
     # overlays are drawn while each case's prediction is at hand, not kept for the report
     per_case, overlays = self.evaluate_split(evaluator, split, os.path.join(out_dir, "overlays"))
-    run_report.segmentation_run_report(out_dir, split=split, per_case=per_case, history=history,
-                                       overlays=overlays)
+    run_report.segmentation_run_report(
+      out_dir, split=split, per_case=per_case, history=history, overlays=overlays
+    )
     return out_dir
 
   def predict_files(self, evaluator, input_dir: str, output_dir: str) -> str:
     """One label NIfTI per input scan, same file name, the input's affine."""
     from mdx.data.volume import msd
+
     if self.config.data.source == "brats":  # one folder per case: write CASE.nii.gz
       scans = brats.BraTSSource(input_dir, label_mode=self.source.label_mode, require_labels=False)
     else:

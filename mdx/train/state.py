@@ -27,6 +27,10 @@ def init_variables(model, sample_input: np.ndarray, seed: int) -> tuple[Any, Any
 
 
 def create_state(params, batch_stats, tx: optax.GradientTransformation, seed: int) -> TrainState:
-  return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
-                    opt_state=tx.init(params),
-                    rng=jax.random.key_data(jax.random.key(seed + 1)))
+  return TrainState(
+    step=jnp.zeros((), jnp.int32),
+    params=params,
+    batch_stats=batch_stats,
+    opt_state=tx.init(params),
+    rng=jax.random.key_data(jax.random.key(seed + 1)),
+  )

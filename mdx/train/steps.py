@@ -14,7 +14,8 @@ from typing import Any
 
 import jax
 import optax
-from jax.sharding import Mesh, PartitionSpec as P
+from jax.sharding import Mesh
+from jax.sharding import PartitionSpec as P
 
 from mdx import runtime
 from mdx.runtime import DATA
@@ -24,14 +25,24 @@ from mdx.train.state import TrainState
 LossFn = Callable[[jax.Array, dict], jax.Array]
 
 
-def make_train_step(model, loss_fn: LossFn, tx: optax.GradientTransformation, mesh: Mesh,
-                    global_batch: int, input_key: str = "image"):
+def make_train_step(
+  model,
+  loss_fn: LossFn,
+  tx: optax.GradientTransformation,
+  mesh: Mesh,
+  global_batch: int,
+  input_key: str = "image",
+):
   """Returns jit(train_step)(state, batch) -> (state, {'loss': global mean loss})."""
 
   def local_step(state: TrainState, batch: dict[str, Any]):
     def loss_of(params):
-      logits, updates = model.apply({"params": params, "batch_stats": state.batch_stats},
-                                    batch[input_key], train=True, mutable=["batch_stats"])
+      logits, updates = model.apply(
+        {"params": params, "batch_stats": state.batch_stats},
+        batch[input_key],
+        train=True,
+        mutable=["batch_stats"],
+      )
       per_example = loss_fn(logits, batch)
       if "mask" in batch:
         per_example = per_example * batch["mask"]
@@ -39,26 +50,35 @@ def make_train_step(model, loss_fn: LossFn, tx: optax.GradientTransformation, me
 
     (loss, updates), grads = jax.value_and_grad(loss_of, has_aux=True)(state.params)
     param_updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    new_state = state.replace(step=state.step + 1,
-                              params=optax.apply_updates(state.params, param_updates),
-                              batch_stats=updates.get("batch_stats", state.batch_stats),
-                              opt_state=opt_state)
+    new_state = state.replace(
+      step=state.step + 1,
+      params=optax.apply_updates(state.params, param_updates),
+      batch_stats=updates.get("batch_stats", state.batch_stats),
+      opt_state=opt_state,
+    )
     return new_state, {"loss": jax.lax.psum(loss, DATA)}
 
   step = jax.shard_map(local_step, mesh=mesh, in_specs=(P(), P(DATA)), out_specs=(P(), P()))
-  return jax.jit(step, donate_argnums=0 if runtime.donate_state() else (),
-                 compiler_options=runtime.compiler_options())
+  return jax.jit(
+    step,
+    donate_argnums=0 if runtime.donate_state() else (),
+    compiler_options=runtime.compiler_options(),
+  )
 
 
-def make_eval_loss_step(model, loss_fn: LossFn, mesh: Mesh, global_batch: int,
-                        input_key: str = "image"):
+def make_eval_loss_step(
+  model, loss_fn: LossFn, mesh: Mesh, global_batch: int, input_key: str = "image"
+):
   """Returns jit(f)(state, batch) -> (summed masked loss / global_batch, logits)."""
 
   def local(state, batch):
-    logits = model.apply({"params": state.params, "batch_stats": state.batch_stats},
-                         batch[input_key], train=False)
+    logits = model.apply(
+      {"params": state.params, "batch_stats": state.batch_stats}, batch[input_key], train=False
+    )
     per_example = loss_fn(logits, batch) * batch["mask"]
     return jax.lax.psum(per_example.sum(), DATA) / global_batch, logits
 
-  return jax.jit(jax.shard_map(local, mesh=mesh, in_specs=(P(), P(DATA)),
-                               out_specs=(P(), P(DATA))), compiler_options=runtime.compiler_options())
+  return jax.jit(
+    jax.shard_map(local, mesh=mesh, in_specs=(P(), P(DATA)), out_specs=(P(), P(DATA))),
+    compiler_options=runtime.compiler_options(),
+  )

@@ -18,7 +18,9 @@ import os
 
 from absl import app, flags
 
-_ABLATION = flags.DEFINE_string("ablation", None, "Ablation file with get_config() and get_sweep().")
+_ABLATION = flags.DEFINE_string(
+  "ablation", None, "Ablation file with get_config() and get_sweep()."
+)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory holding one workdir per variant.")
 _ONLY = flags.DEFINE_list("only", None, "Run only these variants (default: all).")
 _REACH = flags.DEFINE_float("reach", 0.95, "Report the first step reaching this share of the best.")
@@ -33,7 +35,9 @@ def load_module(path: str):
   spec.loader.exec_module(module)
   for name in ("get_config", "get_sweep"):
     if not hasattr(module, name):
-      raise ValueError(f"{path} has no {name}(); an ablation file defines get_config() and get_sweep()")
+      raise ValueError(
+        f"{path} has no {name}(); an ablation file defines get_config() and get_sweep()"
+      )
   return module
 
 
@@ -63,14 +67,19 @@ def summarize(workdir: str, config, reach: float) -> dict:
   history, the best validation value of config.train.best_metric and the first step reaching
   `reach` of it (how fast a variant learns)."""
   from mdx.train import tasks
+
   metric = config.train.best_metric
   headline = tasks.task_class(config.task).headline(os.path.join(workdir, "report"))
   history = [json.loads(line) for line in open(os.path.join(workdir, "history.jsonl"))]
   val = [(h["step"], h[metric]) for h in history if h.get(metric) is not None]
   best = max((v for _, v in val), default=float("nan"))
   first = next((s for s, v in val if v >= reach * best), None)
-  return {"headline": {k: {"value": v, "ci": ci} for k, (v, ci) in headline.items()},
-          "metric": metric, "best": best, "steps_to_reach": first}
+  return {
+    "headline": {k: {"value": v, "ci": ci} for k, (v, ci) in headline.items()},
+    "metric": metric,
+    "best": best,
+    "steps_to_reach": first,
+  }
 
 
 def _cell(entry: dict) -> str:
@@ -87,21 +96,27 @@ def write_table(results: dict, path: str, reach: float) -> None:
   first = next(iter(results.values()))
   columns = list(first["headline"])
   metric = first["metric"]
-  lines = ["| variant | " + " | ".join(columns) + f" | best {metric} | steps to {reach:.0%} of best |",
-           "|---|" + "---|" * (len(columns) + 2)]
+  lines = [
+    "| variant | " + " | ".join(columns) + f" | best {metric} | steps to {reach:.0%} of best |",
+    "|---|" + "---|" * (len(columns) + 2),
+  ]
   for name, r in results.items():
     cells = [_cell(r["headline"][c]) if c in r["headline"] else "" for c in columns]
-    lines.append(f"| {name} | " + " | ".join(cells) + f" | {r['best']:.3f} | {r['steps_to_reach']} |")
+    lines.append(
+      f"| {name} | " + " | ".join(cells) + f" | {r['best']:.3f} | {r['steps_to_reach']} |"
+    )
   with open(path, "w") as f:
     f.write("\n".join(lines) + "\n")
 
 
-def run_sweep(module, workdir: str, *, only=None, reach: float = 0.95,
-              overrides: dict | None = None) -> dict:
+def run_sweep(
+  module, workdir: str, *, only=None, reach: float = 0.95, overrides: dict | None = None
+) -> dict:
   """Trains and evaluates every variant of an ablation module into workdir/<variant>; writes
   workdir/results.json and workdir/results.md; returns the results. Flag-free (tests call it)."""
   from mdx import config as config_lib
   from mdx.train import run as runner
+
   results = {}
   for name, changes in module.get_sweep().items():
     if only and name not in only:
@@ -123,10 +138,16 @@ def run_sweep(module, workdir: str, *, only=None, reach: float = 0.95,
 def main(argv):
   del argv
   from mdx.train import run as runner
+
   runner.quiet_library_logs()
   extra = dict(item.split("=", 1) for item in _OVERRIDE.value)
-  run_sweep(load_module(_ABLATION.value), _WORKDIR.value, only=_ONLY.value, reach=_REACH.value,
-            overrides={k: parse_value(v) for k, v in extra.items()})
+  run_sweep(
+    load_module(_ABLATION.value),
+    _WORKDIR.value,
+    only=_ONLY.value,
+    reach=_REACH.value,
+    overrides={k: parse_value(v) for k, v in extra.items()},
+  )
   print(open(os.path.join(_WORKDIR.value, "results.md")).read())
 
 

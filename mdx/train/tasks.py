@@ -65,8 +65,8 @@ class Task(Protocol):
 
 # config.task -> 'module:Class', imported lazily so one task's dependencies never load for another.
 TASKS = {
-    "classification": "mdx.train.classification:ClassificationTask",
-    "segmentation": "mdx.train.segmentation:SegmentationTask",
+  "classification": "mdx.train.classification:ClassificationTask",
+  "segmentation": "mdx.train.segmentation:SegmentationTask",
 }
 
 

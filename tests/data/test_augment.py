@@ -9,30 +9,37 @@ from mdx.data import augment
 
 def _record(size=32, channels=1, seed=0):
   rng = np.random.default_rng(seed)
-  return {"image": rng.random((size, size, channels), dtype=np.float32), "image_id": "x",
-          "labels": np.zeros(3, np.float32)}
+  return {
+    "image": rng.random((size, size, channels), dtype=np.float32),
+    "image_id": "x",
+    "labels": np.zeros(3, np.float32),
+  }
 
 
 def _apply(transforms, record, seed):
   rng = np.random.default_rng(seed)
   for t in transforms:
-    record = t.random_map(record, rng) if isinstance(t, grain.transforms.RandomMap) else t.map(record)
+    record = (
+      t.random_map(record, rng) if isinstance(t, grain.transforms.RandomMap) else t.map(record)
+    )
   return record
 
 
-@pytest.mark.parametrize("name,channels", [("chest_xray", 1), ("dermatology", 3), ("fundus", 3),
-                                           ("histopathology", 3)])
+@pytest.mark.parametrize(
+  "name,channels", [("chest_xray", 1), ("dermatology", 3), ("fundus", 3), ("histopathology", 3)]
+)
 def test_presets_keep_shape_dtype_range_and_are_deterministic(name, channels):
   transforms = augment.make(name, 32)
-  assert transforms and all(isinstance(t, (grain.transforms.RandomMap, grain.transforms.Map))
-                            for t in transforms)
+  assert transforms and all(
+    isinstance(t, (grain.transforms.RandomMap, grain.transforms.Map)) for t in transforms
+  )
   rec = _record(channels=channels)
   a, b, c = (_apply(transforms, rec, s)["image"] for s in (1, 1, 2))
   assert a.shape == rec["image"].shape and a.dtype == np.float32
   assert a.min() >= 0.0 and a.max() <= 1.0
-  np.testing.assert_array_equal(a, b)          # same rng seed -> same image
-  assert not np.array_equal(a, c)              # another seed -> another image
-  assert not np.array_equal(a, rec["image"])   # it changed something
+  np.testing.assert_array_equal(a, b)  # same rng seed -> same image
+  assert not np.array_equal(a, c)  # another seed -> another image
+  assert not np.array_equal(a, rec["image"])  # it changed something
   assert _apply(transforms, rec, 1)["labels"] is rec["labels"]  # labels untouched
 
 
@@ -59,7 +66,9 @@ def test_affine_matches_exact_array_operations():
   m, off = augment.affine_matrix((9, 9), rotation_deg=90.0)
   # Counter-clockwise in (row, col) = rotation in the array plane; compare to np.rot90 either way.
   out = augment.warp(img, m, off)
-  assert (np.allclose(out, np.rot90(img, 1), atol=1e-5) or np.allclose(out, np.rot90(img, -1), atol=1e-5))
+  assert np.allclose(out, np.rot90(img, 1), atol=1e-5) or np.allclose(
+    out, np.rot90(img, -1), atol=1e-5
+  )
   m, off = augment.affine_matrix((9, 9), translate=(2.0, -1.0))
   out = augment.warp(img, m, off)
   np.testing.assert_allclose(out[2:, :-1], img[:-2, 1:], atol=1e-6)  # o = i + t

@@ -6,9 +6,9 @@ import pytest
 from PIL import Image
 from pydicom.dataset import FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+from real_layouts import write_png
 
 from mdx.data.cxr import images
-from real_layouts import write_png
 
 
 def write_dicom(path, pixels, photometric="MONOCHROME2", slope=1.0, intercept=0.0, window=None):
@@ -60,12 +60,12 @@ def test_dicom_rescale_window_and_monochrome1(tmp_path):
   write_dicom(tmp_path / "m2.dcm", px, slope=2.0, intercept=-100.0, window=(900, 1000))
   out = images.read_image(tmp_path / "m2.dcm")
   assert out.dtype == np.uint16 and out.shape == (10, 10, 1)
-  hu = px * 2.0 - 100.0                                  # modality LUT
+  hu = px * 2.0 - 100.0  # modality LUT
   expect = np.clip((hu - 400.0) / 1000.0, 0, 1) * 65535  # window [400, 1400]
   np.testing.assert_allclose(out[..., 0], np.round(expect), atol=1)
   write_dicom(tmp_path / "m1.dcm", px, photometric="MONOCHROME1")
   inv = images.read_image(tmp_path / "m1.dcm")[..., 0].astype(int)
-  assert inv[0, 0] == 65535 and inv[-1, -1] == 0         # min..max, inverted
+  assert inv[0, 0] == 65535 and inv[-1, -1] == 0  # min..max, inverted
 
 
 def test_missing_and_corrupt_files_are_named(tmp_path):
@@ -81,5 +81,7 @@ def test_resize_area_average():
   img[:2, :2] = 200
   out = images.resize(img, 2)
   np.testing.assert_array_equal(out[..., 0], [[200, 0], [0, 0]])
-  img16 = (np.arange(16, dtype=np.uint16).reshape(4, 4, 1) * 1000)
-  np.testing.assert_allclose(images.resize(img16, 2)[0, 0, 0], np.mean([0, 1000, 4000, 5000]), atol=1)
+  img16 = np.arange(16, dtype=np.uint16).reshape(4, 4, 1) * 1000
+  np.testing.assert_allclose(
+    images.resize(img16, 2)[0, 0, 0], np.mean([0, 1000, 4000, 5000]), atol=1
+  )

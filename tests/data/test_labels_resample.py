@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 from sklearn.metrics import cohen_kappa_score
 
-from mdx.data import consensus as labels, resample
+from mdx.data import consensus as labels
+from mdx.data import resample
 
 
 def test_cohen_kappa_matches_sklearn():
@@ -19,9 +20,20 @@ def test_cohen_kappa_matches_sklearn():
 
 def test_fleiss_kappa_wikipedia_example():
   # Fleiss (1971) / Wikipedia worked example: 10 subjects, 14 raters, 5 categories -> kappa 0.210.
-  counts = np.array([[0, 0, 0, 0, 14], [0, 2, 6, 4, 2], [0, 0, 3, 5, 6], [0, 3, 9, 2, 0],
-                     [2, 2, 8, 1, 1], [7, 7, 0, 0, 0], [3, 2, 6, 3, 0], [2, 5, 3, 2, 2],
-                     [6, 5, 2, 1, 0], [0, 2, 2, 3, 7]])
+  counts = np.array(
+    [
+      [0, 0, 0, 0, 14],
+      [0, 2, 6, 4, 2],
+      [0, 0, 3, 5, 6],
+      [0, 3, 9, 2, 0],
+      [2, 2, 8, 1, 1],
+      [7, 7, 0, 0, 0],
+      [3, 2, 6, 3, 0],
+      [2, 5, 3, 2, 2],
+      [6, 5, 2, 1, 0],
+      [0, 2, 2, 3, 7],
+    ]
+  )
   assert labels.fleiss_kappa(counts) == pytest.approx(0.20993, abs=1e-4)
   reads = np.array([[1, 1, 1], [0, 0, 0], [1, 0, 1], [0, 0, 0]])
   c = labels.reads_to_counts(reads)
@@ -42,8 +54,8 @@ def test_majority_vote_tie_rules():
 
 def test_oversample_per_finding_fixed_length_and_deterministic():
   y = np.zeros((100, 2), np.float32)
-  y[:10, 0] = 1          # finding 0: 10% positive
-  y[5:25, 1] = 1         # finding 1: 20% positive
+  y[:10, 0] = 1  # finding 0: 10% positive
+  y[5:25, 1] = 1  # finding 1: 20% positive
   y[90, 1] = np.nan
   pol = {"mode": "oversample", "ratio": 1.0, "max_repeat": 20}
   f = resample.repeat_factors(y, pol)

@@ -12,6 +12,7 @@ flags.FLAGS.mark_as_parsed()  # grain worker processes need parsed absl flags
 
 class TinySource:
   """Records whose image encodes the record index (pixel [0, 0]) so batches can be traced back."""
+
   findings = ("A", "B")
 
   def __init__(self, n=50):
@@ -26,8 +27,12 @@ class TinySource:
   def __getitem__(self, i):
     image = np.full((12, 12, 1), 7, np.uint8)
     image[0, 0] = i
-    return {"image": image, "labels": self._labels[i], "patient_id": f"p{i // 2}",
-            "image_id": f"img{i}"}
+    return {
+      "image": image,
+      "labels": self._labels[i],
+      "patient_id": f"p{i // 2}",
+      "image_id": f"img{i}",
+    }
 
   def labels(self):
     return self._labels
@@ -39,14 +44,22 @@ def take(it, n):
 
 def train_dataset(src, indices, *, image_size, seed=0, transforms=(), **kwargs):
   """The classification task's training stream over `src` (2D records, unknown labels masked)."""
-  return pipeline.train_dataset(records.LoadImageRecord(src, image_size),
-                                pipeline.epochs(indices, seed), seed=seed,
-                                transforms=[*transforms, records.mask_unknown_labels], **kwargs)
+  return pipeline.train_dataset(
+    records.LoadImageRecord(src, image_size),
+    pipeline.epochs(indices, seed),
+    seed=seed,
+    transforms=[*transforms, records.mask_unknown_labels],
+    **kwargs,
+  )
 
 
 def eval_dataset(src, indices, *, image_size, **kwargs):
-  return pipeline.eval_dataset(records.LoadImageRecord(src, image_size), indices,
-                               transforms=[records.mask_unknown_labels], **kwargs)
+  return pipeline.eval_dataset(
+    records.LoadImageRecord(src, image_size),
+    indices,
+    transforms=[records.mask_unknown_labels],
+    **kwargs,
+  )
 
 
 def test_to_float_image_scales_and_resizes():
@@ -89,8 +102,10 @@ def test_processes_share_each_global_batch():
   indices = np.arange(40)
   kwargs = dict(batch_size=8, steps=4, image_size=12, seed=1)
   single = take(iter(train_dataset(src, indices, **kwargs)), 4)
-  shares = [take(iter(train_dataset(src, indices, process_index=p, process_count=2,
-                                              **kwargs)), 4) for p in range(2)]
+  shares = [
+    take(iter(train_dataset(src, indices, process_index=p, process_count=2, **kwargs)), 4)
+    for p in range(2)
+  ]
   for g in range(4):
     union = np.concatenate([shares[0][g]["index"], shares[1][g]["index"]])
     assert len(shares[0][g]["index"]) == 4
@@ -99,8 +114,9 @@ def test_processes_share_each_global_batch():
 
 def test_worker_processes_give_the_same_augmented_batches():
   src = TinySource(30)
-  kwargs = dict(batch_size=6, steps=5, image_size=12, seed=5,
-                transforms=augment.make("chest_xray", 12))
+  kwargs = dict(
+    batch_size=6, steps=5, image_size=12, seed=5, transforms=augment.make("chest_xray", 12)
+  )
   inline = take(iter(train_dataset(src, np.arange(30), **kwargs)), 5)
   workers = take(iter(train_dataset(src, np.arange(30), workers=2, **kwargs)), 5)
   for x, y in zip(inline, workers):
@@ -112,8 +128,15 @@ def test_worker_processes_give_the_same_augmented_batches():
 
 def test_iterator_state_resumes_exactly():
   src = TinySource(30)
-  ds = train_dataset(src, np.arange(30), batch_size=4, steps=20, image_size=12, seed=2,
-                              transforms=augment.make("chest_xray", 12))
+  ds = train_dataset(
+    src,
+    np.arange(30),
+    batch_size=4,
+    steps=20,
+    image_size=12,
+    seed=2,
+    transforms=augment.make("chest_xray", 12),
+  )
   it = iter(ds)
   take(it, 3)
   state = it.get_state()
@@ -134,8 +157,10 @@ def test_eval_pads_and_masks_and_keeps_order():
   assert mask.sum() == 20 and mask[-4:].sum() == 0
   np.testing.assert_array_equal(order[mask > 0], indices)
   # Two processes: each takes half of every global batch; together the same rows.
-  shares = [list(eval_dataset(src, indices, batch_size=8, image_size=12, process_index=p,
-                                       process_count=2)) for p in range(2)]
+  shares = [
+    list(eval_dataset(src, indices, batch_size=8, image_size=12, process_index=p, process_count=2))
+    for p in range(2)
+  ]
   for g in range(3):
     joined = np.concatenate([shares[0][g]["index"], shares[1][g]["index"]])
     np.testing.assert_array_equal(joined, batches[g]["index"])

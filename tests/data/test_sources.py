@@ -5,10 +5,10 @@ import os
 import ml_collections
 import numpy as np
 import pytest
-
-from mdx.data.cxr import chexpert, findings, tfds_builders
-from mdx.data import sources
 from real_layouts import NIH_COLUMNS, write_csv, write_png
+
+from mdx.data import sources
+from mdx.data.cxr import chexpert, findings, tfds_builders
 
 
 def C(**kw):
@@ -16,8 +16,9 @@ def C(**kw):
 
 
 def test_nih_layout_labels_and_ids(nih_dir):
-  s = sources.make_source(C(source="nih", metadata=str(nih_dir / "Data_Entry_2017.csv"),
-                            images=str(nih_dir)), 0)
+  s = sources.make_source(
+    C(source="nih", metadata=str(nih_dir / "Data_Entry_2017.csv"), images=str(nih_dir)), 0
+  )
   assert len(s) == 6 and s.findings == findings.NIH_FINDINGS
   lab = s.labels()
   col = {f: i for i, f in enumerate(findings.NIH_FINDINGS)}
@@ -27,8 +28,16 @@ def test_nih_layout_labels_and_ids(nih_dir):
   rec = s[4]
   assert rec["image"].shape == (20, 24, 1) and rec["image"].dtype == np.uint8
   assert int(rec["image"][0, 0, 0]) == 40 and rec["image_id"] == "00000003_001.png"
-  pa = sources.make_source(C(source="nih", metadata=str(nih_dir / "Data_Entry_2017.csv"),
-                             images=str(nih_dir), view_positions=["PA"], findings=["Mass"]), 0)
+  pa = sources.make_source(
+    C(
+      source="nih",
+      metadata=str(nih_dir / "Data_Entry_2017.csv"),
+      images=str(nih_dir),
+      view_positions=["PA"],
+      findings=["Mass"],
+    ),
+    0,
+  )
   assert len(pa) == 4 and pa.labels()[:, 0].tolist() == [0, 0, 1, 0]
 
 
@@ -39,7 +48,9 @@ def test_nih_errors(nih_dir, tmp_path):
     sources.make_source(C(source="nih", metadata=str(tmp_path / "bad.csv"), images=str(nih_dir)), 0)
   write_csv(str(tmp_path / "nocol.csv"), ["Image Index", "Finding Labels"], [("a.png", "Mass")])
   with pytest.raises(ValueError, match="Patient ID"):
-    sources.make_source(C(source="nih", metadata=str(tmp_path / "nocol.csv"), images=str(nih_dir)), 0)
+    sources.make_source(
+      C(source="nih", metadata=str(tmp_path / "nocol.csv"), images=str(nih_dir)), 0
+    )
   os.remove(nih_dir / "images_002" / "images" / "00000003_001.png")
   meta = str(nih_dir / "Data_Entry_2017.csv")
   with pytest.raises(FileNotFoundError, match="1 of 6 image files are missing"):
@@ -58,17 +69,29 @@ CHEX_COLUMNS = ["Path", "Sex", "Age", "Frontal/Lateral", "AP/PA", *chexpert.OBSE
 
 def _chexpert(tmp_path):
   root = tmp_path / "chex"
-  rel = ["CheXpert-v1.0-small/train/patient00001/study1/view1_frontal.jpg",
-         "CheXpert-v1.0-small/train/patient00001/study1/view2_lateral.jpg",
-         "CheXpert-v1.0-small/train/patient00002/study1/view1_frontal.jpg"]
-  cells = [{"Atelectasis": "-1.0", "Edema": "1.0", "Cardiomegaly": ""},
-           {"Atelectasis": "0.0", "Edema": "-1.0", "Cardiomegaly": "1.0"},
-           {"Atelectasis": "", "Edema": "0.0", "Cardiomegaly": "-1.0"}]
+  rel = [
+    "CheXpert-v1.0-small/train/patient00001/study1/view1_frontal.jpg",
+    "CheXpert-v1.0-small/train/patient00001/study1/view2_lateral.jpg",
+    "CheXpert-v1.0-small/train/patient00002/study1/view1_frontal.jpg",
+  ]
+  cells = [
+    {"Atelectasis": "-1.0", "Edema": "1.0", "Cardiomegaly": ""},
+    {"Atelectasis": "0.0", "Edema": "-1.0", "Cardiomegaly": "1.0"},
+    {"Atelectasis": "", "Edema": "0.0", "Cardiomegaly": "-1.0"},
+  ]
   rows = []
   for r, c in zip(rel, cells):
     write_png(str(root / r), seed=1)
-    rows.append([r, "Male", 60, "Lateral" if "lateral" in r else "Frontal", "AP",
-                 *[c.get(o, "") for o in chexpert.OBSERVATIONS]])
+    rows.append(
+      [
+        r,
+        "Male",
+        60,
+        "Lateral" if "lateral" in r else "Frontal",
+        "AP",
+        *[c.get(o, "") for o in chexpert.OBSERVATIONS],
+      ]
+    )
   write_csv(str(root / "CheXpert-v1.0-small" / "train.csv"), CHEX_COLUMNS, rows)
   return root
 
@@ -80,12 +103,29 @@ def test_chexpert_policies_and_patients(tmp_path):
   ign = sources.make_source(C(source="chexpert", metadata=meta, images=str(root), findings=f), 0)
   np.testing.assert_array_equal(ign.labels(), [[np.nan, 0, 1], [0, 1, np.nan], [0, np.nan, 0]])
   assert ign.patient_ids().tolist() == ["patient00001", "patient00001", "patient00002"]
-  ones = sources.make_source(C(source="chexpert", metadata=meta, images=str(root), findings=f,
-                               uncertain="ones", blank="ignore"), 0)
+  ones = sources.make_source(
+    C(
+      source="chexpert",
+      metadata=meta,
+      images=str(root),
+      findings=f,
+      uncertain="ones",
+      blank="ignore",
+    ),
+    0,
+  )
   np.testing.assert_array_equal(ones.labels(), [[1, np.nan, 1], [0, 1, 1], [np.nan, 1, 0]])
-  mixed = sources.make_source(C(source="chexpert", metadata=meta, images=str(root / "CheXpert-v1.0-small"),
-                                findings=f, uncertain={"Atelectasis": "ones", "Cardiomegaly": "zeros",
-                                                       "Edema": "zeros"}, frontal_only=True), 0)
+  mixed = sources.make_source(
+    C(
+      source="chexpert",
+      metadata=meta,
+      images=str(root / "CheXpert-v1.0-small"),
+      findings=f,
+      uncertain={"Atelectasis": "ones", "Cardiomegaly": "zeros", "Edema": "zeros"},
+      frontal_only=True,
+    ),
+    0,
+  )
   np.testing.assert_array_equal(mixed.labels(), [[1, 0, 1], [0, 0, 0]])
   assert mixed[1]["image"].shape == (20, 24, 1)
   with pytest.raises(ValueError, match="'maybe'"):
@@ -93,10 +133,15 @@ def test_chexpert_policies_and_patients(tmp_path):
 
 
 def test_chexpert_bad_cell(tmp_path):
-  write_csv(str(tmp_path / "t.csv"), CHEX_COLUMNS,
-            [["x/patient00009/s/v.jpg", "", "", "Frontal", "", *(["2"] * len(chexpert.OBSERVATIONS))]])
+  write_csv(
+    str(tmp_path / "t.csv"),
+    CHEX_COLUMNS,
+    [["x/patient00009/s/v.jpg", "", "", "Frontal", "", *(["2"] * len(chexpert.OBSERVATIONS))]],
+  )
   with pytest.raises(ValueError, match=r"row 2 .*'Atelectasis' has '2'"):
-    sources.make_source(C(source="chexpert", metadata=str(tmp_path / "t.csv"), images=str(tmp_path)), 0)
+    sources.make_source(
+      C(source="chexpert", metadata=str(tmp_path / "t.csv"), images=str(tmp_path)), 0
+    )
 
 
 def test_folders_with_patient_regex(tmp_path):
@@ -105,28 +150,44 @@ def test_folders_with_patient_regex(tmp_path):
   for name in ["person1_virus_6.jpeg", "person1_bacteria_2.jpeg", "person22_virus_3.jpeg"]:
     write_png(str(tmp_path / "PNEUMONIA" / name))
   regex = r"^(person\d+|(?:NORMAL2-)?IM-\d+)"
-  s = sources.make_source(C(source="folders", root=str(tmp_path), negative_class="NORMAL",
-                            patient_regex=regex), 0)
+  s = sources.make_source(
+    C(source="folders", root=str(tmp_path), negative_class="NORMAL", patient_regex=regex), 0
+  )
   assert s.findings == ("PNEUMONIA",)
   assert s.labels()[:, 0].tolist() == [0, 0, 0, 1, 1, 1]
-  assert s.patient_ids().tolist() == ["IM-0001", "IM-0001", "NORMAL2-IM-0007", "person1",
-                                      "person1", "person22"]
+  assert s.patient_ids().tolist() == [
+    "IM-0001",
+    "IM-0001",
+    "NORMAL2-IM-0007",
+    "person1",
+    "person1",
+    "person22",
+  ]
   onehot = sources.make_source(C(source="folders", root=str(tmp_path)), 0)
   assert onehot.findings == ("NORMAL", "PNEUMONIA") and onehot.labels().sum(1).tolist() == [1] * 6
   write_png(str(tmp_path / "PNEUMONIA" / "scan.jpeg"))
   with pytest.raises(ValueError, match="scan.jpeg"):
     sources.make_source(C(source="folders", root=str(tmp_path), patient_regex=regex), 0)
-  s = sources.make_source(C(source="folders", root=str(tmp_path), patient_regex=regex, on_error="skip"), 0)
+  s = sources.make_source(
+    C(source="folders", root=str(tmp_path), patient_regex=regex, on_error="skip"), 0
+  )
   assert len(s) == 6 and s.skipped == 1
 
 
 def test_nih_expert_labels(nih_dir, tmp_path):
   cols = [*NIH_COLUMNS, "Fracture", "Pneumothorax", "Airspace opacity", "Nodule or mass", "Set Id"]
-  write_csv(str(tmp_path / "google.csv"), cols, [
+  write_csv(
+    str(tmp_path / "google.csv"),
+    cols,
+    [
       ("00000001_000.png", "Cardiomegaly", 0, 1, 50, "M", "PA", "NO", "NO", "YES", "NO", "test"),
       ("00000003_002.png", "Mass", 2, 3, 32, "F", "AP", "NO", "YES", "NO", "YES", "val"),
-      ("00009999_000.png", "Mass", 0, 9, 32, "F", "AP", "NO", "NO", "NO", "YES", "test")])
-  cfg = C(source="nih_expert", metadata=str(tmp_path / "google.csv"), images=str(nih_dir), on_error="skip")
+      ("00009999_000.png", "Mass", 0, 9, 32, "F", "AP", "NO", "NO", "NO", "YES", "test"),
+    ],
+  )
+  cfg = C(
+    source="nih_expert", metadata=str(tmp_path / "google.csv"), images=str(nih_dir), on_error="skip"
+  )
   s = sources.make_source(cfg, 0)
   assert len(s) == 2 and s.skipped == 1
   np.testing.assert_array_equal(s.labels(), [[0, 0, 1, 0], [0, 1, 0, 1]])
@@ -135,8 +196,13 @@ def test_nih_expert_labels(nih_dir, tmp_path):
 
 
 def test_prepared_records_roundtrip(nih_dir, tmp_path):
-  cfg = C(source="nih", metadata=str(nih_dir / "Data_Entry_2017.csv"), images=str(nih_dir),
-          image_size=8, prepared_dir=str(tmp_path / "records"))
+  cfg = C(
+    source="nih",
+    metadata=str(nih_dir / "Data_Entry_2017.csv"),
+    images=str(nih_dir),
+    image_size=8,
+    prepared_dir=str(tmp_path / "records"),
+  )
   with pytest.raises(FileNotFoundError, match="mdx.data.cli.prepare"):
     sources.make_source(cfg, 0)
   out = tfds_builders.prepare(cfg, 0)

@@ -3,10 +3,10 @@
 import ml_collections
 import numpy as np
 import pytest
-
-from mdx.data.cli import audit, split
-from mdx.data import splits
 from real_layouts import NIH_COLUMNS, write_csv
+
+from mdx.data import splits
+from mdx.data.cli import audit, split
 
 
 def _population(n_patients=300, seed=0):
@@ -78,8 +78,11 @@ class _Src:
 def test_make_split_dispatch():
   pids, pos = _population(200)
   src = _Src(pids, np.stack([pos, np.zeros_like(pos)], 1).astype(np.float32))
-  cfg = ml_collections.ConfigDict(dict(split=dict(by="test_first", test_size=20, val_size=20,
-                                                  min_positive_share=0.5, findings=["A"])))
+  cfg = ml_collections.ConfigDict(
+    dict(
+      split=dict(by="test_first", test_size=20, val_size=20, min_positive_share=0.5, findings=["A"])
+    )
+  )
   out = splits.make_split(cfg, src, 0)
   assert pos[out["test"]].mean() >= 0.5
   cfg.split = dict(by="kfold", k=4, fold=3)
@@ -96,7 +99,11 @@ def _nih_csv(path, n_patients=40, seed=0):
   rows = []
   for p in range(n_patients):
     for k in range(int(rng.integers(1, 4))):
-      lab = "Mass" if rng.random() < 0.2 else ("Pneumonia|Effusion" if rng.random() < 0.1 else "No Finding")
+      lab = (
+        "Mass"
+        if rng.random() < 0.2
+        else ("Pneumonia|Effusion" if rng.random() < 0.1 else "No Finding")
+      )
       rows.append((f"{p:08d}_{k:03d}.png", lab, k, p, 40, "M", "PA"))
   write_csv(str(path), NIH_COLUMNS, rows)
   return rows
@@ -104,13 +111,23 @@ def _nih_csv(path, n_patients=40, seed=0):
 
 def test_split_cli_and_audit_cli(tmp_path, capsys):
   rows = _nih_csv(tmp_path / "Data_Entry_2017.csv")
-  rc = split.main(["--source=nih", f"--metadata={tmp_path / 'Data_Entry_2017.csv'}", f"--out={tmp_path / 'out'}",
-                   "--test-size=10", "--val-size=10", "--min-positive-share=0.5",
-                   "--findings=Mass,Pneumonia", "--seed=3"])
+  rc = split.main(
+    [
+      "--source=nih",
+      f"--metadata={tmp_path / 'Data_Entry_2017.csv'}",
+      f"--out={tmp_path / 'out'}",
+      "--test-size=10",
+      "--val-size=10",
+      "--min-positive-share=0.5",
+      "--findings=Mass,Pneumonia",
+      "--seed=3",
+    ]
+  )
   out = capsys.readouterr().out
   assert rc == 0 and "OK: no patient is in two sets" in out
   files = [str(tmp_path / "out" / f"{n}.csv") for n in ("train", "validation", "test")]
   from mdx.data.cxr import file_source
+
   loaded = [file_source.read_csv(f) for f in files]
   assert all(cols == NIH_COLUMNS for cols, _ in loaded)
   assert sum(len(r) for _, r in loaded) == len(rows)
@@ -121,15 +138,29 @@ def test_split_cli_and_audit_cli(tmp_path, capsys):
   for i, idx in enumerate(thirds):
     write_csv(str(tmp_path / f"img{i}.csv"), NIH_COLUMNS, [rows[j] for j in idx])
   capsys.readouterr()
-  assert audit.main([str(tmp_path / f"img{i}.csv") for i in range(3)] + ["--patient-column=Patient ID"]) == 1
+  assert (
+    audit.main([str(tmp_path / f"img{i}.csv") for i in range(3)] + ["--patient-column=Patient ID"])
+    == 1
+  )
   assert "LEAK" in capsys.readouterr().out
 
 
 def test_audit_reports_shared_items():
-  rep = splits.audit({"a": {"patient_ids": np.array(["1", "2"]), "image_ids": np.array(["x", "y"]),
-                            "labels": np.array([[1, 0], [0, 0]])},
-                      "b": {"patient_ids": np.array(["2", "3"]), "image_ids": np.array(["y", "z"]),
-                            "labels": np.array([[0, 1], [0, 0]])}}, ["F", "G"])
+  rep = splits.audit(
+    {
+      "a": {
+        "patient_ids": np.array(["1", "2"]),
+        "image_ids": np.array(["x", "y"]),
+        "labels": np.array([[1, 0], [0, 0]]),
+      },
+      "b": {
+        "patient_ids": np.array(["2", "3"]),
+        "image_ids": np.array(["y", "z"]),
+        "labels": np.array([[0, 1], [0, 0]]),
+      },
+    },
+    ["F", "G"],
+  )
   pair = rep["pairs"][("a", "b")]
   assert pair["patients"].tolist() == ["2"] and pair["images"].tolist() == ["y"]
   assert pair["findings_only_in_one"] == ["F", "G"] and rep["leak"]

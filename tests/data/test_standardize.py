@@ -9,8 +9,11 @@ from mdx.data.standardize import standardize as standardize_array
 
 def _record(size=32, channels=1, seed=0):
   rng = np.random.default_rng(seed)
-  return {"image": rng.random((size, size, channels), dtype=np.float32), "image_id": "x",
-          "labels": np.zeros(3, np.float32)}
+  return {
+    "image": rng.random((size, size, channels), dtype=np.float32),
+    "image_id": "x",
+    "labels": np.zeros(3, np.float32),
+  }
 
 
 def test_standardize():
@@ -38,7 +41,9 @@ def test_standardize_nonzero_matches_hand_computation():
   out = standardize_array(x, "nonzero")
   for c in range(2):
     v = x[1:5, 1:5, 1:5, c]
-    np.testing.assert_allclose(out[1:5, 1:5, 1:5, c], (v - v.mean()) / v.std(), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(
+      out[1:5, 1:5, 1:5, c], (v - v.mean()) / v.std(), rtol=1e-4, atol=1e-5
+    )
   assert (out[0] == 0).all()
 
 

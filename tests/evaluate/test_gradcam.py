@@ -18,6 +18,7 @@ class Block(nn.Module):
 
 class TinyCNN(nn.Module):
   """conv -> Block 'features' -> global average pool -> dense: Grad-CAM here equals CAM."""
+
   gradcam_layer = "features"
 
   @nn.compact
@@ -62,12 +63,12 @@ def test_heat_map_peak_falls_on_the_evidence():
   masks = np.zeros((n, size, size), bool)
   for i in range(n):
     r, c = rng.integers(2, size - 8, 2)
-    x[i, r:r + 6, c:c + 6] = 1.0
-    masks[i, r:r + 6, c:c + 6] = True
+    x[i, r : r + 6, c : c + 6] = 1.0
+    masks[i, r : r + 6, c : c + 6] = True
   variables = model.init(jax.random.key(0), x)
   params = jax.tree_util.tree_map(np.asarray, variables["params"])
-  params["stem"]["kernel"] = np.full((3, 3, 1, 4), 1 / 9, np.float32)   # local mean brightness
-  params["stem"]["bias"] = np.full((4,), -0.5, np.float32)             # only bright regions pass
+  params["stem"]["kernel"] = np.full((3, 3, 1, 4), 1 / 9, np.float32)  # local mean brightness
+  params["stem"]["bias"] = np.full((4,), -0.5, np.float32)  # only bright regions pass
   params["features"]["conv"]["kernel"] = np.full((3, 3, 4, 6), 1 / 36, np.float32)
   params["features"]["conv"]["bias"] = np.zeros((6,), np.float32)
   params["head"]["kernel"] = np.ones((6, 2), np.float32) * np.array([1.0, -1.0], np.float32)
@@ -112,9 +113,15 @@ def test_peak_in_mask_rate_and_overlay(tmp_path):
   assert G.peak_in_mask_rate(heat, masks, tolerance=2) == 1.0
   with pytest.raises(ValueError, match="empty"):
     G.peak_in_mask_rate(heat, np.zeros((2, 4, 4), bool))
-  path = G.overlay_png(np.random.default_rng(0).random((16, 16, 3)), np.random.default_rng(1).random((16, 16)),
-                       str(tmp_path / "sub" / "o.png"), title="Mass p=0.91", mask=np.eye(16) > 0)
+  path = G.overlay_png(
+    np.random.default_rng(0).random((16, 16, 3)),
+    np.random.default_rng(1).random((16, 16)),
+    str(tmp_path / "sub" / "o.png"),
+    title="Mass p=0.91",
+    mask=np.eye(16) > 0,
+  )
   from PIL import Image
+
   with Image.open(path) as im:
     assert im.format == "PNG" and im.size[0] > 100
 

@@ -23,7 +23,9 @@ def test_ranking_metrics_match_sklearn(seed):
   if len(np.unique(y)) < 2:
     y[0], y[1] = 0.0, 1.0
   np.testing.assert_allclose(M.roc_auc(y, s), skm.roc_auc_score(y, s), rtol=1e-12)
-  np.testing.assert_allclose(M.average_precision(y, s), skm.average_precision_score(y, s), rtol=1e-12)
+  np.testing.assert_allclose(
+    M.average_precision(y, s), skm.average_precision_score(y, s), rtol=1e-12
+  )
   np.testing.assert_allclose(M.brier(y, s), skm.brier_score_loss(y, s), rtol=1e-12)
   fpr, tpr, thr = M.roc_curve(y, s)
   sk_fpr, sk_tpr, sk_thr = skm.roc_curve(y, s, drop_intermediate=False)
@@ -67,7 +69,9 @@ def test_threshold_metrics_match_confusion_matrix(seed):
   tn, fp, fn, tp = skm.confusion_matrix(y, pred, labels=[0, 1]).ravel()
   assert m["accuracy"] == pytest.approx(skm.accuracy_score(y, pred))
   assert m["prevalence"] == pytest.approx(y.mean())
-  assert m["sensitivity"] == pytest.approx(skm.recall_score(y, pred, zero_division=np.nan), nan_ok=True)
+  assert m["sensitivity"] == pytest.approx(
+    skm.recall_score(y, pred, zero_division=np.nan), nan_ok=True
+  )
   assert m["specificity"] == pytest.approx(tn / (tn + fp) if tn + fp else np.nan, nan_ok=True)
   assert m["ppv"] == pytest.approx(skm.precision_score(y, pred, zero_division=np.nan), nan_ok=True)
   assert m["npv"] == pytest.approx(tn / (tn + fn) if tn + fn else np.nan, nan_ok=True)
@@ -103,7 +107,8 @@ def test_unknown_labels_are_ignored():
   known = ~np.isnan(y_masked)
   assert M.roc_auc(y_masked, s) == pytest.approx(skm.roc_auc_score(y[known], s[known]))
   assert M.average_precision(y_masked, s) == pytest.approx(
-      skm.average_precision_score(y[known], s[known]))
+    skm.average_precision_score(y[known], s[known])
+  )
   t = M.threshold_metrics(y_masked, s, 0.5)
   assert t["accuracy"] == pytest.approx(skm.accuracy_score(y[known], s[known] >= 0.5))
 
@@ -115,7 +120,9 @@ def test_per_class_and_mean_auroc():
   probs = rng.random((40, 3))
   per = M.roc_auc_per_class(labels, probs)
   assert np.isnan(per[2])
-  np.testing.assert_allclose(per[:2], [skm.roc_auc_score(labels[:, c], probs[:, c]) for c in range(2)])
+  np.testing.assert_allclose(
+    per[:2], [skm.roc_auc_score(labels[:, c], probs[:, c]) for c in range(2)]
+  )
   assert M.mean_roc_auc(labels, probs) == pytest.approx(per[:2].mean())
 
 

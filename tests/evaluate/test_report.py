@@ -31,15 +31,36 @@ def test_report_files_and_numbers(tmp_path):
   vy, vp = _data(1)
   curve = tmp_path / "loss.png"
   from PIL import Image
+
   Image.new("RGB", (20, 10), "red").save(curve)
   out = tmp_path / "eval"
   pids = np.arange(60) // 2
-  res = evaluate_and_report(str(out), labels=y, probs=p, findings=FINDINGS, patient_ids=pids,
-                            ids=[f"im{i}" for i in range(60)], val_labels=vy, val_probs=vp,
-                            bootstrap=50, seed=1, extra_figures=[("loss curve", str(curve))],
-                            title="tiny", prevalence=0.1)
-  for name in ["metrics.json", "report.md", "report.html", "labels.csv", "probs.csv",
-               "figures/roc.png", "figures/pr.png", "figures/reliability.png", "figures/confusion.png"]:
+  res = evaluate_and_report(
+    str(out),
+    labels=y,
+    probs=p,
+    findings=FINDINGS,
+    patient_ids=pids,
+    ids=[f"im{i}" for i in range(60)],
+    val_labels=vy,
+    val_probs=vp,
+    bootstrap=50,
+    seed=1,
+    extra_figures=[("loss curve", str(curve))],
+    title="tiny",
+    prevalence=0.1,
+  )
+  for name in [
+    "metrics.json",
+    "report.md",
+    "report.html",
+    "labels.csv",
+    "probs.csv",
+    "figures/roc.png",
+    "figures/pr.png",
+    "figures/reliability.png",
+    "figures/confusion.png",
+  ]:
     assert (out / name).exists(), name
   text = (out / "metrics.json").read_text()
   assert "NaN" not in text
@@ -50,7 +71,9 @@ def test_report_files_and_numbers(tmp_path):
   lo, hi = mass["metrics"]["auroc"]["ci"]
   assert lo < mass["metrics"]["auroc"]["value"] < hi
   assert mass["n"] == known.sum() and mass["n_unknown"] == (~known).sum()
-  assert mass["threshold"] == T.choose_threshold(vy[:, 0], vp[:, 0], "youden")  # chosen on validation
+  assert mass["threshold"] == T.choose_threshold(
+    vy[:, 0], vp[:, 0], "youden"
+  )  # chosen on validation
   assert "ppv_at_prevalence" in mass["metrics"] and "ece_platt" in mass["metrics"]
   hernia = res["per_finding"]["Hernia"]
   assert hernia["metrics"]["auroc"] == {"value": None, "ci": [None, None]}
@@ -69,10 +92,11 @@ def test_report_files_and_numbers(tmp_path):
   assert "| Mass |" in md and "undefined" in md and "Youden" in md
   for link in re.findall(r"src='([^']+)'", html) + re.findall(r"\]\(([^)]+)\)", md):
     assert not os.path.isabs(link) and (out / link).exists(), link
-  assert "loss curve" in html and any("extra/" in l for l in re.findall(r"src='([^']+)'", html))
+  assert "loss curve" in html and any("extra/" in src for src in re.findall(r"src='([^']+)'", html))
   # The written CSVs are re-readable and give the same predictions.
-  pred = P.read_predictions(str(out / "labels.csv"), str(out / "probs.csv"), id_column="id",
-                            patient_column="patient_id")
+  pred = P.read_predictions(
+    str(out / "labels.csv"), str(out / "probs.csv"), id_column="id", patient_column="patient_id"
+  )
   np.testing.assert_array_equal(pred.labels, y)
   np.testing.assert_allclose(pred.probs, p)
 
@@ -80,11 +104,20 @@ def test_report_files_and_numbers(tmp_path):
 def test_patient_bootstrap_ignores_duplicated_studies():
   """Every study seen twice under one patient id: the same information, so the same CIs."""
   y, p = _data(2)
-  base = CL.evaluate_classification(y, p, FINDINGS, patient_ids=np.arange(60), bootstrap=100, seed=3)
-  dup = CL.evaluate_classification(np.repeat(y, 2, 0), np.repeat(p, 2, 0), FINDINGS,
-                                   patient_ids=np.repeat(np.arange(60), 2), bootstrap=100, seed=3)
-  naive = CL.evaluate_classification(np.repeat(y, 2, 0), np.repeat(p, 2, 0), FINDINGS,
-                                     bootstrap=100, seed=3)
+  base = CL.evaluate_classification(
+    y, p, FINDINGS, patient_ids=np.arange(60), bootstrap=100, seed=3
+  )
+  dup = CL.evaluate_classification(
+    np.repeat(y, 2, 0),
+    np.repeat(p, 2, 0),
+    FINDINGS,
+    patient_ids=np.repeat(np.arange(60), 2),
+    bootstrap=100,
+    seed=3,
+  )
+  naive = CL.evaluate_classification(
+    np.repeat(y, 2, 0), np.repeat(p, 2, 0), FINDINGS, bootstrap=100, seed=3
+  )
   for m in ("auroc", "sensitivity", "brier"):
     a, b = base["per_finding"]["Mass"]["metrics"][m], dup["per_finding"]["Mass"]["metrics"][m]
     assert a["value"] == pytest.approx(b["value"])
@@ -111,6 +144,7 @@ def test_without_validation_the_report_says_thresholds_are_optimistic():
 @pytest.fixture
 def cli():
   from mdx.evaluate import __main__ as main_mod
+
   def run(*args):
     flags.FLAGS.unparse_flags()
     flags.FLAGS(["mdx.evaluate", *args])
@@ -118,22 +152,40 @@ def cli():
       return main_mod.main(["mdx.evaluate"])
     finally:
       flags.FLAGS.unparse_flags()
+
   return run
 
 
 def test_cli_writes_the_report_and_reports_bad_csvs(tmp_path, cli, capsys):
   y, p = _data(5)
   ids = [f"s{i}" for i in range(60)]
-  lp = P.write_csv(str(tmp_path / "l.csv"), ids, y, FINDINGS, id_column="study",
-                   patient_ids=[f"p{i // 3}" for i in range(60)], patient_column="subject")
+  lp = P.write_csv(
+    str(tmp_path / "l.csv"),
+    ids,
+    y,
+    FINDINGS,
+    id_column="study",
+    patient_ids=[f"p{i // 3}" for i in range(60)],
+    patient_column="subject",
+  )
   pp = P.write_csv(str(tmp_path / "p.csv"), ids[::-1], p[::-1], FINDINGS, id_column="study")
   out = tmp_path / "out"
-  assert cli(f"--labels={lp}", f"--probs={pp}", f"--out={out}", "--patient-column=subject",
-             "--bootstrap=20", "--seed=2") == 0
+  assert (
+    cli(
+      f"--labels={lp}",
+      f"--probs={pp}",
+      f"--out={out}",
+      "--patient-column=subject",
+      "--bootstrap=20",
+      "--seed=2",
+    )
+    == 0
+  )
   res = json.loads((out / "metrics.json").read_text())
   known = ~np.isnan(y[:, 0])
   assert res["per_finding"]["Mass"]["metrics"]["auroc"]["value"] == pytest.approx(
-      roc_auc_score(y[known, 0], p[known, 0]))
+    roc_auc_score(y[known, 0], p[known, 0])
+  )
   assert res["n_patients"] == 20 and res["settings"]["resampling_unit"] == "patient"
   assert (out / "report.html").exists()
   bad = tmp_path / "bad.csv"
@@ -146,7 +198,7 @@ def test_cli_compares_two_models(tmp_path, cli):
   rng = np.random.default_rng(9)
   n = 200
   y = np.zeros((n, 1))
-  y[n // 2:] = 1
+  y[n // 2 :] = 1
   good = 1 / (1 + np.exp(-rng.normal(3 * y - 1.5, 1.0)))
   bad = 1 / (1 + np.exp(-rng.normal(0.3 * y, 1.0)))
   ids = [f"s{i}" for i in range(n)]
@@ -154,10 +206,16 @@ def test_cli_compares_two_models(tmp_path, cli):
   ap = P.write_csv(str(tmp_path / "a.csv"), ids, good, ["Mass"])
   bp = P.write_csv(str(tmp_path / "b.csv"), ids, bad, ["Mass"])
   out = tmp_path / "cmp"
-  assert cli(f"--labels={lp}", f"--probs={ap}", f"--compare-probs={bp}", f"--out={out}",
-             "--bootstrap=200") == 0
+  assert (
+    cli(
+      f"--labels={lp}", f"--probs={ap}", f"--compare-probs={bp}", f"--out={out}", "--bootstrap=200"
+    )
+    == 0
+  )
   res = json.loads((out / "metrics.json").read_text())
   e = res["comparison"]["findings"]["Mass"]
-  assert e["diff"] == pytest.approx(roc_auc_score(y[:, 0], good[:, 0]) - roc_auc_score(y[:, 0], bad[:, 0]))
+  assert e["diff"] == pytest.approx(
+    roc_auc_score(y[:, 0], good[:, 0]) - roc_auc_score(y[:, 0], bad[:, 0])
+  )
   assert e["delong"]["p_value"] < 0.001 and e["paired_bootstrap"]["ci"][0] > 0
   assert "Comparison with" in (out / "report.md").read_text()

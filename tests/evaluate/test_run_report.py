@@ -1,12 +1,9 @@
 """A run's report from plain arrays: training curves, examples, the Grad-CAM driver, run reports."""
 
-import ast
 import csv
 import json
 import os
 import pathlib
-import subprocess
-import sys
 
 import flax.linen as nn
 import jax
@@ -23,6 +20,7 @@ EVALUATE = pathlib.Path(__file__).resolve().parents[2] / "mdx" / "evaluate"
 
 class TinyCNN(nn.Module):
   """conv -> conv 'features' -> global average pool -> dense (as in test_gradcam)."""
+
   gradcam_layer = "features"
 
   @nn.compact
@@ -41,14 +39,18 @@ def _history(with_val: bool, metric: str):
   return rows
 
 
-@pytest.mark.parametrize("metric, label, ylim, chance", [
-    ("val_auroc", "mean AUROC", (0.4, 1.0), 0.5), ("val_dice", "Dice", (0, 1), None)])
+@pytest.mark.parametrize(
+  "metric, label, ylim, chance",
+  [("val_auroc", "mean AUROC", (0.4, 1.0), 0.5), ("val_dice", "Dice", (0, 1), None)],
+)
 @pytest.mark.parametrize("with_val", [True, False])
-def test_training_curves_png_with_and_without_validation(tmp_path, metric, label, ylim, chance,
-                                                         with_val):
+def test_training_curves_png_with_and_without_validation(
+  tmp_path, metric, label, ylim, chance, with_val
+):
   path = str(tmp_path / "sub" / "curves.png")
-  caption, got = plots.training_curves_png(_history(with_val, metric), path, metric, label, "loss",
-                                           ylim=ylim, chance=chance)
+  caption, got = plots.training_curves_png(
+    _history(with_val, metric), path, metric, label, "loss", ylim=ylim, chance=chance
+  )
   assert got == path and open(path, "rb").read(8) == PNG
   assert label in caption and ("validation loss" in caption) == with_val
   # an empty history (--mode=eval before any training row) still draws
@@ -75,15 +77,17 @@ def test_examples_png_draws_mostly_positive_images_reproducibly(tmp_path):
     asked.append(i)
     return rng.random((16, 16, 1))
 
-  caption, path = plots.examples_png(image_fn, labels, probs, index, ("Mass", "Nodule"),
-                                     str(tmp_path / "ex.png"), count=8, seed=3)
+  caption, path = plots.examples_png(
+    image_fn, labels, probs, index, ("Mass", "Nodule"), str(tmp_path / "ex.png"), count=8, seed=3
+  )
   assert open(path, "rb").read(8) == PNG and "three most probable" in caption
   assert len(asked) == 8 and len(set(asked)) == 8 and set(asked) <= set(index.tolist())
   assert sum(i < 110 for i in asked) == 6  # count - count // 4 positives
   first = list(asked)
   asked.clear()
-  plots.examples_png(image_fn, labels, probs, index, ("Mass", "Nodule"), str(tmp_path / "ex2.png"),
-                     count=8, seed=3)
+  plots.examples_png(
+    image_fn, labels, probs, index, ("Mass", "Nodule"), str(tmp_path / "ex2.png"), count=8, seed=3
+  )
   assert asked == first
 
 
@@ -94,8 +98,8 @@ def _bright_square_model(size, n, seed=1):
   masks = np.zeros((n, size, size), bool)
   for i in range(n):
     r, c = rng.integers(2, size - 8, 2)
-    x[i, r:r + 6, c:c + 6] = 1.0
-    masks[i, r:r + 6, c:c + 6] = True
+    x[i, r : r + 6, c : c + 6] = 1.0
+    masks[i, r : r + 6, c : c + 6] = True
   model = TinyCNN()
   params = jax.tree_util.tree_map(np.asarray, model.init(jax.random.key(0), x)["params"])
   params["stem"]["kernel"] = np.full((3, 3, 1, 4), 1 / 9, np.float32)
@@ -122,22 +126,49 @@ def test_grad_cam_report_peaks_in_lesions_and_writes_named_files(tmp_path):
     return {"Mass": np.repeat(np.repeat(masks[i - 50], 2, 0), 2, 1)}
 
   figures = G.grad_cam_report(
-      model, variables, model_inputs, labels=labels, probs=probs, index=index,
-      findings=("Mass", "Nodule"), out_dir=str(tmp_path / "figs"),
-      gradcam_findings=("Mass", "Nodule", "Cardiomegaly"), images=4, overlays=2, layer="",
-      lesion_masks=lesion_masks, summary_path=str(tmp_path / "report" / "gradcam.json"))
+    model,
+    variables,
+    model_inputs,
+    labels=labels,
+    probs=probs,
+    index=index,
+    findings=("Mass", "Nodule"),
+    out_dir=str(tmp_path / "figs"),
+    gradcam_findings=("Mass", "Nodule", "Cardiomegaly"),
+    images=4,
+    overlays=2,
+    layer="",
+    lesion_masks=lesion_masks,
+    summary_path=str(tmp_path / "report" / "gradcam.json"),
+  )
   assert asked == [[50, 51, 52, 53]]  # the first `images` positives; Nodule has none
   summary = json.load(open(tmp_path / "report" / "gradcam.json"))
-  assert summary == {"Mass": {"images": 4, "layer": "features", "peak_in_lesion": 1.0,
-                              "peak_within_4px_of_lesion": 1.0}}
+  assert summary == {
+    "Mass": {
+      "images": 4,
+      "layer": "features",
+      "peak_in_lesion": 1.0,
+      "peak_within_4px_of_lesion": 1.0,
+    }
+  }
   assert [os.path.basename(p) for _, p in figures] == ["gradcam_Mass_0.png", "gradcam_Mass_1.png"]
   assert all(open(p, "rb").read(8) == PNG for _, p in figures)
   assert "peak inside the drawn lesion in 100% of 4" in figures[0][0]
   # No lesion masks: no rates, and gradcam.json lands in out_dir by default.
   figures = G.grad_cam_report(
-      model, variables, model_inputs, labels=labels, probs=probs, index=index,
-      findings=("Mass", "Nodule"), out_dir=str(tmp_path / "plain"), gradcam_findings=("Mass",),
-      images=2, overlays=5, layer="stem")
+    model,
+    variables,
+    model_inputs,
+    labels=labels,
+    probs=probs,
+    index=index,
+    findings=("Mass", "Nodule"),
+    out_dir=str(tmp_path / "plain"),
+    gradcam_findings=("Mass",),
+    images=2,
+    overlays=5,
+    layer="stem",
+  )
   summary = json.load(open(tmp_path / "plain" / "gradcam.json"))
   assert summary == {"Mass": {"images": 2, "layer": "stem"}} and len(figures) == 2
   assert figures[0][0] == "Grad-CAM for Mass (stem)"
@@ -156,12 +187,25 @@ def test_classification_run_report_writes_everything(tmp_path):
   val = {"labels": labels[::-1].copy(), "probs": probs[::-1].copy(), "index": np.arange(n)}
   out, figs = str(tmp_path / "report"), str(tmp_path / "figures")
   result = run_report.classification_run_report(
-      out, figs, split="test", pred=pred, val=val, findings=findings,
-      patient_ids=np.array([f"p{i // 2}" for i in range(n)]),
-      image_ids=np.array([f"img{i}.png" for i in range(n)]), image_fn=lambda i: x[i],
-      history=_history(True, "val_auroc"), bootstrap=20, examples=4, seed=0, title="tiny",
-      model=model, variables=variables, model_inputs=lambda r: x[np.asarray(r)],
-      gradcam={"findings": ("Mass",), "images": 4, "overlays": 1, "layer": ""})
+    out,
+    figs,
+    split="test",
+    pred=pred,
+    val=val,
+    findings=findings,
+    patient_ids=np.array([f"p{i // 2}" for i in range(n)]),
+    image_ids=np.array([f"img{i}.png" for i in range(n)]),
+    image_fn=lambda i: x[i],
+    history=_history(True, "val_auroc"),
+    bootstrap=20,
+    examples=4,
+    seed=0,
+    title="tiny",
+    model=model,
+    variables=variables,
+    model_inputs=lambda r: x[np.asarray(r)],
+    gradcam={"findings": ("Mass",), "images": 4, "overlays": 1, "layer": ""},
+  )
   assert result["title"] == "tiny" and result["findings"] == list(findings)
   for name in ("metrics.json", "report.html", "report.md", "gradcam.json", "test_predictions.csv"):
     assert os.path.exists(os.path.join(out, name)), name
@@ -181,19 +225,24 @@ def test_segmentation_run_report(tmp_path):
   pred = label.copy()
   pred[4, 4, 2] = 1
   names = ("background", "tumour")
-  per_case = {"c1": seg.case_metrics(pred, label, names),
-              "c2": seg.case_metrics(label, label, names)}
+  per_case = {
+    "c1": seg.case_metrics(pred, label, names),
+    "c2": seg.case_metrics(label, label, names),
+  }
   out = str(tmp_path / "report")
   overlay = str(tmp_path / "report" / "overlays" / "c1.png")
-  seg.overlay_png(overlay, np.random.default_rng(0).random((6, 6, 4, 1)), label, pred, names,
-                  title="c1")
+  seg.overlay_png(
+    overlay, np.random.default_rng(0).random((6, 6, 4, 1)), label, pred, names, title="c1"
+  )
   history = _history(True, "val_dice")
-  summary = run_report.segmentation_run_report(out, split="validation", per_case=per_case,
-                                               history=history, overlays=[overlay])
+  summary = run_report.segmentation_run_report(
+    out, split="validation", per_case=per_case, history=history, overlays=[overlay]
+  )
   metrics = json.load(open(os.path.join(out, "metrics.json")))
   assert metrics["summary"]["split"] == "validation" and summary["num_cases"] == 2
   assert metrics["summary"]["per_class"]["tumour"]["dice"] == pytest.approx(
-      (2 * 18 / (2 * 18 + 1) + 1.0) / 2)
+    (2 * 18 / (2 * 18 + 1) + 1.0) / 2
+  )
   report = open(os.path.join(out, "report.md")).read()
   assert open(os.path.join(out, "curves.png"), "rb").read(8) == PNG
   assert "(curves.png)" in report and "(overlays/c1.png)" in report

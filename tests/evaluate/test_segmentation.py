@@ -22,25 +22,34 @@ def test_soft_dice_softmax_by_hand_with_empty_class():
   labels = rng.integers(0, 2, (2, 3, 4, 2))  # class 2 absent from every label
   eps = 1e-5
   p = _softmax(logits.astype(np.float64))
-  got = np.asarray(losses.soft_dice_per_class(jnp.asarray(logits), jnp.asarray(labels), epsilon=eps))
-  got_sq = np.asarray(losses.soft_dice_per_class(jnp.asarray(logits), jnp.asarray(labels),
-                                                 epsilon=eps, squared=True))
+  got = np.asarray(
+    losses.soft_dice_per_class(jnp.asarray(logits), jnp.asarray(labels), epsilon=eps)
+  )
+  got_sq = np.asarray(
+    losses.soft_dice_per_class(jnp.asarray(logits), jnp.asarray(labels), epsilon=eps, squared=True)
+  )
   for b in range(2):
     for k in range(3):
       pk, gk = p[b, ..., k], (labels[b] == k).astype(np.float64)
-      np.testing.assert_allclose(got[b, k], (2 * (pk * gk).sum() + eps) / (pk.sum() + gk.sum() + eps),
-                                 rtol=1e-5)
-      np.testing.assert_allclose(got_sq[b, k], (2 * (pk * gk).sum() + eps) /
-                                 ((pk ** 2).sum() + (gk ** 2).sum() + eps), rtol=1e-5)
+      np.testing.assert_allclose(
+        got[b, k], (2 * (pk * gk).sum() + eps) / (pk.sum() + gk.sum() + eps), rtol=1e-5
+      )
+      np.testing.assert_allclose(
+        got_sq[b, k], (2 * (pk * gk).sum() + eps) / ((pk**2).sum() + (gk**2).sum() + eps), rtol=1e-5
+      )
   loss = np.asarray(losses.soft_dice_loss(jnp.asarray(logits), jnp.asarray(labels), epsilon=eps))
   np.testing.assert_allclose(loss, 1 - got.mean(-1), rtol=1e-5)
-  nobg = np.asarray(losses.soft_dice_loss(jnp.asarray(logits), jnp.asarray(labels), epsilon=eps,
-                                          include_background=False))
+  nobg = np.asarray(
+    losses.soft_dice_loss(
+      jnp.asarray(logits), jnp.asarray(labels), epsilon=eps, include_background=False
+    )
+  )
   np.testing.assert_allclose(nobg, 1 - got[:, 1:].mean(-1), rtol=1e-5)
   # cross-entropy term: voxel mean of -log p_true
   ce = -np.log(np.take_along_axis(p, labels[..., None], -1))[..., 0].mean((1, 2, 3))
-  with_ce = np.asarray(losses.soft_dice_loss(jnp.asarray(logits), jnp.asarray(labels), epsilon=eps,
-                                             ce_weight=0.5))
+  with_ce = np.asarray(
+    losses.soft_dice_loss(jnp.asarray(logits), jnp.asarray(labels), epsilon=eps, ce_weight=0.5)
+  )
   np.testing.assert_allclose(with_ce, 1 - got.mean(-1) + 0.5 * ce, rtol=1e-5)
 
 
@@ -61,8 +70,11 @@ def test_soft_dice_sigmoid_regions_and_mask():
   mask[:, :2] = 1
   eps = 1e-5
   p = 1 / (1 + np.exp(-logits.astype(np.float64)))
-  got = np.asarray(losses.soft_dice_per_class(jnp.asarray(logits), jnp.asarray(labels), "sigmoid",
-                                              eps, mask=jnp.asarray(mask)))
+  got = np.asarray(
+    losses.soft_dice_per_class(
+      jnp.asarray(logits), jnp.asarray(labels), "sigmoid", eps, mask=jnp.asarray(mask)
+    )
+  )
   pk, gk = p[0, :2], labels[0, :2].astype(np.float64)
   expect = (2 * (pk * gk).sum((0, 1, 2)) + eps) / (pk.sum((0, 1, 2)) + gk.sum((0, 1, 2)) + eps)
   np.testing.assert_allclose(got[0], expect, rtol=1e-5)
@@ -94,9 +106,14 @@ def _brute_hd95(p, t, spacing):
   def surf(m):
     pts = np.argwhere(m)
     pad = np.pad(m, 1)
-    keep = [not all(pad[tuple(q + 1 + d)] for d in np.vstack([np.eye(3, dtype=int), -np.eye(3, dtype=int)]))
-            for q in pts]
+    keep = [
+      not all(
+        pad[tuple(q + 1 + d)] for d in np.vstack([np.eye(3, dtype=int), -np.eye(3, dtype=int)])
+      )
+      for q in pts
+    ]
     return pts[np.asarray(keep)] * spacing
+
   sp, st = surf(p), surf(t)
   d = cdist(sp, st)
   return max(np.percentile(d.min(1), 95), np.percentile(d.min(0), 95))
@@ -125,10 +142,20 @@ def test_regions_report_and_overlay(tmp_path):
   s = seg.summarize({"c1": m}, skip=())
   seg.write_metrics(str(tmp_path / "metrics.json"), {"c1": m}, s)
   data = json.load(open(tmp_path / "metrics.json"))
-  assert data["per_case"]["c1"]["et"]["hd95"] is None and data["summary"]["per_class"]["wt"]["dice"] == 1.0
+  assert (
+    data["per_case"]["c1"]["et"]["hd95"] is None
+    and data["summary"]["per_class"]["wt"]["dice"] == 1.0
+  )
   png = str(tmp_path / "c1.png")
-  seg.overlay_png(png, np.random.default_rng(0).random((8, 8, 6, 4)), label, pred, ("wt", "tc", "et"),
-                  regions=True, title="c1")
+  seg.overlay_png(
+    png,
+    np.random.default_rng(0).random((8, 8, 6, 4)),
+    label,
+    pred,
+    ("wt", "tc", "et"),
+    regions=True,
+    title="c1",
+  )
   assert open(png, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
   seg.write_report(str(tmp_path / "report.md"), s, [png])
   assert "| wt | 1.0000" in open(tmp_path / "report.md").read()
@@ -136,8 +163,13 @@ def test_regions_report_and_overlay(tmp_path):
 
 def test_curves_png(tmp_path):
   from mdx.evaluate import plots
-  hist = [{"step": 1, "train_loss": 1.0}, {"step": 2, "train_loss": 0.5},
-          {"step": 2, "val_dice": 0.4, "val_dice_a": 0.3}]
-  _, path = plots.training_curves_png(hist, str(tmp_path / "c.png"), "val_dice", "Dice", "loss",
-                                      ylim=(0, 1))
+
+  hist = [
+    {"step": 1, "train_loss": 1.0},
+    {"step": 2, "train_loss": 0.5},
+    {"step": 2, "val_dice": 0.4, "val_dice_a": 0.3},
+  ]
+  _, path = plots.training_curves_png(
+    hist, str(tmp_path / "c.png"), "val_dice", "Dice", "loss", ylim=(0, 1)
+  )
   assert open(path, "rb").read(4) == b"\x89PNG"

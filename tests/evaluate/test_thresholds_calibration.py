@@ -28,13 +28,14 @@ def test_youden_and_f1_are_the_best_thresholds(seed):
   y = (rng.random(60) < 0.4).astype(float)
   p = np.round(np.clip(rng.normal(0.3 + 0.3 * y, 0.2), 0, 1), 2)
   assert T.choose_threshold(y, p, "youden") == _brute(
-      y, p, lambda m: m["sensitivity"] + m["specificity"] - 1)
+    y, p, lambda m: m["sensitivity"] + m["specificity"] - 1
+  )
   assert T.choose_threshold(y, p, "f1") == _brute(y, p, lambda m: m["f1"])
 
 
 def test_target_sensitivity_and_specificity_by_hand():
   y = np.array([0, 0, 0, 0, 1, 0, 1, 1, 1, 1], float)
-  p = np.array([.1, .2, .3, .4, .5, .6, .7, .8, .9, .95])
+  p = np.array([0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95])
   # sensitivity >= 0.8 needs 4 of 5 positives: the highest such threshold is 0.7.
   assert T.choose_threshold(y, p, "sensitivity=0.8") == 0.7
   assert M.threshold_metrics(y, p, 0.7)["sensitivity"] == 0.8
@@ -45,7 +46,9 @@ def test_target_sensitivity_and_specificity_by_hand():
   assert np.isnan(T.choose_threshold(np.zeros(10), p, "youden"))
 
 
-@pytest.mark.parametrize("bad", ["yuden", "sensitivity=1.5", "specificity=abc", "1.2", "recall=0.9"])
+@pytest.mark.parametrize(
+  "bad", ["yuden", "sensitivity=1.5", "specificity=abc", "1.2", "recall=0.9"]
+)
 def test_bad_policy_raises(bad):
   with pytest.raises(ValueError, match="threshold"):
     T.choose_threshold([0, 1], [0.2, 0.8], bad)
@@ -55,7 +58,7 @@ def test_ece_by_hand_and_reliability_matches_sklearn():
   # 2 bins: [0, .5] holds p = .2, .2, .4 with labels 0, 1, 0 -> mean p .2667, frac .3333
   #         (.5, 1] holds p = .9, .9 with labels 1, 1 -> mean p .9, frac 1.
   y = np.array([0, 1, 0, 1, 1], float)
-  p = np.array([.2, .2, .4, .9, .9])
+  p = np.array([0.2, 0.2, 0.4, 0.9, 0.9])
   expected = 3 / 5 * abs(1 / 3 - 0.8 / 3) + 2 / 5 * abs(1 - 0.9)
   assert C.expected_calibration_error(y, p, n_bins=2) == pytest.approx(expected)
   rng = np.random.default_rng(0)
@@ -80,17 +83,21 @@ def test_platt_matches_unpenalised_logistic_regression_and_improves_calibration(
   p_bad = 1 / (1 + np.exp(-(0.4 * z + 1.0)))  # under-confident and shifted
   platt = C.fit_platt(y[:1000], p_bad[:1000])
   lr = LogisticRegression(C=np.inf, tol=1e-10, max_iter=1000).fit(
-      np.log(p_bad[:1000] / (1 - p_bad[:1000]))[:, None], y[:1000])
+    np.log(p_bad[:1000] / (1 - p_bad[:1000]))[:, None], y[:1000]
+  )
   assert platt.a == pytest.approx(lr.coef_[0, 0], rel=1e-4)
   assert platt.b == pytest.approx(lr.intercept_[0], abs=1e-4)
   test_y, test_p = y[1000:], p_bad[1000:]
   assert C.expected_calibration_error(test_y, platt(test_p)) < 0.5 * C.expected_calibration_error(
-      test_y, test_p)
+    test_y, test_p
+  )
   assert brier_score_loss(test_y, platt(test_p)) < brier_score_loss(test_y, test_p)
   iso = C.fit_isotonic(y[:1000], p_bad[:1000])
   ref = IsotonicRegression(y_min=0, y_max=1, out_of_bounds="clip").fit(p_bad[:1000], y[:1000])
   np.testing.assert_allclose(iso(test_p), ref.predict(test_p))
-  assert C.expected_calibration_error(test_y, iso(test_p)) < C.expected_calibration_error(test_y, test_p)
+  assert C.expected_calibration_error(test_y, iso(test_p)) < C.expected_calibration_error(
+    test_y, test_p
+  )
   assert np.all(np.diff(iso(np.linspace(0, 1, 50))) >= 0)
   with pytest.raises(ValueError, match="positives and negatives"):
     C.fit_platt(np.zeros(5), np.linspace(0.1, 0.5, 5))

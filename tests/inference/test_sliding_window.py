@@ -5,9 +5,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mdx.models.unet3d import UNet3D
 from mdx.inference import predict as inference_predict
 from mdx.inference import sliding_window as sw
+from mdx.models.unet3d import UNet3D
 
 
 def test_window_grid_and_gaussian():
@@ -38,12 +38,16 @@ def test_unet_window_covering_the_volume_equals_direct_pass():
   predict = inference_predict.make_predict_fn(model, mesh, "softmax")
   fn = lambda batch: predict(variables, batch)  # noqa: E731
   direct = np.asarray(jax.nn.softmax(model.apply(variables, jnp.asarray(x[None])), -1))[0]
-  out = sw.sliding_window_inference(fn, x, (8, 12, 8), overlap=0.5, batch_size=2 * jax.device_count())
+  out = sw.sliding_window_inference(
+    fn, x, (8, 12, 8), overlap=0.5, batch_size=2 * jax.device_count()
+  )
   np.testing.assert_allclose(out, direct, rtol=1e-5, atol=1e-6)
   # many overlapping windows of the real network: close to the direct pass in the interior
   big = np.random.default_rng(2).standard_normal((16, 16, 16, 2)).astype(np.float32)
   direct = np.asarray(jax.nn.softmax(model.apply(variables, jnp.asarray(big[None])), -1))[0]
-  out = sw.sliding_window_inference(fn, big, (8, 8, 8), overlap=0.5, batch_size=4 * jax.device_count())
+  out = sw.sliding_window_inference(
+    fn, big, (8, 8, 8), overlap=0.5, batch_size=4 * jax.device_count()
+  )
   assert out.shape == (16, 16, 16, 3)
   np.testing.assert_allclose(out.sum(-1), 1.0, rtol=1e-5)
   assert np.abs(out - direct).mean() < 0.1

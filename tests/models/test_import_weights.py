@@ -19,8 +19,14 @@ def _randomize_keras_bn(model, rng):
   for layer in model.layers:
     if isinstance(layer, keras.layers.BatchNormalization):
       g, b, m, v = layer.get_weights()
-      layer.set_weights([rng.uniform(0.5, 1.5, g.shape), rng.normal(0, 0.1, b.shape),
-                         rng.normal(0, 0.1, m.shape), rng.uniform(0.5, 1.5, v.shape)])
+      layer.set_weights(
+        [
+          rng.uniform(0.5, 1.5, g.shape),
+          rng.normal(0, 0.1, b.shape),
+          rng.normal(0, 0.1, m.shape),
+          rng.uniform(0.5, 1.5, v.shape),
+        ]
+      )
 
 
 def _as_keras2_weight_file(src: str, dst: str) -> None:
@@ -38,8 +44,8 @@ def _as_keras2_weight_file(src: str, dst: str) -> None:
       for w in root[layer].attrs["weight_names"]:
         w = w.decode() if isinstance(w, bytes) else w
         leaf = f"{new}/{w.split('/')[-1]}:0"
-        g.create_dataset(leaf[len(new) + 1:], data=np.asarray(root[layer][w]))
-        wnames.append(leaf[len(new) + 1:].encode())
+        g.create_dataset(leaf[len(new) + 1 :], data=np.asarray(root[layer][w]))
+        wnames.append(leaf[len(new) + 1 :].encode())
       g.attrs["weight_names"] = wnames
     fout.attrs["layer_names"] = names
 
@@ -52,8 +58,9 @@ def _mdx_logits(name, variables, x, **kwargs):
 
 def test_keras_densenet121_same_outputs_both_h5_layouts(tmp_path):
   rng = np.random.default_rng(0)
-  ref = keras.applications.DenseNet121(weights=None, input_shape=(32, 32, 3), classes=5,
-                                       classifier_activation=None)
+  ref = keras.applications.DenseNet121(
+    weights=None, input_shape=(32, 32, 3), classes=5, classifier_activation=None
+  )
   _randomize_keras_bn(ref, rng)
   ref.save(tmp_path / "full.h5")
   _as_keras2_weight_file(str(tmp_path / "full.h5"), str(tmp_path / "keras2.h5"))
@@ -78,15 +85,16 @@ def test_keras_densenet121_without_top_and_wrong_model(tmp_path):
 
 def test_keras_resnet50_same_outputs(tmp_path):
   rng = np.random.default_rng(1)
-  ref = keras.applications.ResNet50(weights=None, input_shape=(32, 32, 3), classes=4,
-                                    classifier_activation=None)
+  ref = keras.applications.ResNet50(
+    weights=None, input_shape=(32, 32, 3), classes=4, classifier_activation=None
+  )
   _randomize_keras_bn(ref, rng)
   ref.save(tmp_path / "r.h5")
   x = rng.normal(size=(2, 32, 32, 3)).astype(np.float32)
   variables = import_weights.import_weights("resnet50_keras", "keras_h5", str(tmp_path / "r.h5"))
   got = _mdx_logits("resnet50_keras", variables, x)
   assert np.abs(got - np.asarray(ref(x, training=False))).max() < 1e-4
-  with pytest.raises(ValueError, match="resnet50_keras"):   # torchvision layout has no conv biases
+  with pytest.raises(ValueError, match="resnet50_keras"):  # torchvision layout has no conv biases
     import_weights.import_weights("resnet50", "keras_h5", str(tmp_path / "r.h5"))
 
 
@@ -152,22 +160,26 @@ def _torch_densenet121(seed=0, cin=1):
 
 
 def test_torch_densenet121_same_outputs_torch_and_safetensors(tmp_path):
-  ref = _torch_densenet121(cin=1)   # one channel, as torchxrayvision's DenseNet-121
+  ref = _torch_densenet121(cin=1)  # one channel, as torchxrayvision's DenseNet-121
   state = ref.state_dict()
-  state["op_threshs"] = torch.rand(3)   # torchxrayvision's extra buffer: ignored, and reported
+  state["op_threshs"] = torch.rand(3)  # torchxrayvision's extra buffer: ignored, and reported
   torch.save({"module." + k: v for k, v in state.items()}, tmp_path / "sd.pt")
   x = np.random.default_rng(2).normal(size=(2, 32, 32, 1)).astype(np.float32)
   with torch.no_grad():
     expected = ref(torch.from_numpy(x.transpose(0, 3, 1, 2))).numpy()
-  import_weights.import_weights("densenet121", "torch", str(tmp_path / "sd.pt"), str(tmp_path / "o"))
+  import_weights.import_weights(
+    "densenet121", "torch", str(tmp_path / "sd.pt"), str(tmp_path / "o")
+  )
   variables = pretrained.load(str(tmp_path / "o"))
   assert np.abs(_mdx_logits("densenet121", variables, x) - expected).max() < 1e-4
   assert pretrained.provenance(str(tmp_path / "o"))["ignored_keys"] == ["op_threshs"]
 
   from safetensors.torch import save_file
+
   save_file({k: v.contiguous() for k, v in ref.state_dict().items()}, tmp_path / "sd.safetensors")
-  variables = import_weights.import_weights("densenet121", "safetensors",
-                                            str(tmp_path / "sd.safetensors"))
+  variables = import_weights.import_weights(
+    "densenet121", "safetensors", str(tmp_path / "sd.safetensors")
+  )
   assert np.abs(_mdx_logits("densenet121", variables, x) - expected).max() < 1e-4
 
 

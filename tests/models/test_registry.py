@@ -14,15 +14,17 @@ def test_unknown_name_and_field_are_clear_errors():
     registry.create("densenet_nope", num_classes=2)
   with pytest.raises(ValueError, match="growth"):
     registry.create("densenet_tiny", num_classes=2, growht_rate=4)
-  cfg = ml_collections.ConfigDict(dict(name="densenet_tiny", num_classes=2, dtype="float32",
-                                       bogus=1))
+  cfg = ml_collections.ConfigDict(
+    dict(name="densenet_tiny", num_classes=2, dtype="float32", bogus=1)
+  )
   with pytest.raises(ValueError, match="config.model.*bogus"):
     registry.create_from_config(cfg)
 
 
 def test_densenet_tiny_contract():
-  cfg = ml_collections.ConfigDict(dict(name="densenet_tiny", num_classes=3, dtype="bfloat16",
-                                       growth_rate=4, init_from=None))
+  cfg = ml_collections.ConfigDict(
+    dict(name="densenet_tiny", num_classes=3, dtype="bfloat16", growth_rate=4, init_from=None)
+  )
   model = registry.create_from_config(cfg, bn_axis_name=None)
   x = jnp.asarray(np.random.default_rng(0).normal(size=(4, 32, 32, 1)), jnp.float32)
   variables = model.init(jax.random.key(0), x, train=False)
@@ -34,7 +36,9 @@ def test_densenet_tiny_contract():
   assert not np.allclose(updates["batch_stats"]["stem"]["bn"]["mean"], before)
   # growth 4 in block1 of 2 layers on 16 stem channels: layer2 norm sees 16 + 4 channels.
   assert variables["params"]["block1"]["layer2"]["bn1"]["scale"].shape == (20,)
-  assert model.gradcam_layer in variables["params"] or model.gradcam_layer in variables["batch_stats"]
+  assert (
+    model.gradcam_layer in variables["params"] or model.gradcam_layer in variables["batch_stats"]
+  )
   assert model.stages[-1] == "head" and set(variables["params"]) == set(model.stages)
 
 
@@ -54,7 +58,7 @@ def test_remat_and_buffer_concat_give_same_outputs_and_gradients(kwargs):
 
   def loss(params, model):
     y, _ = model.apply({**variables, "params": params}, x, train=True, mutable=["batch_stats"])
-    return jnp.sum(y ** 2)
+    return jnp.sum(y**2)
 
   g1 = jax.grad(loss)(variables["params"], plain)
   g2 = jax.grad(loss)(variables["params"], remat)
@@ -62,11 +66,20 @@ def test_remat_and_buffer_concat_give_same_outputs_and_gradients(kwargs):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("name,count", [
-    ("densenet169", 14_149_480), ("densenet201", 20_013_928), ("resnet18", 11_689_512),
-    ("resnet34", 21_797_672), ("resnet50", 25_557_032), ("resnext50_32x4d", 25_028_904),
-    ("efficientnet_b0", 5_288_548), ("efficientnet_b3", 12_233_232),
-    ("inception_v3", 23_834_568)])   # torchvision's counts, 1000 classes (Inception without aux)
+@pytest.mark.parametrize(
+  "name,count",
+  [
+    ("densenet169", 14_149_480),
+    ("densenet201", 20_013_928),
+    ("resnet18", 11_689_512),
+    ("resnet34", 21_797_672),
+    ("resnet50", 25_557_032),
+    ("resnext50_32x4d", 25_028_904),
+    ("efficientnet_b0", 5_288_548),
+    ("efficientnet_b3", 12_233_232),
+    ("inception_v3", 23_834_568),
+  ],
+)  # torchvision's counts, 1000 classes (Inception without aux)
 def test_parameter_counts_match_torchvision(name, count):
   model = registry.create(name, num_classes=1000)
   shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 299, 299, 3)))

@@ -10,8 +10,8 @@ import optax
 import pytest
 from flax import linen as nn
 
-from mdx.models import common, registry
 from mdx import runtime
+from mdx.models import common, registry
 
 
 class FlaxBnRelu(nn.Module):
@@ -34,32 +34,35 @@ class TunedBnRelu(nn.Module):
 
 def _random_variables(x):
   v = FlaxBnRelu(True).init(jax.random.key(0), x)
-  rng = np.random.default_rng(1)   # non-trivial scale, bias and running statistics
+  rng = np.random.default_rng(1)  # non-trivial scale, bias and running statistics
   return jax.tree.map(lambda a: a + jnp.asarray(rng.uniform(0.1, 0.5, a.shape), jnp.float32), v)
 
 
 def _loss_grads_stats(module, variables, x, g):
   def loss(params, x):
-    y, upd = module.apply({"params": params, "batch_stats": variables["batch_stats"]}, x,
-                          mutable=["batch_stats"])
+    y, upd = module.apply(
+      {"params": params, "batch_stats": variables["batch_stats"]}, x, mutable=["batch_stats"]
+    )
     return (y * g).sum(), (y, upd["batch_stats"])
+
   (_, (y, stats)), grads = jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)(
-      variables["params"], x)
+    variables["params"], x
+  )
   return y, grads, stats
 
 
 @pytest.mark.parametrize("train,frozen", [(True, False), (True, True), (False, False)])
 def test_batch_norm_relu_matches_flax(train, frozen):
   rng = np.random.default_rng(0)
-  x = jnp.asarray(rng.normal(size=(6, 5, 4, 7)) * 3 + 2, jnp.float32)   # mean far from 0
+  x = jnp.asarray(rng.normal(size=(6, 5, 4, 7)) * 3 + 2, jnp.float32)  # mean far from 0
   g = jnp.asarray(rng.normal(size=x.shape), jnp.float32)
   variables = _random_variables(x)
   want = _loss_grads_stats(FlaxBnRelu(train, frozen), variables, x, g)
   got = _loss_grads_stats(TunedBnRelu(train, frozen), variables, x, g)
-  assert jax.tree.structure(got) == jax.tree.structure(want)   # same parameter and stat names
+  assert jax.tree.structure(got) == jax.tree.structure(want)  # same parameter and stat names
   for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=2e-5)
-  if train and not frozen:   # the running statistics moved, as Flax's did
+  if train and not frozen:  # the running statistics moved, as Flax's did
     assert not np.allclose(got[2]["bn"]["mean"], variables["batch_stats"]["bn"]["mean"])
 
 
@@ -78,19 +81,23 @@ def test_batch_norm_relu_plain_ops_switch_gives_the_same_gradients():
       pass
 
 
-@pytest.mark.parametrize("shape,window,stride,pad", [((2, 9, 8, 3), 3, 2, 1), ((1, 7, 7, 2), 3, 1, 1),
-                                                     ((2, 8, 8, 1), 2, 2, 0)])
+@pytest.mark.parametrize(
+  "shape,window,stride,pad",
+  [((2, 9, 8, 3), 3, 2, 1), ((1, 7, 7, 2), 3, 1, 1), ((2, 8, 8, 1), 2, 2, 0)],
+)
 def test_max_pool_matches_flax(shape, window, stride, pad):
-  x = jnp.asarray(np.random.default_rng(3).normal(size=shape), jnp.float32)   # no ties
+  x = jnp.asarray(np.random.default_rng(3).normal(size=shape), jnp.float32)  # no ties
   want = nn.max_pool(x, (window, window), (stride, stride), ((pad, pad), (pad, pad)))
   got = common.max_pool(x, window, stride, pad)
   np.testing.assert_array_equal(got, want)
   g = jnp.asarray(np.random.default_rng(4).normal(size=want.shape), jnp.float32)
   grad = lambda f: jax.grad(lambda x: (f(x) * g).sum())(x)
   np.testing.assert_allclose(
-      grad(lambda x: common.max_pool(x, window, stride, pad)),
-      grad(lambda x: nn.max_pool(x, (window, window), (stride, stride), ((pad, pad), (pad, pad)))),
-      rtol=1e-6, atol=1e-6)
+    grad(lambda x: common.max_pool(x, window, stride, pad)),
+    grad(lambda x: nn.max_pool(x, (window, window), (stride, stride), ((pad, pad), (pad, pad)))),
+    rtol=1e-6,
+    atol=1e-6,
+  )
 
 
 def test_densenet_trains_the_same_with_tuned_and_plain_ops():
@@ -105,10 +112,16 @@ def test_densenet_trains_the_same_with_tuned_and_plain_ops():
   def run():
     params, stats, opt = variables["params"], variables["batch_stats"], tx.init(variables["params"])
     for _ in range(3):
+
       def loss_fn(p):
-        logits, upd = model.apply({"params": p, "batch_stats": stats}, x, train=True,
-                                  mutable=["batch_stats"])
+        logits, upd = model.apply(
+          {"params": p, "batch_stats": stats},
+          x,
+          train=True,
+          mutable=["batch_stats"],  # noqa: B023 (used at once)
+        )
         return optax.sigmoid_binary_cross_entropy(logits, y).mean(), upd["batch_stats"]
+
       (loss, stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
       updates, opt = tx.update(grads, opt, params)
       params = optax.apply_updates(params, updates)
@@ -128,6 +141,6 @@ def test_compiler_options_apply_on_cpu_and_fall_back_when_unknown(monkeypatch):
     assert runtime.compiler_options() == runtime.CPU_COMPILER_OPTIONS
     runtime.compiler_options.cache_clear()
     monkeypatch.setattr(runtime, "CPU_COMPILER_OPTIONS", {"xla_cpu_no_such_option": "1"})
-    assert runtime.compiler_options() == {}   # skipped with a warning: training still runs
+    assert runtime.compiler_options() == {}  # skipped with a warning: training still runs
   finally:
     runtime.compiler_options.cache_clear()

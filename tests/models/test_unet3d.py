@@ -57,22 +57,30 @@ def test_indivisible_shape_is_a_clear_error():
 
 def test_conv_implementations_agree_and_upconv_is_a_transposed_conv():
   import flax.linen as nn
+
   from mdx.models import unet3d
+
   rng = np.random.default_rng(3)
   x = jnp.asarray(rng.standard_normal((2, 5, 6, 4, 3)), jnp.float32)
   k = jnp.asarray(rng.standard_normal((3, 3, 3, 3, 4)), jnp.float32)
-  np.testing.assert_allclose(unet3d.conv3x3x3(x, k, "slices"), unet3d.conv3x3x3(x, k, "native"),
-                             rtol=1e-4, atol=1e-4)
+  np.testing.assert_allclose(
+    unet3d.conv3x3x3(x, k, "slices"), unet3d.conv3x3x3(x, k, "native"), rtol=1e-4, atol=1e-4
+  )
   model = UNet3D(num_classes=2, depth=2, base_width=4, norm="group", conv_impl="native")
   v = model.init(jax.random.key(0), x[:, :4, :6, :4])
   other = UNet3D(num_classes=2, depth=2, base_width=4, norm="group", conv_impl="slices")
-  np.testing.assert_allclose(model.apply(v, x[:, :4, :6, :4]), other.apply(v, x[:, :4, :6, :4]),
-                             rtol=1e-4, atol=1e-4)
+  np.testing.assert_allclose(
+    model.apply(v, x[:, :4, :6, :4]), other.apply(v, x[:, :4, :6, :4]), rtol=1e-4, atol=1e-4
+  )
   # UpConv == flax ConvTranspose (kernel 2, stride 2, VALID) with the kernel flipped spatially
   up = unet3d.UpConv(5)
   vu = up.init(jax.random.key(1), x)
-  flipped = {"params": {"kernel": vu["params"]["kernel"][::-1, ::-1, ::-1],
-                        "bias": vu["params"]["bias"] + 0.5}}
+  flipped = {
+    "params": {
+      "kernel": vu["params"]["kernel"][::-1, ::-1, ::-1],
+      "bias": vu["params"]["bias"] + 0.5,
+    }
+  }
   ref = nn.ConvTranspose(5, (2, 2, 2), strides=(2, 2, 2), padding="VALID").apply(flipped, x)
   mine = up.apply({"params": {**vu["params"], "bias": vu["params"]["bias"] + 0.5}}, x)
   assert mine.shape == (2, 10, 12, 8, 5)

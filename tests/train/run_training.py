@@ -31,8 +31,8 @@ def main():
   from flax import traverse_util
 
   from mdx import config as config_lib
-  from mdx.train.run import prepare_workdir
   from mdx.train import loop, steps, tasks
+  from mdx.train.run import prepare_workdir
 
   spec = importlib.util.spec_from_file_location("cfg", "experiments/tiny_phantoms.py")
   module = importlib.util.module_from_spec(spec)
@@ -46,6 +46,7 @@ def main():
     node[leaf] = value
   config = config_lib.resolve(config)
   from mdx import runtime
+
   runtime.enable_compilation_cache()
 
   if kill_at is not None:
@@ -58,12 +59,16 @@ def main():
         if int(state.step) + 1 == kill_at:
           os.kill(os.getpid(), signal.SIGKILL)
         return step_fn(state, batch)
+
       return wrapped
+
     steps.make_train_step = make_killing_step
 
   state = loop.train(config, prepare_workdir(workdir), tasks.make_task(config)).state
-  flat = traverse_util.flatten_dict({"params": jax.device_get(state.params),
-                                     "batch_stats": jax.device_get(state.batch_stats)}, sep="/")
+  flat = traverse_util.flatten_dict(
+    {"params": jax.device_get(state.params), "batch_stats": jax.device_get(state.batch_stats)},
+    sep="/",
+  )
   np.savez(out, devices=jax.device_count(), **flat)
 
 

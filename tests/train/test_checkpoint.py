@@ -25,9 +25,11 @@ def test_keeps_last_k_and_the_best_and_finds_the_best_after_reopening(tmp_path):
 
 def test_finetune_restores_from_the_best_step_of_a_run(tmp_path):
   from mdx.train import finetune
+
   tx = optax.sgd(0.1)
   manager = checkpoint.make_manager(str(tmp_path), keep_last=1, best_metric="val_auroc")
   for step, auroc in [(1, 0.8), (2, 0.6), (3, 0.7)]:
-    checkpoint.save(manager, step, create_state({"w": jnp.ones(2)}, {}, tx, 0), None,
-                    {"val_auroc": auroc})
+    checkpoint.save(
+      manager, step, create_state({"w": jnp.ones(2)}, {}, tx, 0), None, {"val_auroc": auroc}
+    )
   assert finetune._best_step(str(tmp_path), [1, 3]) == 1

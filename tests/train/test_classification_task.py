@@ -30,8 +30,9 @@ def positive_share(task, k, batches=12):
 def test_oversampling_named_finding_raises_its_share_in_the_stream():
   plain = ClassificationTask(tiny_config())
   k = plain.findings.index("Effusion")
-  resampled = ClassificationTask(tiny_config(resample=dict(mode="oversample", ratio=1.0,
-                                                           findings=["Effusion"])))
+  resampled = ClassificationTask(
+    tiny_config(resample=dict(mode="oversample", ratio=1.0, findings=["Effusion"]))
+  )
   before = positive_share(plain, k)
   after = positive_share(resampled, k)
   assert before < 0.25 and after > 0.35, (before, after)

@@ -8,16 +8,17 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from mdx.train import run as runner
 from mdx.runtime import BatchGeometry
+from mdx.train import run as runner
 from mdx.train import segmentation
 
 AFFINE = np.array([[-1.0, 0, 0, 20], [0, 1.2, 0, -3], [0, 0, 0.8, 7], [0, 0, 0, 1]])
 
 
 def _config(name):
-  spec = importlib.util.spec_from_file_location(name, os.path.join(
-      os.path.dirname(__file__), "..", "..", "experiments", f"{name}.py"))
+  spec = importlib.util.spec_from_file_location(
+    name, os.path.join(os.path.dirname(__file__), "..", "..", "experiments", f"{name}.py")
+  )
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module.get_config()
@@ -77,6 +78,7 @@ def test_phantom_regions_task_loss_and_label_conversion():
   c.data.num_cases = 5
   c.data.shape = (16, 16, 16)
   from mdx import config as config_lib
+
   task = segmentation.SegmentationTask(config_lib.resolve(c))
   assert task.activation == "sigmoid" and task.regions
   batch = next(iter(task.train_data(BatchGeometry(task.config.train.batch_size))))
@@ -121,16 +123,23 @@ def test_four_devices_match_one_device(tmp_path):
   """Data-parallel U-Net training (BatchNorm synchronised over 'data') equals the 1-device run."""
   import subprocess
   import sys
+
   root = os.path.join(os.path.dirname(__file__), "..", "..")
   script = tmp_path / "run.py"
   script.write_text(_SCRIPT)
   outs = []
   for n in (1, 4):
-    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={n}",
-               JAX_PLATFORMS="cpu")
+    env = dict(
+      os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={n}", JAX_PLATFORMS="cpu"
+    )
     out = str(tmp_path / f"p{n}.npz")
-    subprocess.run([sys.executable, str(script), str(tmp_path / f"w{n}"), out], cwd=root, env=env,
-                   check=True, capture_output=True)
+    subprocess.run(
+      [sys.executable, str(script), str(tmp_path / f"w{n}"), out],
+      cwd=root,
+      env=env,
+      check=True,
+      capture_output=True,
+    )
     outs.append(np.load(out))
   assert set(outs[0].files) == set(outs[1].files) and any(k.startswith("b/") for k in outs[0].files)
   for k in outs[0].files:

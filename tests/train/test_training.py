@@ -15,10 +15,17 @@ SCRIPT = os.path.join(ROOT, "tests", "train", "run_training.py")
 
 
 def train(workdir, out, *args, devices=1, check=True, timeout=600):
-  env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
-             JAX_PLATFORMS="cpu")
-  proc = subprocess.run([sys.executable, SCRIPT, str(workdir), str(out), *args], cwd=ROOT, env=env,
-                        capture_output=True, text=True, timeout=timeout)
+  env = dict(
+    os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu"
+  )
+  proc = subprocess.run(
+    [sys.executable, SCRIPT, str(workdir), str(out), *args],
+    cwd=ROOT,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=timeout,
+  )
   if check and proc.returncode != 0:
     raise AssertionError(f"training failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
   return proc
@@ -45,8 +52,15 @@ def reference(tmp_path_factory):
 def test_sigkill_then_resume_gives_the_same_parameters(reference, tmp_path):
   ref, _ = reference
   # Killed abruptly before step 5: the last checkpoint is step 3, steps 4 (and the start of 5) are lost.
-  proc = train(tmp_path / "work", tmp_path / "never.npz", "train.steps=8", "data.workers=1",
-               "--kill-at-step=5", check=False, timeout=240)  # grain's worker must exit with it
+  proc = train(
+    tmp_path / "work",
+    tmp_path / "never.npz",
+    "train.steps=8",
+    "data.workers=1",
+    "--kill-at-step=5",
+    check=False,
+    timeout=240,
+  )  # grain's worker must exit with it
   assert proc.returncode == -9, proc.stderr[-2000:]
   assert sorted(os.listdir(tmp_path / "work" / "checkpoints")) == ["3"]
   train(tmp_path / "work", tmp_path / "final.npz", "train.steps=8", "data.workers=1")

@@ -13,8 +13,8 @@ import argparse
 import os
 import sys
 
-from mdx.data.cxr import metadata
 from mdx.data import splits
+from mdx.data.cxr import metadata
 
 
 def audit_tables(paths: list[str], patient_column: str | None = None, kind: str = "auto") -> dict:
@@ -26,22 +26,32 @@ def audit_tables(paths: list[str], patient_column: str | None = None, kind: str 
     name = os.path.splitext(os.path.basename(t.path.removesuffix(".gz")))[0]
     while name in sets:
       name += "'"
-    sets[name] = {"patient_ids": t.patient_ids, "image_ids": t.image_ids,
-                  "labels": t.labels if same else None}
+    sets[name] = {
+      "patient_ids": t.patient_ids,
+      "image_ids": t.image_ids,
+      "labels": t.labels if same else None,
+    }
   return splits.audit(sets, findings if same else None)
 
 
 def audit_config(config) -> dict:
   from mdx.data import sources
+
   source = sources.make_source(config.data, config.seed)
   parts = splits.make_split(config.data, source, config.seed)
   labels, pids, ids = source.labels(), source.patient_ids(), source.image_ids()
-  return splits.audit({n: {"patient_ids": pids[i], "image_ids": ids[i], "labels": labels[i]}
-                       for n, i in parts.items()}, source.findings)
+  return splits.audit(
+    {
+      n: {"patient_ids": pids[i], "image_ids": ids[i], "labels": labels[i]}
+      for n, i in parts.items()
+    },
+    source.findings,
+  )
 
 
 def _load_config(path: str):
   import importlib.util
+
   spec = importlib.util.spec_from_file_location("experiment_config", path)
   if spec is None or not os.path.exists(path):
     raise FileNotFoundError(f"config file {path} does not exist")
@@ -51,8 +61,11 @@ def _load_config(path: str):
 
 
 def main(argv: list[str] | None = None) -> int:
-  parser = argparse.ArgumentParser(prog="python -m mdx.data.cli.audit", description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser = argparse.ArgumentParser(
+    prog="python -m mdx.data.cli.audit",
+    description=__doc__,
+    formatter_class=argparse.RawDescriptionHelpFormatter,
+  )
   parser.add_argument("csvs", nargs="*", help="metadata CSV(s) of the sets to compare")
   parser.add_argument("--patient-column", default=None, help="patient id column (default: guessed)")
   parser.add_argument("--kind", default="auto", choices=["auto", "nih", "chexpert", "columns"])

@@ -18,16 +18,26 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "experiment file", loc
 def main(argv):
   del argv
   from mdx.data.cxr import tfds_builders
+
   config = _CONFIG.value
   if not config.data.get("prepared_dir"):
-    raise app.UsageError("config.data.prepared_dir is not set: say where the records should go "
-                         "(e.g. --config.data.prepared_dir=/tmp/mdx_records)")
+    raise app.UsageError(
+      "config.data.prepared_dir is not set: say where the records should go "
+      "(e.g. --config.data.prepared_dir=/tmp/mdx_records)"
+    )
   start = time.perf_counter()
   result = tfds_builders.prepare(config.data, config.seed)
-  logging.info("prepared %d records (%d skipped) in %s in %.1f s", result["records"],
-               result["skipped"], result["dir"], time.perf_counter() - start)
-  print(f"prepared {result['records']} records ({result['skipped']} skipped) in {result['dir']} "
-        f"in {time.perf_counter() - start:.1f} s")
+  logging.info(
+    "prepared %d records (%d skipped) in %s in %.1f s",
+    result["records"],
+    result["skipped"],
+    result["dir"],
+    time.perf_counter() - start,
+  )
+  print(
+    f"prepared {result['records']} records ({result['skipped']} skipped) in {result['dir']} "
+    f"in {time.perf_counter() - start:.1f} s"
+  )
 
 
 if __name__ == "__main__":

@@ -20,33 +20,49 @@ import time
 
 import numpy as np
 
-from mdx.data.cxr import metadata, file_source
 from mdx.data import splits
+from mdx.data.cxr import file_source, metadata
 
 
-def split_table(table: metadata.Table, seed: int, test_size: float | None = None,
-                val_size: float | None = None, min_positive_share: float = 0.0,
-                findings: list[str] | None = None, test_fraction: float = 0.15,
-                val_fraction: float = 0.15, official: str | None = None) -> dict[str, np.ndarray]:
+def split_table(
+  table: metadata.Table,
+  seed: int,
+  test_size: float | None = None,
+  val_size: float | None = None,
+  min_positive_share: float = 0.0,
+  findings: list[str] | None = None,
+  test_fraction: float = 0.15,
+  val_fraction: float = 0.15,
+  official: str | None = None,
+) -> dict[str, np.ndarray]:
   if official:
-    return splits.official_nih_split(table.image_ids, table.patient_ids, official, val_fraction, seed)
+    return splits.official_nih_split(
+      table.image_ids, table.patient_ids, official, val_fraction, seed
+    )
   if test_size is not None or val_size is not None:
     if test_size is None or val_size is None:
       raise ValueError("give both --test-size and --val-size")
     names = findings or list(table.findings)
     missing = [f for f in names if f not in table.findings]
     if missing:
-      raise ValueError(f"--findings {missing} are not in {table.path}'s findings {list(table.findings)}")
+      raise ValueError(
+        f"--findings {missing} are not in {table.path}'s findings {list(table.findings)}"
+      )
     positive = splits.positives_any(table.labels, [table.findings.index(f) for f in names])
-    return splits.test_first_split(table.patient_ids, positive, test_size, val_size,
-                                   min_positive_share, seed)
-  return splits.patient_split(table.patient_ids, {"test": test_fraction, "validation": val_fraction},
-                              seed)
+    return splits.test_first_split(
+      table.patient_ids, positive, test_size, val_size, min_positive_share, seed
+    )
+  return splits.patient_split(
+    table.patient_ids, {"test": test_fraction, "validation": val_fraction}, seed
+  )
 
 
 def main(argv: list[str] | None = None) -> int:
-  p = argparse.ArgumentParser(prog="python -m mdx.data.cli.split", description=__doc__,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p = argparse.ArgumentParser(
+    prog="python -m mdx.data.cli.split",
+    description=__doc__,
+    formatter_class=argparse.RawDescriptionHelpFormatter,
+  )
   p.add_argument("--source", default="auto", choices=["auto", "nih", "chexpert", "columns"])
   p.add_argument("--metadata", required=True)
   p.add_argument("--out", required=True)
@@ -57,22 +73,45 @@ def main(argv: list[str] | None = None) -> int:
   p.add_argument("--findings", default=None, help="comma-separated finding names")
   p.add_argument("--test-fraction", type=float, default=0.15)
   p.add_argument("--val-fraction", type=float, default=0.15)
-  p.add_argument("--official", default=None, help="folder with train_val_list.txt and test_list.txt")
+  p.add_argument(
+    "--official", default=None, help="folder with train_val_list.txt and test_list.txt"
+  )
   p.add_argument("--patient-column", default=None)
   args = p.parse_args(argv)
   start = time.perf_counter()
   table = metadata.load(args.metadata, args.source, patient_column=args.patient_column)
   findings = [f.strip() for f in args.findings.split(",")] if args.findings else None
-  parts = split_table(table, args.seed, args.test_size, args.val_size, args.min_positive_share,
-                      findings, args.test_fraction, args.val_fraction, args.official)
+  parts = split_table(
+    table,
+    args.seed,
+    args.test_size,
+    args.val_size,
+    args.min_positive_share,
+    findings,
+    args.test_fraction,
+    args.val_fraction,
+    args.official,
+  )
   for name, idx in parts.items():
-    file_source.write_csv(os.path.join(args.out, f"{name}.csv"), table.columns,
-                     [table.rows[i] for i in idx])
+    file_source.write_csv(
+      os.path.join(args.out, f"{name}.csv"), table.columns, [table.rows[i] for i in idx]
+    )
   elapsed = time.perf_counter() - start
-  report = splits.audit({n: {"patient_ids": table.patient_ids[i], "image_ids": table.image_ids[i],
-                             "labels": table.labels[i]} for n, i in parts.items()}, table.findings)
-  print(f"split {len(table.rows)} images of {len(np.unique(table.patient_ids))} patients from "
-        f"{args.metadata} into {args.out}/{{train,validation,test}}.csv in {elapsed:.1f} s")
+  report = splits.audit(
+    {
+      n: {
+        "patient_ids": table.patient_ids[i],
+        "image_ids": table.image_ids[i],
+        "labels": table.labels[i],
+      }
+      for n, i in parts.items()
+    },
+    table.findings,
+  )
+  print(
+    f"split {len(table.rows)} images of {len(np.unique(table.patient_ids))} patients from "
+    f"{args.metadata} into {args.out}/{{train,validation,test}}.csv in {elapsed:.1f} s"
+  )
   if findings:
     positive = splits.positives_any(table.labels, [table.findings.index(f) for f in findings])
     for name, idx in parts.items():

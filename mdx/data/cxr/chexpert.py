@@ -23,9 +23,22 @@ import numpy as np
 
 from mdx.data.cxr import file_source
 
-OBSERVATIONS = ("No Finding", "Enlarged Cardiomediastinum", "Cardiomegaly", "Lung Opacity",
-                "Lung Lesion", "Edema", "Consolidation", "Pneumonia", "Atelectasis",
-                "Pneumothorax", "Pleural Effusion", "Pleural Other", "Fracture", "Support Devices")
+OBSERVATIONS = (
+  "No Finding",
+  "Enlarged Cardiomediastinum",
+  "Cardiomegaly",
+  "Lung Opacity",
+  "Lung Lesion",
+  "Edema",
+  "Consolidation",
+  "Pneumonia",
+  "Atelectasis",
+  "Pneumothorax",
+  "Pleural Effusion",
+  "Pleural Other",
+  "Fracture",
+  "Support Devices",
+)
 COMPETITION = ("Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Pleural Effusion")
 PATIENT_RE = re.compile(r"(patient\d+)")
 POLICIES = {"ones": 1.0, "zeros": 0.0, "ignore": np.nan}
@@ -37,16 +50,21 @@ def _policy_value(policy: str, what: str) -> float:
   return POLICIES[policy]
 
 
-def parse_labels(rows: Sequence[dict[str, str]], findings: Sequence[str],
-                 uncertain: str | Mapping[str, str] = "ignore", blank: str = "zeros",
-                 where: str = "metadata") -> np.ndarray:
+def parse_labels(
+  rows: Sequence[dict[str, str]],
+  findings: Sequence[str],
+  uncertain: str | Mapping[str, str] = "ignore",
+  blank: str = "zeros",
+  where: str = "metadata",
+) -> np.ndarray:
   """CheXpert cells -> float32 [N, len(findings)] with the chosen uncertain / blank policies."""
   if isinstance(uncertain, str):
     uncertain = {f: uncertain for f in findings}
   unknown = set(uncertain) - set(findings)
   if unknown:
-    raise ValueError(f"config.data.uncertain names {sorted(unknown)}, which are not in findings "
-                     f"{list(findings)}")
+    raise ValueError(
+      f"config.data.uncertain names {sorted(unknown)}, which are not in findings {list(findings)}"
+    )
   u_value = [_policy_value(uncertain.get(f, "ignore"), "uncertain") for f in findings]
   b_value = _policy_value(blank, "blank")
   out = np.empty((len(rows), len(findings)), np.float32)
@@ -67,8 +85,10 @@ def parse_labels(rows: Sequence[dict[str, str]], findings: Sequence[str],
       elif v == -1.0:
         out[r, c] = u_value[c]
       else:
-        raise ValueError(f"{where}: row {r + 2} ({row.get('Path')}) column {f!r} has {cell!r}; "
-                         "CheXpert labels are 1, 0, -1 (uncertain) or blank")
+        raise ValueError(
+          f"{where}: row {r + 2} ({row.get('Path')}) column {f!r} has {cell!r}; "
+          "CheXpert labels are 1, 0, -1 (uncertain) or blank"
+        )
   return out
 
 
@@ -104,16 +124,25 @@ def make_source(data_config, seed: int = 0) -> file_source.FileSource:
   uncertain = file_source.config_get(data_config, "uncertain", "ignore")
   if not isinstance(uncertain, str):
     uncertain = dict(uncertain)
-  labels = parse_labels(rows, findings, uncertain, file_source.config_get(data_config, "blank", "zeros"),
-                        where=metadata)
+  labels = parse_labels(
+    rows, findings, uncertain, file_source.config_get(data_config, "blank", "zeros"), where=metadata
+  )
   patients = [patient_of(r["Path"], metadata) for r in rows]
   root = file_source.require(data_config, "images", "chexpert")
   paths = [_resolve(root, r["Path"]) for r in rows]
-  keep = file_source.keep_existing(paths, f"CheXpert metadata {metadata}",
-                              file_source.config_get(data_config, "on_error", "raise"))
+  keep = file_source.keep_existing(
+    paths, f"CheXpert metadata {metadata}", file_source.config_get(data_config, "on_error", "raise")
+  )
   idx = np.flatnonzero(keep)
   # The image id is the path below the patient folder's parent: unique across studies and views.
   ids = [rows[i]["Path"].split("/", 1)[-1] for i in idx]
-  return file_source.FileSource([paths[i] for i in idx], labels[idx], [patients[i] for i in idx], ids,
-                           findings, channels=int(file_source.config_get(data_config, "channels", 1)),
-                           name="chexpert", skipped=int((~keep).sum()))
+  return file_source.FileSource(
+    [paths[i] for i in idx],
+    labels[idx],
+    [patients[i] for i in idx],
+    ids,
+    findings,
+    channels=int(file_source.config_get(data_config, "channels", 1)),
+    name="chexpert",
+    skipped=int((~keep).sum()),
+  )

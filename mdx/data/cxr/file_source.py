@@ -20,7 +20,9 @@ from absl import logging
 from mdx.data.cxr import images as images_lib
 
 
-def read_csv(path: str | os.PathLike, required: Sequence[str] = ()) -> tuple[list[str], list[dict[str, str]]]:
+def read_csv(
+  path: str | os.PathLike, required: Sequence[str] = ()
+) -> tuple[list[str], list[dict[str, str]]]:
   """(column names, rows as dicts) of a CSV or gzip-compressed CSV; checks required columns."""
   path = os.fspath(path)
   if not os.path.exists(path):
@@ -36,7 +38,9 @@ def read_csv(path: str | os.PathLike, required: Sequence[str] = ()) -> tuple[lis
   return columns, rows
 
 
-def write_csv(path: str | os.PathLike, columns: Sequence[str], rows: Sequence[dict[str, str]]) -> None:
+def write_csv(
+  path: str | os.PathLike, columns: Sequence[str], rows: Sequence[dict[str, str]]
+) -> None:
   """Writes rows with the given columns (original order), creating the folder."""
   path = os.fspath(path)
   os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
@@ -58,23 +62,41 @@ def keep_existing(paths: Sequence[str], what: str, on_error: str) -> np.ndarray:
   if missing:
     first = [paths[i] for i in np.flatnonzero(~exists)[:3]]
     if on_error == "raise":
-      raise FileNotFoundError(f"{what}: {missing} of {len(paths)} image files are missing, e.g. "
-                              f"{first}; fix config.data.images or set config.data.on_error='skip'")
-    logging.warning("%s: skipped %d of %d rows whose image file is missing (e.g. %s)", what,
-                    missing, len(paths), first)
+      raise FileNotFoundError(
+        f"{what}: {missing} of {len(paths)} image files are missing, e.g. "
+        f"{first}; fix config.data.images or set config.data.on_error='skip'"
+      )
+    logging.warning(
+      "%s: skipped %d of %d rows whose image file is missing (e.g. %s)",
+      what,
+      missing,
+      len(paths),
+      first,
+    )
   return exists
 
 
 class FileSource:
   """Random-access records from image files: read lazily, labels and patients held in memory."""
 
-  def __init__(self, paths: Sequence[str], labels: np.ndarray, patient_ids: Sequence[str],
-               image_ids: Sequence[str], findings: Sequence[str], channels: int = 1,
-               name: str = "source", skipped: int = 0, extra: dict[str, np.ndarray] | None = None):
+  def __init__(
+    self,
+    paths: Sequence[str],
+    labels: np.ndarray,
+    patient_ids: Sequence[str],
+    image_ids: Sequence[str],
+    findings: Sequence[str],
+    channels: int = 1,
+    name: str = "source",
+    skipped: int = 0,
+    extra: dict[str, np.ndarray] | None = None,
+  ):
     labels = np.asarray(labels, np.float32)
     if not len(paths):
-      raise ValueError(f"{name}: no records left (after filters and skipped files); check the "
-                       "metadata, config.data filters and the image folder")
+      raise ValueError(
+        f"{name}: no records left (after filters and skipped files); check the "
+        "metadata, config.data filters and the image folder"
+      )
     if labels.shape != (len(paths), len(findings)):
       raise ValueError(f"{name}: labels shape {labels.shape} != ({len(paths)}, {len(findings)})")
     self.name = name
@@ -92,9 +114,12 @@ class FileSource:
 
   def __getitem__(self, index: int) -> dict[str, Any]:
     index = int(index)
-    return {"image": images_lib.read_image(self._paths[index], self.channels),
-            "labels": self._labels[index].copy(),
-            "patient_id": self._patients[index], "image_id": self._image_ids[index]}
+    return {
+      "image": images_lib.read_image(self._paths[index], self.channels),
+      "labels": self._labels[index].copy(),
+      "patient_id": self._patients[index],
+      "image_id": self._image_ids[index],
+    }
 
   def labels(self) -> np.ndarray:
     return self._labels
@@ -109,8 +134,10 @@ class FileSource:
     return self._paths
 
   def __repr__(self) -> str:
-    return (f"{self.name}({len(self)} images, {len(np.unique(self._patients))} patients, "
-            f"findings={list(self.findings)}, skipped={self.skipped})")
+    return (
+      f"{self.name}({len(self)} images, {len(np.unique(self._patients))} patients, "
+      f"findings={list(self.findings)}, skipped={self.skipped})"
+    )
 
 
 def config_get(config, name: str, default=None):

@@ -42,14 +42,17 @@ def make_source(data_config, seed: int = 0) -> file_source.FileSource:
   root = file_source.require(data_config, "root", "folders")
   if not os.path.isdir(root):
     raise FileNotFoundError(f"config.data.root={root} is not a folder")
-  classes = list(file_source.config_get(data_config, "classes", []) or
-                 sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d))))
+  classes = list(
+    file_source.config_get(data_config, "classes", [])
+    or sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
+  )
   if not classes:
     raise ValueError(f"{root} has no class subfolders")
   for c in classes:
     if not os.path.isdir(os.path.join(root, c)):
-      raise FileNotFoundError(f"class folder {os.path.join(root, c)} does not exist "
-                              f"(config.data.classes={classes})")
+      raise FileNotFoundError(
+        f"class folder {os.path.join(root, c)} does not exist (config.data.classes={classes})"
+      )
   negative = file_source.config_get(data_config, "negative_class")
   if negative is not None and negative not in classes:
     raise ValueError(f"config.data.negative_class={negative!r} is not one of the classes {classes}")
@@ -75,12 +78,20 @@ def make_source(data_config, seed: int = 0) -> file_source.FileSource:
       patients.append(pid)
       ids.append(f"{c}/{name}")
   if unmatched:
-    msg = (f"{len(unmatched)} files in {root} do not match config.data.patient_regex={regex!r}, "
-           f"e.g. {unmatched[:3]}")
+    msg = (
+      f"{len(unmatched)} files in {root} do not match config.data.patient_regex={regex!r}, "
+      f"e.g. {unmatched[:3]}"
+    )
     if on_error != "skip":
       raise ValueError(msg + "; fix the regex or set config.data.on_error='skip'")
     logging.warning("skipped %s", msg)
-  return file_source.FileSource(paths, np.asarray(labels, np.float32).reshape(-1, len(findings)),
-                           patients, ids, findings,
-                           channels=int(file_source.config_get(data_config, "channels", 1)),
-                           name="folders", skipped=len(unmatched))
+  return file_source.FileSource(
+    paths,
+    np.asarray(labels, np.float32).reshape(-1, len(findings)),
+    patients,
+    ids,
+    findings,
+    channels=int(file_source.config_get(data_config, "channels", 1)),
+    name="folders",
+    skipped=len(unmatched),
+  )

@@ -24,17 +24,21 @@ def read_image(path: str | os.PathLike, channels: int = 1) -> np.ndarray:
   """
   path = os.fspath(path)
   if not os.path.exists(path):
-    raise FileNotFoundError(f"image file {path} does not exist; check config.data.images / the "
-                            "metadata rows, or set config.data.on_error='skip'")
+    raise FileNotFoundError(
+      f"image file {path} does not exist; check config.data.images / the "
+      "metadata rows, or set config.data.on_error='skip'"
+    )
   try:
     if path.lower().endswith(DICOM_SUFFIXES) or _has_dicom_preamble(path):
       image = _read_dicom(path)
     else:
       image = _read_pil(path)
   except (OSError, ValueError, SyntaxError, AttributeError, KeyError) as e:
-    raise ValueError(f"cannot decode image file {path}: {type(e).__name__}: {e}; the file is "
-                     "corrupt or not a PNG/JPEG/DICOM image (replace it, or set "
-                     "config.data.on_error='skip')") from e
+    raise ValueError(
+      f"cannot decode image file {path}: {type(e).__name__}: {e}; the file is "
+      "corrupt or not a PNG/JPEG/DICOM image (replace it, or set "
+      "config.data.on_error='skip')"
+    ) from e
   return to_channels(image, channels, path)
 
 
@@ -99,7 +103,9 @@ def to_channels(image: np.ndarray, channels: int, where: str = "image") -> np.nd
   if have == 1:
     return np.ascontiguousarray(np.repeat(image, channels, axis=-1))
   if have == 3 and channels == 1:
-    if np.array_equal(image[..., 0], image[..., 1]) and np.array_equal(image[..., 0], image[..., 2]):
+    if np.array_equal(image[..., 0], image[..., 1]) and np.array_equal(
+      image[..., 0], image[..., 2]
+    ):
       return np.ascontiguousarray(image[..., :1])
     gray = image.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
     return np.round(gray).astype(image.dtype)[..., None]
@@ -127,8 +133,9 @@ def resize(image: np.ndarray, size: int) -> np.ndarray:
   for c in range(image.shape[-1]):
     if image.dtype == np.uint16:  # PIL resizes 16 bit only in 32-bit float mode
       ch = Image.fromarray(image[..., c].astype(np.float32))
-      out[..., c] = np.clip(np.round(np.asarray(ch.resize((size, size), Image.Resampling.BOX))),
-                            0, 65535).astype(np.uint16)
+      out[..., c] = np.clip(
+        np.round(np.asarray(ch.resize((size, size), Image.Resampling.BOX))), 0, 65535
+      ).astype(np.uint16)
     elif image.dtype == np.uint8:
       ch = Image.fromarray(np.ascontiguousarray(image[..., c]))
       out[..., c] = np.asarray(ch.resize((size, size), Image.Resampling.BOX))

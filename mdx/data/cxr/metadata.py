@@ -16,7 +16,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from mdx.data.cxr import chexpert, findings as findings_lib, nih, file_source
+from mdx.data.cxr import chexpert, file_source, nih
+from mdx.data.cxr import findings as findings_lib
 
 PATIENT_COLUMNS = ("Patient ID", "PatientId", "patient_id", "Patient", "patient")
 IMAGE_COLUMNS = ("Image Index", "Image", "Path", "image_id", "image")
@@ -41,8 +42,12 @@ def _guess(columns: Sequence[str]) -> str:
   return "columns"
 
 
-def load(path: str | os.PathLike, kind: str = "auto", findings: Sequence[str] | None = None,
-         patient_column: str | None = None) -> Table:
+def load(
+  path: str | os.PathLike,
+  kind: str = "auto",
+  findings: Sequence[str] | None = None,
+  patient_column: str | None = None,
+) -> Table:
   """Reads a metadata CSV of any supported kind (see the module docstring)."""
   path = os.fspath(path)
   columns, rows = file_source.read_csv(path)
@@ -67,7 +72,9 @@ def load(path: str | os.PathLike, kind: str = "auto", findings: Sequence[str] | 
     if image_col is None:
       raise ValueError(f"{path}: no image column; expected one of {IMAGE_COLUMNS}, found {columns}")
     if findings is None:
-      findings = [c for c in columns if c in findings_lib.NIH_FINDINGS or c in chexpert.OBSERVATIONS]
+      findings = [
+        c for c in columns if c in findings_lib.NIH_FINDINGS or c in chexpert.OBSERVATIONS
+      ]
     findings = tuple(findings)
     missing = [f for f in findings if f not in columns]
     if missing:
@@ -78,9 +85,13 @@ def load(path: str | os.PathLike, kind: str = "auto", findings: Sequence[str] | 
         try:
           labels[r, c] = float(row[f]) if row[f] != "" else np.nan
         except ValueError:
-          raise ValueError(f"{path}: row {r + 2} column {f!r} has {row[f]!r}; expected 0 or 1") from None
+          raise ValueError(
+            f"{path}: row {r + 2} column {f!r} has {row[f]!r}; expected 0 or 1"
+          ) from None
   else:
-    raise ValueError(f"metadata kind {kind!r} is unknown; choose 'nih', 'chexpert', 'columns' or 'auto'")
+    raise ValueError(
+      f"metadata kind {kind!r} is unknown; choose 'nih', 'chexpert', 'columns' or 'auto'"
+    )
   if patient_column is None:
     patient_column = next((c for c in PATIENT_COLUMNS if c in columns), None)
   if patient_column is not None:
@@ -90,10 +101,18 @@ def load(path: str | os.PathLike, kind: str = "auto", findings: Sequence[str] | 
   elif kind == "chexpert" or "Path" in columns:
     pids = [chexpert.patient_of(row["Path"], path) for row in rows]
   else:
-    raise ValueError(f"{path}: no patient column; expected one of {PATIENT_COLUMNS} (or pass "
-                     "--patient-column)")
+    raise ValueError(
+      f"{path}: no patient column; expected one of {PATIENT_COLUMNS} (or pass --patient-column)"
+    )
   for r, p in enumerate(pids):
     if not str(p).strip():
       raise ValueError(f"{path}: row {r + 2} has an empty patient id in column {patient_column!r}")
-  return Table(path, columns, rows, np.asarray(pids).astype(str),
-               np.asarray([row[image_col] for row in rows]).astype(str), labels, findings)
+  return Table(
+    path,
+    columns,
+    rows,
+    np.asarray(pids).astype(str),
+    np.asarray([row[image_col] for row in rows]).astype(str),
+    labels,
+    findings,
+  )

@@ -21,8 +21,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from mdx.data.cxr import findings as findings_lib
 from mdx.data.cxr import file_source
+from mdx.data.cxr import findings as findings_lib
 
 IMAGE = "Image Index"
 LABELS = "Finding Labels"
@@ -30,8 +30,12 @@ PATIENT = "Patient ID"
 REQUIRED = (IMAGE, LABELS, PATIENT)
 
 
-def parse_labels(rows: Sequence[dict[str, str]], findings: Sequence[str] = findings_lib.NIH_FINDINGS,
-                 where: str = "metadata", column: str = LABELS) -> np.ndarray:
+def parse_labels(
+  rows: Sequence[dict[str, str]],
+  findings: Sequence[str] = findings_lib.NIH_FINDINGS,
+  where: str = "metadata",
+  column: str = LABELS,
+) -> np.ndarray:
   """'A|B' / 'No Finding' strings -> multi-hot float32 [N, len(findings)].
 
   Every name must be one of the 14 NIH findings or 'No Finding'; names outside `findings` (when a
@@ -41,22 +45,28 @@ def parse_labels(rows: Sequence[dict[str, str]], findings: Sequence[str] = findi
   col = {f: i for i, f in enumerate(findings)}
   for f in findings:
     if f not in known:
-      raise ValueError(f"config.data.findings has {f!r}, which is not an NIH finding; choose from "
-                       f"{list(findings_lib.NIH_FINDINGS)}")
+      raise ValueError(
+        f"config.data.findings has {f!r}, which is not an NIH finding; choose from "
+        f"{list(findings_lib.NIH_FINDINGS)}"
+      )
   out = np.zeros((len(rows), len(findings)), np.float32)
   for r, row in enumerate(rows):
     text = (row.get(column) or "").strip()
     if not text:
-      raise ValueError(f"{where}: row {r + 2} ({row.get(IMAGE)}) has an empty {column!r}; "
-                       f"write '{findings_lib.NO_FINDING}' for normal images")
+      raise ValueError(
+        f"{where}: row {r + 2} ({row.get(IMAGE)}) has an empty {column!r}; "
+        f"write '{findings_lib.NO_FINDING}' for normal images"
+      )
     for name in text.split("|"):
       name = name.strip()
       if name == findings_lib.NO_FINDING:
         continue
       if name not in known:
-        raise ValueError(f"{where}: row {r + 2} ({row.get(IMAGE)}) has unknown label {name!r} in "
-                         f"{column!r}; known labels are {sorted(known)} and "
-                         f"{findings_lib.NO_FINDING!r}")
+        raise ValueError(
+          f"{where}: row {r + 2} ({row.get(IMAGE)}) has unknown label {name!r} in "
+          f"{column!r}; known labels are {sorted(known)} and "
+          f"{findings_lib.NO_FINDING!r}"
+        )
       if name in col:
         out[r, col[name]] = 1.0
   return out
@@ -67,9 +77,12 @@ def index_images(folder: str) -> dict[str, str]:
   if not os.path.isdir(folder):
     raise FileNotFoundError(f"NIH image folder {folder} does not exist (config.data.images)")
   found: dict[str, str] = {}
-  for sub in [folder, *sorted(glob.glob(os.path.join(folder, "images_*"))),
-              *sorted(glob.glob(os.path.join(folder, "images_*", "images"))),
-              os.path.join(folder, "images")]:
+  for sub in [
+    folder,
+    *sorted(glob.glob(os.path.join(folder, "images_*"))),
+    *sorted(glob.glob(os.path.join(folder, "images_*", "images"))),
+    os.path.join(folder, "images"),
+  ]:
     if os.path.isdir(sub):
       with os.scandir(sub) as it:
         for entry in it:
@@ -84,16 +97,19 @@ def official_split(image_ids: Sequence[str], folder: str) -> dict[str, np.ndarra
   for name, fname in (("train_val", "train_val_list.txt"), ("test", "test_list.txt")):
     path = os.path.join(folder, fname)
     if not os.path.exists(path):
-      raise FileNotFoundError(f"official NIH split list {path} is missing; put train_val_list.txt "
-                              "and test_list.txt next to the metadata or use another split")
+      raise FileNotFoundError(
+        f"official NIH split list {path} is missing; put train_val_list.txt "
+        "and test_list.txt next to the metadata or use another split"
+      )
     with open(path) as f:
       lists[name] = {line.strip() for line in f if line.strip()}
   ids = np.asarray(image_ids).astype(str)
   out = {name: np.flatnonzero(np.isin(ids, sorted(names))) for name, names in lists.items()}
   unlisted = len(ids) - sum(len(v) for v in out.values())
   if unlisted:
-    raise ValueError(f"{unlisted} images are in neither train_val_list.txt nor test_list.txt "
-                     f"in {folder}")
+    raise ValueError(
+      f"{unlisted} images are in neither train_val_list.txt nor test_list.txt in {folder}"
+    )
   return out
 
 
@@ -114,6 +130,12 @@ def make_source(data_config, seed: int = 0) -> file_source.FileSource:
   keep = file_source.keep_existing(paths, f"NIH metadata {metadata}", on_error)
   idx = np.flatnonzero(keep)
   return file_source.FileSource(
-      [paths[i] for i in idx], labels[idx], [rows[i][PATIENT] for i in idx],
-      [names[i] for i in idx], findings, channels=int(file_source.config_get(data_config, "channels", 1)),
-      name="nih", skipped=int((~keep).sum()))
+    [paths[i] for i in idx],
+    labels[idx],
+    [rows[i][PATIENT] for i in idx],
+    [names[i] for i in idx],
+    findings,
+    channels=int(file_source.config_get(data_config, "channels", 1)),
+    name="nih",
+    skipped=int((~keep).sum()),
+  )

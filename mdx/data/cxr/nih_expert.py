@@ -18,7 +18,7 @@ import os
 
 import numpy as np
 
-from mdx.data.cxr import nih, file_source
+from mdx.data.cxr import file_source, nih
 
 FINDINGS = ("Fracture", "Pneumothorax", "Airspace opacity", "Nodule or mass")
 VALUES = {"YES": 1.0, "NO": 0.0, "": np.nan}
@@ -42,17 +42,26 @@ def make_source(data_config, seed: int = 0) -> file_source.FileSource:
     for c, f in enumerate(findings):
       cell = (row[f] or "").strip().upper()
       if cell not in VALUES:
-        raise ValueError(f"{metadata}: row {r + 2} ({row[nih.IMAGE]}) column {f!r} has {row[f]!r}; "
-                         "expected YES or NO")
+        raise ValueError(
+          f"{metadata}: row {r + 2} ({row[nih.IMAGE]}) column {f!r} has {row[f]!r}; "
+          "expected YES or NO"
+        )
       labels[r, c] = VALUES[cell]
   folder = file_source.require(data_config, "images", "nih_expert")
   index = nih.index_images(folder)
   names = [r[nih.IMAGE] for r in rows]
   paths = [index.get(n, os.path.join(folder, n)) for n in names]
-  keep = file_source.keep_existing(paths, f"expert labels {metadata}",
-                              file_source.config_get(data_config, "on_error", "raise"))
+  keep = file_source.keep_existing(
+    paths, f"expert labels {metadata}", file_source.config_get(data_config, "on_error", "raise")
+  )
   idx = np.flatnonzero(keep)
-  return file_source.FileSource([paths[i] for i in idx], labels[idx], [rows[i][nih.PATIENT] for i in idx],
-                           [names[i] for i in idx], findings,
-                           channels=int(file_source.config_get(data_config, "channels", 1)),
-                           name="nih_expert", skipped=int((~keep).sum()))
+  return file_source.FileSource(
+    [paths[i] for i in idx],
+    labels[idx],
+    [rows[i][nih.PATIENT] for i in idx],
+    [names[i] for i in idx],
+    findings,
+    channels=int(file_source.config_get(data_config, "channels", 1)),
+    name="nih_expert",
+    skipped=int((~keep).sum()),
+  )

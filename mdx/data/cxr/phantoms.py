@@ -31,26 +31,27 @@ from mdx.data.cxr.findings import NIH_FINDINGS
 
 # Per-image prevalences close to NIH ChestX-ray14 (Wang et al., 2017, Data_Entry_2017).
 DEFAULT_PREVALENCE: dict[str, float] = {
-    "Atelectasis": 0.10,
-    "Cardiomegaly": 0.025,
-    "Effusion": 0.12,
-    "Infiltration": 0.18,
-    "Mass": 0.05,
-    "Nodule": 0.06,
-    "Pneumonia": 0.013,
-    "Pneumothorax": 0.05,
-    "Consolidation": 0.04,
-    "Edema": 0.02,
-    "Emphysema": 0.02,
-    "Fibrosis": 0.015,
-    "Pleural_Thickening": 0.03,
-    "Hernia": 0.002,
+  "Atelectasis": 0.10,
+  "Cardiomegaly": 0.025,
+  "Effusion": 0.12,
+  "Infiltration": 0.18,
+  "Mass": 0.05,
+  "Nodule": 0.06,
+  "Pneumonia": 0.013,
+  "Pneumothorax": 0.05,
+  "Consolidation": 0.04,
+  "Edema": 0.02,
+  "Emphysema": 0.02,
+  "Fibrosis": 0.015,
+  "Pleural_Thickening": 0.03,
+  "Hernia": 0.002,
 }
 
 # Findings that belong to the patient (present in all or none of a patient's studies, drawn the
 # same way each time); the others come and go from study to study.
 CHRONIC_FINDINGS: frozenset[str] = frozenset(
-    {"Cardiomegaly", "Emphysema", "Fibrosis", "Hernia", "Pleural_Thickening"})
+  {"Cardiomegaly", "Emphysema", "Fibrosis", "Hernia", "Pleural_Thickening"}
+)
 
 # P(number of studies = 1, 2, ...) before truncation to studies_per_patient.
 _STUDY_COUNT_WEIGHTS = np.array([0.35, 0.25, 0.18, 0.12, 0.10, 0.05, 0.03, 0.02])
@@ -65,20 +66,22 @@ _LABELS, _ANATOMY, _ACQUISITION, _FINDING, _NECKLACE, _NOISE = range(6)
 
 class Rendering(NamedTuple):
   """One drawn study: the image, where each finding was drawn, and where the necklace is."""
-  image: np.ndarray            # uint8 [S, S, 1]
+
+  image: np.ndarray  # uint8 [S, S, 1]
   masks: dict[str, np.ndarray]  # finding -> bool [S, S]
-  necklace: np.ndarray         # bool [S, S]
+  necklace: np.ndarray  # bool [S, S]
 
 
 @dataclasses.dataclass
 class _Lung:
   """One hemithorax. side -1: the patient's right (image left); +1: the patient's left."""
+
   side: int
   cx: float
   cy: float
-  a: float        # half-width of the lung superellipse
-  b: float        # half-height
-  dome_x: float   # peak of the hemidiaphragm dome
+  a: float  # half-width of the lung superellipse
+  b: float  # half-height
+  dome_x: float  # peak of the hemidiaphragm dome
   dome_top: float
   dome_curv: float
   hilum_x: float
@@ -123,7 +126,7 @@ class _Anatomy:
   bubble: bool
 
   def copy(self) -> _Anatomy:
-    return dataclasses.replace(self, lungs=[dataclasses.replace(l) for l in self.lungs])
+    return dataclasses.replace(self, lungs=[dataclasses.replace(lung) for lung in self.lungs])
 
   def lung(self, side: int) -> _Lung:
     return self.lungs[0 if side < 0 else 1]
@@ -144,7 +147,7 @@ class _Canvas:
   def __init__(self, size: int, shift=(0.0, 0.0), rot: float = 0.0, zoom: float = 1.0):
     self.size = size
     self.shift, self.rot, self.zoom = shift, rot, zoom
-    u = ((np.arange(size, dtype=np.float32) + 0.5) / size - 0.5)
+    u = (np.arange(size, dtype=np.float32) + 0.5) / size - 0.5
     c, s = np.cos(rot) / zoom, np.sin(rot) / zoom
     ux, uy = u[None, :] - shift[0], u[:, None] - shift[1]
     self.X = (0.5 + c * ux + s * uy).astype(np.float32)
@@ -169,9 +172,9 @@ class _Effects:
   def __init__(self, size: int):
     self.size = size
     self.fill = np.zeros((size, size), np.float32)  # share of lung air replaced by fluid/tissue
-    self.add = np.zeros((size, size), np.float32)   # extra density
+    self.add = np.zeros((size, size), np.float32)  # extra density
     self.extra_air = np.zeros((size, size), np.float32)  # more air (pneumothorax, bullae)
-    self.mark_mul = np.ones((size, size), np.float32)   # scales the vessel markings
+    self.mark_mul = np.ones((size, size), np.float32)  # scales the vessel markings
     self.masks: dict[str, np.ndarray] = {}
 
   def mask(self, name: str, sl: tuple[slice, slice], region: np.ndarray) -> None:
@@ -188,8 +191,11 @@ def _bump(d2):
 def _between_domes(X, Y, new: _Lung, old: _Lung, px: float) -> np.ndarray:
   """Pixels of new's half of the chest between its old and new diaphragm (+-1 pixel)."""
   a, b = new.dome(X), old.dome(X)
-  return ((Y > np.minimum(a, b) - 1 / px) & (Y < np.maximum(a, b) + 1 / px)
-          & ((X - 0.5) * new.side >= -1 / px))
+  return (
+    (Y > np.minimum(a, b) - 1 / px)
+    & (Y < np.maximum(a, b) + 1 / px)
+    & ((X - 0.5) * new.side >= -1 / px)
+  )
 
 
 def _ipow(x, n: int):
@@ -218,10 +224,16 @@ class ChestXrayPhantoms:
   i (e.g. with and without one finding) and returns the per-finding masks.
   """
 
-  def __init__(self, num_patients: int = 1000, image_size: int = 128, seed: int = 0,
-               findings: tuple[str, ...] = NIH_FINDINGS,
-               prevalence: Mapping[str, float] | None = None,
-               studies_per_patient: tuple[int, int] = (1, 5), necklace: bool = True):
+  def __init__(
+    self,
+    num_patients: int = 1000,
+    image_size: int = 128,
+    seed: int = 0,
+    findings: tuple[str, ...] = NIH_FINDINGS,
+    prevalence: Mapping[str, float] | None = None,
+    studies_per_patient: tuple[int, int] = (1, 5),
+    necklace: bool = True,
+  ):
     if int(num_patients) < 1:
       raise ValueError(f"num_patients={num_patients} must be >= 1")
     if int(image_size) < 32:
@@ -231,8 +243,10 @@ class ChestXrayPhantoms:
     findings = tuple(findings)
     unknown = [f for f in findings if f not in NIH_FINDINGS]
     if not findings or unknown or len(set(findings)) != len(findings):
-      raise ValueError(f"findings={findings!r}: need a non-empty list of distinct names from "
-                       f"{NIH_FINDINGS} (unknown: {unknown})")
+      raise ValueError(
+        f"findings={findings!r}: need a non-empty list of distinct names from "
+        f"{NIH_FINDINGS} (unknown: {unknown})"
+      )
     prev = {f: DEFAULT_PREVALENCE[f] for f in findings}
     for name, p in dict(prevalence or {}).items():
       if name not in findings:
@@ -242,8 +256,9 @@ class ChestXrayPhantoms:
       prev[name] = float(p)
     lo, hi = (int(v) for v in studies_per_patient)
     if not 1 <= lo <= hi:
-      raise ValueError(f"studies_per_patient={studies_per_patient} must be (min, max) "
-                       "with 1 <= min <= max")
+      raise ValueError(
+        f"studies_per_patient={studies_per_patient} must be (min, max) with 1 <= min <= max"
+      )
 
     self.num_patients, self.image_size, self.seed = int(num_patients), int(image_size), int(seed)
     self.findings = findings
@@ -270,8 +285,12 @@ class ChestXrayPhantoms:
 
   def __getitem__(self, index: int) -> dict[str, Any]:
     i = self._check_index(index)
-    return {"image": self.render(i).image, "labels": self._labels[i].copy(),
-            "patient_id": self._patient_id(self._patient[i]), "image_id": self._image_id(i)}
+    return {
+      "image": self.render(i).image,
+      "labels": self._labels[i].copy(),
+      "patient_id": self._patient_id(self._patient[i]),
+      "image_id": self._image_id(i),
+    }
 
   def labels(self) -> np.ndarray:
     return self._labels.copy()
@@ -293,12 +312,13 @@ class ChestXrayPhantoms:
 
   def necklace_pattern(self, patient: int) -> np.ndarray:
     """Bead sizes (0, 1, 2) of a patient's necklace: distinct for up to 3**13 patients."""
-    code = (int(patient) * 2654435761 + self.seed * 97 + 12345) % 3 ** _BEADS
-    return np.array([(code // 3 ** k) % 3 for k in range(_BEADS)], np.int64)
+    code = (int(patient) * 2654435761 + self.seed * 97 + 12345) % 3**_BEADS
+    return np.array([(code // 3**k) % 3 for k in range(_BEADS)], np.int64)
 
   # ---- rendering ---------------------------------------------------------------------------
-  def render(self, index: int, findings: Iterable[str] | None = None, *,
-             acquisition: bool = True) -> Rendering:
+  def render(
+    self, index: int, findings: Iterable[str] | None = None, *, acquisition: bool = True
+  ) -> Rendering:
     """Draws study `index` with its own findings, or with the given finding set instead.
 
     acquisition=False draws the patient's canonical view (no shift, exposure change or noise).
@@ -316,7 +336,11 @@ class ChestXrayPhantoms:
     arng = np.random.default_rng([self.seed, _ACQUISITION, patient, study])
     shift = tuple(arng.uniform(-0.03, 0.03, 2))
     rot, zoom = arng.uniform(-0.05, 0.05), arng.uniform(0.96, 1.04)
-    gain, offset, gamma = arng.uniform(0.9, 1.1), arng.uniform(-0.04, 0.04), arng.uniform(0.85, 1.15)
+    gain, offset, gamma = (
+      arng.uniform(0.9, 1.1),
+      arng.uniform(-0.04, 0.04),
+      arng.uniform(0.85, 1.15),
+    )
     sigma = arng.uniform(0.008, 0.025)
     noise_at = arng.integers(0, S, 2)
     if acquisition:
@@ -333,7 +357,13 @@ class ChestXrayPhantoms:
       r = frngs["Cardiomegaly"]
       hx, hy, ha, hb, t = anat.heart
       grow = r.uniform(1.30, 1.45)
-      anat.heart = (hx + 0.18 * (grow - 1) * ha, hy - 0.02, ha * grow, hb * (1 + 0.4 * (grow - 1)), t)
+      anat.heart = (
+        hx + 0.18 * (grow - 1) * ha,
+        hy - 0.02,
+        ha * grow,
+        hb * (1 + 0.4 * (grow - 1)),
+        t,
+      )
     if "Emphysema" in frngs:
       r = frngs["Emphysema"]
       for lung in anat.lungs:
@@ -359,9 +389,15 @@ class ChestXrayPhantoms:
     # Composite.
     fill = np.clip(fx.fill, None, 1.0)
     lung_eff = fields["lung"]
-    A = fields["static"] + lung_eff * (
+    A = (
+      fields["static"]
+      + lung_eff
+      * (
         0.12 * fields["marks"] * fx.mark_mul * (1 - fill)
-        - anat.air * (1 - fill) * (1 + fx.extra_air)) + fx.add
+        - anat.air * (1 - fill) * (1 + fx.extra_air)
+      )
+      + fx.add
+    )
     neck = np.zeros((S, S), bool)
     if self.draw_necklace:
       neck = self._draw_necklace(canvas, patient, A)
@@ -369,7 +405,7 @@ class ChestXrayPhantoms:
     img = np.clip(gain * img + offset, 0.0, 1.0) ** gamma
     if sigma:
       oy, ox = noise_at
-      img = img + sigma * self._noise()[oy:oy + S, ox:ox + S]
+      img = img + sigma * self._noise()[oy : oy + S, ox : ox + S]
     img = np.clip(img * 255.0 + 0.5, 0, 255).astype(np.uint8)[..., None]
     masks = {f: fx.masks.get(f, np.zeros((S, S), bool)) for f in present}
     return Rendering(img, masks, neck)
@@ -416,17 +452,35 @@ class ChestXrayPhantoms:
       dome_top = top + dt + r.uniform(-0.01, 0.015)
       lapex = apex + r.uniform(-0.01, 0.01)
       lb = (dome_top + 0.13 - lapex) / 2
-      lungs.append(_Lung(side, lcx, lapex + lb, la, lb, lcx - side * 0.02,
-                         dome_top, r.uniform(0.045, 0.07), 0.5 + side * r.uniform(0.085, 0.105),
-                         hy + r.normal(0, 0.01)))
+      lungs.append(
+        _Lung(
+          side,
+          lcx,
+          lapex + lb,
+          la,
+          lb,
+          lcx - side * 0.02,
+          dome_top,
+          r.uniform(0.045, 0.07),
+          0.5 + side * r.uniform(0.085, 0.105),
+          hy + r.normal(0, 0.01),
+        )
+      )
     ha = 0.165 * r.uniform(0.93, 1.07)
     hb = 0.12 * r.uniform(0.93, 1.07)
     heart = (0.575 + r.normal(0, 0.008), lungs[1].dome_top - 0.06, ha, hb, r.uniform(0.3, 0.45))
-    return _Anatomy(lungs=lungs, heart=heart, tissue=r.uniform(0.40, 0.46), air=r.uniform(0.28, 0.33),
-                    rib_spacing=r.uniform(0.068, 0.080), rib_y0=r.uniform(0, 1),
-                    rib_curv=r.uniform(1.3, 1.8), torso_a=r.uniform(0.47, 0.50),
-                    mark_phase=tuple(float(v) for v in r.uniform(0, 2 * np.pi, 6)),
-                    bubble=bool(r.random() < 0.7))
+    return _Anatomy(
+      lungs=lungs,
+      heart=heart,
+      tissue=r.uniform(0.40, 0.46),
+      air=r.uniform(0.28, 0.33),
+      rib_spacing=r.uniform(0.068, 0.080),
+      rib_y0=r.uniform(0, 1),
+      rib_curv=r.uniform(1.3, 1.8),
+      torso_a=r.uniform(0.47, 0.50),
+      mark_phase=tuple(float(v) for v in r.uniform(0, 2 * np.pi, 6)),
+      bubble=bool(r.random() < 0.7),
+    )
 
   def _draw_anatomy(self, cv: _Canvas, an: _Anatomy, base: _Anatomy) -> dict[str, np.ndarray]:
     """Density of the chest (static), the visible lung (0..1) and the lung markings.
@@ -453,7 +507,9 @@ class ChestXrayPhantoms:
     med = _cover((med_w - np.abs(X - 0.505)) * px) * np.clip((Y - 0.06) / 0.08, 0, 1)
     knob = _cover((0.03 - np.hypot(X - 0.555, Y - 0.30)) * px)
     med = np.maximum(med, knob)
-    trachea = _cover((0.016 - np.abs(X - 0.5 + 0.004 * (Y - 0.2) / 0.2)) * px) * _cover((0.36 - Y) * px)
+    trachea = _cover((0.016 - np.abs(X - 0.5 + 0.004 * (Y - 0.2) / 0.2)) * px) * _cover(
+      (0.36 - Y) * px
+    )
     spine = _cover((0.036 - ax) * px) * (0.8 + 0.2 * np.cos(2 * np.pi * Y / 0.047))
     static += 0.38 * np.maximum(heart, med) - 0.12 * trachea + 0.06 * spine
     # Abdomen below the domes: thick soft tissue.
@@ -470,7 +526,11 @@ class ChestXrayPhantoms:
     lung *= (1 - 0.8 * heart) * (1 - 0.85 * med)
     # Ribs: posterior (clear) and anterior (faint) arcs inside the thoracic cage.
     lung_bottom = max(L.dome_top for L in base.lungs) + 0.09
-    cage = _cover((an.torso_a - 0.035 - ax) * px) * _cover((lung_bottom - Y) * px) * _cover((ax - 0.04) * px)
+    cage = (
+      _cover((an.torso_a - 0.035 - ax) * px)
+      * _cover((lung_bottom - Y) * px)
+      * _cover((ax - 0.04) * px)
+    )
     post = (Y - (-0.2 * ax + an.rib_curv * ax * ax) - 0.11) / an.rib_spacing + an.rib_y0
     ribs = np.clip((np.cos(2 * np.pi * post) - 0.25) * 2.5, 0, 1)
     ant = (Y - 0.6 * (0.42 - ax) - 0.05) / (an.rib_spacing * 1.15) + an.rib_y0
@@ -502,8 +562,14 @@ class ChestXrayPhantoms:
     m2 = _ipow(0.5 + 0.5 * np.cos(41 * th + 4 * np.sin(r * 23 + ph[3]) + ph[4]), 8)
     fade = np.clip(1 - r / 0.34, 0, 1)
     marks = (m1 + 0.6 * m2) * fade * fade + 0.9 * _bump((r / 0.065) ** 2)
-    return {"static": static, "lung": lung, "marks": marks, "lung_r": per_side[0],
-            "lung_l": per_side[1], "heart": heart}
+    return {
+      "static": static,
+      "lung": lung,
+      "marks": marks,
+      "lung_r": per_side[0],
+      "lung_l": per_side[1],
+      "heart": heart,
+    }
 
   def _draw_necklace(self, cv: _Canvas, patient: int, A: np.ndarray) -> np.ndarray:
     """Adds a patient's bead necklace (metal: very dense) to A; returns its mask."""
@@ -538,7 +604,6 @@ class ChestXrayPhantoms:
         return x, y
     return L.cx + side * 0.3 * L.a, L.cy
 
-
   # ---- finding signatures (each draws into fx and records its mask) -------------------------
   def _lung_side(self, fields, side):
     return fields["lung_r"] if side < 0 else fields["lung_l"]
@@ -552,7 +617,9 @@ class ChestXrayPhantoms:
     sl = cv.window(x, y, R * 1.35)
     dx, dy = cv.X[sl] - x, cv.Y[sl] - y
     th = np.arctan2(dy, dx)
-    rad = R * (1 + 0.12 * np.sin(2 * th + k[0]) + 0.08 * np.sin(3 * th + k[1]) + 0.05 * np.sin(5 * th + k[2]))
+    rad = R * (
+      1 + 0.12 * np.sin(2 * th + k[0]) + 0.08 * np.sin(3 * th + k[1]) + 0.05 * np.sin(5 * th + k[2])
+    )
     blob = _cover((rad - np.sqrt(dx * dx + dy * dy)) * cv.px)
     fx.fill[sl] += blob
     fx.add[sl] += 0.14 * blob
@@ -600,7 +667,7 @@ class ChestXrayPhantoms:
     for _ in range(int(r.integers(6, 11))):
       px_, py_ = x + r.normal(0, 0.045), y + r.normal(0, 0.045)
       rad = r.uniform(0.025, 0.05)
-      patch += r.uniform(0.6, 1.0) * _bump(((X - px_) ** 2 + (Y - py_) ** 2) / rad ** 2)
+      patch += r.uniform(0.6, 1.0) * _bump(((X - px_) ** 2 + (Y - py_) ** 2) / rad**2)
     patch = np.clip(patch, None, 1.0) * self._lung_side(fields, side)[sl]
     fx.fill[sl] += 0.85 * patch
     fx.mask("Infiltration", sl, patch > 0.1)
@@ -617,7 +684,7 @@ class ChestXrayPhantoms:
     sl = cv.window(cx, cy, R)
     X, Y = cv.X[sl], cv.Y[sl]
     fissure = _cover(((X - x) * nx + (Y - y) * ny) * cv.px)
-    lobe = np.clip((1 - ((X - cx) ** 2 + (Y - cy) ** 2) / R ** 2) * 4, 0, 1)
+    lobe = np.clip((1 - ((X - cx) ** 2 + (Y - cy) ** 2) / R**2) * 4, 0, 1)
     region = fissure * lobe * self._lung_side(fields, side)[sl]
     th = np.arctan2(Y - L.hilum_y, X - L.hilum_x)
     bronch = _ipow(0.5 + 0.5 * np.cos(r.integers(14, 20) * th + r.uniform(0, 6.3)), 12)
@@ -633,7 +700,7 @@ class ChestXrayPhantoms:
     x, y = self._lung_point(r, an, side, v=(0.4, 0.9), margin=0.04)
     sl = cv.window(x, y, R * 1.3)
     X, Y = cv.X[sl], cv.Y[sl]
-    d2 = ((X - x) ** 2 / (R * 1.3) ** 2 + (Y - y) ** 2 / R ** 2)
+    d2 = (X - x) ** 2 / (R * 1.3) ** 2 + (Y - y) ** 2 / R**2
     core = np.clip(_bump(d2) * 1.6, None, 1.0)
     mot = 0.8 + 0.2 * np.sin(X * 140 + r.uniform(0, 6.3)) * np.sin(Y * 130 + r.uniform(0, 6.3))
     th = np.arctan2(Y - L.hilum_y, X - L.hilum_x)
@@ -651,7 +718,7 @@ class ChestXrayPhantoms:
     sl = cv.window(L.cx, L.cy, max(L.a, L.b) * 1.05)
     X, Y = cv.X[sl], cv.Y[sl]
     fc = L.f(ox + (X - ox) / k, oy + (Y - oy) / k)
-    sd_px = (1 - fc) * k * L.a * cv.px / 2.5   # distance to the collapsed lung's edge, pixels
+    sd_px = (1 - fc) * k * L.a * cv.px / 2.5  # distance to the collapsed lung's edge, pixels
     lung = self._lung_side(fields, side)[sl]
     gap = np.clip(0.5 - sd_px, 0, 1) * lung
     line = np.clip(1 - np.abs(sd_px + 0.3) / 0.9, 0, 1) * lung
@@ -672,7 +739,9 @@ class ChestXrayPhantoms:
     ct, st = math.cos(t), math.sin(t)
     u = (ct * (X - x) + st * (Y - y)) / half_len
     w = (-st * (X - x) + ct * (Y - y)) / half_th
-    plate = _cover((1 - (u * u + w * w)) * 0.5 * half_th * cv.px) * self._lung_side(fields, side)[sl]
+    plate = (
+      _cover((1 - (u * u + w * w)) * 0.5 * half_th * cv.px) * self._lung_side(fields, side)[sl]
+    )
     fx.fill[sl] += plate
     fx.add[sl] += 0.03 * plate
     fx.mask("Atelectasis", sl, plate > 0.05)
@@ -696,7 +765,9 @@ class ChestXrayPhantoms:
       zx = L.cx + side * L.a * 0.8
       sl = cv.window(zx, cpy - 0.08, 0.1)
       X, Y = cv.X[sl], cv.Y[sl]
-      zone = _cover((0.05 - np.abs(X - zx - side * 0.01)) * cv.px) * _cover((Y - cpy + 0.17) * cv.px)
+      zone = _cover((0.05 - np.abs(X - zx - side * 0.01)) * cv.px) * _cover(
+        (Y - cpy + 0.17) * cv.px
+      )
       period = r.uniform(0.018, 0.024)
       lines = np.clip((np.cos(2 * np.pi * (Y - r.uniform(0, 1)) / period) - 0.55) * 3, 0, 1)
       kerley = lines * zone * self._lung_side(fields, side)[sl]
@@ -749,7 +820,7 @@ class ChestXrayPhantoms:
     side = int(r.choice([-1, 1]))
     L = an.lung(side)
     thick = r.uniform(0.022, 0.035)
-    if r.random() < 0.35:   # apical cap
+    if r.random() < 0.35:  # apical cap
       y0, y1 = L.apex() - 0.02, L.apex() + 0.10
     else:
       y0 = r.uniform(L.apex() + 0.10, L.cy + 0.05)
@@ -757,11 +828,16 @@ class ChestXrayPhantoms:
     y1 = min(y1, L.cp_angle()[1] - 0.08)
     sl = cv.window(L.cx, (y0 + y1) / 2, max(L.a, (y1 - y0) / 2 + 0.02) * 1.1)
     X, Y = cv.X[sl], cv.Y[sl]
-    depth = (1 - L.f(X, Y)) * L.a / 2.5   # approximate distance inside the lung edge
+    depth = (1 - L.f(X, Y)) * L.a / 2.5  # approximate distance inside the lung edge
     wob = thick * (1 + 0.25 * np.sin(Y * 60 + r.uniform(0, 6.3)))
     lateral = (X - L.cx) * side > (-0.3 if y0 > L.apex() else -0.6) * L.a
-    band = (_cover((wob - depth) * cv.px) * _cover((Y - y0) * cv.px) * _cover((y1 - Y) * cv.px)
-            * lateral * self._lung_side(fields, side)[sl])
+    band = (
+      _cover((wob - depth) * cv.px)
+      * _cover((Y - y0) * cv.px)
+      * _cover((y1 - Y) * cv.px)
+      * lateral
+      * self._lung_side(fields, side)[sl]
+    )
     fx.fill[sl] += band
     fx.add[sl] += 0.06 * band
     fx.mask("Pleural_Thickening", sl, band > 0.05)

@@ -31,8 +31,12 @@ def to_float_image(image: np.ndarray, image_size: int | None) -> np.ndarray:
     image, resize = images.resize(image, image_size), False
   image = images.to_float(image)
   if resize:
-    channels = [np.asarray(Image.fromarray(image[..., c], mode="F").resize(
-        (image_size, image_size), Image.BILINEAR)) for c in range(image.shape[-1])]
+    channels = [
+      np.asarray(
+        Image.fromarray(image[..., c], mode="F").resize((image_size, image_size), Image.BILINEAR)
+      )
+      for c in range(image.shape[-1])
+    ]
     image = np.stack(channels, -1)
   return image
 
@@ -40,14 +44,17 @@ def to_float_image(image: np.ndarray, image_size: int | None) -> np.ndarray:
 @dataclasses.dataclass(frozen=True)
 class LoadImageRecord:
   """Record `index` of a 2D source -> {'image' float32 [S, S, C], 'labels' [F], 'index'}."""
+
   source: Any
   image_size: int
 
   def __call__(self, index) -> dict:
     record = self.source[int(index)]
-    return {"image": to_float_image(record["image"], self.image_size),
-            "labels": np.asarray(record["labels"], np.float32),
-            "index": np.int64(index)}
+    return {
+      "image": to_float_image(record["image"], self.image_size),
+      "labels": np.asarray(record["labels"], np.float32),
+      "index": np.int64(index),
+    }
 
 
 def mask_unknown_labels(record: dict) -> dict:

@@ -23,13 +23,29 @@ import numpy as np
 import tensorflow_datasets as tfds
 from absl import logging
 
-from mdx.data.cxr import images as images_lib
 from mdx.data.cxr import file_source
+from mdx.data.cxr import images as images_lib
 
 # config.data fields that change what is stored.
-RECORD_FIELDS = ("source", "metadata", "images", "root", "findings", "view_positions", "uncertain",
-                 "blank", "frontal_only", "classes", "negative_class", "patient_regex", "set",
-                 "channels", "image_size", "bit_depth", "extensions")
+RECORD_FIELDS = (
+  "source",
+  "metadata",
+  "images",
+  "root",
+  "findings",
+  "view_positions",
+  "uncertain",
+  "blank",
+  "frontal_only",
+  "classes",
+  "negative_class",
+  "patient_regex",
+  "set",
+  "channels",
+  "image_size",
+  "bit_depth",
+  "extensions",
+)
 INDEX_FILE = "mdx_index.npz"
 
 
@@ -64,12 +80,15 @@ class _Prepared(tfds.core.GeneratorBasedBuilder):
 
   def __init__(self, *, data_config, seed: int = 0, **kwargs):
     from mdx.data import sources
+
     self._data_config = data_config
     self._seed = seed
     self._make = sources.SOURCES[self.SOURCE].build
     self._size = int(file_source.require(data_config, "image_size", self.SOURCE))
     self._channels = int(file_source.config_get(data_config, "channels", 1))
-    self._dtype = np.uint16 if int(file_source.config_get(data_config, "bit_depth", 8)) == 16 else np.uint8
+    self._dtype = (
+      np.uint16 if int(file_source.config_get(data_config, "bit_depth", 8)) == 16 else np.uint8
+    )
     self._source = None
     self.written: dict[str, list] = {"labels": [], "patient_ids": [], "image_ids": []}
     self.skipped_files: list[str] = []
@@ -85,17 +104,20 @@ class _Prepared(tfds.core.GeneratorBasedBuilder):
     # The number of findings is known only from the source; read it lazily (cheap, no images).
     num = len(self.source().findings)
     return tfds.core.DatasetInfo(
-        builder=self,
-        description=f"mdx source {self.SOURCE!r} resized to {self._size}px",
-        features=tfds.features.FeaturesDict({
-            "image": tfds.features.Tensor(shape=(self._size, self._size, self._channels),
-                                          dtype=self._dtype),
-            "labels": tfds.features.Tensor(shape=(num,), dtype=np.float32),
-            "patient_id": tfds.features.Text(),
-            "image_id": tfds.features.Text(),
-        }),
-        disable_shuffling=True,
-        metadata=tfds.core.MetadataDict(findings=list(self.source().findings)),
+      builder=self,
+      description=f"mdx source {self.SOURCE!r} resized to {self._size}px",
+      features=tfds.features.FeaturesDict(
+        {
+          "image": tfds.features.Tensor(
+            shape=(self._size, self._size, self._channels), dtype=self._dtype
+          ),
+          "labels": tfds.features.Tensor(shape=(num,), dtype=np.float32),
+          "patient_id": tfds.features.Text(),
+          "image_id": tfds.features.Text(),
+        }
+      ),
+      disable_shuffling=True,
+      metadata=tfds.core.MetadataDict(findings=list(self.source().findings)),
     )
 
   def _split_generators(self, dl_manager):
@@ -120,27 +142,38 @@ class _Prepared(tfds.core.GeneratorBasedBuilder):
       image = images_lib.resize(image, self._size)
       for key in self.written:
         self.written[key].append(record["labels"] if key == "labels" else record[key[:-1]])
-      yield i, {"image": image, "labels": record["labels"].astype(np.float32),
-                "patient_id": str(record["patient_id"]), "image_id": str(record["image_id"])}
+      yield (
+        i,
+        {
+          "image": image,
+          "labels": record["labels"].astype(np.float32),
+          "patient_id": str(record["patient_id"]),
+          "image_id": str(record["image_id"]),
+        },
+      )
 
 
 class NihChestXray14(_Prepared):
   """NIH ChestX-ray14 (manual_dir: the folder of images or images_001..012)."""
+
   SOURCE = "nih"
 
 
 class Chexpert(_Prepared):
   """CheXpert (manual_dir: the folder that train.csv's paths are relative to)."""
+
   SOURCE = "chexpert"
 
 
 class ClassFolders(_Prepared):
   """A folder-per-class dataset (manual_dir: the folder of class folders)."""
+
   SOURCE = "folders"
 
 
 class NihExpertLabels(_Prepared):
   """NIH images with the Google adjudicated expert labels (manual_dir: the NIH image folder)."""
+
   SOURCE = "nih_expert"
 
 
@@ -150,19 +183,28 @@ BUILDERS = {b.SOURCE: b for b in (NihChestXray14, Chexpert, ClassFolders, NihExp
 def builder_for(data_config, seed: int = 0) -> _Prepared:
   name = file_source.require(data_config, "source", "?")
   if name not in BUILDERS:
-    raise ValueError(f"no TFDS builder for config.data.source={name!r}; choose one of {sorted(BUILDERS)}")
+    raise ValueError(
+      f"no TFDS builder for config.data.source={name!r}; choose one of {sorted(BUILDERS)}"
+    )
   data_dir = file_source.require(data_config, "prepared_dir", name)
-  return BUILDERS[name](data_config=data_config, seed=seed, data_dir=data_dir,
-                        file_format="array_record")
+  return BUILDERS[name](
+    data_config=data_config, seed=seed, data_dir=data_dir, file_format="array_record"
+  )
 
 
 def prepared_path(data_config) -> str:
   """Where the records of config.data live: prepared_dir/<builder>/<size>px-<hash>/<version>."""
   name = file_source.require(data_config, "source", "?")
   if name not in BUILDERS:
-    raise ValueError(f"no TFDS builder for config.data.source={name!r}; choose one of {sorted(BUILDERS)}")
-  return os.path.join(file_source.require(data_config, "prepared_dir", name), BUILDERS[name].name,
-                      config_name(data_config), str(_Prepared.VERSION))
+    raise ValueError(
+      f"no TFDS builder for config.data.source={name!r}; choose one of {sorted(BUILDERS)}"
+    )
+  return os.path.join(
+    file_source.require(data_config, "prepared_dir", name),
+    BUILDERS[name].name,
+    config_name(data_config),
+    str(_Prepared.VERSION),
+  )
 
 
 def prepare(data_config, seed: int = 0) -> dict[str, Any]:
@@ -174,19 +216,33 @@ def prepare(data_config, seed: int = 0) -> dict[str, Any]:
     with np.load(index_path) as z:
       return {"dir": path, "records": len(z["image_ids"]), "skipped": 0}
   builder = builder_for(data_config, seed)
-  manual = file_source.config_get(data_config, "images") or file_source.config_get(data_config, "root")
+  manual = file_source.config_get(data_config, "images") or file_source.config_get(
+    data_config, "root"
+  )
   builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=manual))
   w = builder.written
   if not w["image_ids"]:
     raise ValueError(f"prepare wrote no records for {data_config.source}; every image failed")
   if os.path.abspath(builder.data_dir) != os.path.abspath(path):
     raise RuntimeError(f"TFDS wrote to {builder.data_dir}, expected {path}")
-  np.savez(index_path, labels=np.asarray(w["labels"], np.float32), patient_ids=np.asarray(w["patient_ids"]),
-           image_ids=np.asarray(w["image_ids"]), findings=np.asarray(builder.source().findings))
+  np.savez(
+    index_path,
+    labels=np.asarray(w["labels"], np.float32),
+    patient_ids=np.asarray(w["patient_ids"]),
+    image_ids=np.asarray(w["image_ids"]),
+    findings=np.asarray(builder.source().findings),
+  )
   if builder.skipped_files:
-    logging.warning("prepare skipped %d unreadable images (on_error='skip'), e.g. %s",
-                    len(builder.skipped_files), builder.skipped_files[:3])
-  return {"dir": builder.data_dir, "records": len(w["image_ids"]), "skipped": len(builder.skipped_files)}
+    logging.warning(
+      "prepare skipped %d unreadable images (on_error='skip'), e.g. %s",
+      len(builder.skipped_files),
+      builder.skipped_files[:3],
+    )
+  return {
+    "dir": builder.data_dir,
+    "records": len(w["image_ids"]),
+    "skipped": len(builder.skipped_files),
+  }
 
 
 class PreparedSource:
@@ -200,8 +256,10 @@ class PreparedSource:
     self._image_ids = index["image_ids"].astype(str)
     self.name = name
     if len(self._ds) != len(self._image_ids):
-      raise ValueError(f"{name}: {len(self._ds)} records but {len(self._image_ids)} index rows; "
-                       "delete the prepared folder and run prepare again")
+      raise ValueError(
+        f"{name}: {len(self._ds)} records but {len(self._image_ids)} index rows; "
+        "delete the prepared folder and run prepare again"
+      )
 
   def __len__(self) -> int:
     return len(self._image_ids)
@@ -210,10 +268,16 @@ class PreparedSource:
     ex = self._ds[int(index)]
     image_id = ex["image_id"].decode() if isinstance(ex["image_id"], bytes) else str(ex["image_id"])
     if image_id != self._image_ids[index]:
-      raise ValueError(f"{self.name}: record {index} is {image_id!r} but the index says "
-                       f"{self._image_ids[index]!r}; delete the prepared folder and run prepare again")
-    return {"image": np.asarray(ex["image"]), "labels": np.asarray(ex["labels"], np.float32),
-            "patient_id": self._patients[index], "image_id": image_id}
+      raise ValueError(
+        f"{self.name}: record {index} is {image_id!r} but the index says "
+        f"{self._image_ids[index]!r}; delete the prepared folder and run prepare again"
+      )
+    return {
+      "image": np.asarray(ex["image"]),
+      "labels": np.asarray(ex["labels"], np.float32),
+      "patient_id": self._patients[index],
+      "image_id": image_id,
+    }
 
   def labels(self) -> np.ndarray:
     return self._labels
@@ -230,11 +294,15 @@ def load_prepared(data_config, seed: int = 0) -> PreparedSource:
   path = prepared_path(data_config)
   index_path = os.path.join(path, INDEX_FILE)
   if not os.path.exists(index_path):
-    raise FileNotFoundError(f"no prepared records in {path}; run "
-                            "`python -m mdx.data.cli.prepare --config=<experiment file>` first (or "
-                            "unset config.data.prepared_dir to decode the original files)")
+    raise FileNotFoundError(
+      f"no prepared records in {path}; run "
+      "`python -m mdx.data.cli.prepare --config=<experiment file>` first (or "
+      "unset config.data.prepared_dir to decode the original files)"
+    )
   with np.load(index_path) as z:
     index = {k: z[k] for k in z.files}
   # Read back from the folder alone: the raw files need not be present at training time.
   builder = tfds.builder_from_directory(path)
-  return PreparedSource(builder.as_data_source(split="records"), index, f"prepared {data_config.source}")
+  return PreparedSource(
+    builder.as_data_source(split="records"), index, f"prepared {data_config.source}"
+  )

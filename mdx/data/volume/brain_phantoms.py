@@ -31,12 +31,20 @@ _TISSUE = {
 class BrainPhantoms:
   """Random-access synthetic cases, same records as BraTSSource."""
 
-  def __init__(self, num_cases: int = 32, shape: tuple[int, int, int] = (48, 48, 48),
-               seed: int = 0, label_mode: str = "regions", noise: float = 0.08):
+  def __init__(
+    self,
+    num_cases: int = 32,
+    shape: tuple[int, int, int] = (48, 48, 48),
+    seed: int = 0,
+    label_mode: str = "regions",
+    noise: float = 0.08,
+  ):
     if label_mode not in brats.LABEL_MODES:
       raise ValueError(f"config.data.label_mode={label_mode!r}; choose one of {brats.LABEL_MODES}")
     if min(shape) < 16:
-      raise ValueError(f"config.data.shape={tuple(shape)} is too small for a brain phantom (min 16)")
+      raise ValueError(
+        f"config.data.shape={tuple(shape)} is too small for a brain phantom (min 16)"
+      )
     self.num_cases = int(num_cases)
     self.shape = tuple(int(s) for s in shape)
     self.seed = int(seed)
@@ -60,8 +68,9 @@ class BrainPhantoms:
       raise IndexError(f"phantom case {index} out of range [0, {self.num_cases})")
     rng = np.random.default_rng([self.seed, index])
     shape = np.asarray(self.shape, np.float32)
-    grid = np.stack(np.meshgrid(*[np.arange(s, dtype=np.float32) for s in self.shape],
-                                indexing="ij"), -1)
+    grid = np.stack(
+      np.meshgrid(*[np.arange(s, dtype=np.float32) for s in self.shape], indexing="ij"), -1
+    )
     centre = shape / 2 + rng.uniform(-0.05, 0.05, 3) * shape
     radii = shape / 2 * rng.uniform(0.72, 0.88, 3)
     r_brain = np.sqrt((((grid - centre) / radii) ** 2).sum(-1))
@@ -99,5 +108,10 @@ class BrainPhantoms:
   def __getitem__(self, index: int) -> dict[str, Any]:
     index = int(index)
     image, raw = self.raw(index)
-    return {"image": image, "label": brats.convert_labels(raw, self.label_mode),
-            "case_id": f"phantom_{index:05d}", "affine": np.eye(4), "spacing": np.ones(3, np.float32)}
+    return {
+      "image": image,
+      "label": brats.convert_labels(raw, self.label_mode),
+      "case_id": f"phantom_{index:05d}",
+      "affine": np.eye(4),
+      "spacing": np.ones(3, np.float32),
+    }

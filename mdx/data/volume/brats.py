@@ -30,8 +30,9 @@ def convert_labels(seg: np.ndarray, label_mode: str, case: str = "?") -> np.ndar
   seg = np.asarray(seg)
   bad = np.setdiff1d(np.unique(seg), RAW_LABELS)
   if bad.size:
-    raise ValueError(f"case {case!r}: segmentation holds labels {bad.tolist()}; BraTS 2018-2021 "
-                     f"uses {RAW_LABELS}")
+    raise ValueError(
+      f"case {case!r}: segmentation holds labels {bad.tolist()}; BraTS 2018-2021 uses {RAW_LABELS}"
+    )
   seg = seg.astype(np.int32)
   if label_mode == "classes":
     return np.where(seg == 4, 3, seg).astype(np.int32)
@@ -50,8 +51,10 @@ def _find(case_dir: str, case: str, suffix: str) -> str:
     path = os.path.join(case_dir, f"{case}_{suffix}{ext}")
     if os.path.isfile(path):
       return path
-  raise FileNotFoundError(f"case {case!r}: no {case}_{suffix}.nii.gz (or .nii) in {case_dir}; a BraTS "
-                          f"case folder holds _flair, _t1, _t1ce, _t2 and _seg files")
+  raise FileNotFoundError(
+    f"case {case!r}: no {case}_{suffix}.nii.gz (or .nii) in {case_dir}; a BraTS "
+    f"case folder holds _flair, _t1, _t1ce, _t2 and _seg files"
+  )
 
 
 class BraTSSource:
@@ -65,8 +68,9 @@ class BraTSSource:
     self.root = root
     self.label_mode = label_mode
     self.require_labels = require_labels
-    self._case_ids = sorted(n for n in os.listdir(root)
-                            if os.path.isdir(os.path.join(root, n)) and not n.startswith("."))
+    self._case_ids = sorted(
+      n for n in os.listdir(root) if os.path.isdir(os.path.join(root, n)) and not n.startswith(".")
+    )
     if not self._case_ids:
       raise ValueError(f"no case folders under {root}")
     self.class_names = output_names(label_mode)
@@ -89,16 +93,24 @@ class BraTSSource:
       path = _find(case_dir, case, m)
       vol = nifti.load_nifti(path, np.float32, case)
       if vol.data.ndim != 3:
-        raise ValueError(f"case {case!r}: {path} has shape {vol.data.shape}; expected one 3D modality")
+        raise ValueError(
+          f"case {case!r}: {path} has shape {vol.data.shape}; expected one 3D modality"
+        )
       if first is None:
         first = (vol, path)
       elif vol.data.shape != first[0].data.shape:
-        raise ValueError(f"case {case!r}: {path} has shape {vol.data.shape} but {first[1]} has "
-                         f"{first[0].data.shape}; all modalities must be co-registered")
+        raise ValueError(
+          f"case {case!r}: {path} has shape {vol.data.shape} but {first[1]} has "
+          f"{first[0].data.shape}; all modalities must be co-registered"
+        )
       channels.append(vol.data)
     image = np.stack(channels, -1)
-    record = {"image": image, "case_id": case, "affine": first[0].affine,
-              "spacing": first[0].spacing}
+    record = {
+      "image": image,
+      "case_id": case,
+      "affine": first[0].affine,
+      "spacing": first[0].spacing,
+    }
     if self.require_labels:
       seg_path = _find(case_dir, case, "seg")
       seg = nifti.load_nifti(seg_path, np.float32, case).data

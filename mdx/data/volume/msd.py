@@ -23,11 +23,18 @@ class MSDSource:
 
   label_mode = "classes"  # MSD labels are exclusive classes (softmax)
 
-  def __init__(self, root: str, class_names: tuple[str, ...] | None = None,
-               num_channels: int | None = None, cache: bool = False):
+  def __init__(
+    self,
+    root: str,
+    class_names: tuple[str, ...] | None = None,
+    num_channels: int | None = None,
+    cache: bool = False,
+  ):
     if not os.path.isdir(root):
-      raise FileNotFoundError(f"MSD folder {root} does not exist; set --config.data.root to a folder "
-                              "holding imagesTr/ and labelsTr/")
+      raise FileNotFoundError(
+        f"MSD folder {root} does not exist; set --config.data.root to a folder "
+        "holding imagesTr/ and labelsTr/"
+      )
     self.root = root
     meta_path = os.path.join(root, "dataset.json")
     meta = {}
@@ -38,12 +45,19 @@ class MSDSource:
       except json.JSONDecodeError as e:
         raise ValueError(f"{meta_path} is not valid JSON ({e})") from e
     if meta.get("training"):
-      pairs = [(os.path.normpath(os.path.join(root, t["image"])),
-                os.path.normpath(os.path.join(root, t["label"]))) for t in meta["training"]]
+      pairs = [
+        (
+          os.path.normpath(os.path.join(root, t["image"])),
+          os.path.normpath(os.path.join(root, t["label"])),
+        )
+        for t in meta["training"]
+      ]
     else:
       image_dir = os.path.join(root, "imagesTr")
       if not os.path.isdir(image_dir):
-        raise FileNotFoundError(f"{image_dir} does not exist; an MSD folder holds imagesTr/ and labelsTr/")
+        raise FileNotFoundError(
+          f"{image_dir} does not exist; an MSD folder holds imagesTr/ and labelsTr/"
+        )
       names = sorted(n for n in os.listdir(image_dir) if nifti.is_nifti(n))
       pairs = [(os.path.join(image_dir, n), os.path.join(root, "labelsTr", n)) for n in names]
     if not pairs:
@@ -78,19 +92,31 @@ class MSDSource:
     image = nifti.load_nifti(self._images[index], np.float32, case)
     label = nifti.load_nifti(self._labels[index], np.float32, case)
     if label.data.ndim != 3:
-      raise ValueError(f"case {case!r}: label {self._labels[index]} has shape {label.data.shape}; "
-                       "expected a 3D label map [D, H, W]")
+      raise ValueError(
+        f"case {case!r}: label {self._labels[index]} has shape {label.data.shape}; "
+        "expected a 3D label map [D, H, W]"
+      )
     lab = label.data
     if np.any(lab != np.round(lab)) or lab.min() < 0:
-      raise ValueError(f"case {case!r}: label {self._labels[index]} holds non-integer or negative values")
+      raise ValueError(
+        f"case {case!r}: label {self._labels[index]} holds non-integer or negative values"
+      )
     lab = lab.astype(np.int32)
     if self.class_names is not None and lab.max() >= len(self.class_names):
-      raise ValueError(f"case {case!r}: label {self._labels[index]} holds class {int(lab.max())} but the "
-                       f"dataset has {len(self.class_names)} classes {self.class_names}")
-    img = nifti.check_pair(case, image.data, lab, self.num_channels, self._images[index],
-                           self._labels[index])
-    record = {"image": img, "label": lab, "case_id": case, "affine": image.affine,
-              "spacing": image.spacing}
+      raise ValueError(
+        f"case {case!r}: label {self._labels[index]} holds class {int(lab.max())} but the "
+        f"dataset has {len(self.class_names)} classes {self.class_names}"
+      )
+    img = nifti.check_pair(
+      case, image.data, lab, self.num_channels, self._images[index], self._labels[index]
+    )
+    record = {
+      "image": img,
+      "label": lab,
+      "case_id": case,
+      "affine": image.affine,
+      "spacing": image.spacing,
+    }
     if self._cache is not None:
       self._cache[index] = record
     return dict(record)
@@ -119,5 +145,10 @@ class ScanFolder:
     case = nifti.strip_suffix(path)
     vol = nifti.load_nifti(path, np.float32, case)
     img = nifti.check_pair(case, vol.data, None, self.num_channels, path, "")
-    return {"image": img, "case_id": case, "file_name": os.path.basename(path),
-            "affine": vol.affine, "spacing": vol.spacing}
+    return {
+      "image": img,
+      "case_id": case,
+      "file_name": os.path.basename(path),
+      "affine": vol.affine,
+      "spacing": vol.spacing,
+    }

@@ -46,11 +46,15 @@ def load_nifti(path: str, dtype=np.float32, case: str | None = None) -> Volume:
     img = nib.load(path)
     data = np.asarray(img.dataobj)
   except Exception as e:  # nibabel raises many types for damaged files (EOFError, zlib, OSError)
-    raise ValueError(f"{what}cannot read NIfTI file {path} ({type(e).__name__}: {e}); the file is "
-                     "truncated or damaged: download or convert it again") from e
+    raise ValueError(
+      f"{what}cannot read NIfTI file {path} ({type(e).__name__}: {e}); the file is "
+      "truncated or damaged: download or convert it again"
+    ) from e
   if data.ndim not in (3, 4):
-    raise ValueError(f"{what}NIfTI file {path} has shape {data.shape}; expected a 3D volume "
-                     "[D, H, W] or a 4D multi-channel volume [D, H, W, C]")
+    raise ValueError(
+      f"{what}NIfTI file {path} has shape {data.shape}; expected a 3D volume "
+      "[D, H, W] or a 4D multi-channel volume [D, H, W, C]"
+    )
   zooms = np.asarray(img.header.get_zooms()[:3], np.float32)
   return Volume(data.astype(dtype, copy=False), np.asarray(img.affine, np.float64), zooms)
 
@@ -63,15 +67,25 @@ def save_nifti(path: str, data: np.ndarray, affine: np.ndarray, dtype=np.uint8) 
   nib.save(img, path)
 
 
-def check_pair(case: str, image: np.ndarray, label: np.ndarray, num_channels: int | None,
-               image_path: str, label_path: str) -> np.ndarray:
+def check_pair(
+  case: str,
+  image: np.ndarray,
+  label: np.ndarray,
+  num_channels: int | None,
+  image_path: str,
+  label_path: str,
+) -> np.ndarray:
   """Image [D, H, W(, C)] and label [D, H, W] of one case must agree; returns image as [D,H,W,C]."""
   if image.ndim == 3:
     image = image[..., None]
   if num_channels is not None and image.shape[-1] != num_channels:
-    raise ValueError(f"case {case!r}: image {image_path} has {image.shape[-1]} channels, the dataset "
-                     f"expects {num_channels} (check dataset.json 'modality' or the file)")
+    raise ValueError(
+      f"case {case!r}: image {image_path} has {image.shape[-1]} channels, the dataset "
+      f"expects {num_channels} (check dataset.json 'modality' or the file)"
+    )
   if label is not None and label.shape != image.shape[:3]:
-    raise ValueError(f"case {case!r}: image {image_path} has spatial shape {image.shape[:3]} but "
-                     f"label {label_path} has shape {label.shape}; they must match voxel for voxel")
+    raise ValueError(
+      f"case {case!r}: image {image_path} has spatial shape {image.shape[:3]} but "
+      f"label {label_path} has shape {label.shape}; they must match voxel for voxel"
+    )
   return image

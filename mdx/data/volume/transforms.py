@@ -21,13 +21,16 @@ from mdx.data import standardize as standardize_lib
 @dataclasses.dataclass(frozen=True)
 class LoadCase:
   """Case `index` of a 3D source -> {'image' standardised float32 [D, H, W, C], 'label'}."""
+
   source: Any
   standardize: str | None
 
   def __call__(self, index) -> dict:
     record = self.source[int(index)]
-    return {"image": standardize_lib.standardize(record["image"], self.standardize),
-            "label": record["label"]}
+    return {
+      "image": standardize_lib.standardize(record["image"], self.standardize),
+      "label": record["label"],
+    }
 
 
 def foreground_mask(label: np.ndarray) -> np.ndarray:
@@ -60,6 +63,7 @@ def crop(record: dict[str, Any], start, size) -> dict[str, Any]:
 @dataclasses.dataclass
 class PadTo(grain.transforms.Map):
   """Pads every volume to a fixed size (static shapes for whole-volume batches)."""
+
   size: tuple[int, int, int] = (32, 32, 32)
 
   def map(self, record):
@@ -69,6 +73,7 @@ class PadTo(grain.transforms.Map):
 @dataclasses.dataclass
 class KeepKeys(grain.transforms.Map):
   """Drops fields that cannot be batched or are not needed on device (affine, strings)."""
+
   keys: tuple[str, ...] = ("image", "label")
 
   def map(self, record):
@@ -84,6 +89,7 @@ class RandomSubVolume(grain.transforms.RandomMap):
   patch is centred on foreground (or the last draw is kept when the case has no foreground).
   Volumes smaller than size are padded first. Returns {'image', 'label'} only.
   """
+
   size: tuple[int, int, int] = (32, 32, 32)
   max_background: float = 0.95
   foreground_rate: float = 0.0
@@ -114,6 +120,7 @@ class RandomSubVolume(grain.transforms.RandomMap):
 @dataclasses.dataclass
 class RandomFlip3D(grain.transforms.RandomMap):
   """Flips each listed spatial axis with probability p (only axes where anatomy is symmetric)."""
+
   axes: tuple[int, ...] = (0,)
   p: float = 0.5
 
@@ -134,6 +141,7 @@ class RandomRotate3D(grain.transforms.RandomMap):
 
   Linear interpolation for the image, nearest for the label; the shape is kept.
   """
+
   max_degrees: float = 10.0
   planes: tuple[tuple[int, int], ...] = ((0, 1), (0, 2), (1, 2))
   p: float = 0.3
@@ -144,16 +152,19 @@ class RandomRotate3D(grain.transforms.RandomMap):
     plane = self.planes[rng.integers(len(self.planes))]
     angle = float(rng.uniform(-self.max_degrees, self.max_degrees))
     out = dict(record)
-    out["image"] = ndimage.rotate(record["image"], angle, axes=plane, reshape=False, order=1,
-                                  mode="constant", cval=0.0).astype(np.float32)
-    out["label"] = ndimage.rotate(record["label"], angle, axes=plane, reshape=False, order=0,
-                                  mode="constant", cval=0).astype(record["label"].dtype)
+    out["image"] = ndimage.rotate(
+      record["image"], angle, axes=plane, reshape=False, order=1, mode="constant", cval=0.0
+    ).astype(np.float32)
+    out["label"] = ndimage.rotate(
+      record["label"], angle, axes=plane, reshape=False, order=0, mode="constant", cval=0
+    ).astype(record["label"].dtype)
     return out
 
 
 @dataclasses.dataclass
 class RandomIntensity(grain.transforms.RandomMap):
   """Per channel x * (1 + a) + b, a ~ U(+-scale), b ~ U(+-shift) (after standardisation)."""
+
   scale: float = 0.1
   shift: float = 0.1
   p: float = 1.0

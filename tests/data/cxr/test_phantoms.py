@@ -52,10 +52,14 @@ def test_deterministic_across_instances_and_order():
 def test_deterministic_in_another_process_and_after_pickling():
   ds = ChestXrayPhantoms(num_patients=10, image_size=64, seed=3)
   digest = hashlib.sha256(ds[7]["image"].tobytes()).hexdigest()
-  code = ("import hashlib; from mdx.data.cxr.phantoms import ChestXrayPhantoms as P; "
-          "img = P(num_patients=10, image_size=64, seed=3)[7]['image']; "
-          "print(hashlib.sha256(img.tobytes()).hexdigest())")
-  out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+  code = (
+    "import hashlib; from mdx.data.cxr.phantoms import ChestXrayPhantoms as P; "
+    "img = P(num_patients=10, image_size=64, seed=3)[7]['image']; "
+    "print(hashlib.sha256(img.tobytes()).hexdigest())"
+  )
+  out = subprocess.run(
+    [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True
+  )
   assert out.stdout.strip() == digest
   clone = pickle.loads(pickle.dumps(ds))
   assert hashlib.sha256(clone[7]["image"].tobytes()).hexdigest() == digest
@@ -72,6 +76,7 @@ def test_labels_ids_agree_with_records(small, monkeypatch):
 
   def no_render(*args, **kwargs):
     raise AssertionError("labels/ids must not render images")
+
   monkeypatch.setattr(ChestXrayPhantoms, "render", no_render)
   fresh = ChestXrayPhantoms(num_patients=40, image_size=64, seed=1)
   np.testing.assert_array_equal(fresh.labels(), labels)
@@ -172,15 +177,19 @@ def test_heart_on_image_right_not_symmetric():
   ds = ChestXrayPhantoms(num_patients=10, image_size=64, seed=0)
   img = ds.render(0, (), acquisition=False).image[..., 0].astype(float)
   rows = slice(int(0.5 * 64), int(0.68 * 64))  # heart level
-  right = img[rows, 36:48].mean()   # patient's left: heart
-  left = img[rows, 16:28].mean()    # patient's right: lung
+  right = img[rows, 36:48].mean()  # patient's left: heart
+  left = img[rows, 16:28].mean()  # patient's right: lung
   assert right > left + 40
   assert np.abs(img - img[:, ::-1]).mean() > 10
 
 
 def test_geometry_independent_of_resolution():
-  lo = ChestXrayPhantoms(num_patients=5, image_size=64, seed=4).render(2, ("Mass",), acquisition=False)
-  hi = ChestXrayPhantoms(num_patients=5, image_size=128, seed=4).render(2, ("Mass",), acquisition=False)
+  lo = ChestXrayPhantoms(num_patients=5, image_size=64, seed=4).render(
+    2, ("Mass",), acquisition=False
+  )
+  hi = ChestXrayPhantoms(num_patients=5, image_size=128, seed=4).render(
+    2, ("Mass",), acquisition=False
+  )
   down = hi.image[..., 0].astype(float).reshape(64, 2, 64, 2).mean((1, 3))
   assert np.corrcoef(down.ravel(), lo.image[..., 0].ravel().astype(float))[0, 1] > 0.95
   mask_down = hi.masks["Mass"].reshape(64, 2, 64, 2).mean((1, 3)) > 0.5
@@ -189,15 +198,18 @@ def test_geometry_independent_of_resolution():
 
 
 def test_subset_and_prevalence_override():
-  ds = ChestXrayPhantoms(num_patients=1000, image_size=64, seed=0, findings=("Mass", "Nodule"),
-                         prevalence={"Mass": 0.5})
+  ds = ChestXrayPhantoms(
+    num_patients=1000, image_size=64, seed=0, findings=("Mass", "Nodule"), prevalence={"Mass": 0.5}
+  )
   y = ds.labels()
   assert ds.findings == ("Mass", "Nodule") and y.shape == (len(ds), 2)
   assert abs(y[:, 0].mean() - 0.5) < 0.03 and abs(y[:, 1].mean() - 0.06) < 0.02
   assert ds[0]["labels"].shape == (2,)
 
 
-@pytest.mark.parametrize("kwargs, match", [
+@pytest.mark.parametrize(
+  "kwargs, match",
+  [
     (dict(image_size=16), "image_size"),
     (dict(num_patients=0), "num_patients"),
     (dict(seed=-1), "seed"),
@@ -206,7 +218,8 @@ def test_subset_and_prevalence_override():
     (dict(findings=("Mass", "Fracture")), "Fracture"),
     (dict(findings=()), "findings"),
     (dict(studies_per_patient=(0, 3)), "studies_per_patient"),
-])
+  ],
+)
 def test_bad_arguments(kwargs, match):
   with pytest.raises(ValueError, match=match):
     ChestXrayPhantoms(**kwargs)

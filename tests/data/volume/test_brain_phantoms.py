@@ -13,7 +13,9 @@ def test_phantoms_shape_determinism_and_regions():
   assert r["label"].shape == (24, 32, 24, 3)
   np.testing.assert_array_equal(r["image"], src[1]["image"])
   assert not np.array_equal(r["image"], src[2]["image"])
-  assert not np.array_equal(r["image"], brain_phantoms.BrainPhantoms(3, (24, 32, 24), seed=6)[1]["image"])
+  assert not np.array_equal(
+    r["image"], brain_phantoms.BrainPhantoms(3, (24, 32, 24), seed=6)[1]["image"]
+  )
   wt, tc, et = (r["label"][..., i].astype(bool) for i in range(3))
   assert et.any() and (tc >= et).all() and (wt >= tc).all()  # nested regions
   # skull-stripped: zero outside the brain, tumour inside it

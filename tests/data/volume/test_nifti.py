@@ -51,9 +51,14 @@ def _msd(root, shapes, with_json, channels=1):
   # macOS resource files shipped in the MSD tarballs must be ignored.
   open(f"{root}/imagesTr/._hippocampus_000.nii.gz", "wb").write(b"junk")
   if with_json:
-    json.dump({"modality": {str(c): f"m{c}" for c in range(channels)},
-               "labels": {"0": "background", "1": "Anterior", "2": "Posterior"},
-               "training": training}, open(f"{root}/dataset.json", "w"))
+    json.dump(
+      {
+        "modality": {str(c): f"m{c}" for c in range(channels)},
+        "labels": {"0": "background", "1": "Anterior", "2": "Posterior"},
+        "training": training,
+      },
+      open(f"{root}/dataset.json", "w"),
+    )
 
 
 @pytest.mark.parametrize("with_json", [True, False])
@@ -90,8 +95,11 @@ def _brats_case(root, case, shape=(6, 8, 5), seg_shape=None, t2_shape=None):
   rng = np.random.default_rng(2)
   d = f"{root}/{case}"
   for m in brats.MODALITIES:
-    _save(f"{d}/{case}_{m}.nii.gz",
-          rng.random(t2_shape if (m == "t2" and t2_shape) else shape).astype(np.float32), AFFINE)
+    _save(
+      f"{d}/{case}_{m}.nii.gz",
+      rng.random(t2_shape if (m == "t2" and t2_shape) else shape).astype(np.float32),
+      AFFINE,
+    )
   seg = rng.choice([0, 1, 2, 4], seg_shape or shape).astype(np.uint8)
   _save(f"{d}/{case}_seg.nii.gz", seg, AFFINE)
   return seg

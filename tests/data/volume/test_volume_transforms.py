@@ -2,7 +2,6 @@
 
 import grain
 import numpy as np
-import pytest
 
 from mdx.data.standardize import Standardize
 from mdx.data.volume import transforms as vt
@@ -58,11 +57,13 @@ def test_augmentations_keep_label_aligned():
 
 def test_grain_pipeline_is_deterministic():
   recs = [_record() for _ in range(4)]
+
   def pipeline():
     ds = grain.MapDataset.source(recs).map(Standardize("nonzero"))
     ds = ds.random_map(vt.RandomSubVolume(size=(8, 8, 8)), seed=7)
     ds = ds.random_map(vt.RandomFlip3D(axes=(0,)), seed=8).batch(2)
     return [b for b in ds]
+
   a, b = pipeline(), pipeline()
   assert a[0]["image"].shape == (2, 8, 8, 8, 1)
   for x, y in zip(a, b):
