@@ -58,7 +58,8 @@ def main():
   args = p.parse_args()
   from absl import flags
 
-  flags.FLAGS.mark_as_parsed()  # grain reads absl flags; they must count as parsed before workers start
+  # grain reads absl flags; they must count as parsed before workers start
+  flags.FLAGS.mark_as_parsed()
   base = _config(args.config)
   print(
     f"config {args.config}: {base.data.source}, image_size {base.data.image_size}, "

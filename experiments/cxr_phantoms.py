@@ -1,6 +1,8 @@
-"""The default experiment and demo: DenseNet-121 on the built-in chest X-ray phantoms, split by patient.
+"""The default experiment and demo: DenseNet-121 on the built-in chest X-ray phantoms, split by
+patient.
 
-./launch.sh demo runs it on 2 CPU cores in minutes; on a GPU or TPU raise image_size, steps and batch_size.
+./launch.sh demo runs it on 2 CPU cores in minutes; on a GPU or TPU raise image_size, steps and
+batch_size.
 """
 
 from mdx.config import defaults

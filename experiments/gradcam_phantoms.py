@@ -1,4 +1,5 @@
-"""Does Grad-CAM point at the lesion? A Mass-only model on 128 px phantoms, checked against the drawn masks.
+"""Does Grad-CAM point at the lesion? A Mass-only model on 128 px phantoms, checked against the
+drawn masks.
 
 The report's gradcam.json gives, for positive test images, the share whose heat-map peak lies inside
 the drawn mass (and within 4 px of it). 128 px keeps the feature maps fine enough to point at a mass

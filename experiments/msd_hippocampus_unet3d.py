@@ -1,4 +1,5 @@
-"""3D U-Net on MSD Task04 hippocampus (anterior / posterior), split by case into train and validation.
+"""3D U-Net on MSD Task04 hippocampus (anterior / posterior), split by case into train and
+validation.
 
   ./launch.sh train experiments/msd_hippocampus_unet3d.py --workdir=W \
       --config.data.root=../shared/data/msd_task04_hippocampus

@@ -1,8 +1,8 @@
 """DenseNet-121 on the 856-image, 64 px NIH ChestX-ray14 sample (219 patients), split by patient.
 
 Data: ../shared/data/nih_chestxray14_64px (Data_Entry.csv in the official layout + images/).
-First `python -m mdx.data.cli.prepare --config=experiments/nih_64px.py` writes ArrayRecord files into
-data.prepared_dir; set --config.data.prepared_dir='' to decode the PNGs instead.
+First `python -m mdx.data.cli.prepare --config=experiments/nih_64px.py` writes ArrayRecord files
+into data.prepared_dir; set --config.data.prepared_dir='' to decode the PNGs instead.
 """
 
 import os

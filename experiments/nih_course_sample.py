@@ -2,7 +2,8 @@
 
 Data: ../shared/data/nih_chestxray14_course_sample (labels.csv in the Data_Entry layout + images/).
 Too small to learn from; it exercises the full-resolution path: prepare once
-(`python -m mdx.data.cli.prepare --config=experiments/nih_course_sample.py`), then train from records.
+(`python -m mdx.data.cli.prepare --config=experiments/nih_course_sample.py`), then train from
+records.
 """
 
 import os

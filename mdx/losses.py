@@ -80,8 +80,8 @@ def soft_dice_per_class(
   """Soft Dice of every example and class -> [B, K].
 
   (2 * sum(p * g) + eps) / (sum(p) + sum(g) + eps) over the voxels of one example, or with
-  sum(p**2) + sum(g**2) in the denominator when squared (the course's soft Dice loss). The epsilon in
-  both makes a class absent from label and prediction score 1 instead of 0/0.
+  sum(p**2) + sum(g**2) in the denominator when squared (the course's soft Dice loss). The epsilon
+  in both makes a class absent from label and prediction score 1 instead of 0/0.
   mask [B, D, H, W] (1 valid, 0 padding) leaves padded voxels out.
   """
   p, g = _seg_probs_targets(logits, labels, activation)

@@ -1,7 +1,8 @@
-"""mdx entry point: python -m mdx.main --config=experiments/X.py --workdir=DIR --mode=train|eval|predict
+"""mdx entry point:
+python -m mdx.main --config=experiments/X.py --workdir=DIR --mode=train|eval|predict
 
-Overrides: --config.train.steps=20 --config.data.image_size=64 ...  A run writes its resolved config into
-the workdir; running train again on the same workdir resumes from its latest checkpoint.
+Overrides: --config.train.steps=20 --config.data.image_size=64 ...  A run writes its resolved config
+into the workdir; running train again on the same workdir resumes from its latest checkpoint.
 """
 
 from __future__ import annotations

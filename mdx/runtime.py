@@ -1,6 +1,7 @@
 """The bottom layer: the device mesh, batch geometry, moving data on and off devices, and how steps
 compile (XLA options, buffer donation, the compilation cache). One code path for 1 CPU, 4 fake CPU
-devices or a TPU pod. Imports nothing of mdx, so data, models, inference, evaluate and train all may.
+devices or a TPU pod. Imports nothing of mdx, so data, models, inference, evaluate and train all
+may.
 """
 
 from __future__ import annotations
@@ -48,7 +49,8 @@ class BatchGeometry:
 def batch_geometry(
   global_batch: int, mesh: Mesh, what: str = "config.train.batch_size"
 ) -> BatchGeometry:
-  """The geometry of a global batch on `mesh`, checked to divide over its devices (and processes)."""
+  """The geometry of a global batch on `mesh`, checked to divide over its devices (and
+  processes)."""
   check_batch(global_batch, mesh, what)
   return BatchGeometry(global_batch, jax.process_index(), jax.process_count())
 
@@ -74,9 +76,9 @@ def to_host(tree):
 
 
 def enable_compilation_cache(directory: str | None = None) -> None:
-  """Keeps compiled XLA programs on disk so a resumed run, --mode=eval or a second run skips compiling
-  (a DenseNet-121 train step takes tens of seconds to compile on CPU). MDX_COMPILATION_CACHE overrides
-  the folder; an empty value turns the cache off."""
+  """Keeps compiled XLA programs on disk so a resumed run, --mode=eval or a second run skips
+  compiling (a DenseNet-121 train step takes tens of seconds to compile on CPU).
+  MDX_COMPILATION_CACHE overrides the folder; an empty value turns the cache off."""
   import os
 
   directory = os.environ.get(

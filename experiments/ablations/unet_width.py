@@ -3,7 +3,8 @@
   ./launch.sh sweep experiments/ablations/unet_width.py --workdir=/tmp/mdx/ablation_unet_width
 
 Each variant is experiments/brain_phantoms_unet3d.py with one change; the table reports the test
-mean Dice and per-region Dice (whole tumour, tumour core, enhancing), the best validation Dice and the steps to reach 95% of it.
+mean Dice and per-region Dice (whole tumour, tumour core, enhancing), the best validation Dice and
+the steps to reach 95% of it.
 """
 
 import importlib.util

@@ -1,1 +1,13 @@
-"""Data: sources (random access), phantoms, splits, label tools, transforms, grain pipelines."""
+"""Data: from files (or phantoms) to the batches a training step reads.
+
+sources      one registry of 2D ('image') and 3D ('volume') sources, each declaring its fields
+splits       patient-level splits (random, test-first with a minimum positive share, official,
+             k-fold)
+resample     which records an epoch visits, against class imbalance
+augment      2D augmentation presets per modality (label-preserving)
+standardize  one intensity standardisation core for films and scans
+pipeline     the one grain data path of every task (sharding, epochs, workers, iterator state)
+consensus    reference standards from several readers (majority vote, Cohen's and Fleiss' kappa)
+cxr/         2D sources, image decoding and a film's record; volume/ 3D sources and transforms;
+cli/         command-line tools: python -m mdx.data.cli.prepare | split | audit
+"""

@@ -1,4 +1,5 @@
-"""Reference standards from several readers: majority vote with a tie rule, and agreement statistics.
+"""Reference standards from several readers: majority vote with a tie rule, and agreement
+statistics.
 
 A reference standard is only as good as the readers behind it: consensus voting reduces single-
 reader error, and kappa tells how much the readers agree beyond chance (Cohen's for two readers,
@@ -76,7 +77,8 @@ def cohen_kappa(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def fleiss_kappa(counts: np.ndarray) -> float:
-  """Fleiss' kappa from counts [N, K]: how many readers put image i in category k (same n per image)."""
+  """Fleiss' kappa from counts [N, K]: how many readers put image i in category k (same n per
+  image)."""
   counts = np.asarray(counts, np.float64)
   n = counts.sum(1)
   if counts.ndim != 2 or np.any(n != n[0]) or n[0] < 2:

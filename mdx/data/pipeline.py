@@ -1,20 +1,21 @@
 """The one data path of every task: record positions -> load -> transforms -> batches, with grain.
 
 A task supplies two picklable callables and a list of grain transforms: `load(index) -> dict` reads
-record `index` of its source (a 2D film: mdx.data.cxr.records; a 3D case: mdx.data.volume.transforms),
-and the transforms (augmentation, standardisation, the last one shaping the batch fields) run after it.
-Sharding by process, epochs, resampling, seeded random maps, batching, worker processes and the
-iterator's checkpointable state live here once.
+record `index` of its source (a 2D film: mdx.data.cxr.records; a 3D case:
+mdx.data.volume.transforms), and the transforms (augmentation, standardisation, the last one shaping
+the batch fields) run after it. Sharding by process, epochs, resampling, seeded random maps,
+batching, worker processes and the iterator's checkpointable state live here once.
 
 Training reads an endless, deterministic stream of record positions: epoch e is a permutation of the
 training records (or a resampled list of them) drawn from (seed, e). Global batch g is positions
-[g*G, (g+1)*G); process p of P takes every P-th position, so the global batch is the same set of records
-whatever the number of hosts. Random augmentation draws from grain's per-element rng (seed, position), so
-the numbers do not depend on worker count or scheduling, and the iterator's state (a position) is all a
-checkpoint needs to resume with exactly the batches an uninterrupted run would have seen.
+[g*G, (g+1)*G); process p of P takes every P-th position, so the global batch is the same set of
+records whatever the number of hosts. Random augmentation draws from grain's per-element rng
+(seed, position), so the numbers do not depend on worker count or scheduling, and the iterator's
+state (a position) is all a checkpoint needs to resume with exactly the batches an uninterrupted run
+would have seen.
 
-Evaluation reads each record of a split once, in order, and pads the last global batch with masked rows
-(mask 0) so shapes stay static and nothing is dropped.
+Evaluation reads each record of a split once, in order, and pads the last global batch with masked
+rows (mask 0) so shapes stay static and nothing is dropped.
 """
 
 from __future__ import annotations
@@ -93,7 +94,8 @@ class ShuffledEpochs:
 
 @dataclasses.dataclass(frozen=True)
 class ResampledEpochs:
-  """Epoch e = indices[resampled_indices(labels[indices], policy, seed, e)] (see mdx.data.resample)."""
+  """Epoch e = indices[resampled_indices(labels[indices], policy, seed, e)]
+  (see mdx.data.resample)."""
 
   indices: np.ndarray
   labels: np.ndarray

@@ -10,8 +10,9 @@ config.data.resample (a dict; None turns resampling off):
   max_repeat: cap on a record's repeat factor when oversampling (default 10; a 0.2% finding would
           otherwise be repeated hundreds of times and memorised).
   findings: indices or names of the findings to balance (default all).
-Fractional repeat factors are rounded stochastically, seeded by (seed, epoch), with every epoch of the
-same length: the same config gives the same epochs, and each epoch draws anew. Unknown labels (nan) count as not positive.
+Fractional repeat factors are rounded stochastically, seeded by (seed, epoch), with every epoch of
+the same length: the same config gives the same epochs, and each epoch draws anew. Unknown labels
+(nan) count as not positive.
 """
 
 from __future__ import annotations

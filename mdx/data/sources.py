@@ -110,7 +110,8 @@ def _brain_phantoms(data, seed: int):
   )
 
 
-# The config.data fields of each real source are documented in its module (mdx/data/cxr/nih.py, ...).
+# The config.data fields of each real source are documented in its module
+# (mdx/data/cxr/nih.py, ...).
 _FILE_FIELDS = (
   "metadata",
   "images",
@@ -159,7 +160,8 @@ SOURCES: dict[str, SourceSpec] = {
 
 
 def spec(name: str, kind: str | None = None) -> SourceSpec:
-  """The registered source `name` (of `kind`, when given); an unknown name is an error listing them."""
+  """The registered source `name` (of `kind`, when given); an unknown name is an error listing
+  them."""
   choices = sorted(n for n, s in SOURCES.items() if kind is None or s.kind == kind)
   if name not in choices:
     what = f" for {kind} tasks" if kind else ""

@@ -181,7 +181,8 @@ def official_nih_split(
   val_fraction: float,
   seed: int,
 ) -> dict[str, np.ndarray]:
-  """The official NIH test list as 'test'; train_val_list.txt split by patient into train/validation."""
+  """The official NIH test list as 'test'; train_val_list.txt split by patient into
+  train/validation."""
   from mdx.data.cxr import nih
 
   official = nih.official_split(image_ids, lists_dir)

@@ -4,7 +4,8 @@ config.data.standardize names the mode for either task; an image is [..., C] wit
 spatial axes ([H, W, C] films, [D, H, W, C] scans):
   'per_image'    (x - mean) / (std + 1e-6) over all pixels and channels of the image: removes the
                  exposure differences between films (the classification default).
-  'per_channel'  per channel over all voxels, divided by max(std, 1e-8): MRI crops (nnU-Net's choice).
+  'per_channel'  per channel over all voxels, divided by max(std, 1e-8): MRI crops (nnU-Net's
+                 choice).
   'nonzero'      per channel over the non-zero voxels only (skull-stripped brain scans are 0 outside
                  the brain); outside stays 0.
   'per_slice'    per channel of each slice along the last spatial axis (the course's 3D variant);

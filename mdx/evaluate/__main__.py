@@ -1,4 +1,5 @@
-"""Evaluate predictions from anywhere: python -m mdx.evaluate --labels=L.csv --probs=P.csv --out=DIR.
+"""Evaluate predictions from anywhere:
+python -m mdx.evaluate --labels=L.csv --probs=P.csv --out=DIR.
 
 Both CSVs have an id column and one column per finding (labels 0/1, blank = unknown; probabilities
 in [0, 1]). Writes DIR/metrics.json, DIR/report.md, DIR/report.html and DIR/figures/*.png.

@@ -1,4 +1,5 @@
-"""Bootstrap confidence intervals that resample patients, and paired comparisons of two models' AUROC.
+"""Bootstrap confidence intervals that resample patients, and paired comparisons of two models'
+AUROC.
 
 Several studies of one patient are correlated; resampling images would treat them as independent
 and make intervals too narrow. A resample here draws patients with replacement and gives each image
@@ -17,7 +18,8 @@ from mdx.evaluate.metrics import roc_auc
 
 
 def patient_index(patient_ids, n: int) -> tuple[np.ndarray, int]:
-  """Index of each image's patient in 0..P-1 and P; without patient ids every image is its own patient."""
+  """Index of each image's patient in 0..P-1 and P; without patient ids every image is its own
+  patient."""
   if patient_ids is None:
     return np.arange(n), n
   pids = np.asarray(patient_ids).astype(str)
@@ -63,7 +65,8 @@ def bootstrap(
 
 
 def percentile_ci(samples, level: float = 0.95) -> tuple[float, float]:
-  """Percentile interval of the resamples where the metric is defined; (nan, nan) if fewer than half are."""
+  """Percentile interval of the resamples where the metric is defined; (nan, nan) if fewer than
+  half are."""
   s = np.asarray(samples, np.float64)
   ok = s[np.isfinite(s)]
   if len(ok) == 0 or len(ok) < 0.5 * len(s):

@@ -31,7 +31,8 @@ def _bin_index(p: np.ndarray, n_bins: int) -> np.ndarray:
 def reliability_curve(y_true, y_prob, n_bins: int = 10) -> dict[str, np.ndarray]:
   """Per equal-width bin: mean predicted probability, observed fraction positive, count.
 
-  Empty bins are left out (same points as sklearn.calibration.calibration_curve, strategy='uniform').
+  Empty bins are left out (same points as sklearn.calibration.calibration_curve,
+  strategy='uniform').
   """
   y, p = _known(y_true, y_prob)
   b = _bin_index(p, n_bins)

@@ -136,7 +136,8 @@ def confusion_counts(y_true, y_prob, threshold: float, sample_weight=None) -> di
 
 
 def from_counts(tp, fp, tn, fn) -> dict[str, np.ndarray | float]:
-  """Accuracy, prevalence, sensitivity, specificity, PPV, NPV, F1 from confusion counts (nan when undefined)."""
+  """Accuracy, prevalence, sensitivity, specificity, PPV, NPV, F1 from confusion counts (nan when
+  undefined)."""
   n = tp + fp + tn + fn
   return {
     "accuracy": _safe_div(tp + tn, n),
@@ -215,7 +216,8 @@ def known_mask(labels: np.ndarray) -> np.ndarray:
 
 
 def roc_auc_per_class(labels, probs) -> np.ndarray:
-  """AUROC of each column of labels/probs [N, C] (nan labels ignored) -> [C], nan where undefined."""
+  """AUROC of each column of labels/probs [N, C] (nan labels ignored) -> [C], nan where
+  undefined."""
   labels, probs = np.asarray(labels, np.float64), np.asarray(probs, np.float64)
   if labels.ndim != 2 or labels.shape != probs.shape:
     raise ValueError(f"labels {labels.shape} and probs {probs.shape} must both be [N, C]")

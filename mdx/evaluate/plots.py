@@ -77,7 +77,8 @@ def roc_png(path: str, labels, probs, findings: Sequence[str], result: Mapping) 
 
 
 def pr_png(path: str, labels, probs, findings: Sequence[str], result: Mapping) -> str:
-  """Precision-recall curve per finding with the prevalence (a useless model's precision) as baseline."""
+  """Precision-recall curve per finding with the prevalence (a useless model's precision) as
+  baseline."""
   fig, axes = _grid(len(findings))
   for j, (ax, f) in enumerate(zip(axes, findings)):
     pf = result["per_finding"][f]
@@ -106,7 +107,8 @@ def reliability_png(
   recalibrated: Sequence[Mapping[str, np.ndarray]] = (),
   n_bins: int = 10,
 ) -> str:
-  """Reliability diagram per finding: observed frequency vs mean probability, before/after recalibration."""
+  """Reliability diagram per finding: observed frequency vs mean probability, before/after
+  recalibration."""
   fig, axes = _grid(len(findings))
   styles = {"raw": ("o-", "C0"), "platt": ("s--", "C1"), "isotonic": ("^:", "C2")}
   for j, (ax, f) in enumerate(zip(axes, findings)):

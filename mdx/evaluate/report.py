@@ -73,11 +73,12 @@ def _blocks(
       "p",
       (
         f"{result['n_images']} images of {result['n_patients']} patients, "
-        f"{len(result['findings'])} findings. Every value is followed by its {ci} confidence interval "
-        f"from {s['bootstrap_resamples']} bootstrap resamples of the {s['resampling_unit']} "
-        f"(seed {s['seed']}, percentile method). Thresholds: {s['threshold_policy_description']}, "
-        f"chosen on {s['thresholds_chosen_on']}, then held fixed. 'undefined' means the metric does "
-        "not exist on these cases (e.g. sensitivity without positives), not zero."
+        f"{len(result['findings'])} findings. Every value is followed by its {ci} "
+        f"confidence interval from {s['bootstrap_resamples']} bootstrap resamples of the "
+        f"{s['resampling_unit']} (seed {s['seed']}, percentile method). Thresholds: "
+        f"{s['threshold_policy_description']}, chosen on {s['thresholds_chosen_on']}, then held "
+        "fixed. 'undefined' means the metric does not exist on these cases (e.g. sensitivity "
+        "without positives), not zero."
       ),
     )
   )
@@ -222,11 +223,15 @@ def _render_md(blocks: list[tuple]) -> str:
   return "\n".join(out)
 
 
-_CSS = """body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}
-table{border-collapse:collapse;margin:1em 0;font-size:13px}th,td{border:1px solid #ccc;padding:3px 8px}
-th{background:#f2f2f2}td{white-space:nowrap}figure{margin:1em 0}img{max-width:100%}
-figcaption{font-style:italic;color:#555}h3{margin-top:1.5em}
-figure.small{display:inline-block;width:31%;vertical-align:top;margin:0.5em}"""
+_CSS = (
+  "body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;"
+  "color:#222}\n"
+  "table{border-collapse:collapse;margin:1em 0;font-size:13px}"
+  "th,td{border:1px solid #ccc;padding:3px 8px}\n"
+  "th{background:#f2f2f2}td{white-space:nowrap}figure{margin:1em 0}img{max-width:100%}\n"
+  "figcaption{font-style:italic;color:#555}h3{margin-top:1.5em}\n"
+  "figure.small{display:inline-block;width:31%;vertical-align:top;margin:0.5em}"
+)
 
 
 def _render_html(blocks: list[tuple], title: str) -> str:

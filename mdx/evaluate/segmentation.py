@@ -1,4 +1,5 @@
-"""Segmentation metrics per class and case: Dice, sensitivity, specificity, HD95; report and overlays.
+"""Segmentation metrics per class and case: Dice, sensitivity, specificity, HD95; report and
+overlays.
 
 Conventions for empty structures (stated so that averages are honest):
   Dice = 1 when the class is absent from both label and prediction, 0 when absent from only one.
@@ -27,7 +28,8 @@ def binary_masks(label: np.ndarray, num_classes: int, regions: bool) -> np.ndarr
 
 
 def _surface(mask: np.ndarray) -> np.ndarray:
-  """Boundary voxels: in the mask with a 6-neighbour outside it (the volume edge counts as outside)."""
+  """Boundary voxels: in the mask with a 6-neighbour outside it (the volume edge counts as
+  outside)."""
   eroded = ndimage.binary_erosion(
     mask, structure=ndimage.generate_binary_structure(mask.ndim, 1), border_value=0
   )

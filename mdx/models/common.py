@@ -1,4 +1,5 @@
-"""Pieces shared by the classifiers: dtypes, BatchNorm that knows when it is frozen, freeze policies.
+"""Pieces shared by the classifiers: dtypes, BatchNorm that knows when it is frozen, freeze
+policies.
 
 A classifier is a sequence of named top-level stages (e.g. 'stem', 'block1', ..., 'head'), listed in
 its class attribute `stages`. A freeze policy names which stages are frozen:

@@ -1,7 +1,8 @@
 """Imports Keras applications .h5 files and PyTorch state dicts into mdx pretrained checkpoints.
 
   python -m mdx.models.import_weights --model=densenet121 --source=keras_h5 \
-      --input=densenet121_weights_tf_dim_ordering_tf_kernels_notop.h5 --output=/tmp/densenet121_imagenet
+      --input=densenet121_weights_tf_dim_ordering_tf_kernels_notop.h5 \
+      --output=/tmp/densenet121_imagenet
 
 Sources: keras_h5 (Keras 2 weight files such as the ImageNet files of keras.applications, with or
 without top, and legacy full-model .h5 files); torch (a state dict read with
@@ -38,7 +39,8 @@ _BN = {
   "running_mean": ("batch_stats", "mean"),
   "running_var": ("batch_stats", "var"),
 }
-# Keys that carry no weights of the architecture (torch BN step counters, torchxrayvision thresholds).
+# Keys that carry no weights of the architecture (torch BN step counters, torchxrayvision
+# thresholds).
 _IGNORED = re.compile(r"(num_batches_tracked|op_threshs|^upsample\.)")
 
 

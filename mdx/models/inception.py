@@ -127,7 +127,8 @@ class InceptionE(_Blocks):
 
 
 class InceptionV3(nn.Module):
-  """Inception-v3 classifier on [B, H, W, C] images (any C, >= 75 px): logits float32 [B, classes]."""
+  """Inception-v3 classifier on [B, H, W, C] images (any C, >= 75 px): logits float32
+  [B, classes]."""
 
   num_classes: int
   dtype: Any = "float32"

@@ -1,4 +1,5 @@
-"""Pretrained weights on disk: an Orbax checkpoint of {'params', 'batch_stats'} plus provenance.json.
+"""Pretrained weights on disk: an Orbax checkpoint of {'params', 'batch_stats'} plus
+provenance.json.
 
 DIR/checkpoint/       Orbax PyTree checkpoint, restorable in part (backbone without the head)
 DIR/provenance.json   where the weights came from (model, source file and its sha256, head, ...)
@@ -28,7 +29,8 @@ def sha256(path: str) -> str:
 
 
 def save(directory: str, variables: dict[str, Any], provenance: dict[str, Any]) -> str:
-  """Writes variables ({'params': ..., 'batch_stats': ...}) and provenance; returns the directory."""
+  """Writes variables ({'params': ..., 'batch_stats': ...}) and provenance; returns the
+  directory."""
   directory = os.path.abspath(directory)
   os.makedirs(directory, exist_ok=True)
   path = os.path.join(directory, CHECKPOINT)

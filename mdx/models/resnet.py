@@ -1,4 +1,5 @@
-"""ResNet-18/34/50 and ResNeXt-50 (32x4d), laid out like torchvision (He et al., 2016; Xie et al., 2017).
+"""ResNet-18/34/50 and ResNeXt-50 (32x4d), laid out like torchvision (He et al., 2016; Xie et al.,
+2017).
 
 Stages: stem (7x7/2 conv, BN, ReLU, 3x3/2 max pool), layer1..layer4, head. Keras applications'
 ResNet50 differs in two ways, both options here: its convolutions have biases and a bottleneck's

@@ -6,9 +6,9 @@ logits. Input [B, D, H, W, C] with D, H, W divisible by 2**(depth - 1); output f
 [B, D, H, W, num_classes]. Parameters are float32; dtype sets the compute precision.
 
 conv_impl: 'native' uses XLA's 3D convolution; 'slices' computes the same 3x3x3 convolution as a sum
-of three 2D convolutions over depth offsets, which XLA:CPU runs about 5x faster (forward and backward)
-than its 3D convolution; 'auto' picks 'slices' on CPU. Parameters are identical either way, so a
-checkpoint trained with one runs with the other.
+of three 2D convolutions over depth offsets, which XLA:CPU runs about 5x faster (forward and
+backward) than its 3D convolution; 'auto' picks 'slices' on CPU. Parameters are identical either
+way, so a checkpoint trained with one runs with the other.
 """
 
 from __future__ import annotations

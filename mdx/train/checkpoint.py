@@ -1,8 +1,8 @@
 """Orbax checkpoints of a run: the train state and the grain iterator's state, saved together.
 
 Keeps the last `keep_last` checkpoints and the best one by a validation metric (higher is better).
-Saves are synchronous: a run killed at any moment leaves only complete checkpoints (Orbax writes to a
-temporary directory and renames it when done), and the iterator state matches the train state.
+Saves are synchronous: a run killed at any moment leaves only complete checkpoints (Orbax writes to
+a temporary directory and renames it when done), and the iterator state matches the train state.
 """
 
 from __future__ import annotations

@@ -23,7 +23,8 @@ LOSSES = ("weighted_bce", "bce")
 
 
 class ClassificationTask:
-  """Multi-label (or binary) classification of 2D images: chest X-ray findings, pneumonia, skin..."""
+  """Multi-label (or binary) classification of 2D images: chest X-ray findings, pneumonia,
+  skin..."""
 
   source_kind = sources.IMAGE
   predict_files = None  # no --mode=predict for classifiers yet
@@ -216,7 +217,8 @@ class ClassificationTask:
     )
 
   def predict(self, evaluator, split: str) -> dict:
-    """-> {'probs', 'labels' (nan unknown), 'index', 'loss'} for every record of the split, in order."""
+    """-> {'probs', 'labels' (nan unknown), 'index', 'loss'} for every record of the split, in
+    order."""
     logits, loss, fields = evaluator.run(self.eval_data(split, evaluator.geometry))
     index = np.concatenate([f["index"] for f in fields])
     return {

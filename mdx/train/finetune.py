@@ -1,4 +1,5 @@
-"""Transfer learning: restore a pretrained backbone under a new head, and freeze stages through optax.
+"""Transfer learning: restore a pretrained backbone under a new head, and freeze stages through
+optax.
 
 config.model.init_from names a pretrained directory (python -m mdx.models.import_weights, or a
 pretraining run's workdir); config.model.freeze is a policy over the model's stages:
@@ -68,7 +69,8 @@ def resolve_checkpoint(path: str) -> str:
 def _best_step(directory: str, steps: list[int]) -> int:
   """The step with the highest saved val_auroc (the run's best), else the latest.
 
-  Orbax keeps a step's metrics in its own `metrics` item; a read-only manager with best_fn reads them.
+  Orbax keeps a step's metrics in its own `metrics` item; a read-only manager with best_fn reads
+  them.
   """
   import orbax.checkpoint as ocp
 

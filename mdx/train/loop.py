@@ -87,8 +87,8 @@ def _format_eta(seconds: float) -> str:
 
 
 def build(config, task, mesh, pretrained: bool = True):
-  """-> (model, tx, state on the mesh) from a fresh initialisation, plus the task's pretrained weights
-  unless a checkpoint is about to replace them anyway (pretrained=False)."""
+  """-> (model, tx, state on the mesh) from a fresh initialisation, plus the task's pretrained
+  weights unless a checkpoint is about to replace them anyway (pretrained=False)."""
   model = task.model(bn_axis_name=runtime.DATA)
   params, batch_stats = init_variables(model, task.sample_input(), config.seed)
   if pretrained:

@@ -1,4 +1,5 @@
-"""One run of an experiment: train (then report), eval or predict. Flag-free, so sweeps and tests call it."""
+"""One run of an experiment: train (then report), eval or predict. Flag-free, so sweeps and tests
+call it."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ from absl import logging
 
 
 class _QuietLibraries(logging_std.Filter):
-  """Drops INFO chatter of Orbax and grain (each save/restore logs a dozen lines); keeps warnings."""
+  """Drops INFO chatter of Orbax and grain (each save/restore logs a dozen lines); keeps
+  warnings."""
 
   def filter(self, record) -> bool:
     return record.levelno >= logging_std.WARNING or not any(

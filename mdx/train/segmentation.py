@@ -206,7 +206,8 @@ class SegmentationTask:
     indices = self.splits[splits.split_key(split)]
     if len(indices) == 0:
       raise ValueError(
-        f"the {split} split is empty; set config.data.split.{'val' if split.startswith('val') else split}"
+        f"the {split} split is empty; set "
+        f"config.data.split.{'val' if split.startswith('val') else split}"
       )
     per_case, overlays = {}, []
     for n, i in enumerate(indices):

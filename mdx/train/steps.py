@@ -1,10 +1,10 @@
 """Pure train and predict steps, data-parallel over the mesh with jax.shard_map.
 
-Each device sees its share of the global batch. BatchNorm averages its batch statistics over the 'data'
-axis (the model gets bn_axis_name='data'), so statistics are those of the global batch. The loss on a
-device is its examples' loss summed and divided by the GLOBAL batch size; under shard_map with check_vma,
-the gradient of replicated parameters comes back summed over devices, which makes it the gradient of the
-global mean loss - no extra pmean (that would divide by the device count twice).
+Each device sees its share of the global batch. BatchNorm averages its batch statistics over the
+'data' axis (the model gets bn_axis_name='data'), so statistics are those of the global batch. The
+loss on a device is its examples' loss summed and divided by the GLOBAL batch size; under shard_map
+with check_vma, the gradient of replicated parameters comes back summed over devices, which makes it
+the gradient of the global mean loss - no extra pmean (that would divide by the device count twice).
 """
 
 from __future__ import annotations

@@ -7,7 +7,8 @@ and `python -m mdx.train.sweep --ablation=FILE --workdir=DIR` trains each varian
 (resuming any that were interrupted), evaluates it, and writes DIR/results.md and DIR/results.json:
 per variant the task's headline test results (classification: mean AUROC with its 95% CI;
 segmentation: mean and per-class Dice), the best validation value of config.train.best_metric, and
-the first step at which it reached `--reach` of its best (how fast a variant learns). Any task works.
+the first step at which it reached `--reach` of its best (how fast a variant learns). Any task
+works.
 """
 
 from __future__ import annotations

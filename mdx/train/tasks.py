@@ -1,12 +1,13 @@
 """The Task protocol: what the generic training loop needs from classification, segmentation, ...
 
-The loop (mdx/train/loop.py) owns devices, steps, checkpoints, logging and resumption; a task owns its
-records, transforms, model, loss and evaluation, and declares its config. Each task is one class
+The loop (mdx/train/loop.py) owns devices, steps, checkpoints, logging and resumption; a task owns
+its records, transforms, model, loss and evaluation, and declares its config. Each task is one class
 registered in TASKS; mdx.config asks it for its defaults and checks, the loop for everything else.
 
-`evaluator` is a mdx.train.loop.Evaluator: it runs the model over a split's padded batches and returns
-numpy logits for the valid rows, so tasks never touch devices. `geometry` (mdx.runtime.BatchGeometry)
-is the global batch and this process's share of it, decided by the loop from the mesh.
+`evaluator` is a mdx.train.loop.Evaluator: it runs the model over a split's padded batches and
+returns numpy logits for the valid rows, so tasks never touch devices. `geometry`
+(mdx.runtime.BatchGeometry) is the global batch and this process's share of it, decided by the loop
+from the mesh.
 """
 
 from __future__ import annotations
@@ -32,7 +33,8 @@ class Task(Protocol):
 
   @classmethod
   def check_config(cls, config) -> None:
-    """Raises ValueError naming a field whose value the task cannot use (before anything is built)."""
+    """Raises ValueError naming a field whose value the task cannot use (before anything is
+    built)."""
 
   @classmethod
   def headline(cls, report_dir: str) -> dict[str, tuple[float, tuple | None]]:

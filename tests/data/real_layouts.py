@@ -1,4 +1,5 @@
-"""Writers of fixtures in the real layouts: NIH Data_Entry + images_00x/, CheXpert train.csv, class folders."""
+"""Writers of fixtures in the real layouts: NIH Data_Entry + images_00x/, CheXpert train.csv, class
+folders."""
 
 import csv
 import os

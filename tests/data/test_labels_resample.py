@@ -37,7 +37,8 @@ def test_fleiss_kappa_wikipedia_example():
   assert labels.fleiss_kappa(counts) == pytest.approx(0.20993, abs=1e-4)
   reads = np.array([[1, 1, 1], [0, 0, 0], [1, 0, 1], [0, 0, 0]])
   c = labels.reads_to_counts(reads)
-  # Hand: P_i = 1, 1, 1/3, 1 -> P_bar = 5/6; p = (7/12, 5/12) -> P_e = 74/144; kappa = (5/6 - P_e) / (1 - P_e)
+  # Hand: P_i = 1, 1, 1/3, 1 -> P_bar = 5/6; p = (7/12, 5/12) -> P_e = 74/144;
+  # kappa = (5/6 - P_e) / (1 - P_e)
   pe = (7 / 12) ** 2 + (5 / 12) ** 2
   assert labels.fleiss_kappa(c) == pytest.approx((5 / 6 - pe) / (1 - pe))
 

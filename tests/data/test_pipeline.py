@@ -1,4 +1,5 @@
-"""The grain pipeline: deterministic, sharded by process, resumable, nothing dropped in evaluation."""
+"""The grain pipeline: deterministic, sharded by process, resumable, nothing dropped in
+evaluation."""
 
 import numpy as np
 import pytest

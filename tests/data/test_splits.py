@@ -1,4 +1,5 @@
-"""Splits by patient, test-first sampling with a minimum positive share, k-fold, official NIH, audit CLIs."""
+"""Splits by patient, test-first sampling with a minimum positive share, k-fold, official NIH, audit
+CLIs."""
 
 import ml_collections
 import numpy as np

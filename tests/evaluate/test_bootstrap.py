@@ -1,4 +1,5 @@
-"""Patient-level bootstrap: coverage on simulated data with a known AUROC, DeLong against its definition."""
+"""Patient-level bootstrap: coverage on simulated data with a known AUROC, DeLong against its
+definition."""
 
 import numpy as np
 import pytest
@@ -24,11 +25,11 @@ def _coverage(rng, reps, n_patients, images_per_patient, d, sigma, n_resamples, 
     y = y_pat[pid]
     s = u[pid] + rng.normal(0, sigma, len(pid))
     samples = B.bootstrap(
-      lambda w: {"auc": roc_auc(y, s, w)},
+      lambda w: {"auc": roc_auc(y, s, w)},  # noqa: B023 (used at once)
       pid if by_patient else None,
       len(y),
       n_resamples,
-      seed=r,  # noqa: B023 (used at once)
+      seed=r,
     )["auc"]
     lo, hi = B.percentile_ci(samples)
     covered += lo <= true_auc <= hi

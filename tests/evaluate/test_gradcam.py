@@ -37,7 +37,8 @@ def _images(rng, n=3, size=12):
 
 
 def test_grad_cam_equals_cam_for_global_pool_and_linear_head():
-  """For GAP + linear head, d logit_c / d A_k = W[k, c] / (h w): Grad-CAM = relu(sum_k W[k, c] A_k)."""
+  """For GAP + linear head, d logit_c / d A_k = W[k, c] / (h w):
+  Grad-CAM = relu(sum_k W[k, c] A_k)."""
   rng = np.random.default_rng(0)
   x = _images(rng)
   model = TinyCNN()

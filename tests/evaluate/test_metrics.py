@@ -1,4 +1,5 @@
-"""Metrics against scikit-learn on random cases with ties, degenerate classes, weights and unknown labels."""
+"""Metrics against scikit-learn on random cases with ties, degenerate classes, weights and unknown
+labels."""
 
 import numpy as np
 import pytest
@@ -41,7 +42,8 @@ def test_ranking_metrics_match_sklearn(seed):
 
 @pytest.mark.parametrize("seed", range(6))
 def test_integer_weights_equal_replicated_data(seed):
-  """A bootstrap resample as weights must give the metric of the replicated data set (and sklearn's)."""
+  """A bootstrap resample as weights must give the metric of the replicated data set (and
+  sklearn's)."""
   rng = np.random.default_rng(100 + seed)
   y, s = _case(rng, 40, ties=True, prevalence=0.4)
   y[:2] = [0, 1]

@@ -1,4 +1,5 @@
-"""The hand-tuned operations in mdx.models.common give Flax's numbers, and the XLA options fall back.
+"""The hand-tuned operations in mdx.models.common give Flax's numbers, and the XLA options fall
+back.
 
 Oracles: nn.BatchNorm followed by nn.relu, and nn.max_pool, differentiated by JAX.
 """
@@ -115,10 +116,10 @@ def test_densenet_trains_the_same_with_tuned_and_plain_ops():
 
       def loss_fn(p):
         logits, upd = model.apply(
-          {"params": p, "batch_stats": stats},
+          {"params": p, "batch_stats": stats},  # noqa: B023 (used at once)
           x,
           train=True,
-          mutable=["batch_stats"],  # noqa: B023 (used at once)
+          mutable=["batch_stats"],
         )
         return optax.sigmoid_binary_cross_entropy(logits, y).mean(), upd["batch_stats"]
 

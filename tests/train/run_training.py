@@ -1,8 +1,9 @@
 """Test helper run as a subprocess: trains experiments/tiny_phantoms.py with overrides.
 
 usage: python tests/train/run_training.py WORKDIR OUT.npz [--kill-at-step=N] [key=value ...]
-Writes the final parameters and batch statistics to OUT.npz. With --kill-at-step=N the process sends
-itself SIGKILL right before running train step N: an abrupt death between checkpoints, like preemption.
+Writes the final parameters and batch statistics to OUT.npz. With --kill-at-step=N the process
+sends itself SIGKILL right before running train step N: an abrupt death between checkpoints, like
+preemption.
 """
 
 import os

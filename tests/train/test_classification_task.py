@@ -1,4 +1,5 @@
-"""The classification task's data side: resampling reaches the training stream, splits are by patient."""
+"""The classification task's data side: resampling reaches the training stream, splits are by
+patient."""
 
 import numpy as np
 from absl import flags

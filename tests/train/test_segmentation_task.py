@@ -1,4 +1,5 @@
-"""The segmentation task end to end on tiny fixtures: train, report, predict NIfTIs with the input affine."""
+"""The segmentation task end to end on tiny fixtures: train, report, predict NIfTIs with the input
+affine."""
 
 import importlib.util
 import json
@@ -114,7 +115,9 @@ c.eval.after_train = False
 c = config_lib.resolve(c)
 result = loop.train(c, sys.argv[1], tasks.make_task(c))
 state = getattr(result, "state", result)
-flat = traverse_util.flatten_dict({"p": jax.device_get(state.params), "b": jax.device_get(state.batch_stats)}, sep="/")
+flat = traverse_util.flatten_dict(
+  {"p": jax.device_get(state.params), "b": jax.device_get(state.batch_stats)}, sep="/"
+)
 np.savez(sys.argv[2], **flat)
 """
 

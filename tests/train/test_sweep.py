@@ -1,4 +1,5 @@
-"""Sweeps work for any task: a tiny segmentation sweep writes its results table from the task's report."""
+"""Sweeps work for any task: a tiny segmentation sweep writes its results table from the task's
+report."""
 
 import json
 import os
@@ -40,7 +41,8 @@ def test_segmentation_sweep_over_unet_width_writes_its_table(tmp_path):
     assert config["model"]["base_width"] == int(name.split("_")[1])
   table = (tmp_path / "results.md").read_text().splitlines()
   assert table[0].startswith(
-    "| variant | mean Dice | Dice whole_tumour | Dice tumour_core | Dice enhancing_tumour | best val_dice |"
+    "| variant | mean Dice | Dice whole_tumour | Dice tumour_core | Dice enhancing_tumour "
+    "| best val_dice |"
   )
   assert [line.split("|")[1].strip() for line in table[2:]] == ["width_4", "width_8"]
   assert json.load(open(tmp_path / "results.json")).keys() == results.keys()

@@ -51,7 +51,8 @@ def reference(tmp_path_factory):
 
 def test_sigkill_then_resume_gives_the_same_parameters(reference, tmp_path):
   ref, _ = reference
-  # Killed abruptly before step 5: the last checkpoint is step 3, steps 4 (and the start of 5) are lost.
+  # Killed abruptly before step 5: the last checkpoint is step 3, steps 4 (and the start of 5) are
+  # lost.
   proc = train(
     tmp_path / "work",
     tmp_path / "never.npz",

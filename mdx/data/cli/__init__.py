@@ -1,1 +1,1 @@
-"""cli"""
+"""The data command-line tools, one module each: python -m mdx.data.cli.prepare | split | audit."""

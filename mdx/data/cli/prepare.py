@@ -1,4 +1,5 @@
-"""Prepare fast records for an experiment: `python -m mdx.data.cli.prepare --config=experiments/X.py`.
+"""Prepare fast records for an experiment:
+`python -m mdx.data.cli.prepare --config=experiments/X.py`.
 
 Decodes every image of config.data's source once, resizes it to config.data.image_size and writes
 TFDS ArrayRecord files into config.data.prepared_dir (with TFDS's progress bar). Runs that set

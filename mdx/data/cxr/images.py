@@ -92,7 +92,8 @@ def _read_dicom(path: str) -> np.ndarray:
 
 
 def to_channels(image: np.ndarray, channels: int, where: str = "image") -> np.ndarray:
-  """[H, W] or [H, W, C] -> [H, W, channels]: gray is repeated, RGB becomes luminance for 1 channel."""
+  """[H, W] or [H, W, C] -> [H, W, channels]: gray is repeated, RGB becomes luminance for 1
+  channel."""
   if image.ndim == 2:
     image = image[..., None]
   if image.ndim != 3:

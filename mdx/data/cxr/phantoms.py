@@ -594,7 +594,8 @@ class ChestXrayPhantoms:
 
   @staticmethod
   def _lung_point(r, an: _Anatomy, side: int, v=(0.15, 0.85), q=(-0.6, 0.8), margin=0.03):
-    """A random point inside a lung: v from apex (0) to base (1), q from medial (-1) to lateral (1)."""
+    """A random point inside a lung: v from apex (0) to base (1), q from medial (-1) to lateral
+    (1)."""
     L = an.lung(side)
     for _ in range(64):
       vv, qq = r.uniform(*v), r.uniform(*q)

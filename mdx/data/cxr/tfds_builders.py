@@ -1,15 +1,16 @@
 """TFDS builders that store a source's images, resized, as ArrayRecord files (no TensorFlow).
 
 Training then reads small fixed-size records by index instead of decoding 1024 px PNGs or DICOMs:
-`python -m mdx.data.cli.prepare --config=experiments/X.py` builds them into config.data.prepared_dir,
-and any real source with prepared_dir set reads them back (sources.make_source -> load_prepared).
+`python -m mdx.data.cli.prepare --config=experiments/X.py` builds them into
+config.data.prepared_dir, and any real source with prepared_dir set reads them back
+(sources.make_source -> load_prepared).
 
 One builder per source (NihChestXray14, Chexpert, ClassFolders, NihExpertLabels). The raw files are
 the builder's manual_dir input; the builder config name is '<size>px-<hash>', the hash covering
 every config.data field that changes the records, so a changed label policy or resolution never
-reuses stale records. All records go into one split, 'records': mdx splits by patient itself. Records are
-written in the source's order (shuffling disabled) and an index (labels, patients, image ids) is
-saved next to them so splits and class weights never decode an image.
+reuses stale records. All records go into one split, 'records': mdx splits by patient itself.
+Records are written in the source's order (shuffling disabled) and an index (labels, patients,
+image ids) is saved next to them so splits and class weights never decode an image.
 """
 
 from __future__ import annotations

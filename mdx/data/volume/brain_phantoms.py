@@ -75,7 +75,8 @@ class BrainPhantoms:
     radii = shape / 2 * rng.uniform(0.72, 0.88, 3)
     r_brain = np.sqrt((((grid - centre) / radii) ** 2).sum(-1))
     brain = r_brain < 1.0
-    # Tissue: grey matter cortex near the surface, white matter inside, CSF ventricles in the middle.
+    # Tissue: grey matter cortex near the surface, white matter inside, CSF ventricles in the
+    # middle.
     labels = np.zeros(self.shape, np.uint8)
     image = np.zeros(self.shape + (4,), np.float32)
     image[brain] = _TISSUE["white"]
