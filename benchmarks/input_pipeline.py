@@ -13,16 +13,14 @@ first) and decoding the original image files. Worker count 0 means all work in t
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import time
 
 
 def _config(path):
-  spec = importlib.util.spec_from_file_location("experiment", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
+  from mdx import config as config_lib
+
+  return config_lib.load_experiment(path).get_config()
 
 
 def measure(config, prepared: bool, workers: int, batches: int, batch_size: int) -> float:

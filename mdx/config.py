@@ -16,7 +16,9 @@ defaults and rejects any field nobody reads (with the closest known name), then 
 from __future__ import annotations
 
 import difflib
+import importlib.util
 import math
+import os
 
 import ml_collections
 
@@ -64,6 +66,20 @@ def common() -> ml_collections.ConfigDict:
     )
   )
   return c
+
+
+def load_experiment(path: str, needs: tuple[str, ...] = ("get_config",)):
+  """The module of an experiment (or ablation) file, checked to define `needs`."""
+  path = os.fspath(path)
+  spec = importlib.util.spec_from_file_location(os.path.splitext(os.path.basename(path))[0], path)
+  if spec is None or not os.path.isfile(path):
+    raise FileNotFoundError(f"experiment file {path} does not exist (or is not a Python file)")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  missing = [name for name in needs if not hasattr(module, name)]
+  if missing:
+    raise ValueError(f"{path} has no {', '.join(f'{m}()' for m in missing)}")
+  return module
 
 
 def _task_class(task: str):

@@ -1,5 +1,6 @@
 """Imports run downward: runtime imports nothing of mdx; data, models, inference and evaluate never
-import train (nor main or config, which sit above the tasks)."""
+import train (nor main or config, which sit above the tasks). Command-line tools (any cli/ folder)
+are entry points like main: they may resolve a config."""
 
 import ast
 import pathlib
@@ -21,7 +22,9 @@ FORBIDDEN = {
 
 def _files(room: str) -> list[pathlib.Path]:
   path = MDX / f"{room}.py"
-  return [path] if path.exists() else sorted((MDX / room).rglob("*.py"))
+  if path.exists():
+    return [path]
+  return [p for p in sorted((MDX / room).rglob("*.py")) if "cli" not in p.parts]
 
 
 def _imported(path: pathlib.Path) -> list[str]:

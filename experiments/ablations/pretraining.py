@@ -9,14 +9,11 @@ From scratch trains with a higher learning rate (the one the pretraining used) s
 handicapped by the fine-tuning rate.
 """
 
-import importlib.util
 import os
 
-_spec = importlib.util.spec_from_file_location(
-  "finetune_phantoms", os.path.join(os.path.dirname(__file__), "..", "finetune_phantoms.py")
-)
-_base = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_base)
+from mdx.config import load_experiment
+
+_base = load_experiment(os.path.join(os.path.dirname(__file__), "..", "finetune_phantoms.py"))
 
 
 def get_config():

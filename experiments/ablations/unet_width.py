@@ -7,14 +7,11 @@ mean Dice and per-region Dice (whole tumour, tumour core, enhancing), the best v
 the steps to reach 95% of it.
 """
 
-import importlib.util
 import os
 
-_spec = importlib.util.spec_from_file_location(
-  "brain_phantoms_unet3d", os.path.join(os.path.dirname(__file__), "..", "brain_phantoms_unet3d.py")
-)
-_base = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_base)
+from mdx.config import load_experiment
+
+_base = load_experiment(os.path.join(os.path.dirname(__file__), "..", "brain_phantoms_unet3d.py"))
 
 
 def get_config():

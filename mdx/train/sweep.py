@@ -13,7 +13,6 @@ works.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 
@@ -29,17 +28,10 @@ _OVERRIDE = flags.DEFINE_multi_string("set", [], "Extra override for every varia
 
 
 def load_module(path: str):
-  spec = importlib.util.spec_from_file_location(os.path.splitext(os.path.basename(path))[0], path)
-  if spec is None:
-    raise FileNotFoundError(f"--ablation={path} is not a Python file")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  for name in ("get_config", "get_sweep"):
-    if not hasattr(module, name):
-      raise ValueError(
-        f"{path} has no {name}(); an ablation file defines get_config() and get_sweep()"
-      )
-  return module
+  """An ablation file: get_config() (the base) and get_sweep() (the variants)."""
+  from mdx import config as config_lib
+
+  return config_lib.load_experiment(path, needs=("get_config", "get_sweep"))
 
 
 def apply_overrides(config, overrides: dict) -> None:

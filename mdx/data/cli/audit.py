@@ -50,14 +50,9 @@ def audit_config(config) -> dict:
 
 
 def _load_config(path: str):
-  import importlib.util
+  from mdx import config as config_lib
 
-  spec = importlib.util.spec_from_file_location("experiment_config", path)
-  if spec is None or not os.path.exists(path):
-    raise FileNotFoundError(f"config file {path} does not exist")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
+  return config_lib.resolve(config_lib.load_experiment(path).get_config())
 
 
 def main(argv: list[str] | None = None) -> int:

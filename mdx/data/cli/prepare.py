@@ -18,9 +18,10 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "experiment file", loc
 
 def main(argv):
   del argv
+  from mdx import config as config_lib
   from mdx.data.cxr import tfds_builders
 
-  config = _CONFIG.value
+  config = config_lib.resolve(_CONFIG.value)  # a typo in the experiment is an error here too
   if not config.data.get("prepared_dir"):
     raise app.UsageError(
       "config.data.prepared_dir is not set: say where the records should go "
