@@ -9,5 +9,5 @@ standardize  one intensity standardisation core for films and scans
 pipeline     the one grain data path of every task (sharding, epochs, workers, iterator state)
 consensus    reference standards from several readers (majority vote, Cohen's and Fleiss' kappa)
 cxr/         2D sources, image decoding and a film's record; volume/ 3D sources and transforms;
-cli/         command-line tools: python -m mdx.data.cli.prepare | split | audit
+cli/         command-line tools: python -m mdx.data.cli.prepare | split | audit | consensus
 """

@@ -120,7 +120,7 @@ class ClassificationTask:
       epoch0 = self.epochs(0)
       logging.info(
         "Resampling %s: %d training records -> %d visits per epoch",
-        data.resample.to_dict(),
+        policy,
         len(self.splits["train"]),
         len(epoch0),
       )

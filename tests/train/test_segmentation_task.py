@@ -147,3 +147,20 @@ def test_four_devices_match_one_device(tmp_path):
   assert set(outs[0].files) == set(outs[1].files) and any(k.startswith("b/") for k in outs[0].files)
   for k in outs[0].files:
     np.testing.assert_allclose(outs[1][k], outs[0][k], rtol=2e-4, atol=2e-5, err_msg=k)
+
+
+def test_label_mode_comes_from_the_source_not_from_a_config_lookup():
+  """An experiment that leaves data.label_mode out gets the source's default (regions) and a
+  sigmoid head to match, not region labels under a softmax."""
+  from mdx import config as config_lib
+
+  c = _tiny(_config("brain_phantoms_unet3d"))
+  c.data.num_cases = 5
+  c.data.shape = (16, 16, 16)
+  del c.data["label_mode"]
+  task = segmentation.SegmentationTask(config_lib.resolve(c))
+  assert task.source.label_mode == "regions" and task.regions and task.activation == "sigmoid"
+  c.data.label_mode = "classes"
+  c.model.num_classes = 4
+  task = segmentation.SegmentationTask(config_lib.resolve(c))
+  assert not task.regions and task.activation == "softmax"

@@ -1,1 +1,2 @@
-"""The data command-line tools, one module each: python -m mdx.data.cli.prepare | split | audit."""
+"""The data command-line tools, one module each:
+python -m mdx.data.cli.prepare | split | audit | consensus."""
