@@ -214,3 +214,20 @@ def test_config_errors_on_the_command_line_stop_before_training(tmp_path):
     "--config=experiments/tiny_phantoms.py", f"--workdir={tmp_path}/w", "--config.eval.bootstrp=5"
   )
   assert proc.returncode != 0 and "bootstrp" in proc.stderr
+
+
+def test_a_typo_in_an_experiment_file_is_one_line_before_anything_runs(tmp_path):
+  experiment = tmp_path / "typo.py"
+  experiment.write_text(
+    "from mdx.config import defaults\n\n\n"
+    "def get_config():\n"
+    "  c = defaults('segmentation')\n"
+    "  c.data.rotate_degress = 10.0\n"
+    "  return c\n"
+  )
+  proc = run_main(f"--config={experiment}", f"--workdir={tmp_path}/w")
+  assert proc.returncode == 2
+  lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+  assert len(lines) == 1 and "'data.rotate_degress'" in lines[0]
+  assert "Did you mean 'data.rotate_degrees'?" in lines[0] and "Traceback" not in proc.stderr
+  assert not os.path.exists(tmp_path / "w")
