@@ -24,6 +24,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from mdx.data.cxr.file_source import config_get
+
 IMAGE, VOLUME = "image", "volume"
 
 
@@ -55,21 +57,19 @@ class SourceSpec:
   preparable: bool = False  # reads TFDS ArrayRecords when data.prepared_dir is set
 
 
-def _get(data, key, default=None):
-  value = data.get(key, default) if hasattr(data, "get") else getattr(data, key, default)
-  return default if value is None else value
-
-
 def _phantoms(data, seed: int):
   from mdx.data.cxr import phantoms
 
   extra = {}
   for key in ("findings", "prevalence", "studies_per_patient"):
-    value = _get(data, key)
+    value = config_get(data, key)
     if value:
       extra[key] = dict(value) if key == "prevalence" else tuple(value)
   return phantoms.ChestXrayPhantoms(
-    num_patients=_get(data, "num_patients", 600), image_size=data.image_size, seed=seed, **extra
+    num_patients=config_get(data, "num_patients", 600),
+    image_size=data.image_size,
+    seed=seed,
+    **extra,
   )
 
 
@@ -86,9 +86,9 @@ def _msd(data, seed: int):
   del seed
   from mdx.data.volume import msd
 
-  names = tuple(_get(data, "class_names", ())) or None
+  names = tuple(config_get(data, "class_names", ())) or None
   return msd.MSDSource(
-    _get(data, "root", ""), class_names=names, cache=bool(_get(data, "cache", False))
+    config_get(data, "root", ""), class_names=names, cache=bool(config_get(data, "cache", False))
   )
 
 
@@ -96,17 +96,19 @@ def _brats(data, seed: int):
   del seed
   from mdx.data.volume import brats
 
-  return brats.BraTSSource(_get(data, "root", ""), label_mode=_get(data, "label_mode", "regions"))
+  return brats.BraTSSource(
+    config_get(data, "root", ""), label_mode=config_get(data, "label_mode", "regions")
+  )
 
 
 def _brain_phantoms(data, seed: int):
   from mdx.data.volume import brain_phantoms
 
   return brain_phantoms.BrainPhantoms(
-    int(_get(data, "num_cases", 32)),
-    tuple(_get(data, "shape", (48, 48, 48))),
+    int(config_get(data, "num_cases", 32)),
+    tuple(config_get(data, "shape", (48, 48, 48))),
     seed=seed,
-    label_mode=_get(data, "label_mode", "regions"),
+    label_mode=config_get(data, "label_mode", "regions"),
   )
 
 
@@ -172,7 +174,7 @@ def spec(name: str, kind: str | None = None) -> SourceSpec:
 def make_source(data_config, seed: int, kind: str | None = None):
   """config.data -> the source it names (prepared records when data.prepared_dir is set)."""
   entry = spec(data_config.source, kind)
-  if entry.preparable and _get(data_config, "prepared_dir"):
+  if entry.preparable and config_get(data_config, "prepared_dir"):
     from mdx.data.cxr import tfds_builders
 
     return tfds_builders.load_prepared(data_config, seed)
