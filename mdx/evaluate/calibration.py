@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
+from scipy import special
 from sklearn.isotonic import IsotonicRegression
 
 
@@ -80,7 +81,7 @@ class Platt:
 
   def __call__(self, p) -> np.ndarray:
     z = self.a * _logit(np.asarray(p, np.float64)) + self.b
-    return 1.0 / (1.0 + np.exp(-z))
+    return special.expit(z)
 
 
 def fit_platt(y_true, y_prob, max_iter: int = 100) -> Platt:
@@ -92,7 +93,7 @@ def fit_platt(y_true, y_prob, max_iter: int = 100) -> Platt:
   theta = np.array([1.0, 0.0])
   ridge = 1e-8
   for _ in range(max_iter):
-    q = 1.0 / (1.0 + np.exp(-(x @ theta)))
+    q = special.expit(x @ theta)
     grad = x.T @ (q - y) + ridge * theta
     hess = (x * (q * (1 - q))[:, None]).T @ x + ridge * np.eye(2)
     step = np.linalg.solve(hess, grad)
@@ -120,3 +121,52 @@ def fit_isotonic(y_true, y_prob) -> Isotonic:
   model = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip", increasing=True)
   model.fit(p, y)
   return Isotonic(model)
+
+
+# Calibration maps as JSON (a bundle's 'calibration' section): fitted once on validation, applied
+# to new cases by predict and by external evaluation.
+CALIBRATION_METHODS = ("platt", "isotonic", "none")
+
+
+def map_to_spec(fitted: Platt | Isotonic | None, reason: str = "") -> dict:
+  """-> {'kind': 'platt', 'a', 'b'}, {'kind': 'isotonic', 'x', 'y'} or {'kind': 'identity',
+  'reason'}."""
+  if isinstance(fitted, Platt):
+    return {"kind": "platt", "a": fitted.a, "b": fitted.b}
+  if isinstance(fitted, Isotonic):
+    return {
+      "kind": "isotonic",
+      "x": [float(v) for v in fitted.model.X_thresholds_],
+      "y": [float(v) for v in fitted.model.y_thresholds_],
+    }
+  return {"kind": "identity", "reason": reason}
+
+
+def map_from_spec(spec: dict):
+  """The callable p -> p' of a map_to_spec dict (identity: p unchanged)."""
+  kind = spec.get("kind")
+  if kind == "platt":
+    return Platt(float(spec["a"]), float(spec["b"]))
+  if kind == "isotonic":
+    x, y = np.asarray(spec["x"], np.float64), np.asarray(spec["y"], np.float64)
+    # sklearn's IsotonicRegression.predict with out_of_bounds='clip' is this interpolation
+    return lambda p: np.interp(np.asarray(p, np.float64), x, y)
+  if kind == "identity":
+    return lambda p: np.asarray(p, np.float64)
+  raise ValueError(f"calibration map kind {kind!r}; expected platt, isotonic or identity")
+
+
+def fit_map(y_true, y_prob, method: str) -> dict:
+  """Fits `method` (CALIBRATION_METHODS) on validation labels and scores of one finding -> spec.
+
+  A finding whose validation labels lack positives or negatives gets the identity, with the
+  reason."""
+  if method not in CALIBRATION_METHODS:
+    raise ValueError(f"calibration {method!r} is unknown; choose one of {CALIBRATION_METHODS}")
+  if method == "none":
+    return map_to_spec(None, "no calibration asked for (config.eval.calibration='none')")
+  y, _ = _known(y_true, y_prob)
+  if len(np.unique(y)) < 2:
+    return map_to_spec(None, "validation labels lack positives or negatives: nothing to fit")
+  fitted = fit_platt(y_true, y_prob) if method == "platt" else fit_isotonic(y_true, y_prob)
+  return map_to_spec(fitted)

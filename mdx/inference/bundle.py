@@ -1,0 +1,394 @@
+"""A trained model as a self-contained folder: everything inference needs, nothing of the data.
+
+DIR/bundle.json      the spec (below), plain JSON a person can read
+DIR/variables/       Orbax PyTree checkpoint of {'params', 'batch_stats'} (inference variables)
+DIR/model_card.md    what the model is for, the data, results with CIs, calibration, limits
+DIR/bootstrap.npz    (optional) the internal test set's bootstrap AUROC samples per finding, so an
+                     external evaluation can put a CI on internal - external AUROC
+
+bundle.json sections:
+  format       FORMAT
+  task         'classification' | 'segmentation'
+  model        the registry spec: {'name', 'num_classes', 'dtype', module fields...}
+  input        classification: {'kind': 'image', 'image_size', 'channels', 'standardize':
+               {'mode', 'mean', 'std'}, 'resize', 'dicom'}; segmentation: {'kind': 'volume',
+               'channels', 'standardize': {'mode'}, 'patch_size', 'overlap', 'batch_size'}
+  output       classification: {'findings', 'activation': 'sigmoid'}; segmentation:
+               {'class_names', 'label_mode': 'classes' | 'regions', 'activation',
+               'label_values' (the value written for each class index)}
+  thresholds   classification: {'policy', 'description', 'chosen_on', 'scale': 'raw',
+               'values': {finding: t or None}}; a case is called positive when its raw score >= t
+  calibration  classification: {'method', 'fitted_on', 'maps': {finding: calibration spec}}
+               (mdx.evaluate.calibration.map_from_spec); applied to the raw score
+  results      {'validation': ..., 'test': ...} measured numbers with CIs (see
+               mdx.evaluate.model_card for what the card reads)
+  provenance   {'config', 'mdx_version', 'git_commit', 'created', 'step', 'data': {...}}
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+FORMAT = "mdx-bundle/1"
+SPEC = "bundle.json"
+VARIABLES = "variables"
+CARD = "model_card.md"
+BOOTSTRAP = "bootstrap.npz"
+TASKS = ("classification", "segmentation")
+# Sections every bundle has, and the fields inside them predict reads.
+REQUIRED = {
+  "classification": {
+    "model": ("name", "num_classes"),
+    "input": ("image_size", "channels", "standardize"),
+    "output": ("findings",),
+    "thresholds": ("values",),
+    "calibration": ("method", "maps"),
+  },
+  "segmentation": {
+    "model": ("name", "num_classes"),
+    "input": ("channels", "standardize", "patch_size", "overlap"),
+    "output": ("class_names", "label_mode", "activation", "label_values"),
+  },
+}
+
+
+@dataclasses.dataclass
+class Bundle:
+  path: str
+  spec: dict[str, Any]
+  variables: dict[str, Any]  # {'params', 'batch_stats'} as numpy arrays
+
+  @property
+  def task(self) -> str:
+    return self.spec["task"]
+
+  def model(self, bn_axis_name: str | None = None):
+    """The Flax module the variables belong to."""
+    from mdx.models import registry
+
+    return registry.create_from_config(self.spec["model"], bn_axis_name=bn_axis_name)
+
+  def bootstrap(self) -> dict[str, np.ndarray]:
+    """{'<split>/<finding>/auroc': samples [B]} when the bundle kept them, else {}."""
+    path = os.path.join(self.path, BOOTSTRAP)
+    if not os.path.exists(path):
+      return {}
+    with np.load(path) as z:
+      return {k: z[k] for k in z.files}
+
+
+def code_version() -> dict[str, Any]:
+  """mdx's version and, when mdx runs from a git checkout, its commit and whether it was edited."""
+  import mdx
+
+  out: dict[str, Any] = {"mdx_version": mdx.__version__, "git_commit": None, "git_dirty": None}
+  root = os.path.dirname(os.path.dirname(os.path.abspath(mdx.__file__)))
+  try:
+    commit = subprocess.run(
+      ["git", "-C", root, "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10
+    )
+    if commit.returncode == 0:
+      out["git_commit"] = commit.stdout.strip()
+      status = subprocess.run(
+        ["git", "-C", root, "status", "--porcelain", "--untracked-files=no"],
+        capture_output=True,
+        text=True,
+        timeout=10,
+      )
+      out["git_dirty"] = bool(status.stdout.strip())
+  except (OSError, subprocess.SubprocessError):
+    pass
+  return out
+
+
+def _jsonable(x):
+  if isinstance(x, dict):
+    return {str(k): _jsonable(v) for k, v in x.items()}
+  if isinstance(x, (list, tuple)):
+    return [_jsonable(v) for v in x]
+  if isinstance(x, np.ndarray):
+    return _jsonable(x.tolist())
+  if isinstance(x, np.generic):
+    x = x.item()
+  if isinstance(x, float) and not np.isfinite(x):
+    return None
+  return x
+
+
+def write(
+  directory: str,
+  spec: dict[str, Any],
+  variables: dict[str, Any],
+  card: str | None = None,
+  bootstrap: dict[str, np.ndarray] | None = None,
+) -> str:
+  """Writes a bundle atomically (a sibling temp folder renamed into place; an older bundle at
+  `directory` is replaced only once the new one is complete). Returns the absolute path.
+
+  card: the model card's Markdown; None renders it from the final spec (provenance included)."""
+  directory = os.path.abspath(directory)
+  spec = _jsonable({"format": FORMAT, **spec})
+  spec.setdefault("provenance", {})
+  spec["provenance"] = {
+    **code_version(),
+    "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+    **spec["provenance"],
+  }
+  check_spec(spec, directory)
+  if os.path.exists(directory) and not os.path.isfile(os.path.join(directory, SPEC)):
+    if not os.path.isdir(directory) or os.listdir(directory):
+      raise FileExistsError(
+        f"{directory} exists and is not a bundle; choose a new folder for the bundle (an older "
+        "bundle is replaced, anything else is left alone)"
+      )
+  if card is None:
+    from mdx.evaluate import model_card
+
+    card = model_card.render(spec)
+  parent = os.path.dirname(directory)
+  os.makedirs(parent, exist_ok=True)
+  tmp = tempfile.mkdtemp(prefix=".bundle-", dir=parent)
+  try:
+    tree = jax.tree.map(np.asarray, {k: v for k, v in variables.items() if v})
+    ocp.PyTreeCheckpointer().save(os.path.join(tmp, VARIABLES), args=ocp.args.PyTreeSave(tree))
+    with open(os.path.join(tmp, SPEC), "w") as f:
+      json.dump(spec, f, indent=2)
+    with open(os.path.join(tmp, CARD), "w") as f:
+      f.write(card)
+    if bootstrap:
+      np.savez_compressed(os.path.join(tmp, BOOTSTRAP), **bootstrap)
+    old = None
+    if os.path.exists(directory):
+      old = tempfile.mkdtemp(prefix=".bundle-old-", dir=parent)
+      os.rename(directory, os.path.join(old, "b"))
+    os.rename(tmp, directory)
+    if old:
+      shutil.rmtree(old)
+  except BaseException:
+    shutil.rmtree(tmp, ignore_errors=True)
+    raise
+  return directory
+
+
+def check_spec(spec: dict[str, Any], where: str) -> None:
+  """ValueError naming the first missing or wrong part of a bundle spec."""
+  if not isinstance(spec, dict):
+    raise ValueError(f"bundle {where}: {SPEC} holds a {type(spec).__name__}, not an object")
+  if spec.get("format") != FORMAT:
+    raise ValueError(
+      f"bundle {where}: {SPEC} has format {spec.get('format')!r}, expected {FORMAT!r}; "
+      "export the bundle again with this mdx"
+    )
+  task = spec.get("task")
+  if task not in TASKS:
+    raise ValueError(f"bundle {where}: {SPEC} 'task' is {task!r}; expected one of {TASKS}")
+  for section, fields in REQUIRED[task].items():
+    if not isinstance(spec.get(section), dict):
+      raise ValueError(
+        f"bundle {where}: {SPEC} has no '{section}' section; the bundle is incomplete "
+        "(export it again)"
+      )
+    for field in fields:
+      if field not in spec[section]:
+        raise ValueError(
+          f"bundle {where}: {SPEC} '{section}' has no '{field}'; the bundle is incomplete "
+          "(export it again)"
+        )
+
+
+def load(directory: str) -> Bundle:
+  """Reads and checks a bundle; a missing or damaged part is a one-line error naming it."""
+  directory = os.path.abspath(os.path.expanduser(directory))
+  if not os.path.isdir(directory):
+    raise FileNotFoundError(
+      f"bundle {directory} does not exist or is not a folder; pass the bundle/ folder a "
+      "training run wrote (WORKDIR/bundle) or one made with --mode=export"
+    )
+  spec_path = os.path.join(directory, SPEC)
+  if not os.path.isfile(spec_path):
+    raise FileNotFoundError(
+      f"bundle {directory} has no {SPEC}; the bundle is incomplete (export it again)"
+    )
+  try:
+    with open(spec_path) as f:
+      spec = json.load(f)
+  except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    raise ValueError(f"bundle {directory}: {SPEC} is not valid JSON ({e}); export it again") from e
+  check_spec(spec, directory)
+  variables_path = os.path.join(directory, VARIABLES)
+  if not os.path.isdir(variables_path):
+    raise FileNotFoundError(
+      f"bundle {directory} has no {VARIABLES}/ folder (the weights); the bundle is incomplete "
+      "(export it again)"
+    )
+  variables = _restore_variables(variables_path, directory)
+  bundle = Bundle(directory, spec, variables)
+  _check_variables(bundle)
+  return bundle
+
+
+def _restore_variables(path: str, where: str) -> dict[str, Any]:
+  try:
+    ckpt = ocp.PyTreeCheckpointer()
+    md = ckpt.metadata(path)
+    tree = getattr(getattr(md, "item_metadata", md), "tree", md)
+    target = jax.tree.map(
+      lambda m: np.zeros(m.shape, m.dtype),
+      tree,
+      is_leaf=lambda m: hasattr(m, "shape") and hasattr(m, "dtype"),
+    )
+    restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), target)
+    out = ckpt.restore(path, args=ocp.args.PyTreeRestore(item=target, restore_args=restore_args))
+  except Exception as e:  # Orbax raises many types for a damaged checkpoint
+    raise ValueError(
+      f"bundle {where}: the weights in {VARIABLES}/ cannot be read "
+      f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); the bundle is "
+      "damaged (export it again)"
+    ) from None
+  return {"params": out.get("params", {}), "batch_stats": out.get("batch_stats", {})}
+
+
+def _check_variables(bundle: Bundle) -> None:
+  """The weights must be the model's: same tree, same shapes (else predictions are meaningless)."""
+  from flax import traverse_util
+
+  model = bundle.model()
+  spec = bundle.spec
+  if bundle.task == "classification":
+    size = spec["input"]["image_size"]
+    shape = (1, size, size, spec["input"]["channels"])
+  else:
+    shape = (1, *spec["input"]["patch_size"], spec["input"]["channels"])
+  expected = jax.eval_shape(
+    lambda: model.init(jax.random.key(0), np.zeros(shape, np.float32), train=False)
+  )
+  want = {k: tuple(v.shape) for k, v in traverse_util.flatten_dict(dict(expected)).items()}
+  have = {
+    k: tuple(np.shape(v)) for k, v in traverse_util.flatten_dict(bundle.variables).items() if k
+  }
+  missing = sorted("/".join(k) for k in want if k not in have)
+  wrong = sorted(
+    f"{'/'.join(k)} {have[k]} vs {want[k]}" for k in want if k in have and have[k] != want[k]
+  )
+  if missing or wrong:
+    detail = f"missing {missing[:3]}" if missing else f"shapes {wrong[:3]}"
+    raise ValueError(
+      f"bundle {bundle.path}: the weights in {VARIABLES}/ do not fit model "
+      f"{spec['model']['name']!r} ({detail}); the bundle is damaged or mixed up (export it again)"
+    )
+
+
+def model_spec(model_config) -> dict[str, Any]:
+  """config.model -> the bundle's model section (what registry.create_from_config needs)."""
+  cfg = model_config.to_dict() if hasattr(model_config, "to_dict") else dict(model_config)
+  return {k: v for k, v in cfg.items() if k != "init_from"}  # weights come from the bundle
+
+
+def classification_spec(
+  model: dict[str, Any],
+  *,
+  image_size: int,
+  channels: int,
+  standardize: dict[str, Any],
+  findings: list[str] | tuple[str, ...],
+  thresholds: dict[str, Any] | None = None,
+  calibration: dict[str, Any] | None = None,
+  results: dict[str, Any] | None = None,
+  provenance: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+  """A classifier's bundle spec. Without thresholds or calibration (e.g. imported weights) the
+  bundle says none were chosen: predict then writes raw scores and no calls."""
+  findings = list(findings)
+  return {
+    "task": "classification",
+    "model": dict(model),
+    "input": {
+      "kind": "image",
+      "image_size": int(image_size),
+      "channels": int(channels),
+      "standardize": {"mode": "none", "mean": None, "std": None, **standardize},
+      "resize": "area averaging of the whole image to image_size x image_size (no crop)",
+      "value_range": "8-bit / 255 and 16-bit / 65535 to [0, 1] before standardisation",
+      "dicom": "modality LUT, then VOI LUT or window, MONOCHROME1 inverted (bone bright)",
+      "formats": ["png", "jpeg", "dicom"],
+    },
+    "output": {"findings": findings, "activation": "sigmoid"},
+    "thresholds": thresholds
+    or {
+      "policy": None,
+      "description": "none chosen (no validation set): no positive/negative calls",
+      "chosen_on": None,
+      "scale": "raw",
+      "values": {f: None for f in findings},
+    },
+    "calibration": calibration
+    or {
+      "method": "none",
+      "fitted_on": None,
+      "maps": {f: {"kind": "identity", "reason": "not calibrated"} for f in findings},
+    },
+    "results": results or {},
+    "provenance": provenance or {},
+  }
+
+
+def segmentation_spec(
+  model: dict[str, Any],
+  *,
+  channels: int,
+  standardize: str,
+  patch_size,
+  overlap: float,
+  batch_size: int,
+  class_names,
+  label_mode: str,
+  label_values,
+  results: dict[str, Any] | None = None,
+  provenance: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+  """A 3D segmenter's bundle spec (sliding windows of patch_size with the given overlap)."""
+  return {
+    "task": "segmentation",
+    "model": dict(model),
+    "input": {
+      "kind": "volume",
+      "channels": int(channels),
+      "standardize": {"mode": standardize},
+      "patch_size": [int(s) for s in patch_size],
+      "overlap": float(overlap),
+      "batch_size": int(batch_size),
+      "formats": ["nifti"],
+    },
+    "output": {
+      "class_names": list(class_names),
+      "label_mode": label_mode,
+      "activation": "sigmoid" if label_mode == "regions" else "softmax",
+      "label_values": [int(v) for v in label_values],
+    },
+    "results": results or {},
+    "provenance": provenance or {},
+  }
+
+
+def fingerprint(*columns) -> str:
+  """sha256 of record columns (ids, patient ids, label rows): names the training data without
+  holding any of it. The same records in the same order give the same hex digest."""
+  h = hashlib.sha256()
+  for column in columns:
+    for item in column:
+      h.update(repr(np.asarray(item).tolist()).encode())
+      h.update(b"\x00")
+    h.update(b"\x01")
+  return h.hexdigest()
