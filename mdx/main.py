@@ -1,5 +1,5 @@
 """mdx entry point:
-python -m mdx.main --config=experiments/X.py --workdir=DIR --mode=train|eval|predict
+python -m mdx.main --config=experiments/X.py --workdir=DIR --mode=train|eval|export|predict
 
 Overrides: --config.train.steps=20 --config.data.image_size=64 ...  A run writes its resolved config
 into the workdir; running train again on the same workdir resumes from its latest checkpoint.
@@ -13,7 +13,8 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from mdx import config as config_lib
-from mdx.train.run import quiet_library_logs, run  # the flag-free API behind this command line
+from mdx.runtime import quiet_library_logs
+from mdx.train.run import run  # the flag-free API behind this command line
 
 _CONFIG = config_flags.DEFINE_config_file(
   "config", None, "Experiment file with get_config().", lock_config=True
@@ -22,12 +23,16 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs
 _MODE = flags.DEFINE_enum(
   "mode",
   "train",
-  ["train", "eval", "predict"],
-  "train (then evaluate and report), eval (report from the best checkpoint), "
-  "or predict (files in --input -> --output).",
+  ["train", "eval", "export", "predict"],
+  "train (then report and bundle the best checkpoint), eval (report and bundle the best "
+  "checkpoint again), export (a bundle of checkpoint --step), or predict (the run's bundle on "
+  "--input, written to --output; needs no training data).",
 )
-_INPUT = flags.DEFINE_string("input", None, "predict: a folder of input files.")
-_OUTPUT = flags.DEFINE_string("output", None, "predict: the folder to write predictions into.")
+_INPUT = flags.DEFINE_string("input", None, "predict: a file, a folder or a CSV list of files.")
+_OUTPUT = flags.DEFINE_string(
+  "output", None, "predict: the folder for predictions; export: the bundle folder."
+)
+_STEP = flags.DEFINE_integer("step", None, "export: the checkpoint step (default: the best).")
 _DISTRIBUTED = flags.DEFINE_bool(
   "jax_distributed", False, "Call jax.distributed.initialize() (multi-host TPU/GPU)."
 )
@@ -48,7 +53,7 @@ def main(argv):
   except ValueError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
-  out = run(config, _WORKDIR.value, _MODE.value, _INPUT.value, _OUTPUT.value)
+  out = run(config, _WORKDIR.value, _MODE.value, _INPUT.value, _OUTPUT.value, _STEP.value)
   if out:
     print(f"mdx: {_MODE.value} done; see {out}", flush=True)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import logging as logging_std
 
 import jax
 import numpy as np
@@ -123,3 +124,20 @@ def donate_state() -> bool:
   then copies parameters inside the step to keep the old values alive, which costs ~15% of a
   DenseNet-121 step; memory is plentiful there, so only accelerators donate."""
   return jax.default_backend() != "cpu"
+
+
+class _QuietLibraries(logging_std.Filter):
+  """Drops INFO chatter of Orbax and grain (each save/restore logs a dozen lines); keeps
+  warnings."""
+
+  def filter(self, record) -> bool:
+    return record.levelno >= logging_std.WARNING or not any(
+      part in record.pathname for part in ("/orbax/", "/grain/")
+    )
+
+
+def quiet_library_logs() -> None:
+  """For entry points (main, predict, evaluate, sweep): library INFO lines off, warnings kept."""
+  from absl import logging
+
+  logging.get_absl_handler().addFilter(_QuietLibraries())

@@ -234,9 +234,11 @@ def examples_png(
   path: str,
   count: int = 8,
   seed: int = 0,
+  scores: str = "probabilities",
 ) -> tuple[str, str]:
   """A grid of test images, each titled with its true findings and the model's top probabilities.
 
+  scores: what probs are, for the caption (e.g. 'raw scores', 'calibrated probabilities').
   labels [N, C] (nan unknown) and probs [N, C] are rows of the evaluated split, index [N] their
   record indices; image_fn(record index) -> the image as stored [H, W] or [H, W, C]. About three
   quarters of the images show a finding (the rest none), drawn with `seed`. Returns (caption, path).
@@ -269,4 +271,4 @@ def examples_png(
   fig.tight_layout()
   fig.savefig(path, dpi=110)
   plt.close(fig)
-  return ("Example test images: true findings and the model's three most probable findings", path)
+  return (f"Example test images: true findings and the model's three highest {scores}", path)

@@ -18,6 +18,7 @@ from collections.abc import Callable, Mapping, Sequence
 import numpy as np
 from absl import logging
 
+from mdx.evaluate import calibration as C
 from mdx.evaluate import gradcam as G
 from mdx.evaluate import plots, report
 from mdx.evaluate import predictions as P
@@ -46,6 +47,8 @@ def classification_run_report(
   model_inputs: Callable[[Sequence[int]], np.ndarray] | None = None,
   gradcam: Mapping | None = None,
   lesion_masks: Callable[[int], Mapping[str, np.ndarray]] | None = None,
+  calibration: tuple[str, Mapping[str, Mapping]] | None = None,
+  weighted_loss: bool = False,
 ) -> dict:
   """Writes out_dir/{split}_predictions.csv, gradcam.json, metrics.json, report.md and report.html.
 
@@ -54,7 +57,10 @@ def classification_run_report(
   stored image for the examples figure. Figures are drawn into fig_dir and the report copies what
   it shows into out_dir. Grad-CAM runs when model, variables, model_inputs and gradcam (a mapping
   with findings, images, overlays, layer: config.eval.gradcam) are given; see
-  gradcam.grad_cam_report. Returns the metrics dict (as in metrics.json).
+  gradcam.grad_cam_report. calibration: (method, {finding: map spec}) fitted on validation
+  (mdx.evaluate.calibration.fit_map): the example images then show calibrated probabilities, as a
+  bundle's predict does. weighted_loss: the raw scores come from a weighted loss (the report says
+  they are inflated). Returns the metrics dict (as in metrics.json).
   """
   os.makedirs(out_dir, exist_ok=True)
   os.makedirs(fig_dir, exist_ok=True)
@@ -68,6 +74,28 @@ def classification_run_report(
     patient_ids=patient_ids,
     digits=6,
   )
+  shown, scores = pred["probs"], "raw scores"
+  if calibration is not None and calibration[0] != "none":
+    maps = [C.map_from_spec(calibration[1][f]) for f in findings]
+    raw = np.asarray(pred["probs"], np.float64)
+    shown = np.stack([m(raw[:, j]) for j, m in enumerate(maps)], 1).reshape(raw.shape)
+    scores = f"probabilities calibrated on validation ({calibration[0]})"
+  notes = [
+    f"Scores: {split}_predictions.csv and every table and curve below use the model's raw scores "
+    "(sigmoid outputs); thresholds are chosen on them. "
+    + (
+      "The loss weighted positives up, so raw scores overstate probabilities (findings absent "
+      "from a film can score well above 0.5). "
+      if weighted_loss
+      else ""
+    )
+    + (
+      f"The example images show {scores}, as the bundle's predict writes them; 'after Platt' and "
+      "'after isotonic' rows give the calibration of such maps."
+      if calibration is not None and calibration[0] != "none"
+      else "The example images show raw scores too (no calibration was asked for)."
+    )
+  ]
   figures = [
     plots.training_curves_png(
       history,
@@ -81,12 +109,13 @@ def classification_run_report(
     plots.examples_png(
       image_fn,
       pred["labels"],
-      pred["probs"],
+      shown,
       pred["index"],
       findings,
       os.path.join(fig_dir, "examples.png"),
       count=examples,
       seed=seed,
+      scores=scores,
     ),
   ]
   gradcam_figures = []
@@ -122,6 +151,7 @@ def classification_run_report(
     extra_figures=figures,
     gradcam_figures=gradcam_figures,
     title=title,
+    notes=notes,
   )
 
 

@@ -15,7 +15,8 @@ from mdx import losses
 from mdx.data import augment, pipeline, resample, sources, splits
 from mdx.data import standardize as standardize_lib
 from mdx.data.cxr import records
-from mdx.evaluate import metrics, thresholds
+from mdx.evaluate import calibration, metrics, thresholds
+from mdx.inference import bundle as bundle_lib
 from mdx.models import registry
 from mdx.train import optim
 
@@ -27,7 +28,6 @@ class ClassificationTask:
   skin..."""
 
   source_kind = sources.IMAGE
-  predict_files = None  # no --mode=predict for classifiers yet
 
   @classmethod
   def defaults(cls) -> ml_collections.ConfigDict:
@@ -47,6 +47,7 @@ class ClassificationTask:
         eval=dict(
           bootstrap=1000,
           threshold="youden",
+          calibration="platt",  # platt | isotonic | none: fitted on validation, kept in the bundle
           gradcam=dict(
             findings=("Mass", "Nodule", "Cardiomegaly", "Pneumothorax"),
             images=64,
@@ -76,6 +77,11 @@ class ClassificationTask:
           f"config.eval.gradcam.{key}={ev.gradcam[key]!r} must be a whole number >= 0"
         )
     thresholds.parse_policy(ev.threshold)
+    if ev.calibration not in calibration.CALIBRATION_METHODS:
+      raise ValueError(
+        f"config.eval.calibration={ev.calibration!r} is unknown; choose one of "
+        f"{calibration.CALIBRATION_METHODS}"
+      )
     augment.make(data.augment, data.image_size)
     if data.standardize != "dataset":
       standardize_lib.transforms(data.standardize)
@@ -136,6 +142,7 @@ class ClassificationTask:
     self.standardize = self._standardize()  # grain Maps
     self.transforms_eval = self.standardize + [records.mask_unknown_labels]
     self.transforms_train = augment.make(data.augment, data.image_size) + self.transforms_eval
+    self._reported: dict | None = None  # the last report's predictions (the bundle states them)
     first = np.asarray(self.source[int(self.splits["train"][0])]["image"])
     self._channels = first.shape[-1] if first.ndim == 3 else 1
 
@@ -236,16 +243,25 @@ class ClassificationTask:
       "val_auroc": float(np.nanmean(auroc)) if np.any(np.isfinite(auroc)) else 0.0,
     }
 
-  def report(self, evaluator, workdir: str, history: list[dict]) -> str:
+  def calibration_maps(self, val: dict) -> dict[str, dict]:
+    """{finding: map spec} fitted on validation by config.eval.calibration (raw -> calibrated)."""
+    method = self.config.eval.calibration
+    return {
+      f: calibration.fit_map(val["labels"][:, j], val["probs"][:, j], method)
+      for j, f in enumerate(self.findings)
+    }
+
+  def report(self, evaluator, workdir: str, history: list[dict], out_dir: str | None = None) -> str:
     from mdx.evaluate import run_report
 
     split = self.config.eval.split
     pred = self.predict(evaluator, split)
     val = self.predict(evaluator, "validation")
-    out_dir = os.path.join(workdir, "report")
-    run_report.classification_run_report(
+    maps = self.calibration_maps(val)
+    out_dir = out_dir or os.path.join(workdir, "report")
+    result = run_report.classification_run_report(
       out_dir,
-      os.path.join(workdir, "figures"),
+      os.path.join(os.path.dirname(out_dir), "figures"),  # drawn here, copied into the report
       split=split,
       pred=pred,
       val=val,
@@ -264,8 +280,115 @@ class ClassificationTask:
       model_inputs=self.model_inputs,
       gradcam=self.config.eval.gradcam,
       lesion_masks=getattr(self.source, "lesion_masks", None),
+      calibration=(self.config.eval.calibration, maps),
+      weighted_loss=self.config.loss.name == "weighted_bce",
     )
+    self._reported = {"split": split, "pred": pred, "val": val, "maps": maps, "result": result}
     return out_dir
+
+  # --- the bundle (mdx.inference.bundle) ---
+
+  def _results(self, pred: dict, threshold_from: dict | None, keep_bootstrap=()) -> dict:
+    """A split's measured numbers for the bundle, with thresholds chosen on validation."""
+    from mdx.evaluate import classification as evaluation
+
+    ev = self.config.eval
+    result = evaluation.evaluate_classification(
+      pred["labels"],
+      pred["probs"],
+      self.findings,
+      patient_ids=self.patient_ids[pred["index"]],
+      val_labels=None if threshold_from is None else threshold_from["labels"],
+      val_probs=None if threshold_from is None else threshold_from["probs"],
+      threshold_policy=ev.threshold,
+      bootstrap=ev.bootstrap,
+      seed=self.config.seed,
+      keep_bootstrap=keep_bootstrap,
+    )
+    per_finding = {}
+    for j, f in enumerate(self.findings):
+      pf = result["per_finding"][f]
+      m = pf["metrics"]
+      known = pred["labels"][:, j][~np.isnan(pred["labels"][:, j])]
+      entry = {
+        "n": pf["n"],
+        "n_positive": pf["n_positive"],
+        "prevalence": float(np.mean(known, dtype=np.float64)) if len(known) else None,
+      }
+      for name in ("auroc", "average_precision", "sensitivity", "specificity", "ppv", "npv"):
+        entry[name] = m.get(name)
+      entry["brier"], entry["ece"] = m.get("brier"), m.get("ece")
+      if threshold_from is not None:  # calibration fitted on validation, measured on this split
+        entry["brier_calibrated"] = m.get(f"brier_{ev.calibration}")
+        entry["ece_calibrated"] = m.get(f"ece_{ev.calibration}")
+      per_finding[f] = entry
+    out = {
+      "n_images": result["n_images"],
+      "n_patients": result["n_patients"],
+      "macro_auroc": result["macro"]["auroc"],
+      "per_finding": per_finding,
+    }
+    return out, result.get("bootstrap_samples", {}), result["settings"]
+
+  def bundle_contents(self, evaluator) -> tuple[dict, dict, dict]:
+    """(spec, inference variables, bootstrap samples) for mdx.inference.bundle.write: thresholds
+    and calibration chosen on validation, the validation and test results of the reported state."""
+    rep = self._reported
+    if rep is None:
+      raise RuntimeError("ClassificationTask.report must run before bundle_contents")
+    split, val, result = rep["split"], rep["val"], rep["result"]
+    results, samples = {}, {}
+    results["validation"], _, settings = self._results(val, None)
+    if splits.split_key(split) != "validation":
+      results[split], kept, settings = self._results(rep["pred"], val, keep_bootstrap=("auroc",))
+      samples = {f"{split}/{k}": v for k, v in kept.items()}
+    results["settings"] = {
+      k: settings[k] for k in ("bootstrap_resamples", "resampling_unit", "ci_level", "seed")
+    }
+    ev = self.config.eval
+    thresholds_spec = {
+      "policy": str(ev.threshold),
+      "description": thresholds.describe_policy(ev.threshold),
+      "chosen_on": f"validation split ({len(val['index'])} images)",
+      "scale": "raw",
+      "values": {f: result["per_finding"][f]["threshold"] for f in self.findings},
+    }
+    calibration_spec = {
+      "method": ev.calibration,
+      "fitted_on": f"validation split ({len(val['index'])} images)",
+      "maps": rep["maps"],
+    }
+    train = self.splits["train"]
+    standardize = {"mode": self.config.data.standardize}
+    if self.standardize and self.standardize[0].mode == "dataset":
+      standardize.update(mean=list(self.standardize[0].mean), std=list(self.standardize[0].std))
+    spec = bundle_lib.classification_spec(
+      bundle_lib.model_spec(self.config.model),
+      image_size=self.config.data.image_size,
+      channels=self._channels,
+      standardize=standardize,
+      findings=self.findings,
+      thresholds=thresholds_spec,
+      calibration=calibration_spec,
+      results=results,
+      provenance={
+        "data": {
+          "source": self.config.data.source,
+          "fingerprint": bundle_lib.fingerprint(
+            self.source.image_ids()[train], self.patient_ids[train], self.labels[train]
+          ),
+          "n_records": len(self.labels),
+          "n_patients": len(np.unique(self.patient_ids)),
+          "splits": {k: len(v) for k, v in self.splits.items()},
+          "split_by": self.config.data.split.by,
+          "train_prevalence": {
+            f: float(p) for f, p in zip(self.findings, np.nanmean(self.labels[train], 0))
+          },
+        }
+      },
+    )
+    state = evaluator.state
+    return spec, {"params": state.params, "batch_stats": state.batch_stats}, samples
 
   def model_inputs(self, indices) -> np.ndarray:
     """The images of records as the model sees them in evaluation (resized, standardised)."""

@@ -191,6 +191,11 @@ def restore_for_eval(config, workdir: str, task, step: int | None = None):
   eval_geometry = runtime.batch_geometry(config.eval.batch_size, mesh, "config.eval.batch_size")
   model, _, state = build(config, task, mesh, pretrained=False)
   manager = _manager(config, workdir)
+  if step is not None and step not in manager.all_steps():
+    raise ValueError(
+      f"--step={step}: {workdir}/checkpoints keeps steps {sorted(manager.all_steps())}; "
+      "choose one of them (config.train.keep_last decides how many are kept)"
+    )
   step = step if step is not None else checkpoint.best_or_latest_step(manager)
   if step is None:
     raise FileNotFoundError(

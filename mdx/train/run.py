@@ -4,24 +4,9 @@ call it."""
 from __future__ import annotations
 
 import json
-import logging as logging_std
 import os
 
 from absl import logging
-
-
-class _QuietLibraries(logging_std.Filter):
-  """Drops INFO chatter of Orbax and grain (each save/restore logs a dozen lines); keeps
-  warnings."""
-
-  def filter(self, record) -> bool:
-    return record.levelno >= logging_std.WARNING or not any(
-      part in record.pathname for part in ("/orbax/", "/grain/")
-    )
-
-
-def quiet_library_logs() -> None:
-  logging.get_absl_handler().addFilter(_QuietLibraries())
 
 
 def prepare_workdir(workdir: str) -> str:
@@ -40,10 +25,38 @@ def write_config(config, workdir: str) -> None:
     f.write(config.to_json_best_effort(indent=2, sort_keys=True))
 
 
+def write_bundle(task, evaluator, workdir: str, step: int, config, directory: str) -> str:
+  """The reported state as a bundle (mdx.inference.bundle): everything predict needs."""
+  import jax
+
+  from mdx import runtime
+  from mdx.inference import bundle as bundle_lib
+
+  spec, variables, samples = task.bundle_contents(evaluator)
+  variables = runtime.to_host(variables)  # every process joins the gather; process 0 writes
+  spec["provenance"].update(step=int(step), workdir=workdir, config=config.to_dict())
+  if jax.process_index() == 0:
+    bundle_lib.write(directory, spec, variables, bootstrap=samples)
+    logging.info("Wrote the bundle %s (model card: %s)", directory, bundle_lib.CARD)
+  return directory
+
+
 def run(
-  config, workdir: str, mode: str, input_dir: str | None = None, output_dir: str | None = None
+  config,
+  workdir: str,
+  mode: str,
+  input_dir: str | None = None,
+  output_dir: str | None = None,
+  step: int | None = None,
 ) -> str | None:
-  """Runs one mode; returns the report directory (train, eval) or the output folder (predict)."""
+  """Runs one mode; returns the report directory (train, eval), the bundle (export) or the output
+  folder (predict).
+
+  train: train (resuming), then report and bundle the best checkpoint (WORKDIR/report, /bundle).
+  eval: report and bundle the best checkpoint again. export: a bundle of checkpoint `step` (default
+  the best) into output_dir (default WORKDIR/bundle-step-N), its report beside it. predict: the
+  run's bundle on the files of input_dir, needing neither the training data nor a checkpoint.
+  """
   import jax
 
   from mdx import config as config_lib
@@ -64,14 +77,19 @@ def run(
     jax.process_count(),
     workdir,
   )
-  task = tasks.make_task(config)
   if mode == "predict":
     if not (input_dir and output_dir):
-      raise ValueError("--mode=predict needs --input=FOLDER and --output=FOLDER")
-    if task.predict_files is None:
-      raise ValueError(f"config.task={config.task!r} has no predict mode")
-    _, evaluator, _ = loop.restore_for_eval(config, workdir, task)
-    return task.predict_files(evaluator, input_dir, output_dir)
+      raise ValueError("--mode=predict needs --input=PATH and --output=FOLDER")
+    from mdx.inference import predict_files
+
+    bundle_dir = os.path.join(workdir, "bundle")
+    if not os.path.isdir(bundle_dir):
+      raise FileNotFoundError(
+        f"{workdir} has no bundle/ folder; train the run first, or make one with "
+        f"--mode=export --workdir={workdir}"
+      )
+    return predict_files.predict(bundle_dir, input_dir, output_dir)["output"]
+  task = tasks.make_task(config)
   if mode == "train":
     result = loop.train(config, workdir, task)
     if not config.eval.after_train:
@@ -79,9 +97,14 @@ def run(
     evaluator = result.evaluator
     evaluator.state, step = loop.best_state(result)
   else:
-    _, evaluator, step = loop.restore_for_eval(config, workdir, task)
+    _, evaluator, step = loop.restore_for_eval(config, workdir, task, step)
   history = loop.History(workdir, enabled=True).read()
+  if mode == "export":
+    bundle_dir = os.path.abspath(output_dir or os.path.join(workdir, f"bundle-step-{step}"))
+    task.report(evaluator, workdir, history, out_dir=bundle_dir + "-report")
+    return write_bundle(task, evaluator, workdir, step, config, bundle_dir)
   report_dir = task.report(evaluator, workdir, history)
+  write_bundle(task, evaluator, workdir, step, config, os.path.join(workdir, "bundle"))
   if jax.process_index() == 0:
     with open(os.path.join(workdir, "evaluated_checkpoint.json"), "w") as f:
       json.dump({"step": int(step)}, f)

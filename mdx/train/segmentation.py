@@ -1,9 +1,10 @@
 """3D segmentation (MSD, BraTS, brain phantoms) as a task for the generic training loop.
 
 Training sees random sub-volumes (config.data.patch_size) of standardised cases, sampled to limit
-background; validation, test and --mode=predict run whole scans through Gaussian-weighted sliding
-windows of the same size, batched over the device mesh. Labels are classes (softmax) or, for
-BraTS-style data with data.label_mode='regions', the nested tumour regions (sigmoid).
+background; validation and test run whole scans through Gaussian-weighted sliding windows of the
+same size, batched over the device mesh (mdx.inference.segmenter, the path a bundle predicts
+with). Labels are classes (softmax) or, for BraTS-style data with data.label_mode='regions', the
+nested tumour regions (sigmoid).
 """
 
 from __future__ import annotations
@@ -18,23 +19,15 @@ from absl import logging
 from mdx import losses, runtime
 from mdx.data import pipeline, sources, splits
 from mdx.data import standardize as standardize_lib
-from mdx.data.volume import brats, nifti
 from mdx.data.volume import transforms as vt
 from mdx.evaluate import segmentation as seg_metrics
+from mdx.inference import bundle as bundle_lib
 from mdx.inference import predict as inference_predict
-from mdx.inference.sliding_window import sliding_window_inference
+from mdx.inference import segmenter
 from mdx.models import registry
 from mdx.train import optim
 
 LOSSES = ("dice", "dice_ce")
-
-
-def regions_to_labels(regions: np.ndarray) -> np.ndarray:
-  """Binary (WT, TC, ET) maps [D, H, W, 3] -> BraTS labels {0, 1, 2, 4} (nested, ET wins)."""
-  wt, tc, et = (regions[..., i].astype(bool) for i in range(3))
-  out = np.where(wt, 2, 0)
-  out = np.where(tc, 1, out)
-  return np.where(et, 4, out).astype(np.uint8)
 
 
 class SegmentationTask:
@@ -122,6 +115,7 @@ class SegmentationTask:
     logging.info("Splits by case: %s", {k: len(v) for k, v in self.splits.items()})
     self.num_channels = self.source.num_channels or self.source[0]["image"].shape[-1]
     self._predict = None
+    self._summaries: dict[str, dict] = {}  # split -> summary of the last evaluation (the bundle's)
 
   # --- the task interface (see mdx/train/tasks.py) ---
 
@@ -190,17 +184,15 @@ class SegmentationTask:
 
   def predict_volume(self, evaluator, image: np.ndarray) -> np.ndarray:
     """Raw image [D, H, W, C] -> predicted label map (classes [D,H,W] or regions [D,H,W,R])."""
-    ev = self.config.eval
-    probs = sliding_window_inference(
+    probs = segmenter.probabilities(
       self._predict_fn(evaluator),
-      standardize_lib.standardize(image, self.config.data.standardize),
-      self.patch,
-      overlap=ev.overlap,
+      image,
+      standardize=self.config.data.standardize,
+      patch=self.patch,
+      overlap=self.config.eval.overlap,
       batch_size=evaluator.geometry.global_batch,
     )
-    if self.activation == "softmax":
-      return probs.argmax(-1).astype(np.int32)
-    return (probs > 0.5).astype(np.uint8)
+    return segmenter.to_labels(probs, self.activation)
 
   def evaluate_split(self, evaluator, split: str, overlay_dir: str | None = None):
     indices = self.splits[splits.split_key(split)]
@@ -244,38 +236,72 @@ class SegmentationTask:
         out[f"val_dice_{name}"] = s["dice"]
     return out
 
-  def report(self, evaluator, workdir: str, history: list[dict]) -> str:
+  def report(self, evaluator, workdir: str, history: list[dict], out_dir: str | None = None) -> str:
     from mdx.evaluate import run_report
 
     split = self.config.eval.split
     if len(self.splits[splits.split_key(split)]) == 0:
       logging.info("The %s split is empty; reporting on the validation split", split)
       split = "validation"
-    out_dir = os.path.join(workdir, "report")
+    out_dir = out_dir or os.path.join(workdir, "report")
     # overlays are drawn while each case's prediction is at hand, not kept for the report
     per_case, overlays = self.evaluate_split(evaluator, split, os.path.join(out_dir, "overlays"))
-    run_report.segmentation_run_report(
-      out_dir, split=split, per_case=per_case, history=history, overlays=overlays
-    )
+    self._summaries = {
+      split: run_report.segmentation_run_report(
+        out_dir, split=split, per_case=per_case, history=history, overlays=overlays
+      )
+    }
+    if split != "validation" and len(self.splits["validation"]):  # the bundle states both
+      self._summaries["validation"] = seg_metrics.summarize(
+        self.evaluate_split(evaluator, "validation")[0]
+      )
     return out_dir
 
-  def predict_files(self, evaluator, input_dir: str, output_dir: str) -> str:
-    """One label NIfTI per input scan, same file name, the input's affine."""
-    from mdx.data.volume import msd
+  # --- the bundle (mdx.inference.bundle) ---
 
-    if self.config.data.source == "brats":  # one folder per case: write CASE.nii.gz
-      scans = brats.BraTSSource(input_dir, label_mode=self.source.label_mode, require_labels=False)
-    else:
-      scans = msd.ScanFolder(input_dir, self.num_channels)
-    os.makedirs(output_dir, exist_ok=True)
-    for i in range(len(scans)):
-      record = scans[i]
-      pred = self.predict_volume(evaluator, record["image"])
-      if self.regions:
-        pred = regions_to_labels(pred)
-      elif self.config.data.source in ("brats", "brain_phantoms"):
-        pred = np.where(pred == 3, 4, pred)
-      path = os.path.join(output_dir, record.get("file_name", f"{record['case_id']}.nii.gz"))
-      nifti.save_nifti(path, pred, record["affine"])
-      logging.info("Wrote %s", path)
-    return output_dir
+  def label_values(self) -> list[int]:
+    """The value written to NIfTI for each class index (BraTS-style data label enhancing tumour 4;
+    regions are written as BraTS labels by mdx.inference.segmenter.label_volume)."""
+    values = list(range(len(self.class_names)))
+    if not self.regions and self.config.data.source in ("brats", "brain_phantoms"):
+      values = [4 if v == 3 else v for v in values]
+    return values
+
+  def bundle_contents(self, evaluator) -> tuple[dict, dict, dict]:
+    """(spec, inference variables, bootstrap samples) for mdx.inference.bundle.write, with the
+    validation and test results of the state being reported."""
+    results = {}
+    for split, summary in self._summaries.items():
+      results[split] = {
+        "n_cases": summary["num_cases"],
+        "mean_dice": summary["mean_dice"],
+        "per_class": {
+          name: {k: s[k] for k in ("dice", "sensitivity", "specificity")}
+          for name, s in summary["per_class"].items()
+        },
+      }
+    ids = self.source.case_ids()
+    spec = bundle_lib.segmentation_spec(
+      bundle_lib.model_spec(self.config.model),
+      channels=self.num_channels,
+      standardize=self.config.data.standardize,
+      patch_size=self.patch,
+      overlap=self.config.eval.overlap,
+      batch_size=self.config.eval.batch_size,
+      class_names=self.class_names,
+      label_mode=self.source.label_mode,
+      label_values=self.label_values(),
+      results=results,
+      provenance={
+        "data": {
+          "source": self.config.data.source,
+          "fingerprint": bundle_lib.fingerprint(ids[self.splits["train"]]),
+          "n_records": len(self.source),
+          "n_patients": len(np.unique(self.source.patient_ids())),
+          "splits": {k: len(v) for k, v in self.splits.items()},
+          "split_by": "case",
+        }
+      },
+    )
+    state = evaluator.state
+    return spec, {"params": state.params, "batch_stats": state.batch_stats}, {}

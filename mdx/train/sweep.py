@@ -18,6 +18,8 @@ import os
 
 from absl import app, flags
 
+from mdx import runtime
+
 _ABLATION = flags.DEFINE_string(
   "ablation", None, "Ablation file with get_config() and get_sweep()."
 )
@@ -130,9 +132,8 @@ def run_sweep(
 
 def main(argv):
   del argv
-  from mdx.train import run as runner
 
-  runner.quiet_library_logs()
+  runtime.quiet_library_logs()
   extra = dict(item.split("=", 1) for item in _OVERRIDE.value)
   run_sweep(
     load_module(_ABLATION.value),

@@ -13,7 +13,6 @@ from the mesh.
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
 from typing import Any, ClassVar, Protocol
 
 import ml_collections
@@ -23,9 +22,6 @@ import numpy as np
 class Task(Protocol):
   # Which sources the task reads: mdx.data.sources.IMAGE or VOLUME.
   source_kind: ClassVar[str]
-  # (evaluator, input_dir, output_dir) -> output_dir for --mode=predict, or None where the task has
-  # no predict mode (a declared absence: the entry point says so instead of probing attributes).
-  predict_files: Callable[[Any, str, str], str] | None
 
   @classmethod
   def defaults(cls) -> ml_collections.ConfigDict:
@@ -61,8 +57,14 @@ class Task(Protocol):
   def validate(self, evaluator) -> dict[str, float]:
     """Validation metrics, including config.train.best_metric."""
 
-  def report(self, evaluator, workdir: str, history: list[dict]) -> str:
-    """Evaluates config.eval.split and writes the report; returns its folder."""
+  def report(self, evaluator, workdir: str, history: list[dict], out_dir: str | None = None) -> str:
+    """Evaluates config.eval.split (and validation) and writes the report into out_dir (default
+    WORKDIR/report); returns its folder."""
+
+  def bundle_contents(self, evaluator) -> tuple[dict, dict, dict]:
+    """After report: (bundle spec, inference variables, bootstrap samples) of the reported state
+    for mdx.inference.bundle.write: input and output specs, thresholds and calibration chosen on
+    validation, the measured results, and the training data's provenance (never the data)."""
 
 
 # config.task -> 'module:Class', imported lazily so one task's dependencies never load for another.

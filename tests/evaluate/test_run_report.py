@@ -80,7 +80,7 @@ def test_examples_png_draws_mostly_positive_images_reproducibly(tmp_path):
   caption, path = plots.examples_png(
     image_fn, labels, probs, index, ("Mass", "Nodule"), str(tmp_path / "ex.png"), count=8, seed=3
   )
-  assert open(path, "rb").read(8) == PNG and "three most probable" in caption
+  assert open(path, "rb").read(8) == PNG and "three highest probabilities" in caption
   assert len(asked) == 8 and len(set(asked)) == 8 and set(asked) <= set(index.tolist())
   assert sum(i < 110 for i in asked) == 6  # count - count // 4 positives
   first = list(asked)

@@ -9,6 +9,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from mdx.inference import segmenter
 from mdx.runtime import BatchGeometry
 from mdx.train import run as runner
 from mdx.train import segmentation
@@ -67,6 +68,9 @@ def test_msd_train_report_and_predict(tmp_path):
   img = nib.load(str(tmp_path / "data/imagesTr/hippocampus_001.nii.gz"))
   odd = np.asarray(img.dataobj)[:9, :13, :7]  # not a multiple of the window: padded and cropped
   nib.save(nib.Nifti1Image(odd, AFFINE), str(scans / "scan_a.nii.gz"))
+  # predict goes through the run's bundle: the training data may be gone and the config lack it
+  os.rename(tmp_path / "data", tmp_path / "data_moved")
+  c.data.root = ""
   out = runner.run(c, work, "predict", str(scans), str(tmp_path / "out"))
   pred = nib.load(os.path.join(out, "scan_a.nii.gz"))
   assert pred.shape == (9, 13, 7)
@@ -90,7 +94,7 @@ def test_phantom_regions_task_loss_and_label_conversion():
   regions[0, 0] = [1, 0, 0]
   regions[0, 1] = [1, 1, 0]
   regions[1, 0] = [1, 1, 1]
-  np.testing.assert_array_equal(segmentation.regions_to_labels(regions)[..., 0], [[2, 1], [4, 0]])
+  np.testing.assert_array_equal(segmenter.regions_to_labels(regions)[..., 0], [[2, 1], [4, 0]])
   with pytest.raises(ValueError, match="num_classes"):
     c.model.num_classes = 4
     segmentation.SegmentationTask(config_lib.resolve(c))

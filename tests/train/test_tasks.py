@@ -17,8 +17,7 @@ def test_task_implements_the_protocol(name):
   missing = [member for member in PROTOCOL if not hasattr(cls, member)]
   assert not missing, f"{cls.__name__} lacks {missing}"
   assert cls.source_kind in (sources.IMAGE, sources.VOLUME)
-  # predict is a real method or a declared absence, never probed with hasattr
-  assert cls.predict_files is None or callable(cls.predict_files)
+  assert callable(cls.bundle_contents)  # every task's model leaves its run as a bundle
   config = config_lib.resolve(config_lib.defaults(name))
   assert config.task == name
   assert sources.spec(config.data.source).kind == cls.source_kind

@@ -1,0 +1,154 @@
+"""A run's bundle predicts what the run evaluated, and works without the training data.
+
+Classifier: a tiny DenseNet trained on a folder dataset of PNGs; the bundle's raw scores on the test
+files equal the run's test_predictions.csv. Segmenter: a tiny U-Net on an MSD-layout folder; the
+bundle's sliding-window probabilities equal the task's own evaluation. Both are exported at another
+step too.
+"""
+
+import csv
+import json
+import os
+
+import nibabel as nib
+import numpy as np
+import pytest
+from PIL import Image
+
+from mdx import config as config_lib
+from mdx.inference import bundle as bundle_lib
+from mdx.inference.classifier import ImageClassifier
+from mdx.inference.segmenter import VolumeSegmenter
+from mdx.train import loop, tasks
+from mdx.train import run as runner
+
+
+def _folder_dataset(root, n=24, size=40):
+  """NORMAL/ and OPACITY/ 8-bit PNGs: an opacity is a bright disc at a random place."""
+  rng = np.random.default_rng(0)
+  yy, xx = np.mgrid[:size, :size]
+  for i in range(n):
+    cls = "OPACITY" if i % 2 else "NORMAL"
+    image = rng.normal(90, 20, (size, size))
+    if cls == "OPACITY":
+      cy, cx = rng.integers(10, size - 10, 2)
+      image += 120 * ((yy - cy) ** 2 + (xx - cx) ** 2 < 36)
+    os.makedirs(os.path.join(root, cls), exist_ok=True)
+    Image.fromarray(np.clip(image, 0, 255).astype(np.uint8)).save(
+      os.path.join(root, cls, f"p{i:03d}.png")
+    )
+
+
+def _classifier_config(root):
+  c = config_lib.defaults()
+  c.data.source = "folders"
+  c.data.root = root
+  c.data.negative_class = "NORMAL"
+  c.data.image_size = 32
+  c.data.workers = 0
+  c.data.split = dict(by="patient", test=0.25, val=0.25)
+  c.model.name = "densenet_tiny"
+  c.model.num_classes = 1
+  c.train.batch_size = 8
+  c.train.steps = 4
+  c.train.log_every = 2
+  c.train.checkpoint_every = 2
+  c.eval.batch_size = 8
+  c.eval.examples = 2
+  c.eval.gradcam.findings = ()
+  c.eval.bootstrap = 10
+  return c
+
+
+def _read_csv(path):
+  with open(path, newline="") as f:
+    return list(csv.DictReader(f))
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_classifier_bundle_equals_the_run_and_travels(tmp_path):
+  data = str(tmp_path / "data")
+  _folder_dataset(data)
+  c = _classifier_config(data)
+  work = str(tmp_path / "work")
+  report = runner.run(c, work, "train")
+
+  bundle = bundle_lib.load(os.path.join(work, "bundle"))
+  spec = bundle.spec
+  assert spec["output"]["findings"] == ["OPACITY"]
+  assert spec["thresholds"]["chosen_on"].startswith("validation split")
+  assert spec["calibration"]["method"] == "platt"
+  assert spec["provenance"]["step"] == json.load(open(f"{work}/evaluated_checkpoint.json"))["step"]
+  assert spec["provenance"]["data"]["splits"] == {"train": 12, "validation": 6, "test": 6}
+  assert len(spec["provenance"]["data"]["fingerprint"]) == 64
+  test = spec["results"]["test"]["per_finding"]["OPACITY"]
+  metrics = json.load(open(os.path.join(report, "metrics.json")))
+  assert test["auroc"] == metrics["per_finding"]["OPACITY"]["metrics"]["auroc"]
+  assert "OPACITY" in open(os.path.join(work, "bundle", bundle_lib.CARD)).read()
+  assert set(bundle.bootstrap()) == {"test/OPACITY/auroc"}
+
+  # The bundle's raw scores on the test files are the run's own test predictions.
+  rows = _read_csv(os.path.join(report, "test_predictions.csv"))
+  classifier = ImageClassifier(bundle)
+  x = np.stack([classifier.read(os.path.join(data, r["image_id"])) for r in rows])
+  raw = classifier.predict(x)[:, 0]
+  run = np.array([float(r["OPACITY"]) for r in rows])
+  assert np.abs(raw - run).max() < 1e-5  # the CSV keeps 6 decimals
+
+  # Predict through the workdir needs only the bundle: the data folder is gone.
+  os.rename(data, str(tmp_path / "moved"))
+  c.data.root = ""
+  out = runner.run(c, work, "predict", str(tmp_path / "moved"), str(tmp_path / "out"))
+  predicted = {r["path"]: r for r in _read_csv(os.path.join(out, "predictions.csv"))}
+  for r, score in zip(rows, raw):
+    p = predicted[r["image_id"]]
+    assert abs(float(p["OPACITY raw"]) - score) < 1e-5
+    assert abs(float(p["OPACITY"]) - classifier.calibrate(score[None, None])[0, 0]) < 1e-5
+
+
+def _msd_fixture(root, n=6, shape=(10, 14, 9)):
+  affine = np.diag([1.0, 1.2, 0.8, 1.0])
+  rng = np.random.default_rng(0)
+  for i in range(n):
+    label = np.zeros(shape, np.uint8)
+    label[2:6, 3:8, 2:5] = 1
+    label[5:8, 8:11, 3:6] = 2
+    image = (label * 100 + rng.normal(300, 20, shape)).astype(np.float32)
+    for d, x in (("imagesTr", image), ("labelsTr", label)):
+      os.makedirs(f"{root}/{d}", exist_ok=True)
+      nib.save(nib.Nifti1Image(x, affine), f"{root}/{d}/hippocampus_{i:03d}.nii.gz")
+
+
+def test_segmenter_bundle_equals_the_run_and_exports_any_step(tmp_path):
+  _msd_fixture(str(tmp_path / "data"))
+  c = config_lib.load_experiment("experiments/msd_hippocampus_unet3d.py").get_config()
+  c.data.root = str(tmp_path / "data")
+  c.data.split = dict(by="patient", test=0.34, val=0.34)
+  c.model.base_width, c.model.depth = 2, 2
+  c.data.patch_size = (8, 8, 8)
+  c.train.steps, c.train.log_every, c.train.checkpoint_every = 4, 2, 2
+  c.eval.examples = 0
+  c.eval.split = "test"
+  work = str(tmp_path / "work")
+  runner.run(c, work, "train")
+  bundle = bundle_lib.load(os.path.join(work, "bundle"))
+  assert bundle.spec["output"]["class_names"] == ["background", "anterior", "posterior"]
+  assert set(bundle.spec["results"]) == {"test", "validation"}
+
+  resolved = config_lib.resolve(c)
+  task = tasks.make_task(resolved)
+  _, evaluator, step = loop.restore_for_eval(resolved, work, task)
+  assert step == bundle.spec["provenance"]["step"]
+  seg = VolumeSegmenter(bundle)
+  for i in task.splits["test"]:
+    image = task.source[int(i)]["image"]
+    np.testing.assert_array_equal(seg.predict(image), task.predict_volume(evaluator, image))
+
+  # export writes a bundle of any kept step, with its own report
+  other = 2 if step != 2 else 4
+  out = runner.run(c, work, "export", step=other)
+  assert out == os.path.join(work, f"bundle-step-{other}")
+  assert bundle_lib.load(out).spec["provenance"]["step"] == other
+  assert os.path.exists(out + "-report/metrics.json")
+  with pytest.raises(ValueError, match="--step=3"):
+    runner.run(c, work, "export", step=3)
