@@ -4,8 +4,9 @@
 #   ./launch.sh test [pytest args]                 the test suite
 #   ./launch.sh lint                               ruff check and ruff format --check (as CI runs them)
 #   ./launch.sh train CONFIG --workdir=DIR [flags] train (resumes if DIR has checkpoints), then report
-#   ./launch.sh eval CONFIG --workdir=DIR [flags]  report from the best checkpoint of DIR
-#   ./launch.sh predict CONFIG --workdir=DIR --input=IN --output=OUT
+#   ./launch.sh eval CONFIG --workdir=DIR [flags]  report and bundle from the best checkpoint of DIR
+#   ./launch.sh export CONFIG --workdir=DIR --step=N [--output=BUNDLE]   a bundle of any kept step
+#   ./launch.sh predict --bundle=DIR --input=IN --output=OUT [flags]   a bundle on new files
 #   ./launch.sh prepare CONFIG [flags]             build the TFDS/ArrayRecord records of a real dataset
 #   ./launch.sh sweep ABLATION --workdir=DIR [flags]   every variant of an ablation, one results table
 #   ./launch.sh tpu NAME ZONE <command> ...        the same command on every worker of a Cloud TPU VM
@@ -28,7 +29,7 @@ setup() {
   export PATH="$PWD/$VENV/bin:$PATH"
 }
 
-usage() { sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+usage() { sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
 
 cmd="${1:-}"; [[ -n "$cmd" ]] || usage; shift
 case "$cmd" in
@@ -43,11 +44,14 @@ case "$cmd" in
   lint)
     setup test
     ruff check . && ruff format --check . ;;
-  train|eval|predict)
+  train|eval|export)
     [[ $# -ge 1 ]] || usage
     setup
     config="$1"; shift
     exec python -m mdx.main --config="$config" --mode="$cmd" "$@" ;;
+  predict)
+    setup
+    exec python -m mdx.predict "$@" ;;
   prepare)
     [[ $# -ge 1 ]] || usage
     setup
@@ -68,7 +72,7 @@ case "$cmd" in
     gcloud compute tpus tpu-vm scp "$tarball" "$name:~/mdx.tar.gz" --zone="$zone" --worker=all
     remote="mkdir -p ~/mdx && tar -xzf ~/mdx.tar.gz -C ~/mdx && cd ~/mdx && ./launch.sh"
     args=""; for a in "$@"; do args+=" $(printf '%q' "$a")"; done
-    extra=""; [[ "$1" == train || "$1" == eval || "$1" == predict ]] && extra=" --jax_distributed"
+    extra=""; [[ "$1" == train || "$1" == eval || "$1" == export || "$1" == predict ]] && extra=" --jax_distributed"
     exec gcloud compute tpus tpu-vm ssh "$name" --zone="$zone" --worker=all \
       --command="$remote$args$extra" ;;
   *) usage ;;

@@ -1,0 +1,85 @@
+"""Predict with a bundle on new files:
+python -m mdx.predict --bundle=DIR --input=PATH --output=DIR [--batch_size=N]
+    [--gradcam=Finding1,Finding2] [--gradcam_layer=LAYER] [--debug]
+
+--input is an image or scan file, a folder (searched recursively) or a CSV list of files (column
+'path'). Writes OUTPUT/predictions.csv, OUTPUT/errors.csv and, for a segmenter, one label NIfTI per
+scan (see mdx.inference.predict_files). It needs only the bundle: no config, no training data.
+
+A user's mistake (a missing or damaged bundle, no usable input, an unknown finding) prints one line
+`error: ...` and exits 2; --debug (or MDX_DEBUG=1) shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from absl import app, flags
+
+from mdx import runtime
+
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+  """Defined only when run as a program, so importing this module leaves the global flags alone
+  (mdx.main defines --input and --output too)."""
+  flags.DEFINE_string("bundle", None, "The bundle folder a run wrote (WORKDIR/bundle).")
+  flags.DEFINE_string("input", None, "An image/scan file, a folder of them, or a CSV list.")
+  flags.DEFINE_string("output", None, "Folder for predictions.csv, errors.csv and label maps.")
+  flags.DEFINE_integer("batch_size", None, "Images (or windows) per forward pass.")
+  flags.DEFINE_list("gradcam", [], "Findings to draw Grad-CAM overlays for (classifiers).")
+  flags.DEFINE_string("gradcam_layer", None, "Grad-CAM layer (default: the model's own).")
+  flags.DEFINE_bool("debug", False, "Show tracebacks for errors (also MDX_DEBUG=1).")
+  # ./launch.sh tpu NAME ZONE predict ... appends it on every worker
+  flags.DEFINE_bool("jax_distributed", False, "Call jax.distributed.initialize() (multi-host).")
+
+
+def _fail(message: str) -> int:
+  print("error: " + " ".join(str(message).split()), file=sys.stderr)
+  return 2
+
+
+def main(argv) -> int:
+  runtime.quiet_library_logs()
+  debug = FLAGS.debug or os.environ.get("MDX_DEBUG", "") not in ("", "0")
+  if len(argv) > 1:
+    return _fail(f"unexpected arguments {argv[1:]}; flags look like --input=PATH")
+  missing = [f"--{name}" for name in ("bundle", "input", "output") if not FLAGS[name].value]
+  if missing:
+    return _fail(
+      f"{', '.join(missing)} missing; usage: python -m mdx.predict --bundle=DIR --input=PATH "
+      "--output=DIR"
+    )
+  if FLAGS.jax_distributed:
+    import jax
+
+    jax.distributed.initialize()
+  from mdx.inference import predict_files
+
+  runtime.enable_compilation_cache()
+  try:
+    summary = predict_files.predict(
+      FLAGS.bundle,
+      FLAGS.input,
+      FLAGS.output,
+      batch_size=FLAGS.batch_size,
+      gradcam=FLAGS.gradcam,
+      gradcam_layer=FLAGS.gradcam_layer or None,
+    )
+  except (ValueError, FileNotFoundError) as e:
+    if debug:
+      raise
+    return _fail(str(e))
+  print(
+    f"mdx.predict: {summary['predicted']} predicted, {summary['errors']} errors, "
+    f"{summary['ignored']} files of other types ignored; see {summary['output']}",
+    flush=True,
+  )
+  return 0
+
+
+if __name__ == "__main__":
+  define_flags()
+  app.run(main)
