@@ -1,6 +1,7 @@
 """Imports run downward: runtime imports nothing of mdx; data, models, inference and evaluate never
-import train (nor main or config, which sit above the tasks). Command-line tools (any cli/ folder)
-are entry points like main: they may resolve a config."""
+import train (nor main or config, which sit above the tasks). Command-line tools (any cli/ folder,
+and a room's __main__.py, e.g. python -m mdx.evaluate --bundle=... --config=...) are entry points
+like main: they may resolve a config, and nothing imports them."""
 
 import ast
 import pathlib
@@ -24,7 +25,11 @@ def _files(room: str) -> list[pathlib.Path]:
   path = MDX / f"{room}.py"
   if path.exists():
     return [path]
-  return [p for p in sorted((MDX / room).rglob("*.py")) if "cli" not in p.parts]
+  return [
+    p
+    for p in sorted((MDX / room).rglob("*.py"))
+    if "cli" not in p.parts and p.name != "__main__.py"  # entry points (see the docstring)
+  ]
 
 
 def _imported(path: pathlib.Path) -> list[str]:

@@ -1,16 +1,29 @@
-"""Evaluate predictions from anywhere:
-python -m mdx.evaluate --labels=L.csv --probs=P.csv --out=DIR.
+"""Evaluate predictions from anywhere, or a bundle on an external dataset:
 
-Both CSVs have an id column and one column per finding (labels 0/1, blank = unknown; probabilities
-in [0, 1]). Writes DIR/metrics.json, DIR/report.md, DIR/report.html and DIR/figures/*.png.
+python -m mdx.evaluate --labels=L.csv --probs=P.csv --out=DIR
+  Both CSVs have an id column and one column per finding (labels 0/1, blank = unknown;
+  probabilities in [0, 1]).
+python -m mdx.evaluate --bundle=BUNDLE_DIR --config=EXPERIMENT.py [--config.data.root=...] \
+    --out=DIR [--finding_map='Effusion=Pleural Effusion,...'] [--bootstrap=N]
+  External validation (mdx.evaluate.external): the bundle, with its thresholds and calibration as
+  shipped, on every record of the dataset that the experiment's config.data names.
+
+Both write DIR/metrics.json, DIR/report.md, DIR/report.html and DIR/figures/*.png. A user's mistake
+(a missing file, a bad field) is one line 'error: ...' on stderr and exit status 2.
+
+Like mdx.main, this entry point resolves a config (mdx.config), which the library rooms below it
+must not import.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 
 from absl import app, flags, logging
+from ml_collections import config_flags
 
+from mdx import runtime
 from mdx.evaluate import predictions as P
 from mdx.evaluate import report
 
@@ -43,11 +56,73 @@ _COMPARE = flags.DEFINE_string(
   "and findings): AUROC differences by DeLong and paired bootstrap.",
 )
 _TITLE = flags.DEFINE_string("title", None, "Report title (default: the labels file name).")
+_BUNDLE = flags.DEFINE_string(
+  "bundle", None, "External validation: the bundle folder of a trained classifier."
+)
+_CONFIG = config_flags.DEFINE_config_file(
+  "config",
+  None,
+  "External validation: an experiment file whose config.data names the dataset "
+  "(override fields with --config.data.root=...).",
+  lock_config=True,
+)
+_FINDING_MAP = flags.DEFINE_string(
+  "finding_map",
+  None,
+  "External validation: BUNDLE_FINDING=DATASET_FINDING,... over the name and synonym "
+  "matching (an empty right side leaves the finding out).",
+)
+_BATCH = flags.DEFINE_integer(
+  "batch_size", None, "External validation: images per prediction batch (default 8 per device)."
+)
+
+
+def external(argv) -> int:
+  """--bundle mode: the bundle on the dataset of --config; 0, or 2 after one 'error:' line."""
+  from mdx import config as config_lib
+  from mdx.evaluate import external as external_lib
+
+  if not _OUT.value:
+    raise app.UsageError("--out is required with --bundle")
+  runtime.quiet_library_logs()
+  if _CONFIG.value is None:
+    raise app.UsageError("--config (the experiment file naming the dataset) is required")
+  try:
+    path = config_flags.get_config_filename(flags.FLAGS["config"])
+    if not os.path.isfile(path):
+      raise FileNotFoundError(f"--config={path}: the experiment file does not exist")
+    config = config_lib.resolve(_CONFIG.value)  # OSError when the file failed to load
+    result = external_lib.evaluate_external(
+      _BUNDLE.value,
+      config,
+      _OUT.value,
+      finding_map=external_lib.parse_finding_map(_FINDING_MAP.value),
+      bootstrap=_BOOT.value,
+      seed=_SEED.value,
+      batch_size=_BATCH.value,
+    )
+  except (ValueError, OSError) as e:
+    print(f"error: {_one_line(e)}", file=sys.stderr)
+    return 2
+  for f, c in result["external"]["comparison"].items():
+    d = c["difference"]
+    logging.info(
+      "%s: AUROC internal %s, external %s, difference %s [%s, %s]",
+      f,
+      c["internal"]["value"],
+      c["external"]["value"],
+      d["value"],
+      *d["ci"],
+    )
+  print(f"{_OUT.value}/report.html")
+  return 0
 
 
 def main(argv) -> int:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments {argv[1:]}")
+  if _BUNDLE.value:
+    return external(argv)
   for flag in (_LABELS, _PROBS, _OUT):
     if not flag.value:
       raise app.UsageError(f"--{flag.name} is required")
@@ -102,5 +177,25 @@ def main(argv) -> int:
   return 0
 
 
+def _one_line(e: BaseException) -> str:
+  text = str(e)
+  if len(text) > 1 and text[0] == text[-1] and text[0] in "'\"":  # a KeyError's quoted message
+    text = text[1:-1].replace("\\n", "\n").replace("\\'", "'")
+  return " ".join(line.strip() for line in text.splitlines() if line.strip())
+
+
+def _parse_flags(argv):
+  """absl's parser, but a flag mistake (an unknown --config.data.x, a bad value) is one 'error:'
+  line and exit status 2, not a traceback."""
+  try:
+    return flags.FLAGS(argv)
+  except (flags.Error, TypeError, ValueError) as e:
+    print(f"error: {_one_line(e)}", file=sys.stderr)
+    sys.exit(2)
+  except (AttributeError, KeyError) as e:  # config_flags: an override of a field the file lacks
+    print(f"error: --config override of an unknown field: {_one_line(e)}", file=sys.stderr)
+    sys.exit(2)
+
+
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=_parse_flags)

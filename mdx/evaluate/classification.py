@@ -3,6 +3,11 @@
 evaluate_classification() returns a JSON-ready dict (nan -> None = undefined). Thresholds are chosen
 on validation predictions when given (else on the evaluated set, and the dict says so), then held
 fixed in every bootstrap resample. Platt and isotonic maps are fitted on validation only.
+
+A bundle evaluated on an external dataset brings its own operating points and calibration, fixed on
+the internal validation set: `thresholds` then replaces the policy, and `calibrated_probs` (the
+bundle's calibrated probabilities) carries Brier and ECE, while AUROC, average precision and the
+threshold metrics stay on the scores `probs` the thresholds were chosen on.
 """
 
 from __future__ import annotations
@@ -67,6 +72,16 @@ def _prevalence_of(prevalence, finding: str) -> float | None:
   return float(prevalence)
 
 
+def _describe(policy, fixed: bool) -> str:
+  """The policy's readable name; for given thresholds, whatever names how they were chosen."""
+  try:
+    return T.describe_policy(policy)
+  except ValueError:
+    if not fixed:
+      raise
+    return f"{policy} (given per finding)" if policy else "given per finding"
+
+
 def recalibrate(val_labels, val_probs, probs) -> list[dict[str, np.ndarray]]:
   """Per finding: {'platt': p', 'isotonic': p'} fitted on validation, applied to probs [N, C].
 
@@ -101,12 +116,25 @@ def evaluate_classification(
   seed: int = 0,
   ci_level: float = 0.95,
   prevalence: float | Mapping[str, float] | None = None,
+  keep_bootstrap: Sequence[str] = (),
+  thresholds: Sequence[float | None] | None = None,
+  thresholds_chosen_on: str | None = None,
+  calibrated_probs=None,
+  calibrated_with: str | None = None,
 ) -> dict:
   """Per-finding, macro and micro metrics with patient-level bootstrap CIs.
 
   labels [N, C] (nan = unknown), probs [N, C]; val_* the validation predictions used to choose
   thresholds and fit recalibration; prevalence: also report PPV/NPV at this stated prevalence
-  (one number or one per finding). bootstrap=0 skips the intervals.
+  (one number or one per finding). bootstrap=0 skips the intervals. keep_bootstrap: metric names
+  (e.g. 'auroc') whose bootstrap samples per finding are returned under 'bootstrap_samples'
+  {'<finding>/<metric>': [B]} (not JSON: pop it before writing).
+
+  Fixed operating points and calibration (a bundle on an external dataset): thresholds [C] on the
+  scale of probs (None / nan = none for that finding) are used as they are, threshold_policy then
+  only names how they were chosen, and thresholds_chosen_on says where (e.g. "fixed in the bundle,
+  chosen on the internal validation set"). calibrated_probs [N, C]: Brier and ECE are measured on
+  them instead of on probs; calibrated_with says what they are.
   """
   findings = tuple(findings)
   labels, probs = _check(labels, probs, findings)
@@ -114,10 +142,17 @@ def evaluate_classification(
   have_val = val_labels is not None and val_probs is not None
   if have_val:
     val_labels, val_probs = _check(val_labels, val_probs, findings)
-  sel_labels, sel_probs = (val_labels, val_probs) if have_val else (labels, probs)
-  thresholds = np.array(
-    [T.choose_threshold(sel_labels[:, j], sel_probs[:, j], threshold_policy) for j in range(c)]
-  )
+  fixed = thresholds is not None
+  if fixed:
+    thresholds = np.array([np.nan if t is None else float(t) for t in thresholds], np.float64)
+    if thresholds.shape != (c,):
+      raise ValueError(f"{thresholds.size} thresholds for {c} findings {list(findings)}")
+  else:
+    sel_labels, sel_probs = (val_labels, val_probs) if have_val else (labels, probs)
+    thresholds = np.array(
+      [T.choose_threshold(sel_labels[:, j], sel_probs[:, j], threshold_policy) for j in range(c)]
+    )
+  calibrated = probs if calibrated_probs is None else _check(labels, calibrated_probs, findings)[1]
   recal = recalibrate(val_labels, val_probs, probs) if have_val else [{} for _ in range(c)]
   prevs = [_prevalence_of(prevalence, f) for f in findings]
   known = ~np.isnan(labels)
@@ -132,10 +167,13 @@ def evaluate_classification(
       vals = M.finding_metrics(y, p, w, threshold=t, prevalence=prevs[j])
       if t is None:
         vals.update({m: np.full(np.shape(vals["auroc"]), np.nan) for m in M.THRESHOLD_METRICS})
-      vals["ece"] = C.expected_calibration_error(y, p, ECE_BINS, w)
-      for name, q in recal[j].items():
-        vals[f"brier_{name}"] = M.brier(y, q, w)
-        vals[f"ece_{name}"] = C.expected_calibration_error(y, q, ECE_BINS, w)
+      q = calibrated[:, j]
+      if calibrated_probs is not None:
+        vals["brier"] = M.brier(y, q, w)
+      vals["ece"] = C.expected_calibration_error(y, q, ECE_BINS, w)
+      for name, r in recal[j].items():
+        vals[f"brier_{name}"] = M.brier(y, r, w)
+        vals[f"ece_{name}"] = C.expected_calibration_error(y, r, ECE_BINS, w)
       for k, v in vals.items():
         out[f"{f}/{k}"] = v
       for m in MACRO_METRICS:
@@ -153,7 +191,7 @@ def evaluate_classification(
     wm = None if w is None else w[..., rows]
     out["micro/auroc"] = M.roc_auc(y, p, wm)
     out["micro/average_precision"] = M.average_precision(y, p, wm)
-    out["micro/brier"] = M.brier(y, p, wm)
+    out["micro/brier"] = M.brier(y, calibrated[rows, cols], wm)
     has_t = np.isfinite(thresholds[cols])
     pred = (p >= np.where(has_t, thresholds[cols], np.inf)).astype(np.float64)
     wt = (np.ones_like(y) if w is None else wm) * has_t
@@ -204,6 +242,11 @@ def evaluate_classification(
       "metrics": {k: entry(f"{f}/{k}") for k in keys},
     }
   unit = "patient" if patient_ids is not None else "image (no patient ids given)"
+  kept = {
+    k: np.asarray(v, np.float64)
+    for k, v in samples.items()
+    if k.split("/", 1)[0] in findings and k.split("/", 1)[1] in keep_bootstrap
+  }
   return {
     "n_images": int(n),
     "n_patients": int(B.patient_index(patient_ids, n)[1]),
@@ -214,11 +257,19 @@ def evaluate_classification(
       "ci_level": ci_level,
       "resampling_unit": unit,
       "threshold_policy": str(threshold_policy),
-      "threshold_policy_description": T.describe_policy(threshold_policy),
+      "threshold_policy_description": _describe(threshold_policy, fixed),
+      "thresholds_fixed": fixed,
       "thresholds_chosen_on": (
-        "validation set"
+        (thresholds_chosen_on or "given by the caller, held fixed")
+        if fixed
+        else "validation set"
         if have_val
         else "the evaluated set itself (no validation set given: optimistic)"
+      ),
+      "calibration_metrics_on": (
+        (calibrated_with or "calibrated probabilities given by the caller")
+        if calibrated_probs is not None
+        else None
       ),
       "recalibration_fitted_on": "validation set" if have_val else None,
       "ece_bins": ECE_BINS,
@@ -227,6 +278,7 @@ def evaluate_classification(
     "per_finding": per_finding,
     "macro": {m: entry(f"macro/{m}") for m in MACRO_METRICS},
     "micro": {m: entry(f"micro/{m}") for m in MICRO_METRICS},
+    **({"bootstrap_samples": kept} if keep_bootstrap else {}),
   }
 
 

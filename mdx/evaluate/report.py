@@ -3,6 +3,11 @@
 The report is built once as a list of blocks (heading, text, table, figure) and rendered to both
 Markdown and HTML, so the two always say the same thing. Figures are copied into the folder and
 linked relatively: the folder can be moved or zipped as it is.
+
+Blocks are tuples: ('h1' | 'h2' | 'h3', text), ('p', text), ('table', header [str], rows
+[[str]]), ('figure', caption, path relative to the report folder[, css class]). evaluate_and_report
+evaluates and writes in one call; write_report writes an evaluation made elsewhere (e.g. an
+external validation, mdx.evaluate.external) with its own blocks placed before the summary.
 """
 
 from __future__ import annotations
@@ -64,6 +69,7 @@ def _blocks(
   figures: Sequence[tuple[str, str]],
   gradcam: Sequence[tuple[str, str]],
   extra: Sequence[tuple[str, str]],
+  preface: Sequence[tuple] = (),
 ) -> list[tuple]:
   s = result["settings"]
   ci = f"{round(100 * s['ci_level'])}%"
@@ -82,6 +88,14 @@ def _blocks(
       ),
     )
   )
+  if s.get("calibration_metrics_on"):
+    blocks.append(
+      (
+        "p",
+        f"Brier score and ECE are measured on {s['calibration_metrics_on']}; AUROC, average "
+        "precision and the metrics at the thresholds on the scores the thresholds apply to.",
+      )
+    )
   if s.get("prevalence") is not None:
     blocks.append(
       (
@@ -90,6 +104,7 @@ def _blocks(
         "(Bayes' rule from sensitivity and specificity).",
       )
     )
+  blocks.extend(preface)
   blocks.append(("h2", "Summary"))
   rows = [
     [
@@ -312,6 +327,7 @@ def evaluate_and_report(
   prevalence: float | Mapping[str, float] | None = None,
   compare_probs=None,
   compare_names: tuple[str, str] = ("A", "B"),
+  notes: Sequence[str] = (),
 ) -> dict:
   """Evaluates predictions and writes metrics.json, report.md, report.html and PNGs into out_dir.
 
@@ -319,8 +335,8 @@ def evaluate_and_report(
   patient-level bootstrap; ids [N] to also write labels.csv / probs.csv (re-runnable with the CLI);
   val_* choose thresholds and fit recalibration; extra_figures / gradcam_figures: (caption, png)
   pairs copied in; compare_probs [N, C]: a second model's probabilities on the same cases, compared
-  by AUROC (DeLong and paired bootstrap), named compare_names. Returns the metrics dict (as in
-  metrics.json).
+  by AUROC (DeLong and paired bootstrap), named compare_names; notes: paragraphs shown after the
+  introduction (e.g. what the scores are). Returns the metrics dict (as in metrics.json).
   """
   os.makedirs(out_dir, exist_ok=True)
   labels = np.asarray(labels, np.float64)
@@ -338,7 +354,6 @@ def evaluate_and_report(
     seed=seed,
     prevalence=prevalence,
   )
-  result = {"title": title, **result}
   if compare_probs is not None:
     result["comparison"] = {
       "name_a": compare_names[0],
@@ -358,6 +373,55 @@ def evaluate_and_report(
     if val_labels is not None and val_probs is not None
     else []
   )
+  return write_report(
+    out_dir,
+    result,
+    labels=labels,
+    probs=probs,
+    findings=findings,
+    patient_ids=patient_ids,
+    ids=ids,
+    recalibrated=recal,
+    extra_figures=extra_figures,
+    gradcam_figures=gradcam_figures,
+    title=title,
+    notes=notes,
+  )
+
+
+def write_report(
+  out_dir: str,
+  result: Mapping,
+  *,
+  labels,
+  probs,
+  findings: Sequence[str],
+  calibrated_probs=None,
+  patient_ids=None,
+  ids=None,
+  recalibrated: Sequence[Mapping[str, np.ndarray]] = (),
+  extra_figures: Sequence[tuple[str, str]] = (),
+  gradcam_figures: Sequence[tuple[str, str]] = (),
+  title: str = "mdx evaluation",
+  notes: Sequence[str] = (),
+  preface: Sequence[tuple] = (),
+) -> dict:
+  """Writes an evaluation (evaluate_classification's dict, JSON-ready plus any extra sections) as
+  metrics.json, report.md, report.html and PNGs into out_dir; returns what metrics.json says.
+
+  labels [N, C], probs [N, C] the scores the ROC / PR curves and thresholds use; calibrated_probs
+  [N, C] (optional) the probabilities of the reliability diagram (else probs); recalibrated: per
+  finding {'platt': p', 'isotonic': p'} drawn beside them; ids [N] also writes labels.csv /
+  probs.csv (and calibrated.csv); notes: paragraphs shown after the introduction; preface: blocks
+  (see the module docstring) placed after the introduction, their figures already in out_dir.
+  """
+  os.makedirs(out_dir, exist_ok=True)
+  labels = np.asarray(labels, np.float64)
+  probs = np.asarray(probs, np.float64)
+  findings = list(findings)
+  result = {"title": title, **result}
+  recal = list(recalibrated)
+  cal = probs if calibrated_probs is None else np.asarray(calibrated_probs, np.float64)
   fig_dir = os.path.join(out_dir, "figures")
   figures = [
     (
@@ -370,9 +434,10 @@ def evaluate_and_report(
     ),
     (
       "Reliability diagrams"
+      + (" of the calibrated probabilities" if calibrated_probs is not None else "")
       + (" before and after recalibration fitted on validation" if recal else ""),
       plots.reliability_png(
-        os.path.join(fig_dir, "reliability.png"), labels, probs, findings, result, recal
+        os.path.join(fig_dir, "reliability.png"), labels, cal, findings, result, recal
       ),
     ),
     (
@@ -389,8 +454,11 @@ def evaluate_and_report(
     pids = None if patient_ids is None else [str(p) for p in patient_ids]
     P.write_csv(os.path.join(out_dir, "labels.csv"), ids, labels, findings, patient_ids=pids)
     P.write_csv(os.path.join(out_dir, "probs.csv"), ids, probs, findings)
+    if calibrated_probs is not None:
+      P.write_csv(os.path.join(out_dir, "calibrated.csv"), ids, cal, findings)
   metrics_path = write_json(os.path.join(out_dir, "metrics.json"), result)
-  blocks = _blocks(result, title, figures, gradcam, extra)
+  blocks = _blocks(result, title, figures, gradcam, extra, preface)
+  blocks[2:2] = [("p", note) for note in notes]  # after the title and the introduction
   with open(os.path.join(out_dir, "report.md"), "w") as f:
     f.write(_render_md(blocks))
   with open(os.path.join(out_dir, "report.html"), "w") as f:
