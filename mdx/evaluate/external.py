@@ -23,10 +23,9 @@ scores), calibrated.csv.
 
 from __future__ import annotations
 
-import concurrent.futures
 import os
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -40,6 +39,7 @@ from mdx.evaluate import bootstrap as B
 from mdx.evaluate import classification as CL
 from mdx.evaluate import plots, report
 from mdx.inference import bundle as bundle_lib
+from mdx.inference import predict as predict_lib
 from mdx.inference.classifier import ImageClassifier
 
 TITLE = "External validation"
@@ -66,36 +66,23 @@ def parse_finding_map(text: str | None) -> dict[str, str | None]:
   return out
 
 
-def _inputs(source, classifier: ImageClassifier, workers: int) -> Iterator[np.ndarray]:
-  """Model inputs [<=batch, S, S, C] in record order; the next chunk decodes while one predicts."""
-  n, chunk = len(source), classifier.batch_size
-
-  def load(i: int) -> np.ndarray:
-    try:
-      return classifier.preprocess(source[i]["image"])
-    except (OSError, ValueError) as e:
-      raise ValueError(f"external dataset record {i} ({source.image_ids()[i]}): {e}") from None
-
-  with concurrent.futures.ThreadPoolExecutor(max(1, workers)) as pool:
-    pending = None
-    for start in range(0, n, chunk):
-      futures = [pool.submit(load, i) for i in range(start, min(start + chunk, n))]
-      if pending is not None:
-        yield np.stack([f.result() for f in pending])
-      pending = futures
-    if pending:
-      yield np.stack([f.result() for f in pending])
-
-
 def predict_source(
   classifier: ImageClassifier, source, *, progress: bool = True, workers: int | None = None
 ) -> np.ndarray:
   """Raw scores [N, F] of every record of a 2D source, streamed in chunks of the batch size."""
-  n = len(source)
+  n, size = len(source), classifier.batch_size
   raw = np.zeros((n, len(classifier.findings)), np.float32)
   workers = workers or min(8, os.cpu_count() or 1)
+  chunks = [range(s, min(s + size, n)) for s in range(0, n, size)]
+  load = lambda i: classifier.preprocess(source[i]["image"])
   done, start, last = 0, time.perf_counter(), 0.0
-  for x in _inputs(source, classifier, workers):
+  for chunk, results in predict_lib.read_ahead(load, chunks, workers):
+    for i, (_, error) in zip(chunk, results):
+      if error is not None:  # an external set is evaluated whole: a bad record stops it, named
+        if not isinstance(error, (OSError, ValueError)):
+          raise error
+        raise ValueError(f"external dataset record {i} ({source.image_ids()[i]}): {error}")
+    x = np.stack([value for value, _ in results])
     raw[done : done + len(x)] = classifier.predict(x)
     done += len(x)
     now = time.perf_counter() - start

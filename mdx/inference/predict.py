@@ -3,12 +3,14 @@
 The batch is split over the mesh's 'data' axis and each device runs the model on its rows under
 shard_map (as the training steps do), so a model's reshapes never see a sharded batch axis. Used by
 whole-scan sliding windows (mdx.inference.sliding_window) and any task that predicts outside the
-training loop.
+training loop. read_ahead decodes the next chunk of inputs on threads while the model runs on this
+one (predict on files, external validation).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import concurrent.futures
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import jax
@@ -67,3 +69,24 @@ def make_predict_fn(
     return activate(np.asarray(runtime.to_host(logits)), activation)
 
   return predict
+
+
+def read_ahead(
+  read: Callable[[Any], Any], chunks: Sequence[Sequence[Any]], workers: int
+) -> Iterator[tuple[Sequence[Any], list[tuple[Any, Exception | None]]]]:
+  """Yields (chunk, [(read(item), None) or (None, the exception)]) in order, with the next chunk
+  already being read on `workers` threads: memory holds two chunks, and decoding overlaps the
+  model. A failing item is the caller's to report; the others are still read."""
+
+  def safe(item):
+    try:
+      return read(item), None
+    except Exception as e:  # any per-item failure belongs to that item (file, record)
+      return None, e
+
+  with concurrent.futures.ThreadPoolExecutor(max(1, workers)) as pool:
+    submit = lambda chunk: [pool.submit(safe, item) for item in chunk]
+    pending = submit(chunks[0]) if len(chunks) else []
+    for i, chunk in enumerate(chunks):
+      current, pending = pending, (submit(chunks[i + 1]) if i + 1 < len(chunks) else [])
+      yield chunk, [f.result() for f in current]

@@ -24,22 +24,23 @@ model, so memory holds two chunks and decoding overlaps the forward pass.
 
 from __future__ import annotations
 
-import concurrent.futures
 import csv
 import dataclasses
 import os
 import re
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
 import numpy as np
 from absl import logging
 
+from mdx.data.cxr import images
 from mdx.data.volume import nifti
 from mdx.evaluate import gradcam as gradcam_lib
 from mdx.inference import bundle as bundle_lib
+from mdx.inference import predict as predict_lib
 from mdx.inference.classifier import ImageClassifier
 from mdx.inference.segmenter import VolumeSegmenter, label_volume
 
@@ -73,20 +74,11 @@ def _a(task: str) -> str:
   return "a NIfTI scan" if task == "segmentation" else "an image"
 
 
-def _has_dicom_preamble(path: str) -> bool:
-  try:
-    with open(path, "rb") as f:
-      head = f.read(132)
-  except OSError:
-    return False
-  return len(head) == 132 and head[128:132] == b"DICM"
-
-
 def _accepts(path: str, task: str) -> bool:
   """A file this task reads: by suffix, or (classifier) a DICOM file without the usual suffix."""
   if os.path.basename(path).lower().endswith(_suffixes(task)):
     return True
-  return task == "classification" and _has_dicom_preamble(path)
+  return task == "classification" and images.has_dicom_preamble(path)
 
 
 def _posix(path: str) -> str:
@@ -213,23 +205,10 @@ def _reason(error: BaseException) -> str:
   return text if len(text) <= 400 else text[:397] + "..."
 
 
-def _prefetched(
-  read: Callable[[str], Any], chunks: list[list[tuple[int, str, str]]], workers: int
-) -> Iterator[tuple[list[tuple[int, str, str]], list[tuple[Any, str | None]]]]:
-  """Yields (chunk, [(value, None) | (None, reason)]) with the next chunk already decoding."""
-
-  def safe(path):
-    try:
-      return read(path), None
-    except Exception as e:  # any per-file failure is the file's, reported in errors.csv
-      return None, _reason(e)
-
-  with concurrent.futures.ThreadPoolExecutor(workers) as pool:
-    submit = lambda chunk: [pool.submit(safe, full) for _, _, full in chunk]
-    pending = submit(chunks[0]) if chunks else []
-    for i, chunk in enumerate(chunks):
-      current, pending = pending, (submit(chunks[i + 1]) if i + 1 < len(chunks) else [])
-      yield chunk, [f.result() for f in current]
+def _read_ahead(read: Callable[[str], Any], chunks, workers: int):
+  """predict.read_ahead over (index, name, path) items: failures become errors.csv reasons."""
+  for chunk, results in predict_lib.read_ahead(lambda item: read(item[2]), chunks, workers):
+    yield chunk, [(v, None if e is None else _reason(e)) for v, e in results]
 
 
 def _make_output(out: str) -> str:
@@ -365,7 +344,7 @@ class _Images:
     c, size = self.classifier, self.classifier.batch_size
     chunks = [files[i : i + size] for i in range(0, len(files), size)]
     predicted = 0
-    for chunk, results in _prefetched(c.read, chunks, min(8, os.cpu_count() or 1)):
+    for chunk, results in _read_ahead(c.read, chunks, min(8, os.cpu_count() or 1)):
       ok = [item for item, (_, reason) in zip(chunk, results) if reason is None]
       errors.extend((i, name, r) for (i, name, _), (_, r) in zip(chunk, results) if r is not None)
       if ok:
@@ -426,7 +405,7 @@ class _Scans:
   def run(self, files, out, writer, errors, bar) -> int:
     predicted = 0
     # one scan ahead: a whole scan is large, and the model is the slow part
-    for chunk, results in _prefetched(self.read, [[f] for f in files], 1):
+    for chunk, results in _read_ahead(self.read, [[f] for f in files], 1):
       (index, name, _), (value, reason) = chunk[0], results[0]
       if reason is not None:
         errors.append((index, name, reason))

@@ -29,7 +29,7 @@ def read_image(path: str | os.PathLike, channels: int = 1) -> np.ndarray:
       "metadata rows, or set config.data.on_error='skip'"
     )
   try:
-    if path.lower().endswith(DICOM_SUFFIXES) or _has_dicom_preamble(path):
+    if path.lower().endswith(DICOM_SUFFIXES) or has_dicom_preamble(path):
       image = _read_dicom(path)
     else:
       image = _read_pil(path)
@@ -42,9 +42,14 @@ def read_image(path: str | os.PathLike, channels: int = 1) -> np.ndarray:
   return to_channels(image, channels, path)
 
 
-def _has_dicom_preamble(path: str) -> bool:
-  with open(path, "rb") as f:
-    head = f.read(132)
+def has_dicom_preamble(path: str) -> bool:
+  """True for a DICOM Part 10 file (the 'DICM' magic after a 128-byte preamble), whatever its
+  name; False when the file cannot be read."""
+  try:
+    with open(path, "rb") as f:
+      head = f.read(132)
+  except OSError:
+    return False
   return len(head) == 132 and head[128:132] == b"DICM"
 
 
