@@ -133,9 +133,22 @@ def grad_cam(
   images = jnp.asarray(images)
   if images.ndim != 4:
     raise ValueError(f"images must be [B, H, W, C], got shape {images.shape}")
-  path, shape, dtype = resolve_layer(model, variables, images, layer)
+  key = (model, layer, images.shape, images.dtype)
+  if key not in _LAYERS:
+    _LAYERS[key] = resolve_layer(model, variables, images, layer)
+  path, shape, dtype = _LAYERS[key]
+  compute = _compiled(model, path, shape, dtype, upsample)
+  return np.asarray(compute(variables, images, jnp.int32(class_index)))
 
-  def logit_and_features(delta, variables, images):
+
+# Compiled once per (model, layer, shape): predict and the run report call grad_cam chunk by chunk
+# and finding by finding; the class index is an argument, not a constant of the program.
+_LAYERS: dict = {}
+
+
+@functools.lru_cache(maxsize=16)
+def _compiled(model: nn.Module, path: str, shape, dtype, upsample: bool):
+  def logit_and_features(delta, variables, images, class_index):
     feats: list[jax.Array] = []
 
     def add_delta(next_fun, args, kwargs, context):
@@ -147,12 +160,12 @@ def grad_cam(
 
     with nn.intercept_methods(add_delta):
       logits = _apply(model, variables, images)
-    return logits[:, class_index].astype(jnp.float32).sum(), feats[0]
+    return jnp.take(logits, class_index, axis=1).astype(jnp.float32).sum(), feats[0]
 
   @functools.partial(jax.jit, compiler_options=runtime.compiler_options())
-  def compute(variables, images):
+  def compute(variables, images, class_index):
     grads, feats = jax.grad(logit_and_features, has_aux=True)(
-      jnp.zeros(shape, dtype), variables, images
+      jnp.zeros(shape, dtype), variables, images, class_index
     )
     alpha = grads.astype(jnp.float32).mean(axis=(1, 2))  # [B, K]
     cam = jax.nn.relu(jnp.einsum("bhwk,bk->bhw", feats.astype(jnp.float32), alpha))
@@ -162,7 +175,7 @@ def grad_cam(
     peak = cam.max(axis=(1, 2), keepdims=True)
     return jnp.where(peak > 0, cam / jnp.where(peak > 0, peak, 1.0), 0.0)
 
-  return np.asarray(compute(variables, images))
+  return compute
 
 
 def peak_in_mask_rate(heatmaps, masks, tolerance: int = 0) -> float:
