@@ -1,36 +1,12 @@
 """Image decoding: PNG 8/16 bit, JPEG, DICOM display chain, clear errors."""
 
 import numpy as np
-import pydicom
 import pytest
+from fixture_files import write_dicom
 from PIL import Image
-from pydicom.dataset import FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 from real_layouts import write_png
 
 from mdx.data.cxr import images
-
-
-def write_dicom(path, pixels, photometric="MONOCHROME2", slope=1.0, intercept=0.0, window=None):
-  meta = FileMetaDataset()
-  meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-  meta.MediaStorageSOPInstanceUID = generate_uid()
-  meta.TransferSyntaxUID = ExplicitVRLittleEndian
-  ds = pydicom.Dataset()
-  ds.file_meta = meta
-  ds.SOPClassUID = meta.MediaStorageSOPClassUID
-  ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-  ds.Rows, ds.Columns = pixels.shape
-  ds.SamplesPerPixel = 1
-  ds.PhotometricInterpretation = photometric
-  ds.BitsAllocated = ds.BitsStored = 16
-  ds.HighBit = 15
-  ds.PixelRepresentation = 0
-  ds.RescaleSlope, ds.RescaleIntercept = slope, intercept
-  if window:
-    ds.WindowCenter, ds.WindowWidth = window
-  ds.PixelData = pixels.astype(np.uint16).tobytes()
-  ds.save_as(str(path), enforce_file_format=True)
 
 
 def test_png_8_and_16_bit_and_channels(tmp_path):

@@ -6,6 +6,7 @@ import hashlib
 
 import numpy as np
 import pytest
+from torch_reference import TorchDenseNet, randomize_batchnorm
 
 from mdx.data.cxr import records
 from mdx.inference import bundle, classifier, from_weights
@@ -14,71 +15,14 @@ torch = pytest.importorskip("torch")
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
 
-# A DenseNet with torchvision's (and torchxrayvision's) module names, as in
-# tests/models/test_import_weights.py, sized as mdx's 'densenet_tiny'.
-class _DenseLayer(torch.nn.Module):
-  def __init__(self, cin, growth, bn_size):
-    super().__init__()
-    nn = torch.nn
-    self.norm1 = nn.BatchNorm2d(cin)
-    self.conv1 = nn.Conv2d(cin, bn_size * growth, 1, bias=False)
-    self.norm2 = nn.BatchNorm2d(bn_size * growth)
-    self.conv2 = nn.Conv2d(bn_size * growth, growth, 3, padding=1, bias=False)
-
-  def forward(self, x):
-    y = self.conv1(torch.relu(self.norm1(x)))
-    return torch.cat([x, self.conv2(torch.relu(self.norm2(y)))], 1)
-
-
-class _TinyDenseNet(torch.nn.Module):
-  """mdx 'densenet_tiny': blocks (2, 2), growth 8, stem 16, bn_size 2."""
-
-  def __init__(self, classes, cin=1, blocks=(2, 2), growth=8, init=16, bn_size=2, head=True):
-    super().__init__()
-    nn = torch.nn
-    f = nn.Sequential()
-    f.add_module("conv0", nn.Conv2d(cin, init, 7, 2, 3, bias=False))
-    f.add_module("norm0", nn.BatchNorm2d(init))
-    f.add_module("relu0", nn.ReLU())
-    f.add_module("pool0", nn.MaxPool2d(3, 2, 1))
-    c = init
-    for i, n in enumerate(blocks):
-      block = nn.Sequential()
-      for j in range(n):
-        block.add_module(f"denselayer{j + 1}", _DenseLayer(c + j * growth, growth, bn_size))
-      f.add_module(f"denseblock{i + 1}", block)
-      c += n * growth
-      if i < len(blocks) - 1:
-        t = nn.Sequential()
-        t.add_module("norm", nn.BatchNorm2d(c))
-        t.add_module("relu", nn.ReLU())
-        t.add_module("conv", nn.Conv2d(c, c // 2, 1, bias=False))
-        t.add_module("pool", nn.AvgPool2d(2, 2))
-        f.add_module(f"transition{i + 1}", t)
-        c //= 2
-    f.add_module("norm5", nn.BatchNorm2d(c))
-    self.features = f
-    self.classifier = nn.Linear(c, classes) if head else None
-
-  def forward(self, x):
-    y = torch.relu(self.features(x))
-    return self.classifier(torch.flatten(torch.nn.functional.adaptive_avg_pool2d(y, 1), 1))
-
-
 def _reference(classes=3, seed=0, head=True):
-  """Random weights and BN statistics; the stem scaled for inputs in [-1024, 1024]."""
+  """mdx's 'densenet_tiny' in PyTorch with random weights and BN statistics; the stem scaled for
+  inputs in [-1024, 1024]."""
   torch.manual_seed(seed)
-  ref = _TinyDenseNet(classes, head=head).eval()
-  g = torch.Generator().manual_seed(seed)
+  ref = TorchDenseNet(classes, blocks=(2, 2), growth=8, init=16, bn_size=2, head=head).eval()
   with torch.no_grad():
     ref.features.conv0.weight.mul_(1 / 1024)
-    for m in ref.modules():
-      if isinstance(m, torch.nn.BatchNorm2d):
-        m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
-        m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-        m.weight.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-        m.bias.copy_(torch.randn(m.num_features, generator=g) * 0.1)
-  return ref
+  return randomize_batchnorm(ref, seed)
 
 
 def test_bundle_predicts_like_torch(tmp_path):

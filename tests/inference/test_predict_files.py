@@ -18,11 +18,9 @@ import sys
 import jax
 import nibabel as nib
 import numpy as np
-import pydicom
 import pytest
+from fixture_files import write_dicom
 from PIL import Image
-from pydicom.dataset import FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
 from mdx.evaluate.calibration import Platt, map_to_spec
 from mdx.inference import bundle as bundle_lib
@@ -77,25 +75,6 @@ def classifier_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def classifier(classifier_dir):
   return bundle_lib.load(classifier_dir)
-
-
-def write_dicom(path, pixels, photometric):
-  meta = FileMetaDataset()
-  meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-  meta.MediaStorageSOPInstanceUID = generate_uid()
-  meta.TransferSyntaxUID = ExplicitVRLittleEndian
-  ds = pydicom.Dataset()
-  ds.file_meta = meta
-  ds.SOPClassUID = meta.MediaStorageSOPClassUID
-  ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-  ds.Rows, ds.Columns = pixels.shape
-  ds.SamplesPerPixel = 1
-  ds.PhotometricInterpretation = photometric
-  ds.BitsAllocated = ds.BitsStored = 16
-  ds.HighBit = 15
-  ds.PixelRepresentation = 0
-  ds.PixelData = pixels.astype(np.uint16).tobytes()
-  ds.save_as(str(path), enforce_file_format=True)
 
 
 def film(seed):

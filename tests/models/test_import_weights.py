@@ -7,6 +7,7 @@ os.environ.setdefault("KERAS_BACKEND", "jax")
 import h5py
 import numpy as np
 import pytest
+from torch_reference import TorchDenseNet, randomize_batchnorm
 
 from mdx.models import import_weights, pretrained, registry
 
@@ -98,65 +99,9 @@ def test_keras_resnet50_same_outputs(tmp_path):
     import_weights.import_weights("resnet50", "keras_h5", str(tmp_path / "r.h5"))
 
 
-# A PyTorch DenseNet with torchvision's (and torchxrayvision's) module names.
-class _TorchDenseLayer(torch.nn.Module):
-  def __init__(self, cin, growth, bn_size):
-    super().__init__()
-    nn = torch.nn
-    self.norm1, self.relu1 = nn.BatchNorm2d(cin), nn.ReLU()
-    self.conv1 = nn.Conv2d(cin, bn_size * growth, 1, bias=False)
-    self.norm2, self.relu2 = nn.BatchNorm2d(bn_size * growth), nn.ReLU()
-    self.conv2 = nn.Conv2d(bn_size * growth, growth, 3, padding=1, bias=False)
-
-  def forward(self, x):
-    y = self.conv1(self.relu1(self.norm1(x)))
-    return torch.cat([x, self.conv2(self.relu2(self.norm2(y)))], 1)
-
-
-class _TorchDenseNet(torch.nn.Module):
-  def __init__(self, blocks=(6, 12, 24, 16), growth=32, init=64, bn_size=4, classes=3, cin=1):
-    super().__init__()
-    nn = torch.nn
-    f = nn.Sequential()
-    f.add_module("conv0", nn.Conv2d(cin, init, 7, 2, 3, bias=False))
-    f.add_module("norm0", nn.BatchNorm2d(init))
-    f.add_module("relu0", nn.ReLU())
-    f.add_module("pool0", nn.MaxPool2d(3, 2, 1))
-    c = init
-    for i, n in enumerate(blocks):
-      block = nn.Sequential()
-      for j in range(n):
-        block.add_module(f"denselayer{j + 1}", _TorchDenseLayer(c + j * growth, growth, bn_size))
-      f.add_module(f"denseblock{i + 1}", block)
-      c += n * growth
-      if i < len(blocks) - 1:
-        f.add_module(f"transition{i + 1}", nn.Sequential())
-        t = getattr(f, f"transition{i + 1}")
-        t.add_module("norm", nn.BatchNorm2d(c))
-        t.add_module("relu", nn.ReLU())
-        t.add_module("conv", nn.Conv2d(c, c // 2, 1, bias=False))
-        t.add_module("pool", nn.AvgPool2d(2, 2))
-        c //= 2
-    f.add_module("norm5", nn.BatchNorm2d(c))
-    self.features = f
-    self.classifier = nn.Linear(c, classes)
-
-  def forward(self, x):
-    y = torch.relu(self.features(x))
-    return self.classifier(torch.flatten(torch.nn.functional.adaptive_avg_pool2d(y, 1), 1))
-
-
 def _torch_densenet121(seed=0, cin=1):
   torch.manual_seed(seed)
-  ref = _TorchDenseNet(cin=cin).eval()
-  g = torch.Generator().manual_seed(seed)
-  for m in ref.modules():
-    if isinstance(m, torch.nn.BatchNorm2d):
-      m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
-      m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-      m.weight.data.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-      m.bias.data.copy_(torch.randn(m.num_features, generator=g) * 0.1)
-  return ref
+  return randomize_batchnorm(TorchDenseNet(cin=cin).eval(), seed)
 
 
 def test_torch_densenet121_same_outputs_torch_and_safetensors(tmp_path):
@@ -184,7 +129,7 @@ def test_torch_densenet121_same_outputs_torch_and_safetensors(tmp_path):
 
 
 def test_mismatches_are_listed(tmp_path):
-  state = _TorchDenseNet(blocks=(2, 2), growth=8, init=16, bn_size=2, cin=3).state_dict()
+  state = TorchDenseNet(blocks=(2, 2), growth=8, init=16, bn_size=2, cin=3).state_dict()
   state["features.norm0.weight"] = torch.ones(17)
   state["features.extra.weight"] = torch.ones(2)
   torch.save(state, tmp_path / "bad.pt")

@@ -10,9 +10,9 @@ import csv
 import json
 import os
 
-import nibabel as nib
 import numpy as np
 import pytest
+from fixture_files import write_msd
 from PIL import Image
 
 from mdx import config as config_lib
@@ -106,21 +106,8 @@ def test_classifier_bundle_equals_the_run_and_travels(tmp_path):
     assert abs(float(p["OPACITY"]) - classifier.calibrate(score[None, None])[0, 0]) < 1e-5
 
 
-def _msd_fixture(root, n=6, shape=(10, 14, 9)):
-  affine = np.diag([1.0, 1.2, 0.8, 1.0])
-  rng = np.random.default_rng(0)
-  for i in range(n):
-    label = np.zeros(shape, np.uint8)
-    label[2:6, 3:8, 2:5] = 1
-    label[5:8, 8:11, 3:6] = 2
-    image = (label * 100 + rng.normal(300, 20, shape)).astype(np.float32)
-    for d, x in (("imagesTr", image), ("labelsTr", label)):
-      os.makedirs(f"{root}/{d}", exist_ok=True)
-      nib.save(nib.Nifti1Image(x, affine), f"{root}/{d}/hippocampus_{i:03d}.nii.gz")
-
-
 def test_segmenter_bundle_equals_the_run_and_exports_any_step(tmp_path):
-  _msd_fixture(str(tmp_path / "data"))
+  write_msd(str(tmp_path / "data"), np.diag([1.0, 1.2, 0.8, 1.0]))
   c = config_lib.load_experiment("experiments/msd_hippocampus_unet3d.py").get_config()
   c.data.root = str(tmp_path / "data")
   c.data.split = dict(by="patient", test=0.34, val=0.34)

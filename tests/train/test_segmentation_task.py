@@ -8,6 +8,7 @@ import os
 import nibabel as nib
 import numpy as np
 import pytest
+from fixture_files import write_msd
 
 from mdx.inference import segmenter
 from mdx.runtime import BatchGeometry
@@ -26,18 +27,6 @@ def _config(name):
   return module.get_config()
 
 
-def _msd_fixture(root, n=6, shape=(10, 14, 9)):
-  rng = np.random.default_rng(0)
-  for i in range(n):
-    label = np.zeros(shape, np.uint8)
-    label[2:6, 3:8, 2:5] = 1
-    label[5:8, 8:11, 3:6] = 2
-    image = (label * 100 + rng.normal(300, 20, shape)).astype(np.float32)
-    for d, x in (("imagesTr", image), ("labelsTr", label)):
-      os.makedirs(f"{root}/{d}", exist_ok=True)
-      nib.save(nib.Nifti1Image(x, AFFINE), f"{root}/{d}/hippocampus_{i:03d}.nii.gz")
-
-
 def _tiny(c, steps=2):
   c.model.base_width = 2
   c.model.depth = 2
@@ -51,7 +40,7 @@ def _tiny(c, steps=2):
 
 
 def test_msd_train_report_and_predict(tmp_path):
-  _msd_fixture(str(tmp_path / "data"))
+  write_msd(str(tmp_path / "data"), AFFINE)
   c = _tiny(_config("msd_hippocampus_unet3d"))
   c.data.root = str(tmp_path / "data")
   c.data.split.val = 0.34
