@@ -74,7 +74,7 @@ def _logit(p: np.ndarray) -> np.ndarray:
 
 @dataclasses.dataclass(frozen=True)
 class Platt:
-  """p' = sigmoid(a * logit(p) + b), fitted by maximum likelihood (Newton's method, no penalty)."""
+  """p' = sigmoid(a * logit(p) + b), fitted as Platt (1999) did (see fit_platt)."""
 
   a: float
   b: float
@@ -84,21 +84,43 @@ class Platt:
     return special.expit(z)
 
 
+def _cross_entropy(theta: np.ndarray, x: np.ndarray, t: np.ndarray) -> float:
+  z = x @ theta
+  return float(np.sum(np.logaddexp(0.0, z) - t * z))
+
+
 def fit_platt(y_true, y_prob, max_iter: int = 100) -> Platt:
-  """Logistic regression of the label on logit(p); a tiny ridge keeps separable data finite."""
+  """Logistic regression of the label on logit(p) with Platt's targets: positives count as
+  (N+ + 1) / (N+ + 2) and negatives as 1 / (N- + 2), not 1 and 0.
+
+  Why the targets: with 0/1 targets the maximum likelihood is infinite whenever the validation
+  scores separate the classes (or saturate at the logit clip), and the map becomes a step that calls
+  a film 1.00 or 0.00 (seen on the demo's phantoms: a = 4e10). Platt's targets keep a and b finite
+  and cost little on large sets (scikit-learn's CalibratedClassifierCV 'sigmoid' fits the same).
+  Newton's method with step halving on the convex objective.
+  """
   y, p = _known(y_true, y_prob)
   if len(np.unique(y)) < 2:
     raise ValueError("Platt scaling needs positives and negatives in the validation labels")
+  n_pos, n_neg = float((y == 1).sum()), float((y == 0).sum())
+  t = np.where(y == 1, (n_pos + 1) / (n_pos + 2), 1 / (n_neg + 2))
   x = np.stack([_logit(p), np.ones_like(p)], 1)
   theta = np.array([1.0, 0.0])
-  ridge = 1e-8
+  loss = _cross_entropy(theta, x, t)
   for _ in range(max_iter):
     q = special.expit(x @ theta)
-    grad = x.T @ (q - y) + ridge * theta
-    hess = (x * (q * (1 - q))[:, None]).T @ x + ridge * np.eye(2)
+    grad = x.T @ (q - t)
+    hess = (x * (q * (1 - q))[:, None]).T @ x + 1e-12 * np.eye(2)
     step = np.linalg.solve(hess, grad)
-    theta = theta - step
-    if np.abs(step).max() < 1e-10:
+    scale = 1.0
+    while scale > 1e-10:  # backtrack until the objective does not rise
+      new = theta - scale * step
+      new_loss = _cross_entropy(new, x, t)
+      if new_loss <= loss + 1e-12:
+        break
+      scale /= 2
+    theta, loss = new, new_loss
+    if np.abs(scale * step).max() < 1e-10:
       break
   return Platt(float(theta[0]), float(theta[1]))
 

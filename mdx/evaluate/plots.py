@@ -235,10 +235,12 @@ def examples_png(
   count: int = 8,
   seed: int = 0,
   scores: str = "probabilities",
+  raw_findings: Sequence[str] = (),
 ) -> tuple[str, str]:
   """A grid of test images, each titled with its true findings and the model's top probabilities.
 
-  scores: what probs are, for the caption (e.g. 'raw scores', 'calibrated probabilities').
+  scores: what probs are, for the caption (e.g. 'raw scores', 'calibrated probabilities');
+  raw_findings: findings whose column is a raw score among calibrated ones (marked 'raw').
   labels [N, C] (nan unknown) and probs [N, C] are rows of the evaluated split, index [N] their
   record indices; image_fn(record index) -> the image as stored [H, W] or [H, W, C]. About three
   quarters of the images show a finding (the rest none), drawn with `seed`. Returns (caption, path).
@@ -265,7 +267,10 @@ def examples_png(
     ax.imshow(image[..., 0] if image.ndim == 3 else image, cmap="gray")
     truth = [f for f, y in zip(findings, labels[r]) if y == 1] or ["No Finding"]
     top = np.argsort(-probs[r])[:3]
-    guess = ", ".join(f"{findings[k]} {probs[r][k]:.2f}" for k in top)
+    guess = ", ".join(
+      f"{findings[k]} {probs[r][k]:.2f}" + (" raw" if findings[k] in raw_findings else "")
+      for k in top
+    )
     ax.set_title(f"true: {', '.join(truth)}\npred: {guess}", fontsize=7)
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   fig.tight_layout()

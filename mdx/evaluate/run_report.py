@@ -74,8 +74,9 @@ def classification_run_report(
     patient_ids=patient_ids,
     digits=6,
   )
-  shown, scores = pred["probs"], "raw scores"
+  shown, scores, uncalibrated = pred["probs"], "raw scores", []
   if calibration is not None and calibration[0] != "none":
+    uncalibrated = [f for f in findings if calibration[1][f]["kind"] == "identity"]
     maps = [C.map_from_spec(calibration[1][f]) for f in findings]
     raw = np.asarray(pred["probs"], np.float64)
     shown = np.stack([m(raw[:, j]) for j, m in enumerate(maps)], 1).reshape(raw.shape)
@@ -92,6 +93,12 @@ def classification_run_report(
     + (
       f"The example images show {scores}, as the bundle's predict writes them; 'after Platt' and "
       "'after isotonic' rows give the calibration of such maps."
+      + (
+        f" Not calibrated (validation lacks positives or negatives), so shown raw: "
+        f"{', '.join(uncalibrated)}."
+        if uncalibrated
+        else ""
+      )
       if calibration is not None and calibration[0] != "none"
       else "The example images show raw scores too (no calibration was asked for)."
     )
@@ -116,6 +123,7 @@ def classification_run_report(
       count=examples,
       seed=seed,
       scores=scores,
+      raw_findings=uncalibrated,
     ),
   ]
   gradcam_figures = []
