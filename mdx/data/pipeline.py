@@ -149,8 +149,11 @@ def train_dataset(
     raise ValueError(f"global batch {batch_size} does not divide over {process_count} processes")
   stream = EpochStream(epoch_fn, positions=steps * batch_size)
   # The seed comes first: grain derives each random map's per-element rng from it and the position.
-  ds = grain.MapDataset.source(stream).seed(seed)[process_index::process_count].map(load)
-  ds = _add_transforms(ds, transforms).batch(batch_size // process_count, drop_remainder=True)
+  # Records are loaded and augmented BEFORE the dataset is sliced by process (a lazy view: each
+  # process still loads only its own), so a record's random crop or flip depends on its position in
+  # the global stream, not in this process's share: any process count sees the same batches.
+  ds = _add_transforms(grain.MapDataset.source(stream).seed(seed).map(load), transforms)
+  ds = ds[process_index::process_count].batch(batch_size // process_count, drop_remainder=True)
   it = ds.to_iter_dataset(
     grain.ReadOptions(num_threads=1 if workers else 2, prefetch_buffer_size=prefetch)
   )

@@ -99,18 +99,27 @@ def test_unknown_labels_are_masked():
 
 
 def test_processes_share_each_global_batch():
+  """Each process's records are disjoint and together make the global batch, augmented exactly as
+  one process augments them (a record's random draw follows its global position)."""
   src = TinySource(40)
   indices = np.arange(40)
-  kwargs = dict(batch_size=8, steps=4, image_size=12, seed=1)
+  kwargs = dict(
+    batch_size=8, steps=4, image_size=12, seed=1, transforms=augment.make("chest_xray", 12)
+  )
   single = take(iter(train_dataset(src, indices, **kwargs)), 4)
   shares = [
     take(iter(train_dataset(src, indices, process_index=p, process_count=2, **kwargs)), 4)
     for p in range(2)
   ]
   for g in range(4):
-    union = np.concatenate([shares[0][g]["index"], shares[1][g]["index"]])
-    assert len(shares[0][g]["index"]) == 4
+    a, b = shares[0][g], shares[1][g]
+    assert len(a["index"]) == 4 and not set(a["index"]) & set(b["index"])
+    union = np.concatenate([a["index"], b["index"]])
     assert sorted(union) == sorted(single[g]["index"])
+    # process p holds global rows p, p + 2, ...: same records, same augmented pixels
+    np.testing.assert_array_equal(a["index"], single[g]["index"][0::2])
+    np.testing.assert_array_equal(a["image"], single[g]["image"][0::2])
+    np.testing.assert_array_equal(b["image"], single[g]["image"][1::2])
 
 
 def test_worker_processes_give_the_same_augmented_batches():
