@@ -9,6 +9,7 @@
 #   ./launch.sh predict --bundle=DIR --input=IN --output=OUT [flags]   a bundle on new files
 #   ./launch.sh prepare CONFIG [flags]             build the TFDS/ArrayRecord records of a real dataset
 #   ./launch.sh sweep ABLATION --workdir=DIR [flags]   every variant of an ablation, one results table
+#   ./launch.sh local N <command> ...              the command as N joined processes on this machine
 #   ./launch.sh tpu NAME ZONE <command> ...        the same command on every worker of a Cloud TPU VM
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -29,7 +30,7 @@ setup() {
   export PATH="$PWD/$VENV/bin:$PATH"
 }
 
-usage() { sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+usage() { sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
 
 cmd="${1:-}"; [[ -n "$cmd" ]] || usage; shift
 case "$cmd" in
@@ -62,6 +63,13 @@ case "$cmd" in
     setup
     ablation="$1"; shift
     exec python -m mdx.train.sweep --ablation="$ablation" "$@" ;;
+  local)
+    # N processes, each with MDX_LOCAL_DEVICES (default 2) fake CPU devices, joined through a
+    # coordinator on a free local port: the multi-host code path of a pod, on this machine.
+    [[ $# -ge 2 && "$1" =~ ^[0-9]+$ ]] || usage
+    setup
+    n="$1"; shift
+    exec python -m mdx.local "$n" ./launch.sh "$@" ;;
   tpu)
     [[ $# -ge 3 ]] || usage
     name="$1"; zone="$2"; shift 2

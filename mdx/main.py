@@ -13,6 +13,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from mdx import config as config_lib
+from mdx import runtime
 from mdx.runtime import quiet_library_logs
 from mdx.train.run import run  # the flag-free API behind this command line
 
@@ -34,7 +35,9 @@ _OUTPUT = flags.DEFINE_string(
 )
 _STEP = flags.DEFINE_integer("step", None, "export: the checkpoint step (default: the best).")
 _DISTRIBUTED = flags.DEFINE_bool(
-  "jax_distributed", False, "Call jax.distributed.initialize() (multi-host TPU/GPU)."
+  "jax_distributed",
+  False,
+  "Join a multi-host run found by jax (TPU VM, SLURM); ./launch.sh local needs no flag.",
 )
 
 
@@ -44,10 +47,7 @@ def main(argv):
     raise app.UsageError(
       f"unexpected arguments {argv[1:]}; overrides look like --config.train.steps=20"
     )
-  if _DISTRIBUTED.value:
-    import jax
-
-    jax.distributed.initialize()
+  runtime.join_processes(_DISTRIBUTED.value)  # ./launch.sh local N, a TPU VM or SLURM
   try:  # a config mistake is the user's: one line naming the field, before anything is built
     config = config_lib.resolve(_CONFIG.value)
   except ValueError as e:

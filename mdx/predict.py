@@ -52,10 +52,7 @@ def main(argv) -> int:
       f"{', '.join(missing)} missing; usage: python -m mdx.predict --bundle=DIR --input=PATH "
       "--output=DIR"
     )
-  if FLAGS.jax_distributed:
-    import jax
-
-    jax.distributed.initialize()
+  runtime.join_processes(FLAGS.jax_distributed)
   from mdx.inference import predict_files
 
   runtime.enable_compilation_cache()

@@ -141,3 +141,31 @@ def quiet_library_logs() -> None:
   from absl import logging
 
   logging.get_absl_handler().addFilter(_QuietLibraries())
+
+
+# Environment of a multi-process run on one machine (set by mdx.local for each process it starts).
+COORDINATOR_ENV, NUM_PROCESSES_ENV, PROCESS_ID_ENV = (
+  "MDX_COORDINATOR",
+  "MDX_NUM_PROCESSES",
+  "MDX_PROCESS_ID",
+)
+
+
+def join_processes(requested: bool = False) -> None:
+  """Joins a multi-process run before anything touches a device.
+
+  Processes started by `./launch.sh local N` (mdx.local) find their coordinator, count and rank in
+  MDX_COORDINATOR / MDX_NUM_PROCESSES / MDX_PROCESS_ID; with requested (--jax_distributed) and no
+  such variables, jax discovers them itself (TPU VM workers, SLURM). Otherwise a single process.
+  """
+  import os
+
+  coordinator = os.environ.get(COORDINATOR_ENV)
+  if coordinator:
+    jax.distributed.initialize(
+      coordinator_address=coordinator,
+      num_processes=int(os.environ[NUM_PROCESSES_ENV]),
+      process_id=int(os.environ[PROCESS_ID_ENV]),
+    )
+  elif requested:
+    jax.distributed.initialize()

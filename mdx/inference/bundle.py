@@ -162,7 +162,7 @@ def write(
   tmp = tempfile.mkdtemp(prefix=".bundle-", dir=parent)
   try:
     tree = jax.tree.map(np.asarray, {k: v for k, v in variables.items() if v})
-    ocp.PyTreeCheckpointer().save(os.path.join(tmp, VARIABLES), args=ocp.args.PyTreeSave(tree))
+    _checkpointer().save(os.path.join(tmp, VARIABLES), args=ocp.args.PyTreeSave(tree))
     with open(os.path.join(tmp, SPEC), "w") as f:
       json.dump(spec, f, indent=2)
     with open(os.path.join(tmp, CARD), "w") as f:
@@ -180,6 +180,17 @@ def write(
     shutil.rmtree(tmp, ignore_errors=True)
     raise
   return directory
+
+
+def _checkpointer() -> ocp.Checkpointer:
+  """An Orbax checkpointer of this process alone: a bundle is written by one process (the others
+  of a multi-process run do not take part) and read by each on its own, so no cross-process
+  barrier may wait for the others."""
+  me = jax.process_index()
+  options = ocp.options.MultiprocessingOptions(primary_host=me, active_processes={me})
+  return ocp.Checkpointer(
+    ocp.PyTreeCheckpointHandler(multiprocessing_options=options), multiprocessing_options=options
+  )
 
 
 def check_spec(spec: dict[str, Any], where: str) -> None:
@@ -241,7 +252,7 @@ def load(directory: str) -> Bundle:
 
 def _restore_variables(path: str, where: str) -> dict[str, Any]:
   try:
-    ckpt = ocp.PyTreeCheckpointer()
+    ckpt = _checkpointer()
     md = ckpt.metadata(path)
     tree = getattr(getattr(md, "item_metadata", md), "tree", md)
     target = jax.tree.map(

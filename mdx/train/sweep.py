@@ -132,7 +132,7 @@ def run_sweep(
 
 def main(argv):
   del argv
-
+  runtime.join_processes()  # a no-op unless started by ./launch.sh local N
   runtime.quiet_library_logs()
   extra = dict(item.split("=", 1) for item in _OVERRIDE.value)
   run_sweep(

@@ -29,6 +29,10 @@ def main():
   import importlib.util
 
   import jax
+
+  from mdx import runtime
+
+  runtime.join_processes()  # a no-op unless started by mdx.local (several processes)
   from flax import traverse_util
 
   from mdx import config as config_lib
@@ -46,8 +50,6 @@ def main():
       node = node[p]
     node[leaf] = value
   config = config_lib.resolve(config)
-  from mdx import runtime
-
   runtime.enable_compilation_cache()
 
   if kill_at is not None:
@@ -66,11 +68,10 @@ def main():
     steps.make_train_step = make_killing_step
 
   state = loop.train(config, prepare_workdir(workdir), tasks.make_task(config)).state
-  flat = traverse_util.flatten_dict(
-    {"params": jax.device_get(state.params), "batch_stats": jax.device_get(state.batch_stats)},
-    sep="/",
-  )
-  np.savez(out, devices=jax.device_count(), **flat)
+  host = runtime.to_host({"params": state.params, "batch_stats": state.batch_stats})
+  flat = traverse_util.flatten_dict(host, sep="/")
+  if jax.process_index() == 0:
+    np.savez(out, devices=jax.device_count(), processes=jax.process_count(), **flat)
 
 
 if __name__ == "__main__":

@@ -97,7 +97,9 @@ flags.FLAGS.mark_as_parsed()
 import jax
 from flax import traverse_util
 from mdx import config as config_lib
+from mdx import runtime
 from mdx.train import loop, tasks
+runtime.join_processes()  # several processes when started by mdx.local
 spec = importlib.util.spec_from_file_location("cfg", "experiments/brain_phantoms_unet3d.py")
 m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m)
 c = m.get_config()
@@ -108,15 +110,15 @@ c.eval.after_train = False
 c = config_lib.resolve(c)
 result = loop.train(c, sys.argv[1], tasks.make_task(c))
 state = getattr(result, "state", result)
-flat = traverse_util.flatten_dict(
-  {"p": jax.device_get(state.params), "b": jax.device_get(state.batch_stats)}, sep="/"
-)
-np.savez(sys.argv[2], **flat)
+host = runtime.to_host({"p": state.params, "b": state.batch_stats})
+if jax.process_index() == 0:
+  np.savez(sys.argv[2], **traverse_util.flatten_dict(host, sep="/"))
 """
 
 
-def test_four_devices_match_one_device(tmp_path):
-  """Data-parallel U-Net training (BatchNorm synchronised over 'data') equals the 1-device run."""
+def test_four_devices_and_two_processes_match_one_device(tmp_path):
+  """Data-parallel U-Net training (BatchNorm synchronised over 'data') equals the 1-device run, on
+  4 devices of one process and on 2 processes x 2 devices (mdx.local)."""
   import subprocess
   import sys
 
@@ -137,9 +139,20 @@ def test_four_devices_match_one_device(tmp_path):
       capture_output=True,
     )
     outs.append(np.load(out))
+  out = str(tmp_path / "p2x2.npz")
+  subprocess.run(
+    [sys.executable, "-m", "mdx.local", "2", sys.executable, str(script), str(tmp_path / "w2x2")]
+    + [out],
+    cwd=root,
+    env=dict(os.environ, MDX_LOCAL_DEVICES="2", JAX_PLATFORMS="cpu"),
+    check=True,
+    capture_output=True,
+  )
+  outs.append(np.load(out))
   assert set(outs[0].files) == set(outs[1].files) and any(k.startswith("b/") for k in outs[0].files)
-  for k in outs[0].files:
-    np.testing.assert_allclose(outs[1][k], outs[0][k], rtol=2e-4, atol=2e-5, err_msg=k)
+  for other in outs[1:]:
+    for k in outs[0].files:
+      np.testing.assert_allclose(other[k], outs[0][k], rtol=2e-4, atol=2e-5, err_msg=k)
 
 
 def test_label_mode_comes_from_the_source_not_from_a_config_lookup():

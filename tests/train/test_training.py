@@ -3,9 +3,11 @@
 Each case runs tests/train/run_training.py in a subprocess (a fresh jax with its own device count).
 """
 
+import json
 import os
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -38,7 +40,7 @@ def load(path):
 
 def max_diff(a, b):
   assert a.keys() == b.keys()
-  return max(float(np.max(np.abs(a[k] - b[k]))) for k in a if k != "devices")
+  return max(float(np.max(np.abs(a[k] - b[k]))) for k in a if k not in ("devices", "processes"))
 
 
 @pytest.fixture(scope="module")
@@ -74,10 +76,17 @@ def test_sigkill_then_resume_gives_the_same_parameters(reference, tmp_path):
   assert max_diff(ref, load(fresh)) > 1e-4
 
 
-def test_four_devices_match_one_device(reference, tmp_path):
+@pytest.fixture(scope="module")
+def four_devices(tmp_path_factory):
+  """The same 8 steps data-parallel over 4 devices of one process."""
+  d = tmp_path_factory.mktemp("four")
+  train(d / "work", d / "final.npz", "train.steps=8", "data.workers=1", devices=4)
+  return load(d / "final.npz"), d
+
+
+def test_four_devices_match_one_device(reference, four_devices):
   ref, _ = reference
-  train(tmp_path / "work", tmp_path / "final.npz", "train.steps=8", "data.workers=1", devices=4)
-  four = load(tmp_path / "final.npz")
+  four, _ = four_devices
   assert int(four["devices"]) == 4 and int(ref["devices"]) == 1
   # Same global batch, BatchNorm statistics and gradients averaged over devices: equal up to the
   # order of float summation (Adam amplifies it a little over 8 steps). Per-device BatchNorm
@@ -86,6 +95,48 @@ def test_four_devices_match_one_device(reference, tmp_path):
   for key in ref:
     if "batch_stats" in key:
       np.testing.assert_allclose(four[key], ref[key], rtol=5e-4, atol=5e-5)
+
+
+def test_two_processes_match_one_process(four_devices, tmp_path):
+  """2 processes x 2 devices (mdx.local: jax.distributed over a local coordinator, gloo
+  collectives) train like 1 process x 4 devices: each process feeds its half of each batch."""
+  four, d = four_devices
+  proc = subprocess.run(
+    [sys.executable, "-m", "mdx.local", "2", sys.executable, SCRIPT, str(tmp_path / "work")]
+    + [str(tmp_path / "final.npz"), "train.steps=8", "data.workers=1"],
+    cwd=ROOT,
+    env=dict(os.environ, MDX_LOCAL_DEVICES="2", JAX_PLATFORMS="cpu"),
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
+  assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+  assert "[p0] " in proc.stdout and "[p1] " in proc.stdout  # each line says its process
+  two = load(tmp_path / "final.npz")
+  assert int(two["processes"]) == 2 and int(two["devices"]) == 4
+  assert max_diff(four, two) < 2e-4  # the tolerance of 4 devices vs 1 (summation order)
+  # validation over the processes' shares gathers the same predictions
+  history = [json.loads(line) for line in open(tmp_path / "work" / "history.jsonl")]
+  reference = [json.loads(line) for line in open(d / "work" / "history.jsonl")]
+  val = [h["val_auroc"] for h in history if "val_auroc" in h]
+  assert val == pytest.approx([h["val_auroc"] for h in reference if "val_auroc" in h], abs=1e-6)
+
+
+def test_a_failing_process_stops_the_others(tmp_path):
+  """mdx.local: when one process dies, the others are stopped instead of waiting at a collective."""
+  code = (
+    "import os, sys, time\nif os.environ['MDX_PROCESS_ID'] == '1': sys.exit(3)\ntime.sleep(120)\n"
+  )
+  start = time.time()
+  proc = subprocess.run(
+    [sys.executable, "-m", "mdx.local", "2", sys.executable, "-c", code],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=90,
+  )
+  assert proc.returncode == 3 and time.time() - start < 60
+  assert "p1=3" in proc.stderr
 
 
 def test_batch_that_does_not_divide_over_devices_is_a_clear_error(tmp_path):

@@ -1,0 +1,135 @@
+"""Several JAX processes on this machine, joined as one run: the code path of a TPU pod or a GPU
+cluster, on CPUs.
+
+  python -m mdx.local N COMMAND [ARGS...]      (./launch.sh local N train CONFIG --workdir=DIR)
+
+Starts COMMAND N times with MDX_COORDINATOR (127.0.0.1 and a free port), MDX_NUM_PROCESSES=N and
+MDX_PROCESS_ID=i, and XLA_FLAGS giving each process MDX_LOCAL_DEVICES fake CPU devices (default 2);
+mdx's entry points join through mdx.runtime.join_processes. Every output line is prefixed with its
+process ('[p1] ...'). When one process fails, the others are stopped (SIGTERM, then SIGKILL after
+10 s) instead of waiting forever at a collective; the exit status is the first failure's.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+from mdx import runtime
+
+GRACE_SECONDS = 10
+
+
+def free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def process_env(rank: int, count: int, port: int, devices: int) -> dict[str, str]:
+  env = dict(os.environ)
+  flags = [f for f in env.get("XLA_FLAGS", "").split() if "host_platform_device_count" not in f]
+  env.update(
+    {
+      runtime.COORDINATOR_ENV: f"127.0.0.1:{port}",
+      runtime.NUM_PROCESSES_ENV: str(count),
+      runtime.PROCESS_ID_ENV: str(rank),
+      "XLA_FLAGS": " ".join([*flags, f"--xla_force_host_platform_device_count={devices}"]),
+      "JAX_PLATFORMS": env.get("JAX_PLATFORMS", "cpu"),
+    }
+  )
+  return env
+
+
+def _relay(proc: subprocess.Popen, prefix: str) -> None:
+  for line in proc.stdout:
+    sys.stdout.write(prefix + line)
+    sys.stdout.flush()
+
+
+def run(count: int, command: list[str], devices: int | None = None) -> int:
+  """Runs command as `count` joined processes; returns 0 or the first failing exit status."""
+  if count < 1:
+    raise ValueError(f"the process count must be >= 1, got {count}")
+  if not command:
+    raise ValueError("no command given; usage: python -m mdx.local N COMMAND [ARGS...]")
+  devices = devices or int(os.environ.get("MDX_LOCAL_DEVICES", "2"))
+  port = free_port()
+  procs = [
+    subprocess.Popen(
+      command,
+      env=process_env(rank, count, port, devices),
+      stdout=subprocess.PIPE,
+      stderr=subprocess.STDOUT,
+      text=True,
+      bufsize=1,
+      start_new_session=True,  # a process group each: stopping one stops its grain workers too
+    )
+    for rank in range(count)
+  ]
+  relays = [
+    threading.Thread(target=_relay, args=(p, f"[p{rank}] "), daemon=True)
+    for rank, p in enumerate(procs)
+  ]
+  for t in relays:
+    t.start()
+  status = 0
+  try:
+    while None in [p.poll() for p in procs]:  # a list: poll every process, not just the first
+      failed = [p for p in procs if p.returncode not in (None, 0)]
+      if failed:
+        status = failed[0].returncode
+        _stop([p for p in procs if p.poll() is None])
+        break
+      time.sleep(0.2)
+  except KeyboardInterrupt:
+    _stop(procs)
+    status = 130
+  for p in procs:
+    p.wait()
+  for t in relays:
+    t.join(timeout=5)
+  if status == 0:
+    status = next((p.returncode for p in procs if p.returncode != 0), 0)
+  if status:
+    ranks = [f"p{i}={p.returncode}" for i, p in enumerate(procs)]
+    print(f"mdx.local: a process failed; exit statuses {', '.join(ranks)}", file=sys.stderr)
+  return status
+
+
+def _stop(procs: list[subprocess.Popen]) -> None:
+  for p in procs:
+    _signal(p, signal.SIGTERM)
+  deadline = time.time() + GRACE_SECONDS
+  while time.time() < deadline and any(p.poll() is None for p in procs):
+    time.sleep(0.2)
+  for p in procs:
+    if p.poll() is None:
+      _signal(p, signal.SIGKILL)
+
+
+def _signal(p: subprocess.Popen, sig: int) -> None:
+  try:
+    os.killpg(p.pid, sig)
+  except ProcessLookupError:
+    pass
+
+
+def main(argv: list[str]) -> int:
+  if len(argv) < 2 or not argv[0].isdigit():
+    print("error: usage: python -m mdx.local N COMMAND [ARGS...]", file=sys.stderr)
+    return 2
+  try:
+    return run(int(argv[0]), argv[1:])
+  except ValueError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+  sys.exit(main(sys.argv[1:]))
