@@ -7,7 +7,9 @@ Starts COMMAND N times with MDX_COORDINATOR (127.0.0.1 and a free port), MDX_NUM
 MDX_PROCESS_ID=i, and XLA_FLAGS giving each process MDX_LOCAL_DEVICES fake CPU devices (default 2);
 mdx's entry points join through mdx.runtime.join_processes. Every output line is prefixed with its
 process ('[p1] ...'). When one process fails, the others are stopped (SIGTERM, then SIGKILL after
-10 s) instead of waiting forever at a collective; the exit status is the first failure's.
+10 s) instead of waiting forever at a collective; the exit status is the first failure's. A SIGTERM
+to the launcher (a preemption notice) is passed on to every process, which save one agreed step and
+exit 0 (mdx.runtime.Preemption).
 """
 
 from __future__ import annotations
@@ -78,6 +80,14 @@ def run(count: int, command: list[str], devices: int | None = None) -> int:
   ]
   for t in relays:
     t.start()
+
+  def forward(signum, frame):  # a preemption notice for the launcher is one for every process
+    del frame
+    for p in procs:
+      if p.poll() is None:
+        p.send_signal(signum)  # the process only: its grain workers stop with it
+
+  signal.signal(signal.SIGTERM, forward)
   status = 0
   try:
     while None in [p.poll() for p in procs]:  # a list: poll every process, not just the first

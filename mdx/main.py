@@ -53,7 +53,13 @@ def main(argv):
   except ValueError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
-  out = run(config, _WORKDIR.value, _MODE.value, _INPUT.value, _OUTPUT.value, _STEP.value)
+  from mdx.train import loop
+
+  try:
+    out = run(config, _WORKDIR.value, _MODE.value, _INPUT.value, _OUTPUT.value, _STEP.value)
+  except loop.Preempted as e:  # a clean stop: the checkpoint is saved, a restart resumes
+    print(f"mdx: {e}", flush=True)
+    sys.exit(0)
   if out:
     print(f"mdx: {_MODE.value} done; see {out}", flush=True)
 

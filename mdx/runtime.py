@@ -169,3 +169,33 @@ def join_processes(requested: bool = False) -> None:
     )
   elif requested:
     jax.distributed.initialize()
+
+
+class Preemption:
+  """SIGTERM (what spot and preemptible VMs send before they stop) as a step at which every process
+  saves and exits.
+
+  With several processes, jax's preemption sync (multihost_utils.reached_preemption_sync_point)
+  propagates a notice to all processes and picks one step for all of them; one process alone
+  catches SIGTERM itself. reached(step) is cheap: call it after every step.
+  """
+
+  def __init__(self):
+    import signal
+
+    self.multi = jax.process_count() > 1
+    self.notice = False
+    if not self.multi:
+      try:
+        signal.signal(signal.SIGTERM, self._on_sigterm)
+      except ValueError:  # not the main thread (e.g. a test runner's worker thread): no handler
+        pass
+
+  def _on_sigterm(self, signum, frame) -> None:
+    del signum, frame
+    self.notice = True
+
+  def reached(self, step: int) -> bool:
+    if self.multi:
+      return bool(multihost_utils.reached_preemption_sync_point(step))
+    return self.notice

@@ -129,6 +129,7 @@ def train(config, workdir: str, task) -> TrainResult:
   schedule = optim.make_schedule(config.train)  # for the logged learning rate
   if start >= total:
     logging.info("Nothing to train: checkpoint step %d >= train.steps %d", start, total)
+  preemption = runtime.Preemption()
   window_start, window_steps = time.perf_counter(), 0
   for step in range(start + 1, total + 1):
     batch = next(data)
@@ -155,6 +156,8 @@ def train(config, workdir: str, task) -> TrainResult:
         step, {"train_loss": loss, "images_per_second": rate, "learning_rate": schedule(step)}
       )
       window_start, window_steps = time.perf_counter(), 0
+    # asked at every step by every process (jax's multi-process preemption sync needs that)
+    preempted = step < total and preemption.reached(step)
     if step % config.train.checkpoint_every == 0 or step == total:
       evaluator.state = state
       val = task.validate(evaluator)
@@ -168,8 +171,22 @@ def train(config, workdir: str, task) -> TrainResult:
         "step %d validation: %s", step, ", ".join(f"{k} {v:.4f}" for k, v in val.items())
       )
       checkpoint.save(manager, step, state, data, val)
+    elif preempted:  # every process is at this step: save it, without validating (time is short)
+      checkpoint.save(manager, step, state, data, None)
+    if preempted:
+      manager.wait_until_finished()
+      logging.warning("Preempted (SIGTERM): saved step %d; run the same command to resume", step)
+      raise Preempted(step)
   manager.wait_until_finished()
   return TrainResult(state=state, evaluator=evaluator, manager=manager)
+
+
+class Preempted(Exception):
+  """Training stopped at a SIGTERM after saving `step`; the same command resumes from it."""
+
+  def __init__(self, step: int):
+    super().__init__(f"preempted: saved step {step}; run the same command to resume")
+    self.step = step
 
 
 @dataclasses.dataclass

@@ -1,9 +1,10 @@
 """Test helper run as a subprocess: trains experiments/tiny_phantoms.py with overrides.
 
-usage: python tests/train/run_training.py WORKDIR OUT.npz [--kill-at-step=N] [key=value ...]
+usage: python tests/train/run_training.py WORKDIR OUT.npz [--kill-at-step=N | --term-at-step=N]
+    [key=value ...]
 Writes the final parameters and batch statistics to OUT.npz. With --kill-at-step=N the process
 sends itself SIGKILL right before running train step N: an abrupt death between checkpoints, like
-preemption.
+preemption. With --term-at-step=N process 0 sends itself SIGTERM (a preemption notice) instead.
 """
 
 import os
@@ -19,10 +20,13 @@ flags.FLAGS.mark_as_parsed()  # grain workers need parsed absl flags
 def main():
   workdir, out, *rest = sys.argv[1:]
   kill_at = None
+  term_at = None
   overrides = {}
   for arg in rest:
     if arg.startswith("--kill-at-step="):
       kill_at = int(arg.split("=")[1])
+    elif arg.startswith("--term-at-step="):
+      term_at = int(arg.split("=")[1])
     else:
       key, value = arg.split("=", 1)
       overrides[key] = eval(value)  # test-controlled literals
@@ -52,7 +56,7 @@ def main():
   config = config_lib.resolve(config)
   runtime.enable_compilation_cache()
 
-  if kill_at is not None:
+  if kill_at is not None or term_at is not None:
     make = steps.make_train_step
 
     def make_killing_step(*args, **kwargs):
@@ -61,13 +65,18 @@ def main():
       def wrapped(state, batch):
         if int(state.step) + 1 == kill_at:
           os.kill(os.getpid(), signal.SIGKILL)
+        if int(state.step) + 1 == term_at and jax.process_index() == 0:
+          os.kill(os.getpid(), signal.SIGTERM)  # a preemption notice: finish the step, save, exit
         return step_fn(state, batch)
 
       return wrapped
 
     steps.make_train_step = make_killing_step
 
-  state = loop.train(config, prepare_workdir(workdir), tasks.make_task(config)).state
+  try:
+    state = loop.train(config, prepare_workdir(workdir), tasks.make_task(config)).state
+  except loop.Preempted:
+    sys.exit(0)
   host = runtime.to_host({"params": state.params, "batch_stats": state.batch_stats})
   flat = traverse_util.flatten_dict(host, sep="/")
   if jax.process_index() == 0:

@@ -84,6 +84,38 @@ def four_devices(tmp_path_factory):
   return load(d / "final.npz"), d
 
 
+def test_sigterm_saves_the_current_step_exits_0_and_resumes_exactly(reference, tmp_path):
+  """A preemption notice (SIGTERM before step 5) ends step 5, saves it, exits 0; the restart
+  continues from step 5 and ends bit-identical to the uninterrupted run."""
+  ref, _ = reference
+  proc = train(
+    tmp_path / "work", tmp_path / "never.npz", "train.steps=8", "data.workers=1",
+    "--term-at-step=5", check=False,
+  )  # fmt: skip
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert not (tmp_path / "never.npz").exists()
+  assert "Preempted (SIGTERM): saved step 5" in proc.stderr
+  assert sorted(os.listdir(tmp_path / "work" / "checkpoints")) == ["3", "5"]
+  train(tmp_path / "work", tmp_path / "final.npz", "train.steps=8", "data.workers=1")
+  assert max_diff(ref, load(tmp_path / "final.npz")) == 0.0
+
+
+def local_train(workdir, out, *args, processes=2, check=True):
+  """run_training.py as `processes` joined processes of 2 devices each (mdx.local)."""
+  proc = subprocess.run(
+    [sys.executable, "-m", "mdx.local", str(processes), sys.executable, SCRIPT, str(workdir)]
+    + [str(out), *args],
+    cwd=ROOT,
+    env=dict(os.environ, MDX_LOCAL_DEVICES="2", JAX_PLATFORMS="cpu"),
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
+  if check and proc.returncode != 0:
+    raise AssertionError(proc.stdout[-4000:] + proc.stderr[-2000:])
+  return proc
+
+
 def test_four_devices_match_one_device(reference, four_devices):
   ref, _ = reference
   four, _ = four_devices
@@ -101,16 +133,7 @@ def test_two_processes_match_one_process(four_devices, tmp_path):
   """2 processes x 2 devices (mdx.local: jax.distributed over a local coordinator, gloo
   collectives) train like 1 process x 4 devices: each process feeds its half of each batch."""
   four, d = four_devices
-  proc = subprocess.run(
-    [sys.executable, "-m", "mdx.local", "2", sys.executable, SCRIPT, str(tmp_path / "work")]
-    + [str(tmp_path / "final.npz"), "train.steps=8", "data.workers=1"],
-    cwd=ROOT,
-    env=dict(os.environ, MDX_LOCAL_DEVICES="2", JAX_PLATFORMS="cpu"),
-    capture_output=True,
-    text=True,
-    timeout=600,
-  )
-  assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+  proc = local_train(tmp_path / "work", tmp_path / "final.npz", "train.steps=8", "data.workers=1")
   assert "[p0] " in proc.stdout and "[p1] " in proc.stdout  # each line says its process
   two = load(tmp_path / "final.npz")
   assert int(two["processes"]) == 2 and int(two["devices"]) == 4
@@ -120,6 +143,21 @@ def test_two_processes_match_one_process(four_devices, tmp_path):
   reference = [json.loads(line) for line in open(d / "work" / "history.jsonl")]
   val = [h["val_auroc"] for h in history if "val_auroc" in h]
   assert val == pytest.approx([h["val_auroc"] for h in reference if "val_auroc" in h], abs=1e-6)
+
+
+def test_sigterm_to_one_of_two_processes_saves_one_step_for_both(four_devices, tmp_path):
+  """Process 0 gets SIGTERM: jax's preemption sync picks one step for both processes, both save it
+  and exit 0, and the 2-process restart ends like the uninterrupted run."""
+  four, _ = four_devices
+  work = tmp_path / "work"
+  proc = local_train(work, tmp_path / "never.npz", "train.steps=8", "data.workers=1",
+                     "--term-at-step=4")  # fmt: skip
+  assert proc.stdout.count("Preempted (SIGTERM): saved step") == 2, proc.stdout[-3000:]
+  saved = sorted(int(s) for s in os.listdir(work / "checkpoints") if s.isdigit())
+  assert 4 <= saved[-1] < 8  # the agreed step (a few steps after the notice), not a final one
+  assert f"saved step {saved[-1]}" in proc.stdout
+  local_train(work, tmp_path / "final.npz", "train.steps=8", "data.workers=1")
+  assert max_diff(four, load(tmp_path / "final.npz")) < 2e-4
 
 
 def test_a_failing_process_stops_the_others(tmp_path):
