@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import tempfile
 
 from absl import logging
 
@@ -23,6 +25,21 @@ def prepare_workdir(workdir: str) -> str:
 def write_config(config, workdir: str) -> None:
   with open(os.path.join(workdir, "config.json"), "w") as f:
     f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+
+
+def report(task, evaluator, workdir: str, history: list[dict], out_dir: str) -> str:
+  """The task's report into out_dir, written by process 0 alone: every process evaluates (the
+  predictions are gathered across processes), the others write into a scratch folder they delete."""
+  import jax
+
+  if jax.process_index() == 0:
+    return task.report(evaluator, workdir, history, out_dir=out_dir)
+  scratch = tempfile.mkdtemp(prefix="mdx-report-")
+  try:
+    task.report(evaluator, workdir, history, out_dir=os.path.join(scratch, "report"))
+  finally:
+    shutil.rmtree(scratch, ignore_errors=True)
+  return out_dir
 
 
 def write_bundle(task, evaluator, workdir: str, step: int, config, directory: str) -> str:
@@ -101,9 +118,9 @@ def run(
   history = loop.History(workdir, enabled=True).read()
   if mode == "export":
     bundle_dir = os.path.abspath(output_dir or os.path.join(workdir, f"bundle-step-{step}"))
-    task.report(evaluator, workdir, history, out_dir=bundle_dir + "-report")
+    report(task, evaluator, workdir, history, bundle_dir + "-report")
     return write_bundle(task, evaluator, workdir, step, config, bundle_dir)
-  report_dir = task.report(evaluator, workdir, history)
+  report_dir = report(task, evaluator, workdir, history, os.path.join(workdir, "report"))
   write_bundle(task, evaluator, workdir, step, config, os.path.join(workdir, "bundle"))
   if jax.process_index() == 0:
     with open(os.path.join(workdir, "evaluated_checkpoint.json"), "w") as f:

@@ -160,6 +160,37 @@ def test_sigterm_to_one_of_two_processes_saves_one_step_for_both(four_devices, t
   assert max_diff(four, load(tmp_path / "final.npz")) < 2e-4
 
 
+def test_report_of_two_processes_equals_one_process(tmp_path):
+  """--mode=eval of a 1-process run's checkpoint, as 2 processes: the gathered predictions give
+  the same report (process 0 writes it; the other writes a scratch copy it deletes)."""
+  work = tmp_path / "work"
+  main = [sys.executable, "-m", "mdx.main", "--config=experiments/tiny_phantoms.py"]
+  main += [f"--workdir={work}", "--config.eval.bootstrap=20", "--config.eval.gradcam.findings=()"]
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
+  subprocess.run(main, cwd=ROOT, env=env, check=True, capture_output=True, timeout=600)
+  one = json.load(open(work / "report" / "metrics.json"))
+  os.remove(work / "report" / "metrics.json")
+  proc = subprocess.run(
+    [sys.executable, "-m", "mdx.local", "2", *main, "--mode=eval"],
+    cwd=ROOT,
+    env=dict(os.environ, MDX_LOCAL_DEVICES="2", JAX_PLATFORMS="cpu"),
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
+  assert proc.returncode == 0, proc.stdout[-4000:]
+  two = json.load(open(work / "report" / "metrics.json"))
+  assert two["n_images"] == one["n_images"]
+  for f in one["findings"]:
+    a, b = one["per_finding"][f]["metrics"], two["per_finding"][f]["metrics"]
+    for m in ("auroc", "sensitivity", "brier"):
+      if a[m]["value"] is None:
+        assert b[m]["value"] is None
+        continue
+      assert a[m]["value"] == pytest.approx(b[m]["value"], abs=1e-6), (f, m)
+      assert a[m]["ci"] == pytest.approx(b[m]["ci"], abs=1e-6), (f, m)
+
+
 def test_a_failing_process_stops_the_others(tmp_path):
   """mdx.local: when one process dies, the others are stopped instead of waiting at a collective."""
   code = (
