@@ -177,7 +177,8 @@ class Preemption:
 
   With several processes, jax's preemption sync (multihost_utils.reached_preemption_sync_point)
   propagates a notice to all processes and picks one step for all of them; one process alone
-  catches SIGTERM itself. reached(step) is cheap: call it after every step.
+  catches SIGTERM itself, until close() gives the previous handler back (a library must not keep
+  a process's SIGTERM). reached(step) is cheap: call it after every step.
   """
 
   def __init__(self):
@@ -185,11 +186,19 @@ class Preemption:
 
     self.multi = jax.process_count() > 1
     self.notice = False
+    self._previous = None
     if not self.multi:
       try:
-        signal.signal(signal.SIGTERM, self._on_sigterm)
+        self._previous = signal.signal(signal.SIGTERM, self._on_sigterm)
       except ValueError:  # not the main thread (e.g. a test runner's worker thread): no handler
         pass
+
+  def close(self) -> None:
+    import signal
+
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+      self._previous = None
 
   def _on_sigterm(self, signum, frame) -> None:
     del signum, frame

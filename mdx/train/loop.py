@@ -131,52 +131,55 @@ def train(config, workdir: str, task) -> TrainResult:
     logging.info("Nothing to train: checkpoint step %d >= train.steps %d", start, total)
   preemption = runtime.Preemption()
   window_start, window_steps = time.perf_counter(), 0
-  for step in range(start + 1, total + 1):
-    batch = next(data)
-    state, metrics = train_step(state, runtime.shard_batch(batch, mesh))
-    if step == start + 1:  # the first step compiles: keep it out of the images/s and the ETA
-      jax.block_until_ready(metrics)
-      window_start = time.perf_counter()
-    else:
-      window_steps += 1
-    if step % config.train.log_every == 0 or step == total:
-      loss = float(metrics["loss"])  # the one host sync per log window
-      if not np.isfinite(loss):
-        raise FloatingPointError(
-          f"loss is {loss} at step {step}; lower config.train.lr or check "
-          "the data (run with --mode=eval on the last checkpoint)"
+  try:
+    for step in range(start + 1, total + 1):
+      batch = next(data)
+      state, metrics = train_step(state, runtime.shard_batch(batch, mesh))
+      if step == start + 1:  # the first step compiles: keep it out of the images/s and the ETA
+        jax.block_until_ready(metrics)
+        window_start = time.perf_counter()
+      else:
+        window_steps += 1
+      if step % config.train.log_every == 0 or step == total:
+        loss = float(metrics["loss"])  # the one host sync per log window
+        if not np.isfinite(loss):
+          raise FloatingPointError(
+            f"loss is {loss} at step {step}; lower config.train.lr or check "
+            "the data (run with --mode=eval on the last checkpoint)"
+          )
+        elapsed = time.perf_counter() - window_start
+        rate = window_steps * config.train.batch_size / max(elapsed, 1e-9)
+        eta = (total - step) * config.train.batch_size / max(rate, 1e-9)
+        logging.info(
+          "step %d/%d  loss %.4f  %.1f img/s  ETA %s", step, total, loss, rate, _format_eta(eta)
         )
-      elapsed = time.perf_counter() - window_start
-      rate = window_steps * config.train.batch_size / max(elapsed, 1e-9)
-      eta = (total - step) * config.train.batch_size / max(rate, 1e-9)
-      logging.info(
-        "step %d/%d  loss %.4f  %.1f img/s  ETA %s", step, total, loss, rate, _format_eta(eta)
-      )
-      history.write(
-        step, {"train_loss": loss, "images_per_second": rate, "learning_rate": schedule(step)}
-      )
-      window_start, window_steps = time.perf_counter(), 0
-    # asked at every step by every process (jax's multi-process preemption sync needs that)
-    preempted = step < total and preemption.reached(step)
-    if step % config.train.checkpoint_every == 0 or step == total:
-      evaluator.state = state
-      val = task.validate(evaluator)
-      if config.train.best_metric not in val:
-        raise ValueError(
-          f"config.train.best_metric={config.train.best_metric!r} is not one of the "
-          f"task's validation metrics {sorted(val)}"
+        history.write(
+          step, {"train_loss": loss, "images_per_second": rate, "learning_rate": schedule(step)}
         )
-      history.write(step, val)
-      logging.info(
-        "step %d validation: %s", step, ", ".join(f"{k} {v:.4f}" for k, v in val.items())
-      )
-      checkpoint.save(manager, step, state, data, val)
-    elif preempted:  # every process is at this step: save it, without validating (time is short)
-      checkpoint.save(manager, step, state, data, None)
-    if preempted:
-      manager.wait_until_finished()
-      logging.warning("Preempted (SIGTERM): saved step %d; run the same command to resume", step)
-      raise Preempted(step)
+        window_start, window_steps = time.perf_counter(), 0
+      # asked at every step by every process (jax's multi-process preemption sync needs that)
+      preempted = step < total and preemption.reached(step)
+      if step % config.train.checkpoint_every == 0 or step == total:
+        evaluator.state = state
+        val = task.validate(evaluator)
+        if config.train.best_metric not in val:
+          raise ValueError(
+            f"config.train.best_metric={config.train.best_metric!r} is not one of the "
+            f"task's validation metrics {sorted(val)}"
+          )
+        history.write(step, val)
+        logging.info(
+          "step %d validation: %s", step, ", ".join(f"{k} {v:.4f}" for k, v in val.items())
+        )
+        checkpoint.save(manager, step, state, data, val)
+      elif preempted:  # every process is at this step: save it, without validating (time is short)
+        checkpoint.save(manager, step, state, data, None)
+      if preempted:
+        manager.wait_until_finished()
+        logging.warning("Preempted (SIGTERM): saved step %d; run the same command to resume", step)
+        raise Preempted(step)
+  finally:
+    preemption.close()  # the process's SIGTERM handler as it was
   manager.wait_until_finished()
   return TrainResult(state=state, evaluator=evaluator, manager=manager)
 

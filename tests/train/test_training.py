@@ -219,3 +219,17 @@ def test_checkpoints_keep_last_and_best(reference):
   kept = sorted(int(s) for s in os.listdir(d / "work" / "checkpoints") if s.isdigit())
   # keep_last=2 keeps steps 6 and 8; the best by validation AUROC may add one more.
   assert kept[-2:] == [6, 8] and len(kept) <= 3
+
+
+def test_preemption_gives_the_sigterm_handler_back():
+  import signal
+
+  from mdx import runtime
+
+  before = signal.getsignal(signal.SIGTERM)
+  preemption = runtime.Preemption()
+  assert signal.getsignal(signal.SIGTERM) != before and not preemption.reached(1)
+  signal.raise_signal(signal.SIGTERM)  # caught: a notice, not the end of the process
+  assert preemption.reached(2)
+  preemption.close()
+  assert signal.getsignal(signal.SIGTERM) == before
