@@ -328,6 +328,7 @@ def evaluate_and_report(
   compare_probs=None,
   compare_names: tuple[str, str] = ("A", "B"),
   notes: Sequence[str] = (),
+  keep_bootstrap: Sequence[str] = (),
 ) -> dict:
   """Evaluates predictions and writes metrics.json, report.md, report.html and PNGs into out_dir.
 
@@ -336,7 +337,9 @@ def evaluate_and_report(
   val_* choose thresholds and fit recalibration; extra_figures / gradcam_figures: (caption, png)
   pairs copied in; compare_probs [N, C]: a second model's probabilities on the same cases, compared
   by AUROC (DeLong and paired bootstrap), named compare_names; notes: paragraphs shown after the
-  introduction (e.g. what the scores are). Returns the metrics dict (as in metrics.json).
+  introduction (e.g. what the scores are). Returns the metrics dict (as in metrics.json), plus
+  'bootstrap_samples' of the metrics named in keep_bootstrap (see evaluate_classification; not
+  written to metrics.json).
   """
   os.makedirs(out_dir, exist_ok=True)
   labels = np.asarray(labels, np.float64)
@@ -353,7 +356,9 @@ def evaluate_and_report(
     bootstrap=bootstrap,
     seed=seed,
     prevalence=prevalence,
+    keep_bootstrap=keep_bootstrap,
   )
+  samples = result.pop("bootstrap_samples", None)
   if compare_probs is not None:
     result["comparison"] = {
       "name_a": compare_names[0],
@@ -373,7 +378,7 @@ def evaluate_and_report(
     if val_labels is not None and val_probs is not None
     else []
   )
-  return write_report(
+  written = write_report(
     out_dir,
     result,
     labels=labels,
@@ -387,6 +392,9 @@ def evaluate_and_report(
     title=title,
     notes=notes,
   )
+  if samples is not None:
+    written["bootstrap_samples"] = samples
+  return written
 
 
 def write_report(

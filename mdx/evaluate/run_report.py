@@ -49,6 +49,7 @@ def classification_run_report(
   lesion_masks: Callable[[int], Mapping[str, np.ndarray]] | None = None,
   calibration: tuple[str, Mapping[str, Mapping]] | None = None,
   weighted_loss: bool = False,
+  keep_bootstrap: Sequence[str] = (),
 ) -> dict:
   """Writes out_dir/{split}_predictions.csv, gradcam.json, metrics.json, report.md and report.html.
 
@@ -60,7 +61,8 @@ def classification_run_report(
   gradcam.grad_cam_report. calibration: (method, {finding: map spec}) fitted on validation
   (mdx.evaluate.calibration.fit_map): the example images then show calibrated probabilities, as a
   bundle's predict does. weighted_loss: the raw scores come from a weighted loss (the report says
-  they are inflated). Returns the metrics dict (as in metrics.json).
+  they are inflated). keep_bootstrap: metrics whose bootstrap samples per finding the returned
+  dict also holds (report.evaluate_and_report). Returns the metrics dict (as in metrics.json).
   """
   os.makedirs(out_dir, exist_ok=True)
   os.makedirs(fig_dir, exist_ok=True)
@@ -160,6 +162,7 @@ def classification_run_report(
     gradcam_figures=gradcam_figures,
     title=title,
     notes=notes,
+    keep_bootstrap=keep_bootstrap,
   )
 
 

@@ -282,34 +282,22 @@ class ClassificationTask:
       lesion_masks=getattr(self.source, "lesion_masks", None),
       calibration=(self.config.eval.calibration, maps),
       weighted_loss=self.config.loss.name == "weighted_bce",
+      keep_bootstrap=("auroc",),  # the bundle keeps them for external validation
     )
     self._reported = {"split": split, "pred": pred, "val": val, "maps": maps, "result": result}
     return out_dir
 
   # --- the bundle (mdx.inference.bundle) ---
 
-  def _results(self, pred: dict, threshold_from: dict | None, keep_bootstrap=()) -> dict:
-    """A split's measured numbers for the bundle, with thresholds chosen on validation."""
-    from mdx.evaluate import classification as evaluation
-
-    ev = self.config.eval
-    result = evaluation.evaluate_classification(
-      pred["labels"],
-      pred["probs"],
-      self.findings,
-      patient_ids=self.patient_ids[pred["index"]],
-      val_labels=None if threshold_from is None else threshold_from["labels"],
-      val_probs=None if threshold_from is None else threshold_from["probs"],
-      threshold_policy=ev.threshold,
-      bootstrap=ev.bootstrap,
-      seed=self.config.seed,
-      keep_bootstrap=keep_bootstrap,
-    )
+  def _split_results(self, result: dict, labels: np.ndarray, calibrated: bool) -> dict:
+    """An evaluate_classification result as the bundle states a split's measured numbers;
+    calibrated: the result also measured the validation-fitted calibration on this split."""
+    method = self.config.eval.calibration
     per_finding = {}
     for j, f in enumerate(self.findings):
       pf = result["per_finding"][f]
       m = pf["metrics"]
-      known = pred["labels"][:, j][~np.isnan(pred["labels"][:, j])]
+      known = labels[:, j][~np.isnan(labels[:, j])]
       entry = {
         "n": pf["n"],
         "n_positive": pf["n_positive"],
@@ -318,34 +306,49 @@ class ClassificationTask:
       for name in ("auroc", "average_precision", "sensitivity", "specificity", "ppv", "npv"):
         entry[name] = m.get(name)
       entry["brier"], entry["ece"] = m.get("brier"), m.get("ece")
-      if threshold_from is not None:  # calibration fitted on validation, measured on this split
-        entry["brier_calibrated"] = m.get(f"brier_{ev.calibration}")
-        entry["ece_calibrated"] = m.get(f"ece_{ev.calibration}")
+      if calibrated:
+        entry["brier_calibrated"] = m.get(f"brier_{method}")
+        entry["ece_calibrated"] = m.get(f"ece_{method}")
       per_finding[f] = entry
-    out = {
+    return {
       "n_images": result["n_images"],
       "n_patients": result["n_patients"],
       "macro_auroc": result["macro"]["auroc"],
       "per_finding": per_finding,
     }
-    return out, result.get("bootstrap_samples", {}), result["settings"]
 
   def bundle_contents(self, evaluator) -> tuple[dict, dict, dict]:
     """(spec, inference variables, bootstrap samples) for mdx.inference.bundle.write: thresholds
-    and calibration chosen on validation, the validation and test results of the reported state."""
+    and calibration chosen on validation, the validation and test results of the reported state
+    (the reported split's numbers are the report's own, not computed again)."""
+    from mdx.evaluate import classification as evaluation
+
     rep = self._reported
     if rep is None:
       raise RuntimeError("ClassificationTask.report must run before bundle_contents")
     split, val, result = rep["split"], rep["val"], rep["result"]
-    results, samples = {}, {}
-    results["validation"], _, settings = self._results(val, None)
-    if splits.split_key(split) != "validation":
-      results[split], kept, settings = self._results(rep["pred"], val, keep_bootstrap=("auroc",))
-      samples = {f"{split}/{k}": v for k, v in kept.items()}
-    results["settings"] = {
-      k: settings[k] for k in ("bootstrap_resamples", "resampling_unit", "ci_level", "seed")
-    }
     ev = self.config.eval
+    if splits.split_key(split) == "validation":
+      val_result = result
+    else:  # validation's own numbers, thresholds chosen on it (the report gives the test split's)
+      val_result = evaluation.evaluate_classification(
+        val["labels"],
+        val["probs"],
+        self.findings,
+        patient_ids=self.patient_ids[val["index"]],
+        threshold_policy=ev.threshold,
+        bootstrap=ev.bootstrap,
+        seed=self.config.seed,
+      )
+    results = {"validation": self._split_results(val_result, val["labels"], calibrated=False)}
+    samples = {}
+    if splits.split_key(split) != "validation":
+      results[split] = self._split_results(result, rep["pred"]["labels"], calibrated=True)
+      samples = {f"{split}/{k}": v for k, v in result["bootstrap_samples"].items()}
+    results["settings"] = {
+      k: result["settings"][k]
+      for k in ("bootstrap_resamples", "resampling_unit", "ci_level", "seed")
+    }
     thresholds_spec = {
       "policy": str(ev.threshold),
       "description": thresholds.describe_policy(ev.threshold),
