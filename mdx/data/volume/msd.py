@@ -120,35 +120,3 @@ class MSDSource:
     if self._cache is not None:
       self._cache[index] = record
     return dict(record)
-
-
-class ScanFolder:
-  """Unlabelled scans for prediction: every NIfTI file in a folder (or one file)."""
-
-  def __init__(self, path: str, num_channels: int | None = None):
-    if os.path.isfile(path):
-      files = [path]
-    elif os.path.isdir(path):
-      files = sorted(os.path.join(path, n) for n in os.listdir(path) if nifti.is_nifti(n))
-    else:
-      raise FileNotFoundError(f"--input {path} is neither a NIfTI file nor a folder")
-    if not files:
-      raise ValueError(f"no .nii or .nii.gz files in {path}")
-    self.files = files
-    self.num_channels = num_channels
-
-  def __len__(self) -> int:
-    return len(self.files)
-
-  def __getitem__(self, index: int) -> dict[str, Any]:
-    path = self.files[index]
-    case = nifti.strip_suffix(path)
-    vol = nifti.load_nifti(path, np.float32, case)
-    img = nifti.check_pair(case, vol.data, None, self.num_channels, path, "")
-    return {
-      "image": img,
-      "case_id": case,
-      "file_name": os.path.basename(path),
-      "affine": vol.affine,
-      "spacing": vol.spacing,
-    }

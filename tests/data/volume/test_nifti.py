@@ -131,10 +131,3 @@ def test_brats_errors_name_the_case(tmp_path):
     brats.BraTSSource(str(tmp_path / "b"))[0]
   with pytest.raises(ValueError, match=r"\[3\]"):
     brats.convert_labels(np.array([0, 3]), "classes", "c")
-
-
-def test_scan_folder(tmp_path):
-  _save(str(tmp_path / "s" / "x.nii.gz"), np.ones((4, 4, 4), np.float32), AFFINE)
-  f = msd.ScanFolder(str(tmp_path / "s"))
-  r = f[0]
-  assert r["file_name"] == "x.nii.gz" and r["image"].shape == (4, 4, 4, 1)
