@@ -54,6 +54,9 @@ def common() -> ml_collections.ConfigDict:
       log_every=10,
       checkpoint_every=100,
       keep_last=2,  # checkpoints kept besides the best one
+      # auto | on | off: write checkpoints while training goes on (auto: on accelerators only;
+      # python -m mdx.train.checkpoint_bench measures what it buys on CPU)
+      async_checkpoints="auto",
       best_metric="val_auroc",  # a key of the task's validation metrics; higher is better
     )
   )
@@ -193,6 +196,12 @@ def check_values(c: ml_collections.ConfigDict) -> None:
     ("eval.examples", e.examples),
   ):
     _require(isinstance(value, int) and value >= 0, field, value, "must be a whole number >= 0")
+  _require(
+    t.async_checkpoints in ("auto", "on", "off"),
+    "train.async_checkpoints",
+    t.async_checkpoints,
+    "must be 'auto', 'on' or 'off'",
+  )
   _require(_number(t.lr) and t.lr > 0, "train.lr", t.lr, "must be a number > 0 (e.g. 1e-3)")
   for field, value in (("train.weight_decay", t.weight_decay), ("train.grad_clip", t.grad_clip)):
     _require(_number(value) and value >= 0, field, value, "must be a number >= 0 (0 turns it off)")

@@ -25,6 +25,39 @@ def make_mesh() -> Mesh:
   return jax.make_mesh((jax.device_count(),), (DATA,))
 
 
+def local_mesh() -> Mesh:
+  """A 1-D mesh over this process's own devices, axis 'data': for work that needs no collectives
+  (predicting a share of the files), so processes never wait for each other."""
+  return Mesh(np.array(jax.local_devices()), (DATA,))
+
+
+def process_share(n: int) -> np.ndarray:
+  """The items of range(n) this process handles when work is split by process: a contiguous
+  block, the first n % P processes one item longer (all of range(n) with one process)."""
+  p, count = jax.process_index(), jax.process_count()
+  bounds = np.linspace(0, n, count + 1).round().astype(np.int64)
+  return np.arange(bounds[p], bounds[p + 1])
+
+
+def barrier(name: str) -> None:
+  """Waits until every process reaches the barrier `name` (nothing with one process)."""
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices(name)
+
+
+def gather_rows(local: np.ndarray) -> np.ndarray:
+  """Every process's rows [n_p, ...] concatenated in process order, on every process. Shares may
+  differ in length (process_share): they are padded for the transfer and cut back."""
+  local = np.asarray(local)
+  if jax.process_count() == 1:
+    return local
+  sizes = multihost_utils.process_allgather(np.array([len(local)], np.int64)).ravel()
+  padded = np.zeros((int(sizes.max()), *local.shape[1:]), local.dtype)
+  padded[: len(local)] = local
+  every = np.asarray(multihost_utils.process_allgather(padded))  # [P, max, ...]
+  return np.concatenate([every[p, : int(k)] for p, k in enumerate(sizes)])
+
+
 def check_batch(global_batch: int, mesh: Mesh, what: str = "config.train.batch_size") -> None:
   n = mesh.devices.size
   if global_batch % n:
@@ -70,8 +103,10 @@ def shard_batch(local_batch: dict, mesh: Mesh) -> dict:
 
 
 def to_host(tree):
-  """Global arrays -> numpy on every host (gathers across hosts when there are several)."""
-  if jax.process_count() > 1:
+  """Global arrays -> numpy on every host (gathers across hosts when there are several; arrays
+  of a local_mesh are this process's own and are only copied)."""
+  leaves = jax.tree.leaves(tree)
+  if jax.process_count() > 1 and not all(getattr(x, "is_fully_addressable", True) for x in leaves):
     return multihost_utils.process_allgather(tree, tiled=True)
   return jax.device_get(tree)
 

@@ -10,9 +10,10 @@ Training reads an endless, deterministic stream of record positions: epoch e is 
 training records (or a resampled list of them) drawn from (seed, e). Global batch g is positions
 [g*G, (g+1)*G); process p of P takes every P-th position, so the global batch is the same set of
 records whatever the number of hosts. Random augmentation draws from grain's per-element rng
-(seed, position), so the numbers do not depend on worker count or scheduling, and the iterator's
-state (a position) is all a checkpoint needs to resume with exactly the batches an uninterrupted run
-would have seen.
+(seed, position), so the numbers do not depend on worker count or scheduling. The stream's position
+after step s is therefore s global batches, whatever the process count: a resumed run starts the
+stream at its checkpoint's step (start_step) and sees exactly the batches an uninterrupted run would
+have seen, with as many processes as it likes (a per-process iterator state would pin the count).
 
 Evaluation reads each record of a split once, in order, and pads the last global batch with masked
 rows (mask 0) so shapes stay static and nothing is dropped.
@@ -135,12 +136,14 @@ def train_dataset(
   steps: int,
   transforms: Sequence[Any] = (),
   seed: int = 0,
+  start_step: int = 0,
   process_index: int = 0,
   process_count: int = 1,
   workers: int = 0,
   prefetch: int = 2,
 ) -> grain.IterDataset:
-  """Per-process batches of the training stream. batch_size is the GLOBAL batch.
+  """Per-process batches of the training stream from global batch `start_step` on (the step a run
+  resumes from). batch_size is the GLOBAL batch.
 
   load: record index -> dict (picklable: it runs in worker processes); transforms: grain Maps and
   RandomMaps applied in order after it.
@@ -154,6 +157,7 @@ def train_dataset(
   # the global stream, not in this process's share: any process count sees the same batches.
   ds = _add_transforms(grain.MapDataset.source(stream).seed(seed).map(load), transforms)
   ds = ds[process_index::process_count].batch(batch_size // process_count, drop_remainder=True)
+  ds = ds[start_step:]  # lazy: nothing before the resumed step is loaded
   it = ds.to_iter_dataset(
     grain.ReadOptions(num_threads=1 if workers else 2, prefetch_buffer_size=prefetch)
   )

@@ -1,8 +1,14 @@
-"""Orbax checkpoints of a run: the train state and the grain iterator's state, saved together.
+"""Orbax checkpoints of a run: the train state and the data stream's position, saved together.
 
 Keeps the last `keep_last` checkpoints and the best one by a validation metric (higher is better).
-Saves are synchronous: a run killed at any moment leaves only complete checkpoints (Orbax writes to
-a temporary directory and renames it when done), and the iterator state matches the train state.
+Orbax writes each checkpoint into a temporary folder and renames it when complete, so a run killed
+at any moment, even in the middle of a save, leaves only complete checkpoints behind.
+
+The data position is a step and the global batch, not grain's per-process iterator state: the
+training stream is a function of the global position (mdx.data.pipeline), so a run checkpointed by
+2 processes resumes exactly on 1, or on 8. That is also what makes asynchronous saves exact: the
+state is copied off the devices when save() returns and written while training goes on, and there
+is no iterator to capture at the same instant.
 """
 
 from __future__ import annotations
@@ -10,15 +16,18 @@ from __future__ import annotations
 import os
 
 import flax
-import grain
 import jax
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as cm
 
 from mdx.train.state import TrainState
 
+STATE, DATA = "state", "data_position"
 
-def make_manager(directory: str, *, keep_last: int, best_metric: str) -> ocp.CheckpointManager:
+
+def make_manager(
+  directory: str, *, keep_last: int, best_metric: str, async_save: bool = False
+) -> ocp.CheckpointManager:
   policy = cm.AnyPreservationPolicy(
     [
       cm.LatestN(n=keep_last),
@@ -36,38 +45,52 @@ def make_manager(directory: str, *, keep_last: int, best_metric: str) -> ocp.Che
     preservation_policy=policy,
     best_fn=lambda metrics: metrics[best_metric],
     best_mode="max",
-    enable_async_checkpointing=False,
+    enable_async_checkpointing=async_save,
     create=True,
   )
   return ocp.CheckpointManager(
-    os.path.abspath(directory), options=options, item_names=("state", "data")
+    os.path.abspath(directory), options=options, item_names=(STATE, DATA)
   )
+
+
+def data_position(step: int, global_batch: int) -> dict:
+  """What a checkpoint records of the data stream: global batches read, and their size."""
+  return {"step": int(step), "global_batch": int(global_batch)}
 
 
 def save(
   manager: ocp.CheckpointManager,
   step: int,
   state: TrainState,
-  data_iterator,
+  position: dict | None,
   metrics: dict[str, float] | None,
 ) -> None:
-  args = {"state": ocp.args.StandardSave(flax.serialization.to_state_dict(state))}
-  if data_iterator is not None:
-    args["data"] = grain.checkpoint.CheckpointSave(data_iterator)
+  """Saves (state, data position) as `step`; returns once the arrays are off the devices (an
+  asynchronous manager writes them in the background: wait_until_finished() before reading)."""
+  args = {STATE: ocp.args.StandardSave(flax.serialization.to_state_dict(state))}
+  if position is not None:
+    args[DATA] = ocp.args.JsonSave(position)
   manager.save(step, args=ocp.args.Composite(**args), metrics=metrics, force=True)
 
 
-def restore(
-  manager: ocp.CheckpointManager, step: int, state: TrainState, data_iterator=None
-) -> TrainState:
-  """Restores into the structure and shardings of `state` (and into data_iterator, in place)."""
+def restore(manager: ocp.CheckpointManager, step: int, state: TrainState) -> TrainState:
+  """Restores into the structure and shardings of `state` (any process count: the state is
+  replicated, and each process reads what its devices hold)."""
   template = flax.serialization.to_state_dict(state)
   abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, template)
-  args = {"state": ocp.args.StandardRestore(abstract)}
-  if data_iterator is not None:
-    args["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
-  restored = manager.restore(step, args=ocp.args.Composite(**args))
-  return flax.serialization.from_state_dict(state, restored["state"])
+  restored = manager.restore(
+    step, args=ocp.args.Composite(**{STATE: ocp.args.StandardRestore(abstract)})
+  )
+  return flax.serialization.from_state_dict(state, restored[STATE])
+
+
+def restore_position(manager: ocp.CheckpointManager, step: int) -> dict | None:
+  """The data position saved with `step` (None for a checkpoint saved without one)."""
+  if not os.path.isdir(os.path.join(str(manager.directory), str(step), DATA)):
+    return None
+  return dict(
+    manager.restore(step, args=ocp.args.Composite(**{DATA: ocp.args.JsonRestore()}))[DATA]
+  )
 
 
 def best_or_latest_step(manager: ocp.CheckpointManager) -> int | None:

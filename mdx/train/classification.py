@@ -198,7 +198,7 @@ class ClassificationTask:
       logits, batch["labels"], jnp.asarray(pos), jnp.asarray(neg), batch["label_mask"]
     )
 
-  def train_data(self, geometry):
+  def train_data(self, geometry, start_step: int = 0):
     data = self.config.data
     return pipeline.train_dataset(
       self.load,
@@ -207,6 +207,7 @@ class ClassificationTask:
       steps=self.config.train.steps,
       transforms=self.transforms_train,
       seed=self.config.seed,
+      start_step=start_step,
       process_index=geometry.process_index,
       process_count=geometry.process_count,
       workers=data.workers,

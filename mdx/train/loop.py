@@ -98,12 +98,37 @@ def build(config, task, mesh, pretrained: bool = True):
   return model, tx, state
 
 
-def _manager(config, workdir: str):
+def async_checkpoints(setting: str) -> bool:
+  """config.train.async_checkpoints -> whether saves run in the background. 'auto' is on for
+  accelerators, where a save's device-to-host copy is quick and writing overlaps many steps; on CPU
+  the write competes with the step for the same cores."""
+  if setting == "auto":
+    return jax.default_backend() != "cpu"
+  return setting == "on"
+
+
+def _manager(config, workdir: str, async_save: bool = False):
   return checkpoint.make_manager(
     os.path.join(workdir, "checkpoints"),
     keep_last=config.train.keep_last,
     best_metric=config.train.best_metric,
+    async_save=async_save,
   )
+
+
+def _resume_step(manager, config, workdir: str) -> int:
+  """The step the run continues from (0 for a new run), checked against the saved data position."""
+  start = manager.latest_step()
+  if start is None:
+    return 0
+  position = checkpoint.restore_position(manager, start)
+  if position is not None and position["global_batch"] != config.train.batch_size:
+    raise ValueError(
+      f"{workdir}/checkpoints/{start} was trained with config.train.batch_size="
+      f"{position['global_batch']}, this run asks for {config.train.batch_size}: the data stream "
+      "would not continue where it stopped; resume with the same batch size or use a new workdir"
+    )
+  return start
 
 
 def train(config, workdir: str, task) -> TrainResult:
@@ -114,14 +139,14 @@ def train(config, workdir: str, task) -> TrainResult:
   is_chief = jax.process_index() == 0
   history = History(workdir, enabled=is_chief)
 
-  data = iter(task.train_data(geometry))
-  manager = _manager(config, workdir)
-  start = manager.latest_step()
-  if start is not None:
-    state = checkpoint.restore(manager, start, state, data)
+  manager = _manager(config, workdir, async_checkpoints(config.train.async_checkpoints))
+  start = _resume_step(manager, config, workdir)
+  if start:
+    state = checkpoint.restore(manager, start, state)
     history.truncate_after(start)
     logging.info("Resumed from step %d of %s", start, workdir)
-  start = start or 0
+  # the stream continues at the checkpoint's global position, whatever the process count
+  data = iter(task.train_data(geometry, start_step=start))
 
   train_step = steps.make_train_step(model, task.loss, tx, mesh, config.train.batch_size)
   evaluator = Evaluator(model, task.loss, mesh, eval_geometry)
@@ -171,9 +196,11 @@ def train(config, workdir: str, task) -> TrainResult:
         logging.info(
           "step %d validation: %s", step, ", ".join(f"{k} {v:.4f}" for k, v in val.items())
         )
-        checkpoint.save(manager, step, state, data, val)
+        position = checkpoint.data_position(step, config.train.batch_size)
+        checkpoint.save(manager, step, state, position, val)
       elif preempted:  # every process is at this step: save it, without validating (time is short)
-        checkpoint.save(manager, step, state, data, None)
+        position = checkpoint.data_position(step, config.train.batch_size)
+        checkpoint.save(manager, step, state, position, None)
       if preempted:
         manager.wait_until_finished()
         logging.warning("Preempted (SIGTERM): saved step %d; run the same command to resume", step)

@@ -158,7 +158,7 @@ class SegmentationTask:
       out.append(vt.RandomIntensity(d.intensity_scale, d.intensity_shift))
     return out + [vt.KeepKeys(("image", "label"))]
 
-  def train_data(self, geometry):
+  def train_data(self, geometry, start_step: int = 0):
     data = self.config.data
     return pipeline.train_dataset(
       vt.LoadCase(self.source, data.standardize),
@@ -167,6 +167,7 @@ class SegmentationTask:
       steps=self.config.train.steps,
       transforms=self.train_transforms(),
       seed=self.config.seed,
+      start_step=start_step,
       process_index=geometry.process_index,
       process_count=geometry.process_count,
       workers=data.workers,

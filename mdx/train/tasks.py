@@ -51,8 +51,9 @@ class Task(Protocol):
   def loss(self, logits, batch: dict) -> Any:
     """Per-example loss [B]."""
 
-  def train_data(self, geometry) -> Any:
-    """A grain IterDataset of this process's share of each global training batch."""
+  def train_data(self, geometry, start_step: int = 0) -> Any:
+    """A grain IterDataset of this process's share of each global training batch, from batch
+    start_step on (mdx.data.pipeline.train_dataset)."""
 
   def validate(self, evaluator) -> dict[str, float]:
     """Validation metrics, including config.train.best_metric."""

@@ -136,25 +136,30 @@ def test_worker_processes_give_the_same_augmented_batches():
   assert not np.allclose(inline[0]["image"][0], inline[0]["image"][1])
 
 
-def test_iterator_state_resumes_exactly():
+def test_a_stream_started_at_a_step_continues_exactly_with_any_process_count():
+  """What resume relies on: the stream from start_step=3 is batches 3.. of the uninterrupted
+  stream, augmented identically, whether 1 or 2 processes read it (a checkpoint of 2 processes
+  resumes on 1)."""
   src = TinySource(30)
-  ds = train_dataset(
-    src,
-    np.arange(30),
-    batch_size=4,
-    steps=20,
-    image_size=12,
-    seed=2,
-    transforms=augment.make("chest_xray", 12),
+  kwargs = dict(
+    batch_size=4, steps=20, image_size=12, seed=2, transforms=augment.make("chest_xray", 12)
   )
-  it = iter(ds)
-  take(it, 3)
-  state = it.get_state()
-  expected = take(it, 4)
-  resumed = iter(ds)
-  resumed.set_state(state)
-  for x, y in zip(expected, take(resumed, 4)):
-    np.testing.assert_array_equal(x["image"], y["image"])
+  full = take(iter(train_dataset(src, np.arange(30), **kwargs)), 7)
+  resumed = take(iter(train_dataset(src, np.arange(30), start_step=3, **kwargs)), 4)
+  halves = [
+    take(
+      iter(
+        train_dataset(src, np.arange(30), start_step=3, process_index=p, process_count=2, **kwargs)
+      ),
+      4,
+    )
+    for p in range(2)
+  ]
+  for g, expected in enumerate(full[3:]):
+    for key in ("index", "image"):
+      np.testing.assert_array_equal(resumed[g][key], expected[key])
+      np.testing.assert_array_equal(halves[0][g][key], expected[key][0::2])
+      np.testing.assert_array_equal(halves[1][g][key], expected[key][1::2])
 
 
 def test_eval_pads_and_masks_and_keeps_order():

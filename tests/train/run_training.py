@@ -1,10 +1,12 @@
 """Test helper run as a subprocess: trains experiments/tiny_phantoms.py with overrides.
 
-usage: python tests/train/run_training.py WORKDIR OUT.npz [--kill-at-step=N | --term-at-step=N]
-    [key=value ...]
+usage: python tests/train/run_training.py WORKDIR OUT.npz [--kill-at-step=N[@RANK]]
+    [--term-at-step=N] [--kill-after-save=N] [key=value ...]
 Writes the final parameters and batch statistics to OUT.npz. With --kill-at-step=N the process
-sends itself SIGKILL right before running train step N: an abrupt death between checkpoints, like
-preemption. With --term-at-step=N process 0 sends itself SIGTERM (a preemption notice) instead.
+(only process RANK with @RANK) sends itself SIGKILL right before running train step N: an abrupt
+death between checkpoints, like preemption. With --term-at-step=N process 0 sends itself SIGTERM (a
+preemption notice) instead. With --kill-after-save=N it is killed as soon as the save of step N
+returns: with asynchronous checkpoints, while that checkpoint is still being written.
 """
 
 import os
@@ -19,14 +21,16 @@ flags.FLAGS.mark_as_parsed()  # grain workers need parsed absl flags
 
 def main():
   workdir, out, *rest = sys.argv[1:]
-  kill_at = None
-  term_at = None
+  kill_at = kill_rank = term_at = kill_after_save = None
   overrides = {}
   for arg in rest:
     if arg.startswith("--kill-at-step="):
-      kill_at = int(arg.split("=")[1])
+      step, _, rank = arg.split("=")[1].partition("@")
+      kill_at, kill_rank = int(step), (int(rank) if rank else None)
     elif arg.startswith("--term-at-step="):
       term_at = int(arg.split("=")[1])
+    elif arg.startswith("--kill-after-save="):
+      kill_after_save = int(arg.split("=")[1])
     else:
       key, value = arg.split("=", 1)
       overrides[key] = eval(value)  # test-controlled literals
@@ -37,6 +41,11 @@ def main():
   from mdx import runtime
 
   runtime.join_processes()  # a no-op unless started by mdx.local (several processes)
+  from absl import logging
+
+  logging.use_absl_handler()  # mdx's INFO lines ("Resumed from step N") on stderr, as mdx.main
+  logging.set_verbosity(logging.INFO)
+  runtime.quiet_library_logs()
   from flax import traverse_util
 
   from mdx import config as config_lib
@@ -63,7 +72,7 @@ def main():
       step_fn = make(*args, **kwargs)
 
       def wrapped(state, batch):
-        if int(state.step) + 1 == kill_at:
+        if int(state.step) + 1 == kill_at and kill_rank in (None, jax.process_index()):
           os.kill(os.getpid(), signal.SIGKILL)
         if int(state.step) + 1 == term_at and jax.process_index() == 0:
           os.kill(os.getpid(), signal.SIGTERM)  # a preemption notice: finish the step, save, exit
@@ -72,6 +81,18 @@ def main():
       return wrapped
 
     steps.make_train_step = make_killing_step
+
+  if kill_after_save is not None:
+    from mdx.train import checkpoint
+
+    save = checkpoint.save
+
+    def save_then_die(manager, step, *args, **kwargs):
+      save(manager, step, *args, **kwargs)
+      if step == kill_after_save:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    checkpoint.save = save_then_die
 
   try:
     state = loop.train(config, prepare_workdir(workdir), tasks.make_task(config)).state

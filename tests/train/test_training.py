@@ -129,26 +129,34 @@ def test_four_devices_match_one_device(reference, four_devices):
       np.testing.assert_allclose(four[key], ref[key], rtol=5e-4, atol=5e-5)
 
 
-def test_two_processes_match_one_process(four_devices, tmp_path):
-  """2 processes x 2 devices (mdx.local: jax.distributed over a local coordinator, gloo
-  collectives) train like 1 process x 4 devices: each process feeds its half of each batch."""
+@pytest.fixture(scope="module")
+def two_processes(tmp_path_factory):
+  """The same 8 steps as 2 processes x 2 devices (mdx.local: jax.distributed over a local
+  coordinator, gloo collectives)."""
+  d = tmp_path_factory.mktemp("two")
+  proc = local_train(d / "work", d / "final.npz", "train.steps=8", "data.workers=1")
+  return load(d / "final.npz"), d, proc
+
+
+def test_two_processes_match_one_process(four_devices, two_processes):
+  """2 processes x 2 devices train like 1 process x 4 devices: each process feeds its half of
+  each global batch."""
   four, d = four_devices
-  proc = local_train(tmp_path / "work", tmp_path / "final.npz", "train.steps=8", "data.workers=1")
+  two, d2, proc = two_processes
   assert "[p0] " in proc.stdout and "[p1] " in proc.stdout  # each line says its process
-  two = load(tmp_path / "final.npz")
   assert int(two["processes"]) == 2 and int(two["devices"]) == 4
   assert max_diff(four, two) < 2e-4  # the tolerance of 4 devices vs 1 (summation order)
   # validation over the processes' shares gathers the same predictions
-  history = [json.loads(line) for line in open(tmp_path / "work" / "history.jsonl")]
+  history = [json.loads(line) for line in open(d2 / "work" / "history.jsonl")]
   reference = [json.loads(line) for line in open(d / "work" / "history.jsonl")]
   val = [h["val_auroc"] for h in history if "val_auroc" in h]
   assert val == pytest.approx([h["val_auroc"] for h in reference if "val_auroc" in h], abs=1e-6)
 
 
-def test_sigterm_to_one_of_two_processes_saves_one_step_for_both(four_devices, tmp_path):
+def test_sigterm_to_one_of_two_processes_saves_one_step_for_both(two_processes, tmp_path):
   """Process 0 gets SIGTERM: jax's preemption sync picks one step for both processes, both save it
-  and exit 0, and the 2-process restart ends like the uninterrupted run."""
-  four, _ = four_devices
+  and exit 0, and the 2-process restart ends bit-identical to the uninterrupted run."""
+  two, _, _ = two_processes
   work = tmp_path / "work"
   proc = local_train(work, tmp_path / "never.npz", "train.steps=8", "data.workers=1",
                      "--term-at-step=4")  # fmt: skip
@@ -157,7 +165,57 @@ def test_sigterm_to_one_of_two_processes_saves_one_step_for_both(four_devices, t
   assert 4 <= saved[-1] < 8  # the agreed step (a few steps after the notice), not a final one
   assert f"saved step {saved[-1]}" in proc.stdout
   local_train(work, tmp_path / "final.npz", "train.steps=8", "data.workers=1")
+  assert max_diff(two, load(tmp_path / "final.npz")) == 0.0
+
+
+def test_sigkill_of_one_of_two_processes_stops_the_other_and_both_resume(two_processes, tmp_path):
+  """Process 1 dies by SIGKILL before step 5: the launcher kills process 0 (which would otherwise
+  wait at the next collective) and says so in one line, well within 60 s; the 2-process restart
+  resumes from step 3 and ends bit-identical to the uninterrupted run."""
+  two, _, _ = two_processes
+  work = tmp_path / "work"
+  start = time.time()
+  proc = local_train(work, tmp_path / "never.npz", "train.steps=8", "data.workers=1",
+                     "--kill-at-step=5@1", check=False)  # fmt: skip
+  assert proc.returncode == 128 + 9, proc.stdout[-3000:] + proc.stderr[-2000:]
+  assert "mdx.local: process 1 was killed by SIGKILL; stopped the others (p0=-9)" in proc.stderr
+  assert time.time() - start < 120  # the whole run; the stop itself is immediate
+  assert sorted(s for s in os.listdir(work / "checkpoints") if s.isdigit()) == ["3"]
+  local_train(work, tmp_path / "final.npz", "train.steps=8", "data.workers=1")
+  assert max_diff(two, load(tmp_path / "final.npz")) == 0.0
+
+
+def test_checkpoints_resume_with_another_process_count(four_devices, tmp_path):
+  """1 process x 4 devices preempted at step 3, resumed as 2 processes x 2 devices and preempted
+  again at step 5, resumed as 1 process x 4 devices to the end: the same 8 steps as the
+  uninterrupted run (to the tolerance of 2 processes vs 1: summation order)."""
+  four, _ = four_devices
+  work = tmp_path / "work"
+  steps = ("train.steps=8", "data.workers=1")
+  train(work, tmp_path / "never.npz", *steps, "--term-at-step=3", devices=4)
+  local_train(work, tmp_path / "never.npz", *steps, "--term-at-step=5")
+  assert max(int(s) for s in os.listdir(work / "checkpoints") if s.isdigit()) >= 5
+  proc = train(work, tmp_path / "final.npz", *steps, devices=4)
+  assert "Resumed from step" in proc.stderr
   assert max_diff(four, load(tmp_path / "final.npz")) < 2e-4
+
+
+def test_a_crash_during_an_asynchronous_save_resumes_from_the_previous_checkpoint(
+  reference, tmp_path
+):
+  """With async checkpoints the process is killed the moment the save of step 6 returns (its
+  files still being written): the restart resumes from a complete checkpoint (6 if it finished,
+  else 3; never a torn one) and ends bit-identical to the uninterrupted synchronous run."""
+  ref, _ = reference
+  work = tmp_path / "work"
+  args = ("train.steps=8", "data.workers=1", "train.async_checkpoints='on'")
+  proc = train(work, tmp_path / "never.npz", *args, "--kill-after-save=6", check=False)
+  assert proc.returncode == -9, proc.stderr[-2000:]
+  complete = sorted(s for s in os.listdir(work / "checkpoints") if s.isdigit())
+  assert complete in (["3"], ["3", "6"]), complete  # a torn 6 stays a temporary folder
+  proc = train(work, tmp_path / "final.npz", *args)
+  assert f"Resumed from step {complete[-1]}" in proc.stderr
+  assert max_diff(ref, load(tmp_path / "final.npz")) == 0.0
 
 
 def test_report_of_two_processes_equals_one_process(tmp_path):
@@ -205,7 +263,7 @@ def test_a_failing_process_stops_the_others(tmp_path):
     timeout=90,
   )
   assert proc.returncode == 3 and time.time() - start < 60
-  assert "p1=3" in proc.stderr
+  assert "process 1 exited with status 3; stopped the others (p0=-9)" in proc.stderr
 
 
 def test_batch_that_does_not_divide_over_devices_is_a_clear_error(tmp_path):
