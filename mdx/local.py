@@ -6,10 +6,12 @@ cluster, on CPUs.
 Starts COMMAND N times with MDX_COORDINATOR (127.0.0.1 and a free port), MDX_NUM_PROCESSES=N and
 MDX_PROCESS_ID=i, and XLA_FLAGS giving each process MDX_LOCAL_DEVICES fake CPU devices (default 2);
 mdx's entry points join through mdx.runtime.join_processes. Every output line is prefixed with its
-process ('[p1] ...'). When one process fails, the others are stopped (SIGTERM, then SIGKILL after
-10 s) instead of waiting forever at a collective; the exit status is the first failure's. A SIGTERM
-to the launcher (a preemption notice) is passed on to every process, which save one agreed step and
-exit 0 (mdx.runtime.Preemption).
+process ('[p1] ...'). When one process fails or is killed, the others are killed at once (SIGKILL
+to each process group, grain workers included) instead of waiting forever at a collective: without
+their peer they can neither step nor save, and the last complete checkpoint is where the same
+command resumes. The exit status is the first failure's, and one line says which process failed
+how. A SIGTERM or Ctrl-C to the launcher (a preemption notice) is passed on to every process, which
+save one agreed step and exit 0 (mdx.runtime.Preemption).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import time
 
 from mdx import runtime
 
-GRACE_SECONDS = 10
+GRACE_SECONDS = 60  # for the agreed save after Ctrl-C
 
 
 def free_port() -> int:
@@ -88,33 +90,50 @@ def run(count: int, command: list[str], devices: int | None = None) -> int:
         p.send_signal(signum)  # the process only: its grain workers stop with it
 
   signal.signal(signal.SIGTERM, forward)
-  status = 0
+  first = None  # (rank, status) of the first process that failed
   try:
     while None in [p.poll() for p in procs]:  # a list: poll every process, not just the first
-      failed = [p for p in procs if p.returncode not in (None, 0)]
+      failed = [
+        (rank, p.returncode) for rank, p in enumerate(procs) if p.returncode not in (None, 0)
+      ]
       if failed:
-        status = failed[0].returncode
-        _stop([p for p in procs if p.poll() is None])
+        first = failed[0]
+        for p in procs:
+          if p.poll() is None:
+            _signal(p, signal.SIGKILL)
         break
       time.sleep(0.2)
-  except KeyboardInterrupt:
-    _stop(procs)
-    status = 130
+  except KeyboardInterrupt:  # a preemption notice for all: each saves the agreed step
+    forward(signal.SIGTERM, None)
+    _wait_or_kill(procs)
   for p in procs:
     p.wait()
   for t in relays:
     t.join(timeout=5)
-  if status == 0:
-    status = next((p.returncode for p in procs if p.returncode != 0), 0)
-  if status:
-    ranks = [f"p{i}={p.returncode}" for i, p in enumerate(procs)]
-    print(f"mdx.local: a process failed; exit statuses {', '.join(ranks)}", file=sys.stderr)
-  return status
+  if first is None:
+    first = next(((r, p.returncode) for r, p in enumerate(procs) if p.returncode != 0), None)
+  if first is None:
+    return 0
+  rank, status = first
+  others = ", ".join(f"p{i}={p.returncode}" for i, p in enumerate(procs) if i != rank)
+  print(
+    f"mdx.local: process {rank} {_describe(status)}; stopped the others ({others}); run the same "
+    "command to resume from the last complete checkpoint",
+    file=sys.stderr,
+  )
+  return status if status > 0 else 128 - status  # a shell's status for death by a signal
 
 
-def _stop(procs: list[subprocess.Popen]) -> None:
-  for p in procs:
-    _signal(p, signal.SIGTERM)
+def _describe(status: int) -> str:
+  if status < 0:
+    try:
+      return f"was killed by {signal.Signals(-status).name}"
+    except ValueError:
+      return f"was killed by signal {-status}"
+  return f"exited with status {status}"
+
+
+def _wait_or_kill(procs: list[subprocess.Popen]) -> None:
   deadline = time.time() + GRACE_SECONDS
   while time.time() < deadline and any(p.poll() is None for p in procs):
     time.sleep(0.2)
