@@ -6,6 +6,11 @@ python -m mdx.predict --bundle=DIR --input=PATH --output=DIR [--batch_size=N]
 'path'). Writes OUTPUT/predictions.csv, OUTPUT/errors.csv and, for a segmenter, one label NIfTI per
 scan (see mdx.inference.predict_files). It needs only the bundle: no config, no training data.
 
+Run as several processes (python -m mdx.local N python -m mdx.predict ..., or ./launch.sh tpu ...
+predict, which adds --jax_distributed), each process predicts its share of the files on its own
+devices and writes its label maps; process 0 writes the CSVs and prints the summary. Several hosts
+need an --output folder they all see for the label maps to land in one place.
+
 A user's mistake (a missing or damaged bundle, no usable input, an unknown finding) prints one line
 `error: ...` and exits 2; --debug (or MDX_DEBUG=1) shows the traceback instead.
 """
@@ -15,6 +20,7 @@ from __future__ import annotations
 import os
 import sys
 
+import jax
 from absl import app, flags
 
 from mdx import runtime
@@ -69,11 +75,12 @@ def main(argv) -> int:
     if debug:
       raise
     return _fail(str(e))
-  print(
-    f"mdx.predict: {summary['predicted']} predicted, {summary['errors']} errors, "
-    f"{summary['ignored']} files of other types ignored; see {summary['output']}",
-    flush=True,
-  )
+  if jax.process_index() == 0:  # the totals of every process: one line, not one per process
+    print(
+      f"mdx.predict: {summary['predicted']} predicted, {summary['errors']} errors, "
+      f"{summary['ignored']} files of other types ignored; see {summary['output']}",
+      flush=True,
+    )
   return 0
 
 

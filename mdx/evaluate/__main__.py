@@ -6,7 +6,10 @@ python -m mdx.evaluate --labels=L.csv --probs=P.csv --out=DIR
 python -m mdx.evaluate --bundle=BUNDLE_DIR --config=EXPERIMENT.py [--config.data.root=...] \
     --out=DIR [--finding_map='Effusion=Pleural Effusion,...'] [--bootstrap=N]
   External validation (mdx.evaluate.external): the bundle, with its thresholds and calibration as
-  shipped, on every record of the dataset that the experiment's config.data names.
+  shipped, on every record of the dataset that the experiment's config.data names. It runs as
+  several processes too (python -m mdx.local N python -m mdx.evaluate --bundle=...; on a TPU VM
+  or under SLURM add --jax_distributed): each predicts its share of the records, process 0
+  writes the report.
 
 Both write DIR/metrics.json, DIR/report.md, DIR/report.html and DIR/figures/*.png. A user's mistake
 (a missing file, a bad field) is one line 'error: ...' on stderr and exit status 2.
@@ -20,6 +23,7 @@ from __future__ import annotations
 import os
 import sys
 
+import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
@@ -73,7 +77,14 @@ _FINDING_MAP = flags.DEFINE_string(
   "matching (an empty right side leaves the finding out).",
 )
 _BATCH = flags.DEFINE_integer(
-  "batch_size", None, "External validation: images per prediction batch (default 8 per device)."
+  "batch_size",
+  None,
+  "External validation: images per prediction batch on each process (default 8 per device).",
+)
+_DISTRIBUTED = flags.DEFINE_bool(
+  "jax_distributed",
+  False,
+  "External validation: call jax.distributed.initialize() (every worker of a TPU VM, SLURM).",
 )
 
 
@@ -87,6 +98,9 @@ def external(argv) -> int:
   runtime.quiet_library_logs()
   if _CONFIG.value is None:
     raise app.UsageError("--config (the experiment file naming the dataset) is required")
+  # Before anything touches a device: mdx.local's processes (or --jax_distributed) join here.
+  runtime.join_processes(_DISTRIBUTED.value)
+  runtime.enable_compilation_cache()
   try:
     path = config_flags.get_config_filename(flags.FLAGS["config"])
     if not os.path.isfile(path):
@@ -104,6 +118,8 @@ def external(argv) -> int:
   except (ValueError, OSError) as e:
     print(f"error: {_one_line(e)}", file=sys.stderr)
     return 2
+  if jax.process_index() != 0:  # process 0 wrote the report and says so
+    return 0
   for f, c in result["external"]["comparison"].items():
     d = c["difference"]
     logging.info(

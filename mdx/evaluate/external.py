@@ -19,6 +19,11 @@ datasets side by side.
 
 Writes out_dir/metrics.json, report.md, report.html, figures/ and labels.csv, probs.csv (raw
 scores), calibrated.csv.
+
+Several processes (python -m mdx.local N python -m mdx.evaluate --bundle=...) split the records:
+each predicts a contiguous block on its own devices, the raw scores are gathered in record order,
+and every process computes the same metrics from them (so all finish together, none waits long at
+exit for another); process 0 alone writes the report.
 """
 
 from __future__ import annotations
@@ -28,10 +33,12 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+import jax
 import numpy as np
 from absl import logging
 from scipy import stats
 
+from mdx import runtime
 from mdx.data import sources
 from mdx.data.cxr import findings as findings_lib
 from mdx.data.cxr.file_source import config_get
@@ -69,30 +76,60 @@ def parse_finding_map(text: str | None) -> dict[str, str | None]:
 def predict_source(
   classifier: ImageClassifier, source, *, progress: bool = True, workers: int | None = None
 ) -> np.ndarray:
-  """Raw scores [N, F] of every record of a 2D source, streamed in chunks of the batch size."""
+  """Raw scores [N, F] of every record of a 2D source, streamed in chunks of the batch size.
+
+  With several processes each predicts its share of the records (runtime.process_share) on its
+  own devices, so the classifier's mesh must be local (its default), and every process returns
+  all N rows, gathered in record order. A record that cannot be read stops every process with a
+  ValueError (the one that read it names the record).
+  """
+  if any(d.process_index != jax.process_index() for d in classifier.mesh.devices.flat):
+    raise ValueError(
+      "predict_source splits the records by process: build the ImageClassifier on this "
+      "process's devices (mesh=None, runtime.local_mesh()), not a mesh of every process"
+    )
   n, size = len(source), classifier.batch_size
-  raw = np.zeros((n, len(classifier.findings)), np.float32)
+  share = runtime.process_share(n)
+  raw = np.zeros((len(share), len(classifier.findings)), np.float32)
   workers = workers or min(8, os.cpu_count() or 1)
-  chunks = [range(s, min(s + size, n)) for s in range(0, n, size)]
-  load = lambda i: classifier.preprocess(source[i]["image"])
-  done, start, last = 0, time.perf_counter(), 0.0
+  chunks = [share[s : s + size] for s in range(0, len(share), size)]
+  load = lambda i: classifier.preprocess(source[int(i)]["image"])
+  where = f" (process {jax.process_index()}'s share of {n})" if jax.process_count() > 1 else ""
+  done, start, last, failure = 0, time.perf_counter(), 0.0, None
   for chunk, results in predict_lib.read_ahead(load, chunks, workers):
     for i, (_, error) in zip(chunk, results):
       if error is not None:  # an external set is evaluated whole: a bad record stops it, named
-        if not isinstance(error, (OSError, ValueError)):
-          raise error
-        raise ValueError(f"external dataset record {i} ({source.image_ids()[i]}): {error}")
+        failure = error
+        if isinstance(error, (OSError, ValueError)):
+          failure = ValueError(f"external dataset record {i} ({source.image_ids()[i]}): {error}")
+        break
+    if failure is not None:
+      break
     x = np.stack([value for value, _ in results])
     raw[done : done + len(x)] = classifier.predict(x)
     done += len(x)
     now = time.perf_counter() - start
-    if progress and (now - last > 10 or done == n):
+    if progress and (now - last > 10 or done == len(share)):
       rate = done / max(now, 1e-9)
       logging.info(
-        "external: %d/%d images  %.1f img/s  ETA %ds", done, n, rate, (n - done) / max(rate, 1e-9)
+        "external: %d/%d images%s  %.1f img/s  ETA %ds",
+        done,
+        len(share),
+        where,
+        rate,
+        (len(share) - done) / max(rate, 1e-9),
       )
       last = now
-  return raw
+  # Every process learns of a failure, instead of the others waiting for its rows forever.
+  failed = runtime.gather_rows(np.array([failure is not None], np.int32))
+  if failure is not None:
+    raise failure
+  if failed.any():
+    raise ValueError(
+      f"external dataset: process {int(np.argmax(failed))} stopped at a record it could not "
+      "read (its error names the record)"
+    )
+  return runtime.gather_rows(raw)
 
 
 def _entry(x) -> dict:
@@ -390,7 +427,12 @@ def evaluate_external(
   bundle: a loaded Bundle or its folder; config: a resolved experiment config whose data section
   names the external dataset (only the dataset fields are read: preprocessing comes from the
   bundle); finding_map: {bundle finding: dataset finding or None (leave out)}, over the name and
-  synonym matching; bootstrap: patient-level resamples of the external set (0: no CIs).
+  synonym matching; bootstrap: patient-level resamples of the external set (0: no CIs);
+  batch_size: images per forward pass on each process (default 8 per device).
+
+  With several processes (see the module docstring) process 0 writes the report and returns what
+  metrics.json says; the others write nothing and return the same evaluation unserialised (numpy
+  numbers, no 'figures').
   """
   source = sources.make_source(config.data, config.seed, sources.IMAGE)
   if isinstance(bundle, (str, os.PathLike)):
@@ -495,17 +537,19 @@ def evaluate_external(
     "internal": internal,
     "comparison": comparison,
   }
+  result = {"kind": "external_validation", **result, "external": ext}
+  title = (
+    f"{TITLE} of {bundle.spec['model']['name']} ({os.path.basename(bundle.path)}) on the "
+    f"{config.data.source} dataset"
+  )
+  if jax.process_index() != 0:  # one writer: the same files from every process would race
+    return {"title": title, **result}
   os.makedirs(out_dir, exist_ok=True)
   figure = os.path.join("figures", "auroc_internal_external.png")
   _auroc_png(
     os.path.join(out_dir, figure),
     [(f, c["internal"], c["external"]) for f, c in comparison.items()],
     split,
-  )
-  result = {"kind": "external_validation", **result, "external": ext}
-  title = (
-    f"{TITLE} of {bundle.spec['model']['name']} ({os.path.basename(bundle.path)}) on the "
-    f"{config.data.source} dataset"
   )
   return report.write_report(
     out_dir,

@@ -1,5 +1,5 @@
 """A bundle's image classifier applied to images: the same preprocessing as the run's evaluation,
-batched over every local device, raw scores, calibrated probabilities and calls at the bundle's
+batched over this process's devices, raw scores, calibrated probabilities and calls at the bundle's
 thresholds.
 
 The preprocessing is the evaluation pipeline's own functions (mdx.data.cxr.images.to_channels,
@@ -31,7 +31,14 @@ def preprocess(image: np.ndarray, input_spec: dict) -> np.ndarray:
 
 
 class ImageClassifier:
-  """predict(images) -> raw scores [N, F]; calibrate / call turn them into the bundle's outputs."""
+  """predict(images) -> raw scores [N, F]; calibrate / call turn them into the bundle's outputs.
+
+  mesh: by default this process's devices (runtime.local_mesh): predict is then a local
+  computation that each of several processes runs on its own share of the inputs, never waiting
+  for the others. A global mesh (runtime.make_mesh) makes predict a collective that every process
+  must call with the same number of images. batch_size: images per forward pass on the mesh
+  (default 8 per device), rounded up to whole per-device batches.
+  """
 
   def __init__(self, bundle: Bundle, batch_size: int | None = None, mesh=None):
     if bundle.task != "classification":
@@ -39,7 +46,7 @@ class ImageClassifier:
     self.bundle = bundle
     self.input = bundle.spec["input"]
     self.findings = tuple(bundle.spec["output"]["findings"])
-    self.mesh = mesh if mesh is not None else runtime.make_mesh()
+    self.mesh = mesh if mesh is not None else runtime.local_mesh()
     devices = self.mesh.devices.size
     self.batch_size = -(-int(batch_size or 8 * devices) // devices) * devices  # whole per device
     self.model = bundle.model(bn_axis_name=runtime.DATA)

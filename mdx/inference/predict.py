@@ -61,7 +61,9 @@ def make_predict_fn(
 ) -> Callable[[Any, np.ndarray], np.ndarray]:
   """(variables, images [B, ...] numpy) -> numpy probabilities [B, ..., K] on every host.
 
-  B must be a multiple of the mesh's device count (runtime.check_batch says which)."""
+  B must be a multiple of the mesh's device count (runtime.check_batch says which). On a global
+  mesh B is the global batch (each process passes its rows, all get every row back); on a
+  runtime.local_mesh it is this process's batch and nothing is exchanged with other processes."""
   step = make_predict_step(model, mesh, input_key)
 
   def predict(variables, images: np.ndarray) -> np.ndarray:

@@ -20,12 +20,20 @@ OUTPUT/<path>           segmenter: uint8 label values [D, H, W] with the input's
 The 'path' column is relative to the input folder (a single file: its name; a CSV list: the path
 as listed). Images are decoded in chunks of the batch size on a thread pool, one chunk ahead of the
 model, so memory holds two chunks and decoding overlaps the forward pass.
+
+Several processes (mdx.local, a TPU pod) split the files: each predicts a contiguous block of them
+(runtime.process_share) on its own devices (runtime.local_mesh, no collectives while predicting)
+and writes its label maps and Grad-CAM overlays itself (every file has one writer). Their rows and
+errors are gathered in input order and process 0 writes predictions.csv and errors.csv, the rows
+one process would write. Label maps and overlays land in OUTPUT as each host sees it: give several
+hosts a shared output folder.
 """
 
 from __future__ import annotations
 
 import csv
 import dataclasses
+import io
 import os
 import re
 import sys
@@ -36,6 +44,7 @@ import jax
 import numpy as np
 from absl import logging
 
+from mdx import runtime
 from mdx.data.cxr import images
 from mdx.data.volume import nifti
 from mdx.evaluate import gradcam as gradcam_lib
@@ -238,11 +247,13 @@ def predict(
   """Applies a bundle (a folder or a loaded Bundle) to input_path and writes output_dir.
 
   See the module docstring for what is read and written. batch_size: images per forward pass
-  (classifier) or windows per pass (segmenter); default the bundle's / 8 per device. gradcam:
-  findings to draw Grad-CAM overlays for (classifier); gradcam_layer: the layer (default the
-  model's). Returns {'predicted', 'errors', 'ignored', 'output', 'predictions', 'errors_csv'}.
-  Usage mistakes (no input, nothing usable, output is a file, unknown finding) raise ValueError or
-  FileNotFoundError with one line naming the path and the fix, before anything is written.
+  (classifier) or windows per pass (segmenter) on each process; default the bundle's / 8 per
+  device. gradcam: findings to draw Grad-CAM overlays for (classifier); gradcam_layer: the layer
+  (default the model's). Returns {'predicted', 'errors', 'ignored', 'output', 'predictions',
+  'errors_csv'}, counting every process's files (each process returns the same). Usage mistakes
+  (no input, nothing usable, output is a file, unknown finding) raise ValueError or
+  FileNotFoundError with one line naming the path and the fix, on every process, before anything
+  is written.
   """
   if not isinstance(bundle, bundle_lib.Bundle):
     bundle = bundle_lib.load(os.fspath(bundle))
@@ -287,24 +298,42 @@ def predict(
     runner = _Scans(bundle, batch_size)
   out = _make_output(out)
   predictions_csv, errors_csv = os.path.join(out, PREDICTIONS), os.path.join(out, ERRORS)
-  errors = list(inputs.errors)
-  with open(predictions_csv, "w", newline="") as f:
-    writer = csv.writer(f)
-    writer.writerow(runner.header)
-    with _bar(len(inputs.files), runner.unit, progress) as bar:
-      predicted = runner.run(inputs.files, out, writer, errors, bar)
-  with open(errors_csv, "w", newline="") as f:
-    writer = csv.writer(f)
-    writer.writerow(["path", "reason"])
-    writer.writerows([name, reason] for _, name, reason in sorted(errors))
-  logging.info(
-    "predicted %d %ss, %d errors (see %s), %d files of other types ignored",
-    predicted,
-    runner.unit,
-    len(errors),
-    errors_csv,
-    inputs.ignored,
-  )
+  first, multi = jax.process_index() == 0, jax.process_count() > 1
+  share = [inputs.files[i] for i in runtime.process_share(len(inputs.files))]
+  errors = []  # (input index, name, reason) of this process's files
+  # One process streams its rows into predictions.csv. Several each keep the rows of their block
+  # (a contiguous run of the input order) and process 0 writes them all, in process order: the
+  # rows travel by collectives, so the CSVs need no file system that every host shares.
+  sink = io.StringIO() if multi else open(predictions_csv, "w", newline="")
+  with sink:
+    writer = csv.writer(sink)
+    if first:
+      writer.writerow(runner.header)
+    desc = f"predict (process 0: {len(share)} of {len(inputs.files)})" if multi else "predict"
+    with _bar(len(share), runner.unit, progress and first, desc) as bar:
+      predicted = runner.run(share, out, writer, errors, bar)
+    if multi:  # every process learns the totals; process 0 writes the rows
+      predicted = int(runtime.gather_rows(np.array([predicted])).sum())
+      errors = _from_csv(_gather_text(_to_csv(errors)))
+      rows = _gather_text(sink.getvalue())
+      if first:
+        with open(predictions_csv, "w", newline="") as f:
+          f.write(rows)
+  errors = sorted(inputs.errors + errors)
+  if first:
+    with open(errors_csv, "w", newline="") as f:
+      writer = csv.writer(f)
+      writer.writerow(["path", "reason"])
+      writer.writerows([name, reason] for _, name, reason in errors)
+    logging.info(
+      "predicted %d %ss, %d errors (see %s), %d files of other types ignored",
+      predicted,
+      runner.unit,
+      len(errors),
+      errors_csv,
+      inputs.ignored,
+    )
+  runtime.barrier("mdx.predict_files")  # every process returns with the CSVs written
   return {
     "predicted": predicted,
     "errors": len(errors),
@@ -315,10 +344,26 @@ def predict(
   }
 
 
-def _bar(total: int, unit: str, progress: bool):
+def _bar(total: int, unit: str, progress: bool, desc: str):
   from tqdm import tqdm
 
-  return tqdm(total=total, unit=unit, desc="predict", file=sys.stderr, disable=not progress)
+  return tqdm(total=total, unit=unit, desc=desc, file=sys.stderr, disable=not progress)
+
+
+def _gather_text(text: str) -> str:
+  """Every process's text, concatenated in process order (on every process)."""
+  data = np.frombuffer(text.encode("utf-8"), np.uint8)
+  return runtime.gather_rows(data).tobytes().decode("utf-8")
+
+
+def _to_csv(errors: Sequence[tuple[int, str, str]]) -> str:
+  buffer = io.StringIO()
+  csv.writer(buffer).writerows(errors)
+  return buffer.getvalue()
+
+
+def _from_csv(text: str) -> list[tuple[int, str, str]]:
+  return [(int(i), name, reason) for i, name, reason in csv.reader(io.StringIO(text, newline=""))]
 
 
 class _Images:

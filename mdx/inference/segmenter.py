@@ -1,4 +1,4 @@
-"""Whole-scan segmentation: standardise, Gaussian sliding windows over the device mesh, labels.
+"""Whole-scan segmentation: standardise, Gaussian sliding windows over a device mesh, labels.
 
 `segment` is the one path from a raw scan to a label map; the segmentation task's validation and
 test use it, and so does a bundle's VolumeSegmenter, so a bundle segments what the run evaluated.
@@ -60,14 +60,18 @@ def label_volume(pred: np.ndarray, label_mode: str, label_values: Sequence[int])
 
 
 class VolumeSegmenter:
-  """A bundle's 3D segmenter: segment(scan) -> label map as written to NIfTI."""
+  """A bundle's 3D segmenter: segment(scan) -> label map as written to NIfTI.
+
+  mesh: by default this process's devices (runtime.local_mesh), so each of several processes
+  segments its own scans without waiting for the others (see ImageClassifier).
+  """
 
   def __init__(self, bundle: Bundle, batch_size: int | None = None, mesh=None):
     if bundle.task != "segmentation":
       raise ValueError(f"bundle {bundle.path} is a {bundle.task} model, not a segmenter")
     self.bundle = bundle
     self.input, self.output = bundle.spec["input"], bundle.spec["output"]
-    self.mesh = mesh if mesh is not None else runtime.make_mesh()
+    self.mesh = mesh if mesh is not None else runtime.local_mesh()
     devices = self.mesh.devices.size
     size = int(batch_size or self.input.get("batch_size") or devices)
     self.batch_size = -(-size // devices) * devices

@@ -391,7 +391,7 @@ def _cli(*args):
     capture_output=True,
     text=True,
     timeout=300,
-    env=dict(os.environ, JAX_PLATFORMS="cpu"),
+    env=dict(os.environ, JAX_PLATFORMS="cpu", MDX_COMPILATION_CACHE=""),
   )
 
 
