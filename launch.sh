@@ -11,26 +11,50 @@
 #   ./launch.sh sweep ABLATION --workdir=DIR [flags]   every variant of an ablation, one results table
 #   ./launch.sh local N <command> ...              the command as N joined processes on this machine
 #   ./launch.sh tpu NAME ZONE <command> ...        the same command on every worker of a Cloud TPU VM
+#   ./launch.sh setup                              only install (e.g. once before srun on a cluster)
+# MDX_ACCELERATOR=cpu|cuda|tpu overrides the accelerator detected here; its JAX build is installed
+# and a run stops with an error if JAX cannot use it (instead of training on the host CPU).
 set -euo pipefail
 cd "$(dirname "$0")"
 VENV="${MDX_VENV:-.venv}"
 
-# setup [EXTRA]: the package (and an extra of pyproject.toml, e.g. test) into $VENV, again whenever
-# pyproject.toml is newer than the last install.
+# The accelerator of this machine: $MDX_ACCELERATOR, else an NVIDIA GPU (nvidia-smi lists one), a
+# Cloud TPU VM (/dev/accel* or /dev/vfio/N devices, or TPU_* variables), else the CPU.
+detect_accelerator() {
+  if [[ -n "${MDX_ACCELERATOR:-}" ]]; then echo "$MDX_ACCELERATOR"
+  elif command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L 2>/dev/null | grep -q GPU; then echo cuda
+  elif compgen -G "/dev/accel*" >/dev/null || compgen -G "/dev/vfio/[0-9]*" >/dev/null \
+       || [[ -n "${TPU_ACCELERATOR_TYPE:-}${TPU_NAME:-}" ]]; then echo tpu
+  else echo cpu; fi
+}
+
+# setup [EXTRA]: the package with the accelerator's extra (and EXTRA, e.g. test) into $VENV, again
+# whenever pyproject.toml is newer than the last install of that combination.
 setup() {
-  local target="." stamp="$VENV/.mdx-installed"
-  if [[ -n "${1:-}" ]]; then target=".[$1]"; stamp="$VENV/.mdx-installed-$1"; fi
-  if [[ ! -x "$VENV/bin/python" || pyproject.toml -nt "$stamp" ]]; then
-    echo "launch.sh: installing mdx$([[ -n "${1:-}" ]] && echo " with [$1]") into $VENV (first run takes a few minutes)" >&2
+  local accelerator extras=() target="." stamp
+  accelerator="$(detect_accelerator)"
+  case "$accelerator" in
+    cpu) ;;
+    cuda|gpu) extras+=(cuda) ;;
+    tpu) extras+=(tpu) ;;
+    *) echo "launch.sh: MDX_ACCELERATOR=$accelerator; choose cpu, cuda or tpu" >&2; exit 2 ;;
+  esac
+  [[ -n "${1:-}" ]] && extras+=("$1")
+  if [[ ${#extras[@]} -gt 0 ]]; then target=".[$(IFS=,; echo "${extras[*]}")]"; fi
+  stamp="$VENV/.mdx-installed$(printf -- '-%s' "${extras[@]}")"
+  if [[ ! -x "$VENV/bin/python" || pyproject.toml -nt "$stamp" || ! -e "$stamp" ]]; then
+    echo "launch.sh: installing mdx$([[ "$target" != . ]] && echo " with $target") into $VENV (first run takes a few minutes)" >&2
     [[ -x "$VENV/bin/python" ]] || python3 -m venv "$VENV"
     "$VENV/bin/pip" install -q --upgrade pip
     "$VENV/bin/pip" install -q -e "$target"
     touch "$stamp"
   fi
   export PATH="$PWD/$VENV/bin:$PATH"
+  # a detected accelerator is a requirement: the run stops if JAX cannot use it (mdx.runtime)
+  export MDX_ACCELERATOR="$accelerator"
 }
 
-usage() { sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+usage() { sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
 
 cmd="${1:-}"; [[ -n "$cmd" ]] || usage; shift
 case "$cmd" in
@@ -39,6 +63,8 @@ case "$cmd" in
     workdir="runs/demo"
     if [[ $# -gt 0 && "$1" != --* ]]; then workdir="$1"; shift; fi
     exec python -m mdx.main --config=experiments/cxr_phantoms.py --workdir="$workdir" --mode=train "$@" ;;
+  setup)
+    setup "${1:-}" ;;
   test)
     setup test
     exec python -m pytest -n 2 "$@" ;;
@@ -73,15 +99,15 @@ case "$cmd" in
   tpu)
     [[ $# -ge 3 ]] || usage
     name="$1"; zone="$2"; shift 2
-    # Copy this checkout to every worker, then run the same launch.sh command on all of them at once;
-    # --jax_distributed makes each process join the pod (jax.distributed.initialize()).
+    # Copy this checkout to every worker, then run the same launch.sh command on all of them at once.
+    # Each worker installs mdx with the TPU extra (libtpu), requires the TPU, and joins the pod
+    # (MDX_JAX_DISTRIBUTED=1: jax.distributed.initialize() finds the workers itself).
     tarball="$(mktemp -d)/mdx.tar.gz"
     git ls-files -z | tar --null -czf "$tarball" -T -
     gcloud compute tpus tpu-vm scp "$tarball" "$name:~/mdx.tar.gz" --zone="$zone" --worker=all
-    remote="mkdir -p ~/mdx && tar -xzf ~/mdx.tar.gz -C ~/mdx && cd ~/mdx && ./launch.sh"
+    remote="mkdir -p ~/mdx && tar -xzf ~/mdx.tar.gz -C ~/mdx && cd ~/mdx && MDX_ACCELERATOR=tpu MDX_JAX_DISTRIBUTED=1 ./launch.sh"
     args=""; for a in "$@"; do args+=" $(printf '%q' "$a")"; done
-    extra=""; [[ "$1" == train || "$1" == eval || "$1" == export || "$1" == predict ]] && extra=" --jax_distributed"
     exec gcloud compute tpus tpu-vm ssh "$name" --zone="$zone" --worker=all \
-      --command="$remote$args$extra" ;;
+      --command="$remote$args" ;;
   *) usage ;;
 esac

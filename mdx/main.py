@@ -39,6 +39,12 @@ _DISTRIBUTED = flags.DEFINE_bool(
   False,
   "Join a multi-host run found by jax (TPU VM, SLURM); ./launch.sh local needs no flag.",
 )
+_ACCELERATOR = flags.DEFINE_string(
+  "accelerator",
+  None,
+  "auto | cpu | cuda | tpu: stop with an error unless JAX runs on it (default $MDX_ACCELERATOR, "
+  "which ./launch.sh sets to the accelerator it detects).",
+)
 
 
 def main(argv):
@@ -49,6 +55,7 @@ def main(argv):
     )
   runtime.join_processes(_DISTRIBUTED.value)  # ./launch.sh local N, a TPU VM or SLURM
   try:  # a config mistake is the user's: one line naming the field, before anything is built
+    runtime.require_accelerator(_ACCELERATOR.value)
     config = config_lib.resolve(_CONFIG.value)
   except ValueError as e:
     print(f"error: {e}", file=sys.stderr)

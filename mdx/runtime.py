@@ -33,7 +33,8 @@ def local_mesh() -> Mesh:
 
 def process_share(n: int) -> np.ndarray:
   """The items of range(n) this process handles when work is split by process: a contiguous
-  block, the first n % P processes one item longer (all of range(n) with one process)."""
+  block, blocks in process order, their lengths differing by at most one (all of range(n) with one
+  process)."""
   p, count = jax.process_index(), jax.process_count()
   bounds = np.linspace(0, n, count + 1).round().astype(np.int64)
   return np.arange(bounds[p], bounds[p + 1])
@@ -186,15 +187,20 @@ COORDINATOR_ENV, NUM_PROCESSES_ENV, PROCESS_ID_ENV = (
 )
 
 
+DISTRIBUTED_ENV = "MDX_JAX_DISTRIBUTED"
+
+
 def join_processes(requested: bool = False) -> None:
   """Joins a multi-process run before anything touches a device.
 
   Processes started by `./launch.sh local N` (mdx.local) find their coordinator, count and rank in
-  MDX_COORDINATOR / MDX_NUM_PROCESSES / MDX_PROCESS_ID; with requested (--jax_distributed) and no
-  such variables, jax discovers them itself (TPU VM workers, SLURM). Otherwise a single process.
+  MDX_COORDINATOR / MDX_NUM_PROCESSES / MDX_PROCESS_ID; with requested (--jax_distributed, or
+  MDX_JAX_DISTRIBUTED=1 as ./launch.sh tpu and experiments/slurm.sbatch set) and no such variables,
+  jax discovers them itself (TPU VM workers, SLURM). Otherwise a single process.
   """
   import os
 
+  requested = requested or os.environ.get(DISTRIBUTED_ENV, "") not in ("", "0")
   coordinator = os.environ.get(COORDINATOR_ENV)
   if coordinator:
     jax.distributed.initialize(
@@ -204,6 +210,34 @@ def join_processes(requested: bool = False) -> None:
     )
   elif requested:
     jax.distributed.initialize()
+
+
+# What a run asks for: MDX_ACCELERATOR=cpu|cuda|gpu|tpu (./launch.sh sets it to the machine it
+# detects) or main's --accelerator. JAX falls back to the host CPU when its accelerator plugin is
+# missing; a run that asked for one must stop instead of training for days on the CPU.
+ACCELERATOR_ENV = "MDX_ACCELERATOR"
+_BACKENDS = {"cpu": "cpu", "cuda": "gpu", "gpu": "gpu", "tpu": "tpu"}
+_INSTALL = {"gpu": "pip install -e '.[cuda]'", "tpu": "pip install -e '.[tpu]'"}
+
+
+def require_accelerator(wanted: str | None = None) -> None:
+  """Raises ValueError (one line: what is missing and the install command) unless JAX's backend is
+  the accelerator asked for: `wanted`, else $MDX_ACCELERATOR; none or 'auto' asks for nothing."""
+  import os
+
+  source = "--accelerator" if wanted else ACCELERATOR_ENV
+  wanted = (wanted or os.environ.get(ACCELERATOR_ENV, "") or "auto").strip().lower()
+  if wanted == "auto":
+    return
+  if wanted not in _BACKENDS:
+    raise ValueError(f"{source}={wanted!r}; choose one of auto, {', '.join(_BACKENDS)}")
+  backend, have = _BACKENDS[wanted], jax.default_backend()
+  if backend != "cpu" and have != backend:
+    raise ValueError(
+      f"{source}={wanted} asks for a {backend.upper()} but JAX sees only {have} devices: "
+      f"this jaxlib has no {backend.upper()} backend or the device is not visible; install it with `{_INSTALL[backend]}` (./launch.sh does when "
+      f"{ACCELERATOR_ENV}={wanted}), or set {ACCELERATOR_ENV}=cpu to run on the CPU"
+    )
 
 
 class Preemption:

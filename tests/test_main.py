@@ -13,14 +13,14 @@ from mdx.train import run as runner
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def run_main(*args):
+def run_main(*args, **env):
   return subprocess.run(
     [sys.executable, "-m", "mdx.main", *args],
     cwd=ROOT,
     capture_output=True,
     text=True,
     timeout=600,
-    env=dict(os.environ, JAX_PLATFORMS="cpu"),
+    env=dict(os.environ, JAX_PLATFORMS="cpu", **env),
   )
 
 
@@ -230,4 +230,26 @@ def test_a_typo_in_an_experiment_file_is_one_line_before_anything_runs(tmp_path)
   lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
   assert len(lines) == 1 and "'data.rotate_degress'" in lines[0]
   assert "Did you mean 'data.rotate_degrees'?" in lines[0] and "Traceback" not in proc.stderr
+  assert not os.path.exists(tmp_path / "w")
+
+
+@pytest.mark.parametrize(
+  "flag, env, message",
+  [
+    ((), {"MDX_ACCELERATOR": "tpu"}, "MDX_ACCELERATOR=tpu asks for a TPU but JAX sees only cpu"),
+    (("--accelerator=cuda",), {}, "--accelerator=cuda asks for a GPU but JAX sees only cpu"),
+  ],
+)
+def test_a_run_that_asks_for_an_accelerator_stops_when_jax_sees_only_cpus(
+  tmp_path, flag, env, message
+):
+  """JAX falls back to the host CPU when its TPU/CUDA build is missing; a run that asked for the
+  accelerator (./launch.sh sets MDX_ACCELERATOR to what it detects) must stop with the install
+  command instead of training on the CPU."""
+  proc = run_main("--config=experiments/tiny_phantoms.py", f"--workdir={tmp_path}/w", *flag, **env)
+  assert proc.returncode == 2
+  lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+  assert len(lines) == 1 and message in lines[0], proc.stderr[-2000:]
+  install = "'.[tpu]'" if "tpu" in message else "'.[cuda]'"
+  assert f"pip install -e {install}" in lines[0] and "Traceback" not in proc.stderr
   assert not os.path.exists(tmp_path / "w")

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 
+import jax
 from absl import app, flags
 
 from mdx import runtime
@@ -123,10 +125,12 @@ def run_sweep(
     runner.run(config, variant_dir, "train")
     results[name] = summarize(variant_dir, config_lib.resolve(config), reach)
     print(f"sweep: {name}: {results[name]}", flush=True)
-  os.makedirs(workdir, exist_ok=True)
-  with open(os.path.join(workdir, "results.json"), "w") as f:
-    json.dump(results, f, indent=2)
-  write_table(results, os.path.join(workdir, "results.md"), reach)
+  if jax.process_index() == 0:  # every process holds the same results; one writes them
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, "results.json"), "w") as f:
+      json.dump(results, f, indent=2)
+    write_table(results, os.path.join(workdir, "results.md"), reach)
+  runtime.barrier("sweep results written")
   return results
 
 
@@ -134,6 +138,11 @@ def main(argv):
   del argv
   runtime.join_processes()  # a no-op unless started by ./launch.sh local N
   runtime.quiet_library_logs()
+  try:
+    runtime.require_accelerator()
+  except ValueError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
   extra = dict(item.split("=", 1) for item in _OVERRIDE.value)
   run_sweep(
     load_module(_ABLATION.value),
