@@ -235,8 +235,9 @@ def require_accelerator(wanted: str | None = None) -> None:
   if backend != "cpu" and have != backend:
     raise ValueError(
       f"{source}={wanted} asks for a {backend.upper()} but JAX sees only {have} devices: "
-      f"this jaxlib has no {backend.upper()} backend or the device is not visible; install it with `{_INSTALL[backend]}` (./launch.sh does when "
-      f"{ACCELERATOR_ENV}={wanted}), or set {ACCELERATOR_ENV}=cpu to run on the CPU"
+      f"this jaxlib has no {backend.upper()} backend or the device is not visible; install it "
+      f"with `{_INSTALL[backend]}` (./launch.sh does when {ACCELERATOR_ENV}={wanted}), or set "
+      f"{ACCELERATOR_ENV}=cpu to run on the CPU"
     )
 
 
