@@ -7,6 +7,7 @@
 #   ./launch.sh eval CONFIG --workdir=DIR [flags]  report and bundle from the best checkpoint of DIR
 #   ./launch.sh export CONFIG --workdir=DIR --step=N [--output=BUNDLE]   a bundle of any kept step
 #   ./launch.sh predict --bundle=DIR --input=IN --output=OUT [flags]   a bundle on new files
+#   ./launch.sh evaluate --bundle=DIR --config=DATASET --out=OUT   external validation of a bundle
 #   ./launch.sh prepare CONFIG [flags]             build the TFDS/ArrayRecord records of a real dataset
 #   ./launch.sh sweep ABLATION --workdir=DIR [flags]   every variant of an ablation, one results table
 #   ./launch.sh local N <command> ...              the command as N joined processes on this machine
@@ -40,8 +41,10 @@ setup() {
     *) echo "launch.sh: MDX_ACCELERATOR=$accelerator; choose cpu, cuda or tpu" >&2; exit 2 ;;
   esac
   [[ -n "${1:-}" ]] && extras+=("$1")
-  if [[ ${#extras[@]} -gt 0 ]]; then target=".[$(IFS=,; echo "${extras[*]}")]"; fi
-  stamp="$VENV/.mdx-installed$(printf -- '-%s' "${extras[@]}")"
+  stamp="$VENV/.mdx-installed"
+  if [[ ${#extras[@]} -gt 0 ]]; then
+    target=".[$(IFS=,; echo "${extras[*]}")]"; stamp+="$(printf -- '-%s' "${extras[@]}")"
+  fi
   if [[ ! -x "$VENV/bin/python" || pyproject.toml -nt "$stamp" || ! -e "$stamp" ]]; then
     echo "launch.sh: installing mdx$([[ "$target" != . ]] && echo " with $target") into $VENV (first run takes a few minutes)" >&2
     [[ -x "$VENV/bin/python" ]] || python3 -m venv "$VENV"
@@ -54,7 +57,7 @@ setup() {
   export MDX_ACCELERATOR="$accelerator"
 }
 
-usage() { sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+usage() { sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
 
 cmd="${1:-}"; [[ -n "$cmd" ]] || usage; shift
 case "$cmd" in
@@ -79,6 +82,9 @@ case "$cmd" in
   predict)
     setup
     exec python -m mdx.predict "$@" ;;
+  evaluate)
+    setup
+    exec python -m mdx.evaluate "$@" ;;
   prepare)
     [[ $# -ge 1 ]] || usage
     setup

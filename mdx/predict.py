@@ -63,6 +63,7 @@ def main(argv) -> int:
 
   runtime.enable_compilation_cache()
   try:
+    runtime.require_accelerator()  # $MDX_ACCELERATOR, as ./launch.sh sets it
     summary = predict_files.predict(
       FLAGS.bundle,
       FLAGS.input,

@@ -102,6 +102,7 @@ def external(argv) -> int:
   runtime.join_processes(_DISTRIBUTED.value)
   runtime.enable_compilation_cache()
   try:
+    runtime.require_accelerator()  # $MDX_ACCELERATOR, as ./launch.sh sets it
     path = config_flags.get_config_filename(flags.FLAGS["config"])
     if not os.path.isfile(path):
       raise FileNotFoundError(f"--config={path}: the experiment file does not exist")
