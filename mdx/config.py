@@ -54,8 +54,8 @@ def common() -> ml_collections.ConfigDict:
       log_every=10,
       checkpoint_every=100,
       keep_last=2,  # checkpoints kept besides the best one
-      # auto | on | off: write checkpoints while training goes on (auto: on accelerators only;
-      # python -m mdx.train.checkpoint_bench measures what it buys on CPU)
+      # auto | on | off: write checkpoints while training goes on (auto: on; resume stays exact.
+      # python -m mdx.train.checkpoint_bench measures what it buys)
       async_checkpoints="auto",
       best_metric="val_auroc",  # a key of the task's validation metrics; higher is better
     )

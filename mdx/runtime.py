@@ -248,13 +248,14 @@ class Preemption:
   With several processes, jax's preemption sync (multihost_utils.reached_preemption_sync_point)
   propagates a notice to all processes and picks one step for all of them; one process alone
   catches SIGTERM itself, until close() gives the previous handler back (a library must not keep
-  a process's SIGTERM). reached(step) is cheap: call it after every step.
+  a process's SIGTERM). reached(step) is cheap: call it after every step from start_step + 1 on.
   """
 
-  def __init__(self):
+  def __init__(self, start_step: int = 0):
     import signal
 
     self.multi = jax.process_count() > 1
+    self.start = start_step
     self.notice = False
     self._previous = None
     if not self.multi:
@@ -276,5 +277,9 @@ class Preemption:
 
   def reached(self, step: int) -> bool:
     if self.multi:
-      return bool(multihost_utils.reached_preemption_sync_point(step))
+      # jax's sync point is (the largest count any process has reported) + 1, and equality is what
+      # it checks; a count that starts at 0 in this process makes a notice that comes before the
+      # first step (while it compiles) land on that step. With the step itself, a resumed run
+      # (start 3) would be told sync point 1 and miss it forever.
+      return bool(multihost_utils.reached_preemption_sync_point(step - self.start))
     return self.notice

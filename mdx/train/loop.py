@@ -99,12 +99,11 @@ def build(config, task, mesh, pretrained: bool = True):
 
 
 def async_checkpoints(setting: str) -> bool:
-  """config.train.async_checkpoints -> whether saves run in the background. 'auto' is on for
-  accelerators, where a save's device-to-host copy is quick and writing overlaps many steps; on CPU
-  the write competes with the step for the same cores."""
-  if setting == "auto":
-    return jax.default_backend() != "cpu"
-  return setting == "on"
+  """config.train.async_checkpoints -> whether saves are written in the background. 'auto' is on
+  everywhere: resume stays exact (the data position is the step), and even on a 2-core CPU, where
+  the write competes with the steps for the cores, a DenseNet-121 save costs the run ~2.6 s instead
+  of the 3.9 s a synchronous save blocks (python -m mdx.train.checkpoint_bench)."""
+  return setting in ("auto", "on")
 
 
 def _manager(config, workdir: str, async_save: bool = False):
@@ -154,7 +153,7 @@ def train(config, workdir: str, task) -> TrainResult:
   schedule = optim.make_schedule(config.train)  # for the logged learning rate
   if start >= total:
     logging.info("Nothing to train: checkpoint step %d >= train.steps %d", start, total)
-  preemption = runtime.Preemption()
+  preemption = runtime.Preemption(start)
   window_start, window_steps = time.perf_counter(), 0
   try:
     for step in range(start + 1, total + 1):

@@ -100,6 +100,7 @@ from mdx import config as config_lib
 from mdx import runtime
 from mdx.train import loop, tasks
 runtime.join_processes()  # several processes when started by mdx.local
+runtime.enable_compilation_cache()
 spec = importlib.util.spec_from_file_location("cfg", "experiments/brain_phantoms_unet3d.py")
 m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m)
 c = m.get_config()

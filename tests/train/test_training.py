@@ -55,18 +55,21 @@ def test_sigkill_then_resume_gives_the_same_parameters(reference, tmp_path):
   ref, _ = reference
   # Killed abruptly before step 5: the last checkpoint is step 3, steps 4 (and the start of 5) are
   # lost.
+  # (synchronous saves, so that checkpoint 3 is surely complete when step 5 starts)
+  sync = "train.async_checkpoints='off'"
   proc = train(
     tmp_path / "work",
     tmp_path / "never.npz",
     "train.steps=8",
     "data.workers=1",
+    sync,
     "--kill-at-step=5",
     check=False,
     timeout=240,
   )  # grain's worker must exit with it
   assert proc.returncode == -9, proc.stderr[-2000:]
   assert sorted(os.listdir(tmp_path / "work" / "checkpoints")) == ["3"]
-  train(tmp_path / "work", tmp_path / "final.npz", "train.steps=8", "data.workers=1")
+  train(tmp_path / "work", tmp_path / "final.npz", "train.steps=8", "data.workers=1", sync)
   resumed = load(tmp_path / "final.npz")
   # Bit-for-bit the same computation (same batches, same order, same compiled step).
   assert max_diff(ref, resumed) == 0.0
@@ -82,22 +85,6 @@ def four_devices(tmp_path_factory):
   d = tmp_path_factory.mktemp("four")
   train(d / "work", d / "final.npz", "train.steps=8", "data.workers=1", devices=4)
   return load(d / "final.npz"), d
-
-
-def test_sigterm_saves_the_current_step_exits_0_and_resumes_exactly(reference, tmp_path):
-  """A preemption notice (SIGTERM before step 5) ends step 5, saves it, exits 0; the restart
-  continues from step 5 and ends bit-identical to the uninterrupted run."""
-  ref, _ = reference
-  proc = train(
-    tmp_path / "work", tmp_path / "never.npz", "train.steps=8", "data.workers=1",
-    "--term-at-step=5", check=False,
-  )  # fmt: skip
-  assert proc.returncode == 0, proc.stderr[-2000:]
-  assert not (tmp_path / "never.npz").exists()
-  assert "Preempted (SIGTERM): saved step 5" in proc.stderr
-  assert sorted(os.listdir(tmp_path / "work" / "checkpoints")) == ["3", "5"]
-  train(tmp_path / "work", tmp_path / "final.npz", "train.steps=8", "data.workers=1")
-  assert max_diff(ref, load(tmp_path / "final.npz")) == 0.0
 
 
 def local_train(workdir, out, *args, processes=2, check=True):
@@ -153,21 +140,6 @@ def test_two_processes_match_one_process(four_devices, two_processes):
   assert val == pytest.approx([h["val_auroc"] for h in reference if "val_auroc" in h], abs=1e-6)
 
 
-def test_sigterm_to_one_of_two_processes_saves_one_step_for_both(two_processes, tmp_path):
-  """Process 0 gets SIGTERM: jax's preemption sync picks one step for both processes, both save it
-  and exit 0, and the 2-process restart ends bit-identical to the uninterrupted run."""
-  two, _, _ = two_processes
-  work = tmp_path / "work"
-  proc = local_train(work, tmp_path / "never.npz", "train.steps=8", "data.workers=1",
-                     "--term-at-step=4")  # fmt: skip
-  assert proc.stdout.count("Preempted (SIGTERM): saved step") == 2, proc.stdout[-3000:]
-  saved = sorted(int(s) for s in os.listdir(work / "checkpoints") if s.isdigit())
-  assert 4 <= saved[-1] < 8  # the agreed step (a few steps after the notice), not a final one
-  assert f"saved step {saved[-1]}" in proc.stdout
-  local_train(work, tmp_path / "final.npz", "train.steps=8", "data.workers=1")
-  assert max_diff(two, load(tmp_path / "final.npz")) == 0.0
-
-
 def test_sigkill_of_one_of_two_processes_stops_the_other_and_both_resume(two_processes, tmp_path):
   """Process 1 dies by SIGKILL before step 5: the launcher kills process 0 (which would otherwise
   wait at the next collective) and says so in one line, well within 60 s; the 2-process restart
@@ -175,7 +147,8 @@ def test_sigkill_of_one_of_two_processes_stops_the_other_and_both_resume(two_pro
   two, _, _ = two_processes
   work = tmp_path / "work"
   start = time.time()
-  proc = local_train(work, tmp_path / "never.npz", "train.steps=8", "data.workers=1",
+  sync = "train.async_checkpoints='off'"  # checkpoint 3 surely complete when step 5 starts
+  proc = local_train(work, tmp_path / "never.npz", "train.steps=8", "data.workers=1", sync,
                      "--kill-at-step=5@1", check=False)  # fmt: skip
   assert proc.returncode == 128 + 9, proc.stdout[-3000:] + proc.stderr[-2000:]
   assert "mdx.local: process 1 was killed by SIGKILL; stopped the others (p0=-9)" in proc.stderr
@@ -186,26 +159,32 @@ def test_sigkill_of_one_of_two_processes_stops_the_other_and_both_resume(two_pro
 
 
 def test_checkpoints_resume_with_another_process_count(four_devices, tmp_path):
-  """1 process x 4 devices preempted at step 3, resumed as 2 processes x 2 devices and preempted
-  again at step 5, resumed as 1 process x 4 devices to the end: the same 8 steps as the
-  uninterrupted run (to the tolerance of 2 processes vs 1: summation order)."""
+  """1 process x 4 devices preempted at step 3; resumed as 2 processes x 2 devices, where process 0
+  gets SIGTERM before step 4, while the resumed run's first step compiles: jax's preemption sync
+  picks one step for both, both save it and exit 0; resumed as 1 process x 4 devices to the end:
+  the same 8 steps as the uninterrupted run (to the tolerance of 2 processes vs 1: summation
+  order)."""
   four, _ = four_devices
   work = tmp_path / "work"
   steps = ("train.steps=8", "data.workers=1")
   train(work, tmp_path / "never.npz", *steps, "--term-at-step=3", devices=4)
-  local_train(work, tmp_path / "never.npz", *steps, "--term-at-step=5")
-  assert max(int(s) for s in os.listdir(work / "checkpoints") if s.isdigit()) >= 5
+  proc = local_train(work, tmp_path / "never.npz", *steps, "--term-at-step=4")
+  assert "[p0] " in proc.stdout and "Resumed from step 3" in proc.stdout
+  assert proc.stdout.count("Preempted (SIGTERM): saved step") == 2, proc.stdout[-3000:]
+  saved = max(int(s) for s in os.listdir(work / "checkpoints") if s.isdigit())
+  assert 4 <= saved < 8  # the agreed step (a step or two after the notice), not a final one
+  assert f"saved step {saved}" in proc.stdout
   proc = train(work, tmp_path / "final.npz", *steps, devices=4)
-  assert "Resumed from step" in proc.stderr
+  assert f"Resumed from step {saved}" in proc.stderr
   assert max_diff(four, load(tmp_path / "final.npz")) < 2e-4
 
 
-def test_a_crash_during_an_asynchronous_save_resumes_from_the_previous_checkpoint(
-  reference, tmp_path
-):
-  """With async checkpoints the process is killed the moment the save of step 6 returns (its
-  files still being written): the restart resumes from a complete checkpoint (6 if it finished,
-  else 3; never a torn one) and ends bit-identical to the uninterrupted synchronous run."""
+def test_a_crash_during_an_async_save_then_a_sigterm_both_resume_exactly(reference, tmp_path):
+  """With async checkpoints (the default) the process is killed the moment the save of step 6
+  returns, its files still being written: the restart resumes from a complete checkpoint (6 if it
+  finished, else 3; never a torn one). That run gets a preemption notice (SIGTERM) before step 7:
+  it ends step 7, saves it, exits 0. The last restart ends bit-identical to the uninterrupted
+  run."""
   ref, _ = reference
   work = tmp_path / "work"
   args = ("train.steps=8", "data.workers=1", "train.async_checkpoints='on'")
@@ -213,8 +192,14 @@ def test_a_crash_during_an_asynchronous_save_resumes_from_the_previous_checkpoin
   assert proc.returncode == -9, proc.stderr[-2000:]
   complete = sorted(s for s in os.listdir(work / "checkpoints") if s.isdigit())
   assert complete in (["3"], ["3", "6"]), complete  # a torn 6 stays a temporary folder
-  proc = train(work, tmp_path / "final.npz", *args)
+  proc = train(work, tmp_path / "never.npz", *args, "--term-at-step=7", check=False)
+  assert proc.returncode == 0, proc.stderr[-2000:]
   assert f"Resumed from step {complete[-1]}" in proc.stderr
+  assert "Preempted (SIGTERM): saved step 7" in proc.stderr
+  assert not (tmp_path / "never.npz").exists()
+  assert "7" in os.listdir(work / "checkpoints")
+  proc = train(work, tmp_path / "final.npz", *args)
+  assert "Resumed from step 7" in proc.stderr
   assert max_diff(ref, load(tmp_path / "final.npz")) == 0.0
 
 
