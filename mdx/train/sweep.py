@@ -124,7 +124,8 @@ def run_sweep(
     variant_dir = os.path.join(workdir, name)
     runner.run(config, variant_dir, "train")
     results[name] = summarize(variant_dir, config_lib.resolve(config), reach)
-    print(f"sweep: {name}: {results[name]}", flush=True)
+    if jax.process_index() == 0:
+      print(f"sweep: {name}: {results[name]}", flush=True)
   if jax.process_index() == 0:  # every process holds the same results; one writes them
     os.makedirs(workdir, exist_ok=True)
     with open(os.path.join(workdir, "results.json"), "w") as f:
@@ -151,7 +152,8 @@ def main(argv):
     reach=_REACH.value,
     overrides={k: parse_value(v) for k, v in extra.items()},
   )
-  print(open(os.path.join(_WORKDIR.value, "results.md")).read())
+  if jax.process_index() == 0:
+    print(open(os.path.join(_WORKDIR.value, "results.md")).read())
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ Each case runs tests/train/run_training.py in a subprocess (a fresh jax with its
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -205,14 +206,18 @@ def test_a_crash_during_an_async_save_then_a_sigterm_both_resume_exactly(referen
 
 def test_report_of_two_processes_equals_one_process(tmp_path):
   """--mode=eval of a 1-process run's checkpoint, as 2 processes: the gathered predictions give
-  the same report (process 0 writes it; the other writes a scratch copy it deletes)."""
+  the same report and Grad-CAM summary (process 0 writes them; the other writes a scratch copy it
+  deletes)."""
   work = tmp_path / "work"
   main = [sys.executable, "-m", "mdx.main", "--config=experiments/tiny_phantoms.py"]
-  main += [f"--workdir={work}", "--config.eval.bootstrap=20", "--config.eval.gradcam.findings=()"]
+  main += [f"--workdir={work}", "--config.eval.bootstrap=20"]
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
   subprocess.run(main, cwd=ROOT, env=env, check=True, capture_output=True, timeout=600)
   one = json.load(open(work / "report" / "metrics.json"))
-  os.remove(work / "report" / "metrics.json")
+  cams = sorted(os.listdir(work / "report" / "gradcam"))
+  cam_summary = json.load(open(work / "report" / "gradcam.json"))
+  assert cams and cam_summary
+  shutil.rmtree(work / "report")
   proc = subprocess.run(
     [sys.executable, "-m", "mdx.local", "2", *main, "--mode=eval"],
     cwd=ROOT,
@@ -224,6 +229,8 @@ def test_report_of_two_processes_equals_one_process(tmp_path):
   assert proc.returncode == 0, proc.stdout[-4000:]
   two = json.load(open(work / "report" / "metrics.json"))
   assert two["n_images"] == one["n_images"]
+  assert sorted(os.listdir(work / "report" / "gradcam")) == cams
+  assert json.load(open(work / "report" / "gradcam.json")) == cam_summary
   for f in one["findings"]:
     a, b = one["per_finding"][f]["metrics"], two["per_finding"][f]["metrics"]
     for m in ("auroc", "sensitivity", "brier"):
