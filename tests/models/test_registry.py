@@ -2,6 +2,7 @@
 
 import jax
 import jax.numpy as jnp
+import jitted
 import ml_collections
 import numpy as np
 import pytest
@@ -27,9 +28,9 @@ def test_densenet_tiny_contract():
   )
   model = registry.create_from_config(cfg, bn_axis_name=None)
   x = jnp.asarray(np.random.default_rng(0).normal(size=(4, 32, 32, 1)), jnp.float32)
-  variables = model.init(jax.random.key(0), x, train=False)
+  variables = jitted.init(model, x, train=False)
   assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(variables["params"]))
-  logits, updates = model.apply(variables, x, train=True, mutable=["batch_stats"])
+  logits, updates = jitted.apply(model, variables, x, train=True, mutable=["batch_stats"])
   assert logits.shape == (4, 3) and logits.dtype == jnp.float32
   # Training mode moves the running statistics; eval mode uses them.
   before = variables["batch_stats"]["stem"]["bn"]["mean"]
@@ -54,14 +55,16 @@ def test_remat_and_buffer_concat_give_same_outputs_and_gradients(kwargs):
   x = jnp.asarray(np.random.default_rng(1).normal(size=(2, 32, 32, 3)), jnp.float32)
   plain = registry.create("densenet_tiny", num_classes=2)
   remat = registry.create("densenet_tiny", num_classes=2, **kwargs)
-  variables = plain.init(jax.random.key(0), x)
+  variables = jitted.init(plain, x)
 
-  def loss(params, model):
-    y, _ = model.apply({**variables, "params": params}, x, train=True, mutable=["batch_stats"])
-    return jnp.sum(y**2)
+  def grad(model):
+    def loss(params):
+      y, _ = model.apply({**variables, "params": params}, x, train=True, mutable=["batch_stats"])
+      return jnp.sum(y**2)
 
-  g1 = jax.grad(loss)(variables["params"], plain)
-  g2 = jax.grad(loss)(variables["params"], remat)
+    return jax.jit(jax.grad(loss))(variables["params"])
+
+  g1, g2 = grad(plain), grad(remat)
   for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g2)):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
@@ -90,8 +93,8 @@ def test_parameter_counts_match_torchvision(name, count):
 def test_tiny_models_train_mode_and_freeze(name):
   x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 32, 32, 2)), jnp.float32)
   model = registry.create(name, num_classes=3, freeze="head")
-  variables = model.init(jax.random.key(0), x)
-  logits, upd = model.apply(variables, x, train=True, mutable=["batch_stats"])
+  variables = jitted.init(model, x)
+  logits, upd = jitted.apply(model, variables, x, train=True, mutable=["batch_stats"])
   assert logits.shape == (2, 3) and np.all(np.isfinite(logits))
   # freeze='head': every BatchNorm runs on running statistics, which stay as they were.
   for a, b in zip(jax.tree.leaves(upd["batch_stats"]), jax.tree.leaves(variables["batch_stats"])):

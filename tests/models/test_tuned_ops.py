@@ -6,6 +6,7 @@ Oracles: nn.BatchNorm followed by nn.relu, and nn.max_pool, differentiated by JA
 
 import jax
 import jax.numpy as jnp
+import jitted
 import numpy as np
 import optax
 import pytest
@@ -107,25 +108,26 @@ def test_densenet_trains_the_same_with_tuned_and_plain_ops():
   rng = np.random.default_rng(5)
   x = jnp.asarray(rng.normal(size=(4, 32, 32, 1)), jnp.float32)
   y = jnp.asarray(rng.integers(0, 2, (4, 3)), jnp.float32)
-  variables = model.init(jax.random.key(0), x)
+  variables = jitted.init(model, x)
   tx = optax.sgd(0.1)
 
   def run():
-    params, stats, opt = variables["params"], variables["batch_stats"], tx.init(variables["params"])
-    for _ in range(3):
-
+    # traced (and compiled) inside run(), so plain_flax_ops() below decides which ops it uses
+    @jax.jit
+    def step(params, stats, opt):
       def loss_fn(p):
         logits, upd = model.apply(
-          {"params": p, "batch_stats": stats},  # noqa: B023 (used at once)
-          x,
-          train=True,
-          mutable=["batch_stats"],
+          {"params": p, "batch_stats": stats}, x, train=True, mutable=["batch_stats"]
         )
         return optax.sigmoid_binary_cross_entropy(logits, y).mean(), upd["batch_stats"]
 
       (loss, stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
       updates, opt = tx.update(grads, opt, params)
-      params = optax.apply_updates(params, updates)
+      return loss, optax.apply_updates(params, updates), stats, opt
+
+    params, stats, opt = variables["params"], variables["batch_stats"], tx.init(variables["params"])
+    for _ in range(3):
+      loss, params, stats, opt = step(params, stats, opt)
     return loss, params, stats
 
   tuned = run()
