@@ -93,6 +93,19 @@ def restore_position(manager: ocp.CheckpointManager, step: int) -> dict | None:
   )
 
 
+def move_aside(manager: ocp.CheckpointManager, step: int, workdir: str) -> str:
+  """Moves checkpoint `step` out of the manager's folder into WORKDIR/checkpoints_damaged/ (kept
+  for a person to look at, never deleted); returns where it went."""
+  import shutil
+  import time
+
+  root = os.path.join(workdir, "checkpoints_damaged")
+  os.makedirs(root, exist_ok=True)
+  target = os.path.join(root, f"{step}-{time.strftime('%Y%m%d-%H%M%S')}")
+  shutil.move(os.path.join(str(manager.directory), str(step)), target)
+  return target
+
+
 def best_or_latest_step(manager: ocp.CheckpointManager) -> int | None:
   """The kept step with the best validation metric (the latest when none has metrics)."""
   best = manager.best_step()

@@ -115,11 +115,58 @@ def _manager(config, workdir: str, async_save: bool = False):
   )
 
 
-def _resume_step(manager, config, workdir: str) -> int:
-  """The step the run continues from (0 for a new run), checked against the saved data position."""
-  start = manager.latest_step()
-  if start is None:
-    return 0
+class CheckpointError(ValueError):
+  """No kept checkpoint of a workdir restores into this run's state."""
+
+
+def restore_first_intact(manager, candidates: list[int], state, workdir: str, move: bool = True):
+  """-> (state, step) from the first of `candidates` (preferred first) that restores.
+
+  A checkpoint that fails while an older one restores is damaged (a torn write, a lost file): it is
+  moved to WORKDIR/checkpoints_damaged/ with a warning (move=True), so the run goes on from the
+  newest intact one. If none restores, nothing is moved and the first error is raised: then the
+  files are not the problem but the run (e.g. its model or optimizer changed since)."""
+  failures = []
+  for step in candidates:
+    try:
+      restored = checkpoint.restore(manager, step, state)
+    except Exception as e:  # Orbax raises many types for damaged files  # noqa: BLE001
+      failures.append((step, e))
+      continue
+    if failures and move:
+      if jax.process_index() == 0:
+        for bad, error in failures:
+          target = checkpoint.move_aside(manager, bad, workdir)
+          logging.warning(
+            "Checkpoint %d of %s does not restore (%s: %s); moved it to %s and continued from "
+            "checkpoint %d",
+            bad, workdir, type(error).__name__, _first_line(error), target, step,
+          )  # fmt: skip
+      runtime.barrier("damaged checkpoints moved aside")
+      manager.reload()
+    return restored, step
+  if not failures:
+    raise CheckpointError(f"no checkpoint in {workdir}/checkpoints; train first")
+  step, error = failures[0]
+  raise CheckpointError(
+    f"no checkpoint of {workdir}/checkpoints restores into this run ({len(failures)} tried; step "
+    f"{step}: {type(error).__name__}: {_first_line(error)}); if the model, optimizer or their "
+    "config changed since they were written, use a new workdir"
+  ) from error
+
+
+def _first_line(error: BaseException) -> str:
+  text = str(error).strip().splitlines()
+  return text[0][:300] if text else ""
+
+
+def _resume(manager, config, workdir: str, state):
+  """-> (state, step) to continue from: the newest checkpoint that restores (moving damaged newer
+  ones aside), checked against its saved data position; (state, 0) for a new run."""
+  steps = sorted(manager.all_steps(), reverse=True)
+  if not steps:
+    return state, 0
+  state, start = restore_first_intact(manager, steps, state, workdir)
   position = checkpoint.restore_position(manager, start)
   if position is not None and position["global_batch"] != config.train.batch_size:
     raise ValueError(
@@ -127,7 +174,7 @@ def _resume_step(manager, config, workdir: str) -> int:
       f"{position['global_batch']}, this run asks for {config.train.batch_size}: the data stream "
       "would not continue where it stopped; resume with the same batch size or use a new workdir"
     )
-  return start
+  return state, start
 
 
 def train(config, workdir: str, task) -> TrainResult:
@@ -139,9 +186,8 @@ def train(config, workdir: str, task) -> TrainResult:
   history = History(workdir, enabled=is_chief)
 
   manager = _manager(config, workdir, async_checkpoints(config.train.async_checkpoints))
-  start = _resume_step(manager, config, workdir)
+  state, start = _resume(manager, config, workdir, state)
   if start:
-    state = checkpoint.restore(manager, start, state)
     history.truncate_after(start)
     logging.info("Resumed from step %d of %s", start, workdir)
   # the stream continues at the checkpoint's global position, whatever the process count
@@ -154,23 +200,21 @@ def train(config, workdir: str, task) -> TrainResult:
   if start >= total:
     logging.info("Nothing to train: checkpoint step %d >= train.steps %d", start, total)
   preemption = runtime.Preemption(start)
+  finite = FiniteWatch(task, manager, workdir)
   window_start, window_steps = time.perf_counter(), 0
   try:
     for step in range(start + 1, total + 1):
       batch = next(data)
       state, metrics = train_step(state, runtime.shard_batch(batch, mesh))
+      finite.add(step, metrics, batch.get("index"))
       if step == start + 1:  # the first step compiles: keep it out of the images/s and the ETA
         jax.block_until_ready(metrics)
         window_start = time.perf_counter()
       else:
         window_steps += 1
       if step % config.train.log_every == 0 or step == total:
-        loss = float(metrics["loss"])  # the one host sync per log window
-        if not np.isfinite(loss):
-          raise FloatingPointError(
-            f"loss is {loss} at step {step}; lower config.train.lr or check "
-            "the data (run with --mode=eval on the last checkpoint)"
-          )
+        finite.check()  # with the loss below: the one host sync per log window
+        loss = float(metrics["loss"])
         elapsed = time.perf_counter() - window_start
         rate = window_steps * config.train.batch_size / max(elapsed, 1e-9)
         eta = (total - step) * config.train.batch_size / max(rate, 1e-9)
@@ -183,6 +227,8 @@ def train(config, workdir: str, task) -> TrainResult:
         window_start, window_steps = time.perf_counter(), 0
       # asked at every step by every process (jax's multi-process preemption sync needs that)
       preempted = step < total and preemption.reached(step)
+      if step % config.train.checkpoint_every == 0 or step == total or preempted:
+        finite.check()  # never validate or save a state that a non-finite step has touched
       if step % config.train.checkpoint_every == 0 or step == total:
         evaluator.state = state
         val = task.validate(evaluator)
@@ -208,6 +254,57 @@ def train(config, workdir: str, task) -> TrainResult:
     preemption.close()  # the process's SIGTERM handler as it was
   manager.wait_until_finished()
   return TrainResult(state=state, evaluator=evaluator, manager=manager)
+
+
+class NonFiniteStep(ValueError):
+  """A train step whose loss or gradient was not finite; the run stopped before saving it."""
+
+
+class FiniteWatch:
+  """Each step's 'finite' flag, left on the device, and the records of its batch, until the loop's
+  next host sync reads them all: a NaN/Inf loss or gradient stops the run naming the first bad
+  step, its records and the last good checkpoint, at no extra sync per step."""
+
+  def __init__(self, task, manager, workdir: str):
+    self.task, self.manager, self.workdir = task, manager, workdir
+    self.pending: list[tuple[int, object, np.ndarray | None, object]] = []
+
+  def add(self, step: int, metrics: dict, index) -> None:
+    self.pending.append((step, metrics["finite"], index, metrics["loss"]))
+
+  def check(self) -> None:
+    if not self.pending:
+      return
+    flags = jax.device_get([flag for _, flag, _, _ in self.pending])
+    bad = next((i for i, ok in enumerate(flags) if not ok), None)
+    if bad is None:
+      self.pending.clear()
+      return
+    step, _, index, loss = self.pending[bad]
+    records = "unknown (this task's batches carry no record index)"
+    if index is not None:
+      names = (
+        self.task.record_names(np.asarray(index)) if hasattr(self.task, "record_names") else None
+      )
+      records = ", ".join(names if names is not None else (str(int(i)) for i in index))
+    last = self.manager.latest_step()
+    where = (
+      f"the last good checkpoint is step {last} ({self.workdir}/checkpoints/{last}), which a "
+      "restart resumes from"
+      if last is not None
+      else "no checkpoint was saved before it"
+    )
+    loss = float(jax.device_get(loss))
+    what = (
+      f"the loss is {loss}"
+      if not np.isfinite(loss)
+      else f"a gradient is not finite (loss {loss:.4f})"
+    )
+    raise NonFiniteStep(
+      f"step {step}: {what}; nothing after step "
+      f"{last or 0} was saved; {where}. This process's records of that batch: {records}. Check "
+      "them for NaN/Inf pixels, or lower config.train.lr (or set config.train.grad_clip)"
+    )
 
 
 class Preempted(Exception):
@@ -242,13 +339,18 @@ def restore_for_eval(config, workdir: str, task, step: int | None = None):
       f"--step={step}: {workdir}/checkpoints keeps steps {sorted(manager.all_steps())}; "
       "choose one of them (config.train.keep_last decides how many are kept)"
     )
-  step = step if step is not None else checkpoint.best_or_latest_step(manager)
-  if step is None:
-    raise FileNotFoundError(
-      f"no checkpoint in {workdir}/checkpoints; train first "
-      "(--mode=train) or pass the workdir of a trained run"
-    )
-  state = checkpoint.restore(manager, step, state)
+  if step is not None:  # asked for by name: an error if it does not restore, nothing moved
+    state, step = restore_first_intact(manager, [step], state, workdir, move=False)
+  else:
+    best = checkpoint.best_or_latest_step(manager)
+    if best is None:
+      raise FileNotFoundError(
+        f"no checkpoint in {workdir}/checkpoints; train first "
+        "(--mode=train) or pass the workdir of a trained run"
+      )
+    # the best, else (damaged) the others newest first
+    others = [s for s in sorted(manager.all_steps(), reverse=True) if s != best]
+    state, step = restore_first_intact(manager, [best, *others], state, workdir)
   evaluator = Evaluator(model, task.loss, mesh, eval_geometry)
   evaluator.state = state
   logging.info("Evaluating checkpoint step %d of %s", step, workdir)

@@ -10,6 +10,8 @@ import tempfile
 
 from absl import logging
 
+from mdx.train import workdir_lock
+
 
 def prepare_workdir(workdir: str) -> str:
   workdir = os.path.abspath(os.path.expanduser(workdir))
@@ -77,15 +79,12 @@ def run(
   import jax
 
   from mdx import config as config_lib
-  from mdx.train import loop, tasks
 
   config = config_lib.resolve(config)
   workdir = prepare_workdir(workdir)
   from mdx import runtime
 
   runtime.enable_compilation_cache()
-  if jax.process_index() == 0 and mode == "train":
-    write_config(config, workdir)
   logging.info(
     "mdx %s on %d device(s) (%s), %d process(es); workdir %s",
     mode,
@@ -106,6 +105,17 @@ def run(
         f"--mode=export --workdir={workdir}"
       )
     return predict_files.predict(bundle_dir, input_dir, output_dir)["output"]
+  with workdir_lock.hold(workdir):  # one run per workdir (train, eval and export write into it)
+    return _run_with_workdir(config, workdir, mode, output_dir, step)
+
+
+def _run_with_workdir(config, workdir: str, mode: str, output_dir: str | None, step: int | None):
+  import jax
+
+  from mdx.train import loop, tasks
+
+  if jax.process_index() == 0 and mode == "train":
+    write_config(config, workdir)
   task = tasks.make_task(config)
   if mode == "train":
     result = loop.train(config, workdir, task)

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
@@ -33,7 +34,9 @@ def make_train_step(
   global_batch: int,
   input_key: str = "image",
 ):
-  """Returns jit(train_step)(state, batch) -> (state, {'loss': global mean loss})."""
+  """Returns jit(train_step)(state, batch) -> (state, {'loss': global mean loss, 'finite': whether
+  the loss and every gradient are finite}). The flag stays on the device: the loop reads a window
+  of them at its next host sync, so checking costs no extra sync per step."""
 
   def local_step(state: TrainState, batch: dict[str, Any]):
     def loss_of(params):
@@ -56,7 +59,12 @@ def make_train_step(
       batch_stats=updates.get("batch_stats", state.batch_stats),
       opt_state=opt_state,
     )
-    return new_state, {"loss": jax.lax.psum(loss, DATA)}
+    loss = jax.lax.psum(loss, DATA)
+    # gradients of replicated parameters are already summed over devices: the same on each
+    finite = jnp.isfinite(loss) & jnp.all(
+      jnp.stack([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)])
+    )
+    return new_state, {"loss": loss, "finite": finite}
 
   step = jax.shard_map(local_step, mesh=mesh, in_specs=(P(), P(DATA)), out_specs=(P(), P()))
   return jax.jit(

@@ -1,12 +1,13 @@
 """Test helper run as a subprocess: trains experiments/tiny_phantoms.py with overrides.
 
 usage: python tests/train/run_training.py WORKDIR OUT.npz [--kill-at-step=N[@RANK]]
-    [--term-at-step=N] [--kill-after-save=N] [key=value ...]
+    [--term-at-step=N] [--kill-after-save=N] [--nan-at-step=N] [key=value ...]
 Writes the final parameters and batch statistics to OUT.npz. With --kill-at-step=N the process
 (only process RANK with @RANK) sends itself SIGKILL right before running train step N: an abrupt
 death between checkpoints, like preemption. With --term-at-step=N process 0 sends itself SIGTERM (a
 preemption notice) instead. With --kill-after-save=N it is killed as soon as the save of step N
-returns: with asynchronous checkpoints, while that checkpoint is still being written.
+returns: with asynchronous checkpoints, while that checkpoint is still being written. With
+--nan-at-step=N step N's batch has NaN pixels.
 """
 
 import os
@@ -22,7 +23,7 @@ flags.FLAGS.mark_as_parsed()  # grain workers need parsed absl flags
 
 def main():
   workdir, out, *rest = sys.argv[1:]
-  kill_at = kill_rank = term_at = kill_after_save = None
+  kill_at = kill_rank = term_at = kill_after_save = nan_at = None
   overrides = {}
   for arg in rest:
     if arg.startswith("--kill-at-step="):
@@ -32,6 +33,8 @@ def main():
       term_at = int(arg.split("=")[1])
     elif arg.startswith("--kill-after-save="):
       kill_after_save = int(arg.split("=")[1])
+    elif arg.startswith("--nan-at-step="):
+      nan_at = int(arg.split("=")[1])
     else:
       key, value = arg.split("=", 1)
       overrides[key] = eval(value)  # test-controlled literals
@@ -66,7 +69,7 @@ def main():
   config = config_lib.resolve(config)
   runtime.enable_compilation_cache()
 
-  if kill_at is not None or term_at is not None:
+  if kill_at is not None or term_at is not None or nan_at is not None:
     make = steps.make_train_step
 
     def make_killing_step(*args, **kwargs):
@@ -81,6 +84,8 @@ def main():
           # steps as slow as real ones: jax's notice reaches the other processes in well under a
           # second, but a tiny model could otherwise finish all its steps before it does
           time.sleep(0.3)
+        if int(state.step) + 1 == nan_at:  # NaN pixels, as from a damaged file
+          batch = dict(batch, image=batch["image"] * float("nan"))
         return step_fn(state, batch)
 
       return wrapped

@@ -33,3 +33,43 @@ def test_finetune_restores_from_the_best_step_of_a_run(tmp_path):
       manager, step, create_state({"w": jnp.ones(2)}, {}, tx, 0), None, {"val_auroc": auroc}
     )
   assert finetune._best_step(str(tmp_path), [1, 3]) == 1
+
+
+def _tear(directory, step):
+  """Deletes a checkpoint's array files (a torn copy, a disk error)."""
+  import os
+
+  for root, _, files in os.walk(os.path.join(directory, str(step), "state")):
+    if os.path.basename(root) == "d":
+      for name in files:
+        os.remove(os.path.join(root, name))
+
+
+def test_a_damaged_checkpoint_is_moved_aside_and_the_newest_intact_one_restored(tmp_path):
+  """What resume and --mode=eval rely on: the damaged step goes to WORKDIR/checkpoints_damaged
+  (not deleted), the next one restores. If none restores into the state (a changed model), nothing
+  is moved and the error says so."""
+  import os
+
+  import pytest
+
+  from mdx.train import loop
+
+  tx = optax.sgd(0.1)
+  directory = str(tmp_path / "checkpoints")
+  manager = checkpoint.make_manager(directory, keep_last=3, best_metric="val_auroc")
+  for step in (1, 2, 3):
+    state = create_state({"w": jnp.full(3, float(step))}, {}, tx, seed=0)
+    checkpoint.save(manager, step, state, checkpoint.data_position(step, 8), {"val_auroc": step})
+  manager.wait_until_finished()
+  _tear(directory, 3)
+  template = create_state({"w": jnp.zeros(3)}, {}, tx, seed=0)
+  restored, step = loop.restore_first_intact(manager, [3, 2, 1], template, str(tmp_path))
+  assert step == 2 and np.all(np.asarray(restored.params["w"]) == 2.0)
+  assert manager.all_steps() == [1, 2]
+  (moved,) = os.listdir(tmp_path / "checkpoints_damaged")
+  assert moved.startswith("3-")
+  other_model = create_state({"w": jnp.zeros(5)}, {}, tx, seed=0)
+  with pytest.raises(loop.CheckpointError, match="no checkpoint of .* restores into this run"):
+    loop.restore_first_intact(manager, [2, 1], other_model, str(tmp_path))
+  assert manager.all_steps() == [1, 2]  # nothing moved for a model that does not fit

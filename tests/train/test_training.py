@@ -52,28 +52,38 @@ def reference(tmp_path_factory):
   return load(d / "final.npz"), d
 
 
-def test_sigkill_then_resume_gives_the_same_parameters(reference, tmp_path):
+def test_sigkill_and_a_torn_latest_checkpoint_resume_from_the_newest_intact_one(
+  reference, tmp_path
+):
+  """Killed abruptly before step 7 (checkpoints 3 and 6 complete: synchronous saves), then
+  checkpoint 6 loses its array files (a torn copy, a disk error): the restart moves 6 aside to
+  WORKDIR/checkpoints_damaged with a warning, resumes from 3, and ends bit-identical to the
+  uninterrupted run."""
   ref, _ = reference
-  # Killed abruptly before step 5: the last checkpoint is step 3, steps 4 (and the start of 5) are
-  # lost.
-  # (synchronous saves, so that checkpoint 3 is surely complete when step 5 starts)
+  work = tmp_path / "work"
   sync = "train.async_checkpoints='off'"
   proc = train(
-    tmp_path / "work",
+    work,
     tmp_path / "never.npz",
     "train.steps=8",
     "data.workers=1",
     sync,
-    "--kill-at-step=5",
+    "--kill-at-step=7",
     check=False,
     timeout=240,
-  )  # grain's worker must exit with it
+  )  # fmt: skip  (grain's worker exits too)
   assert proc.returncode == -9, proc.stderr[-2000:]
-  assert sorted(os.listdir(tmp_path / "work" / "checkpoints")) == ["3"]
-  train(tmp_path / "work", tmp_path / "final.npz", "train.steps=8", "data.workers=1", sync)
-  resumed = load(tmp_path / "final.npz")
+  assert sorted(os.listdir(work / "checkpoints")) == ["3", "6"]
+  data = work / "checkpoints" / "6" / "state" / "ocdbt.process_0" / "d"
+  for name in os.listdir(data):
+    os.remove(data / name)
+  proc = train(work, tmp_path / "final.npz", "train.steps=8", "data.workers=1", sync)
+  assert "Checkpoint 6 of" in proc.stderr and "continued from checkpoint 3" in proc.stderr
+  assert "Resumed from step 3" in proc.stderr
+  (moved,) = os.listdir(work / "checkpoints_damaged")
+  assert moved.startswith("6-") and os.path.isdir(work / "checkpoints_damaged" / moved / "state")
   # Bit-for-bit the same computation (same batches, same order, same compiled step).
-  assert max_diff(ref, resumed) == 0.0
+  assert max_diff(ref, load(tmp_path / "final.npz")) == 0.0
   # And training did change the parameters (the comparison is not vacuous).
   fresh = tmp_path / "fresh.npz"
   train(tmp_path / "zero", fresh, "train.steps=1")
@@ -202,6 +212,20 @@ def test_a_crash_during_an_async_save_then_a_sigterm_both_resume_exactly(referen
   proc = train(work, tmp_path / "final.npz", *args)
   assert "Resumed from step 7" in proc.stderr
   assert max_diff(ref, load(tmp_path / "final.npz")) == 0.0
+
+
+def test_a_nan_step_stops_the_run_naming_it_without_saving_a_poisoned_checkpoint(tmp_path):
+  """NaN pixels in step 5's batch: the run stops at the next host sync (step 6, before its
+  validation and save) naming step 5, its records and the last good checkpoint (3)."""
+  work = tmp_path / "work"
+  proc = train(work, tmp_path / "never.npz", "train.steps=8", "train.async_checkpoints='off'",
+               "--nan-at-step=5", check=False)  # fmt: skip
+  assert proc.returncode != 0
+  line = next(x for x in proc.stderr.splitlines() if "NonFiniteStep: " in x)
+  assert "step 5: " in line and ("not finite" in line or "the loss is nan" in line), line
+  assert f"the last good checkpoint is step 3 ({work}/checkpoints/3)" in line
+  assert "records of that batch: " in line and "unknown" not in line
+  assert sorted(s for s in os.listdir(work / "checkpoints") if s.isdigit()) == ["3"]
 
 
 def test_report_of_two_processes_equals_one_process(tmp_path):
