@@ -20,6 +20,7 @@ def get_config():
   c.data.root = ""
   c.data.class_names = ("background", "anterior", "posterior")
   c.data.cache = True
+  c.data.on_error = "raise"  # or "skip": drop unreadable/NaN cases, listed in the workdir
   c.data.standardize = (
     "per_channel"  # MRI crops: z-score per channel over the whole scan (nnU-Net's choice)
   )

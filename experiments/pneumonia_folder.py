@@ -23,6 +23,7 @@ def get_config():
   c.data.patient_regex = r"^(person\d+|(?:NORMAL2-)?IM-\d+)"
   c.data.prepared_dir = "/tmp/mdx_records"
   c.data.image_size = 128
+  c.data.on_error = "raise"  # or "skip": drop unreadable images, listed in the workdir
   c.data.split = dict(by="patient", test=0.2, val=0.2)
   c.data.augment = "chest_xray"
   c.data.standardize = "per_image"

@@ -3,5 +3,13 @@ torch_reference.py) can be imported by every test folder.
 
 pytest runs in 'prepend' import mode and tests/ has no __init__.py: importing this rootdir conftest
 inserts its folder, tests/, at the front of sys.path before any test module below it is collected.
-The file needs no code for that; it exists so that the folder is inserted.
+It also points mdx's up-front record-check cache (mdx.data.check) at each test's own folder, so
+tests neither read nor leave entries in ~/.cache/mdx/checks (subprocesses inherit it).
 """
+
+import pytest
+
+
+@pytest.fixture(autouse=True)
+def _record_check_cache(tmp_path, monkeypatch):
+  monkeypatch.setenv("MDX_CHECK_CACHE", str(tmp_path / "record-checks"))

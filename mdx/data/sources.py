@@ -155,8 +155,9 @@ SOURCES: dict[str, SourceSpec] = {
   "nih_expert": SourceSpec(
     IMAGE, _from_module("mdx.data.cxr.nih_expert"), _FILE_FIELDS + ("set",), preparable=True
   ),
-  "msd": SourceSpec(VOLUME, _msd, ("root", "class_names", "cache")),
-  "brats": SourceSpec(VOLUME, _brats, ("root", "label_mode")),
+  # on_error: 'raise' (default) or 'skip' cases that cannot be read or hold NaN (mdx.data.check)
+  "msd": SourceSpec(VOLUME, _msd, ("root", "class_names", "cache", "on_error")),
+  "brats": SourceSpec(VOLUME, _brats, ("root", "label_mode", "on_error")),
   "brain_phantoms": SourceSpec(VOLUME, _brain_phantoms, ("num_cases", "shape", "label_mode")),
 }
 

@@ -12,7 +12,7 @@ import numpy as np
 from absl import logging
 
 from mdx import losses
-from mdx.data import augment, pipeline, resample, sources, splits
+from mdx.data import augment, check, pipeline, resample, sources, splits
 from mdx.data import standardize as standardize_lib
 from mdx.data.cxr import records
 from mdx.evaluate import calibration, metrics, thresholds
@@ -92,10 +92,17 @@ class ClassificationTask:
       auroc = json.load(f)["macro"]["auroc"]
     return {"test mean AUROC": (auroc["value"], auroc["ci"])}
 
-  def __init__(self, config):
+  def __init__(self, config, workdir: str | None = None):
+    """workdir receives the lists of skipped or constant images (mdx.data.check)."""
     self.config = config
     data = config.data
-    self.source = sources.make_source(data, config.seed, sources.IMAGE)
+    source = sources.make_source(data, config.seed, sources.IMAGE)
+    # Every image decoded once (or found in the check cache) before splitting: a bad file fails
+    # now, not mid-training, and on_error='skip' splits the dataset as if it had been deleted.
+    chief = jax.process_index() == 0
+    self.source, self.record_check = check.check_configured(
+      source, data, workdir if chief else None, progress=chief
+    )
     self.findings = tuple(self.source.findings)
     if config.model.num_classes != len(self.findings):
       raise ValueError(
@@ -197,6 +204,11 @@ class ClassificationTask:
     return losses.weighted_bce(
       logits, batch["labels"], jnp.asarray(pos), jnp.asarray(neg), batch["label_mask"]
     )
+
+  def record_names(self, indices) -> list[str]:
+    """Image ids of source records (for messages)."""
+    ids = self.source.image_ids()
+    return [str(ids[int(i)]) for i in indices]
 
   def train_data(self, geometry, start_step: int = 0):
     data = self.config.data

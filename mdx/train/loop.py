@@ -283,10 +283,7 @@ class FiniteWatch:
     step, _, index, loss = self.pending[bad]
     records = "unknown (this task's batches carry no record index)"
     if index is not None:
-      names = (
-        self.task.record_names(np.asarray(index)) if hasattr(self.task, "record_names") else None
-      )
-      records = ", ".join(names if names is not None else (str(int(i)) for i in index))
+      records = ", ".join(self.task.record_names(np.asarray(index)))
     last = self.manager.latest_step()
     where = (
       f"the last good checkpoint is step {last} ({self.workdir}/checkpoints/{last}), which a "

@@ -116,7 +116,7 @@ def _run_with_workdir(config, workdir: str, mode: str, output_dir: str | None, s
 
   if jax.process_index() == 0 and mode == "train":
     write_config(config, workdir)
-  task = tasks.make_task(config)
+  task = tasks.make_task(config, workdir)
   if mode == "train":
     result = loop.train(config, workdir, task)
     if not config.eval.after_train:

@@ -12,12 +12,13 @@ from __future__ import annotations
 import json
 import os
 
+import jax
 import ml_collections
 import numpy as np
 from absl import logging
 
 from mdx import losses, runtime
-from mdx.data import pipeline, sources, splits
+from mdx.data import check, pipeline, sources, splits
 from mdx.data import standardize as standardize_lib
 from mdx.data.volume import transforms as vt
 from mdx.evaluate import segmentation as seg_metrics
@@ -91,10 +92,17 @@ class SegmentationTask:
         out[f"Dice {name}"] = (s["dice"], None)
     return out
 
-  def __init__(self, config):
+  def __init__(self, config, workdir: str | None = None):
+    """workdir receives the lists of skipped or constant scans (mdx.data.check)."""
     self.config = config
     data = config.data
-    self.source = sources.make_source(data, config.seed, sources.VOLUME)
+    source = sources.make_source(data, config.seed, sources.VOLUME)
+    # Every case read once (or found in the check cache) before splitting: a damaged or NaN scan
+    # fails now, not in training or validation (where a NaN scan would score as all background).
+    chief = jax.process_index() == 0
+    self.source, self.record_check = check.check_configured(
+      source, data, workdir if chief else None, progress=chief
+    )
     self.class_names = tuple(self.source.class_names or ())
     if not self.class_names:
       raise ValueError(
@@ -156,7 +164,12 @@ class SegmentationTask:
       out.append(vt.RandomRotate3D(d.rotate_degrees, p=d.rotate_p))
     if d.intensity_scale or d.intensity_shift:
       out.append(vt.RandomIntensity(d.intensity_scale, d.intensity_shift))
-    return out + [vt.KeepKeys(("image", "label"))]
+    return out + [vt.KeepKeys(("image", "label", "index"))]
+
+  def record_names(self, indices) -> list[str]:
+    """Case ids of source records (for messages)."""
+    ids = self.source.case_ids()
+    return [str(ids[int(i)]) for i in indices]
 
   def train_data(self, geometry, start_step: int = 0):
     data = self.config.data

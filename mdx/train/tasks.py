@@ -55,6 +55,9 @@ class Task(Protocol):
     """A grain IterDataset of this process's share of each global training batch, from batch
     start_step on (mdx.data.pipeline.train_dataset)."""
 
+  def record_names(self, indices) -> list[str]:
+    """Readable names (image or case ids) of source records, for messages."""
+
   def validate(self, evaluator) -> dict[str, float]:
     """Validation metrics, including config.train.best_metric."""
 
@@ -82,5 +85,7 @@ def task_class(name: str) -> type[Task]:
   return getattr(importlib.import_module(module), cls)
 
 
-def make_task(config) -> Task:
-  return task_class(config.task)(config)
+def make_task(config, workdir: str | None = None) -> Task:
+  """The task of config.task; `workdir` receives what building it reports (e.g. the up-front record
+  check's lists of skipped and constant records, mdx.data.check)."""
+  return task_class(config.task)(config, workdir=workdir)

@@ -15,6 +15,13 @@ from mdx.runtime import BatchGeometry
 from mdx.train import run as runner
 from mdx.train import segmentation
 
+
+@pytest.fixture(autouse=True)
+def check_cache(tmp_path, monkeypatch):
+  """The record checks (mdx.data.check) cache into the test's folder, not the user's ~/.cache."""
+  monkeypatch.setenv("MDX_CHECK_CACHE", str(tmp_path / "check_cache"))
+
+
 AFFINE = np.array([[-1.0, 0, 0, 20], [0, 1.2, 0, -3], [0, 0, 0.8, 7], [0, 0, 0, 1]])
 
 

@@ -133,6 +133,29 @@ class FileSource:
   def paths(self) -> np.ndarray:
     return self._paths
 
+  # --- for mdx.data.check (every record verified before training) ---
+
+  def record_files(self, index: int) -> tuple[str, ...]:
+    return (str(self._paths[index]),)
+
+  def record_name(self, index: int) -> str:
+    return self._image_ids[index]
+
+  def select(self, indices) -> FileSource:
+    """The records at `indices` (the others are counted as skipped)."""
+    indices = np.asarray(indices, np.int64)
+    return FileSource(
+      self._paths[indices],
+      self._labels[indices],
+      self._patients[indices],
+      self._image_ids[indices],
+      self.findings,
+      channels=self.channels,
+      name=self.name,
+      skipped=self.skipped + len(self) - len(indices),
+      extra={k: np.asarray(v)[indices] for k, v in self.extra.items()},
+    )
+
   def __repr__(self) -> str:
     return (
       f"{self.name}({len(self)} images, {len(np.unique(self._patients))} patients, "

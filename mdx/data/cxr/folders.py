@@ -9,7 +9,8 @@ config.data fields (source='folders'):
   patient_regex: a regex searched in the file name; its group 'patient' (or group 1, or the whole
     match) is the patient id. Default: the file name without its extension (one image per patient).
   extensions: image file endings (default .png .jpg .jpeg .dcm).
-  channels, on_error ('skip' counts and skips files whose name the regex does not match).
+  channels, on_error ('skip' counts and skips files whose name the regex does not match, and the
+    tasks files that cannot be decoded: mdx.data.check).
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ config.data fields (source='nih'):
   view_positions: e.g. ['PA'] keeps only those rows (default: all).
   channels: 1 (default) or 3.
   on_error: 'raise' (default) or 'skip' rows whose image file is missing (the count is logged and
-    kept as source.skipped).
+    kept as source.skipped); the tasks also drop files that cannot be decoded (mdx.data.check).
 The official split lists (train_val_list.txt, test_list.txt) are read by official_split.
 """
 

@@ -15,6 +15,7 @@ image ids) is saved next to them so splits and class weights never decode an ima
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
@@ -249,13 +250,15 @@ def prepare(data_config, seed: int = 0) -> dict[str, Any]:
 class PreparedSource:
   """Random access to prepared records: images already resized (uint8/uint16 [S, S, C])."""
 
-  def __init__(self, data_source, index: dict[str, np.ndarray], name: str):
+  def __init__(self, data_source, index: dict[str, np.ndarray], name: str, path: str = ""):
     self._ds = data_source
     self.findings = tuple(str(f) for f in index["findings"])
     self._labels = index["labels"].astype(np.float32)
     self._patients = index["patient_ids"].astype(str)
     self._image_ids = index["image_ids"].astype(str)
+    self._stored = np.arange(len(self._image_ids))  # record i is stored record _stored[i]
     self.name = name
+    self.path = path
     if len(self._ds) != len(self._image_ids):
       raise ValueError(
         f"{name}: {len(self._ds)} records but {len(self._image_ids)} index rows; "
@@ -266,7 +269,7 @@ class PreparedSource:
     return len(self._image_ids)
 
   def __getitem__(self, index: int) -> dict[str, Any]:
-    ex = self._ds[int(index)]
+    ex = self._ds[int(self._stored[index])]
     image_id = ex["image_id"].decode() if isinstance(ex["image_id"], bytes) else str(ex["image_id"])
     if image_id != self._image_ids[index]:
       raise ValueError(
@@ -289,6 +292,38 @@ class PreparedSource:
   def image_ids(self) -> np.ndarray:
     return self._image_ids
 
+  # --- for mdx.data.check: stored records are read back as they are, not decoded again ---
+
+  def record_files(self, index: int) -> tuple[str, ...]:
+    return ()  # the records share their files: fingerprint() stands for them
+
+  def record_name(self, index: int) -> str:
+    return self._image_ids[index]
+
+  def fingerprint(self) -> str:
+    """The stored files' names, sizes and modification times (a rebuilt folder checks again)."""
+    stats = []
+    for folder, _, names in os.walk(self.path):
+      for n in sorted(names):
+        st = os.stat(os.path.join(folder, n))
+        stats.append(
+          (os.path.relpath(os.path.join(folder, n), self.path), st.st_size, st.st_mtime_ns)
+        )
+    return (
+      f"{os.path.abspath(self.path)}:"
+      + hashlib.sha1(json.dumps(sorted(stats)).encode()).hexdigest()
+    )
+
+  def select(self, indices) -> PreparedSource:
+    """The records at `indices`."""
+    out = copy.copy(self)
+    indices = np.asarray(indices, np.int64)
+    out._stored = self._stored[indices]
+    out._labels = self._labels[indices]
+    out._patients = self._patients[indices]
+    out._image_ids = self._image_ids[indices]
+    return out
+
 
 def load_prepared(data_config, seed: int = 0) -> PreparedSource:
   """The prepared records of config.data (FileNotFoundError telling how to prepare them)."""
@@ -305,5 +340,5 @@ def load_prepared(data_config, seed: int = 0) -> PreparedSource:
   # Read back from the folder alone: the raw files need not be present at training time.
   builder = tfds.builder_from_directory(path)
   return PreparedSource(
-    builder.as_data_source(split="records"), index, f"prepared {data_config.source}"
+    builder.as_data_source(split="records"), index, f"prepared {data_config.source}", path
   )

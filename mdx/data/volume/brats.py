@@ -9,6 +9,7 @@ label_mode decides what the model learns:
 
 from __future__ import annotations
 
+import copy
 import os
 from typing import Any
 
@@ -84,6 +85,23 @@ class BraTSSource:
 
   def patient_ids(self) -> np.ndarray:
     return self.case_ids()
+
+  # --- for mdx.data.check (every case verified before training) ---
+
+  def record_files(self, index: int) -> tuple[str, ...]:
+    """Every file of the case folder (a changed or added modality invalidates the check)."""
+    case_dir = os.path.join(self.root, self._case_ids[int(index)])
+    return tuple(
+      os.path.join(case_dir, n) for n in sorted(os.listdir(case_dir)) if not n.startswith(".")
+    )
+
+  def record_name(self, index: int) -> str:
+    return self._case_ids[int(index)]
+
+  def select(self, indices) -> BraTSSource:
+    out = copy.copy(self)
+    out._case_ids = [self._case_ids[int(i)] for i in indices]
+    return out
 
   def __getitem__(self, index: int) -> dict[str, Any]:
     case = self._case_ids[int(index)]

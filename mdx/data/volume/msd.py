@@ -5,10 +5,14 @@ Segmentation records are
   {'image': float32 [D, H, W, C], 'label': int32 [D, H, W], 'case_id': str,
    'affine': float64 [4, 4], 'spacing': float32 [3]}
 and the source offers case_ids() without reading any volume (splits need them).
+
+config.data.on_error: 'raise' (default) or 'skip' cases that cannot be read, whose label is invalid
+or whose image holds NaN/Inf (the tasks check every case before training: mdx.data.check).
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 from typing import Any
@@ -88,6 +92,32 @@ class MSDSource:
     index = int(index)
     if self._cache is not None and index in self._cache:
       return dict(self._cache[index])
+    record = self.read_record(index)
+    if self._cache is not None:
+      self._cache[index] = record
+    return dict(record)
+
+  # --- for mdx.data.check (every case verified before training) ---
+
+  def record_files(self, index: int) -> tuple[str, str]:
+    return self._images[index], self._labels[index]
+
+  def record_name(self, index: int) -> str:
+    return self._case_ids[index]
+
+  def select(self, indices) -> MSDSource:
+    """The cases at `indices` (an empty in-memory cache)."""
+    out = copy.copy(self)
+    indices = [int(i) for i in indices]
+    out._images = [self._images[i] for i in indices]
+    out._labels = [self._labels[i] for i in indices]
+    out._case_ids = [self._case_ids[i] for i in indices]
+    out._cache = {} if self._cache is not None else None
+    return out
+
+  def read_record(self, index: int) -> dict[str, Any]:
+    """Case `index` read from its files (never from or into the in-memory cache)."""
+    index = int(index)
     case = self._case_ids[index]
     image = nifti.load_nifti(self._images[index], np.float32, case)
     label = nifti.load_nifti(self._labels[index], np.float32, case)
@@ -110,13 +140,10 @@ class MSDSource:
     img = nifti.check_pair(
       case, image.data, lab, self.num_channels, self._images[index], self._labels[index]
     )
-    record = {
+    return {
       "image": img,
       "label": lab,
       "case_id": case,
       "affine": image.affine,
       "spacing": image.spacing,
     }
-    if self._cache is not None:
-      self._cache[index] = record
-    return dict(record)

@@ -20,7 +20,8 @@ from mdx.data import standardize as standardize_lib
 
 @dataclasses.dataclass(frozen=True)
 class LoadCase:
-  """Case `index` of a 3D source -> {'image' standardised float32 [D, H, W, C], 'label'}."""
+  """Case `index` of a 3D source -> {'image' standardised float32 [D, H, W, C], 'label', 'index'}
+  (the index names the case in messages, e.g. the training loop's non-finite-step error)."""
 
   source: Any
   standardize: str | None
@@ -30,6 +31,7 @@ class LoadCase:
     return {
       "image": standardize_lib.standardize(record["image"], self.standardize),
       "label": record["label"],
+      "index": np.int64(index),
     }
 
 
