@@ -17,6 +17,7 @@ save one agreed step and exit 0 (mdx.runtime.Preemption).
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -24,7 +25,7 @@ import sys
 import threading
 import time
 
-from mdx import runtime
+from mdx import cli, runtime
 
 GRACE_SECONDS = 60  # for the agreed save after Ctrl-C
 
@@ -62,6 +63,10 @@ def run(count: int, command: list[str], devices: int | None = None) -> int:
     raise ValueError(f"the process count must be >= 1, got {count}")
   if not command:
     raise ValueError("no command given; usage: python -m mdx.local N COMMAND [ARGS...]")
+  if shutil.which(command[0]) is None:  # before N processes start, one line instead of N failures
+    raise FileNotFoundError(
+      f"command {command[0]!r} not found; e.g. python -m mdx.local 2 python -m mdx.main ..."
+    )
   devices = devices or int(os.environ.get("MDX_LOCAL_DEVICES", "2"))
   port = free_port()
   procs = [
@@ -116,9 +121,14 @@ def run(count: int, command: list[str], devices: int | None = None) -> int:
     return 0
   rank, status = first
   others = ", ".join(f"p{i}={p.returncode}" for i, p in enumerate(procs) if i != rank)
+  # Status 2 is a user's mistake (mdx.cli): its `error:` line says what to fix, not a resume.
+  fix = (
+    f"fix what its 'error:' line ([p{rank}]) says and run again"
+    if status == 2
+    else "run the same command to resume from the last complete checkpoint"
+  )
   print(
-    f"mdx.local: process {rank} {_describe(status)}; stopped the others ({others}); run the same "
-    "command to resume from the last complete checkpoint",
+    f"mdx.local: process {rank} {_describe(status)}; stopped the others ({others}); {fix}",
     file=sys.stderr,
   )
   return status if status > 0 else 128 - status  # a shell's status for death by a signal
@@ -151,13 +161,8 @@ def _signal(p: subprocess.Popen, sig: int) -> None:
 
 def main(argv: list[str]) -> int:
   if len(argv) < 2 or not argv[0].isdigit():
-    print("error: usage: python -m mdx.local N COMMAND [ARGS...]", file=sys.stderr)
-    return 2
-  try:
-    return run(int(argv[0]), argv[1:])
-  except ValueError as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
+    return cli.fail("usage: python -m mdx.local N COMMAND [ARGS...]")
+  return cli.call(run, int(argv[0]), argv[1:])  # a command that does not exist: one line
 
 
 if __name__ == "__main__":

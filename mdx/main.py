@@ -3,6 +3,8 @@ python -m mdx.main --config=experiments/X.py --workdir=DIR --mode=train|eval|exp
 
 Overrides: --config.train.steps=20 --config.data.image_size=64 ...  A run writes its resolved config
 into the workdir; running train again on the same workdir resumes from its latest checkpoint.
+A user's mistake (a config typo, a missing data root) is one line `error: ...` and exit status 2
+(mdx.cli); --debug or MDX_DEBUG=1 shows its traceback.
 """
 
 from __future__ import annotations
@@ -12,8 +14,8 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
+from mdx import cli, runtime
 from mdx import config as config_lib
-from mdx import runtime
 from mdx.runtime import quiet_library_logs
 from mdx.train.run import run  # the flag-free API behind this command line
 
@@ -54,12 +56,9 @@ def main(argv):
       f"unexpected arguments {argv[1:]}; overrides look like --config.train.steps=20"
     )
   runtime.join_processes(_DISTRIBUTED.value)  # ./launch.sh local N, a TPU VM or SLURM
-  try:  # a config mistake is the user's: one line naming the field, before anything is built
-    runtime.require_accelerator(_ACCELERATOR.value)
-    config = config_lib.resolve(_CONFIG.value)
-  except ValueError as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
+  # A config mistake raises ValueError here, before anything is built: cli.run makes it one line.
+  runtime.require_accelerator(_ACCELERATOR.value)
+  config = config_lib.resolve(_CONFIG.value)
   from mdx.train import loop
 
   try:
@@ -74,4 +73,4 @@ def main(argv):
 if __name__ == "__main__":
   # Required only when run as a program: importing this module must not change global flag state.
   flags.mark_flags_as_required(["config", "workdir"])
-  app.run(main)
+  cli.run(main)

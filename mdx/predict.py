@@ -12,18 +12,15 @@ devices and writes its label maps; process 0 writes the CSVs and prints the summ
 need an --output folder they all see for the label maps to land in one place.
 
 A user's mistake (a missing or damaged bundle, no usable input, an unknown finding) prints one line
-`error: ...` and exits 2; --debug (or MDX_DEBUG=1) shows the traceback instead.
+`error: ...` and exits 2 (mdx.cli); --debug (or MDX_DEBUG=1) shows its traceback too.
 """
 
 from __future__ import annotations
 
-import os
-import sys
-
 import jax
 from absl import app, flags
 
-from mdx import runtime
+from mdx import cli, runtime
 
 FLAGS = flags.FLAGS
 
@@ -37,24 +34,17 @@ def define_flags() -> None:
   flags.DEFINE_integer("batch_size", None, "Images (or windows) per forward pass.")
   flags.DEFINE_list("gradcam", [], "Findings to draw Grad-CAM overlays for (classifiers).")
   flags.DEFINE_string("gradcam_layer", None, "Grad-CAM layer (default: the model's own).")
-  flags.DEFINE_bool("debug", False, "Show tracebacks for errors (also MDX_DEBUG=1).")
   # ./launch.sh tpu NAME ZONE predict ... appends it on every worker
   flags.DEFINE_bool("jax_distributed", False, "Call jax.distributed.initialize() (multi-host).")
 
 
-def _fail(message: str) -> int:
-  print("error: " + " ".join(str(message).split()), file=sys.stderr)
-  return 2
-
-
 def main(argv) -> int:
   runtime.quiet_library_logs()
-  debug = FLAGS.debug or os.environ.get("MDX_DEBUG", "") not in ("", "0")
   if len(argv) > 1:
-    return _fail(f"unexpected arguments {argv[1:]}; flags look like --input=PATH")
+    raise app.UsageError(f"unexpected arguments {argv[1:]}; flags look like --input=PATH")
   missing = [f"--{name}" for name in ("bundle", "input", "output") if not FLAGS[name].value]
   if missing:
-    return _fail(
+    raise app.UsageError(
       f"{', '.join(missing)} missing; usage: python -m mdx.predict --bundle=DIR --input=PATH "
       "--output=DIR"
     )
@@ -62,20 +52,16 @@ def main(argv) -> int:
   from mdx.inference import predict_files
 
   runtime.enable_compilation_cache()
-  try:
-    runtime.require_accelerator()  # $MDX_ACCELERATOR, as ./launch.sh sets it
-    summary = predict_files.predict(
-      FLAGS.bundle,
-      FLAGS.input,
-      FLAGS.output,
-      batch_size=FLAGS.batch_size,
-      gradcam=FLAGS.gradcam,
-      gradcam_layer=FLAGS.gradcam_layer or None,
-    )
-  except (ValueError, FileNotFoundError) as e:
-    if debug:
-      raise
-    return _fail(str(e))
+  # A missing or damaged bundle, no usable input: ValueError / FileNotFoundError, one line (cli.run)
+  runtime.require_accelerator()  # $MDX_ACCELERATOR, as ./launch.sh sets it
+  summary = predict_files.predict(
+    FLAGS.bundle,
+    FLAGS.input,
+    FLAGS.output,
+    batch_size=FLAGS.batch_size,
+    gradcam=FLAGS.gradcam,
+    gradcam_layer=FLAGS.gradcam_layer or None,
+  )
   if jax.process_index() == 0:  # the totals of every process: one line, not one per process
     print(
       f"mdx.predict: {summary['predicted']} predicted, {summary['errors']} errors, "
@@ -87,4 +73,4 @@ def main(argv) -> int:
 
 if __name__ == "__main__":
   define_flags()
-  app.run(main)
+  cli.run(main)

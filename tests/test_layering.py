@@ -1,4 +1,5 @@
-"""Imports run downward: runtime imports nothing of mdx; data, models, inference and evaluate never
+"""Imports run downward: runtime (and cli, the one-line errors of every entry point) imports
+nothing of mdx; data, models, inference and evaluate never
 import train (nor main or config, which sit above the tasks). Command-line tools (any cli/ folder,
 and a room's __main__.py, e.g. python -m mdx.evaluate --bundle=... --config=...) are entry points
 like main: they may resolve a config, and nothing imports them."""
@@ -14,6 +15,7 @@ MDX = pathlib.Path(__file__).resolve().parents[1] / "mdx"
 # room -> the mdx packages and modules it must not import (directly or through what it imports)
 FORBIDDEN = {
   "runtime": ("mdx.",),
+  "cli": ("mdx.",),  # every room's entry point uses mdx.cli's one-line errors
   "data": ("mdx.train", "mdx.main", "mdx.config", "mdx.models", "mdx.evaluate", "mdx.inference"),
   "models": ("mdx.train", "mdx.main", "mdx.config", "mdx.data", "mdx.evaluate", "mdx.inference"),
   "inference": ("mdx.train", "mdx.main", "mdx.config"),

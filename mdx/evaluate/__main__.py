@@ -12,7 +12,8 @@ python -m mdx.evaluate --bundle=BUNDLE_DIR --config=EXPERIMENT.py [--config.data
   writes the report.
 
 Both write DIR/metrics.json, DIR/report.md, DIR/report.html and DIR/figures/*.png. A user's mistake
-(a missing file, a bad field) is one line 'error: ...' on stderr and exit status 2.
+(a missing file, a bad field) is one line 'error: ...' on stderr and exit status 2 (mdx.cli);
+--debug or MDX_DEBUG=1 shows its traceback.
 
 Like mdx.main, this entry point resolves a config (mdx.config), which the library rooms below it
 must not import.
@@ -20,14 +21,11 @@ must not import.
 
 from __future__ import annotations
 
-import os
-import sys
-
 import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from mdx import runtime
+from mdx import cli, runtime
 from mdx.evaluate import predictions as P
 from mdx.evaluate import report
 
@@ -89,7 +87,7 @@ _DISTRIBUTED = flags.DEFINE_bool(
 
 
 def external(argv) -> int:
-  """--bundle mode: the bundle on the dataset of --config; 0, or 2 after one 'error:' line."""
+  """--bundle mode: the bundle on the dataset of --config."""
   from mdx import config as config_lib
   from mdx.evaluate import external as external_lib
 
@@ -101,24 +99,19 @@ def external(argv) -> int:
   # Before anything touches a device: mdx.local's processes (or --jax_distributed) join here.
   runtime.join_processes(_DISTRIBUTED.value)
   runtime.enable_compilation_cache()
-  try:
-    runtime.require_accelerator()  # $MDX_ACCELERATOR, as ./launch.sh sets it
-    path = config_flags.get_config_filename(flags.FLAGS["config"])
-    if not os.path.isfile(path):
-      raise FileNotFoundError(f"--config={path}: the experiment file does not exist")
-    config = config_lib.resolve(_CONFIG.value)  # OSError when the file failed to load
-    result = external_lib.evaluate_external(
-      _BUNDLE.value,
-      config,
-      _OUT.value,
-      finding_map=external_lib.parse_finding_map(_FINDING_MAP.value),
-      bootstrap=_BOOT.value,
-      seed=_SEED.value,
-      batch_size=_BATCH.value,
-    )
-  except (ValueError, OSError) as e:
-    print(f"error: {_one_line(e)}", file=sys.stderr)
-    return 2
+  # A user's mistake (a missing bundle, a dataset without the findings) raises ValueError or
+  # FileNotFoundError: cli.run prints it as one line on each process that meets it.
+  runtime.require_accelerator()  # $MDX_ACCELERATOR, as ./launch.sh sets it
+  config = config_lib.resolve(_CONFIG.value)  # cli.parse_flags checked that the file exists
+  result = external_lib.evaluate_external(
+    _BUNDLE.value,
+    config,
+    _OUT.value,
+    finding_map=external_lib.parse_finding_map(_FINDING_MAP.value),
+    bootstrap=_BOOT.value,
+    seed=_SEED.value,
+    batch_size=_BATCH.value,
+  )
   if jax.process_index() != 0:  # process 0 wrote the report and says so
     return 0
   for f, c in result["external"]["comparison"].items():
@@ -145,44 +138,40 @@ def main(argv) -> int:
       raise app.UsageError(f"--{flag.name} is required")
   if bool(_VAL_LABELS.value) != bool(_VAL_PROBS.value):
     raise app.UsageError("give both --val-labels and --val-probs, or neither")
-  try:
-    pred = P.read_predictions(
-      _LABELS.value, _PROBS.value, id_column=_ID.value, patient_column=_PATIENT.value
+  pred = P.read_predictions(
+    _LABELS.value, _PROBS.value, id_column=_ID.value, patient_column=_PATIENT.value
+  )
+  val = None
+  if _VAL_LABELS.value:
+    val = P.read_predictions(
+      _VAL_LABELS.value, _VAL_PROBS.value, id_column=_ID.value, patient_column=_PATIENT.value
     )
-    val = None
-    if _VAL_LABELS.value:
-      val = P.read_predictions(
-        _VAL_LABELS.value, _VAL_PROBS.value, id_column=_ID.value, patient_column=_PATIENT.value
+    if val.findings != pred.findings:
+      raise ValueError(
+        f"{_VAL_LABELS.value}: findings {list(val.findings)} differ from "
+        f"{_LABELS.value}: {list(pred.findings)}"
       )
-      if val.findings != pred.findings:
-        raise ValueError(
-          f"{_VAL_LABELS.value}: findings {list(val.findings)} differ from "
-          f"{_LABELS.value}: {list(pred.findings)}"
-        )
-    other = None
-    if _COMPARE.value:
-      other = P.read_predictions(
-        _LABELS.value, _COMPARE.value, id_column=_ID.value, patient_column=_PATIENT.value
-      ).probs
-    result = report.evaluate_and_report(
-      _OUT.value,
-      labels=pred.labels,
-      probs=pred.probs,
-      findings=pred.findings,
-      patient_ids=pred.patient_ids,
-      val_labels=None if val is None else val.labels,
-      val_probs=None if val is None else val.probs,
-      threshold_policy=_POLICY.value,
-      bootstrap=_BOOT.value,
-      seed=_SEED.value,
-      prevalence=_PREV.value,
-      title=_TITLE.value or f"Evaluation of {_PROBS.value}",
-      compare_probs=other,
-      compare_names=(_PROBS.value, _COMPARE.value or ""),
-    )
-  except (ValueError, FileNotFoundError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
+  other = None
+  if _COMPARE.value:
+    other = P.read_predictions(
+      _LABELS.value, _COMPARE.value, id_column=_ID.value, patient_column=_PATIENT.value
+    ).probs
+  result = report.evaluate_and_report(
+    _OUT.value,
+    labels=pred.labels,
+    probs=pred.probs,
+    findings=pred.findings,
+    patient_ids=pred.patient_ids,
+    val_labels=None if val is None else val.labels,
+    val_probs=None if val is None else val.probs,
+    threshold_policy=_POLICY.value,
+    bootstrap=_BOOT.value,
+    seed=_SEED.value,
+    prevalence=_PREV.value,
+    title=_TITLE.value or f"Evaluation of {_PROBS.value}",
+    compare_probs=other,
+    compare_names=(_PROBS.value, _COMPARE.value or ""),
+  )
   macro = result["macro"]["auroc"]
   logging.info(
     "wrote %s/metrics.json and report.html: macro AUROC %s [%s, %s]",
@@ -194,25 +183,5 @@ def main(argv) -> int:
   return 0
 
 
-def _one_line(e: BaseException) -> str:
-  text = str(e)
-  if len(text) > 1 and text[0] == text[-1] and text[0] in "'\"":  # a KeyError's quoted message
-    text = text[1:-1].replace("\\n", "\n").replace("\\'", "'")
-  return " ".join(line.strip() for line in text.splitlines() if line.strip())
-
-
-def _parse_flags(argv):
-  """absl's parser, but a flag mistake (an unknown --config.data.x, a bad value) is one 'error:'
-  line and exit status 2, not a traceback."""
-  try:
-    return flags.FLAGS(argv)
-  except (flags.Error, TypeError, ValueError) as e:
-    print(f"error: {_one_line(e)}", file=sys.stderr)
-    sys.exit(2)
-  except (AttributeError, KeyError) as e:  # config_flags: an override of a field the file lacks
-    print(f"error: --config override of an unknown field: {_one_line(e)}", file=sys.stderr)
-    sys.exit(2)
-
-
 if __name__ == "__main__":
-  app.run(main, flags_parser=_parse_flags)
+  cli.run(main)

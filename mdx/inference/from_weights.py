@@ -34,15 +34,14 @@ of them trained (torchxrayvision leaves the others unnamed), so name those by ha
 
 from __future__ import annotations
 
-import argparse
 import os
-import pickle
 import sys
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
+from mdx import cli
 from mdx.data import standardize as standardize_lib
 from mdx.inference import bundle as bundle_lib
 
@@ -232,18 +231,8 @@ def bundle_from_weights(
   return bundle_lib.write(output_dir, spec, variables)  # the card from the final spec
 
 
-class _Parser(argparse.ArgumentParser):
-  def error(self, message: str):  # one line, exit 2 (argparse prints the usage too)
-    print(f"error: {message}; see --help", file=sys.stderr)
-    sys.exit(2)
-
-
 def main(argv: list[str] | None = None) -> int:
-  p = _Parser(
-    prog="python -m mdx.inference.from_weights",
-    description=__doc__,
-    formatter_class=argparse.RawDescriptionHelpFormatter,
-  )
+  p = cli.ArgumentParser(prog="python -m mdx.inference.from_weights", description=__doc__)
   p.add_argument("--model", required=True, help="registry name, e.g. densenet121")
   p.add_argument("--source", required=True, help="keras_h5 | torch | safetensors")
   p.add_argument("--input", required=True, help="the weight file (with its classification head)")
@@ -260,26 +249,23 @@ def main(argv: list[str] | None = None) -> int:
   )
   p.add_argument("--mean", default=None, help="--standardize=dataset: per channel, comma-separated")
   p.add_argument("--std", default=None, help="--standardize=dataset: per channel, comma-separated")
-  p.add_argument("--debug", action="store_true", help="a traceback instead of one error line")
   args = p.parse_args(argv)
-  try:
-    path = bundle_from_weights(
-      args.model,
-      args.source,
-      args.input,
-      args.output,
-      findings=args.findings,
-      image_size=args.image_size,
-      channels=args.channels,
-      standardize=args.standardize,
-      mean=args.mean,
-      std=args.std,
-    )
-  except (ValueError, OSError, pickle.UnpicklingError) as e:
-    if args.debug:
-      raise
-    print(f"error: {e}", file=sys.stderr)
-    return 2
+  return cli.call(_main, args, debug=args.debug)  # a user's mistake: one line, exit status 2
+
+
+def _main(args) -> int:
+  path = bundle_from_weights(
+    args.model,
+    args.source,
+    args.input,
+    args.output,
+    findings=args.findings,
+    image_size=args.image_size,
+    channels=args.channels,
+    standardize=args.standardize,
+    mean=args.mean,
+    std=args.std,
+  )
   print(f"bundle of {args.model} from {args.input} -> {path} (model card: {path}/model_card.md)")
   return 0
 

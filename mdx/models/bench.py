@@ -233,8 +233,29 @@ def build_torch_step(size: int, batch: int, channels: int, threads: int) -> dict
   )
 
 
+def _check_flags() -> dict:
+  """The flags' mistakes as a ValueError before anything compiles (one line: mdx.cli); returns the
+  model kwargs."""
+  for name in _MODELS.value:
+    registry.model_class(name)  # names the known models
+  unknown = [v for v in _VARIANTS.value if v not in VARIANTS]
+  if unknown:
+    raise ValueError(f"--variants: unknown {unknown}; choose from {sorted(VARIANTS)}")
+  if not all(r.isdigit() and int(r) > 0 for r in _RES.value):
+    raise ValueError(f"--resolutions={','.join(_RES.value)}: give whole numbers, e.g. 128,224")
+  try:
+    kwargs = json.loads(_KWARGS.value)
+  except json.JSONDecodeError as e:
+    raise ValueError(f"--kwargs={_KWARGS.value!r} is not JSON ({e})") from None
+  if not isinstance(kwargs, dict):
+    raise ValueError(f"--kwargs={_KWARGS.value!r}: give a JSON object, e.g. '{{\"concat\": 1}}'")
+  return kwargs
+
+
 def main(argv):
-  del argv
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments {argv[1:]}; flags look like --models=densenet121")
+  kwargs = _check_flags()
   threads = _THREADS.value or os.cpu_count()
   print(
     f"devices: {jax.devices()}  dtype={_DTYPE.value}  batch={_BATCH.value}  "
@@ -247,9 +268,7 @@ def main(argv):
   for name in _MODELS.value:
     for size in map(int, _RES.value):
       contestants = [
-        build_model_step(
-          name, size, _BATCH.value, _CHANNELS.value, _DTYPE.value, v, **json.loads(_KWARGS.value)
-        )
+        build_model_step(name, size, _BATCH.value, _CHANNELS.value, _DTYPE.value, v, **kwargs)
         for v in _VARIANTS.value
       ]
       with_torch = _TORCH.value and name == "densenet121"
@@ -266,4 +285,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  from mdx import cli
+
+  cli.run(main)

@@ -10,6 +10,9 @@ torch.load(weights_only=True): no pickle code runs; torchvision key names and to
 DenseNet names); safetensors. Every array in the file must land on a variable of the model with
 the same shape and every variable of the model (the head aside) must be filled, else a ValueError
 lists what does not fit. The head is imported when the file has one (its class count is kept).
+A file of another format than --source (a text file, a .pt given as keras_h5) is a ValueError
+naming the file and the format it looks like, before any reader parses it; on the command line,
+one line `error: ...` and exit status 2 (mdx.cli).
 """
 
 from __future__ import annotations
@@ -45,12 +48,62 @@ _IGNORED = re.compile(r"(num_batches_tracked|op_threshs|^upsample\.)")
 
 
 # ---------------------------------------------------------------------------------------- readers
+_HDF5 = b"\x89HDF\r\n\x1a\n"  # at offset 0, or 512, 1024, 2048, ... after a user block
+_FORMATS = {
+  "keras_h5": "a Keras .h5 (HDF5) weight file",
+  "torch": "a PyTorch file (torch.save: a zip archive, or a legacy pickle)",
+  "safetensors": "a safetensors file",
+}
+
+
+def sniff(path: str) -> str | None:
+  """The weight file format its first bytes show: 'keras_h5', 'torch', 'safetensors' or None.
+  Readers check it first: h5py, torch.load and safetensors say 'file signature not found' or
+  'pop from empty list' about a wrong file."""
+  size = os.path.getsize(path)
+  with open(path, "rb") as f:
+    head = f.read(16)
+    if head.startswith(_HDF5):
+      return "keras_h5"
+    if head.startswith(b"PK\x03\x04") or head[:1] == b"\x80":  # zip (torch >= 1.6) / pickle
+      return "torch"
+    if len(head) >= 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") + 8 <= size:
+      return "safetensors"  # u64 little-endian header length, then the JSON header
+    offset = 512
+    while offset + 8 <= size:
+      f.seek(offset)
+      if f.read(8) == _HDF5:
+        return "keras_h5"
+      offset *= 2
+  return None
+
+
+def _require_format(path: str, source: str) -> None:
+  found = sniff(path)
+  if found == source:
+    return
+  hint = (
+    f"it looks like {_FORMATS[found]}: use --source={found}"
+    if found
+    else (
+      "its first bytes match none of keras_h5, torch, safetensors (a text file? a download that "
+      "failed?)"
+    )
+  )
+  raise ValueError(f"{path} is not {_FORMATS[source]} (--source={source}); {hint}")
+
+
 def read_keras_h5(path: str) -> dict[str, np.ndarray]:
   """Keras 2 / legacy .h5 -> {'layer_name/weight_name': array}, '/' in layer names made '_'."""
   import h5py
 
+  _require_format(path, "keras_h5")
   out = {}
-  with h5py.File(path, "r") as f:
+  try:
+    f = h5py.File(path, "r")
+  except OSError as e:  # a signature but a truncated or damaged file
+    raise ValueError(f"{path}: h5py cannot open this HDF5 file ({e}); is it complete?") from e
+  with f:
     root = f["model_weights"] if "model_weights" in f else f
     if "layer_names" not in root.attrs:
       raise ValueError(
@@ -70,9 +123,20 @@ def read_keras_h5(path: str) -> dict[str, np.ndarray]:
 
 def read_torch(path: str) -> dict[str, np.ndarray]:
   """A state dict through torch.load(weights_only=True): tensors only, no pickle code runs."""
+  import pickle
+
   import torch
 
-  obj = torch.load(path, map_location="cpu", weights_only=True)
+  _require_format(path, "torch")
+  try:
+    obj = torch.load(path, map_location="cpu", weights_only=True)
+  except pickle.UnpicklingError as e:  # weights_only refused code in the pickle: never run it
+    raise ValueError(
+      f"{path}: torch.load(weights_only=True) refused it, it holds more than tensors "
+      f"({str(e).splitlines()[0]}); save model.state_dict() with torch.save"
+    ) from e
+  except (RuntimeError, EOFError, IndexError, OSError) as e:  # a damaged zip, a truncated pickle
+    raise ValueError(f"{path}: torch.load cannot read it ({e}); is the file complete?") from e
   for key in ("state_dict", "model_state_dict", "model"):
     if isinstance(obj, dict) and isinstance(obj.get(key), dict):
       obj = obj[key]
@@ -87,9 +151,15 @@ def read_torch(path: str) -> dict[str, np.ndarray]:
 
 
 def read_safetensors(path: str) -> dict[str, np.ndarray]:
+  from safetensors import SafetensorError
   from safetensors.numpy import load_file
 
-  return _strip_prefix({k: np.asarray(v, np.float32) for k, v in load_file(path).items()})
+  _require_format(path, "safetensors")
+  try:
+    tensors = load_file(path)
+  except SafetensorError as e:  # a valid start but a damaged header or body
+    raise ValueError(f"{path}: safetensors cannot read it ({e}); is the file complete?") from e
+  return _strip_prefix({k: np.asarray(v, np.float32) for k, v in tensors.items()})
 
 
 def _strip_prefix(d: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -305,9 +375,10 @@ def import_weights(
 
 
 def main(argv):
-  del argv
-  from absl import flags
+  from absl import app, flags
 
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments {argv[1:]}; flags look like --input=PATH")
   f = flags.FLAGS
   out = import_weights(f.model, f.source, f.input, f.output)
   n = sum(v.size for v in jax.tree.leaves(out))
@@ -315,7 +386,9 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  from absl import app, flags
+  from absl import flags
+
+  from mdx import cli
 
   flags.DEFINE_string("model", None, "registry name, e.g. densenet121", required=True)
   flags.DEFINE_enum("source", None, sorted(READERS), "weight file format", required=True)
@@ -323,4 +396,4 @@ if __name__ == "__main__":
   flags.DEFINE_string(
     "output", None, "output directory (Orbax checkpoint + provenance.json)", required=True
   )
-  app.run(main)
+  cli.run(main)

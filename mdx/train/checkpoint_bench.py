@@ -23,8 +23,8 @@ import jax
 from absl import app, flags
 from ml_collections import config_flags
 
+from mdx import cli, runtime
 from mdx import config as config_lib
-from mdx import runtime
 from mdx.train import checkpoint, loop, steps, tasks
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment file.", lock_config=True)
@@ -41,7 +41,8 @@ def _timed_step(train_step, state, batch):
 
 
 def main(argv):
-  del argv
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments {argv[1:]}; overrides look like --config.seed=1")
   runtime.quiet_library_logs()
   config = config_lib.resolve(_CONFIG.value)
   task = tasks.make_task(config)
@@ -92,4 +93,4 @@ def main(argv):
 
 if __name__ == "__main__":
   flags.mark_flags_as_required(["config"])
-  app.run(main)
+  cli.run(main)  # a config mistake: one line, exit status 2

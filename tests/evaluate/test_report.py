@@ -143,13 +143,14 @@ def test_without_validation_the_report_says_thresholds_are_optimistic():
 
 @pytest.fixture
 def cli():
+  from mdx import cli as cli_lib
   from mdx.evaluate import __main__ as main_mod
 
   def run(*args):
     flags.FLAGS.unparse_flags()
     flags.FLAGS(["mdx.evaluate", *args])
     try:
-      return main_mod.main(["mdx.evaluate"])
+      return cli_lib.call(main_mod.main, ["mdx.evaluate"])  # as cli.run calls it
     finally:
       flags.FLAGS.unparse_flags()
 

@@ -141,3 +141,50 @@ def test_mismatches_are_listed(tmp_path):
   assert "features.extra.weight" in msg and "params/stem/bn/scale: file (17,) vs model (16,)" in msg
   with pytest.raises(FileNotFoundError):
     import_weights.import_weights("densenet_tiny", "torch", str(tmp_path / "none.pt"))
+
+
+class _Payload:  # a pickled object: torch.load(weights_only=True) must refuse to build it
+  def __reduce__(self):
+    return (os.getcwd, ())
+
+
+def test_a_file_of_another_format_is_a_value_error_naming_it(tmp_path):
+  """Without the format check: h5py 'file signature not found', torch 'pop from empty list'."""
+  from safetensors.torch import save_file
+
+  text = tmp_path / "weights.txt"
+  text.write_text("not weights\n")
+  state = TorchDenseNet(blocks=(2, 2), growth=8, init=16, bn_size=2, cin=3).state_dict()
+  torch.save(state, tmp_path / "w.pt")
+  save_file({k: v.contiguous() for k, v in state.items()}, tmp_path / "w.safetensors")
+  with h5py.File(tmp_path / "w.h5", "w") as f:
+    f.attrs["layer_names"] = []
+  found = {
+    "keras_h5": tmp_path / "w.h5",
+    "torch": tmp_path / "w.pt",
+    "safetensors": tmp_path / "w.safetensors",
+  }
+  for source, path in found.items():
+    assert import_weights.sniff(str(path)) == source
+  assert import_weights.sniff(str(text)) is None
+  for source in found:
+    with pytest.raises(ValueError, match=rf"{text} is not .*--source={source}.*a text file"):
+      import_weights.import_weights("densenet_tiny", source, str(text))
+  # a real file given as another source: the message names the right --source
+  with pytest.raises(ValueError, match=r"w\.pt is not a Keras .* use --source=torch"):
+    import_weights.import_weights("densenet_tiny", "keras_h5", str(tmp_path / "w.pt"))
+  with pytest.raises(ValueError, match=r"w\.h5 is not a safetensors .* use --source=keras_h5"):
+    import_weights.import_weights("densenet_tiny", "safetensors", str(tmp_path / "w.h5"))
+  # damaged files of the right kind: ValueError naming them, not the library's own exception
+  data = (tmp_path / "w.pt").read_bytes()
+  (tmp_path / "cut.pt").write_bytes(data[: len(data) // 2])
+  with pytest.raises(ValueError, match=r"cut\.pt: torch\.load cannot read it"):
+    import_weights.read_torch(str(tmp_path / "cut.pt"))
+  data = (tmp_path / "w.safetensors").read_bytes()
+  (tmp_path / "cut.safetensors").write_bytes(data[: len(data) - 100])
+  with pytest.raises(ValueError, match=r"cut\.safetensors: safetensors cannot read it"):
+    import_weights.read_safetensors(str(tmp_path / "cut.safetensors"))
+  # a pickle with code is still refused, now as a ValueError (no code ran)
+  torch.save({"x": _Payload()}, tmp_path / "code.pt")
+  with pytest.raises(ValueError, match=r"code\.pt: torch\.load\(weights_only=True\) refused it"):
+    import_weights.read_torch(str(tmp_path / "code.pt"))

@@ -4,15 +4,16 @@
   python -m mdx.data.cli.audit --config=experiments/nih_64px.py
 
 prints a summary per set and per pair, and exits with status 1 when any patient is in two sets
-(0 otherwise), so it can guard a pipeline or CI job.
+(0 otherwise), so it can guard a pipeline or CI job. A user's mistake (a missing or unreadable CSV)
+is one line `error: ...` and exit status 2 (mdx.cli).
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
+from mdx import cli
 from mdx.data import splits
 from mdx.data.cxr import metadata
 
@@ -56,24 +57,24 @@ def _load_config(path: str):
 
 
 def main(argv: list[str] | None = None) -> int:
-  parser = argparse.ArgumentParser(
-    prog="python -m mdx.data.cli.audit",
-    description=__doc__,
-    formatter_class=argparse.RawDescriptionHelpFormatter,
-  )
+  parser = cli.ArgumentParser(prog="python -m mdx.data.cli.audit", description=__doc__)
   parser.add_argument("csvs", nargs="*", help="metadata CSV(s) of the sets to compare")
   parser.add_argument("--patient-column", default=None, help="patient id column (default: guessed)")
   parser.add_argument("--kind", default="auto", choices=["auto", "nih", "chexpert", "columns"])
   parser.add_argument("--config", default=None, help="an experiment file: audit its split")
   args = parser.parse_args(argv)
+  if not args.config and len(args.csvs) < 2:
+    parser.error("give at least two CSV files (or --config)")
+  return cli.call(_audit, args, debug=args.debug)
+
+
+def _audit(args) -> int:
   if args.config:
     report = audit_config(_load_config(args.config))
   else:
-    if len(args.csvs) < 2:
-      parser.error("give at least two CSV files (or --config)")
     report = audit_tables(args.csvs, args.patient_column, args.kind)
   print(splits.format_audit(report))
-  return 1 if report["leak"] else 0
+  return 1 if report["leak"] else 0  # a leak is a result (exit 1), not a mistake (exit 2)
 
 
 if __name__ == "__main__":

@@ -29,7 +29,6 @@ and a summary table on stdout. A mistake in the input prints one line `error: ..
 
 from __future__ import annotations
 
-import argparse
 import csv
 import itertools
 import json
@@ -39,12 +38,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from mdx import cli
 from mdx.data import consensus
 from mdx.data.cxr import file_source
 
 
-class InputError(Exception):
-  """A mistake in the user's files or flags: reported in one line, exit status 2."""
+class InputError(ValueError):
+  """A mistake in the user's files or flags: reported in one line, exit status 2 (mdx.cli)."""
 
 
 @dataclass
@@ -267,21 +267,17 @@ def run(paths: list[str], out: str, tie: str = "unknown", id_column: str | None 
 
 
 def main(argv: list[str] | None = None) -> int:
-  p = argparse.ArgumentParser(
-    prog="python -m mdx.data.cli.consensus",
-    description=__doc__,
-    formatter_class=argparse.RawDescriptionHelpFormatter,
-  )
+  p = cli.ArgumentParser(prog="python -m mdx.data.cli.consensus", description=__doc__)
   p.add_argument("--reads", nargs="+", required=True, help="one CSV per reader (space-separated)")
   p.add_argument("--out", required=True, help="folder for labels.csv and agreement.json")
   p.add_argument("--tie", default="unknown", help="positive | negative | unknown | reader:<k>")
   p.add_argument("--id-column", default=None, help="image id column (default: the first)")
   args = p.parse_args(argv)
-  try:
-    report = run(args.reads, args.out, args.tie, args.id_column)
-  except InputError as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
+  return cli.call(_main, args, debug=args.debug)
+
+
+def _main(args) -> int:
+  report = run(args.reads, args.out, args.tie, args.id_column)
   print(
     f"consensus of {len(report['readers'])} readers over {report['images']} images "
     f"(tie rule {report['tie']}) -> {args.out}/labels.csv, {args.out}/agreement.json"

@@ -8,18 +8,19 @@ With --test-size / --val-size (image counts, or shares when < 1) the test set is
 validation, each with at least --min-positive-share of images positive for one of --findings; the
 remaining patients go to training. Without them, --test-fraction / --val-fraction of the patients
 are drawn at random. DIR/train.csv, DIR/validation.csv and DIR/test.csv keep the original rows
-and columns.
+and columns. A user's mistake (a missing CSV, an unknown finding) is one line `error: ...` and exit
+status 2 (mdx.cli); exit status 1 means the audit found a patient in two sets.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
 
 import numpy as np
 
+from mdx import cli
 from mdx.data import splits
 from mdx.data.cxr import file_source, metadata
 
@@ -58,11 +59,7 @@ def split_table(
 
 
 def main(argv: list[str] | None = None) -> int:
-  p = argparse.ArgumentParser(
-    prog="python -m mdx.data.cli.split",
-    description=__doc__,
-    formatter_class=argparse.RawDescriptionHelpFormatter,
-  )
+  p = cli.ArgumentParser(prog="python -m mdx.data.cli.split", description=__doc__)
   p.add_argument("--source", default="auto", choices=["auto", "nih", "chexpert", "columns"])
   p.add_argument("--metadata", required=True)
   p.add_argument("--out", required=True)
@@ -78,6 +75,10 @@ def main(argv: list[str] | None = None) -> int:
   )
   p.add_argument("--patient-column", default=None)
   args = p.parse_args(argv)
+  return cli.call(_split, args, debug=args.debug)
+
+
+def _split(args) -> int:
   start = time.perf_counter()
   table = metadata.load(args.metadata, args.source, patient_column=args.patient_column)
   findings = [f.strip() for f in args.findings.split(",")] if args.findings else None

@@ -1,0 +1,197 @@
+"""How every command line of mdx reports a user's mistake: one line `error: ...` on stderr and exit
+status 2, instead of a traceback with the useful sentence at its bottom.
+
+A user error is what the person typing the command can fix: a ValueError (a bad value, a file in
+the wrong format), a missing, existing or misplaced file (FileNotFoundError, FileExistsError,
+IsADirectoryError, NotADirectoryError, PermissionError), a flag mistake (absl's flags.Error,
+app.UsageError; on the flag line only, an ml_collections override of a field the config lacks:
+KeyError, AttributeError, TypeError). Anything else is a bug and keeps its traceback. --debug or
+MDX_DEBUG=1 prints the traceback of a user error too (then the same line, the same status).
+
+  absl programs:     if __name__ == "__main__": cli.run(main)   (defines --debug, parses the flags)
+  argparse programs: p = cli.ArgumentParser(...); args = p.parse_args(argv)
+                     return cli.call(work, args, debug=args.debug)
+
+With several processes (mdx.local, a TPU VM) each process that meets the mistake prints its line.
+Imports nothing of mdx: every room's entry point may use it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+from absl import app, flags
+
+DEBUG_ENV = "MDX_DEBUG"
+USER_ERRORS: tuple[type[BaseException], ...] = (
+  ValueError,
+  FileNotFoundError,
+  FileExistsError,
+  IsADirectoryError,
+  NotADirectoryError,
+  PermissionError,
+  app.UsageError,
+)
+
+
+def one_line(error: BaseException | str) -> str:
+  """The message on one line: lines stripped and joined; a KeyError's quotes removed; the type's
+  name when there is no message."""
+  text = str(error)
+  while isinstance(error, KeyError) and len(text) > 1 and text[0] == text[-1] and text[0] in "'\"":
+    text = text[1:-1].replace("\\n", "\n").replace("\\'", "'")
+  text = " ".join(line.strip() for line in text.splitlines() if line.strip())
+  if not text and isinstance(error, BaseException):
+    text = type(error).__name__
+  return text
+
+
+def fail(error: BaseException | str) -> int:
+  """Prints `error: <one line>` on stderr; returns the exit status 2."""
+  print(f"error: {one_line(error)}", file=sys.stderr, flush=True)
+  return 2
+
+
+def debugging(requested: bool = False) -> bool:
+  """--debug (absl's flag when defined and parsed, or `requested`) or MDX_DEBUG=1."""
+  if requested or os.environ.get(DEBUG_ENV, "") not in ("", "0"):
+    return True
+  try:
+    return bool(flags.FLAGS["debug"].value) if "debug" in flags.FLAGS else False
+  except flags.Error:  # not parsed yet
+    return False
+
+
+def report(error: BaseException, debug: bool = False) -> int:
+  """The one line for a user error (after its traceback when debugging); returns 2."""
+  if debugging(debug):
+    traceback.print_exception(error, file=sys.stderr)
+  return fail(error)
+
+
+def call(fn: Callable[..., Any], *args: Any, debug: bool = False, **kwargs: Any) -> Any:
+  """fn(*args, **kwargs), or 2 after one `error:` line when it raises a user error."""
+  try:
+    return fn(*args, **kwargs)
+  except USER_ERRORS as e:
+    return report(e, debug)
+
+
+# ------------------------------------------------------------------------------------------ absl
+def define_debug_flag() -> None:
+  """--debug, once (an entry point may already have defined it)."""
+  if "debug" not in flags.FLAGS:
+    flags.DEFINE_bool("debug", False, f"Tracebacks for user errors too (also {DEBUG_ENV}=1).")
+
+
+def _missing_config_files() -> str | None:
+  """A config-file flag (ml_collections) naming a file that does not exist: config_flags defers
+  that error to the first use of the config, with a multi-line message."""
+  from ml_collections import config_flags
+
+  for name in list(flags.FLAGS):
+    flag = flags.FLAGS[name]
+    if flag.name != name:  # a short alias
+      continue
+    try:
+      path = config_flags.get_config_filename(flag).split(":", 1)[0]  # 'file.py:argument'
+    except (TypeError, flags.Error):  # not a config flag, or not given
+      continue
+    if path and not os.path.isfile(path):
+      return _no_config_file(name, path)
+  return None
+
+
+def _no_config_file(name: str, path: str) -> str:
+  return (
+    f"--{name}={path}: the experiment file does not exist (relative paths start at "
+    f"{os.getcwd()}); give an experiments/*.py file"
+  )
+
+
+def _config_load_error(e: OSError, argv: list[str]) -> str:
+  """config_flags' error for a --config file that is not there, raised while an override is
+  applied to it (before the flag knows its file name)."""
+  m = re.search(r"No such file or directory: '([^']*)'", str(e))
+  if m:
+    for arg in argv:
+      flag = re.fullmatch(r"--(\w+)=(.*)", arg)
+      if flag and flag[2].split(":", 1)[0] == m[1]:
+        return _no_config_file(flag[1], m[1])
+  return _missing_config_files() or one_line(e)
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl's parser, but a flag mistake (a missing required flag, a bad value, an override of a
+  config field that does not exist, a --config file that is not there) is one `error:` line and
+  exit status 2."""
+  debug = debugging(_debug_in(argv))
+  try:
+    rest = flags.FLAGS(argv)
+    missing = _missing_config_files()
+    if missing:
+      raise FileNotFoundError(missing)
+  except FileNotFoundError as e:
+    sys.exit(report(e, debug))
+  except flags.UnrecognizedFlagError as e:
+    sys.exit(_flag_mistake(e, f"{one_line(e)}; --helpfull lists the flags", debug))
+  except (flags.Error, TypeError, ValueError) as e:
+    sys.exit(report(e, debug))
+  except (AttributeError, KeyError) as e:  # config_flags: an override of a field the file lacks
+    sys.exit(_flag_mistake(e, _unknown_field(one_line(e), argv), debug))
+  except OSError as e:  # an override applied to a config file that failed to load
+    sys.exit(_flag_mistake(e, _config_load_error(e, argv), debug))
+  return rest
+
+
+def _flag_mistake(error: BaseException, line: str, debug: bool) -> int:
+  if debug:
+    traceback.print_exception(error, file=sys.stderr)
+  return fail(line)
+
+
+def _unknown_field(key: str, argv: list[str]) -> str:
+  """config_flags says only the key ('root'); name the override flag that has it."""
+  key = key.strip("'\"")
+  for arg in argv:
+    m = re.match(r"--(\w+)\.([\w.]+)", arg)
+    if m and key in m[2].split("."):
+      return (
+        f"--{m[1]}.{m[2]}: the experiment's config has no field {key!r}; check the spelling "
+        f"against the experiment file and mdx/config.py"
+      )
+  return f"--config override of an unknown field: {key}"
+
+
+def _debug_in(argv: list[str]) -> bool:
+  """--debug on a command line that did not parse."""
+  return any(re.fullmatch(r"--debug(=(true|1|yes))?", a, re.IGNORECASE) for a in argv)
+
+
+def run(main: Callable[[list[str]], Any]) -> None:
+  """app.run(main) with one-line user errors (in the flags and in main) and --debug."""
+  define_debug_flag()
+  app.run(lambda argv: call(main, argv), flags_parser=parse_flags)
+
+
+# -------------------------------------------------------------------------------------- argparse
+class ArgumentParser(argparse.ArgumentParser):
+  """argparse with --debug, and a usage mistake as one `error:` line (argparse prints the usage
+  too), exit status 2."""
+
+  def __init__(self, *args: Any, **kwargs: Any):
+    kwargs.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
+    super().__init__(*args, **kwargs)
+    self.add_argument(
+      "--debug", action="store_true", help=f"tracebacks for user errors too (also {DEBUG_ENV}=1)"
+    )
+
+  def error(self, message: str):
+    fail(f"{message}; see {self.prog} --help")
+    sys.exit(2)

@@ -1,0 +1,166 @@
+"""Every command line (mdx.cli): a user's mistake is one line `error: ...` on stderr and exit status
+2, no traceback; MDX_DEBUG=1 adds the traceback (same line, same status); a bug keeps its traceback.
+
+The subprocesses (a JAX import each, no model compiled) run concurrently in one fixture.
+"""
+
+import concurrent.futures
+import os
+import subprocess
+import sys
+
+import pytest
+
+from mdx import cli
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _cases(tmp) -> dict[str, tuple[list[str], list[str]]]:
+  """name -> (python -m arguments, what the one line must name)."""
+  text = os.path.join(tmp, "weights.txt")
+  with open(text, "w") as f:
+    f.write("not weights\nat all\n")
+  nope = os.path.join(tmp, "nowhere")
+  work = os.path.join(tmp, "work")
+  nih = "experiments/nih_64px.py"
+  missing_csv = os.path.join(nope, "Data_Entry.csv")
+  return {
+    "main_missing_config": (
+      ["mdx.main", f"--config={nope}/x.py", f"--workdir={work}"],
+      [f"--config={nope}/x.py", "does not exist"],
+    ),
+    "main_unknown_field": (
+      ["mdx.main", f"--config={nih}", f"--workdir={work}", f"--config.data.root={nope}"],
+      ["--config.data.root", "no field 'root'"],
+    ),
+    "main_missing_data": (
+      [
+        "mdx.main",
+        f"--config={nih}",
+        f"--workdir={work}",
+        f"--config.data.metadata={missing_csv}",
+        "--config.data.prepared_dir=",
+      ],
+      [missing_csv],
+    ),
+    "prepare": (
+      ["mdx.data.cli.prepare", f"--config={nih}", f"--config.data.metadata={missing_csv}"],
+      [missing_csv],
+    ),
+    "split": (
+      ["mdx.data.cli.split", f"--metadata={missing_csv}", f"--out={tmp}/split"],
+      [missing_csv, "does not exist"],
+    ),
+    "audit": (["mdx.data.cli.audit", missing_csv, f"{nope}/b.csv"], [missing_csv]),
+    "consensus": (
+      ["mdx.data.cli.consensus", "--reads", missing_csv, f"{nope}/b.csv", "--out", f"{tmp}/c"],
+      [missing_csv, "does not exist"],
+    ),
+    "evaluate": (
+      ["mdx.evaluate", f"--labels={missing_csv}", f"--probs={text}", f"--out={tmp}/e"],
+      [missing_csv],
+    ),
+    "import_weights_keras_h5": (
+      ["mdx.models.import_weights", "--model=densenet_tiny", "--source=keras_h5"]
+      + [f"--input={text}", f"--output={tmp}/w"],
+      [text, "is not a Keras .h5 (HDF5) weight file"],
+    ),
+    "import_weights_torch": (
+      ["mdx.models.import_weights", "--model=densenet_tiny", "--source=torch"]
+      + [f"--input={text}", f"--output={tmp}/w"],
+      [text, "is not a PyTorch file"],
+    ),
+    "predict": (
+      ["mdx.predict", f"--bundle={nope}", f"--input={tmp}", f"--output={tmp}/p"],
+      [f"bundle {nope}", "does not exist"],
+    ),
+    "bench": (["mdx.models.bench", "--models=densenet_nosuch"], ["'densenet_nosuch' is unknown"]),
+    "sweep": (
+      ["mdx.train.sweep", f"--ablation={nope}/a.py", f"--workdir={work}"],
+      [f"{nope}/a.py", "does not exist"],
+    ),
+    "from_weights": (
+      ["mdx.inference.from_weights", "--model=densenet_tiny", "--source=torch"]
+      + [f"--input={text}", f"--output={tmp}/b", "--findings=A", "--image_size=32"],
+      [text, "is not a PyTorch file"],
+    ),
+    "checkpoint_bench": (
+      ["mdx.train.checkpoint_bench", f"--config={nope}/x.py"],
+      [f"--config={nope}/x.py", "does not exist"],
+    ),
+    "local": (["mdx.local", "2", f"{nope}/cmd"], [f"{nope}/cmd", "not found"]),
+  }
+
+
+def _run(args: list[str], debug: bool) -> subprocess.CompletedProcess:
+  env = {k: v for k, v in os.environ.items() if k not in (cli.DEBUG_ENV, "MDX_ACCELERATOR")}
+  env.update(JAX_PLATFORMS="cpu", PYTHONPATH=ROOT, MDX_COMPILATION_CACHE="")
+  if debug:
+    env[cli.DEBUG_ENV] = "1"
+  return subprocess.run(
+    [sys.executable, "-m", *args], cwd=ROOT, capture_output=True, text=True, env=env, timeout=300
+  )
+
+
+# MDX_DEBUG=1 on one case of each path: the flag parser (absl), main (absl), argparse, a reader
+DEBUGGED = ["main_missing_config", "main_missing_data", "consensus", "import_weights_torch"]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+  """(name, debug) -> (expected words, the finished process), all run four at a time."""
+  cases = _cases(str(tmp_path_factory.mktemp("cli")))
+  keys = [(n, True) for n in DEBUGGED] + [(n, False) for n in cases]  # the slowest start first
+  with concurrent.futures.ThreadPoolExecutor(4) as pool:
+    futures = {(n, d): pool.submit(_run, cases[n][0], d) for n, d in keys}
+    return {(n, d): (cases[n][1], f.result()) for (n, d), f in futures.items()}
+
+
+NAMES = list(_cases("/tmp"))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_a_user_error_is_one_line_and_status_2(runs, name):
+  words, proc = runs[name, False]
+  lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+  assert proc.returncode == 2, proc.stderr[-3000:]
+  assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+  assert all(w in lines[0] for w in words), lines[0]
+
+
+@pytest.mark.parametrize("name", DEBUGGED)
+def test_mdx_debug_shows_the_traceback_and_the_same_line(runs, name):
+  _, quiet = runs[name, False]
+  _, proc = runs[name, True]
+  assert proc.returncode == 2 and "Traceback (most recent call last)" in proc.stderr, proc.stderr
+  line = [x for x in quiet.stderr.splitlines() if x.startswith("error:")]
+  assert [x for x in proc.stderr.splitlines() if x.startswith("error:")] == line
+
+
+def test_a_bug_keeps_its_traceback(capsys):
+  assert cli.call(lambda: int("x")) == 2  # ValueError: the user's
+  assert capsys.readouterr().err == "error: invalid literal for int() with base 10: 'x'\n"
+  with pytest.raises(KeyError):  # not a user error: it propagates, traceback and all
+    cli.call(lambda: {}["x"])
+  with pytest.raises(AttributeError):
+    cli.call(lambda: None.x)
+
+
+def test_one_line_joins_lines_and_unquotes_key_errors():
+  assert cli.one_line(ValueError("a\n    b\n\n  c")) == "a b c"
+  assert cli.one_line(KeyError("'field' is not there")) == "'field' is not there"
+  assert cli.one_line(KeyError("x")) == "x"
+  assert cli.one_line(FileNotFoundError()) == "FileNotFoundError"
+
+
+def test_argument_parser_mistake_is_one_line(capsys):
+  p = cli.ArgumentParser(prog="python -m mdx.x")
+  p.add_argument("--n", type=int, required=True)
+  with pytest.raises(SystemExit) as e:
+    p.parse_args(["--n=abc"])
+  assert e.value.code == 2
+  err = capsys.readouterr().err
+  assert err.count("\n") == 1 and err.startswith("error: argument --n: invalid int value")
+  assert "python -m mdx.x --help" in err
+  assert p.parse_args(["--n=1", "--debug"]).debug
