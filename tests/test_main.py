@@ -60,30 +60,6 @@ def test_workdir_that_is_a_file(tmp_path):
   assert proc.returncode != 0 and "is a file, not a directory" in proc.stderr
 
 
-def test_train_then_eval_writes_config_report_and_tensorboard(tmp_path):
-  work = tmp_path / "run"
-  proc = run_main(
-    "--config=experiments/tiny_phantoms.py",
-    f"--workdir={work}",
-    "--config.train.steps=4",
-    "--config.train.checkpoint_every=2",
-  )
-  assert proc.returncode == 0, proc.stderr[-4000:]
-  assert "see " in proc.stdout
-  resolved = (work / "config.json").read_text()
-  assert '"steps": 4' in resolved and '"checkpoint_every": 2' in resolved
-  assert any(name.startswith("events") for name in os.listdir(work / "tensorboard"))
-  for name in ("metrics.json", "report.html", "report.md", "gradcam.json", "test_predictions.csv"):
-    assert (work / "report" / name).exists(), name
-  html = (work / "report" / "report.html").read_text()
-  for figure in ("loss_curves.png", "examples.png", "gradcam_Mass_0.png"):
-    assert figure in html, figure
-  assert "step 4/4" in proc.stderr  # the progress line
-  # eval alone on the same workdir reproduces the report from the best checkpoint
-  proc = run_main("--config=experiments/tiny_phantoms.py", f"--workdir={work}", "--mode=eval")
-  assert proc.returncode == 0, proc.stderr[-4000:]
-
-
 def test_unknown_data_field_for_the_chosen_source_names_it():
   c = config_lib.defaults()
   c.data.imag_size = 64  # a typo: phantoms and the pipeline read data.image_size

@@ -3,7 +3,7 @@
 Every transform acts on a record dict whose 'image' is float32 [H, W, C] in [0, 1] (already resized
 to the training size) and returns the record with a new 'image' of the same shape and dtype.
 Random transforms are grain RandomMaps that draw only from the rng grain hands them, so a pipeline
-is deterministic given its seed and resumes exactly from a checkpointed iterator state.
+is deterministic given its seed and each record's position, and resumes exactly at any step.
 
 Geometric changes are folded into ONE affine warp per image (scipy.ndimage.affine_transform,
 order=1): a rotation, zoom and translation cost a single interpolation, which keeps the edges sharp

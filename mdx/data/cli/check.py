@@ -19,9 +19,15 @@ from ml_collections import config_flags
 
 from mdx import cli
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "experiment file", lock_config=False)
-_COLD = flags.DEFINE_bool("cold", False, "Decode everything again (a first run's time).")
-_OUT = flags.DEFINE_string("out", None, "Folder for bad_records.csv / constant_records.csv.")
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+  """Defined only when run as a program: importing this module (next to prepare, which defines
+  --config too) leaves the global flags alone."""
+  config_flags.DEFINE_config_file("config", None, "experiment file", lock_config=False)
+  flags.DEFINE_bool("cold", False, "Decode everything again (a first run's time).")
+  flags.DEFINE_string("out", None, "Folder for bad_records.csv / constant_records.csv.")
 
 
 def main(argv) -> int:
@@ -29,13 +35,13 @@ def main(argv) -> int:
   from mdx import config as config_lib
   from mdx.data import check, sources
 
-  config = config_lib.resolve(_CONFIG.value)
+  config = config_lib.resolve(FLAGS.config)
   source = sources.make_source(config.data, config.seed)
   if not check.is_checkable(source):
     print(f"{config.data.source}: records are generated in memory; nothing to check")
     return 0
-  cache = tempfile.mkdtemp(prefix="mdx-check-cold-") if _COLD.value else None
-  out = _OUT.value or None
+  cache = tempfile.mkdtemp(prefix="mdx-check-cold-") if FLAGS.cold else None
+  out = FLAGS.out or None
   if out:
     os.makedirs(out, exist_ok=True)
   try:
@@ -55,5 +61,6 @@ def main(argv) -> int:
 
 
 if __name__ == "__main__":
+  define_flags()
   flags.mark_flags_as_required(["config"])
   cli.run(main)
