@@ -14,34 +14,23 @@ import os
 import subprocess
 import sys
 
-import jax
 import ml_collections
 import nibabel as nib
 import numpy as np
 import pytest
+from bundle_fixtures import random_variables, write_segmenter_bundle
 from PIL import Image
 
 from mdx import config as config_lib
 from mdx.evaluate import external
 from mdx.inference import bundle as bundle_lib
 from mdx.inference import predict_files
-from mdx.models import registry
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 FINDINGS = ("Effusion", "Nodule", "Mass")
 SIZE = 32
 CLASSES = {"Effusion": 4, "Nodule": 4, "Normal": 5}  # 13 films: an odd number of records
 SCAN = (20, 18, 16)
-
-
-def _init(model_spec, shape):
-  model = registry.create_from_config(model_spec)
-  # unoptimised: the initialisers' random-number code compiles in seconds, not tens of seconds
-  init = jax.jit(
-    lambda x: model.init(jax.random.key(0), x, train=False),
-    compiler_options={"xla_backend_optimization_level": 0},
-  )
-  return jax.tree.map(np.asarray, dict(init(np.zeros(shape, np.float32))))
 
 
 def _classifier(path):
@@ -60,30 +49,7 @@ def _classifier(path):
       "values": {"Effusion": 0.5, "Nodule": 0.45, "Mass": None},
     },
   )
-  return bundle_lib.write(path, spec, _init(model_spec, (1, SIZE, SIZE, 1)), "# test")
-
-
-def _segmenter(path):
-  model_spec = {
-    "name": "unet3d",
-    "num_classes": 2,
-    "dtype": "float32",
-    "depth": 2,
-    "base_width": 4,
-    "conv_impl": "native",
-  }
-  spec = bundle_lib.segmentation_spec(
-    model_spec,
-    channels=1,
-    standardize="per_channel",
-    patch_size=(16, 16, 16),
-    overlap=0.25,
-    batch_size=2,
-    class_names=("background", "lesion"),
-    label_mode="classes",
-    label_values=(0, 3),
-  )
-  return bundle_lib.write(path, spec, _init(model_spec, (1, 16, 16, 16, 1)), "# test")
+  return bundle_lib.write(path, spec, random_variables(model_spec, (1, SIZE, SIZE, 1)), "# test")
 
 
 def _films(root):
@@ -151,7 +117,7 @@ def files(tmp_path_factory):
   return {
     "tmp": tmp,
     "classifier": _classifier(str(tmp / "classifier")),
-    "segmenter": _segmenter(str(tmp / "segmenter")),
+    "segmenter": write_segmenter_bundle(str(tmp / "segmenter")),
     "data": data,
     "experiment": experiment,
     "cache": tmp / "cache",

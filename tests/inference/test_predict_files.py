@@ -15,10 +15,10 @@ import shutil
 import subprocess
 import sys
 
-import jax
 import nibabel as nib
 import numpy as np
 import pytest
+from bundle_fixtures import random_variables, write_segmenter_bundle
 from fixture_files import write_dicom
 from PIL import Image
 
@@ -26,24 +26,12 @@ from mdx.evaluate.calibration import Platt, map_to_spec
 from mdx.inference import bundle as bundle_lib
 from mdx.inference import predict_files
 from mdx.inference.segmenter import VolumeSegmenter
-from mdx.models import registry
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 FINDINGS = ("Effusion", "Nodule", "Mass")
 PLATT = {"Effusion": Platt(1.5, -0.2), "Nodule": Platt(0.7, 0.1)}  # Mass: not calibrated
 THRESHOLDS = {"Effusion": 0.5, "Nodule": 0.45, "Mass": None}
 SIZE = 32
-
-
-def _init(model_spec, shape):
-  model = registry.create_from_config(model_spec)
-  # XLA:CPU's optimiser spends 10-40 s on the initialisers' random-number code; unoptimised it
-  # compiles in ~3 s, and random weights need no speed
-  init = jax.jit(
-    lambda x: model.init(jax.random.key(0), x, train=False),
-    compiler_options={"xla_backend_optimization_level": 0},
-  )
-  return jax.tree.map(np.asarray, dict(init(np.zeros(shape, np.float32))))
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +57,7 @@ def classifier_dir(tmp_path_factory):
     },
   )
   path = str(tmp_path_factory.mktemp("cls") / "bundle")
-  return bundle_lib.write(path, spec, _init(model_spec, (1, SIZE, SIZE, 1)), "# test")
+  return bundle_lib.write(path, spec, random_variables(model_spec, (1, SIZE, SIZE, 1)), "# test")
 
 
 @pytest.fixture(scope="module")
@@ -273,27 +261,7 @@ AFFINE = np.array(
 
 @pytest.fixture(scope="module")
 def segmenter_dir(tmp_path_factory):
-  model_spec = {
-    "name": "unet3d",
-    "num_classes": 2,
-    "dtype": "float32",
-    "depth": 2,
-    "base_width": 4,
-    "conv_impl": "native",  # compiles faster on CPU than the default slices
-  }
-  spec = bundle_lib.segmentation_spec(
-    model_spec,
-    channels=1,
-    standardize="per_channel",
-    patch_size=(16, 16, 16),
-    overlap=0.25,
-    batch_size=2,
-    class_names=("background", "lesion"),
-    label_mode="classes",
-    label_values=(0, 3),
-  )
-  path = str(tmp_path_factory.mktemp("seg") / "bundle")
-  return bundle_lib.write(path, spec, _init(model_spec, (1, 16, 16, 16, 1)), "# test")
+  return write_segmenter_bundle(str(tmp_path_factory.mktemp("seg") / "bundle"))
 
 
 def test_segmenter_writes_label_maps_with_the_input_affine(segmenter_dir, tmp_path):

@@ -2,6 +2,7 @@
 
 import jax
 import jax.numpy as jnp
+import jitted
 import numpy as np
 import pytest
 
@@ -33,7 +34,7 @@ def test_overlapping_windows_of_a_pointwise_model_equal_direct_pass():
 def test_unet_window_covering_the_volume_equals_direct_pass():
   model = UNet3D(num_classes=3, depth=2, base_width=4, norm="batch")
   x = np.random.default_rng(1).standard_normal((8, 12, 8, 2)).astype(np.float32)
-  variables = model.init(jax.random.key(0), jnp.asarray(x[None]))
+  variables = jitted.init(model, jnp.asarray(x[None]))
   mesh = jax.make_mesh((jax.device_count(),), ("data",))
   predict = inference_predict.make_predict_fn(model, mesh, "softmax")
   fn = lambda batch: predict(variables, batch)  # noqa: E731

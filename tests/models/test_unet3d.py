@@ -2,6 +2,7 @@
 
 import jax
 import jax.numpy as jnp
+import jitted
 import numpy as np
 import pytest
 
@@ -12,7 +13,7 @@ from mdx.models.unet3d import UNet3D
 def test_shapes_and_float32_logits(norm):
   model = UNet3D(num_classes=3, depth=3, base_width=4, norm=norm)
   x = jnp.asarray(np.random.default_rng(0).standard_normal((2, 8, 12, 8, 2)), jnp.float32)
-  variables = model.init(jax.random.key(0), x, train=False)
+  variables = jitted.init(model, x, train=False)
   assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(variables["params"]))
   assert ("batch_stats" in variables) == (norm == "batch")
   y = model.apply(variables, x, train=False)
@@ -28,21 +29,21 @@ def test_shapes_and_float32_logits(norm):
 def test_bfloat16_compute_float32_params():
   model = UNet3D(num_classes=2, dtype="bfloat16", depth=2, base_width=4)
   x = jnp.ones((1, 4, 4, 4, 1))
-  variables = model.init(jax.random.key(0), x)
+  variables = jitted.init(model, x)
   assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(variables["params"]))
-  assert model.apply(variables, x).dtype == jnp.float32
+  assert jitted.apply(model, variables, x).dtype == jnp.float32
 
 
 def test_widths_and_translation_equivariance_of_depth1():
   model = UNet3D(num_classes=2, depth=3, base_width=4, norm="none")
-  v = model.init(jax.random.key(1), jnp.ones((1, 8, 8, 8, 1)))
+  v = jax.eval_shape(model.init, jax.random.key(1), jnp.ones((1, 8, 8, 8, 1)))  # shapes only
   p = v["params"]
   assert p["down0"]["conv0"]["kernel"].shape == (3, 3, 3, 1, 4)
   assert p["bottom"]["conv1"]["kernel"].shape == (3, 3, 3, 16, 16)
   assert p["up0"]["conv0"]["kernel"].shape == (3, 3, 3, 8, 4)  # skip (4) + upsampled (4)
   # a one-level network is a plain convolution stack: shifting the input shifts the output
   m1 = UNet3D(num_classes=2, depth=1, base_width=4, norm="none")
-  v1 = m1.init(jax.random.key(2), jnp.ones((1, 10, 10, 10, 1)))
+  v1 = jitted.init(m1, jnp.ones((1, 10, 10, 10, 1)), seed=2)
   x = jnp.zeros((1, 10, 10, 10, 1)).at[0, 4, 4, 4, 0].set(1.0)
   y = m1.apply(v1, x)
   ys = m1.apply(v1, jnp.roll(x, 1, axis=1))
@@ -67,10 +68,13 @@ def test_conv_implementations_agree_and_upconv_is_a_transposed_conv():
     unet3d.conv3x3x3(x, k, "slices"), unet3d.conv3x3x3(x, k, "native"), rtol=1e-4, atol=1e-4
   )
   model = UNet3D(num_classes=2, depth=2, base_width=4, norm="group", conv_impl="native")
-  v = model.init(jax.random.key(0), x[:, :4, :6, :4])
+  v = jitted.init(model, x[:, :4, :6, :4])
   other = UNet3D(num_classes=2, depth=2, base_width=4, norm="group", conv_impl="slices")
   np.testing.assert_allclose(
-    model.apply(v, x[:, :4, :6, :4]), other.apply(v, x[:, :4, :6, :4]), rtol=1e-4, atol=1e-4
+    jitted.apply(model, v, x[:, :4, :6, :4]),
+    jitted.apply(other, v, x[:, :4, :6, :4]),
+    rtol=1e-4,
+    atol=1e-4,
   )
   # UpConv == flax ConvTranspose (kernel 2, stride 2, VALID) with the kernel flipped spatially
   up = unet3d.UpConv(5)

@@ -1,0 +1,43 @@
+"""Random-weight bundles for the inference tests (tests/conftest.py puts tests/ on the path)."""
+
+import jax
+import numpy as np
+
+from mdx.inference import bundle as bundle_lib
+from mdx.models import registry
+
+
+def random_variables(model_spec: dict, shape) -> dict:
+  """A model's initial variables as numpy, for an input of `shape`."""
+  model = registry.create_from_config(model_spec)
+  # XLA:CPU's optimiser spends 10-40 s on the initialisers' random-number code; unoptimised it
+  # compiles in ~3 s, and random weights need no speed
+  init = jax.jit(
+    lambda x: model.init(jax.random.key(0), x, train=False),
+    compiler_options={"xla_backend_optimization_level": 0},
+  )
+  return jax.tree.map(np.asarray, dict(init(np.zeros(shape, np.float32))))
+
+
+def write_segmenter_bundle(path: str) -> str:
+  """A tiny 3D U-Net bundle: 16^3 patches, classes background / lesion written as 0 / 3."""
+  model_spec = {
+    "name": "unet3d",
+    "num_classes": 2,
+    "dtype": "float32",
+    "depth": 2,
+    "base_width": 4,
+    "conv_impl": "native",  # compiles faster on CPU than the default slices
+  }
+  spec = bundle_lib.segmentation_spec(
+    model_spec,
+    channels=1,
+    standardize="per_channel",
+    patch_size=(16, 16, 16),
+    overlap=0.25,
+    batch_size=2,
+    class_names=("background", "lesion"),
+    label_mode="classes",
+    label_values=(0, 3),
+  )
+  return bundle_lib.write(path, spec, random_variables(model_spec, (1, 16, 16, 16, 1)), "# test")
