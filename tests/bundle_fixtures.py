@@ -19,6 +19,29 @@ def random_variables(model_spec: dict, shape) -> dict:
   return jax.tree.map(np.asarray, dict(init(np.zeros(shape, np.float32))))
 
 
+def write_classifier_bundle(
+  path: str, findings, thresholds: dict, standardize: dict, size: int = 32, calibration=None
+) -> str:
+  """A tiny DenseNet bundle for 1-channel films of `size` px with hand-written raw thresholds."""
+  model_spec = {"name": "densenet_tiny", "num_classes": len(findings), "dtype": "float32"}
+  spec = bundle_lib.classification_spec(
+    model_spec,
+    image_size=size,
+    channels=1,
+    standardize=standardize,
+    findings=findings,
+    thresholds={
+      "policy": "fixed",
+      "description": "hand-written for the test",
+      "chosen_on": None,
+      "scale": "raw",
+      "values": thresholds,
+    },
+    calibration=calibration,
+  )
+  return bundle_lib.write(path, spec, random_variables(model_spec, (1, size, size, 1)), "# test")
+
+
 def write_segmenter_bundle(path: str) -> str:
   """A tiny 3D U-Net bundle: 16^3 patches, classes background / lesion written as 0 / 3."""
   model_spec = {

@@ -18,12 +18,11 @@ import ml_collections
 import nibabel as nib
 import numpy as np
 import pytest
-from bundle_fixtures import random_variables, write_segmenter_bundle
+from bundle_fixtures import write_classifier_bundle, write_segmenter_bundle
 from PIL import Image
 
 from mdx import config as config_lib
 from mdx.evaluate import external
-from mdx.inference import bundle as bundle_lib
 from mdx.inference import predict_files
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -34,22 +33,8 @@ SCAN = (20, 18, 16)
 
 
 def _classifier(path):
-  model_spec = {"name": "densenet_tiny", "num_classes": len(FINDINGS), "dtype": "float32"}
-  spec = bundle_lib.classification_spec(
-    model_spec,
-    image_size=SIZE,
-    channels=1,
-    standardize={"mode": "per_image"},
-    findings=FINDINGS,
-    thresholds={
-      "policy": "fixed",
-      "description": "hand-written for the test",
-      "chosen_on": None,
-      "scale": "raw",
-      "values": {"Effusion": 0.5, "Nodule": 0.45, "Mass": None},
-    },
-  )
-  return bundle_lib.write(path, spec, random_variables(model_spec, (1, SIZE, SIZE, 1)), "# test")
+  thresholds = {"Effusion": 0.5, "Nodule": 0.45, "Mass": None}
+  return write_classifier_bundle(path, FINDINGS, thresholds, {"mode": "per_image"}, SIZE)
 
 
 def _films(root):

@@ -18,7 +18,7 @@ import sys
 import nibabel as nib
 import numpy as np
 import pytest
-from bundle_fixtures import random_variables, write_segmenter_bundle
+from bundle_fixtures import write_classifier_bundle, write_segmenter_bundle
 from fixture_files import write_dicom
 from PIL import Image
 
@@ -36,28 +36,18 @@ SIZE = 32
 
 @pytest.fixture(scope="module")
 def classifier_dir(tmp_path_factory):
-  model_spec = {"name": "densenet_tiny", "num_classes": len(FINDINGS), "dtype": "float32"}
-  spec = bundle_lib.classification_spec(
-    model_spec,
-    image_size=SIZE,
-    channels=1,
-    standardize={"mode": "dataset", "mean": [0.5], "std": [0.25]},
-    findings=FINDINGS,
-    thresholds={
-      "policy": "fixed",
-      "description": "hand-written for the test",
-      "chosen_on": None,
-      "scale": "raw",
-      "values": THRESHOLDS,
-    },
+  return write_classifier_bundle(
+    str(tmp_path_factory.mktemp("cls") / "bundle"),
+    FINDINGS,
+    THRESHOLDS,
+    {"mode": "dataset", "mean": [0.5], "std": [0.25]},
+    SIZE,
     calibration={
       "method": "platt",
       "fitted_on": None,
       "maps": {f: map_to_spec(PLATT.get(f), "test") for f in FINDINGS},
     },
   )
-  path = str(tmp_path_factory.mktemp("cls") / "bundle")
-  return bundle_lib.write(path, spec, random_variables(model_spec, (1, SIZE, SIZE, 1)), "# test")
 
 
 @pytest.fixture(scope="module")
