@@ -12,6 +12,7 @@
 #   ./launch.sh sweep ABLATION --workdir=DIR [flags]   every variant of an ablation, one results table
 #   ./launch.sh local N <command> ...              the command as N joined processes on this machine
 #   ./launch.sh tpu NAME ZONE <command> ...        the same command on every worker of a Cloud TPU VM
+#   ./launch.sh bench densenet|unet3d|predict [flags]   speed beside PyTorch / MONAI (README: Performance)
 #   ./launch.sh setup                              only install (e.g. once before srun on a cluster)
 # MDX_ACCELERATOR=cpu|cuda|tpu overrides the accelerator detected here; its JAX build is installed
 # and a run stops with an error if JAX cannot use it (instead of training on the host CPU).
@@ -55,6 +56,32 @@ setup() {
   export PATH="$PWD/$VENV/bin:$PATH"
   # a detected accelerator is a requirement: the run stops if JAX cannot use it (mdx.runtime)
   export MDX_ACCELERATOR="$accelerator"
+  use_tcmalloc
+}
+
+# XLA:CPU allocates and frees every step's large buffers; glibc's malloc hands them back to the
+# kernel and page-faults them in again each step, tcmalloc keeps them: a DenseNet-121 train step
+# ~1.2x faster, compiles ~1.4x faster (README: Performance).
+# MDX_MALLOC=system keeps glibc's malloc. As root with apt-get, setup installs the library once.
+use_tcmalloc() {
+  [[ "${MDX_MALLOC:-tcmalloc}" == system || "${LD_PRELOAD:-}" == *tcmalloc* ]] && return 0
+  local lib="" dir
+  for dir in /usr/lib/x86_64-linux-gnu /usr/lib/aarch64-linux-gnu /usr/lib64 /usr/lib; do
+    [[ -e "$dir/libtcmalloc_minimal.so.4" ]] && { lib="$dir/libtcmalloc_minimal.so.4"; break; }
+  done
+  if [[ -z "$lib" && -z "${_MDX_TRIED_APT:-}" && "$(id -u)" == 0 ]] && command -v apt-get >/dev/null 2>&1; then
+    echo "launch.sh: installing tcmalloc (apt-get install libtcmalloc-minimal4)" >&2
+    _MDX_TRIED_APT=1
+    { apt-get install -y -q libtcmalloc-minimal4 \
+      || { apt-get update -q && apt-get install -y -q libtcmalloc-minimal4; }; } >/dev/null 2>&1 || true
+    use_tcmalloc; return 0
+  fi
+  if [[ -z "$lib" ]]; then
+    echo "launch.sh: tcmalloc not found (Debian/Ubuntu: apt-get install libtcmalloc-minimal4); CPU steps run ~1.2x slower with glibc's malloc" >&2
+    return 0
+  fi
+  export LD_PRELOAD="$lib${LD_PRELOAD:+:$LD_PRELOAD}"
+  export TCMALLOC_LARGE_ALLOC_REPORT_THRESHOLD=1099511627776  # no line per allocation over 1 GB
 }
 
 usage() { sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
@@ -68,6 +95,16 @@ case "$cmd" in
     exec python -m mdx.main --config=experiments/cxr_phantoms.py --workdir="$workdir" --mode=train "$@" ;;
   setup)
     setup "${1:-}" ;;
+  bench)
+    [[ $# -ge 1 ]] || usage
+    setup bench
+    what="$1"; shift
+    case "$what" in
+      densenet) exec python -m mdx.models.bench --models=densenet121 --torch "$@" ;;
+      unet3d) exec python -m mdx.models.bench_unet3d "$@" ;;
+      predict) exec python benchmarks/predict.py "$@" ;;
+      *) usage ;;
+    esac ;;
   test)
     setup test
     exec python -m pytest -n 2 "$@" ;;

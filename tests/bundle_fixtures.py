@@ -1,22 +1,7 @@
 """Random-weight bundles for the inference tests (tests/conftest.py puts tests/ on the path)."""
 
-import jax
-import numpy as np
-
 from mdx.inference import bundle as bundle_lib
 from mdx.models import registry
-
-
-def random_variables(model_spec: dict, shape) -> dict:
-  """A model's initial variables as numpy, for an input of `shape`."""
-  model = registry.create_from_config(model_spec)
-  # XLA:CPU's optimiser spends 10-40 s on the initialisers' random-number code; unoptimised it
-  # compiles in ~3 s, and random weights need no speed
-  init = jax.jit(
-    lambda x: model.init(jax.random.key(0), x, train=False),
-    compiler_options={"xla_backend_optimization_level": 0},
-  )
-  return jax.tree.map(np.asarray, dict(init(np.zeros(shape, np.float32))))
 
 
 def write_classifier_bundle(
@@ -39,7 +24,9 @@ def write_classifier_bundle(
     },
     calibration=calibration,
   )
-  return bundle_lib.write(path, spec, random_variables(model_spec, (1, size, size, 1)), "# test")
+  return bundle_lib.write(
+    path, spec, registry.random_variables(model_spec, (1, size, size, 1)), "# test"
+  )
 
 
 def write_segmenter_bundle(path: str) -> str:
@@ -63,4 +50,6 @@ def write_segmenter_bundle(path: str) -> str:
     label_mode="classes",
     label_values=(0, 3),
   )
-  return bundle_lib.write(path, spec, random_variables(model_spec, (1, 16, 16, 16, 1)), "# test")
+  return bundle_lib.write(
+    path, spec, registry.random_variables(model_spec, (1, 16, 16, 16, 1)), "# test"
+  )

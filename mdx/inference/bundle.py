@@ -41,6 +41,8 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from mdx.data import standardize as standardize_lib
+
 FORMAT = "mdx-bundle/1"
 SPEC = "bundle.json"
 VARIABLES = "variables"
@@ -217,6 +219,14 @@ def check_spec(spec: dict[str, Any], where: str) -> None:
           f"bundle {where}: {SPEC} '{section}' has no '{field}'; the bundle is incomplete "
           "(export it again)"
         )
+  # a wrong standardisation would fail every image one by one: refuse the bundle instead
+  standardize = spec["input"].get("standardize")
+  mode = standardize.get("mode") if isinstance(standardize, dict) else standardize
+  if mode not in standardize_lib.MODES:
+    raise ValueError(
+      f"bundle {where}: {SPEC} 'input' standardize mode {mode!r} is unknown; choose one of "
+      f"{standardize_lib.MODES}"
+    )
 
 
 def load(directory: str) -> Bundle:

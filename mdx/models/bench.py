@@ -21,11 +21,8 @@ Variants (mdx's train step is 'mdx'; the others undo one tuning each, 'baseline'
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import statistics
-import time
 
 import jax
 import jax.numpy as jnp
@@ -33,8 +30,7 @@ import numpy as np
 import optax
 from absl import app, flags
 
-from mdx import runtime
-from mdx.models import common, registry
+from mdx.models import race, registry
 
 _MODELS = flags.DEFINE_list("models", ["densenet121", "resnet50"], "registry names")
 _RES = flags.DEFINE_list("resolutions", ["128"], "square input sizes")
@@ -48,98 +44,16 @@ _KWARGS = flags.DEFINE_string("kwargs", "{}", 'JSON model kwargs, e.g. \'{"conca
 _THREADS = flags.DEFINE_integer("threads", 0, "torch threads (0: one per CPU core)")
 _VARIANTS = flags.DEFINE_list("variants", ["mdx"], "train-step variants (see the module docstring)")
 
-# variant -> (plain Flax operations, use mdx's XLA options, donate: None = mdx's choice)
-VARIANTS = {
-  "mdx": (False, True, None),
-  "plain_flax_ops": (True, True, None),
-  "xla_cpu_defaults": (False, False, None),
-  "donate": (False, True, True),
-  "baseline": (True, False, True),
-}
-
-
-def _rate(fn, images: int, steps: int) -> float:
-  t = time.perf_counter()
-  for _ in range(steps):
-    out = fn()
-  jax.block_until_ready(out)
-  return images * steps / (time.perf_counter() - t)
-
 
 def build_model_step(
   name: str, size: int, batch: int, channels: int, dtype: str, variant: str = "mdx", **kwargs
 ) -> dict:
-  """Compiles `name`'s train step and forward pass as `variant`: a contestant for `race`."""
-  if variant not in VARIANTS:
-    raise ValueError(f"unknown variant {variant!r}; choose from {sorted(VARIANTS)}")
-  plain, options, donate = VARIANTS[variant]
-  options = runtime.compiler_options() if options else {}
-  donate = runtime.donate_state() if donate is None else donate
+  """Registry model `name`'s 14-finding train step and forward pass as `variant`: a contestant."""
   model = registry.create(name, num_classes=14, dtype=dtype, **kwargs)
   x = jnp.asarray(np.random.default_rng(0).normal(size=(batch, size, size, channels)), jnp.float32)
   y = jnp.asarray(np.random.default_rng(1).integers(0, 2, (batch, 14)), jnp.float32)
-  variables = jax.jit(lambda x: model.init(jax.random.key(0), x))(x)
-  params, stats = variables["params"], variables.get("batch_stats", {})
-  tx = optax.sgd(1e-3, momentum=0.9)
-  opt_state = tx.init(params)
-
-  def train_step(params, stats, opt_state, x, y):
-    def loss_fn(p):
-      logits, upd = model.apply(
-        {"params": p, "batch_stats": stats}, x, train=True, mutable=["batch_stats"]
-      )
-      return optax.sigmoid_binary_cross_entropy(logits, y).mean(), upd["batch_stats"]
-
-    (loss, stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-    updates, opt_state = tx.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), stats, opt_state, loss
-
-  with common.plain_flax_ops() if plain else contextlib.nullcontext():
-    t = time.perf_counter()
-    step = (
-      jax.jit(train_step, donate_argnums=(0, 1, 2) if donate else (), compiler_options=options)
-      .lower(params, stats, opt_state, x, y)
-      .compile()
-    )
-    compile_s = time.perf_counter() - t
-    forward = (
-      jax.jit(lambda v, x: model.apply(v, x, train=False), compiler_options=options)
-      .lower({"params": params, "batch_stats": stats}, x)
-      .compile()
-    )
-  state = [params, stats, opt_state]
-
-  def train():
-    state[0], state[1], state[2], loss = step(state[0], state[1], state[2], x, y)
-    return loss
-
-  jax.block_until_ready(train())
-  n = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(params))
-  return dict(
-    model=name,
-    size=size,
-    variant=variant,
-    params=n,
-    compile_s=compile_s,
-    forward_fn=lambda: forward({"params": state[0], "batch_stats": state[1]}, x),
-    train_fn=train,
-  )
-
-
-def race(contestants: list[dict], batch: int, steps: int, repeats: int) -> None:
-  """Times every contestant's train (and forward) function in turns, adding their median img/s and
-  'vs_last': the median over rounds of train img/s / the last contestant's in the same round (on a
-  noisy machine a paired ratio is steadier than a ratio of medians)."""
-  rates = [{"train": [], "forward": []} for _ in contestants]
-  for _ in range(repeats):
-    for c, r in zip(contestants, rates):
-      r["train"].append(_rate(c["train_fn"], batch, steps))
-      if c.get("forward_fn"):
-        r["forward"].append(_rate(c["forward_fn"], batch, steps))
-  for c, r in zip(contestants, rates):
-    c["train"] = statistics.median(r["train"])
-    c["forward"] = statistics.median(r["forward"]) if r["forward"] else float("nan")
-    c["vs_last"] = statistics.median(a / b for a, b in zip(r["train"], rates[-1]["train"]))
+  bce = lambda logits, y: optax.sigmoid_binary_cross_entropy(logits, y).mean()
+  return race.jax_contestant(model, x, y, bce, variant, model=name, size=size)
 
 
 def torch_densenet121(num_classes: int = 14, in_channels: int = 3):
@@ -195,42 +109,15 @@ def torch_densenet121(num_classes: int = 14, in_channels: int = 3):
 
 
 def build_torch_step(size: int, batch: int, channels: int, threads: int) -> dict:
-  """PyTorch DenseNet-121's train step as a contestant for `race`."""
+  """PyTorch DenseNet-121's train step and forward pass as a contestant for `race`."""
   import torch
 
-  cuda = torch.cuda.is_available()
-  if threads:
-    torch.set_num_threads(threads)
-  device = "cuda" if cuda else "cpu"
-  model = torch_densenet121(14, channels).to(device)
-  fmt = torch.channels_last if cuda else torch.contiguous_format
-  model = model.to(memory_format=fmt).train()
-  opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
-  x = torch.randn(batch, channels, size, size, device=device).to(memory_format=fmt)
-  y = torch.randint(0, 2, (batch, 14), device=device).float()
-  loss_fn = torch.nn.BCEWithLogitsLoss()
-
-  def train():
-    opt.zero_grad(set_to_none=True)
-    with torch.autocast(device, dtype=torch.bfloat16, enabled=cuda):
-      loss = loss_fn(model(x).float(), y)
-    loss.backward()
-    opt.step()
-    if cuda:
-      torch.cuda.synchronize()
-    return None
-
-  train()
-  n = sum(p.numel() for p in model.parameters())
-  return dict(
-    model="densenet121",
-    size=size,
-    variant=f"torch {torch.__version__}",
-    params=n,
-    compile_s=float("nan"),
-    forward_fn=None,
-    train_fn=train,
-  )
+  gen = torch.Generator().manual_seed(0)
+  x = torch.randn(batch, channels, size, size, generator=gen)
+  y = torch.randint(0, 2, (batch, 14), generator=gen).float()
+  model = torch_densenet121(14, channels)
+  bce = torch.nn.BCEWithLogitsLoss()
+  return race.torch_contestant(model, x, y, bce, threads, model="densenet121", size=size)
 
 
 def _check_flags() -> dict:
@@ -238,9 +125,9 @@ def _check_flags() -> dict:
   model kwargs."""
   for name in _MODELS.value:
     registry.model_class(name)  # names the known models
-  unknown = [v for v in _VARIANTS.value if v not in VARIANTS]
+  unknown = [v for v in _VARIANTS.value if v not in race.VARIANTS]
   if unknown:
-    raise ValueError(f"--variants: unknown {unknown}; choose from {sorted(VARIANTS)}")
+    raise ValueError(f"--variants: unknown {unknown}; choose from {sorted(race.VARIANTS)}")
   if not all(r.isdigit() and int(r) > 0 for r in _RES.value):
     raise ValueError(f"--resolutions={','.join(_RES.value)}: give whole numbers, e.g. 128,224")
   try:
@@ -259,11 +146,12 @@ def main(argv):
   threads = _THREADS.value or os.cpu_count()
   print(
     f"devices: {jax.devices()}  dtype={_DTYPE.value}  batch={_BATCH.value}  "
-    f"kwargs={_KWARGS.value}  torch threads={threads if _TORCH.value else '-'}"
+    f"kwargs={_KWARGS.value}  torch threads={threads if _TORCH.value else '-'}  "
+    f"malloc: {race.allocator()}"
   )
   print(
     f"{'model':<14}{'size':>5}  {'variant':<18}{'params':>11}{'compile s':>11}{'fwd img/s':>11}"
-    f"{'train img/s':>13}{'vs torch':>10}"
+    f"{'fwd vs torch':>13}{'train img/s':>13}{'vs torch':>10}"
   )
   for name in _MODELS.value:
     for size in map(int, _RES.value):
@@ -274,12 +162,13 @@ def main(argv):
       with_torch = _TORCH.value and name == "densenet121"
       if with_torch:
         contestants.append(build_torch_step(size, _BATCH.value, _CHANNELS.value, threads))
-      race(contestants, _BATCH.value, _STEPS.value, _REPEATS.value)
+      race.race(contestants, _BATCH.value, _STEPS.value, _REPEATS.value)
       for c in contestants:
         ratio = f"{c['vs_last']:10.2f}" if with_torch else f"{'-':>10}"
+        fwd_ratio = f"{c['fwd_vs_last']:13.2f}" if with_torch else f"{'-':>13}"
         print(
           f"{name:<14}{size:>5}  {c['variant']:<18}{c['params']:>11,}{c['compile_s']:>11.1f}"
-          f"{c['forward']:>11.1f}{c['train']:>13.2f}{ratio}",
+          f"{c['forward']:>11.1f}{fwd_ratio}{c['train']:>13.2f}{ratio}",
           flush=True,
         )
 

@@ -126,3 +126,19 @@ def create_from_config(model_config: Any, bn_axis_name: str | None = None) -> nn
     )
   except ValueError as e:
     raise ValueError(f"config.model: {e}") from None
+
+
+def random_variables(model_config: Any, shape, seed: int = 0) -> dict:
+  """A model's initial (random) variables as numpy for an input of `shape`: weights for benchmarks
+  and tests, where random ones are what is wanted."""
+  import jax  # pylint: disable=import-outside-toplevel  (the registry itself needs only flax)
+  import numpy as np  # pylint: disable=import-outside-toplevel
+
+  model = create_from_config(model_config)
+  # XLA:CPU's optimiser spends 10-40 s on the initialisers' random-number code; unoptimised it
+  # compiles in ~3 s, and random weights need no speed
+  init = jax.jit(
+    lambda x: model.init(jax.random.key(seed), x, train=False),
+    compiler_options={"xla_backend_optimization_level": 0},
+  )
+  return jax.tree.map(np.asarray, dict(init(np.zeros(shape, np.float32))))

@@ -99,10 +99,6 @@ class ConvBlock(nn.Module):
   groups: int = 8
   conv_impl: str = "auto"
 
-  def min_input_size(self) -> int:
-    """Patch sides must be multiples of this (depth - 1 poolings by 2)."""
-    return 2 ** (self.depth - 1)
-
   @nn.compact
   def __call__(self, x, train: bool):
     for i in range(2):

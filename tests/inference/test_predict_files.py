@@ -290,3 +290,17 @@ def test_segmenter_writes_label_maps_with_the_input_affine(segmenter_dir, tmp_pa
     assert rows[name]["output"] == name
     assert int(rows[name]["lesion voxels"]) == int((labels == 3).sum())
     assert int(rows[name]["background voxels"]) == int((labels == 0).sum())
+
+
+def test_a_bundle_with_an_unknown_standardisation_is_refused_when_written(tmp_path):
+  # otherwise every image would fail alone at predict time with the same reason
+  spec = bundle_lib.classification_spec(
+    {"name": "densenet_tiny", "num_classes": 1, "dtype": "float32"},
+    image_size=32,
+    channels=1,
+    standardize={"mode": "fixed", "mean": [0.5], "std": [0.25]},
+    findings=["Effusion"],
+  )
+  with pytest.raises(ValueError, match=r"standardize mode 'fixed' is unknown; choose one of"):
+    bundle_lib.write(str(tmp_path / "bundle"), spec, {})
+  assert not (tmp_path / "bundle").exists()
