@@ -52,11 +52,11 @@ def write_films(folder: str, count: int, side: int) -> None:
     )
 
 
-def mdx_bundle(folder: str, size: int) -> str:
+def mdx_bundle(folder: str, size: int, dtype: str) -> str:
   from mdx.inference import bundle as bundle_lib
   from mdx.models import registry
 
-  model_spec = {"name": "densenet121", "num_classes": len(FINDINGS), "dtype": "float32"}
+  model_spec = {"name": "densenet121", "num_classes": len(FINDINGS), "dtype": dtype}
   spec = bundle_lib.classification_spec(
     model_spec,
     image_size=size,
@@ -98,9 +98,13 @@ class _Films:
     return torch.from_numpy(x)[None], self.files[i]
 
 
-def torch_run(model, images: str, out: str, size: int, workers: int) -> int:
+def torch_run(model, images: str, out: str, size: int, workers: int, dtype: str) -> int:
+  """On a GPU: the model there, channels-last, autocast to --dtype when it is bfloat16."""
   import torch
 
+  cuda = torch.cuda.is_available()
+  device = "cuda" if cuda else "cpu"
+  autocast = torch.autocast(device, dtype=torch.bfloat16, enabled=cuda and dtype == "bfloat16")
   files = sorted(os.path.join(images, f) for f in os.listdir(images) if f.endswith(".png"))
   loader = torch.utils.data.DataLoader(_Films(files, size), batch_size=8, num_workers=workers)
   os.makedirs(out, exist_ok=True)
@@ -109,7 +113,10 @@ def torch_run(model, images: str, out: str, size: int, workers: int) -> int:
     writer = csv.writer(f)
     writer.writerow(["path", *FINDINGS])
     for x, names in loader:
-      probs = torch.sigmoid(model(x)).numpy()
+      if cuda:
+        x = x.to(device, non_blocking=True).to(memory_format=torch.channels_last)
+      with autocast:
+        probs = torch.sigmoid(model(x).float()).cpu().numpy()
       writer.writerows([name, *(f"{p:.6f}" for p in row)] for name, row in zip(names, probs))
       n += len(names)
   return n
@@ -123,6 +130,7 @@ def main():
   parser.add_argument("--size", type=int, default=224, help="model input side in px")
   parser.add_argument("--repeats", type=int, default=3, help="runs of each after the first")
   parser.add_argument("--threads", type=int, default=0, help="torch threads (0: one per core)")
+  parser.add_argument("--dtype", default="float32", help="compute dtype: float32 or bfloat16")
   args = parser.parse_args()
 
   import torch
@@ -142,8 +150,10 @@ def main():
     count = len([f for f in os.listdir(images) if f.endswith(".png")])
     if not count:
       raise SystemExit(f"error: no .png files in {images}; pass a folder of PNG films")
-    bundle = mdx_bundle(tmp, args.size)
+    bundle = mdx_bundle(tmp, args.size, args.dtype)
     model = bench.torch_densenet121(len(FINDINGS), 1).eval()
+    if torch.cuda.is_available():
+      model = model.to("cuda", memory_format=torch.channels_last)
     one = os.path.join(tmp, "one")
     os.makedirs(one)
     first = sorted(f for f in os.listdir(images) if f.endswith(".png"))[0]
@@ -151,7 +161,7 @@ def main():
     runs = {
       "mdx": lambda folder, i: mdx_run(bundle, folder, os.path.join(tmp, f"mdx_{i}")),
       "PyTorch": lambda folder, i: torch_run(
-        model, folder, os.path.join(tmp, f"torch_{i}"), args.size, cores
+        model, folder, os.path.join(tmp, f"torch_{i}"), args.size, cores, args.dtype
       ),
     }
     times = {name: {"one": [], "all": []} for name in runs}
