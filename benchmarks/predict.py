@@ -136,7 +136,7 @@ def main():
   import torch
 
   from mdx import runtime
-  from mdx.models import bench, race
+  from mdx.models import bench
 
   runtime.enable_compilation_cache(tempfile.mkdtemp(prefix="mdx_bench_cache_"))
   cores = os.cpu_count() or 1
@@ -176,7 +176,7 @@ def main():
   print(
     f"{count} PNG films from {args.images or f'synthetic {args.side} px'} at {args.size} px; "
     f"{cores} cores; torch {torch.__version__} with {torch.get_num_threads()} threads and "
-    f"{cores} loader workers; malloc: {race.allocator()}"
+    f"{cores} loader workers; malloc: {runtime.allocator()}"
   )
   print(
     f"{'pipeline':<10}{'first start-up s':>17}{'start-up s':>12}{'films/s':>10}{'vs PyTorch':>12}"

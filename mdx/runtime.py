@@ -135,12 +135,27 @@ def enable_compilation_cache(directory: str | None = None) -> None:
 CPU_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_REDUCE"}
 
 
+def allocator() -> str:
+  """The malloc this process runs with: 'tcmalloc' where launch.sh preloaded it (README:
+  Performance), 'jemalloc', or 'system malloc'."""
+  try:
+    with open("/proc/self/maps") as f:
+      maps = f.read()
+  except OSError:
+    return "unknown"
+  return next((n for n in ("tcmalloc", "jemalloc") if f"lib{n}" in maps), "system malloc")
+
+
 @functools.cache
 def compiler_options() -> dict:
   """XLA options for mdx's compiled steps on this backend ({} off CPU, or where this jaxlib does not
   know an option: it is then skipped with a warning, not an error)."""
   if jax.default_backend() != "cpu":
     return {}
+  if allocator() == "system malloc":
+    logging.info(
+      "CPU steps run ~1.2x faster with tcmalloc, which ./launch.sh preloads (README: Performance)"
+    )
   try:
     jax.jit(lambda x: x.sum(0), compiler_options=CPU_COMPILER_OPTIONS).lower(
       jax.ShapeDtypeStruct((8, 8), np.float32)

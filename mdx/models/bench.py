@@ -30,6 +30,7 @@ import numpy as np
 import optax
 from absl import app, flags
 
+from mdx import runtime
 from mdx.models import race, registry
 
 _MODELS = flags.DEFINE_list("models", ["densenet121", "resnet50"], "registry names")
@@ -147,7 +148,7 @@ def main(argv):
   print(
     f"devices: {jax.devices()}  dtype={_DTYPE.value}  batch={_BATCH.value}  "
     f"kwargs={_KWARGS.value}  torch threads={threads if _TORCH.value else '-'}  "
-    f"malloc: {race.allocator()}"
+    f"malloc: {runtime.allocator()}"
   )
   print(
     f"{'model':<14}{'size':>5}  {'variant':<18}{'params':>11}{'compile s':>11}{'fwd img/s':>11}"

@@ -28,6 +28,7 @@ import numpy as np
 import optax
 from absl import app, flags
 
+from mdx import runtime
 from mdx.models import race, registry
 from mdx.models.unet3d import NORMS
 
@@ -117,7 +118,7 @@ def main(argv):
   print(
     f"patch={patch} batch={FLAGS.batch} base_width={FLAGS.base_width} norm={FLAGS.norm} "
     f"dtype={FLAGS.dtype} torch threads={threads if FLAGS.monai else '-'} "
-    f"malloc: {race.allocator()}"
+    f"malloc: {runtime.allocator()}"
   )
   print(
     f"{'variant':<18}{'params':>11}{'compile s':>11}{'fwd patch/s':>13}{'vs monai':>10}"

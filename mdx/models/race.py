@@ -28,19 +28,6 @@ VARIANTS = {
 }
 
 
-def allocator() -> str:
-  """The malloc this process runs with (launch.sh preloads tcmalloc: README, Performance)."""
-  try:
-    with open("/proc/self/maps") as f:
-      maps = f.read()
-  except OSError:
-    return "unknown"
-  for name in ("tcmalloc", "jemalloc"):
-    if f"lib{name}" in maps:
-      return name
-  return "system malloc"
-
-
 def _rate(fn, images: int, steps: int) -> float:
   t = time.perf_counter()
   for _ in range(steps):

@@ -4,6 +4,10 @@ back.
 Oracles: nn.BatchNorm followed by nn.relu, and nn.max_pool, differentiated by JAX.
 """
 
+import os
+import subprocess
+import sys
+
 import jax
 import jax.numpy as jnp
 import jitted
@@ -147,3 +151,15 @@ def test_compiler_options_apply_on_cpu_and_fall_back_when_unknown(monkeypatch):
     assert runtime.compiler_options() == {}  # skipped with a warning: training still runs
   finally:
     runtime.compiler_options.cache_clear()
+
+
+def test_allocator_names_the_preloaded_malloc():
+  code = "from mdx import runtime; print(runtime.allocator())"
+  env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
+  plain = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+  assert plain.stdout.strip() == "system malloc", plain.stderr
+  for lib in ("/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4",):  # where launch.sh finds it
+    if os.path.exists(lib):
+      env["LD_PRELOAD"] = lib
+      out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+      assert out.stdout.strip() == "tcmalloc", out.stderr
