@@ -9,7 +9,7 @@
 #   ./launch.sh predict --bundle=DIR --input=IN --output=OUT [flags]   a bundle on new files
 #   ./launch.sh evaluate --bundle=DIR --config=DATASET --out=OUT   external validation of a bundle
 #   ./launch.sh prepare CONFIG [flags]             build the TFDS/ArrayRecord records of a real dataset
-#   ./launch.sh sweep ABLATION --workdir=DIR [flags]   every variant of an ablation, one results table
+#   ./launch.sh sweep ABLATION --workdir=DIR [flags]   every variant x seed of an ablation, its report (resumes)
 #   ./launch.sh local N <command> ...              the command as N joined processes on this machine
 #   ./launch.sh tpu NAME ZONE <command> ...        the same command on every worker of a Cloud TPU VM
 #   ./launch.sh bench densenet|unet3d|predict [flags]   speed beside PyTorch / MONAI (README: Performance)
@@ -84,7 +84,7 @@ use_tcmalloc() {
   export TCMALLOC_LARGE_ALLOC_REPORT_THRESHOLD=1099511627776  # no line per allocation over 1 GB
 }
 
-usage() { sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+usage() { sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
 
 cmd="${1:-}"; [[ -n "$cmd" ]] || usage; shift
 case "$cmd" in

@@ -33,7 +33,7 @@ def common() -> ml_collections.ConfigDict:
   c.data = ml_collections.ConfigDict(
     dict(
       source="phantoms",  # mdx.data.sources.SOURCES
-      split=dict(by="patient", test=0.15, val=0.15),  # always by patient (mdx.data.splits)
+      split=dict(by="patient", test=0.15, val=0.15),  # by patient (mdx.data.splits)
       standardize="per_image",  # mdx.data.standardize.MODES
       workers=0,  # grain worker processes (0: in the main process)
       prefetch=2,  # batches buffered per worker
@@ -220,11 +220,12 @@ def check_values(c: ml_collections.ConfigDict) -> None:
         share,
         "must be a share of patients in [0, 1)",
       )
-  if d.split.by == "patient":
+  if d.split.by in ("patient", "image"):
     total = d.split.get("test", 0) + d.split.get("val", 0)
     _require(
       total < 1, "data.split", d.split.to_dict(), "test + val must leave patients for training"
     )
   from mdx.data import splits
 
+  splits.check_split_by(d.split.by)  # 'image' only inside the leakage ablation's switch
   splits.split_key(e.split)

@@ -47,6 +47,31 @@ def weighted_bce(
   return per_class.sum(-1)
 
 
+def focal_loss(
+  logits: jax.Array,
+  labels: jax.Array,
+  gamma: float = 2.0,
+  alpha: float = 0.25,
+  label_mask: jax.Array | None = None,
+) -> jax.Array:
+  """Focal loss (Lin et al. 2017), multi-label, summed over classes -> [B].
+
+  -alpha_t * (1 - p_t)**gamma * log(p_t) per class, with p_t = p and alpha_t = alpha for a positive
+  label, p_t = 1 - p and alpha_t = 1 - alpha for a negative one: easy, confidently right cases
+  (mostly the many negatives of a rare finding) weigh little. gamma=0, alpha=0.5 is half the BCE.
+  1 - p is computed as sigmoid(-logit), so (1 - p_t)**gamma never meets 0**gamma (nan gradients
+  for gamma < 1). label_mask (1 known, 0 unknown) removes unknown labels from the loss.
+  """
+  logits = logits.astype(jnp.float32)
+  p, not_p = jax.nn.sigmoid(logits), jax.nn.sigmoid(-logits)
+  pos = -alpha * not_p**gamma * jax.nn.log_sigmoid(logits)
+  neg = -(1.0 - alpha) * p**gamma * jax.nn.log_sigmoid(-logits)
+  per_class = labels * pos + (1.0 - labels) * neg
+  if label_mask is not None:
+    per_class = per_class * label_mask
+  return per_class.sum(-1)
+
+
 # --- Segmentation: soft Dice (per class, epsilon in numerator and denominator) ---
 
 

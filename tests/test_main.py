@@ -148,7 +148,8 @@ def test_segmentation_defaults_are_its_own():
     ("data.image_size", 7, r"config.data.image_size=7 is below the 32 px"),
     ("data.split.test", 1.5, r"config.data.split.test=1.5"),
     ("eval.split", "tset", r"config.eval.split='tset' is unknown"),
-    ("loss.name", "focal", r"config.loss.name='focal' is unknown"),
+    ("loss.name", "dice", r"config.loss.name='dice' is unknown"),
+    ("loss.focal_alpha", 1.5, r"config.loss.focal_alpha=1.5 must be in \[0, 1\]"),
     ("eval.threshold", "yuoden", r"yuoden"),
   ],
 )

@@ -11,7 +11,8 @@ and the cost at about a millisecond per channel at 128 px. Flips and 90-degree r
 array operations.
 
   make(name, image_size) -> list of transforms for a preset ('chest_xray', 'dermatology', 'fundus',
-    'histopathology'; None or 'none' -> []).
+    'histopathology'; None or 'none' -> []). 'chest_xray_lr_flip' is the chest preset plus the
+    mistake of left-right flips, there to be measured (experiments/ablations/augmentation.py).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import Any
 
 import grain
 import numpy as np
+from absl import logging
 from scipy import ndimage
 
 
@@ -220,6 +222,19 @@ def chest_xray(image_size: int) -> list:
   ]
 
 
+def chest_xray_lr_flip(image_size: int) -> list:
+  """The chest preset PLUS left-right flips: wrong for chest films (a mirrored film shows
+  dextrocardia, see chest_xray). It exists so the augmentation ablation can measure what the
+  mistake costs; make() warns whenever it is used."""
+  del image_size
+  return [
+    RandomGeometry(
+      rotation_deg=10.0, zoom=(0.9, 1.1), translate=0.06, flip_lr=True, mode="constant"
+    ),
+    RandomIntensity(brightness=0.1, contrast=(0.8, 1.2)),
+  ]
+
+
 def dermatology(image_size: int) -> list:
   """Dermatology: flips, 90-degree turns, free rotation, zoom, colour and exposure.
 
@@ -277,6 +292,7 @@ def histopathology(image_size: int) -> list:
 
 PRESETS = {
   "chest_xray": chest_xray,
+  "chest_xray_lr_flip": chest_xray_lr_flip,
   "dermatology": dermatology,
   "fundus": fundus,
   "histopathology": histopathology,
@@ -290,5 +306,10 @@ def make(name: str | None, image_size: int) -> list:
   if name not in PRESETS:
     raise ValueError(
       f"config.data.augment={name!r} is unknown; choose one of {sorted(PRESETS)} or 'none'"
+    )
+  if name == "chest_xray_lr_flip":
+    logging.warning(
+      "config.data.augment='chest_xray_lr_flip' mirrors chest films (a label-breaking flip: "
+      "dextrocardia); use it only to measure the mistake, 'chest_xray' otherwise"
     )
   return PRESETS[name](image_size)

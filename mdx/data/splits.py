@@ -1,11 +1,22 @@
-"""Patient-level splits: no patient ever has images in two sets."""
+"""Patient-level splits: no patient ever has images in two sets.
+
+The one exception is split.by='image' (images dealt out at random, whoever their patient): the
+mistake the leakage ablation measures (experiments/ablations/leakage.py). It runs only inside
+`image_split_allowed`, which an ablation file switches on with ALLOW_IMAGE_SPLIT = True (mdx.train.
+sweep); a normal config asking for it is an error, and the leakage audit reports the overlap.
+"""
 
 from __future__ import annotations
 
 import collections
+import contextlib
 from collections.abc import Mapping, Sequence
 
 import numpy as np
+from absl import logging
+
+# Why split.by='image' is allowed right now (the reasons of the enclosing image_split_allowed).
+_IMAGE_SPLIT_REASONS: list[str] = []
 
 
 def patient_split(
@@ -48,6 +59,53 @@ def patient_split(
         f"fractions {dict(fractions)}; use more data or larger fractions"
       )
   return out
+
+
+@contextlib.contextmanager
+def image_split_allowed(reason: str):
+  """Lets config.data.split.by='image' run inside the block, with a loud warning: only the leakage
+  ablation needs it, to show what patient overlap between sets does to test results."""
+  logging.warning(
+    "\n%s\nLEAKAGE SWITCH ON (%s): split.by='image' may put one patient's images in train and\n"
+    "test. Its results are inflated on purpose; never report them as a model's performance.\n%s",
+    "!" * 78,
+    reason,
+    "!" * 78,
+  )
+  _IMAGE_SPLIT_REASONS.append(reason)
+  try:
+    yield
+  finally:
+    _IMAGE_SPLIT_REASONS.pop()
+
+
+def check_split_by(by: str) -> None:
+  """Refuses split.by='image' outside image_split_allowed (the other policies are checked by
+  make_split)."""
+  if by == "image" and not _IMAGE_SPLIT_REASONS:
+    raise ValueError(
+      "config.data.split.by='image' puts one patient's images in several sets (leakage); it runs "
+      "only inside an ablation with ALLOW_IMAGE_SPLIT = True (experiments/ablations/leakage.py); "
+      "split by 'patient'"
+    )
+
+
+def image_split(n: int, fractions: Mapping[str, float], seed: int) -> dict[str, np.ndarray]:
+  """Record indices dealt out at random by *image* (the leakage ablation's mistake): share
+  `fractions[name]` of the images per named set, the rest 'train'. Needs image_split_allowed."""
+  check_split_by("image")
+  total = float(sum(fractions.values()))
+  if not 0.0 <= total < 1.0 or any(f < 0 for f in fractions.values()):
+    raise ValueError(f"split fractions {dict(fractions)} must be >= 0 and sum to < 1")
+  order = np.random.default_rng([seed, 0x1EA4]).permutation(n)
+  out, start = {}, 0
+  for name, frac in fractions.items():
+    k = int(round(frac * n))
+    out[name] = np.sort(order[start : start + k])
+    start += k
+  out["train"] = np.sort(order[start:])
+  logging.warning("split.by='image' (leakage switch on): %s", {k: len(v) for k, v in out.items()})
+  return {name: out[name] for name in ["train", *fractions]}
 
 
 def _as_int_size(size: float, total: int, what: str) -> int:
@@ -228,6 +286,7 @@ def make_split(data_config, source, seed: int) -> dict[str, np.ndarray]:
     'official': lists_dir (folder of train_val_list.txt, test_list.txt), val (share of the
       train_val patients). NIH only.
     'kfold': k, fold (which fold is 'validation'; there is no test set).
+    'image': test, val (shares of images, patients ignored): only inside image_split_allowed.
   """
   split = data_config.split
   get = split.get if hasattr(split, "get") else (lambda k, d=None: getattr(split, k, d))
@@ -254,6 +313,9 @@ def make_split(data_config, source, seed: int) -> dict[str, np.ndarray]:
     )
   elif by == "official":
     out = official_nih_split(source.image_ids(), pids, get("lists_dir"), get("val", 0.1), seed)
+  elif by == "image":
+    shares = {"test": get("test", 0.15), "validation": get("val", 0.15)}
+    out = image_split(len(pids), {k: v for k, v in shares.items() if v}, seed)
   elif by == "kfold":
     k, fold = int(get("k", 5)), int(get("fold", 0))
     if not 0 <= fold < k:
@@ -313,6 +375,23 @@ def audit(
     "sets": summary,
     "pairs": pairs,
     "leak": any(len(p["patients"]) > 0 for p in pairs.values()),
+  }
+
+
+def audit_json(report: dict) -> dict:
+  """An audit as JSON: per pair 'a&b' the counts of shared patients and images and up to 5 of the
+  shared patients."""
+  return {
+    "sets": report["sets"],
+    "pairs": {
+      f"{a}&{b}": {
+        "patients": int(len(p["patients"])),
+        "images": int(len(p["images"])),
+        "example_patients": [str(x) for x in p["patients"][:5]],
+      }
+      for (a, b), p in report["pairs"].items()
+    },
+    "leak": bool(report["leak"]),
   }
 
 

@@ -127,6 +127,48 @@ def delong_test(y_true, score_a, score_b) -> dict[str, float]:
   )
 
 
+def _mean_auroc_difference(y: np.ndarray, a: np.ndarray, b: np.ndarray, w) -> np.ndarray:
+  """Mean over the columns (findings) where it is defined of AUROC(a) - AUROC(b); nan if none."""
+  d = np.stack(
+    [
+      np.asarray(roc_auc(y[:, j], a[:, j], w) - roc_auc(y[:, j], b[:, j], w))
+      for j in range(y.shape[1])
+    ]
+  )
+  ok = np.isfinite(d)
+  return np.where(ok.any(0), np.where(ok, d, 0.0).sum(0) / np.maximum(ok.sum(0), 1), np.nan)
+
+
+def paired_auroc_difference(
+  y_true, score_a, score_b, patient_ids=None, n_resamples: int = 1000, seed: int = 0
+) -> tuple[float, np.ndarray]:
+  """(point, [n_resamples] bootstrap samples) of AUROC(a) - AUROC(b) on the same cases, both models
+  seeing the same patient resamples. [N] arrays give one finding's difference, [N, C] the mean over
+  the findings where it is defined (the macro AUROC difference)."""
+  y = np.asarray(y_true, np.float64)
+  a, b = np.asarray(score_a, np.float64), np.asarray(score_b, np.float64)
+  if y.ndim == 1:
+    y, a, b = y[:, None], a[:, None], b[:, None]
+  if not y.shape == a.shape == b.shape:
+    raise ValueError(f"labels {y.shape} and the two scores {a.shape}, {b.shape} must match")
+  samples = bootstrap(
+    lambda w: {"d": _mean_auroc_difference(y, a, b, w)}, patient_ids, len(y), n_resamples, seed
+  )["d"]
+  return float(_mean_auroc_difference(y, a, b, None)), samples
+
+
+def difference_interval(samples, level: float = 0.95) -> tuple[float, float, float]:
+  """(ci_low, ci_high, two-sided p) of bootstrap samples of a difference: p is twice the smaller
+  share of samples on either side of zero, floored at 1 / len(samples)."""
+  s = np.asarray(samples, np.float64)
+  lo, hi = percentile_ci(s, level)
+  ok = s[np.isfinite(s)]
+  if not len(ok):
+    return lo, hi, float("nan")
+  p = float(min(1.0, 2 * min((ok <= 0).mean(), (ok >= 0).mean())))
+  return lo, hi, max(p, 1.0 / len(s))
+
+
 def paired_bootstrap_auroc(
   y_true,
   score_a,
@@ -142,23 +184,14 @@ def paired_bootstrap_auroc(
   1 / n_resamples).
   """
   y = np.asarray(y_true, np.float64)
-  diffs = bootstrap(
-    lambda w: {"d": roc_auc(y, score_a, w) - roc_auc(y, score_b, w)},
-    patient_ids,
-    len(y),
-    n_resamples,
-    seed,
-  )["d"]
-  lo, hi = percentile_ci(diffs, level)
-  ok = diffs[np.isfinite(diffs)]
-  p = float(min(1.0, 2 * min((ok <= 0).mean(), (ok >= 0).mean()))) if len(ok) else float("nan")
-  auc_a, auc_b = roc_auc(y, score_a), roc_auc(y, score_b)
+  diff, samples = paired_auroc_difference(y, score_a, score_b, patient_ids, n_resamples, seed)
+  lo, hi, p = difference_interval(samples, level)
   return dict(
-    auroc_a=auc_a,
-    auroc_b=auc_b,
-    diff=auc_a - auc_b,
+    auroc_a=roc_auc(y, score_a),
+    auroc_b=roc_auc(y, score_b),
+    diff=diff,
     ci_low=lo,
     ci_high=hi,
-    p_value=max(p, 1.0 / n_resamples) if np.isfinite(p) else p,
+    p_value=p,
     n_resamples=n_resamples,
   )

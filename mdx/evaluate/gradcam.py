@@ -248,6 +248,24 @@ def _resize_mask(mask, shape) -> np.ndarray:
   return mask
 
 
+def _necklace_hits(heat: np.ndarray, masks: Sequence[np.ndarray], tolerance: int = 4) -> dict:
+  """How often the heat-map peak lies within `tolerance` px of the necklace, and how much of the
+  image that zone covers (the rate a peak placed at random would reach)."""
+  from scipy import ndimage
+
+  masks = np.stack([_resize_mask(m, heat.shape[1:]) for m in masks])
+  drawn = masks.reshape(len(masks), -1).any(1)
+  if not drawn.any():
+    return {}
+  zone = ndimage.binary_dilation(
+    masks[drawn], np.ones((1, 2 * tolerance + 1, 2 * tolerance + 1), bool)
+  )
+  return {
+    f"peak_within_{tolerance}px_of_necklace": peak_in_mask_rate(heat[drawn], zone),
+    f"necklace_share_within_{tolerance}px": float(zone.mean()),
+  }
+
+
 def grad_cam_report(
   model: nn.Module,
   variables,
@@ -263,6 +281,7 @@ def grad_cam_report(
   overlays: int = 4,
   layer: str | None = None,
   lesion_masks: Callable[[int], Mapping[str, np.ndarray]] | None = None,
+  necklace_masks: Callable[[int], np.ndarray] | None = None,
   summary_path: str | None = None,
 ) -> list[tuple[str, str]]:
   """Grad-CAM overlays for positive images of chosen findings, and gradcam.json.
@@ -275,6 +294,9 @@ def grad_cam_report(
   (a finding absent = no lesion drawn) adds the share of heat-map peaks inside the lesion
   (peak_in_lesion) and within 4 px of it. The summary {finding: {images, layer, peak_in_lesion,
   peak_within_4px_of_lesion}} goes to summary_path (default out_dir/gradcam.json).
+  necklace_masks(record index) -> bool [h, w] (the phantoms' per-patient necklace, a shortcut a
+  model can memorise when a patient is in train and test) adds peak_within_4px_of_necklace and, as
+  its chance level, necklace_share_within_4px (the share of the image a random peak would hit).
   Returns (caption, png) pairs for the report.
   """
   labels, probs, index = np.asarray(labels), np.asarray(probs), np.asarray(index)
@@ -307,6 +329,8 @@ def grad_cam_report(
         entry["peak_within_4px_of_lesion"] = peak_in_mask_rate(
           heat[nonempty], masks[nonempty], tolerance=4
         )
+    if necklace_masks is not None:
+      entry.update(_necklace_hits(heat, [necklace_masks(int(i)) for i in records]))
     summary[finding] = entry
     for j in range(min(overlays, len(rows))):
       path = os.path.join(out_dir, f"gradcam_{finding}_{j}.png")

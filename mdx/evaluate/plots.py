@@ -277,3 +277,46 @@ def examples_png(
   fig.savefig(path, dpi=110)
   plt.close(fig)
   return (f"Example test images: true findings and the model's three highest {scores}", path)
+
+
+def ablation_png(
+  path: str,
+  variants: Sequence[str],
+  panels: Sequence[tuple[str, Mapping[str, Sequence[float]]]],
+  delta: tuple[str, Mapping[str, tuple[float, float, float]]] | None = None,
+  title: str = "",
+) -> str:
+  """An ablation at a glance: per panel (title, {variant: value of each seed}) the seeds as dots
+  and their mean +- standard deviation as a bar; then (title, {variant: (diff, ci_low, ci_high)})
+  each variant's difference from the baseline with its 95% CI against a zero line."""
+  n = len(panels) + (delta is not None)
+  fig, axes = _grid(n, panel=3.4)
+  x = np.arange(len(variants))
+  for ax, (name, values) in zip(axes, panels):
+    for i, v in enumerate(variants):
+      seeds = np.asarray([s for s in values.get(v, ()) if s is not None], np.float64)
+      seeds = seeds[np.isfinite(seeds)]
+      if not len(seeds):
+        continue
+      jitter = np.linspace(-0.12, 0.12, len(seeds)) if len(seeds) > 1 else np.zeros(1)
+      ax.plot(i + jitter, seeds, "o", color=f"C{i}", alpha=0.6, ms=5)
+      sd = seeds.std(ddof=1) if len(seeds) > 1 else 0.0
+      ax.errorbar(i + 0.3, seeds.mean(), yerr=sd, fmt="_", color="k", ms=14, capsize=3)
+    ax.set_title(name, fontsize=9)
+    ax.set_xticks(x, variants, rotation=30, ha="right", fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+  if delta is not None:
+    ax = axes[-1]
+    name, diffs = delta
+    for i, v in enumerate(variants):
+      if v in diffs and diffs[v][0] is not None and np.isfinite(diffs[v][0]):
+        d, lo, hi = (np.nan if t is None else t for t in diffs[v])
+        yerr = [[d - lo], [hi - d]] if np.isfinite(lo) and np.isfinite(hi) else None
+        ax.errorbar(i, d, yerr=yerr, fmt="o", color=f"C{i}", capsize=4)
+    ax.axhline(0.0, color="gray", lw=0.8, ls="--")
+    ax.set_title(name, fontsize=9)
+    ax.set_xticks(x, variants, rotation=30, ha="right", fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+  if title:
+    fig.suptitle(title, fontsize=10)
+  return _save(fig, path)

@@ -47,8 +47,10 @@ def classification_run_report(
   model_inputs: Callable[[Sequence[int]], np.ndarray] | None = None,
   gradcam: Mapping | None = None,
   lesion_masks: Callable[[int], Mapping[str, np.ndarray]] | None = None,
+  necklace_masks: Callable[[int], np.ndarray] | None = None,
   calibration: tuple[str, Mapping[str, Mapping]] | None = None,
   weighted_loss: bool = False,
+  loss_label: str = "weighted BCE loss",
   keep_bootstrap: Sequence[str] = (),
 ) -> dict:
   """Writes out_dir/{split}_predictions.csv, gradcam.json, metrics.json, report.md and report.html.
@@ -58,11 +60,13 @@ def classification_run_report(
   stored image for the examples figure. Figures are drawn into fig_dir and the report copies what
   it shows into out_dir. Grad-CAM runs when model, variables, model_inputs and gradcam (a mapping
   with findings, images, overlays, layer: config.eval.gradcam) are given; see
-  gradcam.grad_cam_report. calibration: (method, {finding: map spec}) fitted on validation
+  gradcam.grad_cam_report (necklace_masks: where the phantoms' per-patient necklace is, a shortcut
+  a model can memorise). calibration: (method, {finding: map spec}) fitted on validation
   (mdx.evaluate.calibration.fit_map): the example images then show calibrated probabilities, as a
   bundle's predict does. weighted_loss: the raw scores come from a weighted loss (the report says
-  they are inflated). keep_bootstrap: metrics whose bootstrap samples per finding the returned
-  dict also holds (report.evaluate_and_report). Returns the metrics dict (as in metrics.json).
+  they are inflated); loss_label names the loss in the training curves. keep_bootstrap: metrics
+  whose bootstrap samples per finding the returned dict also holds (report.evaluate_and_report).
+  Returns the metrics dict (as in metrics.json).
   """
   os.makedirs(out_dir, exist_ok=True)
   os.makedirs(fig_dir, exist_ok=True)
@@ -111,23 +115,26 @@ def classification_run_report(
       os.path.join(fig_dir, "loss_curves.png"),
       "val_auroc",
       "mean AUROC",
-      "weighted BCE loss",
+      loss_label,
       ylim=(0.4, 1.0),
       chance=0.5,
-    ),
-    plots.examples_png(
-      image_fn,
-      pred["labels"],
-      shown,
-      pred["index"],
-      findings,
-      os.path.join(fig_dir, "examples.png"),
-      count=examples,
-      seed=seed,
-      scores=scores,
-      raw_findings=uncalibrated,
-    ),
+    )
   ]
+  if examples > 0:  # 0 asks for no example figure (sweeps of many runs)
+    figures.append(
+      plots.examples_png(
+        image_fn,
+        pred["labels"],
+        shown,
+        pred["index"],
+        findings,
+        os.path.join(fig_dir, "examples.png"),
+        count=examples,
+        seed=seed,
+        scores=scores,
+        raw_findings=uncalibrated,
+      )
+    )
   gradcam_figures = []
   if model is not None and gradcam is not None:
     gradcam_figures = G.grad_cam_report(
@@ -144,6 +151,7 @@ def classification_run_report(
       overlays=gradcam["overlays"],
       layer=gradcam["layer"] or None,
       lesion_masks=lesion_masks,
+      necklace_masks=necklace_masks,
       summary_path=os.path.join(out_dir, "gradcam.json"),
     )
   return report.evaluate_and_report(

@@ -20,7 +20,9 @@ from mdx.inference import bundle as bundle_lib
 from mdx.models import registry
 from mdx.train import optim
 
-LOSSES = ("weighted_bce", "bce")
+LOSSES = ("weighted_bce", "bce", "focal")
+# The training curves' name for each loss.
+LOSS_LABELS = {"weighted_bce": "weighted BCE loss", "bce": "BCE loss", "focal": "focal loss"}
 
 
 class ClassificationTask:
@@ -42,7 +44,8 @@ class ClassificationTask:
           init_from="",  # Orbax checkpoint of pretrained weights (backbone restored)
           freeze="none",
         ),  # none | head | from:<block name>  (see mdx.train.finetune)
-        loss=dict(name="weighted_bce"),  # weighted_bce | bce
+        # weighted_bce | bce | focal (mdx.losses.focal_loss: focal_gamma, focal_alpha)
+        loss=dict(name="weighted_bce", focal_gamma=2.0, focal_alpha=0.25),
         train=dict(best_metric="val_auroc"),
         eval=dict(
           bootstrap=1000,
@@ -69,6 +72,14 @@ class ClassificationTask:
       )
     if config.loss.name not in LOSSES:
       raise ValueError(f"config.loss.name={config.loss.name!r} is unknown; choose one of {LOSSES}")
+    gamma, alpha = config.loss.focal_gamma, config.loss.focal_alpha
+    if not isinstance(gamma, (int, float)) or isinstance(gamma, bool) or not gamma >= 0:
+      raise ValueError(f"config.loss.focal_gamma={gamma!r} must be a number >= 0 (2 is usual)")
+    if not isinstance(alpha, (int, float)) or isinstance(alpha, bool) or not 0 <= alpha <= 1:
+      raise ValueError(
+        f"config.loss.focal_alpha={alpha!r} must be in [0, 1] (0.25 is usual; 0.5 weighs "
+        "positives and negatives alike)"
+      )
     if not isinstance(ev.bootstrap, int) or ev.bootstrap < 0:
       raise ValueError(f"config.eval.bootstrap={ev.bootstrap!r} must be a whole number >= 0")
     for key in ("images", "overlays"):
@@ -111,7 +122,8 @@ class ClassificationTask:
       )
     self.labels = self.source.labels()
     self.patient_ids = self.source.patient_ids()
-    self.splits = splits.make_split(data, self.source, config.seed)  # always by patient
+    self.splits = splits.make_split(data, self.source, config.seed)  # by patient
+    self.split_audit = self._audit_splits(workdir if chief else None)
     if splits.split_key(config.eval.split) not in self.splits:
       raise ValueError(
         f"config.eval.split={config.eval.split!r} but split.by="
@@ -120,7 +132,7 @@ class ClassificationTask:
       )
     train_labels = self.labels[self.splits["train"]]
     self.pos_weight, self.neg_weight = losses.positive_negative_weights(train_labels)
-    logging.info("Splits by patient: %s", {k: len(v) for k, v in self.splits.items()})
+    logging.info("Splits (%s): %s", data.split.by, {k: len(v) for k, v in self.splits.items()})
     logging.info(
       "Training prevalence per finding: %s",
       ", ".join(f"{f} {p:.3f}" for f, p in zip(self.findings, np.nanmean(train_labels, 0))),
@@ -152,6 +164,29 @@ class ClassificationTask:
     self._reported: dict | None = None  # the last report's predictions (the bundle states them)
     first = np.asarray(self.source[int(self.splits["train"][0])]["image"])
     self._channels = first.shape[-1] if first.ndim == 3 else 1
+
+  def _audit_splits(self, workdir: str | None) -> dict:
+    """The leakage audit of this run's splits, logged (loudly when a patient is in two sets: only
+    the leakage ablation's image split does that) and written to WORKDIR/split_audit.json."""
+    ids = self.source.image_ids()
+    report = splits.audit(
+      {
+        name: {"patient_ids": self.patient_ids[i], "image_ids": ids[i], "labels": self.labels[i]}
+        for name, i in self.splits.items()
+      },
+      self.findings,
+    )
+    text = splits.format_audit(report)
+    if report["leak"]:
+      logging.warning("Leakage audit of the splits:\n%s", text)
+    else:
+      logging.info("Leakage audit of the splits:\n%s", text)
+    summary = splits.audit_json(report)
+    if workdir:
+      os.makedirs(workdir, exist_ok=True)
+      with open(os.path.join(workdir, "split_audit.json"), "w") as f:
+        json.dump(summary, f, indent=1)
+    return summary
 
   def _standardize(self) -> list:
     mode = self.config.data.standardize
@@ -197,7 +232,12 @@ class ClassificationTask:
     return tx
 
   def loss(self, logits, batch):
-    if self.config.loss.name == "weighted_bce":
+    loss = self.config.loss
+    if loss.name == "focal":
+      return losses.focal_loss(
+        logits, batch["labels"], loss.focal_gamma, loss.focal_alpha, batch["label_mask"]
+      )
+    if loss.name == "weighted_bce":
       pos, neg = self.pos_weight, self.neg_weight
     else:  # bce (check_config allows no other)
       pos = neg = np.ones_like(self.pos_weight)
@@ -293,8 +333,10 @@ class ClassificationTask:
       model_inputs=self.model_inputs,
       gradcam=self.config.eval.gradcam,
       lesion_masks=getattr(self.source, "lesion_masks", None),
+      necklace_masks=getattr(self.source, "necklace_mask", None),
       calibration=(self.config.eval.calibration, maps),
       weighted_loss=self.config.loss.name == "weighted_bce",
+      loss_label=LOSS_LABELS[self.config.loss.name],
       keep_bootstrap=("auroc",),  # the bundle keeps them for external validation
     )
     self._reported = {"split": split, "pred": pred, "val": val, "maps": maps, "result": result}

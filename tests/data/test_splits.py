@@ -90,9 +90,39 @@ def test_make_split_dispatch():
   assert set(splits.make_split(cfg, src, 0)) == {"train", "validation"}
   cfg.split = dict(by="patient", test=0.2, val=0.1)
   assert set(splits.make_split(cfg, src, 0)) == {"train", "validation", "test"}
-  cfg.split = dict(by="image")
+  cfg.split = dict(by="study")
   with pytest.raises(ValueError, match="unknown"):
     splits.make_split(cfg, src, 0)
+
+
+def test_image_split_runs_only_inside_the_ablation_switch_and_the_audit_reports_it(caplog):
+  from mdx import config as config_lib
+
+  pids, pos = _population(100)
+  src = _Src(pids, np.stack([pos, np.zeros_like(pos)], 1).astype(np.float32))
+  cfg = ml_collections.ConfigDict(dict(split=dict(by="image", test=0.2, val=0.2)))
+  with pytest.raises(ValueError, match="ALLOW_IMAGE_SPLIT"):
+    splits.make_split(cfg, src, 0)  # the data layer refuses it
+  normal = config_lib.defaults()
+  normal.data.split = dict(by="image", test=0.2, val=0.2)
+  with pytest.raises(ValueError, match=r"config.data.split.by='image'.*leakage"):
+    config_lib.resolve(normal)  # and so does a config, before anything is built
+  with caplog.at_level("WARNING", logger="absl"):
+    with splits.image_split_allowed("a test"):
+      out = splits.make_split(cfg, src, 0)
+      config_lib.resolve(normal)
+  assert "LEAKAGE SWITCH ON (a test)" in caplog.text
+  assert sorted(np.concatenate(list(out.values())).tolist()) == list(range(len(pids)))
+  assert abs(len(out["test"]) - 0.2 * len(pids)) <= 1  # a share of images, not of patients
+  report = splits.audit(
+    {
+      name: {"patient_ids": pids[i], "image_ids": np.arange(len(pids))[i]}
+      for name, i in out.items()
+    }
+  )
+  assert report["leak"] and splits.audit_json(report)["pairs"]["train&test"]["patients"] > 0
+  with pytest.raises(ValueError, match="ALLOW_IMAGE_SPLIT"):
+    splits.make_split(cfg, src, 0)  # the switch ends with its block
 
 
 def _nih_csv(path, n_patients=40, seed=0):

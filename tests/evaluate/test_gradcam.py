@@ -127,6 +127,22 @@ def test_peak_in_mask_rate_and_overlay(tmp_path):
     assert im.format == "PNG" and im.size[0] > 100
 
 
+def test_necklace_hits_against_their_chance_level():
+  from mdx.data.cxr.phantoms import ChestXrayPhantoms
+
+  necklace = ChestXrayPhantoms(num_patients=1, image_size=32).necklace_mask(0)
+  assert necklace[:16].any() and not necklace[20:].any()  # drawn at the neck, above the chest
+  heat = np.zeros((2, 20, 20))
+  heat[0, 0, 0] = 1.0  # 3 px from the bead at (3, 3): a hit within 4 px
+  heat[1, 15, 15] = 1.0  # far from it
+  masks = np.zeros((2, 20, 20), bool)
+  masks[:, 3, 3] = True
+  hits = G._necklace_hits(heat, masks, tolerance=4)
+  assert hits["peak_within_4px_of_necklace"] == 0.5
+  assert hits["necklace_share_within_4px"] == 64 / 400  # the 8 x 8 zone the dilation covers
+  assert G._necklace_hits(heat, np.zeros((2, 20, 20), bool)) == {}  # no necklace drawn
+
+
 def test_grad_cam_on_a_zoo_model_uses_its_default_layer():
   registry = pytest.importorskip("mdx.models.registry")
   model = registry.create("densenet_tiny", num_classes=3)

@@ -305,6 +305,10 @@ class ChestXrayPhantoms:
     """finding -> bool [S, S]: where each finding of study `index` was drawn."""
     return self.render(index).masks
 
+  def necklace_mask(self, index: int) -> np.ndarray:
+    """bool [S, S]: where study `index`'s necklace (the per-patient shortcut) was drawn."""
+    return self.render(index).necklace
+
   def study(self, index: int) -> tuple[int, int]:
     """(patient number, study number within the patient) of record `index`."""
     i = self._check_index(index)

@@ -1,0 +1,36 @@
+"""The CPU-sized phantom classifier that the course's lesson ablations start from.
+
+experiments/ablations/{leakage,imbalance,augmentation,test_sampling}.py each take this config,
+choose their findings and data size, and change one thing per variant. A tiny DenseNet on 64 px
+phantoms for 200 steps: one run takes about a minute on 2 CPU cores, so a sweep of variants x 3
+seeds fits in minutes. The same files scale up by flag, e.g.
+  ./launch.sh sweep experiments/ablations/leakage.py --workdir=DIR --seeds=0,1,2,3,4 \\
+      --set=model.name=densenet121 --set=data.image_size=128 --set=train.steps=2000
+"""
+
+from mdx.config import defaults
+
+
+def get_config():
+  c = defaults()
+  c.seed = 0
+  c.data.source = "phantoms"
+  c.data.num_patients = 600
+  c.data.image_size = 64
+  c.data.split = dict(by="patient", test=0.25, val=0.15)
+  c.data.augment = None
+  c.data.standardize = "per_image"
+  c.data.workers = 1
+  c.model.name = "densenet_tiny"
+  c.loss.name = "weighted_bce"
+  c.train.batch_size = 32
+  c.train.steps = 200
+  c.train.lr = 2e-3
+  c.train.schedule = "cosine"
+  c.train.log_every = 50
+  c.train.checkpoint_every = 50  # also the validation interval
+  c.eval.bootstrap = 200
+  c.eval.examples = 0  # no example figure per run: a sweep makes dozens of runs
+  c.eval.gradcam.findings = ()  # the leakage ablation asks for Grad-CAM; the others need none
+  c.eval.gradcam.overlays = 0
+  return c
