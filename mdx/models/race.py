@@ -16,7 +16,7 @@ import numpy as np
 import optax
 
 from mdx import runtime
-from mdx.models import common
+from mdx.models import common, registry
 
 # variant -> (plain Flax operations, use mdx's XLA options, donate: None = mdx's choice)
 VARIANTS = {
@@ -44,7 +44,7 @@ def jax_contestant(model, x, y, loss, variant: str = "mdx", /, **info) -> dict:
   plain, options, donate = VARIANTS[variant]
   options = runtime.compiler_options() if options else {}
   donate = runtime.donate_state() if donate is None else donate
-  variables = jax.jit(lambda x: model.init(jax.random.key(0), x))(x)
+  variables = registry.init_variables(model, x.shape)
   params, stats = variables["params"], variables.get("batch_stats", {})
   tx = optax.sgd(1e-3, momentum=0.9)
   opt_state = tx.init(params)

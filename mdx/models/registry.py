@@ -129,12 +129,16 @@ def create_from_config(model_config: Any, bn_axis_name: str | None = None) -> nn
 
 
 def random_variables(model_config: Any, shape, seed: int = 0) -> dict:
-  """A model's initial (random) variables as numpy for an input of `shape`: weights for benchmarks
-  and tests, where random ones are what is wanted."""
+  """A configured model's initial (random) variables as numpy for an input of `shape`: weights for
+  benchmarks and tests, where random ones are what is wanted."""
+  return init_variables(create_from_config(model_config), shape, seed)
+
+
+def init_variables(model: nn.Module, shape, seed: int = 0) -> dict:
+  """A built model's initial variables (inference-mode init) as numpy for an input of `shape`."""
   import jax  # pylint: disable=import-outside-toplevel  (the registry itself needs only flax)
   import numpy as np  # pylint: disable=import-outside-toplevel
 
-  model = create_from_config(model_config)
   # XLA:CPU's optimiser spends 10-40 s on the initialisers' random-number code; unoptimised it
   # compiles in ~3 s, and random weights need no speed
   init = jax.jit(
