@@ -96,7 +96,10 @@ def measurements(metrics: Mapping, gradcam: Mapping | None = None, audit: Mappin
 
 
 def _json(path: str):
-  return json.load(open(path)) if os.path.exists(path) else None
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    return json.load(f)
 
 
 def load_run(workdir: str) -> Run:

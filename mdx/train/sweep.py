@@ -187,7 +187,8 @@ def finished(run_dir: str, config) -> dict | None:
   path = os.path.join(run_dir, DONE)
   if not os.path.exists(path):
     return None
-  done = json.load(open(path))
+  with open(path) as f:
+    done = json.load(f)
   now = _config_json(config)
   if done["config"] != now:
     raise ValueError(
