@@ -207,7 +207,7 @@ def stain_mix(image: np.ndarray, alpha: np.ndarray, beta: np.ndarray) -> np.ndar
   return np.clip(out, 0.0, 1.0).astype(np.float32)
 
 
-def chest_xray(image_size: int) -> list:
+def chest_xray(image_size: int, _flip_lr: bool = False) -> list:
   """Chest X-ray: small rotation (+-10 deg), translation (+-6%), zoom (0.9-1.1), exposure.
 
   Keeps the label: patient positioning varies by a few degrees and centimetres, and exposure varies
@@ -217,7 +217,9 @@ def chest_xray(image_size: int) -> list:
   """
   del image_size  # the parameters are relative to the size.
   return [
-    RandomGeometry(rotation_deg=10.0, zoom=(0.9, 1.1), translate=0.06, mode="constant"),
+    RandomGeometry(
+      rotation_deg=10.0, zoom=(0.9, 1.1), translate=0.06, flip_lr=_flip_lr, mode="constant"
+    ),
     RandomIntensity(brightness=0.1, contrast=(0.8, 1.2)),
   ]
 
@@ -226,13 +228,7 @@ def chest_xray_lr_flip(image_size: int) -> list:
   """The chest preset PLUS left-right flips: wrong for chest films (a mirrored film shows
   dextrocardia, see chest_xray). It exists so the augmentation ablation can measure what the
   mistake costs; make() warns whenever it is used."""
-  del image_size
-  return [
-    RandomGeometry(
-      rotation_deg=10.0, zoom=(0.9, 1.1), translate=0.06, flip_lr=True, mode="constant"
-    ),
-    RandomIntensity(brightness=0.1, contrast=(0.8, 1.2)),
-  ]
+  return chest_xray(image_size, _flip_lr=True)
 
 
 def dermatology(image_size: int) -> list:
