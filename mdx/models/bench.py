@@ -11,12 +11,18 @@ autocast bfloat16 on a GPU) is compiled first, then they take turns: --repeats r
 steps each, so a noisy machine slows all of them alike; the median round is reported.
 
 Variants (mdx's train step is 'mdx'; the others undo one tuning each, 'baseline' all of them):
-  mdx               BatchNorm-ReLU with a hand-written backward pass (mdx.models.common),
-                    mdx.runtime's XLA options, buffers donated only off CPU;
-  plain_flax_ops    the same with plain Flax operations (BatchNorm-ReLU by autodiff);
-  xla_cpu_defaults  the same with XLA's default options;
-  donate            the same, donating the state's buffers on CPU too;
-  baseline          plain Flax operations, XLA defaults, donation: a straightforward Flax step.
+  mdx                   mdx.models.common's tuned operations (BatchNorm-ReLU, max pooling and 1x1
+                        convolutions with hand-written backward passes; a dense layer's output
+                        gradient computed once), mdx.runtime's XLA options, buffers donated only
+                        off CPU;
+  plain_flax_ops        the same with plain Flax operations for all of them;
+  plain_conv1x1         ... for the 1x1 convolutions only (nn.Conv);
+  plain_max_pool        ... for max pooling only (nn.max_pool);
+  plain_bn_relu         ... for BatchNorm-ReLU only (nn.BatchNorm, nn.relu);
+  unmaterialized_grads  ... without computing dense-layer output gradients once;
+  xla_cpu_defaults      the same as mdx with XLA's default options;
+  donate                the same as mdx, donating the state's buffers on CPU too;
+  baseline              plain Flax operations, XLA defaults, donation: a straightforward Flax step.
 """
 
 from __future__ import annotations
@@ -151,7 +157,7 @@ def main(argv):
     f"malloc: {runtime.allocator()}"
   )
   print(
-    f"{'model':<14}{'size':>5}  {'variant':<18}{'params':>11}{'compile s':>11}{'fwd img/s':>11}"
+    f"{'model':<14}{'size':>5}  {'variant':<22}{'params':>11}{'compile s':>11}{'fwd img/s':>11}"
     f"{'fwd vs torch':>13}{'train img/s':>13}{'vs torch':>10}"
   )
   for name in _MODELS.value:
@@ -168,7 +174,7 @@ def main(argv):
         ratio = f"{c['vs_last']:10.2f}" if with_torch else f"{'-':>10}"
         fwd_ratio = f"{c['fwd_vs_last']:13.2f}" if with_torch else f"{'-':>13}"
         print(
-          f"{name:<14}{size:>5}  {c['variant']:<18}{c['params']:>11,}{c['compile_s']:>11.1f}"
+          f"{name:<14}{size:>5}  {c['variant']:<22}{c['params']:>11,}{c['compile_s']:>11.1f}"
           f"{c['forward']:>11.1f}{fwd_ratio}{c['train']:>13.2f}{ratio}",
           flush=True,
         )

@@ -29,15 +29,22 @@ conv_init = nn.initializers.variance_scaling(2.0, "fan_in", "normal")
 
 
 # The hand-tuned operations below, on by default; plain_flax_ops() turns them off to measure them.
-_TUNED = {"bn_relu_vjp": True, "max_pool_slices": True}
+_TUNED = {
+  "bn_relu_vjp": True,
+  "max_pool_vjp": True,
+  "conv1x1_vjp": True,
+  "gradient_materialized": True,
+}
 
 
 @contextlib.contextmanager
 def plain_flax_ops(*names: str):
   """Trace models with plain Flax/JAX operations instead of the tuned ones named (default: all):
-  'bn_relu_vjp' (BatchNorm-ReLU's hand-written backward pass), 'max_pool_slices' (max pooling as
-  a maximum of strided slices). Parameters and results are the same; mdx.models.bench uses this
-  to measure what each tuning buys."""
+  'bn_relu_vjp' (BatchNorm-ReLU's hand-written backward pass), 'max_pool_vjp' (max pooling as a
+  maximum of strided slices, with a hand-written backward pass), 'conv1x1_vjp' (1x1 convolutions
+  as matrix products whose kernel gradient XLA:CPU computes without transposing the input),
+  'gradient_materialized' (a dense-block layer's output gradient computed once, not per consumer).
+  Parameters and results are the same; mdx.models.bench uses this to measure what each buys."""
   unknown = set(names) - set(_TUNED)
   if unknown:
     raise ValueError(f"unknown tuned operations {sorted(unknown)}; choose from {sorted(_TUNED)}")
@@ -103,30 +110,141 @@ def batch_norm(
 
 
 def max_pool(x, window: int, stride: int, pad: int):
-  """nn.max_pool(x, (window, window), (stride, stride), ((pad, pad), (pad, pad))) on [B, H, W, C].
+  """nn.max_pool(x, (window, window), (stride, stride), ((pad, pad), (pad, pad))) on [B, H, W, C],
+  with the same values and gradients (ties included: the first maximum in the window takes it).
 
-  Computed as the maximum of window**2 strided slices: JAX differentiates reduce_window-max through
-  an index scatter that XLA:CPU runs slowly (a DenseNet stem's pooling took longer than its
-  convolution); the slices' gradient is elementwise. Where several inputs tie for the maximum the
-  gradient is shared between them instead of going to one (both are valid subgradients; after a
-  ReLU the ties are zeros, whose gradient the ReLU drops anyway).
+  JAX differentiates reduce_window-max through an index scatter that XLA:CPU runs slowly (a
+  DenseNet stem's pooling took longer than its convolution), and differentiating a maximum of
+  slices lets XLA recompute that maximum inside every slice's gradient. The backward pass here is
+  elementwise: each window position's share of the output gradient, summed per stride phase of
+  the input and interleaved (DenseNet-121's stem at 224 px: 370 -> 250 ms a step, fwd + bwd).
   """
-  if not _TUNED["max_pool_slices"]:
+  if not _TUNED["max_pool_vjp"]:
     return nn.max_pool(x, (window, window), (stride, stride), ((pad, pad), (pad, pad)))
+  return _max_pool(x, window, stride, pad)
+
+
+def _pool_windows(x, window, stride, pad):
+  """(i, j, the input under window position (i, j) of every output) for the padded input."""
   b, h, w, c = x.shape
-  x = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)), constant_values=-jnp.inf)
   ho, wo = (h + 2 * pad - window) // stride + 1, (w + 2 * pad - window) // stride + 1
-  out = None
+  xp = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)), constant_values=-jnp.inf)
   for i in range(window):
     for j in range(window):
-      s = lax.slice(
-        x,
-        (0, i, j, 0),
-        (b, i + stride * (ho - 1) + 1, j + stride * (wo - 1) + 1, c),
-        (1, stride, stride, 1),
-      )
-      out = s if out is None else jnp.maximum(out, s)
-  return out
+      end = (b, i + stride * (ho - 1) + 1, j + stride * (wo - 1) + 1, c)
+      yield i, j, lax.slice(xp, (0, i, j, 0), end, (1, stride, stride, 1))
+
+
+def _materialized(x):
+  """x [..., C], computed once into memory on CPU. XLA:CPU fuses an elementwise producer into each
+  of its consumers, recomputing it per consumer, and removes lax.optimization_barrier before
+  fusion; a matrix product cannot take a fused producer, so x @ I (exact: 1 * x plus zeros, for
+  finite x; C <= 64 here, a few ms at 224 px) is where the producer runs, once."""
+  if jax.default_backend() != "cpu" or not _TUNED["gradient_materialized"]:
+    return x
+  return jnp.dot(x, jnp.eye(x.shape[-1], dtype=x.dtype))
+
+
+@jax.custom_vjp
+def gradient_materialized(x):
+  """The identity, whose gradient XLA:CPU computes once into memory (see `_materialized`) instead
+  of fusing the gradient's producers into each consumer: in a dense block a layer's output
+  gradient is a sum over every later layer, which the 3x3 convolution's input and kernel
+  gradients would otherwise each recompute."""
+  return x
+
+
+gradient_materialized.defvjp(lambda x: (x, None), lambda _, g: (_materialized(g),))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
+def _max_pool(x, window, stride, pad):
+  return _max_pool_fwd(x, window, stride, pad)[0]
+
+
+def _max_pool_fwd(x, window, stride, pad):
+  out = None
+  for _, _, s in _pool_windows(x, window, stride, pad):
+    out = s if out is None else jnp.maximum(out, s)
+  return out, (x, out)
+
+
+def _max_pool_bwd(window, stride, pad, residuals, g):
+  x, out = residuals
+  # Materialised first: XLA would otherwise fuse g's producers (a DenseNet block's whole input
+  # gradient) into each of the window**2 shares below and compute them that many times.
+  g = _materialized(g)
+  b, h, w, c = x.shape
+  ho, wo = out.shape[1:3]
+  # Padded input row stride * p + a (phase a < stride) is under window row i = a + stride * m of
+  # output row p - m: per phase, the shares are output-sized arrays shifted by m.
+  shift = (window - 1) // stride
+  hq = max(ho + shift, -(-(h + pad) // stride))
+  wq = max(wo + shift, -(-(w + pad) // stride))
+  phases = [[jnp.zeros((b, hq, wq, c), g.dtype)] * stride for _ in range(stride)]
+  taken = None  # where an earlier window position already holds the maximum
+  for i, j, s in _pool_windows(x, window, stride, pad):
+    hit = s == out
+    hit, taken = (hit, hit) if taken is None else (hit & ~taken, taken | hit)
+    share = jnp.where(hit, g, jnp.zeros((), g.dtype))
+    mi, mj = i // stride, j // stride
+    share = jnp.pad(share, ((0, 0), (mi, hq - ho - mi), (mj, wq - wo - mj), (0, 0)))
+    phases[i % stride][j % stride] = phases[i % stride][j % stride] + share
+  rows = [jnp.stack(row, axis=3) for row in phases]  # [b, hq, wq, stride, c] per row phase
+  dx = jnp.stack(rows, axis=2).reshape(b, hq * stride, wq * stride, c)
+  return (dx[:, pad : pad + h, pad : pad + w, :],)
+
+
+_max_pool.defvjp(_max_pool_fwd, _max_pool_bwd)
+
+
+def conv1x1(x, kernel, dtype):
+  """A 1x1 convolution without bias, as nn.Conv computes it: x [..., C] and kernel [1, 1, C, O]
+  cast to `dtype`, output [..., O] in `dtype`.
+
+  On CPU its backward pass is written out: XLA:CPU's matrix product wants the contracted rows
+  contiguous, so for a kernel gradient sum_m x[m]^T g[m] it transposes one operand. Written as
+  (g^T x)^T, that operand is the output gradient (O channels) instead of the input (C channels, up
+  to 1024 in a DenseNet block): a DenseNet-121 layer's train step runs 6-13% faster.
+  """
+  x, kernel = x.astype(dtype), kernel.astype(dtype)
+  if not _TUNED["conv1x1_vjp"] or jax.default_backend() != "cpu":
+    dn = lax.conv_dimension_numbers(x.shape, kernel.shape, ("NHWC", "HWIO", "NHWC"))
+    return lax.conv_general_dilated(x, kernel, (1, 1), "VALID", dimension_numbers=dn)
+  return _conv1x1(x, kernel[0, 0])
+
+
+@jax.custom_vjp
+def _conv1x1(x, w):
+  return jnp.dot(x, w)
+
+
+def _conv1x1_fwd(x, w):
+  return jnp.dot(x, w), (x, w)
+
+
+def _conv1x1_bwd(residuals, g):
+  x, w = residuals
+  c, o = w.shape
+  dx = jnp.dot(g, w.T)
+  dw = lax.dot_general(g.reshape(-1, o), x.reshape(-1, c), (((0,), (0,)), ((), ()))).T
+  return dx, dw
+
+
+_conv1x1.defvjp(_conv1x1_fwd, _conv1x1_bwd)
+
+
+class Conv1x1(nn.Module):
+  """nn.Conv(features, (1, 1), use_bias=False, dtype=dtype, kernel_init=conv_init): the same
+  parameter ('kernel' [1, 1, C, features]) and numbers, through `conv1x1`."""
+
+  features: int
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    kernel = self.param("kernel", conv_init, (1, 1, x.shape[-1], self.features), jnp.float32)
+    return conv1x1(x, kernel, self.dtype)
 
 
 def _batch_moments(x, axis_name):

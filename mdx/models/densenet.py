@@ -57,14 +57,7 @@ class DenseLayer(nn.Module):
       train, self.frozen, self.axis_name, self.epsilon, self.dtype, name=name
     )
     y = bn_relu("bn1")(x)
-    y = nn.Conv(
-      self.bn_size * self.growth_rate,
-      (1, 1),
-      use_bias=False,
-      dtype=self.dtype,
-      kernel_init=common.conv_init,
-      name="conv1",
-    )(y)
+    y = common.Conv1x1(self.bn_size * self.growth_rate, self.dtype, name="conv1")(y)
     y = bn_relu("bn2")(y)
     return nn.Conv(
       self.growth_rate,
@@ -116,7 +109,8 @@ class DenseBlock(nn.Module):
     if self.concat != "concat":
       raise ValueError(f"DenseNet concat={self.concat!r} is unknown; use 'concat' or 'buffer'")
     for layer in layers:
-      x = jnp.concatenate([x, layer(x, train).astype(x.dtype)], axis=-1)
+      y = common.gradient_materialized(layer(x, train).astype(x.dtype))
+      x = jnp.concatenate([x, y], axis=-1)
     return x
 
 
@@ -134,14 +128,7 @@ class Transition(nn.Module):
     x = common.BatchNormReLU(
       train, self.frozen, self.axis_name, self.epsilon, self.dtype, name="bn"
     )(x)
-    x = nn.Conv(
-      self.features,
-      (1, 1),
-      use_bias=False,
-      dtype=self.dtype,
-      kernel_init=common.conv_init,
-      name="conv",
-    )(x)
+    x = common.Conv1x1(self.features, self.dtype, name="conv")(x)
     return nn.avg_pool(x, (2, 2), (2, 2))
 
 

@@ -18,13 +18,18 @@ import optax
 from mdx import runtime
 from mdx.models import common, registry
 
-# variant -> (plain Flax operations, use mdx's XLA options, donate: None = mdx's choice)
+# variant -> (tuned operations traced as plain Flax/JAX ones: names, () none or None all (see
+# common.plain_flax_ops), use mdx's XLA options, donate: None = mdx's choice)
 VARIANTS = {
-  "mdx": (False, True, None),
-  "plain_flax_ops": (True, True, None),
-  "xla_cpu_defaults": (False, False, None),
-  "donate": (False, True, True),
-  "baseline": (True, False, True),
+  "mdx": ((), True, None),
+  "plain_flax_ops": (None, True, None),
+  "plain_conv1x1": (("conv1x1_vjp",), True, None),
+  "plain_max_pool": (("max_pool_vjp",), True, None),
+  "plain_bn_relu": (("bn_relu_vjp",), True, None),
+  "unmaterialized_grads": (("gradient_materialized",), True, None),
+  "xla_cpu_defaults": ((), False, None),
+  "donate": ((), True, True),
+  "baseline": (None, False, True),
 }
 
 
@@ -60,7 +65,7 @@ def jax_contestant(model, x, y, loss, variant: str = "mdx", /, **info) -> dict:
     updates, opt_state = tx.update(grads, opt_state, params)
     return optax.apply_updates(params, updates), stats, opt_state, value
 
-  with common.plain_flax_ops() if plain else contextlib.nullcontext():
+  with common.plain_flax_ops(*(plain or ())) if plain != () else contextlib.nullcontext():
     t = time.perf_counter()
     step = (
       jax.jit(train_step, donate_argnums=(0, 1, 2) if donate else (), compiler_options=options)

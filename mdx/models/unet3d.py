@@ -7,8 +7,12 @@ logits. Input [B, D, H, W, C] with D, H, W divisible by 2**(depth - 1); output f
 
 conv_impl: 'native' uses XLA's 3D convolution; 'slices' computes the same 3x3x3 convolution as a sum
 of three 2D convolutions over depth offsets, which XLA:CPU runs about 5x faster (forward and
-backward) than its 3D convolution; 'auto' picks 'slices' on CPU. Parameters are identical either
-way, so a checkpoint trained with one runs with the other.
+backward) than its 3D convolution; 'stacked' is one 2D convolution of the whole volume with the
+three depth offsets' kernels side by side on the output channels, then a shifted sum, which wins
+where there are few output channels (a wider matrix product for XLA:CPU); 'auto' picks, on CPU,
+'stacked' for up to 16 output channels and 'slices' above (python -m mdx.models.bench_unet3d), and
+'native' elsewhere. Parameters are identical every way, so a checkpoint trained with one runs with
+the others.
 """
 
 from __future__ import annotations
@@ -20,18 +24,35 @@ import jax
 import jax.numpy as jnp
 
 NORMS = ("batch", "group", "instance", "none")
-CONV_IMPLS = ("auto", "native", "slices")
+CONV_IMPLS = ("auto", "native", "slices", "stacked")
+STACKED_MAX_FEATURES = 16  # 'auto' on CPU: 'stacked' up to this many output channels
 
 
 def conv3x3x3(x: jax.Array, kernel: jax.Array, impl: str) -> jax.Array:
   """'SAME' 3x3x3 convolution of x [B, D, H, W, Cin] with kernel [3, 3, 3, Cin, Cout]."""
   if impl == "auto":
-    impl = "slices" if jax.default_backend() == "cpu" else "native"
+    if jax.default_backend() != "cpu":
+      impl = "native"
+    else:
+      impl = "stacked" if kernel.shape[-1] <= STACKED_MAX_FEATURES else "slices"
   if impl == "native":
     return jax.lax.conv_general_dilated(
       x, kernel, (1, 1, 1), "SAME", dimension_numbers=("NDHWC", "DHWIO", "NDHWC")
     )
   b, d, h, w, c = x.shape
+  if impl == "stacked":
+    o = kernel.shape[-1]
+    xp = jnp.pad(x, ((0, 0), (1, 1), (0, 0), (0, 0), (0, 0)))
+    stacked = jnp.transpose(kernel, (1, 2, 3, 0, 4)).reshape(3, 3, c, 3 * o)  # [h, w, c, (a, o)]
+    z = jax.lax.conv_general_dilated(
+      xp.reshape(b * (d + 2), h, w, c),
+      stacked,
+      (1, 1),
+      "SAME",
+      dimension_numbers=("NHWC", "HWIO", "NHWC"),
+    ).reshape(b, d + 2, h, w, 3, o)
+    # output depth i sees padded input depths i, i + 1, i + 2 through depth offsets 0, 1, 2
+    return z[:, :d, ..., 0, :] + z[:, 1 : d + 1, ..., 1, :] + z[:, 2:, ..., 2, :]
   xp = jnp.pad(x, ((0, 0), (1, 1), (0, 0), (0, 0), (0, 0)))
   out = None
   for a in range(3):

@@ -89,10 +89,20 @@ def test_batch_norm_relu_plain_ops_switch_gives_the_same_gradients():
 
 @pytest.mark.parametrize(
   "shape,window,stride,pad",
-  [((2, 9, 8, 3), 3, 2, 1), ((1, 7, 7, 2), 3, 1, 1), ((2, 8, 8, 1), 2, 2, 0)],
+  [
+    ((2, 9, 8, 3), 3, 2, 1),
+    ((1, 7, 7, 2), 3, 1, 1),
+    ((2, 8, 8, 1), 2, 2, 0),
+    ((2, 13, 12, 2), 3, 3, 1),
+    ((1, 11, 10, 2), 3, 2, 0),
+  ],
 )
-def test_max_pool_matches_flax(shape, window, stride, pad):
-  x = jnp.asarray(np.random.default_rng(3).normal(size=shape), jnp.float32)  # no ties
+@pytest.mark.parametrize("ties", [False, True])
+def test_max_pool_matches_flax(shape, window, stride, pad, ties):
+  x = np.random.default_rng(3).normal(size=shape)
+  if ties:  # zeros after a ReLU, and equal values: the first maximum in the window takes it
+    x = np.maximum(np.round(x), 0)
+  x = jnp.asarray(x, jnp.float32)
   want = nn.max_pool(x, (window, window), (stride, stride), ((pad, pad), (pad, pad)))
   got = common.max_pool(x, window, stride, pad)
   np.testing.assert_array_equal(got, want)
@@ -103,6 +113,44 @@ def test_max_pool_matches_flax(shape, window, stride, pad):
     grad(lambda x: nn.max_pool(x, (window, window), (stride, stride), ((pad, pad), (pad, pad)))),
     rtol=1e-6,
     atol=1e-6,
+  )
+
+
+@pytest.mark.parametrize("dtype,tol", [(jnp.float32, 1e-5), (jnp.bfloat16, 2e-2)])
+def test_conv1x1_matches_flax_conv(dtype, tol):
+  rng = np.random.default_rng(6)
+  x = jnp.asarray(rng.normal(size=(3, 5, 4, 7)), jnp.float32)
+  g = jnp.asarray(rng.normal(size=(3, 5, 4, 6)), jnp.float32)
+  flax_conv = nn.Conv(6, (1, 1), use_bias=False, dtype=dtype, kernel_init=common.conv_init)
+  tuned = common.Conv1x1(6, dtype)
+  params = flax_conv.init(jax.random.key(0), x)
+  assert jax.tree.map(jnp.shape, tuned.init(jax.random.key(0), x)) == jax.tree.map(
+    jnp.shape, params
+  )  # the same parameter: weights import and checkpoints are unchanged
+
+  def value_and_grads(module):
+    def loss(p, x):
+      y = module.apply(p, x)
+      return (y.astype(jnp.float32) * g).sum(), y
+
+    (_, y), grads = jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)(params, x)
+    return y, grads
+
+  got, want = value_and_grads(tuned), value_and_grads(flax_conv)
+  assert got[0].dtype == want[0].dtype == dtype
+  for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+    np.testing.assert_allclose(
+      np.asarray(a, np.float32), np.asarray(b, np.float32), rtol=tol, atol=tol
+    )
+
+
+def test_gradient_materialized_is_the_identity():
+  x = jnp.asarray(np.random.default_rng(7).normal(size=(2, 3, 3, 5)), jnp.float32)
+  g = jnp.asarray(np.random.default_rng(8).normal(size=x.shape), jnp.float32)
+  f = lambda x: (jnp.sin(common.gradient_materialized(jnp.cos(x))) * g).sum()
+  np.testing.assert_array_equal(common.gradient_materialized(x), x)
+  np.testing.assert_array_equal(
+    jax.jit(jax.grad(f))(x), jax.jit(jax.grad(lambda x: (jnp.sin(jnp.cos(x)) * g).sum()))(x)
   )
 
 

@@ -64,9 +64,14 @@ def test_conv_implementations_agree_and_upconv_is_a_transposed_conv():
   rng = np.random.default_rng(3)
   x = jnp.asarray(rng.standard_normal((2, 5, 6, 4, 3)), jnp.float32)
   k = jnp.asarray(rng.standard_normal((3, 3, 3, 3, 4)), jnp.float32)
-  np.testing.assert_allclose(
-    unet3d.conv3x3x3(x, k, "slices"), unet3d.conv3x3x3(x, k, "native"), rtol=1e-4, atol=1e-4
-  )
+  g = jnp.asarray(rng.standard_normal((2, 5, 6, 4, 4)), jnp.float32)
+  value_and_grads = lambda impl: jax.value_and_grad(
+    lambda x, k: (unet3d.conv3x3x3(x, k, impl) * g).sum(), argnums=(0, 1)
+  )(x, k)
+  want = value_and_grads("native")
+  for impl in ("slices", "stacked"):  # same output, input and kernel gradients
+    for a, b in zip(jax.tree.leaves(value_and_grads(impl)), jax.tree.leaves(want)):
+      np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
   model = UNet3D(num_classes=2, depth=2, base_width=4, norm="group", conv_impl="native")
   v = jitted.init(model, x[:, :4, :6, :4])
   other = UNet3D(num_classes=2, depth=2, base_width=4, norm="group", conv_impl="slices")
