@@ -1,7 +1,7 @@
 """3D U-Net benchmark beside MONAI's BasicUNet: train-step and forward patches/s, in one run.
 
   python -m mdx.models.bench_unet3d --patch=64,64,64 --batch=2 --base_width=16 --norm=batch \
-      --variants=mdx,native_conv --monai
+      --variants=mdx,slices,native_conv --monai
 
 Both networks have five levels (BasicUNet's fixed depth): two 3x3x3 convolution-norm-ReLU layers
 per level with widths base_width * (1, 2, 4, 8, 16), 2x max pooling down, 2x transposed
@@ -13,8 +13,10 @@ softmax cross-entropy of every voxel; timing as mdx.models.bench (turns, median 
 ratios to the last contestant: MONAI).
 
 Variants:
-  mdx               conv_impl='auto' (3x3x3 convolutions as three 2D ones on CPU), mdx's XLA
-                    options;
+  mdx               conv_impl='auto' (on CPU, 3x3x3 convolutions as one 2D convolution with the
+                    depth offsets' kernels stacked up to 16 output channels, three 2D ones
+                    on depth slices above), mdx's XLA options;
+  slices            every 3x3x3 convolution as three 2D ones on depth slices;
   native_conv       XLA's own 3D convolution;
   xla_cpu_defaults  mdx's convolutions with XLA's default options.
 """
@@ -53,6 +55,7 @@ def define_flags() -> None:
 # variant -> (mdx.models.race variant, UNet3D kwargs)
 VARIANTS = {
   "mdx": ("mdx", {}),
+  "slices": ("mdx", {"conv_impl": "slices"}),
   "native_conv": ("mdx", {"conv_impl": "native"}),
   "xla_cpu_defaults": ("xla_cpu_defaults", {}),
 }

@@ -228,7 +228,17 @@ def _conv1x1_bwd(residuals, g):
   c, o = w.shape
   dx = jnp.dot(g, w.T)
   dw = lax.dot_general(g.reshape(-1, o), x.reshape(-1, c), (((0,), (0,)), ((), ()))).T
-  return dx, dw
+  # Inside shard_map the batch (so dw) varies over the data axis while w is replicated: summed
+  # over the devices, as autodiff does for a replicated parameter.
+  varying = tuple(sorted(_varying_axes(dw) - _varying_axes(w)))
+  return dx, lax.psum(dw, varying) if varying else dw
+
+
+def _varying_axes(x) -> set:
+  """The shard_map mesh axes x varies over (jax 0.10: typeof(x).mat.varying; earlier: .vma)."""
+  aval = jax.typeof(x)
+  mat = getattr(aval, "mat", None)
+  return set(mat.varying) if mat is not None else set(getattr(aval, "vma", ()))
 
 
 _conv1x1.defvjp(_conv1x1_fwd, _conv1x1_bwd)
