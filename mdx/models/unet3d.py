@@ -40,9 +40,9 @@ def conv3x3x3(x: jax.Array, kernel: jax.Array, impl: str) -> jax.Array:
       x, kernel, (1, 1, 1), "SAME", dimension_numbers=("NDHWC", "DHWIO", "NDHWC")
     )
   b, d, h, w, c = x.shape
+  xp = jnp.pad(x, ((0, 0), (1, 1), (0, 0), (0, 0), (0, 0)))  # 'SAME' in depth, by hand
   if impl == "stacked":
     o = kernel.shape[-1]
-    xp = jnp.pad(x, ((0, 0), (1, 1), (0, 0), (0, 0), (0, 0)))
     stacked = jnp.transpose(kernel, (1, 2, 3, 0, 4)).reshape(3, 3, c, 3 * o)  # [h, w, c, (a, o)]
     z = jax.lax.conv_general_dilated(
       xp.reshape(b * (d + 2), h, w, c),
@@ -53,7 +53,6 @@ def conv3x3x3(x: jax.Array, kernel: jax.Array, impl: str) -> jax.Array:
     ).reshape(b, d + 2, h, w, 3, o)
     # output depth i sees padded input depths i, i + 1, i + 2 through depth offsets 0, 1, 2
     return z[:, :d, ..., 0, :] + z[:, 1 : d + 1, ..., 1, :] + z[:, 2:, ..., 2, :]
-  xp = jnp.pad(x, ((0, 0), (1, 1), (0, 0), (0, 0), (0, 0)))
   out = None
   for a in range(3):
     y = jax.lax.conv_general_dilated(
