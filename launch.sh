@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The one command a person types. Creates .venv from pyproject.toml when missing or stale.
 #   ./launch.sh demo [WORKDIR] [flags]             default experiment end to end; prints where the report is
-#   ./launch.sh test [pytest args]                 the test suite
+#   ./launch.sh test [--all] [pytest args]         the fast test tier; --all: the full suite
 #   ./launch.sh lint                               ruff check and ruff format --check (as CI runs them)
 #   ./launch.sh train CONFIG --workdir=DIR [flags] train (resumes if DIR has checkpoints), then report
 #   ./launch.sh eval CONFIG --workdir=DIR [flags]  report and bundle from the best checkpoint of DIR
@@ -106,8 +106,12 @@ case "$cmd" in
       *) usage ;;
     esac ;;
   test)
+    # The fast tier (under 3 minutes on 2 cores); --all adds the full tier (tests marked slow:
+    # training, subprocesses, several processes), as CI runs it.
     setup test
-    exec python -m pytest -n 2 "$@" ;;
+    tier=(-m "not slow")
+    if [[ "${1:-}" == --all ]]; then tier=(); shift; fi
+    exec python -m pytest -n 2 --durations=15 "${tier[@]}" "$@" ;;
   lint)
     setup test
     ruff check . && ruff format --check . ;;
@@ -145,9 +149,14 @@ case "$cmd" in
     # Copy this checkout to every worker, then run the same launch.sh command on all of them at once.
     # Each worker installs mdx with the TPU extra (libtpu), requires the TPU, and joins the pod
     # (MDX_JAX_DISTRIBUTED=1: jax.distributed.initialize() finds the workers itself).
-    tarball="$(mktemp -d)/mdx.tar.gz"
+    command -v gcloud >/dev/null 2>&1 || {
+      echo "error: ./launch.sh tpu needs the gcloud CLI (install the Google Cloud SDK and run 'gcloud auth login'), or run ./launch.sh $* on each worker yourself" >&2
+      exit 2; }
+    tmp="$(mktemp -d)"; tarball="$tmp/mdx.tar.gz"
+    trap 'rm -rf "$tmp"' EXIT
     git ls-files -z | tar --null -czf "$tarball" -T -
     gcloud compute tpus tpu-vm scp "$tarball" "$name:~/mdx.tar.gz" --zone="$zone" --worker=all
+    rm -rf "$tmp"; trap - EXIT
     remote="mkdir -p ~/mdx && tar -xzf ~/mdx.tar.gz -C ~/mdx && cd ~/mdx && MDX_ACCELERATOR=tpu MDX_JAX_DISTRIBUTED=1 ./launch.sh"
     args=""; for a in "$@"; do args+=" $(printf '%q' "$a")"; done
     exec gcloud compute tpus tpu-vm ssh "$name" --zone="$zone" --worker=all \
