@@ -1,13 +1,15 @@
 """DenseNet-121 on the 856-image, 64 px NIH ChestX-ray14 sample (219 patients), split by patient.
 
 Data: ../shared/data/nih_chestxray14_64px (Data_Entry.csv in the official layout + images/).
-First `python -m mdx.data.cli.prepare --config=experiments/nih_64px.py` writes ArrayRecord files
-into data.prepared_dir; set --config.data.prepared_dir='' to decode the PNGs instead.
+The first run writes ArrayRecord files into data.prepared_dir (the per-user cache; `./launch.sh
+prepare experiments/nih_64px.py` does it ahead) and later runs read them; set
+--config.data.prepared_dir='' to decode the PNGs instead.
 """
 
 import os
 
 from mdx.config import defaults
+from mdx.data.cxr.file_source import records_dir
 
 DATA = os.environ.get(
   "MDX_DATA", os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")
@@ -20,7 +22,7 @@ def get_config():
   c.data.source = "nih"
   c.data.metadata = os.path.join(DATA, "nih_chestxray14_64px", "Data_Entry.csv")
   c.data.images = os.path.join(DATA, "nih_chestxray14_64px", "images")
-  c.data.prepared_dir = "/tmp/mdx_records"
+  c.data.prepared_dir = records_dir()  # ~/.cache/mdx/records, or MDX_RECORDS
   c.data.channels = 1
   c.data.on_error = "raise"
   c.data.image_size = 64

@@ -1,14 +1,15 @@
 """The 100-image NIH course sample at the original 1024 px, resized to 128 px, split by patient.
 
 Data: ../shared/data/nih_chestxray14_course_sample (labels.csv in the Data_Entry layout + images/).
-Too small to learn from; it exercises the full-resolution path: prepare once
-(`python -m mdx.data.cli.prepare --config=experiments/nih_course_sample.py`), then train from
-records.
+Too small to learn from; it exercises the full-resolution path: the first run decodes and resizes
+the 1024 px PNGs once into records in the per-user cache (or ahead:
+`./launch.sh prepare experiments/nih_course_sample.py`), and every run trains from the records.
 """
 
 import os
 
 from mdx.config import defaults
+from mdx.data.cxr.file_source import records_dir
 
 DATA = os.environ.get(
   "MDX_DATA", os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")
@@ -21,7 +22,7 @@ def get_config():
   c.data.source = "nih"
   c.data.metadata = os.path.join(DATA, "nih_chestxray14_course_sample", "labels.csv")
   c.data.images = os.path.join(DATA, "nih_chestxray14_course_sample", "images")
-  c.data.prepared_dir = "/tmp/mdx_records"
+  c.data.prepared_dir = records_dir()  # ~/.cache/mdx/records, or MDX_RECORDS
   c.data.image_size = 128
   c.data.split = dict(by="patient", test=0.2, val=0.2)
   c.data.augment = "chest_xray"

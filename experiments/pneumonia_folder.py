@@ -2,12 +2,14 @@
 
 Data: ../shared/data/kermany_pneumonia_subset. The patient id comes from the file name
 (personN_virus_M.jpeg -> personN; IM-XXXX-YYYY.jpeg -> IM-XXXX), so a child's several films stay in
-one set. Prepare once: `python -m mdx.data.cli.prepare --config=experiments/pneumonia_folder.py`.
+one set. The first run prepares records in the per-user cache (ahead: `./launch.sh prepare
+experiments/pneumonia_folder.py`).
 """
 
 import os
 
 from mdx.config import defaults
+from mdx.data.cxr.file_source import records_dir
 
 DATA = os.environ.get(
   "MDX_DATA", os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")
@@ -21,7 +23,7 @@ def get_config():
   c.data.root = os.path.join(DATA, "kermany_pneumonia_subset")
   c.data.negative_class = "NORMAL"
   c.data.patient_regex = r"^(person\d+|(?:NORMAL2-)?IM-\d+)"
-  c.data.prepared_dir = "/tmp/mdx_records"
+  c.data.prepared_dir = records_dir()  # ~/.cache/mdx/records, or MDX_RECORDS
   c.data.image_size = 128
   c.data.on_error = "raise"  # or "skip": drop unreadable images, listed in the workdir
   c.data.split = dict(by="patient", test=0.2, val=0.2)

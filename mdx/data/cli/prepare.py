@@ -3,15 +3,17 @@
 
 Decodes every image of config.data's source once, resizes it to config.data.image_size and writes
 TFDS ArrayRecord files into config.data.prepared_dir (with TFDS's progress bar). Runs that set
-prepared_dir then read these records instead of the original files. A user's mistake (a config
-typo, a missing data root) is one line `error: ...` and exit status 2 (mdx.cli).
+prepared_dir then read these records instead of the original files; a run that finds them missing
+prepares them itself, so this command is for doing it ahead (before a sweep, on a login node, or
+to see the time it takes). A user's mistake (a config typo, a missing data root) is one line
+`error: ...` and exit status 2 (mdx.cli).
 """
 
 from __future__ import annotations
 
 import time
 
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
 
 from mdx import cli
@@ -22,26 +24,22 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "experiment file", loc
 def main(argv):
   del argv
   from mdx import config as config_lib
-  from mdx.data.cxr import tfds_builders
+  from mdx.data.cxr import file_source, tfds_builders
 
   config = config_lib.resolve(_CONFIG.value)  # a typo in the experiment is an error here too
   if not config.data.get("prepared_dir"):
     raise app.UsageError(
       "config.data.prepared_dir is not set: say where the records should go "
-      "(e.g. --config.data.prepared_dir=/tmp/mdx_records)"
+      f"(e.g. --config.data.prepared_dir={file_source.records_dir() or '~/.cache/mdx/records'})"
     )
   start = time.perf_counter()
   result = tfds_builders.prepare(config.data, config.seed)
-  logging.info(
-    "prepared %d records (%d skipped) in %s in %.1f s",
-    result["records"],
-    result["skipped"],
-    result["dir"],
-    time.perf_counter() - start,
-  )
+  if not result["built"]:
+    print(f"{result['records']} records already prepared in {result['dir']}")
+    return
   print(
-    f"prepared {result['records']} records ({result['skipped']} skipped) in {result['dir']} "
-    f"in {time.perf_counter() - start:.1f} s"
+    f"prepared {result['records']} records ({result['skipped']} unreadable images skipped) in "
+    f"{result['dir']} in {time.perf_counter() - start:.1f} s"
   )
 
 

@@ -177,3 +177,14 @@ def require(config, name: str, source: str):
   if value is None:
     raise ValueError(f"config.data.{name} must be set for config.data.source={source!r}")
   return value
+
+
+def records_dir() -> str:
+  """The per-user folder of prepared records, for experiments to set as config.data.prepared_dir:
+  MDX_RECORDS, else ~/.cache/mdx/records. Per user, not a shared /tmp folder that another user may
+  own; per machine, so every host of a pod prepares (once) on its own disk. MDX_RECORDS='' decodes
+  the original files, as --config.data.prepared_dir='' does. Here, not in tfds_builders, so that an
+  experiment file can call it without importing TFDS."""
+  return os.environ.get(
+    "MDX_RECORDS", os.path.join(os.path.expanduser("~"), ".cache", "mdx", "records")
+  )

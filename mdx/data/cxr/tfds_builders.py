@@ -1,9 +1,11 @@
 """TFDS builders that store a source's images, resized, as ArrayRecord files (no TensorFlow).
 
 Training then reads small fixed-size records by index instead of decoding 1024 px PNGs or DICOMs:
-`python -m mdx.data.cli.prepare --config=experiments/X.py` builds them into
-config.data.prepared_dir, and any real source with prepared_dir set reads them back
-(sources.make_source -> load_prepared).
+any real source with config.data.prepared_dir set reads them back (sources.make_source ->
+load_prepared), preparing them there on first use (with one log line) when they are missing;
+`python -m mdx.data.cli.prepare --config=experiments/X.py` (./launch.sh prepare) does it ahead.
+Experiments put them in the per-user cache (file_source.records_dir: ~/.cache/mdx/records, or
+MDX_RECORDS).
 
 One builder per source (NihChestXray14, Chexpert, ClassFolders, NihExpertLabels). The raw files are
 the builder's manual_dir input; the builder config name is '<size>px-<hash>', the hash covering
@@ -11,14 +13,27 @@ every config.data field that changes the records, so a changed label policy or r
 reuses stale records. All records go into one split, 'records': mdx splits by patient itself.
 Records are written in the source's order (shuffling disabled) and an index (labels, patients,
 image ids) is saved next to them so splits and class weights never decode an image.
+
+The index is what makes records complete: TFDS writes into a temporary sibling
+(<config>/.incomplete-*), the index is saved there too, and only then is the folder renamed to
+<config>/<version>, so a killed preparation leaves nothing that looks complete (its leftover is
+removed by the next one). Preparation holds a file lock (<config>/.prepare.lock): of several
+processes (of one run, or of runs started together) one prepares and the others wait and then read
+its records. A lock, not a barrier: the default folder is on each host's own disk, so every host of
+a pod prepares its own copy, while on a shared disk the lock lets only one of them write.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import fcntl
 import hashlib
 import json
 import os
+import shutil
+import tempfile
+import time
 from typing import Any
 
 import numpy as np
@@ -49,6 +64,8 @@ RECORD_FIELDS = (
   "extensions",
 )
 INDEX_FILE = "mdx_index.npz"
+LOCK_FILE = ".prepare.lock"
+INCOMPLETE = ".incomplete-"  # prefix of a preparation in progress (or killed)
 
 
 def _plain(value):
@@ -182,13 +199,14 @@ class NihExpertLabels(_Prepared):
 BUILDERS = {b.SOURCE: b for b in (NihChestXray14, Chexpert, ClassFolders, NihExpertLabels)}
 
 
-def builder_for(data_config, seed: int = 0) -> _Prepared:
+def builder_for(data_config, seed: int = 0, data_dir: str | None = None) -> _Prepared:
+  """The builder of config.data, writing under data_dir (default config.data.prepared_dir)."""
   name = file_source.require(data_config, "source", "?")
   if name not in BUILDERS:
     raise ValueError(
       f"no TFDS builder for config.data.source={name!r}; choose one of {sorted(BUILDERS)}"
     )
-  data_dir = file_source.require(data_config, "prepared_dir", name)
+  data_dir = data_dir or file_source.require(data_config, "prepared_dir", name)
   return BUILDERS[name](
     data_config=data_config, seed=seed, data_dir=data_dir, file_format="array_record"
   )
@@ -209,42 +227,104 @@ def prepared_path(data_config) -> str:
   )
 
 
-def prepare(data_config, seed: int = 0) -> dict[str, Any]:
-  """Builds the records (if not built yet) and the index; returns counts."""
+def prepare(data_config, seed: int = 0, first_use: bool = False) -> dict[str, Any]:
+  """Builds the records and their index unless they exist -> {'dir', 'records', 'skipped',
+  'built'} ('skipped': unreadable images left out under on_error='skip'; 'built': False when they
+  existed). first_use: called by a run that needs them (the log line says so)."""
   path = prepared_path(data_config)
-  index_path = os.path.join(path, INDEX_FILE)
-  if os.path.exists(index_path):
-    logging.info("records already prepared in %s", path)
-    with np.load(index_path) as z:
-      return {"dir": path, "records": len(z["image_ids"]), "skipped": 0}
-  builder = builder_for(data_config, seed)
+  folder = os.path.dirname(path)
+  with _locked(folder, path):
+    if os.path.exists(os.path.join(path, INDEX_FILE)):
+      logging.info("records already prepared in %s", path)
+      return {"dir": path, "records": _count(path), "skipped": 0, "built": False}
+    _remove_incomplete(folder, path)
+    logging.info(
+      "preparing records of %s at %s px into %s%s",
+      file_source.config_get(data_config, "source"),
+      file_source.config_get(data_config, "image_size"),
+      path,
+      " (once; ./launch.sh prepare does it ahead)" if first_use else "",
+    )
+    start = time.perf_counter()
+    scratch = tempfile.mkdtemp(prefix=INCOMPLETE, dir=folder)
+    try:
+      result = _build(data_config, seed, scratch, path)
+    finally:
+      shutil.rmtree(scratch, ignore_errors=True)
+  # TFDS's own last line names the scratch folder: this one says where they are now
+  logging.info(
+    "prepared %d records in %s in %.1f s", result["records"], path, time.perf_counter() - start
+  )
+  examples = result.pop("examples")
+  if result["skipped"]:
+    logging.warning(
+      "prepare skipped %d unreadable images (on_error='skip'), e.g. %s", result["skipped"], examples
+    )
+  return result
+
+
+def _build(data_config, seed: int, scratch: str, path: str) -> dict[str, Any]:
+  """Records and index written under scratch, then renamed to path (complete, or not there)."""
+  builder = builder_for(data_config, seed, data_dir=scratch)
   manual = file_source.config_get(data_config, "images") or file_source.config_get(
     data_config, "root"
   )
+  built = os.path.join(scratch, builder.name, builder.builder_config.name, str(builder.version))
+  if os.path.abspath(builder.data_dir) != os.path.abspath(built):
+    raise RuntimeError(f"TFDS writes to {builder.data_dir}, expected {built}")
   builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=manual))
   w = builder.written
   if not w["image_ids"]:
     raise ValueError(f"prepare wrote no records for {data_config.source}; every image failed")
-  if os.path.abspath(builder.data_dir) != os.path.abspath(path):
-    raise RuntimeError(f"TFDS wrote to {builder.data_dir}, expected {path}")
   np.savez(
-    index_path,
+    os.path.join(built, INDEX_FILE),
     labels=np.asarray(w["labels"], np.float32),
     patient_ids=np.asarray(w["patient_ids"]),
     image_ids=np.asarray(w["image_ids"]),
     findings=np.asarray(builder.source().findings),
   )
-  if builder.skipped_files:
-    logging.warning(
-      "prepare skipped %d unreadable images (on_error='skip'), e.g. %s",
-      len(builder.skipped_files),
-      builder.skipped_files[:3],
-    )
+  os.rename(built, path)  # the one step that makes them complete
   return {
-    "dir": builder.data_dir,
+    "dir": path,
     "records": len(w["image_ids"]),
     "skipped": len(builder.skipped_files),
+    "built": True,
+    "examples": builder.skipped_files[:3],
   }
+
+
+def _count(path: str) -> int:
+  with np.load(os.path.join(path, INDEX_FILE)) as z:
+    return len(z["image_ids"])
+
+
+@contextlib.contextmanager
+def _locked(folder: str, path: str):
+  """Holds folder/.prepare.lock (released by the kernel if the holder dies)."""
+  os.makedirs(folder, exist_ok=True)
+  with open(os.path.join(folder, LOCK_FILE), "a") as f:
+    try:
+      fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      logging.info("waiting for another process that prepares the records in %s", path)
+      fcntl.flock(f, fcntl.LOCK_EX)
+    except OSError as e:  # a filesystem without locks: preparing twice is slow, not wrong
+      logging.warning("cannot lock %s (%s); preparing without a lock", f.name, e)
+    yield
+
+
+def _remove_incomplete(folder: str, path: str) -> None:
+  """Removes what a killed preparation left (the lock is held: nobody else is writing), and a
+  record folder without its index (written by mdx before the index moved into the rename)."""
+  for entry in os.scandir(folder):
+    if entry.name.startswith(INCOMPLETE) and entry.is_dir():
+      logging.warning("removing %s, left by a preparation that did not finish", entry.path)
+      shutil.rmtree(entry.path, ignore_errors=True)
+  if os.path.isdir(path):
+    logging.warning(
+      "removing %s: it has no %s, so its preparation did not finish", path, INDEX_FILE
+    )
+    shutil.rmtree(path)
 
 
 class PreparedSource:
@@ -262,7 +342,7 @@ class PreparedSource:
     if len(self._ds) != len(self._image_ids):
       raise ValueError(
         f"{name}: {len(self._ds)} records but {len(self._image_ids)} index rows; "
-        "delete the prepared folder and run prepare again"
+        f"delete {path} (the next run prepares it again)"
       )
 
   def __len__(self) -> int:
@@ -274,7 +354,7 @@ class PreparedSource:
     if image_id != self._image_ids[index]:
       raise ValueError(
         f"{self.name}: record {index} is {image_id!r} but the index says "
-        f"{self._image_ids[index]!r}; delete the prepared folder and run prepare again"
+        f"{self._image_ids[index]!r}; delete {self.path} (the next run prepares it again)"
       )
     return {
       "image": np.asarray(ex["image"]),
@@ -326,15 +406,11 @@ class PreparedSource:
 
 
 def load_prepared(data_config, seed: int = 0) -> PreparedSource:
-  """The prepared records of config.data (FileNotFoundError telling how to prepare them)."""
+  """The prepared records of config.data, prepared first if they are missing."""
   path = prepared_path(data_config)
   index_path = os.path.join(path, INDEX_FILE)
   if not os.path.exists(index_path):
-    raise FileNotFoundError(
-      f"no prepared records in {path}; run "
-      "`python -m mdx.data.cli.prepare --config=<experiment file>` first (or "
-      "unset config.data.prepared_dir to decode the original files)"
-    )
+    prepare(data_config, seed, first_use=True)
   with np.load(index_path) as z:
     index = {k: z[k] for k in z.files}
   # Read back from the folder alone: the raw files need not be present at training time.
