@@ -14,6 +14,9 @@ holds NaN or Inf values (a NaN scan would be scored as all background, or turn t
 both count as bad for on_error. An image whose pixels (or a volume channel whose voxels) are all
 equal is only a warning, with a count (and WORKDIR/constant_records.csv).
 
+python -m mdx.data.cli.check runs scan, the decoding without a policy, and says what a run would
+do with what it found under the experiment's on_error.
+
 Sources whose records come from files offer record_files(i) (the files record i reads) and
 record_name(i); sources generated in memory (phantoms) do not, and are not checked: they cannot be
 unreadable and are finite by construction. Prepared records (TFDS ArrayRecords) are read back as
@@ -136,6 +139,43 @@ def check_source(
     raise ValueError(f"config.data.on_error={on_error!r}; choose one of {list(ON_ERROR)}")
   if not is_checkable(source):
     return source, None
+  result = scan(source, name, threads, cache_dir, progress)
+  _warn_constant(result, workdir, cache_dir)
+  bad = result.bad
+  n = result.total
+  if not len(bad):
+    return source, result
+  if on_error == "raise":
+    listing = write_list(result, bad, "bad_records.csv", workdir, cache_dir)
+    raise ValueError(_error_message(result, bad, listing))
+  if len(bad) == n:
+    listing = write_list(result, bad, "skipped_records.csv", workdir, cache_dir)
+    raise ValueError(
+      f"{name}: all {n} records are unusable (e.g. {examples(result, bad)}); listed in "
+      f"{listing}: fix the data folder (config.data.root / images)"
+    )
+  listing = write_list(result, bad, "skipped_records.csv", workdir, cache_dir)
+  logging.warning(
+    "%s: skipped %d of %d records that cannot be used (config.data.on_error='skip'), e.g. %s; "
+    "all are listed in %s",
+    name,
+    len(bad),
+    n,
+    examples(result, bad),
+    listing,
+  )
+  return source.select(result.keep()), result
+
+
+def scan(
+  source,
+  name: str,
+  threads: int | None = None,
+  cache_dir: str | None = None,
+  progress: bool = True,
+) -> CheckResult:
+  """Every record of a checkable `source` decoded (or found in the cache) and inspected, with no
+  policy: what bad records mean is the caller's (check_source for a run, the check command)."""
   start = time.perf_counter()
   n = len(source)
   files = [tuple(source.record_files(i)) for i in range(n)]
@@ -182,30 +222,7 @@ def check_source(
     len(result.bad),
     len(result.constant),
   )
-  _warn_constant(result, workdir, cache_dir)
-  bad = result.bad
-  if not len(bad):
-    return source, result
-  if on_error == "raise":
-    listing = _write_list(result, bad, "bad_records.csv", workdir, cache_dir)
-    raise ValueError(_error_message(result, bad, listing))
-  if len(bad) == n:
-    listing = _write_list(result, bad, "skipped_records.csv", workdir, cache_dir)
-    raise ValueError(
-      f"{name}: all {n} records are unusable (e.g. {_examples(result, bad)}); listed in "
-      f"{listing}: fix the data folder (config.data.root / images)"
-    )
-  listing = _write_list(result, bad, "skipped_records.csv", workdir, cache_dir)
-  logging.warning(
-    "%s: skipped %d of %d records that cannot be used (config.data.on_error='skip'), e.g. %s; "
-    "all are listed in %s",
-    name,
-    len(bad),
-    n,
-    _examples(result, bad),
-    listing,
-  )
-  return source.select(result.keep()), result
+  return result
 
 
 def _error_message(result: CheckResult, bad: np.ndarray, listing: str) -> str:
@@ -216,12 +233,12 @@ def _error_message(result: CheckResult, bad: np.ndarray, listing: str) -> str:
       kinds.append(f"{count} {what}")
   return (
     f"{result.name}: {len(bad)} of {result.total} records cannot be used ({', '.join(kinds)}): "
-    f"{_examples(result, bad)}; all are listed in {listing}. Remove or replace these files, or "
+    f"{examples(result, bad)}; all are listed in {listing}. Remove or replace these files, or "
     "set config.data.on_error='skip' to train without them"
   )
 
 
-def _examples(result: CheckResult, indices) -> str:
+def examples(result: CheckResult, indices) -> str:
   shown = [f"{result.paths[i]} ({result.reasons[i]})" for i in indices[:SHOWN]]
   more = f" and {len(indices) - SHOWN} more" if len(indices) > SHOWN else ""
   return ", ".join(shown) + more
@@ -233,7 +250,7 @@ def _warn_constant(result: CheckResult, workdir: str | None, cache_dir: str | No
     return
   where = ""
   if workdir:
-    where = "; all are listed in " + _write_list(
+    where = "; all are listed in " + write_list(
       result, constant, "constant_records.csv", workdir, cache_dir
     )
   logging.warning(
@@ -241,16 +258,20 @@ def _warn_constant(result: CheckResult, workdir: str | None, cache_dir: str | No
     result.name,
     len(constant),
     result.total,
-    _examples(result, constant),
+    examples(result, constant),
     where,
   )
 
 
-def _write_list(
-  result: CheckResult, indices, file_name: str, workdir: str | None, cache_dir: str | None
+def write_list(
+  result: CheckResult,
+  indices,
+  file_name: str,
+  workdir: str | None = None,
+  cache_dir: str | None = None,
 ) -> str:
   """Writes (path, record, reason) rows into workdir (else the cache folder, else the temporary
-  folder, with the source's name in the file name); returns the path."""
+  folder, with a digest of the records' paths in the file name); returns the path."""
   if workdir:
     folder = workdir
   else:

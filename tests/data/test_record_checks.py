@@ -224,3 +224,33 @@ def test_prepared_records_are_checked_from_the_records(tmp_path, monkeypatch):
   kept = prepared.select([1, 3])
   assert list(kept.image_ids()) == [prepared.image_ids()[1], prepared.image_ids()[3]]
   assert kept[1]["image_id"] == prepared[3]["image_id"]
+
+
+def test_check_command_says_what_a_run_of_the_experiment_would_do(tmp_path, check_cache):
+  """python -m mdx.data.cli.check: findings under the experiment's own on_error, listed in
+  bad_records.csv (--out, else the user's check cache: not the --cold scratch, which is gone)."""
+  from mdx.data.cli import check as check_cli
+
+  root = make_folders(tmp_path / "data")
+  truncate(root / "PNEUMONIA" / "p3_0.png")
+  write_png(str(root / "NORMAL" / "p0_0.png"), size=(16, 16), value=0)
+  out = tmp_path / "out"
+  text, status = check_cli.report(folder_config(root), out=str(out))
+  assert status == 1 and "20 records checked" in text and "1 unusable, 1 constant" in text
+  assert "a run stops on them before step 1 (config.data.on_error='raise')" in text
+  assert "on_error='skip')" not in text and "skipped" not in text
+  assert sorted(os.listdir(out)) == ["bad_records.csv", "constant_records.csv"]
+  assert [r["record"] for r in read_rows(out / "bad_records.csv")] == ["PNEUMONIA/p3_0.png"]
+  assert [r["record"] for r in read_rows(out / "constant_records.csv")] == ["NORMAL/p0_0.png"]
+
+  text, status = check_cli.report(folder_config(root, on_error="skip"), cold=True)
+  assert status == 1 and "a run leaves them out (config.data.on_error='skip')" in text
+  listing = re.search(r"all are listed in (\S+); a run", text).group(1)
+  assert os.path.dirname(listing) == str(check_cache)
+  assert os.path.basename(listing).startswith("bad_records-")
+  assert [r["record"] for r in read_rows(listing)] == ["PNEUMONIA/p3_0.png"]
+
+  (root / "PNEUMONIA" / "p3_0.png").unlink()
+  write_png(str(root / "NORMAL" / "p0_0.png"), size=(16, 16), seed=3)
+  text, status = check_cli.report(folder_config(root))
+  assert status == 0 and "19 records checked" in text and "0 unusable, 0 constant" in text
