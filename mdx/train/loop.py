@@ -28,13 +28,24 @@ class Evaluator:
     self.global_batch = geometry.global_batch
     self._step = steps.make_eval_loss_step(model, loss_fn, mesh, geometry.global_batch, input_key)
     self.state: TrainState | None = None
+    self._compiled = False  # the first batch compiles the step: say so, it is a silent minute
 
   def run(self, batches: Iterable[dict]) -> tuple[np.ndarray, float, list[dict]]:
     """-> (logits of valid rows, mean loss over valid rows, the valid rows' host batch fields)."""
     logits, total, count, fields = [], 0.0, 0.0, []
     for batch in batches:
       global_batch = runtime.shard_batch(batch, self.mesh)
+      if not self._compiled:
+        logging.info("%s", _compile_note("evaluation step", "at its first batch; "))
+        first_start = time.perf_counter()
       loss_sum, out = self._step(self.state, global_batch)
+      if not self._compiled:
+        jax.block_until_ready(loss_sum)
+        logging.info(
+          "first evaluation batch done in %.1f s (compiling included)",
+          time.perf_counter() - first_start,
+        )
+        self._compiled = True
       # Gather logits and the small per-row fields of the GLOBAL batch (every host sees all rows).
       host = runtime.to_host({k: v for k, v in global_batch.items() if k != "image"})
       mask = host["mask"] > 0
@@ -77,13 +88,39 @@ class History:
     return [json.loads(line) for line in open(self.path)] if os.path.exists(self.path) else []
 
 
-def _format_eta(seconds: float) -> str:
-  seconds = int(max(seconds, 0))
-  return (
-    f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
-    if seconds >= 3600
-    else f"{seconds // 60}m{seconds % 60:02d}s"
+def _format_eta(seconds: float | None) -> str:
+  """'--' before a rate is measured, else the two largest units: 3d04h, 2h05m, 4m07s, 9s."""
+  if seconds is None or not np.isfinite(seconds):
+    return "--"
+  s = int(round(max(seconds, 0.0)))
+  if s >= 86400:
+    return f"{s // 86400}d{s % 86400 // 3600:02d}h"
+  if s >= 3600:
+    return f"{s // 3600}h{s % 3600 // 60:02d}m"
+  if s >= 60:
+    return f"{s // 60}m{s % 60:02d}s"
+  return f"{s}s"
+
+
+def _speed(steps: int, seconds: float, batch_size: int, remaining: int) -> tuple[float | None, str]:
+  """-> (images/s or None, 'R img/s  ETA T') of a window of `steps` timed steps; none measured
+  yet (the window held only the first step, which compiles) is '-- img/s  ETA --'."""
+  if steps <= 0 or seconds <= 0:
+    return None, "-- img/s  ETA --"
+  rate = steps * batch_size / seconds
+  return rate, f"{rate:.1f} img/s  ETA {_format_eta(remaining * seconds / steps)}"
+
+
+def _compile_note(what: str, typical: str = "") -> str:
+  """The line before compiling `what`: what it may cost and whether the next run pays it again
+  (mdx.runtime keeps compiled programs on disk)."""
+  cache = jax.config.jax_compilation_cache_dir
+  kept = (
+    f"seconds when {cache} holds it from an earlier run, and kept there for the next one"
+    if cache
+    else "the compilation cache is off"
   )
+  return f"compiling the {what} ({typical}{kept})"
 
 
 def build(config, task, mesh, pretrained: bool = True):
@@ -205,25 +242,31 @@ def train(config, workdir: str, task) -> TrainResult:
   try:
     for step in range(start + 1, total + 1):
       batch = next(data)
+      if step == start + 1:
+        logging.info(
+          "%s",
+          _compile_note("train step", "the first step; about a minute for DenseNet-121 on CPU, "),
+        )
+        first_start = time.perf_counter()
       state, metrics = train_step(state, runtime.shard_batch(batch, mesh))
       finite.add(step, metrics, batch.get("index"))
       if step == start + 1:  # the first step compiles: keep it out of the images/s and the ETA
         jax.block_until_ready(metrics)
         window_start = time.perf_counter()
+        logging.info("first step done in %.1f s (compiling included)", window_start - first_start)
       else:
         window_steps += 1
       if step % config.train.log_every == 0 or step == total:
         finite.check()  # with the loss below: the one host sync per log window
         loss = float(metrics["loss"])
-        elapsed = time.perf_counter() - window_start
-        rate = window_steps * config.train.batch_size / max(elapsed, 1e-9)
-        eta = (total - step) * config.train.batch_size / max(rate, 1e-9)
-        logging.info(
-          "step %d/%d  loss %.4f  %.1f img/s  ETA %s", step, total, loss, rate, _format_eta(eta)
+        scalars = {"train_loss": loss, "learning_rate": schedule(step)}
+        rate, speed = _speed(
+          window_steps, time.perf_counter() - window_start, config.train.batch_size, total - step
         )
-        history.write(
-          step, {"train_loss": loss, "images_per_second": rate, "learning_rate": schedule(step)}
-        )
+        if rate is not None:
+          scalars["images_per_second"] = rate
+        logging.info("step %d/%d  loss %.4f  %s", step, total, loss, speed)
+        history.write(step, scalars)
         window_start, window_steps = time.perf_counter(), 0
       # asked at every step by every process (jax's multi-process preemption sync needs that)
       preempted = step < total and preemption.reached(step)
