@@ -30,6 +30,19 @@ detect_accelerator() {
   else echo cpu; fi
 }
 
+# Whether $VENV holds an install, newer than pyproject.toml, whose extras include all of "$@"
+# (a venv set up for the tests also serves the demo: no second install).
+installed_with() {
+  local stamp extra ok
+  for stamp in "$VENV"/.mdx-installed*; do
+    [[ -e "$stamp" && ! pyproject.toml -nt "$stamp" ]] || continue
+    ok=1
+    for extra in "$@"; do [[ "$stamp" == *"-$extra"* ]] || ok=0; done
+    [[ $ok == 1 ]] && return 0
+  done
+  return 1
+}
+
 # setup [EXTRA]: the package with the accelerator's extra (and EXTRA, e.g. test) into $VENV, again
 # whenever pyproject.toml is newer than the last install of that combination.
 setup() {
@@ -46,14 +59,14 @@ setup() {
   if [[ ${#extras[@]} -gt 0 ]]; then
     target=".[$(IFS=,; echo "${extras[*]}")]"; stamp+="$(printf -- '-%s' "${extras[@]}")"
   fi
-  if [[ ! -x "$VENV/bin/python" || pyproject.toml -nt "$stamp" || ! -e "$stamp" ]]; then
+  if [[ ! -x "$VENV/bin/python" ]] || ! installed_with "${extras[@]}"; then
     echo "launch.sh: installing mdx$([[ "$target" != . ]] && echo " with $target") into $VENV (first run takes a few minutes)" >&2
     [[ -x "$VENV/bin/python" ]] || python3 -m venv "$VENV"
     "$VENV/bin/pip" install -q --upgrade pip
     "$VENV/bin/pip" install -q -e "$target"
     touch "$stamp"
   fi
-  export PATH="$PWD/$VENV/bin:$PATH"
+  export PATH="$(cd "$VENV" && pwd)/bin:$PATH"  # $MDX_VENV may be relative or absolute
   # a detected accelerator is a requirement: the run stops if JAX cannot use it (mdx.runtime)
   export MDX_ACCELERATOR="$accelerator"
   use_tcmalloc
