@@ -341,8 +341,8 @@ def _fixtures_tables(copy: str) -> dict:
     _write_csv(os.path.join(copy, f"reader{r}.csv"), ["image", *findings],
                [[f"img{i}", *map(int, row)] for i, row in enumerate(reads)])  # fmt: skip
   probs = np.clip(truth * 0.4 + rng.random(truth.shape) * 0.6, 0, 1)
-  _write_csv(os.path.join(copy, "labels.csv"), ["image", "patient_id", *findings],
-             [[f"img{i}", f"p{i // 2}", *map(int, row)] for i, row in enumerate(truth)])  # fmt: skip
+  labels = [[f"img{i}", f"p{i // 2}", *map(int, row)] for i, row in enumerate(truth)]
+  _write_csv(os.path.join(copy, "labels.csv"), ["image", "patient_id", *findings], labels)
   _write_csv(os.path.join(copy, "probs.csv"), ["image", *findings],
              [[f"img{i}", *row] for i, row in enumerate(probs.round(4))])  # fmt: skip
   return {}
