@@ -10,7 +10,8 @@ read them, so each part declares what it reads:
   the model (mdx.models.registry) its module's fields (model.growth_rate, model.base_width, ...);
   mdx.data.splits / resample    the fields of data.split and data.resample.
 An experiment file starts from defaults(task) and changes what it needs; `resolve` lays it over the
-defaults and rejects any field nobody reads (with the closest known name), then checks values.
+defaults and rejects any field nobody reads (with the closest known name), makes every path absolute
+(path_fields), then checks values.
 """
 
 from __future__ import annotations
@@ -148,6 +149,7 @@ def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   merged = base
   with merged.unlocked():
     merged.update(_sections(config))
+  absolute_paths(merged)
   check_values(merged)
   _task_class(task).check_config(merged)
   return merged
@@ -159,6 +161,36 @@ def _sections(config) -> dict:
     k: ml_collections.ConfigDict(v) if isinstance(v, ml_collections.ConfigDict) else v
     for k, v in config.items()
   }
+
+
+# ------------------------------------------------------------------------------ paths
+# Path fields every task may have; the data source declares its own (mdx.data.sources paths=).
+PATH_FIELDS = ("model.init_from", "data.split.lists_dir")
+
+
+def path_fields(config: ml_collections.ConfigDict) -> tuple[str, ...]:
+  """The dotted fields of `config` that name a file or folder."""
+  from mdx.data import sources
+
+  source = sources.spec(config.data.source)
+  return PATH_FIELDS + tuple(f"data.{field}" for field in source.paths)
+
+
+def absolute_paths(config: ml_collections.ConfigDict) -> None:
+  """Every path field with ~ expanded and made absolute (from the current directory), in place:
+  resolved once where the config is read, a path means the same file for the whole run, in its
+  config.json, in its bundle and for a later eval started elsewhere. Empty strings and None stay."""
+  for field in path_fields(config):
+    *parents, leaf = field.split(".")
+    node = config
+    for part in parents:
+      node = node.get(part) if isinstance(node, ml_collections.ConfigDict) else None
+    if not isinstance(node, ml_collections.ConfigDict):
+      continue
+    value = node.get(leaf)
+    if isinstance(value, (str, os.PathLike)) and os.fspath(value):
+      with node.ignore_type():  # a pathlib.Path becomes its absolute str
+        node[leaf] = os.path.abspath(os.path.expanduser(os.fspath(value)))
 
 
 # ------------------------------------------------------------------------------ values

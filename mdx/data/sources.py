@@ -55,6 +55,9 @@ class SourceSpec:
   build: Callable[[Any, int], Any]  # (config.data, seed) -> source
   fields: tuple[str, ...]  # the config.data fields it reads
   preparable: bool = False  # reads TFDS ArrayRecords when data.prepared_dir is set
+  # The fields among `fields` that name a file or folder: mdx.config makes them absolute once, so
+  # config.json, bundles and sweeps record where the data was, whatever the current directory.
+  paths: tuple[str, ...] = ()
 
 
 def _phantoms(data, seed: int):
@@ -114,6 +117,7 @@ def _brain_phantoms(data, seed: int):
 
 # The config.data fields of each real source are documented in its module
 # (mdx/data/cxr/nih.py, ...).
+_FILE_PATHS = ("metadata", "images", "prepared_dir")
 _FILE_FIELDS = (
   "metadata",
   "images",
@@ -128,13 +132,18 @@ SOURCES: dict[str, SourceSpec] = {
     IMAGE, _phantoms, ("num_patients", "findings", "prevalence", "studies_per_patient")
   ),
   "nih": SourceSpec(
-    IMAGE, _from_module("mdx.data.cxr.nih"), _FILE_FIELDS + ("view_positions",), preparable=True
+    IMAGE,
+    _from_module("mdx.data.cxr.nih"),
+    _FILE_FIELDS + ("view_positions",),
+    preparable=True,
+    paths=_FILE_PATHS,
   ),
   "chexpert": SourceSpec(
     IMAGE,
     _from_module("mdx.data.cxr.chexpert"),
     _FILE_FIELDS + ("uncertain", "blank", "frontal_only"),
     preparable=True,
+    paths=_FILE_PATHS,
   ),
   "folders": SourceSpec(
     IMAGE,
@@ -151,13 +160,18 @@ SOURCES: dict[str, SourceSpec] = {
       "bit_depth",
     ),
     preparable=True,
+    paths=("root", "prepared_dir"),
   ),
   "nih_expert": SourceSpec(
-    IMAGE, _from_module("mdx.data.cxr.nih_expert"), _FILE_FIELDS + ("set",), preparable=True
+    IMAGE,
+    _from_module("mdx.data.cxr.nih_expert"),
+    _FILE_FIELDS + ("set",),
+    preparable=True,
+    paths=_FILE_PATHS,
   ),
   # on_error: 'raise' (default) or 'skip' cases that cannot be read or hold NaN (mdx.data.check)
-  "msd": SourceSpec(VOLUME, _msd, ("root", "class_names", "cache", "on_error")),
-  "brats": SourceSpec(VOLUME, _brats, ("root", "label_mode", "on_error")),
+  "msd": SourceSpec(VOLUME, _msd, ("root", "class_names", "cache", "on_error"), paths=("root",)),
+  "brats": SourceSpec(VOLUME, _brats, ("root", "label_mode", "on_error"), paths=("root",)),
   "brain_phantoms": SourceSpec(VOLUME, _brain_phantoms, ("num_cases", "shape", "label_mode")),
 }
 
