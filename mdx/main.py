@@ -3,6 +3,9 @@ python -m mdx.main --config=experiments/X.py --workdir=DIR --mode=train|eval|exp
 
 Overrides: --config.train.steps=20 --config.data.image_size=64 ...  A run writes its resolved config
 into the workdir; running train again on the same workdir resumes from its latest checkpoint.
+eval and export use that config (WORKDIR/config.json), not the experiment file's: only eval.* may be
+changed on their command line, and an override of anything else the run was trained with is an
+error. predict reads only WORKDIR/bundle and needs no --config.
 A user's mistake (a config typo, a missing data root) is one line `error: ...` and exit status 2
 (mdx.cli); --debug or MDX_DEBUG=1 shows its traceback.
 """
@@ -20,7 +23,11 @@ from mdx.runtime import quiet_library_logs
 from mdx.train.run import run  # the flag-free API behind this command line
 
 _CONFIG = config_flags.DEFINE_config_file(
-  "config", None, "Experiment file with get_config().", lock_config=True
+  "config",
+  None,
+  "Experiment file with get_config() (not needed by --mode=predict). eval and export use the "
+  "run's WORKDIR/config.json; only eval.* overrides apply over it.",
+  lock_config=True,
 )
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and the report.")
 _MODE = flags.DEFINE_enum(
@@ -55,22 +62,31 @@ def main(argv):
     raise app.UsageError(
       f"unexpected arguments {argv[1:]}; overrides look like --config.train.steps=20"
     )
+  mode = _MODE.value
+  if _CONFIG.value is None and mode != "predict":
+    raise app.UsageError(
+      f"--mode={mode} needs --config=experiments/X.py (only --mode=predict runs without one)"
+    )
   runtime.join_processes(_DISTRIBUTED.value)  # ./launch.sh local N, a TPU VM or SLURM
-  # A config mistake raises ValueError here, before anything is built: cli.run makes it one line.
   runtime.require_accelerator(_ACCELERATOR.value)
-  config = config_lib.resolve(_CONFIG.value)
+  config, overrides = None, None
+  if _CONFIG.value is not None and mode != "predict":  # predict reads only the run's bundle
+    # A config mistake raises ValueError here, before anything is built: cli.run makes it one line.
+    config = config_lib.resolve(_CONFIG.value)
+    # The fields typed as --config.X=...: eval and export refuse those that change the run.
+    overrides = dict(config_flags.get_override_values(flags.FLAGS["config"]))
   from mdx.train import loop
 
   try:
-    out = run(config, _WORKDIR.value, _MODE.value, _INPUT.value, _OUTPUT.value, _STEP.value)
+    out = run(config, _WORKDIR.value, mode, _INPUT.value, _OUTPUT.value, _STEP.value, overrides)
   except loop.Preempted as e:  # a clean stop: the checkpoint is saved, a restart resumes
     print(f"mdx: {e}", flush=True)
     sys.exit(0)
   if out:
-    print(f"mdx: {_MODE.value} done; see {out}", flush=True)
+    print(f"mdx: {mode} done; see {out}", flush=True)
 
 
 if __name__ == "__main__":
   # Required only when run as a program: importing this module must not change global flag state.
-  flags.mark_flags_as_required(["config", "workdir"])
+  flags.mark_flags_as_required(["workdir"])  # --config too, except for --mode=predict (main)
   cli.run(main)
