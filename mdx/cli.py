@@ -4,9 +4,10 @@ status 2, instead of a traceback with the useful sentence at its bottom.
 A user error is what the person typing the command can fix: a ValueError (a bad value, a file in
 the wrong format), a missing, existing or misplaced file (FileNotFoundError, FileExistsError,
 IsADirectoryError, NotADirectoryError, PermissionError), a flag mistake (absl's flags.Error,
-app.UsageError; on the flag line only, an ml_collections override of a field the config lacks:
-KeyError, AttributeError, TypeError). Anything else is a bug and keeps its traceback. --debug or
-MDX_DEBUG=1 prints the traceback of a user error too (then the same line, the same status).
+app.UsageError; on the flag line only, an ml_collections override of a field the config lacks, or
+a field the experiment file reads that its config lacks: KeyError, AttributeError, TypeError).
+Anything else is a bug and keeps its traceback. --debug or MDX_DEBUG=1 prints the traceback of a
+user error too (then the same line, the same status).
 
   absl programs:     if __name__ == "__main__": cli.run(main)   (defines --debug, parses the flags)
   argparse programs: p = cli.ArgumentParser(...); args = p.parse_args(argv)
@@ -40,12 +41,24 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
+def _message(error: BaseException | str) -> str:
+  """The error's own words. str(KeyError('x')) is the repr "'x'" (escaped quotes, a literal \\n),
+  and ml_collections raises AttributeError(KeyError(...)): take the message such errors hold."""
+  while isinstance(error, (KeyError, AttributeError)) and len(error.args) == 1:
+    inner = error.args[0]
+    if isinstance(inner, BaseException):
+      error = inner
+    elif isinstance(inner, str) and isinstance(error, KeyError):
+      return inner
+    else:
+      break
+  return str(error)
+
+
 def one_line(error: BaseException | str) -> str:
   """The message on one line: lines stripped and joined; a KeyError's quotes removed; the type's
   name when there is no message."""
-  text = str(error)
-  while isinstance(error, KeyError) and len(text) > 1 and text[0] == text[-1] and text[0] in "'\"":
-    text = text[1:-1].replace("\\n", "\n").replace("\\'", "'")
+  text = _message(error)
   text = " ".join(line.strip() for line in text.splitlines() if line.strip())
   if not text and isinstance(error, BaseException):
     text = type(error).__name__
@@ -143,8 +156,8 @@ def parse_flags(argv: list[str]) -> list[str]:
     sys.exit(_flag_mistake(e, f"{one_line(e)}; --helpfull lists the flags", debug))
   except (flags.Error, TypeError, ValueError) as e:
     sys.exit(report(e, debug))
-  except (AttributeError, KeyError) as e:  # config_flags: an override of a field the file lacks
-    sys.exit(_flag_mistake(e, _unknown_field(one_line(e), argv), debug))
+  except (AttributeError, KeyError) as e:  # config_flags: an override of a field the file lacks,
+    sys.exit(_flag_mistake(e, _unknown_field(e, argv), debug))  # or the file reads one
   except OSError as e:  # an override applied to a config file that failed to load
     sys.exit(_flag_mistake(e, _config_load_error(e, argv), debug))
   return rest
@@ -156,17 +169,54 @@ def _flag_mistake(error: BaseException, line: str, debug: bool) -> int:
   return fail(line)
 
 
-def _unknown_field(key: str, argv: list[str]) -> str:
-  """config_flags says only the key ('root'); name the override flag that has it."""
-  key = key.strip("'\"")
+def _unknown_field(error: BaseException, argv: list[str]) -> str:
+  """config_flags says only the key ('stpes', and ml_collections' guess): name the experiment
+  file's line that reads it, or else the override flag that sets it."""
+  text = _message(error)
+  m = re.match(r"""\s*'([^']*)'\s*(?:Did you mean "([^"]*)")?""", text)
+  where = _experiment_line(error, argv)
+  if not m:  # not ml_collections' missing field: another mistake in the file, in its own words
+    return f"{where}: {one_line(text)}" if where else f"--config: {one_line(text)}"
+  key, guess = m[1], m[2]
+  if where:
+    hint = f" Did you mean {guess!r}?" if guess else ""
+    return f"{where}: the config has no field {key!r}.{hint} Fields are declared in mdx/config.py"
   for arg in argv:
-    m = re.match(r"--(\w+)\.([\w.]+)", arg)
-    if m and key in m[2].split("."):
+    flag = re.match(r"--(\w+)\.([\w.]+)", arg)
+    if flag and key in flag[2].split("."):
+      path = flag[2].split(".")
+      hint = ""
+      if guess:
+        path[path.index(key)] = guess
+        hint = f" Did you mean --{flag[1]}.{'.'.join(path)}?"
       return (
-        f"--{m[1]}.{m[2]}: the experiment's config has no field {key!r}; check the spelling "
-        f"against the experiment file and mdx/config.py"
+        f"{arg}: the experiment's config has no field {key!r}.{hint} Check the "
+        "spelling, or set the field in the experiment file (an override changes a field it has)"
       )
-  return f"--config override of an unknown field: {key}"
+  return f"the experiment's config has no field {key!r}." + (
+    f" Did you mean {guess!r}?" if guess else ""
+  )
+
+
+def _experiment_line(error: BaseException, argv: list[str]) -> str | None:
+  """'FILE:LINE' of the frame in a --flag=FILE.py experiment file where `error` was raised (a
+  typo read inside get_config()), or None."""
+  files = set()
+  for arg in argv:
+    flag = re.fullmatch(r"--\w+=(.+\.py)(:.*)?", arg)
+    if flag:
+      files.add(os.path.abspath(flag[1]))
+  where = None
+  for raised in (error, error.__context__):
+    tb = raised.__traceback__ if raised is not None else None
+    while tb is not None:
+      name = tb.tb_frame.f_code.co_filename
+      if os.path.abspath(name) in files:
+        where = f"{name}:{tb.tb_lineno}"
+      tb = tb.tb_next
+    if where:
+      return where
+  return None
 
 
 def _debug_in(argv: list[str]) -> bool:

@@ -1,4 +1,8 @@
-"""The command line: config errors, workdir errors, the resolved config written to the workdir."""
+"""The command line: config errors, workdir errors, the resolved config written to the workdir.
+
+Tests that start `python -m mdx.main` are marked slow (a JAX import each); the messages they print
+are also checked in-process here.
+"""
 
 import os
 import subprocess
@@ -7,6 +11,7 @@ import sys
 import ml_collections
 import pytest
 
+from mdx import cli
 from mdx import config as config_lib
 from mdx.train import run as runner
 
@@ -43,12 +48,57 @@ def test_resolve_keeps_defaults_and_applies_changes():
   assert c.data.image_size == 32 and c.data.source == "phantoms"
 
 
+@pytest.mark.slow
 def test_unknown_override_flag_is_rejected(tmp_path):
   proc = run_main(
     "--config=experiments/tiny_phantoms.py", f"--workdir={tmp_path}", "--config.train.stpes=3"
   )
-  assert proc.returncode != 0
-  assert "stpes" in proc.stderr
+  assert proc.returncode == 2
+  lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+  assert lines == [
+    "error: --config.train.stpes=3: the experiment's config has no field 'stpes'. Did you mean "
+    "--config.train.steps? Check the spelling, or set the field in the experiment file (an "
+    "override changes a field it has)"
+  ]
+
+
+def _attribute_error(fn) -> AttributeError:
+  with pytest.raises(AttributeError) as e:
+    fn()
+  return e.value
+
+
+def test_a_typo_override_is_one_clean_line():
+  """ml_collections raises AttributeError(KeyError('\\'stpes\\'\\nDid you mean...')): its str()
+  is a repr with escaped quotes and a literal \\n."""
+  c = ml_collections.ConfigDict({"train": {"steps": 1}})
+  error = _attribute_error(lambda: c.train.stpes)
+  line = cli._unknown_field(error, ["--config=x.py", "--config.train.stpes=4"])
+  assert line.startswith(
+    "--config.train.stpes=4: the experiment's config has no field 'stpes'. "
+    "Did you mean --config.train.steps?"
+  )
+  assert "\\" not in line and "\n" not in line
+  assert cli.one_line(error) == '\'stpes\' Did you mean "steps" instead of "stpes"?'
+
+
+def test_a_typo_read_inside_an_experiment_file_names_its_line(tmp_path):
+  experiment = tmp_path / "typo.py"
+  experiment.write_text(
+    "from mdx.config import defaults\n\n\n"
+    "def get_config():\n"
+    "  c = defaults()\n"
+    "  c.train.steps = c.train.stpes + 1\n"
+    "  return c\n"
+  )
+  module = config_lib.load_experiment(str(experiment))
+  error = _attribute_error(module.get_config)
+  line = cli._unknown_field(error, [f"--config={experiment}", "--config.train.steps=3"])
+  assert line == (
+    f"{experiment}:6: the config has no field 'stpes'. Did you mean 'steps'? Fields are declared "
+    "in mdx/config.py"
+  )
+  assert cli.one_line(line) == line
 
 
 def test_workdir_that_is_a_file(tmp_path):
@@ -56,8 +106,31 @@ def test_workdir_that_is_a_file(tmp_path):
   f.write_text("x")
   with pytest.raises(NotADirectoryError, match="is a file"):
     runner.prepare_workdir(str(f))
+  with pytest.raises(FileNotFoundError, match="is a file, not a run's folder"):
+    runner.run(None, str(f), "eval")
+
+
+@pytest.mark.slow
+def test_workdir_that_is_a_file_on_the_command_line(tmp_path):
+  f = tmp_path / "afile"
+  f.write_text("x")
   proc = run_main("--config=experiments/tiny_phantoms.py", f"--workdir={f}")
   assert proc.returncode != 0 and "is a file, not a directory" in proc.stderr
+
+
+@pytest.mark.slow
+def test_predict_needs_no_config_and_the_other_modes_say_they_do(tmp_path):
+  proc = run_main(
+    "--mode=predict", f"--workdir={tmp_path}/w", f"--input={tmp_path}", f"--output={tmp_path}/o"
+  )
+  assert proc.returncode == 2 and "has no bundle/ folder" in proc.stderr, proc.stderr[-2000:]
+  proc = run_main("--mode=eval", f"--workdir={tmp_path}/w")
+  lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+  assert proc.returncode == 2 and lines == [
+    "error: --mode=eval needs --config=experiments/X.py (only --mode=predict runs without one)"
+  ]
+  proc = run_main("--config=experiments/tiny_phantoms.py", "--mode=eval", f"--workdir={tmp_path}")
+  assert proc.returncode == 2 and "has no config.json (it was never trained)" in proc.stderr
 
 
 def test_unknown_data_field_for_the_chosen_source_names_it():
@@ -178,6 +251,7 @@ def test_impossible_segmentation_values():
     config_lib.resolve(c)
 
 
+@pytest.mark.slow
 def test_config_errors_on_the_command_line_stop_before_training(tmp_path):
   proc = run_main(
     "--config=experiments/tiny_phantoms.py",
@@ -193,6 +267,7 @@ def test_config_errors_on_the_command_line_stop_before_training(tmp_path):
   assert proc.returncode != 0 and "bootstrp" in proc.stderr
 
 
+@pytest.mark.slow
 def test_a_typo_in_an_experiment_file_is_one_line_before_anything_runs(tmp_path):
   experiment = tmp_path / "typo.py"
   experiment.write_text(
@@ -210,6 +285,7 @@ def test_a_typo_in_an_experiment_file_is_one_line_before_anything_runs(tmp_path)
   assert not os.path.exists(tmp_path / "w")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
   "flag, env, message",
   [
