@@ -131,6 +131,23 @@ def test_predict_needs_no_config_and_the_other_modes_say_they_do(tmp_path):
   ]
   proc = run_main("--config=experiments/tiny_phantoms.py", "--mode=eval", f"--workdir={tmp_path}")
   assert proc.returncode == 2 and "has no config.json (it was never trained)" in proc.stderr
+  trained = config_lib.load_experiment(os.path.join(ROOT, "experiments/tiny_phantoms.py"))
+  config = trained.get_config()
+  config.data.num_patients = 300
+  runner.write_config(config_lib.resolve(config), str(tmp_path))
+  proc = run_main(
+    "--config=experiments/tiny_phantoms.py",
+    "--mode=export",
+    f"--workdir={tmp_path}",
+    "--config.data.image_size=64",
+    "--config.eval.bootstrap=5",
+  )
+  lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+  assert proc.returncode == 2 and len(lines) == 1, proc.stderr[-2000:]
+  assert lines[0].startswith(
+    f"error: config.data.image_size=64 on the command line, 32 in {tmp_path}/config.json: export "
+    "uses the run's config; only eval.*"
+  )
 
 
 def test_unknown_data_field_for_the_chosen_source_names_it():
