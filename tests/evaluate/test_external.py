@@ -395,6 +395,7 @@ def _cli(*args):
   )
 
 
+@pytest.mark.slow
 def test_cli_external_mode_and_its_errors(setup):
   exp = setup["tmp"] / "external_folders.py"
   d = setup["data"]

@@ -25,6 +25,8 @@ from mdx import config as config_lib
 from mdx.evaluate import external
 from mdx.inference import predict_files
 
+pytestmark = pytest.mark.slow  # several processes
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 FINDINGS = ("Effusion", "Nodule", "Mass")
 SIZE = 32

@@ -59,6 +59,7 @@ def _mdx_logits(name, variables, x, **kwargs):
   return np.asarray(jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, x))
 
 
+@pytest.mark.slow
 def test_keras_densenet121_same_outputs_both_h5_layouts(tmp_path):
   rng = np.random.default_rng(0)
   ref = keras.applications.DenseNet121(
@@ -106,6 +107,7 @@ def _torch_densenet121(seed=0, cin=1):
   return randomize_batchnorm(TorchDenseNet(cin=cin).eval(), seed)
 
 
+@pytest.mark.slow
 def test_torch_densenet121_same_outputs_torch_and_safetensors(tmp_path):
   ref = _torch_densenet121(cin=1)  # one channel, as torchxrayvision's DenseNet-121
   state = ref.state_dict()

@@ -22,6 +22,8 @@ from mdx.inference.segmenter import VolumeSegmenter
 from mdx.train import loop, tasks
 from mdx.train import run as runner
 
+pytestmark = pytest.mark.slow  # each test trains a run
+
 
 def _folder_dataset(root, n=24, size=40):
   """NORMAL/ and OPACITY/ 8-bit PNGs: an opacity is a bright disc at a random place."""

@@ -46,6 +46,7 @@ def _tiny(c, steps=2):
   return c
 
 
+@pytest.mark.slow
 def test_msd_train_report_and_predict(tmp_path):
   write_msd(str(tmp_path / "data"), AFFINE)
   c = _tiny(_config("msd_hippocampus_unet3d"))
@@ -114,6 +115,7 @@ c = m.get_config()
 c.data.num_cases, c.data.shape, c.data.patch_size = 6, (16, 16, 16), (8, 8, 8)
 c.model.base_width, c.model.depth = 2, 2
 c.train.steps, c.train.checkpoint_every, c.train.log_every = 2, 100, 1
+c.train.optimizer, c.train.lr = "sgd", 0.05  # linear in the gradient: tests/train/test_training.py
 c.eval.after_train = False
 c = config_lib.resolve(c)
 result = loop.train(c, sys.argv[1], tasks.make_task(c))
@@ -124,6 +126,7 @@ if jax.process_index() == 0:
 """
 
 
+@pytest.mark.slow
 def test_two_processes_of_two_devices_match_one_device(tmp_path):
   """Data-parallel U-Net training (BatchNorm synchronised over 'data') on 2 processes x 2 devices
   (mdx.local) equals the 1-device run: so it equals 1 process x 4 devices too, to the same

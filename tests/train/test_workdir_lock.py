@@ -39,6 +39,7 @@ def test_a_live_holder_refuses_and_a_dead_one_is_taken_over(tmp_path):
   assert not os.path.exists(held)
 
 
+@pytest.mark.slow
 def test_a_second_training_on_a_workdir_in_use_is_refused_before_it_writes(tmp_path):
   work = tmp_path / "w"
   work.mkdir()
