@@ -1,16 +1,29 @@
 """Fine-tuning a pretrained backbone on a small phantom set (120 patients, seed 0).
 
-config.model.init_from is the pretraining run's workdir (experiments/pretrain_phantoms.py) or an
-imported checkpoint (python -m mdx.models.import_weights); config.model.freeze picks what trains:
-'none', 'head', or 'from:block4' (the last dense block, the final norm and the head).
+config.model.init_from says where the backbone comes from, by a relative or an absolute path: the
+pretraining run's workdir (experiments/pretrain_phantoms.py: its best checkpoint by that run's own
+train.best_metric), one of its checkpoints/<step> folders, a bundle, or weights imported with
+python -m mdx.models.import_weights. The head is always new (14 findings). config.model.freeze picks
+what trains: 'none', 'head', or 'from:<stage>' for any stage of the model (DenseNet-121's stem,
+block1, transition1, ..., block4, norm_final, head): 'from:block4' trains the last dense block, the
+final norm and the head.
 
-  ./launch.sh train experiments/finetune_phantoms.py --workdir=/tmp/mdx/finetune_phantoms \
-      --config.model.init_from=/tmp/mdx/pretrain_phantoms --config.model.freeze=from:block4
+  ./launch.sh train experiments/pretrain_phantoms.py --workdir=runs/pretrain_phantoms
+  ./launch.sh train experiments/finetune_phantoms.py --workdir=runs/finetune_phantoms \
+      --config.model.init_from=runs/pretrain_phantoms --config.model.freeze=from:block4
+
+From Keras's ImageNet DenseNet-121 (a file you have; its stem, made for 3 channels, is summed over
+them for the 1-channel phantoms, which gives a gray image the same response):
+
+  python -m mdx.models.import_weights --model=densenet121 --source=keras_h5 \
+      --input=densenet121_weights_tf_dim_ordering_tf_kernels_notop.h5 --output=weights/dn121
+  ./launch.sh train experiments/finetune_phantoms.py --workdir=runs/ft \
+      --config.model.init_from=weights/dn121 --config.model.freeze=head
 """
 
 from mdx.config import defaults
 
-PRETRAINED = "/tmp/mdx/pretrain_phantoms"
+PRETRAINED = "runs/pretrain_phantoms"  # relative to where the run starts (launch.sh: the repo)
 
 
 def get_config():

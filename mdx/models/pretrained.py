@@ -3,6 +3,10 @@ provenance.json.
 
 DIR/checkpoint/       Orbax PyTree checkpoint, restorable in part (backbone without the head)
 DIR/provenance.json   where the weights came from (model, source file and its sha256, head, ...)
+
+Every path is made absolute before Orbax sees it: orbax-checkpoint 0.12 cannot read a relative one
+(its metadata() logs a warning and returns a StepMetadata without the tree), and a user types
+relative paths (--config.model.init_from=weights/dn121).
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Mapping
 from typing import Any
 
 import jax
@@ -43,12 +48,19 @@ def save(directory: str, variables: dict[str, Any], provenance: dict[str, Any]) 
   return directory
 
 
+def is_orbax_tree(path: str) -> bool:
+  """Whether `path` is an Orbax PyTree checkpoint (a folder with its _METADATA file)."""
+  return os.path.isfile(os.path.join(path, "_METADATA"))
+
+
 def checkpoint_path(directory: str) -> str:
-  """The Orbax checkpoint inside a pretrained directory (or the directory itself if it is one)."""
+  """The Orbax checkpoint inside a pretrained directory (or the directory itself if it is one),
+  absolute."""
+  directory = os.path.abspath(os.path.expanduser(directory))
   inner = os.path.join(directory, CHECKPOINT)
   if os.path.isdir(inner):
     return inner
-  if os.path.isdir(directory) and os.path.exists(os.path.join(directory, "_METADATA")):
+  if is_orbax_tree(directory):
     return directory
   raise FileNotFoundError(
     f"{directory} holds no pretrained checkpoint (expected {inner}); create "
@@ -64,12 +76,41 @@ def provenance(directory: str) -> dict[str, Any]:
     return json.load(f)
 
 
+def tree_metadata(path: str) -> dict[str, Any]:
+  """The nested dict of array metadata (.shape, .dtype) of the Orbax PyTree checkpoint at `path`,
+  read without loading arrays.
+
+  Orbax releases wrap the tree differently: a plain dict (older), a TreeMetadata with .tree, or a
+  StepMetadata whose .item_metadata is one (0.12); the tree is unwrapped from any of them.
+  """
+  path = os.path.abspath(os.path.expanduser(path))
+  try:
+    md = ocp.PyTreeCheckpointer().metadata(path)
+  except Exception as e:  # Orbax raises many types for a missing or damaged checkpoint
+    raise ValueError(
+      f"{path}: Orbax cannot read this checkpoint's metadata ({type(e).__name__}: "
+      f"{str(e).splitlines()[0] if str(e) else ''}); is it a complete Orbax PyTree checkpoint?"
+    ) from None
+  tree = md
+  for _ in range(4):  # StepMetadata -> TreeMetadata -> dict
+    if isinstance(tree, Mapping) or tree is None:
+      break
+    inner = getattr(tree, "item_metadata", None)
+    tree = inner if inner is not None else getattr(tree, "tree", None)
+  if not isinstance(tree, Mapping):
+    raise ValueError(
+      f"{path}: orbax-checkpoint {ocp.__version__} returned no array metadata for it (got "
+      f"{type(md).__name__}); is it a complete Orbax PyTree checkpoint?"
+    )
+  return dict(tree)
+
+
 def shapes(directory: str) -> dict[str, Any]:
   """The checkpoint's tree of array shapes, read from metadata without loading arrays."""
-  md = ocp.PyTreeCheckpointer().metadata(checkpoint_path(directory))
-  tree = getattr(getattr(md, "item_metadata", md), "tree", md)
   return jax.tree.map(
-    lambda m: tuple(m.shape), tree, is_leaf=lambda m: hasattr(m, "shape") and hasattr(m, "dtype")
+    lambda m: tuple(m.shape),
+    tree_metadata(checkpoint_path(directory)),
+    is_leaf=lambda m: hasattr(m, "shape") and hasattr(m, "dtype"),
   )
 
 

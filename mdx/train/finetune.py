@@ -1,8 +1,10 @@
 """Transfer learning: restore a pretrained backbone under a new head, and freeze stages through
 optax.
 
-config.model.init_from names a pretrained directory (python -m mdx.models.import_weights, or a
-pretraining run's workdir); config.model.freeze is a policy over the model's stages:
+config.model.init_from names where the weights are, by a relative or absolute path: an
+import (python -m mdx.models.import_weights --output=DIR), a run's workdir (its best checkpoint by
+the run's own train.best_metric), one of its checkpoints/<step> folders, a bundle, or an Orbax
+PyTree checkpoint (resolve_checkpoint); config.model.freeze is a policy over the model's stages:
   'none'            train everything;
   'head'            train only the head;
   'from:<stage>'    freeze every stage before <stage> (e.g. 'from:block4': the last dense block,
@@ -14,6 +16,7 @@ so frozen parameters and statistics stay bit-identical to the checkpoint.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from collections.abc import Sequence
@@ -33,59 +36,128 @@ HEAD = "head"
 
 # ------------------------------------------------------------------------------ restoring
 def resolve_checkpoint(path: str) -> str:
-  """An Orbax PyTree directory holding 'params' and 'batch_stats' at its top.
+  """The absolute Orbax PyTree directory holding 'params' and 'batch_stats' at its top, for any
+  of the sources config.model.init_from accepts (relative or absolute, ~ expanded):
 
-  Accepts a pretrained directory (DIR/checkpoint), a run's workdir (its best or latest
-  checkpoint's 'state'), a run's step directory (DIR/<step>/state), or the PyTree directory itself.
+    DIR/checkpoint/               an import (python -m mdx.models.import_weights --output=DIR)
+    DIR/bundle.json, variables/   a bundle (mdx.inference.bundle): its variables
+    DIR/checkpoints/<step>/state  a run's workdir: the best step by the run's own
+                                  train.best_metric (DIR/config.json), else the latest
+    <step>/state                  one step of a run (WORKDIR/checkpoints/<step>)
+    <step>/state under DIR        a run's checkpoints/ folder itself (as a workdir)
+    DIR/_METADATA                 an Orbax PyTree checkpoint
   """
+  from mdx.inference import bundle as bundle_lib
+
+  given = path
+  path = os.path.abspath(os.path.expanduser(path))
+  where = f"config.model.init_from={given!r}" + (f" ({path})" if path != given else "")
   if not os.path.isdir(path):
     raise FileNotFoundError(
-      f"config.model.init_from={path!r} is not a directory; give a pretrained "
-      "directory (python -m mdx.models.import_weights) or a run's workdir"
+      f"{where} is not a directory; give an import_weights --output folder, a run's workdir, "
+      "a run's checkpoints/<step> folder, a bundle or an Orbax PyTree checkpoint"
     )
   if os.path.isdir(os.path.join(path, pretrained.CHECKPOINT)):
     return os.path.join(path, pretrained.CHECKPOINT)
+  if os.path.isfile(os.path.join(path, bundle_lib.SPEC)):
+    variables = os.path.join(path, bundle_lib.VARIABLES)
+    if not os.path.isdir(variables):
+      raise FileNotFoundError(
+        f"{where} is a bundle without its {bundle_lib.VARIABLES}/ folder (the weights); "
+        "export the bundle again"
+      )
+    return variables
   if os.path.isdir(os.path.join(path, "state")):
     return os.path.join(path, "state")
-  runs = os.path.join(path, "checkpoints")
-  if os.path.isdir(runs):
-    path = runs
+  workdir = path
+  if os.path.isdir(os.path.join(path, "checkpoints")):
+    path = os.path.join(path, "checkpoints")
+  elif os.path.basename(path) == "checkpoints":
+    workdir = os.path.dirname(path)
   steps = sorted(
     int(d)
     for d in os.listdir(path)
     if d.isdigit() and os.path.isdir(os.path.join(path, d, "state"))
   )
   if steps:
-    step = _best_step(path, steps)
+    step = _best_step(path, steps, _best_metric(workdir))
+    logging.info("config.model.init_from: step %d of %s", step, path)
     return os.path.join(path, str(step), "state")
-  if os.path.exists(os.path.join(path, "_METADATA")):
+  if path != workdir:
+    raise FileNotFoundError(
+      f"{where} is a run's workdir with no complete checkpoint in {path}; train it first "
+      "(or give a checkpoints/<step> folder)"
+    )
+  if pretrained.is_orbax_tree(path):
     return path
   raise FileNotFoundError(
-    f"no pretrained checkpoint in {path}: expected {pretrained.CHECKPOINT}/, "
-    "checkpoints/<step>/state or an Orbax PyTree directory"
+    f"{where} is not a pretrained checkpoint: expected an import_weights --output folder "
+    f"({pretrained.CHECKPOINT}/), a run's workdir (checkpoints/<step>/state), a run's step folder "
+    f"(state/), a bundle ({bundle_lib.SPEC}, {bundle_lib.VARIABLES}/) or an Orbax PyTree "
+    "checkpoint (_METADATA)"
   )
 
 
-def _best_step(directory: str, steps: list[int]) -> int:
-  """The step with the highest saved val_auroc (the run's best), else the latest.
+def _best_metric(workdir: str) -> str | None:
+  """The run's train.best_metric from the config it wrote (WORKDIR/config.json), or None."""
+  path = os.path.join(workdir, "config.json")
+  if not os.path.isfile(path):
+    return None
+  try:
+    with open(path) as f:
+      metric = json.load(f).get("train", {}).get("best_metric")
+  except (OSError, ValueError, AttributeError):
+    logging.warning("%s is unreadable; fine-tuning from the run's latest checkpoint", path)
+    return None
+  return metric if isinstance(metric, str) else None
+
+
+def _best_step(directory: str, steps: Sequence[int], metric: str | None = "val_auroc") -> int:
+  """Of a run's kept `steps` (in `directory`, its checkpoints/ folder), the one with the highest
+  saved `metric` (higher is better, as the run's own CheckpointManager keeps it), else the latest.
 
   Orbax keeps a step's metrics in its own `metrics` item; a read-only manager with best_fn reads
   them.
   """
   import orbax.checkpoint as ocp
 
-  options = ocp.CheckpointManagerOptions(
-    best_fn=lambda metrics: metrics.get("val_auroc", -np.inf), best_mode="max", read_only=True
-  )
-  best = ocp.CheckpointManager(os.path.abspath(directory), options=options).best_step()
-  return best if best in steps else steps[-1]
+  latest = max(steps)
+  if not metric:
+    return latest
+  found = []
+
+  def value(metrics):
+    v = metrics.get(metric) if isinstance(metrics, dict) else None
+    if not isinstance(v, (int, float)) or not np.isfinite(v):
+      return -np.inf
+    found.append(v)
+    return float(v)
+
+  options = ocp.CheckpointManagerOptions(best_fn=value, best_mode="max", read_only=True)
+  manager = ocp.CheckpointManager(os.path.abspath(directory), options=options)
+  try:
+    best = manager.best_step()
+  finally:
+    manager.close()
+  if not found or best not in steps:
+    logging.warning(
+      "No checkpoint in %s has a saved %s; fine-tuning from the latest, step %d",
+      directory,
+      metric,
+      latest,
+    )
+    return latest
+  return best
 
 
 def _checkpoint_shapes(path: str) -> dict[tuple[str, ...], tuple[int, ...]]:
-  import orbax.checkpoint as ocp
-
-  md = ocp.PyTreeCheckpointer().metadata(path)
-  tree = getattr(getattr(md, "item_metadata", md), "tree", md)
+  """{('params' | 'batch_stats', ...): shape} of the checkpoint at `path`, from its metadata."""
+  tree = pretrained.tree_metadata(path)
+  if "params" not in tree:
+    raise ValueError(
+      f"the checkpoint {path} has no 'params' at its top (it holds {sorted(tree)}); "
+      "config.model.init_from must hold a model's variables"
+    )
   tree = {k: tree[k] for k in ("params", "batch_stats") if k in tree}
   flat = traverse_util.flatten_dict(tree, is_leaf=lambda _, v: hasattr(v, "shape"))
   return {k: tuple(v.shape) for k, v in flat.items()}
@@ -101,8 +173,6 @@ def restore_backbone(
   bridged: a stem convolution pretrained on 3 channels applied to 1 (or any other count) gets
   kernel.sum(input axis) / C repeated C times, which gives the same response to a gray image.
   """
-  import orbax.checkpoint as ocp
-
   path = resolve_checkpoint(checkpoint_dir)
   have = _checkpoint_shapes(path)
   model = traverse_util.flatten_dict({"params": params, "batch_stats": batch_stats})
@@ -137,10 +207,7 @@ def restore_backbone(
       "(is config.model.name the architecture it was trained or imported as?):\n" + "\n".join(parts)
     )
   target = traverse_util.unflatten_dict({k: np.zeros(have[k], np.float32) for k in model})
-  restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), target)
-  restored = ocp.PyTreeCheckpointer().restore(
-    path, args=ocp.args.PyTreeRestore(item=target, restore_args=restore_args, partial_restore=True)
-  )
+  restored = pretrained.load(path, target)  # partial: the backbone only
   flat = traverse_util.flatten_dict(restored)
   for k in adapt:
     c = model[k].shape[2]
@@ -156,15 +223,16 @@ def restore_backbone(
 # ------------------------------------------------------------------------------ freezing
 def stage_order(names: Sequence[str]) -> list[str]:
   """Orders top-level stage names from input to output when the model's own list is not at hand
-  (jit returns dicts with sorted keys): stem, then numbered stages (blockN before transitionN),
-  then the rest (norm_final, top), then head."""
+  (jit returns dicts with sorted keys): stem, then numbered stages (blockN before transitionN;
+  Inception's mixed5b, mixed5c, ... by number, then letter), then the rest (norm_final, top), then
+  head."""
 
   def key(name: str):
     if name == "stem":
       return (0, 0, 0, name)
     if name == HEAD:
       return (3, 0, 0, name)
-    m = re.fullmatch(r"([a-z_]+?)_?(\d+)", name)
+    m = re.fullmatch(r"([a-z_]+?)_?(\d+)[a-z]?", name)
     if m:
       return (1, int(m[2]), 0 if m[1] in ("block", "layer", "stage") else 1, name)
     return (2, 0, 0, name)
