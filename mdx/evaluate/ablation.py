@@ -24,6 +24,10 @@ The ablation file's get_report() says what to show (SPEC_FIELDS):
   expect    {variant: (key or 'delta_auroc', 'higher' | 'lower')} (or a list of such pairs): what
             the lesson predicts against the baseline; the paragraph says whether the numbers
             show it.
+A report may cover only some of the ablation's variants (the sweep's --only): the spec is checked
+against all of them, expectations about variants that did not run are left out and the paragraph
+names them, and without the baseline there is no paired comparison (the paragraph says why) - a
+partial sweep still gets its table instead of failing after it trained.
 """
 
 from __future__ import annotations
@@ -119,8 +123,18 @@ def load_run(workdir: str) -> Run:
   return Run(measurements(metrics, gradcam, audit), test)
 
 
-def check_spec(spec: Mapping | None, variants: Sequence[str]) -> dict:
-  """get_report() with its defaults; a wrong field is a ValueError naming it and the fix."""
+def check_spec(
+  spec: Mapping | None, variants: Sequence[str], selected: Sequence[str] | None = None
+) -> dict:
+  """get_report() with its defaults, checked against all the ablation's `variants` (a wrong field
+  is a ValueError naming it and the fix), for a report over the `selected` ones (default: all).
+  Adds 'paired' (the baseline is selected: each variant is compared with it) and 'unchecked' (the
+  variants whose expectations are left out because they, or the baseline, did not run)."""
+  variants = list(variants)
+  selected = variants if selected is None else list(selected)
+  stray = [v for v in selected if v not in variants]
+  if stray:
+    raise ValueError(f"variants {stray} are not among the ablation's variants {variants}")
   spec = dict(spec or {})
   unknown = sorted(set(spec) - set(SPEC_FIELDS))
   if unknown:
@@ -139,15 +153,18 @@ def check_spec(spec: Mapping | None, variants: Sequence[str]) -> dict:
     pairs = [pairs] if isinstance(pairs, tuple) and isinstance(pairs[0], str) else list(pairs)
     for pair in pairs:
       ok = isinstance(pair, (tuple, list)) and len(pair) == 2 and pair[1] in ("higher", "lower")
-      if variant not in variants or not ok:
+      if variant not in variants or variant == spec["baseline"] or not ok:
         raise ValueError(
-          f"get_report()['expect'][{variant!r}]={pair!r}: give a variant of {variants} -> "
-          f"(a column key or {DELTA!r}, 'higher' or 'lower')"
+          f"get_report()['expect'][{variant!r}]={pair!r}: give a variant of {variants} other than "
+          f"the baseline -> (a column key or {DELTA!r}, 'higher' or 'lower')"
         )
       if pair[0] != DELTA and pair[0] not in keys:
         raise ValueError(f"get_report()['expect'][{variant!r}] names {pair[0]!r}, not a column key")
     expect[variant] = [tuple(p) for p in pairs]
-  spec["expect"] = expect
+  spec["paired"] = spec["baseline"] in selected
+  # Every expectation compares with the baseline: without it none can be checked.
+  spec["unchecked"] = [v for v in expect if not spec["paired"] or v not in selected]
+  spec["expect"] = {v: p for v, p in expect.items() if v not in spec["unchecked"]}
   spec.setdefault("claim", "")
   return spec
 
@@ -201,8 +218,9 @@ def paired_difference(
 def summarize(
   runs: Mapping[str, Mapping[int, Run]], spec: Mapping, n_resamples: int = 1000
 ) -> dict:
-  """{variant: {'seeds', 'columns' {key: {'values' per seed, 'mean', 'sd'}}, 'vs_baseline'}}."""
-  base = spec["baseline"]
+  """{variant: {'seeds', 'columns' {key: {'values' per seed, 'mean', 'sd'}}, 'vs_baseline'}};
+  vs_baseline is None for the baseline, and for every variant when the baseline did not run."""
+  base = spec["baseline"] if spec["paired"] else None
   out = {}
   for variant, by_seed in runs.items():
     seeds = sorted(by_seed)
@@ -215,7 +233,7 @@ def summarize(
         "mean": float(ok.mean()) if len(ok) else None,
         "sd": float(ok.std(ddof=1)) if len(ok) > 1 else None,
       }
-    vs = None if variant == base else paired_difference(by_seed, runs[base], n_resamples)
+    vs = None if base in (None, variant) else paired_difference(by_seed, runs[base], n_resamples)
     out[variant] = {"seeds": seeds, "columns": columns, "vs_baseline": vs}
   return out
 
@@ -236,17 +254,20 @@ def _p(p) -> str:
 
 
 def table(summary: Mapping, spec: Mapping) -> str:
-  """The markdown table: variant x (each column's mean ± sd over seeds, the paired comparison)."""
-  head = ["variant", "seeds", *[label for label, _ in spec["columns"]], DELTA_LABEL, "p"]
-  head.append("shared test images per seed")
+  """The markdown table: variant x (each column's mean ± sd over seeds, the paired comparison when
+  the baseline ran)."""
+  paired = spec["paired"]
+  head = ["variant", "seeds", *[label for label, _ in spec["columns"]]]
+  if paired:
+    head += [DELTA_LABEL, "p", "shared test images per seed"]
   lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
   for variant, s in summary.items():
     cells = [variant, str(len(s["seeds"]))]
     cells += [_mean_sd(s["columns"][key], len(s["seeds"])) for _, key in spec["columns"]]
     vs = s["vs_baseline"]
-    if vs is None:
+    if paired and vs is None:
       cells += ["baseline", "", ""]
-    else:
+    elif paired:
       lo, hi = vs["ci"]
       diff = "n/a" if vs["diff"] is None else f"{vs['diff']:+.3f}"
       if lo is not None:
@@ -272,6 +293,8 @@ def verdict(summary: Mapping, spec: Mapping, variant: str, key: str, direction: 
       result = "it shows up (the 95% CI excludes no change)"
     elif sign * vs["diff"] > 0:
       result = "it points that way, but the 95% CI includes no change: not shown by these numbers"
+    elif vs["diff"] == 0:
+      result = "it did not show up: no difference"
     else:
       result = "it did not show up: the difference went the other way"
     return f"{head}: {vs['diff']:+.3f}; {result}."
@@ -288,22 +311,34 @@ def verdict(summary: Mapping, spec: Mapping, variant: str, key: str, direction: 
   means = f"{a['mean']:.3f} vs {b['mean']:.3f}"
   if agree == len(pairs):
     result = f"it shows up in every seed ({agree} of {len(pairs)})"
+  elif all(x == y for x, y in pairs):
+    result = "it did not show up: no difference in any seed"
   elif agree == 0:
-    result = "it did not show up: it went the other way in every seed"
+    result = "it did not show up: no seed points that way"
+    if all(sign * (x - y) < 0 for x, y in pairs):
+      result = "it did not show up: it went the other way in every seed"
   else:
     result = f"it did not show up consistently: {agree} of {len(pairs)} seeds point that way"
   return f"{head} ({means}): {result}."
 
 
 def paragraph(summary: Mapping, spec: Mapping) -> str:
-  """What the numbers show, in a few sentences generated from them."""
+  """What the numbers show, in a few sentences generated from them; what a partial sweep (--only)
+  could not show is said, not left out silently."""
   base = spec["baseline"]
-  seeds = sorted({len(s["seeds"]) for s in summary.values()})
+  seeds = "/".join(map(str, sorted({len(s["seeds"]) for s in summary.values()})))
   parts = [f"Lesson: {spec['claim']}"] if spec["claim"] else []
+  unchecked = ", ".join(f"'{v}'" for v in spec["unchecked"])
+  if not spec["paired"]:
+    parts.append(
+      f"{seeds} seed(s) per variant. No paired comparison"
+      + (f" and expectations about {unchecked} not checked" if unchecked else "")
+      + f": the baseline '{base}' was not run (--only); add it to --only to compare."
+    )
+    return " ".join(parts)
   parts.append(
-    f"{'/'.join(map(str, seeds))} seed(s) per variant; each variant against '{base}' on the test "
-    "images the two share, by a paired patient bootstrap of the macro AUROC difference "
-    "(seeds averaged):"
+    f"{seeds} seed(s) per variant; each variant against '{base}' on the test images the two "
+    "share, by a paired patient bootstrap of the macro AUROC difference (seeds averaged):"
   )
   for variant, s in summary.items():
     vs = s["vs_baseline"]
@@ -315,6 +350,8 @@ def paragraph(summary: Mapping, spec: Mapping) -> str:
     parts.append(f"'{variant}' {vs['diff']:+.3f}{ci} (p {_p(vs['p_value'])}; per seed {per_seed}).")
   for variant, pairs in spec["expect"].items():
     parts += [verdict(summary, spec, variant, key, direction) for key, direction in pairs]
+  if unchecked:
+    parts.append(f"Expectations about {unchecked} not checked: not run (--only).")
   return " ".join(parts)
 
 
@@ -342,9 +379,12 @@ def write_report(
   command: str,
   wall: str,
   n_resamples: int = 1000,
+  variants: Sequence[str] | None = None,
 ) -> dict:
-  """Writes out_dir/ablation.{md,png,json}; returns {'summary', 'spec', 'markdown', 'figure'}."""
-  spec = check_spec(spec, list(runs))
+  """Writes out_dir/ablation.{md,png,json} over `runs` ({variant: {seed: Run}}), which may be some
+  of the ablation's `variants` (default: exactly those run); returns {'summary', 'spec',
+  'markdown', 'figure'}."""
+  spec = check_spec(spec, list(variants or runs), list(runs))
   summary = summarize(runs, spec, n_resamples)
   labels = dict((k, label) for label, k in spec["columns"])
   variants = list(runs)
@@ -361,7 +401,9 @@ def write_report(
         for v, s in summary.items()
         if s["vs_baseline"] is not None
       },
-    ),
+    )
+    if spec["paired"]
+    else None,
     title=name,
   )
   markdown = section(name, summary, spec, "ablation.png", command, wall)

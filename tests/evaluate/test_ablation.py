@@ -140,3 +140,60 @@ def test_report_table_paragraph_and_results_page(tmp_path):
   assert "](ablations/demo.png)" in text and (page.parent / "ablations" / "demo.png").exists()
   with pytest.raises(ValueError, match="baseline"):
     ablation.check_spec({"baseline": "nope"}, list(runs))
+
+
+def test_a_report_over_some_variants_checks_the_spec_against_all_and_leaves_out_the_rest():
+  spec = dict(
+    baseline="base",
+    expect={"better": ("delta_auroc", "higher"), "worse": [("macro/auroc", "lower")]},
+  )
+  variants = ["base", "better", "worse"]
+  got = ablation.check_spec(spec, variants, ["base", "better"])
+  assert got["paired"] and got["expect"] == {"better": [("delta_auroc", "higher")]}
+  assert got["unchecked"] == ["worse"]
+  got = ablation.check_spec(spec, variants, ["better", "worse"])  # every expectation needs 'base'
+  assert not got["paired"] and got["expect"] == {} and got["unchecked"] == ["better", "worse"]
+  # a typo in the spec is found whatever runs, so a sweep can refuse it before it trains
+  with pytest.raises(ValueError, match=r"\['expect'\]\['nope'\].*give a variant of"):
+    ablation.check_spec({"expect": {"nope": ("delta_auroc", "higher")}}, variants, ["base"])
+  with pytest.raises(ValueError, match="other than the baseline"):
+    ablation.check_spec({"expect": {"base": ("delta_auroc", "higher")}}, variants)
+  with pytest.raises(ValueError, match=r"\['zz'\] are not among"):
+    ablation.check_spec(spec, variants, ["base", "zz"])
+
+
+def test_without_the_baseline_the_report_has_its_table_and_says_why_nothing_is_compared(tmp_path):
+  runs = {
+    v: {s: _run(_test_set(s, skill=k), **{"macro/auroc": k / 3}) for s in (0, 1)}
+    for v, k in (("better", 2.0), ("worse", 0.1))
+  }
+  spec = dict(baseline="base", expect={"better": ("delta_auroc", "higher")})
+  written = ablation.write_report(
+    str(tmp_path),
+    "demo",
+    runs,
+    spec,
+    command="sweep --only=better,worse",
+    wall="1 s",
+    n_resamples=20,
+    variants=["base", "better", "worse"],
+  )
+  text = written["markdown"]
+  assert "| better | 2 | 0.667 ± 0.000 |" in text and "Δ macro AUROC" not in text
+  assert (
+    "No paired comparison and expectations about 'better' not checked: the baseline 'base' was "
+    "not run (--only); add it to --only to compare." in text
+  )
+  assert all(s["vs_baseline"] is None for s in written["summary"].values())
+  assert (tmp_path / "ablation.png").stat().st_size > 0
+
+
+def test_no_difference_is_said_as_such():
+  same = {s: _run(_test_set(s), **{"macro/auroc": 0.7}) for s in (0, 1)}
+  runs = {"base": same, "copy": same}
+  spec = ablation.check_spec(
+    {"expect": {"copy": [("delta_auroc", "higher"), ("macro/auroc", "lower")]}}, list(runs)
+  )
+  text = ablation.paragraph(ablation.summarize(runs, spec, n_resamples=20), spec)
+  assert "+0.000; it did not show up: no difference." in text
+  assert "it did not show up: no difference in any seed." in text
