@@ -1,23 +1,37 @@
 """What pretraining buys on small data: from scratch vs fine-tune all vs the last block vs the head.
 
-  ./launch.sh train experiments/pretrain_phantoms.py --workdir=/tmp/mdx/pretrain_phantoms
   ./launch.sh sweep experiments/ablations/pretraining.py --workdir=/tmp/mdx/ablation_pretraining
 
-Each variant is experiments/finetune_phantoms.py with one change; the table reports test mean
-AUROC (95% CI by patient bootstrap) and the steps to reach 95% of the best validation AUROC.
-From scratch trains with a higher learning rate (the one the pretraining used) so it is not
-handicapped by the fine-tuning rate.
+The sweep first pretrains the backbone on 1500 other phantom patients (experiments/
+pretrain_phantoms.py) into DIR/pretrain, a prerequisite run (get_prerequisites below; trained once,
+skipped when finished), then fine-tunes from it: each variant is experiments/finetune_phantoms.py
+with model.init_from at that run ('{pretrain}') and one change. The table reports test mean AUROC
+(95% CI by patient bootstrap) and the steps to reach 95% of the best validation AUROC. From scratch
+trains with a higher learning rate (the one the pretraining used) so it is not handicapped by the
+fine-tuning rate. --set reaches the pretraining too, so the two models always match; a smoke test:
+
+  ./launch.sh sweep experiments/ablations/pretraining.py --workdir=/tmp/mdx/pretraining_smoke \
+      --set=model.name=densenet_small --set=data.image_size=32 --set=data.num_patients=40 \
+      --set=train.steps=2 --set=train.batch_size=8 --set=eval.bootstrap=10
 """
 
 import os
 
 from mdx.config import load_experiment
 
-_base = load_experiment(os.path.join(os.path.dirname(__file__), "..", "finetune_phantoms.py"))
+_here = os.path.dirname(__file__)
+_base = load_experiment(os.path.join(_here, "..", "finetune_phantoms.py"))
+_pretrain = load_experiment(os.path.join(_here, "..", "pretrain_phantoms.py"))
+
+
+def get_prerequisites():
+  return {"pretrain": _pretrain.get_config()}
 
 
 def get_config():
-  return _base.get_config()
+  c = _base.get_config()
+  c.model.init_from = "{pretrain}"  # the prerequisite run's folder, DIR/pretrain
+  return c
 
 
 def get_sweep():

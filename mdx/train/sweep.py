@@ -8,6 +8,12 @@ and optionally
                    once with the config's seed
   get_report()  -> what the ablation report shows (mdx.evaluate.ablation: baseline, claim, columns,
                    figure, expect)
+  get_prerequisites() -> {name: ConfigDict}: runs the variants need, e.g. a pretraining run to
+                   fine-tune from. The sweep trains each one first, once (its own seed; --seeds do
+                   not apply), into DIR/<name>, and a config value holding '{name}' gets that folder
+                   in its place: model.init_from = "{pretrain}". A prerequisite is trained only
+                   when an unfinished run names it (--only=from_scratch skips the pretraining) and
+                   may name the prerequisites listed before it.
   ALLOW_IMAGE_SPLIT = True -> the leakage ablation's explicit switch: config.data.split.by='image'
                    may run (loudly; mdx.data.splits.image_split_allowed), nowhere else.
 `python -m mdx.train.sweep --ablation=FILE --workdir=DIR` trains each run into DIR/<variant> (with
@@ -19,6 +25,14 @@ seeds DIR/<variant>/seed_<s>), evaluates it, and writes
   DIR/ablation.md, .png, .json  (classification) the ablation report: variant x metric over seeds,
                    each variant against the baseline on the same test images, a figure, a paragraph;
                    --results_page=docs/ablations.md also puts it into that page.
+--set=field=value overrides a field in every run, prerequisites included (so --set=train.steps=2
+makes a smoke test of the whole sweep and a fine-tuned model matches its pretrained one); an unknown
+field is an error naming the closest known one, as for --config.<field> (mdx.config.resolve).
+--only=a,b runs some variants; the report then leaves out, and names, the expectations about the
+others, and without the baseline it has no paired comparison (it says so).
+Everything is checked before the first run trains: --only and get_report(), every run's config
+(base, variant, --set and seed, resolved by mdx.config), that each model.init_from exists or is a
+prerequisite's folder, and that finished runs were made with the same config.
 Resuming: a finished run leaves DIR/<run>/sweep_done.json (its resolved config and wall time), so
 a sweep started again skips the runs it finished and resumes the interrupted one from its
 checkpoint. A user's mistake (a missing ablation file, an unknown field) is one line `error: ...`
@@ -28,13 +42,16 @@ and exit status 2 (mdx.cli).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
+import re
 import shlex
 import sys
 import time
 
 import jax
+import ml_collections
 from absl import app, flags, logging
 
 from mdx import cli, runtime
@@ -66,18 +83,39 @@ def load_module(path: str):
   return config_lib.load_experiment(path, needs=("get_config", "get_sweep"))
 
 
-def apply_overrides(config, overrides: dict) -> None:
-  """Sets dotted fields ('train.steps': 10); a field the config lacks is an error naming it."""
+def apply_overrides(config, overrides: dict, where: str = "override") -> None:
+  """Sets dotted fields ('train.steps': 10). A field or section the config lacks is added, so that
+  mdx.config.resolve judges it like a --config.<field> override (an unknown one is an error naming
+  the closest known field, a field the chosen source or model reads is fine); a value of another
+  type than the field's is a ValueError naming `where` the override came from."""
   for key, value in overrides.items():
     *path, leaf = key.split(".")
     node = config
-    for part in path:
+    for i, part in enumerate(path):
       if part not in node:
-        raise ValueError(f"override {key!r}: config has no section {part!r}")
+        node[part] = ml_collections.ConfigDict()
       node = node[part]
-    if leaf not in node:
-      raise ValueError(f"override {key!r}: config has no field {leaf!r}")
-    node[leaf] = value
+      if not isinstance(node, ml_collections.ConfigDict):
+        raise ValueError(
+          f"{where}: config.{'.'.join(path[: i + 1])} is a value ({node!r}), not a section"
+        )
+    try:
+      node[leaf] = value
+    except TypeError:  # ml_collections keeps a field's type
+      raise ValueError(
+        f"{where}: {value!r} does not fit config.{key}, which holds {node[leaf]!r} "
+        f"({type(node[leaf]).__name__})"
+      ) from None
+
+
+def _set_text(key: str, value) -> str:
+  return f"--set={key}={value if isinstance(value, str) else json.dumps(value)}"
+
+
+def _blame(overrides: dict, message: str) -> str:
+  """The --set overrides a config error is about: those whose field it names, else all."""
+  named = [k for k in overrides if f"'{k}'" in message or f"config.{k}" in message]
+  return " ".join(_set_text(k, overrides[k]) for k in named or overrides)
 
 
 def parse_value(text: str):
@@ -149,6 +187,26 @@ def seeds_of(module, given=None) -> list[int] | None:
   return out
 
 
+def prerequisites_of(module) -> dict:
+  """{name: ConfigDict} of the ablation's get_prerequisites() (see the module docstring); {}
+  without it. Names are folders beside the variants' and must differ from them."""
+  if not hasattr(module, "get_prerequisites"):
+    return {}
+  where = f"{getattr(module, '__file__', module.__name__)} get_prerequisites()"
+  pre = module.get_prerequisites()
+  if not isinstance(pre, dict) or not all(
+    isinstance(c, ml_collections.ConfigDict) for c in pre.values()
+  ):
+    raise ValueError(f"{where} must return {{name: ConfigDict}}, e.g. {{'pretrain': get_config()}}")
+  bad = [n for n in pre if not n or not PLACEHOLDER_NAME.fullmatch(n)]
+  if bad:
+    raise ValueError(f"{where}: names {bad} must be folder names of letters, digits, _ and -")
+  clash = [n for n in pre if n in module.get_sweep()]
+  if clash:
+    raise ValueError(f"{where}: {clash} are also variant names; rename them (both are folders)")
+  return pre
+
+
 def plan(module, seeds: list[int] | None, only=None) -> list[tuple[str, str, int | None, dict]]:
   """(run name, variant, seed, overrides) of every run, variant by variant."""
   sweep = module.get_sweep()
@@ -166,6 +224,159 @@ def plan(module, seeds: list[int] | None, only=None) -> list[tuple[str, str, int
       name = variant if seed is None else f"{variant}/seed_{seed}"
       runs.append((name, variant, seed, changes))
   return runs
+
+
+PLACEHOLDER_NAME = re.compile(r"[A-Za-z_][\w-]*")
+PLACEHOLDER = re.compile(r"\{(" + PLACEHOLDER_NAME.pattern + r")\}")
+
+
+def substitute(config, folders: dict, where: str, prefix: str = "") -> set[str]:
+  """Replaces '{name}' in the config's strings by the prerequisite's folder (`folders`: name ->
+  path); returns the names used. A '{name}' that is no prerequisite is an error naming the field."""
+  used = set()
+  for key, value in config.items():
+    field = f"{prefix}{key}"
+    if isinstance(value, ml_collections.ConfigDict):
+      used |= substitute(value, folders, where, field + ".")
+    elif isinstance(value, str) and PLACEHOLDER.search(value):
+      unknown = [n for n in PLACEHOLDER.findall(value) if n not in folders]
+      if unknown:
+        known = f"the prerequisites here are {list(folders)}" if folders else "there are none"
+        raise ValueError(
+          f"{where}: config.{field}={value!r} names {{{unknown[0]}}}, which is no prerequisite "
+          f"run ({known}; the ablation's get_prerequisites() declares them, in order)"
+        )
+      used |= set(PLACEHOLDER.findall(value))
+      config[key] = PLACEHOLDER.sub(lambda m: folders[m.group(1)], value)
+  return used
+
+
+@dataclasses.dataclass
+class Planned:
+  """One run of a sweep, its config checked before anything trains."""
+
+  name: str  # its folder under the sweep's workdir
+  variant: str | None  # None: a prerequisite
+  seed: int | None
+  config: ml_collections.ConfigDict  # every change applied (mdx.train.run resolves it again)
+  resolved: ml_collections.ConfigDict
+  uses: set[str]  # the prerequisites it names
+  done: dict | None  # its sweep_done.json when an earlier invocation finished it
+
+
+@dataclasses.dataclass
+class Plan:
+  """What a sweep will do: the prerequisites an unfinished run needs, then the variant runs."""
+
+  prerequisites: list[Planned]
+  runs: list[Planned]
+  name: str  # the ablation's, from its file name
+  variants: list[str]  # all its variants, selected or not
+  report: dict | None  # its get_report() (checked), None when the sweep writes no ablation report
+
+
+def configure(make, changes: dict, overrides: dict, seed, folders: dict, where: str, on=""):
+  """A run's (config, resolved config, prerequisites it names): `make()` (its base config) with the
+  variant's `changes`, the --set `overrides`, the seed and the prerequisites' `folders` in place of
+  their '{name}'. A mistake names its source: `where` (the ablation file's part) or the --set
+  override (`on`: which run it reached)."""
+  from mdx import config as config_lib
+
+  config = make()
+  apply_overrides(config, changes, where)
+  for key, value in overrides.items():
+    apply_overrides(config, {key: value}, _set_text(key, value) + on)
+  if seed is not None:
+    config.seed = seed
+  uses = substitute(config, folders, where)
+  try:
+    return config, config_lib.resolve(config), uses
+  except ValueError as e:
+    error = cli.one_line(e)
+  if overrides:  # resolved once more on the error path only (resolving may log warnings)
+    alone = make()
+    apply_overrides(alone, changes, where)
+    try:
+      config_lib.resolve(alone)
+    except ValueError as e:
+      error = cli.one_line(e)
+    else:
+      raise ValueError(f"{_blame(overrides, error)}{on}: {error}") from None
+  raise ValueError(f"{where}: {error}") from None
+
+
+def _check_init_from(run: Planned, ready: list[str], where: str) -> None:
+  """A fine-tuning run's pretrained weights must be there or come from a prerequisite trained
+  before it (`ready`: their folders); else it would fail after the runs before it trained."""
+  path = run.resolved.model.get("init_from") if "model" in run.resolved else None
+  if not path or run.done is not None or path in ready or os.path.exists(path):
+    return
+  raise ValueError(
+    f"{where}: config.model.init_from={path!r} does not exist; train the pretraining run there "
+    f"first (./launch.sh train EXPERIMENT --workdir={path}), point it elsewhere "
+    "(--set=model.init_from=DIR), or let the ablation train it (get_prerequisites() and "
+    "'{name}', see mdx.train.sweep)"
+  )
+
+
+def prepare(module, workdir: str, *, only=None, overrides=None, seeds=None) -> Plan:
+  """Every run of the sweep, checked before anything trains: --only and the report spec, every
+  run's resolved config, each model.init_from, finished runs against their configs (a ValueError
+  naming the run and the fix). Call inside _image_split_switch(module)."""
+  overrides = dict(overrides or {})
+  seeds = seeds_of(module, seeds)
+  file = getattr(module, "__file__", module.__name__)
+  pre = prerequisites_of(module)
+  folders = {n: os.path.join(workdir, n) for n in pre}
+  runs = []
+  for name, variant, seed, changes in plan(module, seeds, only):
+    where = f"{file} variant {variant!r}"
+    config, resolved, uses = configure(module.get_config, changes, overrides, seed, folders, where)
+    done = finished(os.path.join(workdir, name), resolved)
+    runs.append(Planned(name, variant, seed, config, resolved, uses, done))
+  needed = set().union(*(r.uses for r in runs if r.done is None))
+  prerequisites = []
+  names = list(pre)
+  for i in reversed(range(len(names))):  # a needed prerequisite's own ones are needed too
+    name = names[i]
+    if name not in needed:
+      continue
+    earlier = {n: folders[n] for n in names[:i]}  # it may name those listed before it
+    where = f"{file} get_prerequisites()[{name!r}]"
+    config, resolved, uses = configure(
+      lambda name=name: prerequisites_of(module)[name],  # a fresh config per call
+      {},
+      overrides,
+      None,
+      earlier,
+      where,
+      f" (on the prerequisite run {name!r})",
+    )
+    done = finished(folders[name], resolved)
+    needed |= uses if done is None else set()
+    prerequisites.insert(0, Planned(name, None, None, config, resolved, uses, done))
+  ready = []
+  for run in prerequisites:
+    _check_init_from(run, ready, f"{file} get_prerequisites()[{run.name!r}]")
+    ready.append(folders[run.name])
+  for run in runs:
+    _check_init_from(run, ready, f"{file} run {run.name!r}")
+  variants = list(module.get_sweep())
+  report = None
+  if runs and runs[0].resolved.task == "classification":
+    from mdx.evaluate import ablation
+
+    report = getattr(module, "get_report", dict)()
+    selected = list(dict.fromkeys(r.variant for r in runs))
+    spec = ablation.check_spec(report, variants, selected)
+    if not spec["paired"]:
+      logging.warning(
+        "sweep: the baseline %r is not in --only: the report will have no paired comparison "
+        "(add it to --only to compare)",
+        spec["baseline"],
+      )
+  name = os.path.splitext(os.path.basename(file))[0]
+  return Plan(prerequisites, runs, name, variants, report)
 
 
 def _config_json(config) -> dict:
@@ -222,53 +433,58 @@ def run_sweep(
   command: str = "",
   results_page: str | None = None,
   bootstrap: int = 1000,
+  planned: Plan | None = None,
 ) -> dict:
-  """Trains and evaluates every run of an ablation module into workdir (skipping runs a previous
-  invocation finished); writes results.{md,json} and, for classification, the ablation report;
-  returns {run name: row}. Flag-free (tests call it)."""
-  from mdx import config as config_lib
+  """Trains the prerequisites an unfinished run needs, then trains and evaluates every run of an
+  ablation module into workdir (skipping runs a previous invocation finished); writes
+  results.{md,json} and, for classification, the ablation report; returns {run name: row}.
+  Everything is checked first (prepare; `planned` when the caller already did). Flag-free (tests
+  call it)."""
   from mdx.train import run as runner
 
   start = time.perf_counter()
-  seeds = seeds_of(module, seeds)
-  results, walls, reused, task = {}, {}, 0, None
+  results, walls, reused = {}, {}, 0
   with _image_split_switch(module):
-    for name, _, seed, changes in plan(module, seeds, only):
-      config = module.get_config()
-      apply_overrides(config, changes)
-      apply_overrides(config, overrides or {})
-      if seed is not None:
-        config.seed = seed
-      resolved = config_lib.resolve(config)
-      task = resolved.task
-      run_dir = os.path.join(workdir, name)
-      done = finished(run_dir, resolved)
+    planned = planned or prepare(module, workdir, only=only, overrides=overrides, seeds=seeds)
+    for run in planned.prerequisites + planned.runs:
+      run_dir = os.path.join(workdir, run.name)
+      label = run.name if run.variant is not None else f"prerequisite {run.name}"
+      done = run.done
       if done is None:
         t0 = time.perf_counter()
-        runner.run(config, run_dir, "train")
-        summary = summarize(run_dir, resolved, reach)
-        done = {"config": _config_json(resolved), "wall_s": time.perf_counter() - t0, **summary}
+        runner.run(run.config, run_dir, "train")
+        done = {"config": _config_json(run.resolved)}
+        if run.variant is not None:  # a prerequisite is no row of the results
+          done.update(summarize(run_dir, run.resolved, reach))
+        done["wall_s"] = time.perf_counter() - t0
         if jax.process_index() == 0:  # written last: the run counts as finished only now
           with open(os.path.join(run_dir, DONE), "w") as f:
             json.dump(done, f, indent=1)
       else:
         reused += 1
-        logging.info("sweep: %s finished before (%s); not run again", name, run_dir)
-      results[name] = {k: done[k] for k in ("headline", "metric", "best", "steps_to_reach")}
-      walls[name] = done["wall_s"]
+        logging.info("sweep: %s finished before (%s); not run again", label, run_dir)
+      walls[run.name] = done["wall_s"]
+      if run.variant is None:
+        if jax.process_index() == 0:
+          print(f"sweep: {label}: {run_dir} ({_duration(done['wall_s'])})", flush=True)
+        continue
+      results[run.name] = {k: done[k] for k in ("headline", "metric", "best", "steps_to_reach")}
       if jax.process_index() == 0:
-        print(f"sweep: {name}: {results[name]}", flush=True)
+        print(f"sweep: {run.name}: {results[run.name]}", flush=True)
   if jax.process_index() == 0 and results:  # every process holds the same results; one writes
     os.makedirs(workdir, exist_ok=True)
     with open(os.path.join(workdir, "results.json"), "w") as f:
       json.dump(results, f, indent=2)
     write_table(results, os.path.join(workdir, "results.md"), reach)
-    if task == "classification":
-      wall = f"{_duration(sum(walls.values()))} for {len(walls)} runs on {_where()}"
+    if planned.report is not None:  # classification
+      wall = f"{_duration(sum(walls.values()))} for {len(walls)} runs"
+      if planned.prerequisites:
+        wall += f" (prerequisite {', '.join(r.name for r in planned.prerequisites)} included)"
+      wall += f" on {_where()}"
       if reused:  # the runs' own times count; say that some came from an earlier invocation
         this = _duration(time.perf_counter() - start)
         wall += f" ({reused} of them trained by an earlier invocation; this one took {this})"
-      ablation_report(module, workdir, seeds, only, command, wall, results_page, bootstrap)
+      ablation_report(planned, workdir, command, wall, results_page, bootstrap)
   runtime.barrier("sweep results written")
   return results
 
@@ -279,28 +495,27 @@ def _where() -> str:
   return f"{jax.device_count()} {device.platform} device(s){cores}"
 
 
-def ablation_report(module, workdir, seeds, only, command, wall, results_page, bootstrap) -> dict:
-  """The ablation report (mdx.evaluate.ablation) over every run of the sweep, and the results
+def ablation_report(planned: Plan, workdir, command, wall, results_page, bootstrap) -> dict:
+  """The ablation report (mdx.evaluate.ablation) over the sweep's variant runs, and the results
   page's section when one is named."""
   from mdx.evaluate import ablation
 
   runs: dict = {}
-  for name, variant, seed, _ in plan(module, seeds, only):
-    runs.setdefault(variant, {})[0 if seed is None else seed] = ablation.load_run(
-      os.path.join(workdir, name)
-    )
-  spec = module.get_report() if hasattr(module, "get_report") else None
-  name = os.path.splitext(os.path.basename(getattr(module, "__file__", "ablation")))[0]
-  if spec and spec.get("baseline") and spec["baseline"] not in runs:
-    logging.warning(
-      "sweep: no ablation report: its baseline %r did not run; add it to --only", spec["baseline"]
-    )
-    return {}
+  for run in planned.runs:
+    seed = 0 if run.seed is None else run.seed
+    runs.setdefault(run.variant, {})[seed] = ablation.load_run(os.path.join(workdir, run.name))
   written = ablation.write_report(
-    workdir, name, runs, spec, command=command, wall=wall, n_resamples=bootstrap
+    workdir,
+    planned.name,
+    runs,
+    planned.report,
+    command=command,
+    wall=wall,
+    n_resamples=bootstrap,
+    variants=planned.variants,
   )
   if results_page:
-    ablation.update_results_page(results_page, name, written)
+    ablation.update_results_page(results_page, planned.name, written)
   return written
 
 
@@ -315,8 +530,11 @@ def main(argv):
   if bad:
     raise ValueError(f"--set={bad[0]}: give field=value, e.g. --set=train.steps=5")
   extra = dict(item.split("=", 1) for item in _OVERRIDE.value)
-  seeds = seeds_of(module, _SEEDS.value)
-  plan(module, seeds, _ONLY.value)
+  overrides = {k: parse_value(v) for k, v in extra.items()}
+  with _image_split_switch(module):  # every run checked before any trains (or a process joins)
+    planned = prepare(
+      module, _WORKDIR.value, only=_ONLY.value, overrides=overrides, seeds=_SEEDS.value
+    )
   runtime.join_processes()  # a no-op unless started by ./launch.sh local N
   runtime.quiet_library_logs()
   runtime.require_accelerator()
@@ -326,11 +544,12 @@ def main(argv):
     _WORKDIR.value,
     only=_ONLY.value,
     reach=_REACH.value,
-    overrides={k: parse_value(v) for k, v in extra.items()},
-    seeds=seeds,
+    overrides=overrides,
+    seeds=_SEEDS.value,
     command=" ".join(["./launch.sh sweep", _ABLATION.value, *flags_given]),
     results_page=_PAGE.value,
     bootstrap=_PAIRED.value,
+    planned=planned,
   )
   if jax.process_index() == 0:
     print(open(os.path.join(_WORKDIR.value, "results.md")).read())
