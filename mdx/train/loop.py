@@ -102,13 +102,21 @@ def _format_eta(seconds: float | None) -> str:
   return f"{s}s"
 
 
-def _speed(steps: int, seconds: float, batch_size: int, remaining: int) -> tuple[float | None, str]:
-  """-> (images/s or None, 'R img/s  ETA T') of a window of `steps` timed steps; none measured
-  yet (the window held only the first step, which compiles) is '-- img/s  ETA --'."""
+def _speed(
+  steps: int, seconds: float, batch_size: int, remaining: int, pauses: float = 0.0
+) -> tuple[float | None, str]:
+  """-> (images/s or None, 'R img/s  ETA T') of a window of `steps` timed steps, with `remaining`
+  steps and `pauses` seconds of validating and saving to go; none measured yet (the window held
+  only the first step, which compiles) is '-- img/s  ETA --'."""
   if steps <= 0 or seconds <= 0:
     return None, "-- img/s  ETA --"
   rate = steps * batch_size / seconds
-  return rate, f"{rate:.1f} img/s  ETA {_format_eta(remaining * seconds / steps)}"
+  return rate, f"{rate:.1f} img/s  ETA {_format_eta(remaining * seconds / steps + pauses)}"
+
+
+def _validations_after(step: int, total: int, every: int) -> int:
+  """How many validations (at multiples of `every`, and at `total`) come after `step`."""
+  return total // every - step // every + (1 if total % every and step < total else 0)
 
 
 def _compile_note(what: str, typical: str = "") -> str:
@@ -239,6 +247,7 @@ def train(config, workdir: str, task) -> TrainResult:
   preemption = runtime.Preemption(start)
   finite = FiniteWatch(task, manager, workdir)
   window_start, window_steps = time.perf_counter(), 0
+  validation_seconds = 0.0  # the last validation and save (none yet: the ETA leaves them out)
   try:
     for step in range(start + 1, total + 1):
       batch = next(data)
@@ -261,7 +270,11 @@ def train(config, workdir: str, task) -> TrainResult:
         loss = float(metrics["loss"])
         scalars = {"train_loss": loss, "learning_rate": schedule(step)}
         rate, speed = _speed(
-          window_steps, time.perf_counter() - window_start, config.train.batch_size, total - step
+          window_steps,
+          time.perf_counter() - window_start,
+          config.train.batch_size,
+          total - step,
+          validation_seconds * _validations_after(step, total, config.train.checkpoint_every),
         )
         if rate is not None:
           scalars["images_per_second"] = rate
@@ -273,6 +286,7 @@ def train(config, workdir: str, task) -> TrainResult:
       if step % config.train.checkpoint_every == 0 or step == total or preempted:
         finite.check()  # never validate or save a state that a non-finite step has touched
       if step % config.train.checkpoint_every == 0 or step == total:
+        validation_start = time.perf_counter()
         evaluator.state = state
         val = task.validate(evaluator)
         if config.train.best_metric not in val:
@@ -286,6 +300,10 @@ def train(config, workdir: str, task) -> TrainResult:
         )
         position = checkpoint.data_position(step, config.train.batch_size)
         checkpoint.save(manager, step, state, position, val)
+        # img/s is the training's speed: the next window starts after validating and saving,
+        # whose time the ETA adds for each validation to come
+        validation_seconds = time.perf_counter() - validation_start
+        window_start, window_steps = time.perf_counter(), 0
       elif preempted:  # every process is at this step: save it, without validating (time is short)
         position = checkpoint.data_position(step, config.train.batch_size)
         checkpoint.save(manager, step, state, position, None)

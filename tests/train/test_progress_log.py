@@ -39,6 +39,17 @@ def test_no_rate_or_eta_until_a_step_is_timed():
   assert loop._speed(0, 75.0, 32, 3) == (None, "-- img/s  ETA --")
   rate, text = loop._speed(9, 4.5, 32, 90)  # 0.5 s a step, 90 steps left
   assert rate == pytest.approx(64.0) and text == "64.0 img/s  ETA 45s"
+  # validations to come add their last measured time; they are not in img/s
+  assert loop._speed(9, 4.5, 32, 90, pauses=2 * 60.0) == (rate, "64.0 img/s  ETA 2m45s")
+
+
+@pytest.mark.parametrize(
+  "step, total, every, count",
+  [(10, 400, 100, 4), (100, 400, 100, 3), (399, 400, 100, 1), (400, 400, 100, 0), (0, 250, 100, 3)],
+)
+def test_validations_to_come(step, total, every, count):
+  """At multiples of checkpoint_every and at the last step (once when it is one)."""
+  assert loop._validations_after(step, total, every) == count
 
 
 @pytest.mark.slow
