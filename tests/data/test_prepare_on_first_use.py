@@ -2,6 +2,7 @@
 data.prepared_dir finds them built with one log line instead of an error; concurrent users prepare
 once; a killed preparation never looks complete; experiments keep them in the per-user cache."""
 
+import errno
 import importlib.util
 import logging
 import os
@@ -79,6 +80,37 @@ def test_concurrent_first_uses_prepare_once(tmp_path, monkeypatch):
   for t in threads:
     t.join(timeout=120)
   assert not errors and loaded == [6, 6] and len(builds) == 1
+
+
+def test_without_file_locks_a_preparation_that_loses_the_race_uses_the_winners(
+  tmp_path, monkeypatch, caplog
+):
+  """A filesystem without locks: another process's scratch folder is left alone, and when another
+  process finishes first, its records are used (the rename onto them fails)."""
+  cfg = nih_config(make_nih_dir(tmp_path / "nih"), tmp_path / "records")
+  path = tfds_builders.prepared_path(cfg)
+  other = os.path.join(os.path.dirname(path), tfds_builders.INCOMPLETE + "other-host")
+  os.makedirs(other)
+
+  def no_locks(*args):
+    raise OSError(errno.ENOLCK, "No locks available")
+
+  monkeypatch.setattr(tfds_builders.fcntl, "flock", no_locks)
+  real, raced = tfds_builders.images_lib.resize, []
+
+  def racing_resize(image, size):
+    if not raced:  # the other process prepares them all while this one is at its first image
+      raced.append(1)
+      assert tfds_builders.prepare(cfg)["built"]
+    return real(image, size)
+
+  monkeypatch.setattr(tfds_builders.images_lib, "resize", racing_resize)
+  with caplog.at_level(logging.INFO):
+    assert tfds_builders.prepare(cfg) == {"dir": path, "records": 6, "skipped": 0, "built": True}
+  assert "preparing without a lock" in caplog.text and "prepared" in caplog.text
+  assert f"another process prepared {path} first" in caplog.text
+  assert os.path.isdir(other)  # maybe in use: not removed without the lock
+  assert len(tfds_builders.load_prepared(cfg)) == 6
 
 
 def test_an_interrupted_preparation_leaves_nothing_complete_and_is_redone(tmp_path, monkeypatch):

@@ -233,11 +233,12 @@ def prepare(data_config, seed: int = 0, first_use: bool = False) -> dict[str, An
   existed). first_use: called by a run that needs them (the log line says so)."""
   path = prepared_path(data_config)
   folder = os.path.dirname(path)
-  with _locked(folder, path):
+  with _locked(folder, path) as locked:
     if os.path.exists(os.path.join(path, INDEX_FILE)):
       logging.info("records already prepared in %s", path)
       return {"dir": path, "records": _count(path), "skipped": 0, "built": False}
-    _remove_incomplete(folder, path)
+    if locked:  # else another process may be writing its scratch folder right now
+      _remove_incomplete(folder, path)
     logging.info(
       "preparing records of %s at %s px into %s%s",
       file_source.config_get(data_config, "source"),
@@ -283,7 +284,12 @@ def _build(data_config, seed: int, scratch: str, path: str) -> dict[str, Any]:
     image_ids=np.asarray(w["image_ids"]),
     findings=np.asarray(builder.source().findings),
   )
-  os.rename(built, path)  # the one step that makes them complete
+  try:
+    os.rename(built, path)  # the one step that makes them complete
+  except OSError:
+    if not os.path.exists(os.path.join(path, INDEX_FILE)):
+      raise
+    logging.info("another process prepared %s first (no file lock here); using those", path)
   return {
     "dir": path,
     "records": len(w["image_ids"]),
@@ -300,7 +306,8 @@ def _count(path: str) -> int:
 
 @contextlib.contextmanager
 def _locked(folder: str, path: str):
-  """Holds folder/.prepare.lock (released by the kernel if the holder dies)."""
+  """Holds folder/.prepare.lock (released by the kernel if the holder dies); yields whether it
+  could be taken."""
   os.makedirs(folder, exist_ok=True)
   with open(os.path.join(folder, LOCK_FILE), "a") as f:
     try:
@@ -310,7 +317,9 @@ def _locked(folder: str, path: str):
       fcntl.flock(f, fcntl.LOCK_EX)
     except OSError as e:  # a filesystem without locks: preparing twice is slow, not wrong
       logging.warning("cannot lock %s (%s); preparing without a lock", f.name, e)
-    yield
+      yield False
+      return
+    yield True
 
 
 def _remove_incomplete(folder: str, path: str) -> None:
