@@ -14,10 +14,11 @@ reuses stale records. All records go into one split, 'records': mdx splits by pa
 Records are written in the source's order (shuffling disabled) and an index (labels, patients,
 image ids) is saved next to them so splits and class weights never decode an image.
 
-The index is what makes records complete: TFDS writes into a temporary sibling
-(<config>/.incomplete-*), the index is saved there too, and only then is the folder renamed to
-<config>/<version>, so a killed preparation leaves nothing that looks complete (its leftover is
-removed by the next one). Preparation holds a file lock (<config>/.prepare.lock): of several
+The index is what makes records complete, so it must appear with them: TFDS builds into a scratch
+folder beside them (<config>/.incomplete-*), the index is saved there too, and only then is the
+version folder renamed to <config>/<version>. A killed preparation leaves nothing that looks
+complete (the next one removes its leftover); TFDS's own rename alone would leave records without
+an index after a kill between the two. Preparation holds a file lock (<config>/.prepare.lock): of several
 processes (of one run, or of runs started together) one prepares and the others wait and then read
 its records. A lock, not a barrier: the default folder is on each host's own disk, so every host of
 a pod prepares its own copy, while on a shared disk the lock lets only one of them write.
