@@ -8,7 +8,7 @@
 #   ./launch.sh export CONFIG --workdir=DIR --step=N [--output=BUNDLE]   a bundle of any kept step
 #   ./launch.sh predict --bundle=DIR --input=IN --output=OUT [flags]   a bundle on new files
 #   ./launch.sh evaluate --bundle=DIR --config=DATASET --out=OUT   external validation of a bundle
-#   ./launch.sh prepare CONFIG [flags]             build the TFDS/ArrayRecord records of a real dataset
+#   ./launch.sh prepare CONFIG [flags]             build a real dataset's records ahead (train does it on first use)
 #   ./launch.sh sweep ABLATION --workdir=DIR [flags]   every variant x seed of an ablation, its report (resumes)
 #   ./launch.sh local N <command> ...              the command as N joined processes on this machine
 #   ./launch.sh tpu NAME ZONE <command> ...        the same command on every worker of a Cloud TPU VM

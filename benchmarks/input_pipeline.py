@@ -5,8 +5,8 @@
 
 Runs the classification task's training stream (mdx.data.pipeline with the task's record loading,
 augmentation, standardisation, batching and grain worker processes: the batches training sees) twice
-per worker count: reading the prepared ArrayRecord files (config.data.prepared_dir; prepare them
-first) and decoding the original image files. Worker count 0 means all work in the main process
+per worker count: reading the prepared ArrayRecord files (config.data.prepared_dir;
+prepared on first use) and decoding the original image files. Worker count 0 means all work in the main process
 (one core); N grain worker processes (default: all cores).
 """
 
