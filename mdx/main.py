@@ -2,10 +2,13 @@
 python -m mdx.main --config=experiments/X.py --workdir=DIR --mode=train|eval|export|predict
 
 Overrides: --config.train.steps=20 --config.data.image_size=64 ...  A run writes its resolved config
-into the workdir; running train again on the same workdir resumes from its latest checkpoint.
-eval and export use that config (WORKDIR/config.json), not the experiment file's: only eval.* may be
-changed on their command line, and an override of anything else the run was trained with is an
-error. predict reads only WORKDIR/bundle and needs no --config.
+into the workdir (WORKDIR/config.json), and every later command on that workdir uses it, not the
+experiment file's: train again resumes from the latest checkpoint with the run's config, and may
+change only eval.*, data.workers, data.prefetch, train.steps (extending the run: the learning-rate
+schedule is laid over the new count), train.log_every, train.keep_last and train.async_checkpoints;
+eval and export only eval.*, data.workers and data.prefetch. An override of anything else the run
+was trained with is an error naming both values. predict reads only WORKDIR/bundle and needs no
+--config.
 A user's mistake (a config typo, a missing data root) is one line `error: ...` and exit status 2
 (mdx.cli); --debug or MDX_DEBUG=1 shows its traceback.
 """
@@ -25,8 +28,10 @@ from mdx.train.run import run  # the flag-free API behind this command line
 _CONFIG = config_flags.DEFINE_config_file(
   "config",
   None,
-  "Experiment file with get_config() (not needed by --mode=predict). eval and export use the "
-  "run's WORKDIR/config.json; only eval.* overrides apply over it.",
+  "Experiment file with get_config() (not needed by --mode=predict). On a workdir that holds a "
+  "run, every mode uses the run's WORKDIR/config.json: only overrides of eval.* and the loader "
+  "(and, when train resumes it, train.steps and the logging and checkpoint-keeping settings) "
+  "apply over it.",
   lock_config=True,
 )
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and the report.")
@@ -73,7 +78,8 @@ def main(argv):
   if _CONFIG.value is not None and mode != "predict":  # predict reads only the run's bundle
     # A config mistake raises ValueError here, before anything is built: cli.run makes it one line.
     config = config_lib.resolve(_CONFIG.value)
-    # The fields typed as --config.X=...: eval and export refuse those that change the run.
+    # The fields typed as --config.X=...: on a workdir that holds a run, those that would change
+    # it are refused (train resuming, eval, export); the experiment file's other values yield.
     overrides = dict(config_flags.get_override_values(flags.FLAGS["config"]))
   from mdx.train import loop
 

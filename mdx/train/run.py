@@ -1,15 +1,18 @@
 """One run of an experiment: train (then report), eval, export or predict. Flag-free, so sweeps and
 tests call it.
 
-A run owns its config: train writes the resolved config into WORKDIR/config.json, and eval and
-export read it back (run_config) instead of trusting the command line, which may lack the overrides
-the run was trained with (another split, another image size: a report and a bundle that describe a
-model nobody trained). The command line may change what is reported (eval.*) and how many loader
-processes read the data; a field it types that would change the run itself is refused.
+A run owns its config: train writes the resolved config into WORKDIR/config.json, and eval, export
+and a resumed train read it back (run_config, train_config) instead of trusting the command line,
+which may lack the overrides the run was trained with (another split, another image size: a report
+and a bundle that describe a model nobody trained, or a resumed run that silently continues on
+other data). The command line may change what is reported (eval.*) and how many loader processes
+read the data, and a resumed train also how long it trains and how it logs and keeps checkpoints; a
+field it types that would change the run itself is refused.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import shutil
@@ -25,6 +28,16 @@ CONFIG = "config.json"
 # What eval and export take from the command line over the run's config: the report's settings,
 # and the loader processes (the batches are the same with any number: mdx.data.pipeline).
 EVALUATION_FIELDS = ("eval", "data.workers", "data.prefetch")
+# What a resumed train takes from the command line besides: how long it trains (the learning-rate
+# schedule is then laid over the new count: _log_new_steps) and how it logs and keeps checkpoints.
+# Anything else would continue the checkpoints' training on other terms (data, model, optimizer).
+RESUME_FIELDS = (
+  *EVALUATION_FIELDS,
+  "train.steps",
+  "train.log_every",
+  "train.keep_last",
+  "train.async_checkpoints",
+)
 _UNSET = object()
 
 
@@ -54,7 +67,7 @@ def _tuples(value):
   return value
 
 
-def load_run_config(workdir: str) -> ml_collections.ConfigDict:
+def load_run_config(workdir: str, mode: str = "eval") -> ml_collections.ConfigDict:
   """WORKDIR/config.json, resolved; a one-line error when the workdir was never trained."""
   from mdx import config as config_lib
 
@@ -71,13 +84,20 @@ def load_run_config(workdir: str) -> ml_collections.ConfigDict:
       f"--workdir={workdir} {what}: eval and export use the config the run was trained with, "
       f"which train writes into WORKDIR/{CONFIG}; train it first or give a trained run's workdir"
     )
+  # train reads it only beside checkpoints, which need it: training again there cannot help
+  fix = (
+    "the run's checkpoints were trained with it: restore it, or train a new run in another "
+    "--workdir"
+    if mode == "train"
+    else "train writes it: restore it or train again"
+  )
   try:
     with open(path) as f:
       stored = json.load(f)
   except (json.JSONDecodeError, UnicodeDecodeError) as e:
-    raise ValueError(f"{path} is not JSON ({e}); train writes it: restore it or train again") from e
+    raise ValueError(f"{path} is not JSON ({e}); {fix}") from e
   if not isinstance(stored, dict):
-    raise ValueError(f"{path} holds no config (a JSON object); train writes it: train again")
+    raise ValueError(f"{path} holds no config (a JSON object); {fix}")
   try:
     return config_lib.resolve(ml_collections.ConfigDict(_tuples(stored)))
   except ValueError as e:
@@ -108,6 +128,77 @@ def _shown(value) -> str:
   return "not set" if value is _UNSET else repr(value)
 
 
+def _allowed_text(fields) -> str:
+  return ", ".join(f + ".*" if f == "eval" else f for f in fields)
+
+
+def _merge(asked, stored, overrides, mode: str, path: str) -> ml_collections.ConfigDict:
+  """The run's config `stored` with what `asked` (the command line's, resolved) may change in
+  `mode`: EVALUATION_FIELDS as the command line's config has them, typed or not (eval.* says what
+  to report now), and the other RESUME_FIELDS of a resumed train only when typed. A typed field
+  that may not change and differs from the run's is a ValueError naming it and both values."""
+  from mdx import config as config_lib
+
+  allowed = RESUME_FIELDS if mode == "train" else EVALUATION_FIELDS
+  if asked.task != stored.task:
+    raise ValueError(
+      f"config.task={asked.task!r} on the command line, {stored.task!r} in {path}: give the "
+      "experiment file the run was trained with"
+      + (" (or train a new run in another --workdir)" if mode == "train" else "")
+    )
+  ours, theirs = flat_config(asked), flat_config(stored)
+  fields = sorted(set(ours) | set(theirs))
+  changed = [f for f in fields if ours.get(f, _UNSET) != theirs.get(f, _UNSET)]
+  typed = changed if overrides is None else [f for f in changed if _under(f, overrides)]
+  refused = [f for f in typed if not _under(f, allowed)]
+  if refused:
+    first = refused[0]
+    more = f" (also {', '.join(refused[1:])})" if len(refused) > 1 else ""
+    rule = (
+      f"train resumes the run's checkpoints with its config; only {_allowed_text(allowed)} may "
+      "change on resume"
+      if mode == "train"
+      else f"{mode} uses the run's config; only {_allowed_text(allowed)} may differ"
+    )
+    raise ValueError(
+      f"config.{first}={_shown(ours.get(first, _UNSET))} on the command line, "
+      f"{_shown(theirs.get(first, _UNSET))} in {path}{more}: {rule} (drop the override, or train "
+      "a new run in another --workdir)"
+    )
+  taken = [f for f in changed if _under(f, EVALUATION_FIELDS) or f in typed]
+  yielded = [f for f in changed if f not in taken]
+
+  def listed(names):
+    return ", ".join(
+      f"{f}={_shown(ours.get(f, _UNSET))} (run: {_shown(theirs.get(f, _UNSET))})" for f in names
+    )
+
+  if mode == "train":
+    logging.info(
+      "train resumes the run with its config %s%s%s",
+      path,
+      f"; from this command's config: {listed(taken)}" if taken else "",
+      f"; the experiment file differs in {listed(yielded)} (the run's values kept)"
+      if yielded
+      else "",
+    )
+  elif yielded:
+    logging.info(
+      "%s uses the run's config %s; the experiment file differs in %s (the run's values kept)",
+      mode,
+      path,
+      listed(yielded),
+    )
+  with stored.unlocked():
+    stored.eval = ml_collections.ConfigDict(asked.eval)
+    stored.data.workers, stored.data.prefetch = asked.data.workers, asked.data.prefetch
+    for f in taken:
+      if f.startswith("train."):  # the train fields of RESUME_FIELDS are leaves of config.train
+        leaf = f.split(".", 1)[1]
+        stored.train[leaf] = asked.train[leaf]
+  return config_lib.resolve(stored)
+
+
 def run_config(
   workdir: str, config=None, overrides: dict[str, Any] | None = None, mode: str = "eval"
 ) -> ml_collections.ConfigDict:
@@ -127,41 +218,113 @@ def run_config(
   stored = load_run_config(workdir)
   if config is None:
     return stored
-  asked = config_lib.resolve(config)
+  return _merge(config_lib.resolve(config), stored, overrides, mode, os.path.join(workdir, CONFIG))
+
+
+def checkpoint_steps(workdir: str) -> list[int]:
+  """The steps saved in WORKDIR/checkpoints, read from the folder names without opening Orbax (a
+  finished save is the folder '<step>'; one in flight or torn is '<step>.orbax-checkpoint-tmp-*',
+  which a run does not resume from)."""
+  folder = os.path.join(workdir, "checkpoints")
+  if not os.path.isdir(folder):
+    return []
+  return sorted(
+    int(name)
+    for name in os.listdir(folder)
+    if name.isdigit() and os.path.isdir(os.path.join(folder, name))
+  )
+
+
+def train_config(
+  workdir: str, config=None, overrides: dict[str, Any] | None = None
+) -> ml_collections.ConfigDict:
+  """The config train uses. A workdir holding a run to resume (config.json and checkpoints): the
+  run's own config, with the command line's RESUME_FIELDS over it (eval.* and the loader as eval
+  takes them; train.steps, log_every, keep_last and async_checkpoints when typed), so a resumed run
+  continues on the data, model and optimizer its checkpoints were trained with; a typed field
+  outside them that differs is a ValueError naming it and both values, raised before anything is
+  built. Otherwise `config`: a new workdir, or one whose run stopped before its first checkpoint
+  (nothing was trained; its config.json is rewritten). overrides as in run_config (None: every
+  field of `config` counts as typed, so a sweep resumes an interrupted run only with its config).
+  """
+  from mdx import config as config_lib
+
+  workdir = os.path.abspath(os.path.expanduser(workdir))
   path = os.path.join(workdir, CONFIG)
-  if asked.task != stored.task:
-    raise ValueError(
-      f"config.task={asked.task!r} on the command line, {stored.task!r} in {path}: give the "
-      "experiment file the run was trained with"
-    )
-  ours, theirs = flat_config(asked), flat_config(stored)
-  fields = sorted(set(ours) | set(theirs))
-  changed = [f for f in fields if ours.get(f, _UNSET) != theirs.get(f, _UNSET)]
-  typed = changed if overrides is None else [f for f in changed if _under(f, overrides)]
-  refused = [f for f in typed if not _under(f, EVALUATION_FIELDS)]
-  if refused:
-    first = refused[0]
-    more = f" (also {', '.join(refused[1:])})" if len(refused) > 1 else ""
-    raise ValueError(
-      f"config.{first}={_shown(ours.get(first, _UNSET))} on the command line, "
-      f"{_shown(theirs.get(first, _UNSET))} in {path}{more}: {mode} uses the run's config; only "
-      f"{', '.join(f + '.*' if f == 'eval' else f for f in EVALUATION_FIELDS)} may differ "
-      "(drop the override, or train a new run in another --workdir)"
-    )
-  yielded = [f for f in changed if not _under(f, EVALUATION_FIELDS)]
-  if yielded:
+  saved = checkpoint_steps(workdir) if os.path.isfile(path) else []
+  if not saved:
+    if config is None:
+      raise ValueError(
+        f"train on {workdir} needs a config: it holds no run to resume (no {CONFIG} with "
+        "checkpoints)"
+      )
+    if os.path.isfile(path):
+      logging.info(
+        "%s holds %s but no checkpoint (its run stopped before the first save): nothing was "
+        "trained, so train starts a new run with this command's config and rewrites %s",
+        workdir,
+        CONFIG,
+        CONFIG,
+      )
+    return config_lib.resolve(config)
+  stored = load_run_config(workdir, mode="train")
+  if config is None:
+    return stored
+  trained = copy.deepcopy(stored.train)  # _merge changes `stored`
+  merged = _merge(config_lib.resolve(config), stored, overrides, "train", path)
+  if merged.train.steps != trained.steps:
+    _log_new_steps(trained, merged.train, saved[-1])
+  return merged
+
+
+def _log_new_steps(before, after, latest: int) -> None:
+  """One line on what a changed train.steps does to a resumed run: the schedule (mdx.train.optim)
+  is a function of train.steps, evaluated at the optimizer's own step count, which the checkpoint
+  restores; the data stream is a function of the step alone (mdx.data.pipeline)."""
+  from mdx.train import optim
+
+  old, new = before.steps, after.steps
+  head = f"train.steps {old} -> {new}"
+  if new <= latest:
     logging.info(
-      "%s uses the run's config %s; the experiment file differs in %s (the run's values kept)",
-      mode,
-      path,
-      ", ".join(
-        f"{f}={_shown(ours.get(f, _UNSET))} (run: {_shown(theirs.get(f, _UNSET))})" for f in yielded
-      ),
+      "%s: the run's latest checkpoint (step %d) is at or past it, so nothing is trained; the "
+      "report and bundle come from its kept checkpoints",
+      head,
+      latest,
     )
-  with stored.unlocked():
-    stored.eval = ml_collections.ConfigDict(asked.eval)
-    stored.data.workers, stored.data.prefetch = asked.data.workers, asked.data.prefetch
-  return config_lib.resolve(stored)
+    return
+  if after.schedule == "constant":
+    logging.info(
+      "%s: the run continues from its latest checkpoint (step %d) to step %d; its learning rate "
+      "is constant (%g), so these steps train as a %d-step run from the start would have",
+      head,
+      latest,
+      new,
+      after.lr,
+      new,
+    )
+    return
+  was, now = float(optim.make_schedule(before)(latest)), float(optim.make_schedule(after)(latest))
+  logging.info(
+    "%s: the run continues from its latest checkpoint (step %d), and its %s learning-rate "
+    "schedule is now laid over %d steps: from step %d the rate follows the %d-step curve (%.3g "
+    "there, where the %d-step schedule the checkpoint was trained with gave %.3g) down to 0 at "
+    "step %d, so this is not the run %d steps from the start would have been (this run's first %d "
+    "steps followed the %d-step curve)",
+    head,
+    latest,
+    after.schedule,
+    new,
+    latest + 1,
+    new,
+    now,
+    old,
+    was,
+    new,
+    new,
+    latest,
+    old,
+  )
 
 
 def report(task, evaluator, workdir: str, history: list[dict], out_dir: str) -> str:
@@ -207,21 +370,23 @@ def run(
   """Runs one mode; returns the report directory (train, eval), the bundle (export) or the output
   folder (predict).
 
-  train: train (resuming), then report and bundle the best checkpoint (WORKDIR/report, /bundle).
-  eval: report and bundle the best checkpoint again. export: a bundle of checkpoint `step` (default
-  the best) into output_dir (default WORKDIR/bundle-step-N), its report beside it. eval and export
-  use the run's WORKDIR/config.json with `config`'s evaluation fields over it (run_config: a typed
-  override of anything else is refused; `overrides` as there). predict: the run's bundle on the
-  files of input_dir, needing neither a config (None will do), the training data nor a checkpoint.
+  train: train, then report and bundle the best checkpoint (WORKDIR/report, /bundle); on a workdir
+  holding a run (config.json and checkpoints) it resumes that run with its own config, taking from
+  `config` only what a resume may change (train_config: a typed override of anything else is
+  refused). eval: report and bundle the best checkpoint again. export: a bundle of checkpoint
+  `step` (default the best) into output_dir (default WORKDIR/bundle-step-N), its report beside it.
+  eval and export use the run's WORKDIR/config.json with `config`'s evaluation fields over it
+  (run_config: a typed override of anything else is refused; `overrides` as there). predict: the
+  run's bundle on the files of input_dir, needing neither a config (None will do), the training
+  data nor a checkpoint.
   """
   import jax
 
-  from mdx import config as config_lib
-
+  # before anything is built: a refused override leaves the workdir as it was
   if mode in ("eval", "export"):
     config = run_config(workdir, config, overrides, mode)
   elif mode == "train":
-    config = config_lib.resolve(config)
+    config = train_config(workdir, config, overrides)
   elif mode != "predict":
     raise ValueError(f"mode {mode!r} is unknown; choose train, eval, export or predict")
   # predict only reads the run's bundle: a workdir that is not there is not created
