@@ -17,7 +17,7 @@ from mdx.data import standardize as standardize_lib
 from mdx.data.cxr import records
 from mdx.evaluate import calibration, metrics, thresholds
 from mdx.inference import bundle as bundle_lib
-from mdx.models import registry
+from mdx.models import common, registry
 from mdx.train import optim
 
 LOSSES = ("weighted_bce", "bce", "focal")
@@ -65,6 +65,11 @@ class ClassificationTask:
   def check_config(cls, config) -> None:
     data, ev = config.data, config.eval
     smallest = registry.min_input_size(config.model)
+    model = registry.create_from_config(config.model)
+    try:  # a stage the model lacks fails here, not when the model is first built
+      common.frozen_stages(model.stages, config.model.freeze)
+    except ValueError as e:
+      raise ValueError(f"config.model.freeze: {e}") from None
     if not isinstance(data.image_size, int) or data.image_size < smallest:
       raise ValueError(
         f"config.data.image_size={data.image_size!r} is below the {smallest} px that "

@@ -45,3 +45,16 @@ def test_splits_share_no_patient():
   assert not (sets["train"] & sets["test"]) and not (sets["train"] & sets["validation"])
   assert not (sets["test"] & sets["validation"])
   assert sum(len(v) for v in task.splits.values()) == len(task.source)
+
+
+def test_a_freeze_policy_naming_a_stage_the_model_lacks_fails_when_the_config_is_read():
+  """densenet_tiny has two dense blocks: 'from:block4' (right for DenseNet-121) is an error naming
+  the model's stages before any data is read or any run of a sweep trains."""
+  import pytest
+
+  c = tiny_config()
+  c.model.freeze = "from:block4"
+  with pytest.raises(ValueError, match=r"config.model.freeze: .*'block4'.*'block2'"):
+    config_lib.resolve(c)
+  c.model.freeze = "from:block2"
+  assert config_lib.resolve(c).model.freeze == "from:block2"
