@@ -227,7 +227,30 @@ def _debug_in(argv: list[str]) -> bool:
 def run(main: Callable[[list[str]], Any]) -> None:
   """app.run(main) with one-line user errors (in the flags and in main) and --debug."""
   define_debug_flag()
-  app.run(lambda argv: call(main, argv), flags_parser=parse_flags)
+  app.run(lambda argv: _exit_if_joined(call(main, argv)), flags_parser=parse_flags)
+
+
+def _joined() -> bool:
+  """Whether this process joined others through jax.distributed."""
+  if "jax" not in sys.modules:
+    return False
+  try:
+    from jax._src import distributed
+
+    return distributed.global_state.client is not None
+  except (ImportError, AttributeError):
+    return False
+
+
+def _exit_if_joined(status: Any) -> Any:
+  """A joined process that stops on a user error exits at once: jax's shutdown waits at a barrier
+  for every peer (minutes, when they are still training or waiting at a collective), and the
+  launcher (mdx.local, srun --kill-on-bad-exit) stops the peers when this one ends."""
+  if status == 2 and _joined():
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(2)
+  return status
 
 
 # -------------------------------------------------------------------------------------- argparse
