@@ -56,6 +56,14 @@ class Evaluator:
     return np.concatenate(logits), total / max(count, 1.0), fields
 
 
+def _history_step(line: str) -> float:
+  """The step of a history.jsonl line; infinity for a line that does not parse (cut short)."""
+  try:
+    return json.loads(line)["step"]
+  except (json.JSONDecodeError, KeyError, TypeError):
+    return float("inf")
+
+
 class History:
   """Scalars of a run as JSON lines in the workdir (for the report) and TensorBoard events."""
 
@@ -69,9 +77,10 @@ class History:
       self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
 
   def truncate_after(self, step: int) -> None:
-    """Drops entries a killed run wrote after the checkpoint it resumes from."""
+    """Drops entries a killed run wrote after the checkpoint it resumes from (all of them for a
+    run that starts afresh), and a last line cut short by the kill."""
     if self.enabled and os.path.exists(self.path):
-      kept = [line for line in open(self.path) if json.loads(line)["step"] <= step]
+      kept = [line for line in open(self.path) if _history_step(line) <= step]
       with open(self.path, "w") as f:
         f.writelines(kept)
 
@@ -232,8 +241,8 @@ def train(config, workdir: str, task) -> TrainResult:
 
   manager = _manager(config, workdir, async_checkpoints(config.train.async_checkpoints))
   state, start = _resume(manager, config, workdir, state)
+  history.truncate_after(start)  # start 0: a run killed before its first checkpoint left lines
   if start:
-    history.truncate_after(start)
     logging.info("Resumed from step %d of %s", start, workdir)
   # the stream continues at the checkpoint's global position, whatever the process count
   data = iter(task.train_data(geometry, start_step=start))

@@ -1,5 +1,7 @@
 """Checkpoint retention and best-step selection survive a restart (what --mode=eval relies on)."""
 
+import json
+
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -73,3 +75,18 @@ def test_a_damaged_checkpoint_is_moved_aside_and_the_newest_intact_one_restored(
   with pytest.raises(loop.CheckpointError, match="no checkpoint of .* restores into this run"):
     loop.restore_first_intact(manager, [2, 1], other_model, str(tmp_path))
   assert manager.all_steps() == [1, 2]  # nothing moved for a model that does not fit
+
+
+def test_history_keeps_lines_up_to_the_resumed_step_and_drops_a_torn_one(tmp_path):
+  """A resume from step 2 keeps steps <= 2; a fresh start (0) keeps none; a line cut short by a
+  kill never makes the restart fail."""
+  from mdx.train import loop
+
+  lines = [{"step": s, "loss": 1.0 / s} for s in (1, 2, 3)]
+  for start, kept in ((2, [1, 2]), (0, [])):
+    history = loop.History(str(tmp_path), enabled=True)
+    with open(history.path, "w") as f:
+      f.writelines(json.dumps(x) + "\n" for x in lines)
+      f.write('{"step": 4, "lo')  # the kill came mid-write
+    history.truncate_after(start)
+    assert [h["step"] for h in history.read()] == kept
