@@ -327,7 +327,8 @@ def prepare(module, workdir: str, *, only=None, overrides=None, seeds=None) -> P
   seeds = seeds_of(module, seeds)
   file = getattr(module, "__file__", module.__name__)
   pre = prerequisites_of(module)
-  folders = {n: os.path.join(workdir, n) for n in pre}
+  # absolute, as mdx.config.resolve makes model.init_from: '{pretrain}' must name the same folder
+  folders = {n: os.path.join(os.path.abspath(os.path.expanduser(workdir)), n) for n in pre}
   runs = []
   for name, variant, seed, changes in plan(module, seeds, only):
     where = f"{file} variant {variant!r}"
