@@ -10,8 +10,9 @@ order=1): a rotation, zoom and translation cost a single interpolation, which ke
 and the cost at about a millisecond per channel at 128 px. Flips and 90-degree rotations are exact
 array operations.
 
-  make(name, image_size) -> list of transforms for a preset ('chest_xray', 'dermatology', 'fundus',
-    'histopathology'; None or 'none' -> []). 'chest_xray_lr_flip' is the chest preset plus the
+  make(name) -> list of transforms for a preset ('chest_xray', 'dermatology', 'fundus',
+    'histopathology'; None or 'none' -> []). The presets' sizes are fractions of the image, so they
+    fit any training size. 'chest_xray_lr_flip' is the chest preset plus the
     mistake of left-right flips, there to be measured (experiments/ablations/augmentation.py).
 """
 
@@ -207,7 +208,7 @@ def stain_mix(image: np.ndarray, alpha: np.ndarray, beta: np.ndarray) -> np.ndar
   return np.clip(out, 0.0, 1.0).astype(np.float32)
 
 
-def chest_xray(image_size: int, _flip_lr: bool = False) -> list:
+def chest_xray(_flip_lr: bool = False) -> list:
   """Chest X-ray: small rotation (+-10 deg), translation (+-6%), zoom (0.9-1.1), exposure.
 
   Keeps the label: patient positioning varies by a few degrees and centimetres, and exposure varies
@@ -215,7 +216,6 @@ def chest_xray(image_size: int, _flip_lr: bool = False) -> list:
   dextrocardia or situs inversus, a different (real) diagnosis; lines and tubes, the aortic knob and
   the gastric bubble are lateralised too. No vertical flip either (anatomy is never upside down).
   """
-  del image_size  # the parameters are relative to the size.
   return [
     RandomGeometry(
       rotation_deg=10.0, zoom=(0.9, 1.1), translate=0.06, flip_lr=_flip_lr, mode="constant"
@@ -224,21 +224,20 @@ def chest_xray(image_size: int, _flip_lr: bool = False) -> list:
   ]
 
 
-def chest_xray_lr_flip(image_size: int) -> list:
+def chest_xray_lr_flip() -> list:
   """The chest preset PLUS left-right flips: wrong for chest films (a mirrored film shows
   dextrocardia, see chest_xray). It exists so the augmentation ablation can measure what the
   mistake costs; make() warns whenever it is used."""
-  return chest_xray(image_size, _flip_lr=True)
+  return chest_xray(_flip_lr=True)
 
 
-def dermatology(image_size: int) -> list:
+def dermatology() -> list:
   """Dermatology: flips, 90-degree turns, free rotation, zoom, colour and exposure.
 
   Keeps the label: a skin lesion photographed from above has no canonical orientation (the
   dermatoscope may be held any way round), so any flip or rotation shows the same lesion; colour
   varies with camera and lighting. Reflect padding keeps skin at the corners after rotation.
   """
-  del image_size
   return [
     RandomGeometry(
       rotation_deg=180.0,
@@ -254,14 +253,13 @@ def dermatology(image_size: int) -> list:
   ]
 
 
-def fundus(image_size: int) -> list:
+def fundus() -> list:
   """Fundus: free rotation and flips, small zoom, mild exposure changes.
 
   Keeps the label: retinopathy grades depend on lesions (microaneurysms, haemorrhages, exudates),
   not on the orientation of the round fundus image; a left-right flip turns a right eye into a
   left-looking one, which does not change the grade. Black padding matches the black surround.
   """
-  del image_size
   return [
     RandomGeometry(
       rotation_deg=180.0, zoom=(0.95, 1.1), flip_lr=True, flip_ud=True, mode="constant"
@@ -270,14 +268,13 @@ def fundus(image_size: int) -> list:
   ]
 
 
-def histopathology(image_size: int) -> list:
+def histopathology() -> list:
   """Histopathology: stain jitter, flips, 90-degree turns and random crops (zoom in up to 25%).
 
   Keeps the label: a tissue patch under the microscope has no orientation; staining varies between
   labs; a crop of a tumour patch that keeps its centre still shows tumour (zoom >= 1 keeps the
   centre region, translation stays within the zoom margin).
   """
-  del image_size
   return [
     RandomStain(sigma=0.05, bias=0.05),
     RandomGeometry(
@@ -295,7 +292,7 @@ PRESETS = {
 }
 
 
-def make(name: str | None, image_size: int) -> list:
+def make(name: str | None) -> list:
   """The transforms of a preset by name; None or 'none' means no augmentation."""
   if name is None or name == "none":
     return []
@@ -308,4 +305,4 @@ def make(name: str | None, image_size: int) -> list:
       "config.data.augment='chest_xray_lr_flip' mirrors chest films (a label-breaking flip: "
       "dextrocardia); use it only to measure the mistake, 'chest_xray' otherwise"
     )
-  return PRESETS[name](image_size)
+  return PRESETS[name]()

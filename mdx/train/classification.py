@@ -98,7 +98,7 @@ class ClassificationTask:
         f"config.eval.calibration={ev.calibration!r} is unknown; choose one of "
         f"{calibration.CALIBRATION_METHODS}"
       )
-    augment.make(data.augment, data.image_size)
+    augment.make(data.augment)
     if data.standardize != "dataset":
       standardize_lib.transforms(data.standardize)
 
@@ -165,7 +165,7 @@ class ClassificationTask:
     self.load = records.LoadImageRecord(self.source, data.image_size)
     self.standardize = self._standardize()  # grain Maps
     self.transforms_eval = self.standardize + [records.mask_unknown_labels]
-    self.transforms_train = augment.make(data.augment, data.image_size) + self.transforms_eval
+    self.transforms_train = augment.make(data.augment) + self.transforms_eval
     self._reported: dict | None = None  # the last report's predictions (the bundle states them)
     first = np.asarray(self.source[int(self.splits["train"][0])]["image"])
     self._channels = first.shape[-1] if first.ndim == 3 else 1

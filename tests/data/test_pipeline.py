@@ -103,9 +103,7 @@ def test_processes_share_each_global_batch():
   one process augments them (a record's random draw follows its global position)."""
   src = TinySource(40)
   indices = np.arange(40)
-  kwargs = dict(
-    batch_size=8, steps=4, image_size=12, seed=1, transforms=augment.make("chest_xray", 12)
-  )
+  kwargs = dict(batch_size=8, steps=4, image_size=12, seed=1, transforms=augment.make("chest_xray"))
   single = take(iter(train_dataset(src, indices, **kwargs)), 4)
   shares = [
     take(iter(train_dataset(src, indices, process_index=p, process_count=2, **kwargs)), 4)
@@ -124,9 +122,7 @@ def test_processes_share_each_global_batch():
 
 def test_worker_processes_give_the_same_augmented_batches():
   src = TinySource(30)
-  kwargs = dict(
-    batch_size=6, steps=5, image_size=12, seed=5, transforms=augment.make("chest_xray", 12)
-  )
+  kwargs = dict(batch_size=6, steps=5, image_size=12, seed=5, transforms=augment.make("chest_xray"))
   inline = take(iter(train_dataset(src, np.arange(30), **kwargs)), 5)
   workers = take(iter(train_dataset(src, np.arange(30), workers=2, **kwargs)), 5)
   for x, y in zip(inline, workers):
@@ -142,7 +138,7 @@ def test_a_stream_started_at_a_step_continues_exactly_with_any_process_count():
   resumes on 1)."""
   src = TinySource(30)
   kwargs = dict(
-    batch_size=4, steps=20, image_size=12, seed=2, transforms=augment.make("chest_xray", 12)
+    batch_size=4, steps=20, image_size=12, seed=2, transforms=augment.make("chest_xray")
   )
   full = take(iter(train_dataset(src, np.arange(30), **kwargs)), 7)
   resumed = take(iter(train_dataset(src, np.arange(30), start_step=3, **kwargs)), 4)
