@@ -20,13 +20,11 @@ from mdx.train.state import TrainState, create_state, init_variables
 class Evaluator:
   """Runs a model state over padded evaluation batches; returns host numpy for the valid rows."""
 
-  def __init__(
-    self, model, loss_fn, mesh, geometry: runtime.BatchGeometry, input_key: str = "image"
-  ):
+  def __init__(self, model, loss_fn, mesh, geometry: runtime.BatchGeometry):
     self.mesh = mesh
     self.geometry = geometry  # tasks build their evaluation batches with it
     self.global_batch = geometry.global_batch
-    self._step = steps.make_eval_loss_step(model, loss_fn, mesh, geometry.global_batch, input_key)
+    self._step = steps.make_eval_loss_step(model, loss_fn, mesh, geometry.global_batch)
     self.state: TrainState | None = None
     self._compiled = False  # the first batch compiles the step: say so, it is a silent minute
 
@@ -396,7 +394,13 @@ def best_state(result: TrainResult) -> tuple[TrainState, int]:
 
 
 def restore_for_eval(config, workdir: str, task, step: int | None = None):
-  """-> (state, evaluator) from the best checkpoint (or `step`) of a run's workdir."""
+  """-> (state, evaluator holding that state, step restored) from a run's workdir.
+
+  Without `step`: the best checkpoint by the validation metric (the latest when none has metrics);
+  if it does not restore, the other kept ones newest first, the damaged ones moved aside as resuming
+  does (restore_first_intact). With `step`: that checkpoint or an error (ValueError when it is not
+  kept, CheckpointError when it does not restore), nothing moved. FileNotFoundError when the
+  workdir has no checkpoint."""
   mesh = runtime.make_mesh()
   eval_geometry = runtime.batch_geometry(config.eval.batch_size, mesh, "config.eval.batch_size")
   model, _, state = build(config, task, mesh, pretrained=False)

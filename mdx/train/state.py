@@ -17,6 +17,9 @@ class TrainState:
   params: Any
   batch_stats: Any
   opt_state: Any
+  # Read by no step today (no dropout or stochastic depth); kept because every checkpoint written so
+  # far holds it and Orbax refuses to restore a checkpoint into a state that lacks one of its
+  # fields, so dropping it would strand those runs. A stochastic layer would draw from it.
   rng: jax.Array
 
 

@@ -5,6 +5,8 @@ Each device sees its share of the global batch. BatchNorm averages its batch sta
 loss on a device is its examples' loss summed and divided by the GLOBAL batch size; under shard_map
 with check_vma, the gradient of replicated parameters comes back summed over devices, which makes it
 the gradient of the global mean loss - no extra pmean (that would divide by the device count twice).
+A batch is a dict of 'image' (the model's input, for every task), the task's label fields, and
+'mask' (1 for a real row, 0 for padding; optional in training).
 """
 
 from __future__ import annotations
@@ -32,7 +34,6 @@ def make_train_step(
   tx: optax.GradientTransformation,
   mesh: Mesh,
   global_batch: int,
-  input_key: str = "image",
 ):
   """Returns jit(train_step)(state, batch) -> (state, {'loss': global mean loss, 'finite': whether
   the loss and every gradient are finite}). The flag stays on the device: the loop reads a window
@@ -42,7 +43,7 @@ def make_train_step(
     def loss_of(params):
       logits, updates = model.apply(
         {"params": params, "batch_stats": state.batch_stats},
-        batch[input_key],
+        batch["image"],
         train=True,
         mutable=["batch_stats"],
       )
@@ -74,14 +75,12 @@ def make_train_step(
   )
 
 
-def make_eval_loss_step(
-  model, loss_fn: LossFn, mesh: Mesh, global_batch: int, input_key: str = "image"
-):
+def make_eval_loss_step(model, loss_fn: LossFn, mesh: Mesh, global_batch: int):
   """Returns jit(f)(state, batch) -> (summed masked loss / global_batch, logits)."""
 
   def local(state, batch):
     logits = model.apply(
-      {"params": state.params, "batch_stats": state.batch_stats}, batch[input_key], train=False
+      {"params": state.params, "batch_stats": state.batch_stats}, batch["image"], train=False
     )
     per_example = loss_fn(logits, batch) * batch["mask"]
     return jax.lax.psum(per_example.sum(), DATA) / global_batch, logits
