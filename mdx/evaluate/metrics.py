@@ -66,12 +66,12 @@ def _group_sums(x: np.ndarray, starts: np.ndarray) -> np.ndarray:
   return np.add.reduceat(x, starts, axis=-1)
 
 
-def roc_auc(y_true, y_score, sample_weight=None) -> float | np.ndarray:
-  """AUROC = P(score of a positive > score of a negative) + 1/2 P(tie); nan when undefined.
-
-  Labels that are nan (unknown) are ignored. With weights [B, N] returns [B] (one per resample).
-  Equals sklearn.metrics.roc_auc_score (trapezoidal ROC) including ties.
-  """
+def _counts_by_score(
+  y_true, y_score, sample_weight=None, descending: bool = True
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """(positives, negatives, score) per distinct score, highest score first (lowest first with
+  descending=False): what every ranking metric and curve starts from. Unknown (nan) labels are
+  dropped; the counts are weighted, [G] for no or [N] weights, [B, G] for [B, N] weights."""
   y = _as_binary(y_true)
   s = np.asarray(y_score, np.float64)
   if s.shape != y.shape:
@@ -79,11 +79,19 @@ def roc_auc(y_true, y_score, sample_weight=None) -> float | np.ndarray:
   w = _weights(sample_weight, len(y))
   keep = ~np.isnan(y)
   y, s, w = y[keep], s[keep], w[..., keep]
-  order = np.argsort(s, kind="stable")
+  order = np.argsort(-s if descending else s, kind="stable")
   y, s, w = y[order], s[order], w[..., order]
   starts = _tie_groups(s)
-  pos = _group_sums(w * y, starts)
-  neg = _group_sums(w * (1.0 - y), starts)
+  return _group_sums(w * y, starts), _group_sums(w * (1.0 - y), starts), s[starts]
+
+
+def roc_auc(y_true, y_score, sample_weight=None) -> float | np.ndarray:
+  """AUROC = P(score of a positive > score of a negative) + 1/2 P(tie); nan when undefined.
+
+  Labels that are nan (unknown) are ignored. With weights [B, N] returns [B] (one per resample).
+  Equals sklearn.metrics.roc_auc_score (trapezoidal ROC) including ties.
+  """
+  pos, neg, _ = _counts_by_score(y_true, y_score, sample_weight, descending=False)
   neg_below = np.cumsum(neg, axis=-1) - neg
   num = (pos * (neg_below + 0.5 * neg)).sum(-1)
   return _safe_div(num, pos.sum(-1) * neg.sum(-1))
@@ -94,16 +102,7 @@ def average_precision(y_true, y_score, sample_weight=None) -> float | np.ndarray
 
   nan when there are no positives. Labels that are nan are ignored; weights [B, N] give [B].
   """
-  y = _as_binary(y_true)
-  s = np.asarray(y_score, np.float64)
-  w = _weights(sample_weight, len(y))
-  keep = ~np.isnan(y)
-  y, s, w = y[keep], s[keep], w[..., keep]
-  order = np.argsort(-s, kind="stable")
-  y, s, w = y[order], s[order], w[..., order]
-  starts = _tie_groups(s)
-  pos = _group_sums(w * y, starts)
-  neg = _group_sums(w * (1.0 - y), starts)
+  pos, neg, _ = _counts_by_score(y_true, y_score, sample_weight)
   tp, fp = np.cumsum(pos, -1), np.cumsum(neg, -1)
   precision = np.where(tp + fp > 0, tp / np.where(tp + fp > 0, tp + fp, 1.0), 0.0)
   return _safe_div((pos * precision).sum(-1), pos.sum(-1))
@@ -174,16 +173,9 @@ def roc_curve(y_true, y_score) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
   Same points as sklearn.metrics.roc_curve(drop_intermediate=False); nan rates when undefined.
   """
-  y = _as_binary(y_true)
-  s = np.asarray(y_score, np.float64)
-  keep = ~np.isnan(y)
-  y, s = y[keep], s[keep]
-  order = np.argsort(-s, kind="stable")
-  y, s = y[order], s[order]
-  starts = _tie_groups(s)
-  tp = np.r_[0.0, np.cumsum(_group_sums(y, starts))]
-  fp = np.r_[0.0, np.cumsum(_group_sums(1.0 - y, starts))]
-  thresholds = np.r_[np.inf, s[starts]]
+  pos, neg, scores = _counts_by_score(y_true, y_score)
+  tp, fp = np.r_[0.0, np.cumsum(pos)], np.r_[0.0, np.cumsum(neg)]
+  thresholds = np.r_[np.inf, scores]
   return (
     _safe_div(fp, np.full_like(fp, fp[-1])),
     _safe_div(tp, np.full_like(tp, tp[-1])),
@@ -196,18 +188,11 @@ def pr_curve(y_true, y_score) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
   Ends with the (precision 1, recall 0) point like sklearn.metrics.precision_recall_curve.
   """
-  y = _as_binary(y_true)
-  s = np.asarray(y_score, np.float64)
-  keep = ~np.isnan(y)
-  y, s = y[keep], s[keep]
-  order = np.argsort(-s, kind="stable")
-  y, s = y[order], s[order]
-  starts = _tie_groups(s)
-  tp = np.cumsum(_group_sums(y, starts))
-  fp = np.cumsum(_group_sums(1.0 - y, starts))
+  pos, neg, scores = _counts_by_score(y_true, y_score)
+  tp, fp = np.cumsum(pos), np.cumsum(neg)
   precision = np.where(tp + fp > 0, tp / np.maximum(tp + fp, 1e-300), 0.0)
   recall = _safe_div(tp, np.full_like(tp, tp[-1] if len(tp) else 0.0))
-  return (np.r_[precision[::-1], 1.0], np.r_[np.atleast_1d(recall)[::-1], 0.0], s[starts][::-1])
+  return (np.r_[precision[::-1], 1.0], np.r_[np.atleast_1d(recall)[::-1], 0.0], scores[::-1])
 
 
 def known_mask(labels: np.ndarray) -> np.ndarray:

@@ -113,6 +113,12 @@ def test_unknown_labels_are_ignored():
   )
   t = M.threshold_metrics(y_masked, s, 0.5)
   assert t["accuracy"] == pytest.approx(skm.accuracy_score(y[known], s[known] >= 0.5))
+  for ours, theirs in [
+    (M.roc_curve(y_masked, s), skm.roc_curve(y[known], s[known], drop_intermediate=False)),
+    (M.pr_curve(y_masked, s), skm.precision_recall_curve(y[known], s[known])),
+  ]:
+    for a, b in zip(ours[:2], theirs[:2]):
+      np.testing.assert_allclose(a, b)
 
 
 def test_per_class_and_mean_auroc():
@@ -147,3 +153,6 @@ def test_bad_labels_raise():
     M.roc_auc([0, 2, 1], [0.1, 0.2, 0.3])
   with pytest.raises(ValueError, match="1-D"):
     M.roc_auc(np.zeros((3, 2)), np.zeros((3, 2)))
+  for ranking in (M.roc_auc, M.average_precision, M.roc_curve, M.pr_curve):
+    with pytest.raises(ValueError, match="y_score shape"):
+      ranking([0, 1, 1], [0.1, 0.2])
