@@ -346,6 +346,45 @@ class BatchNormReLU(nn.Module):
     return out
 
 
+class NormBlock(nn.Module):
+  """Base of the classifiers' building blocks: the four BatchNorm settings a block hands down to its
+  children (whether its stage is frozen, the mesh axis its statistics average over, epsilon, the
+  compute dtype), and the layers made with them. Subclasses declare their own fields after these
+  four, so pass those by keyword."""
+
+  frozen: bool
+  axis_name: str | None
+  epsilon: float
+  dtype: Any
+
+  def norm_fields(self) -> dict[str, Any]:
+    """The four fields, for a child block: Child(**self.norm_fields(), ...)."""
+    return dict(
+      frozen=self.frozen, axis_name=self.axis_name, epsilon=self.epsilon, dtype=self.dtype
+    )
+
+  def bn(self, train: bool, name: str) -> nn.BatchNorm:
+    return batch_norm(train, self.frozen, self.axis_name, self.epsilon, self.dtype, name)
+
+  def bn_relu(self, train: bool, name: str) -> BatchNormReLU:
+    return BatchNormReLU(train, self.frozen, self.axis_name, self.epsilon, self.dtype, name=name)
+
+  def conv(self, features, kernel, stride=1, groups=1, name=None, use_bias=False) -> nn.Conv:
+    """A square convolution padded by (kernel - 1) // 2 per side (torchvision), He-initialised."""
+    pad = (kernel - 1) // 2
+    return nn.Conv(
+      features,
+      (kernel, kernel),
+      (stride, stride),
+      padding=((pad, pad), (pad, pad)),
+      feature_group_count=groups,
+      use_bias=use_bias,
+      dtype=self.dtype,
+      kernel_init=conv_init,
+      name=name,
+    )
+
+
 class Head(nn.Module):
   """Global average pooling and a dense layer in float32: logits [B, num_classes] float32."""
 

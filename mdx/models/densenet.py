@@ -16,68 +16,33 @@ from flax import linen as nn
 from mdx.models import common
 
 
-class Stem(nn.Module):
+class Stem(common.NormBlock):
   features: int
-  frozen: bool
-  axis_name: str | None
-  epsilon: float
-  dtype: Any
 
   @nn.compact
   def __call__(self, x, train: bool):
-    x = nn.Conv(
-      self.features,
-      (7, 7),
-      (2, 2),
-      padding=((3, 3), (3, 3)),
-      use_bias=False,
-      dtype=self.dtype,
-      kernel_init=common.conv_init,
-      name="conv",
-    )(x)
-    x = common.BatchNormReLU(
-      train, self.frozen, self.axis_name, self.epsilon, self.dtype, name="bn"
-    )(x)
+    x = self.bn_relu(train, "bn")(self.conv(self.features, 7, 2, name="conv")(x))
     return common.max_pool(x, 3, 2, 1)
 
 
-class DenseLayer(nn.Module):
+class DenseLayer(common.NormBlock):
   """BN-ReLU-1x1 conv (bottleneck) - BN-ReLU-3x3 conv: growth_rate new channels."""
 
   growth_rate: int
   bn_size: int
-  frozen: bool
-  axis_name: str | None
-  epsilon: float
-  dtype: Any
 
   @nn.compact
   def __call__(self, x, train: bool):
-    bn_relu = lambda name: common.BatchNormReLU(
-      train, self.frozen, self.axis_name, self.epsilon, self.dtype, name=name
-    )
-    y = bn_relu("bn1")(x)
+    y = self.bn_relu(train, "bn1")(x)
     y = common.Conv1x1(self.bn_size * self.growth_rate, self.dtype, name="conv1")(y)
-    y = bn_relu("bn2")(y)
-    return nn.Conv(
-      self.growth_rate,
-      (3, 3),
-      padding=((1, 1), (1, 1)),
-      use_bias=False,
-      dtype=self.dtype,
-      kernel_init=common.conv_init,
-      name="conv2",
-    )(y)
+    y = self.bn_relu(train, "bn2")(y)
+    return self.conv(self.growth_rate, 3, name="conv2")(y)
 
 
-class DenseBlock(nn.Module):
+class DenseBlock(common.NormBlock):
   num_layers: int
   growth_rate: int
   bn_size: int
-  frozen: bool
-  axis_name: str | None
-  epsilon: float
-  dtype: Any
   remat: bool = False
   concat: str = "concat"
 
@@ -88,12 +53,9 @@ class DenseBlock(nn.Module):
     layer_cls = nn.remat(DenseLayer, static_argnums=(2,)) if self.remat else DenseLayer
     layers = [
       layer_cls(
-        self.growth_rate,
-        self.bn_size,
-        self.frozen,
-        self.axis_name,
-        self.epsilon,
-        self.dtype,
+        **self.norm_fields(),
+        growth_rate=self.growth_rate,
+        bn_size=self.bn_size,
         name=f"layer{i + 1}",
       )
       for i in range(self.num_layers)
@@ -114,37 +76,24 @@ class DenseBlock(nn.Module):
     return x
 
 
-class Transition(nn.Module):
+class Transition(common.NormBlock):
   """BN-ReLU-1x1 conv that halves the channels, then 2x2 average pooling."""
 
   features: int
-  frozen: bool
-  axis_name: str | None
-  epsilon: float
-  dtype: Any
 
   @nn.compact
   def __call__(self, x, train: bool):
-    x = common.BatchNormReLU(
-      train, self.frozen, self.axis_name, self.epsilon, self.dtype, name="bn"
-    )(x)
+    x = self.bn_relu(train, "bn")(x)
     x = common.Conv1x1(self.features, self.dtype, name="conv")(x)
     return nn.avg_pool(x, (2, 2), (2, 2))
 
 
-class NormAct(nn.Module):
+class NormAct(common.NormBlock):
   """BN then ReLU; its output is the classifier's last feature map."""
-
-  frozen: bool
-  axis_name: str | None
-  epsilon: float
-  dtype: Any
 
   @nn.compact
   def __call__(self, x, train: bool):
-    return common.BatchNormReLU(
-      train, self.frozen, self.axis_name, self.epsilon, self.dtype, name="bn"
-    )(x)
+    return self.bn_relu(train, "bn")(x)
 
 
 class DenseNet(nn.Module):
@@ -184,15 +133,15 @@ class DenseNet(nn.Module):
     frozen = common.frozen_stages(self.stages, self.freeze)
     kw = dict(axis_name=self.bn_axis_name, epsilon=self.bn_epsilon, dtype=dtype)
     x = x.astype(dtype)
-    x = Stem(self.stem_features, "stem" in frozen, name="stem", **kw)(x, train)
+    x = Stem(frozen="stem" in frozen, features=self.stem_features, name="stem", **kw)(x, train)
     features = self.stem_features
     for i, n in enumerate(self.block_sizes):
       name = f"block{i + 1}"
       x = DenseBlock(
-        n,
-        self.growth_rate,
-        self.bn_size,
-        name in frozen,
+        frozen=name in frozen,
+        num_layers=n,
+        growth_rate=self.growth_rate,
+        bn_size=self.bn_size,
         remat=self.remat,
         concat=self.concat,
         name=name,
@@ -202,6 +151,6 @@ class DenseNet(nn.Module):
       if i < len(self.block_sizes) - 1:
         name = f"transition{i + 1}"
         features = int(features * self.compression)
-        x = Transition(features, name in frozen, name=name, **kw)(x, train)
-    x = NormAct("norm_final" in frozen, name="norm_final", **kw)(x, train)
+        x = Transition(frozen=name in frozen, features=features, name=name, **kw)(x, train)
+    x = NormAct(frozen="norm_final" in frozen, name="norm_final", **kw)(x, train)
     return common.Head(self.num_classes, name="head")(x)

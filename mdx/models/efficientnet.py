@@ -31,71 +31,55 @@ def _round(channels: float, divisor: int = 8) -> int:
   return new + divisor if new < 0.9 * channels else new
 
 
-class ConvBN(nn.Module):
+class ConvBN(common.NormBlock):
   features: int
   kernel: int
-  stride: int
-  groups: int
-  act: bool
-  frozen: bool
-  axis_name: str | None
-  epsilon: float
-  dtype: Any
+  stride: int = 1
+  groups: int = 1
+  act: bool = True  # SiLU after the BatchNorm
 
   @nn.compact
   def __call__(self, x, train: bool):
-    p = (self.kernel - 1) // 2
-    x = nn.Conv(
-      self.features,
-      (self.kernel, self.kernel),
-      (self.stride, self.stride),
-      padding=((p, p), (p, p)),
-      feature_group_count=self.groups,
-      use_bias=False,
-      dtype=self.dtype,
-      kernel_init=common.conv_init,
-      name="conv",
-    )(x)
-    x = common.batch_norm(train, self.frozen, self.axis_name, self.epsilon, self.dtype, "bn")(x)
+    x = self.conv(self.features, self.kernel, self.stride, self.groups, name="conv")(x)
+    x = self.bn(train, "bn")(x)
     return nn.silu(x) if self.act else x
 
 
-class MBConv(nn.Module):
+class MBConv(common.NormBlock):
   expand: int
   kernel: int
   stride: int
   features: int
-  frozen: bool
-  axis_name: str | None
-  epsilon: float
-  dtype: Any
 
   @nn.compact
   def __call__(self, x, train: bool):
-    kw = dict(frozen=self.frozen, axis_name=self.axis_name, epsilon=self.epsilon, dtype=self.dtype)
+    kw = self.norm_fields()
     cin = x.shape[-1]
     hidden = cin * self.expand
     y = x
     if self.expand != 1:
-      y = ConvBN(hidden, 1, 1, 1, True, name="expand", **kw)(y, train)
-    y = ConvBN(hidden, self.kernel, self.stride, hidden, True, name="depthwise", **kw)(y, train)
+      y = ConvBN(features=hidden, kernel=1, name="expand", **kw)(y, train)
+    y = ConvBN(
+      features=hidden,
+      kernel=self.kernel,
+      stride=self.stride,
+      groups=hidden,
+      name="depthwise",
+      **kw,
+    )(y, train)
     s = y.mean(axis=(1, 2), keepdims=True)
     s = nn.silu(nn.Conv(max(1, cin // 4), (1, 1), dtype=self.dtype, name="se_reduce")(s))
     y = y * nn.sigmoid(nn.Conv(hidden, (1, 1), dtype=self.dtype, name="se_expand")(s))
-    y = ConvBN(self.features, 1, 1, 1, False, name="project", **kw)(y, train)
+    y = ConvBN(features=self.features, kernel=1, act=False, name="project", **kw)(y, train)
     return x + y if self.stride == 1 and cin == self.features else y
 
 
-class Stage(nn.Module):
+class Stage(common.NormBlock):
   expand: int
   kernel: int
   stride: int
   features: int
   layers: int
-  frozen: bool
-  axis_name: str | None
-  epsilon: float
-  dtype: Any
   remat: bool = False
 
   @nn.compact
@@ -103,14 +87,11 @@ class Stage(nn.Module):
     cls = nn.remat(MBConv, static_argnums=(2,)) if self.remat else MBConv
     for i in range(self.layers):
       x = cls(
-        self.expand,
-        self.kernel,
-        self.stride if i == 0 else 1,
-        self.features,
-        self.frozen,
-        self.axis_name,
-        self.epsilon,
-        self.dtype,
+        **self.norm_fields(),
+        expand=self.expand,
+        kernel=self.kernel,
+        stride=self.stride if i == 0 else 1,
+        features=self.features,
         name=f"layer{i + 1}",
       )(x, train)
     return x
@@ -142,23 +123,24 @@ class EfficientNet(nn.Module):
     dtype = common.compute_dtype(self.dtype)
     frozen = common.frozen_stages(self.stages, self.freeze)
     kw = dict(axis_name=self.bn_axis_name, epsilon=self.bn_epsilon, dtype=dtype)
-    x = ConvBN(_round(32 * self.width), 3, 2, 1, True, "stem" in frozen, name="stem", **kw)(
-      x.astype(dtype), train
+    channels = lambda c: _round(c * self.width)  # B0's channels at this width
+    stem = ConvBN(
+      frozen="stem" in frozen, features=channels(32), kernel=3, stride=2, name="stem", **kw
     )
+    x = stem(x.astype(dtype), train)
     for i, (e, k, s, c, n) in enumerate(_B0):
       name = f"block{i + 1}"
       x = Stage(
-        e,
-        k,
-        s,
-        _round(c * self.width),
-        int(math.ceil(n * self.depth)),
-        name in frozen,
+        frozen=name in frozen,
+        expand=e,
+        kernel=k,
+        stride=s,
+        features=channels(c),
+        layers=int(math.ceil(n * self.depth)),
         remat=self.remat,
         name=name,
         **kw,
       )(x, train)
-    x = ConvBN(_round(1280 * self.width), 1, 1, 1, True, "top" in frozen, name="top", **kw)(
-      x, train
-    )
+    top = ConvBN(frozen="top" in frozen, features=channels(1280), kernel=1, name="top", **kw)
+    x = top(x, train)
     return common.Head(self.num_classes, name="head")(x)

@@ -16,34 +16,16 @@ from flax import linen as nn
 from mdx.models import common
 
 
-class _Base(nn.Module):
-  frozen: bool
-  axis_name: str | None
-  epsilon: float
-  dtype: Any
+class _Base(common.NormBlock):
+  """common.NormBlock plus conv_bias (Keras applications' ResNet50 has convolution biases)."""
+
   conv_bias: bool
 
+  def block_fields(self) -> dict[str, Any]:
+    return dict(**self.norm_fields(), conv_bias=self.conv_bias)
+
   def conv(self, features, kernel, stride=1, groups=1, name=None):
-    pad = (kernel - 1) // 2
-    return nn.Conv(
-      features,
-      (kernel, kernel),
-      (stride, stride),
-      padding=((pad, pad), (pad, pad)),
-      feature_group_count=groups,
-      use_bias=self.conv_bias,
-      dtype=self.dtype,
-      kernel_init=common.conv_init,
-      name=name,
-    )
-
-  def bn(self, train, name):
-    return common.batch_norm(train, self.frozen, self.axis_name, self.epsilon, self.dtype, name)
-
-  def bn_relu(self, train, name):
-    return common.BatchNormReLU(
-      train, self.frozen, self.axis_name, self.epsilon, self.dtype, name=name
-    )
+    return super().conv(features, kernel, stride, groups, name, use_bias=self.conv_bias)
 
 
 class Stem(_Base):
@@ -92,7 +74,7 @@ class Bottleneck(_Base):
     return nn.relu(x + y)
 
 
-class Stage(nn.Module):
+class Stage(_Base):
   block: str
   num_blocks: int
   features: int
@@ -100,11 +82,6 @@ class Stage(nn.Module):
   groups: int
   width: int
   stride_on_1x1: bool
-  frozen: bool
-  axis_name: str | None
-  epsilon: float
-  dtype: Any
-  conv_bias: bool
   remat: bool = False
 
   @nn.compact
@@ -114,11 +91,7 @@ class Stage(nn.Module):
       cls = nn.remat(cls, static_argnums=(2,))
     for i in range(self.num_blocks):
       x = cls(
-        self.frozen,
-        self.axis_name,
-        self.epsilon,
-        self.dtype,
-        self.conv_bias,
+        **self.block_fields(),
         features=self.features,
         stride=self.stride if i == 0 else 1,
         groups=self.groups,
@@ -171,14 +144,14 @@ class ResNet(nn.Module):
       features = self.stem_features * 2**i
       width = int(features * self.width_per_group / 64) * self.groups
       x = Stage(
-        self.block,
-        n,
-        features,
-        1 if i == 0 else 2,
-        self.groups,
-        width,
-        self.stride_on_1x1,
-        name in frozen,
+        frozen=name in frozen,
+        block=self.block,
+        num_blocks=n,
+        features=features,
+        stride=1 if i == 0 else 2,
+        groups=self.groups,
+        width=width,
+        stride_on_1x1=self.stride_on_1x1,
         remat=self.remat,
         name=name,
         **kw,
