@@ -1,5 +1,6 @@
 """Real-layout sources: NIH, CheXpert, class folders, expert labels, prepared TFDS records."""
 
+import json
 import os
 
 import ml_collections
@@ -217,3 +218,36 @@ def test_prepared_records_roundtrip(nih_dir, tmp_path):
     assert int(rec["image"][0, 0, 0]) == 10 * i  # constant images survive the resize
   other = C(**{**cfg.to_dict(), "image_size": 4})
   assert tfds_builders.prepared_path(other) != tfds_builders.prepared_path(cfg)
+
+
+def test_sources_own_their_facts():
+  """Modality, synthetic or not, allowed flips and label values are the sources' (what the model
+  card, external validation and the segmentation task read), not tables elsewhere."""
+  from mdx.data.volume import brain_phantoms, brats
+
+  for name, spec in sources.SOURCES.items():
+    assert spec.modality, f"source {name!r} does not say what its images are"
+  assert {n for n, s in sources.SOURCES.items() if s.synthetic} == {"phantoms", "brain_phantoms"}
+  assert "not images of patients" in sources.spec("phantoms").modality
+  assert sources.spec("brats").flip_axes == (0,)  # left-right only
+  assert sources.spec("msd").flip_axes is None  # an MSD task's classes may name directions
+  assert all(s.flip_axes is None for s in sources.SOURCES.values() if s.kind == sources.IMAGE)
+  # BraTS class 3 is enhancing tumour, label 4 on disk; regions are written by index
+  assert brats.label_values("classes") == (0, 1, 2, 4)
+  assert brats.label_values("regions") == (0, 1, 2)
+  phantoms_classes = brain_phantoms.BrainPhantoms(1, (16, 16, 16), label_mode="classes")
+  assert phantoms_classes.label_values == (0, 1, 2, 4)
+  assert len(phantoms_classes.label_values) == len(phantoms_classes.class_names)
+
+
+def test_msd_label_values_are_the_class_indices(tmp_path):
+  from fixture_files import write_msd
+
+  write_msd(str(tmp_path), np.eye(4), n=2)  # no dataset.json: the config names the classes
+  names = ("background", "anterior", "posterior")
+  s = sources.make_source(C(source="msd", root=str(tmp_path), class_names=names), 0)
+  assert s.label_values == (0, 1, 2)
+  with open(tmp_path / "dataset.json", "w") as f:
+    json.dump({"labels": {"0": "background", "1": "lesion"}}, f)
+  s = sources.make_source(C(source="msd", root=str(tmp_path)), 0, sources.VOLUME)
+  assert s.class_names == ("background", "lesion") and s.label_values == (0, 1)

@@ -51,6 +51,7 @@ class BrainPhantoms:
     self.label_mode = label_mode
     self.noise = float(noise)
     self.class_names = brats.output_names(label_mode)
+    self.label_values = brats.label_values(label_mode)  # BraTS labels: enhancing is 4
     self.num_channels = len(brats.MODALITIES)
 
   def __len__(self) -> int:

@@ -2,7 +2,8 @@
 
 BraTS labels are 0 background, 1 necrotic / non-enhancing core, 2 oedema, 4 enhancing tumour.
 label_mode decides what the model learns:
-  'classes': mutually exclusive classes 0..3 (4 -> 3), label int32 [D, H, W], softmax.
+  'classes': mutually exclusive classes 0..3 (4 -> 3), label int32 [D, H, W], softmax; a label
+             map writes class k as label_values(mode)[k] (3 -> 4 again).
   'regions': the three nested evaluation regions, label uint8 [D, H, W, 3], sigmoid:
              whole tumour (1, 2, 4), tumour core (1, 4), enhancing tumour (4).
 """
@@ -47,6 +48,13 @@ def output_names(label_mode: str) -> tuple[str, ...]:
   return CLASS_NAMES if label_mode == "classes" else REGION_NAMES
 
 
+def label_values(label_mode: str) -> tuple[int, ...]:
+  """The value a label file holds for each output index: the raw BraTS labels of the classes;
+  regions are written by their index (mdx.inference.segmenter.regions_to_labels turns region
+  maps into BraTS labels)."""
+  return RAW_LABELS if label_mode == "classes" else tuple(range(len(REGION_NAMES)))
+
+
 def _find(case_dir: str, case: str, suffix: str) -> str:
   for ext in nifti.NIFTI_SUFFIXES:
     path = os.path.join(case_dir, f"{case}_{suffix}{ext}")
@@ -75,6 +83,7 @@ class BraTSSource:
     if not self._case_ids:
       raise ValueError(f"no case folders under {root}")
     self.class_names = output_names(label_mode)
+    self.label_values = label_values(label_mode)
     self.num_channels = len(MODALITIES)
 
   def __len__(self) -> int:

@@ -78,6 +78,11 @@ class MSDSource:
     self.class_names = tuple(class_names) if class_names is not None else None
     self._cache: dict[int, dict[str, Any]] | None = {} if cache else None
 
+  @property
+  def label_values(self) -> tuple[int, ...]:
+    """A label file holds the class index itself (dataset.json's labels are 0..K-1)."""
+    return tuple(range(len(self.class_names or ())))
+
   def __len__(self) -> int:
     return len(self._images)
 
