@@ -53,3 +53,80 @@ def write_segmenter_bundle(path: str) -> str:
   return bundle_lib.write(
     path, spec, registry.random_variables(model_spec, (1, 16, 16, 16, 1)), "# test"
   )
+
+
+# A bundle kind of a task mdx does not have (one score per image), registered by a test under
+# bundle.KINDS['toy_score'] = 'bundle_fixtures:TOY_KIND': it shows what a new task's kind is, and
+# that loading, predicting and the card need nothing else.
+TOY_TASK = "toy_score"
+
+
+def toy_spec(model: dict, *, image_size: int, results=None, provenance=None) -> dict:
+  return {
+    "task": TOY_TASK,
+    "model": dict(model),
+    "input": {"image_size": int(image_size), "channels": 1, "standardize": {"mode": "none"}},
+    "output": {"name": "score"},
+    "results": results or {},
+    "provenance": provenance or {},
+  }
+
+
+class ToyFiles:
+  """predict over PNG films: one raw logit per film."""
+
+  unit = "image"
+
+  def __init__(self, bundle, batch_size=None):
+    self.bundle, self.model = bundle, bundle.model()
+    self.header = ["path", bundle.spec["output"]["name"]]
+
+  def check_outputs(self, inputs, out):
+    pass
+
+  def read(self, path):
+    from mdx.data.cxr import images
+    from mdx.inference import classifier
+
+    return classifier.preprocess(images.read_image(path, 1), self.bundle.spec["input"])
+
+  def run(self, files, out, writer, errors, bar):
+    from mdx.inference import predict_files
+
+    predicted = 0
+    for chunk, results in predict_files.read_ahead(self.read, [[f] for f in files], 1):
+      (index, name, _), (x, reason) = chunk[0], results[0]
+      if reason is not None:
+        errors.append((index, name, reason))
+      else:
+        logit = self.model.apply(self.bundle.variables, x[None], train=False)[0, 0]
+        writer.writerow([name, predict_files.number(float(logit))])
+        predicted += 1
+      bar.update(1)
+    return predicted
+
+
+def _toy_card(spec):
+  return [[f"# Toy card: {spec['model']['name']} scores {spec['output']['name']}", ""]]
+
+
+def _toy_kind():
+  from mdx.inference.bundle import BundleKind
+
+  return BundleKind(
+    task=TOY_TASK,
+    required={
+      "model": ("name", "num_classes"),
+      "input": ("image_size", "channels", "standardize"),
+      "output": ("name",),
+    },
+    spec=toy_spec,
+    input_shape=lambda spec: (1, spec["input"]["image_size"], spec["input"]["image_size"], 1),
+    suffixes=(".png",),
+    noun="image",
+    predictor=ToyFiles,
+    card=_toy_card,
+  )
+
+
+TOY_KIND = _toy_kind()

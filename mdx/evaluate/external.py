@@ -47,7 +47,7 @@ from mdx.evaluate import classification as CL
 from mdx.evaluate import plots, report
 from mdx.inference import bundle as bundle_lib
 from mdx.inference import predict as predict_lib
-from mdx.inference.classifier import ImageClassifier
+from mdx.inference.classifier import KIND, ImageClassifier
 
 TITLE = "External validation"
 # config.data fields that say where an external dataset lives (shown in the report).
@@ -213,7 +213,7 @@ def _dataset_description(config, source) -> dict:
   for key in _LOCATION_FIELDS:
     if key in data and config_get(data, key) not in (None, ""):
       location[key] = config_get(data, key)
-  if data.source == "phantoms":
+  if sources.spec(data.source).synthetic:  # generated from the seed: it is where the data is
     location["seed"] = int(config.seed)
   return {
     "source": data.source,
@@ -437,7 +437,7 @@ def evaluate_external(
   source = sources.make_source(config.data, config.seed, sources.IMAGE)
   if isinstance(bundle, (str, os.PathLike)):
     bundle = bundle_lib.load(os.fspath(bundle))
-  if bundle.task != "classification":
+  if bundle.task != KIND.task:
     raise ValueError(
       f"bundle {bundle.path} is a {bundle.task} model; external validation reads classifiers"
     )

@@ -8,7 +8,7 @@ DIR/bootstrap.npz    (optional) the internal test set's bootstrap AUROC samples 
 
 bundle.json sections:
   format       FORMAT
-  task         'classification' | 'segmentation'
+  task         the bundle's kind (KINDS): 'classification' | 'segmentation'
   model        the registry spec: {'name', 'num_classes', 'dtype', module fields...}
   input        classification: {'kind': 'image', 'image_size', 'channels', 'standardize':
                {'mode', 'mean', 'std'}, 'resize', 'dicom'}; segmentation: {'kind': 'volume',
@@ -23,6 +23,13 @@ bundle.json sections:
   results      {'validation': ..., 'test': ...} measured numbers with CIs (see
                mdx.evaluate.model_card for what the card reads)
   provenance   {'config', 'mdx_version', 'git_commit', 'created', 'step', 'data': {...}}
+
+What differs between tasks is a BundleKind, looked up by spec['task'] (kind()): the fields a spec
+must have, its builder, the model input the weights are checked against, the files predict reads and
+its predictor, and the model card's sections. Each kind lives beside its predictor
+(mdx.inference.classifier.KIND, mdx.inference.segmenter.KIND) and the training task that writes
+such bundles points at it, so this module, predict on files and the model card never test a task's
+name: a new task registers its kind in KINDS.
 """
 
 from __future__ import annotations
@@ -30,11 +37,13 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import hashlib
+import importlib
 import json
 import os
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
@@ -48,22 +57,54 @@ SPEC = "bundle.json"
 VARIABLES = "variables"
 CARD = "model_card.md"
 BOOTSTRAP = "bootstrap.npz"
-TASKS = ("classification", "segmentation")
-# Sections every bundle has, and the fields inside them predict reads.
-REQUIRED = {
-  "classification": {
-    "model": ("name", "num_classes"),
-    "input": ("image_size", "channels", "standardize"),
-    "output": ("findings",),
-    "thresholds": ("values",),
-    "calibration": ("method", "maps"),
-  },
-  "segmentation": {
-    "model": ("name", "num_classes"),
-    "input": ("channels", "standardize", "patch_size", "overlap"),
-    "output": ("class_names", "label_mode", "activation", "label_values"),
-  },
+# spec['task'] -> 'module:attribute' of its BundleKind, imported when first asked for (each kind's
+# module imports this one).
+KINDS = {
+  "classification": "mdx.inference.classifier:KIND",
+  "segmentation": "mdx.inference.segmenter:KIND",
 }
+
+
+@dataclasses.dataclass(frozen=True)
+class BundleKind:
+  """What one task's bundles are: everything that reads a bundle asks the kind (see the module
+  docstring)."""
+
+  task: str  # spec['task']
+  # The sections every bundle of this kind has, and the fields inside them predict reads.
+  required: Mapping[str, tuple[str, ...]]
+  # The spec builder: (model spec, keyword fields of the kind) -> a spec for write().
+  spec: Callable[..., dict[str, Any]]
+  # spec -> the shape of one model input [1, ...]: the weights are checked against the model there.
+  input_shape: Callable[[Mapping[str, Any]], tuple[int, ...]]
+  # The files predict reads: by (lower-case) suffix, or a file sniff says it reads (DICOM without
+  # a suffix); noun names one of them in messages ('image', 'NIfTI scan').
+  suffixes: tuple[str, ...]
+  noun: str
+  # (bundle, batch_size, **options) -> a mdx.inference.predict_files.Predictor over files; it
+  # builds the model, so usage errors come first from check_options.
+  predictor: Callable[..., Any]
+  # spec -> the model card's sections (lists of Markdown lines), in order (mdx.evaluate.model_card).
+  card: Callable[[Mapping[str, Any]], list[list[str]]]
+  sniff: Callable[[str], bool] | None = None
+  # predict's options (beyond batch_size) the predictor takes, e.g. ('gradcam', 'gradcam_layer').
+  options: tuple[str, ...] = ()
+  # (bundle, **options) -> None, or a ValueError naming an option value the bundle cannot take.
+  check_options: Callable[..., None] | None = None
+
+  def accepts(self, path: str) -> bool:
+    """A file predict reads with this kind: by suffix, else by its content (sniff)."""
+    if os.path.basename(path).lower().endswith(self.suffixes):
+      return True
+    return self.sniff is not None and self.sniff(path)
+
+
+def kind(task: str) -> BundleKind:
+  """The BundleKind of spec['task'] == task; an unknown task is a ValueError listing KINDS."""
+  if task not in KINDS:
+    raise ValueError(f"bundle task {task!r} is unknown; expected one of {tuple(KINDS)}")
+  module, name = KINDS[task].split(":")
+  return getattr(importlib.import_module(module), name)
 
 
 @dataclasses.dataclass
@@ -75,6 +116,10 @@ class Bundle:
   @property
   def task(self) -> str:
     return self.spec["task"]
+
+  @property
+  def kind(self) -> BundleKind:
+    return kind(self.task)
 
   def model(self, bn_axis_name: str | None = None):
     """The Flax module the variables belong to."""
@@ -205,9 +250,9 @@ def check_spec(spec: dict[str, Any], where: str) -> None:
       "export the bundle again with this mdx"
     )
   task = spec.get("task")
-  if task not in TASKS:
-    raise ValueError(f"bundle {where}: {SPEC} 'task' is {task!r}; expected one of {TASKS}")
-  for section, fields in REQUIRED[task].items():
+  if task not in KINDS:
+    raise ValueError(f"bundle {where}: {SPEC} 'task' is {task!r}; expected one of {tuple(KINDS)}")
+  for section, fields in kind(task).required.items():
     if not isinstance(spec.get(section), dict):
       raise ValueError(
         f"bundle {where}: {SPEC} has no '{section}' section; the bundle is incomplete "
@@ -287,11 +332,7 @@ def _check_variables(bundle: Bundle) -> None:
 
   model = bundle.model()
   spec = bundle.spec
-  if bundle.task == "classification":
-    size = spec["input"]["image_size"]
-    shape = (1, size, size, spec["input"]["channels"])
-  else:
-    shape = (1, *spec["input"]["patch_size"], spec["input"]["channels"])
+  shape = bundle.kind.input_shape(spec)
   expected = jax.eval_shape(
     lambda: model.init(jax.random.key(0), np.zeros(shape, np.float32), train=False)
   )
@@ -317,90 +358,14 @@ def model_spec(model_config) -> dict[str, Any]:
   return {k: v for k, v in cfg.items() if k != "init_from"}  # weights come from the bundle
 
 
-def classification_spec(
-  model: dict[str, Any],
-  *,
-  image_size: int,
-  channels: int,
-  standardize: dict[str, Any],
-  findings: list[str] | tuple[str, ...],
-  thresholds: dict[str, Any] | None = None,
-  calibration: dict[str, Any] | None = None,
-  results: dict[str, Any] | None = None,
-  provenance: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-  """A classifier's bundle spec. Without thresholds or calibration (e.g. imported weights) the
-  bundle says none were chosen: predict then writes raw scores and no calls."""
-  findings = list(findings)
-  return {
-    "task": "classification",
-    "model": dict(model),
-    "input": {
-      "kind": "image",
-      "image_size": int(image_size),
-      "channels": int(channels),
-      "standardize": {"mode": "none", "mean": None, "std": None, **standardize},
-      "resize": "area averaging of the whole image to image_size x image_size (no crop)",
-      "value_range": "8-bit / 255 and 16-bit / 65535 to [0, 1] before standardisation",
-      "dicom": "modality LUT, then VOI LUT or window, MONOCHROME1 inverted (bone bright)",
-      "formats": ["png", "jpeg", "dicom"],
-    },
-    "output": {"findings": findings, "activation": "sigmoid"},
-    "thresholds": thresholds
-    or {
-      "policy": None,
-      "description": "none chosen (no validation set): no positive/negative calls",
-      "chosen_on": None,
-      "scale": "raw",
-      "values": {f: None for f in findings},
-    },
-    "calibration": calibration
-    or {
-      "method": "none",
-      "fitted_on": None,
-      "maps": {f: {"kind": "identity", "reason": "not calibrated"} for f in findings},
-    },
-    "results": results or {},
-    "provenance": provenance or {},
-  }
+def classification_spec(model: dict[str, Any], **fields) -> dict[str, Any]:
+  """A classifier's bundle spec: mdx.inference.classifier.classification_spec (its kind's)."""
+  return kind("classification").spec(model, **fields)
 
 
-def segmentation_spec(
-  model: dict[str, Any],
-  *,
-  channels: int,
-  standardize: str,
-  patch_size,
-  overlap: float,
-  batch_size: int,
-  class_names,
-  label_mode: str,
-  label_values,
-  results: dict[str, Any] | None = None,
-  provenance: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-  """A 3D segmenter's bundle spec (sliding windows of patch_size with the given overlap)."""
-  return {
-    "task": "segmentation",
-    "model": dict(model),
-    "input": {
-      "kind": "volume",
-      "channels": int(channels),
-      "standardize": {"mode": standardize},
-      "patch_size": [int(s) for s in patch_size],
-      "overlap": float(overlap),
-      "batch_size": int(batch_size),
-      "formats": ["nifti"],
-    },
-    "output": {
-      "class_names": list(class_names),
-      "label_mode": label_mode,
-      "activation": "sigmoid" if label_mode == "regions" else "softmax",
-      "label_values": [int(v) for v in label_values],
-    },
-    "results": results or {},
-    "provenance": provenance or {},
-  }
+def segmentation_spec(model: dict[str, Any], **fields) -> dict[str, Any]:
+  """A 3D segmenter's bundle spec: mdx.inference.segmenter.segmentation_spec (its kind's)."""
+  return kind("segmentation").spec(model, **fields)
 
 
 def fingerprint(*columns) -> str:

@@ -1,6 +1,7 @@
 """A bundle's image classifier applied to images: the same preprocessing as the run's evaluation,
 batched over this process's devices, raw scores, calibrated probabilities and calls at the bundle's
-thresholds.
+thresholds; and the classifier's bundle kind (KIND): its spec, the files predict reads, predict's
+rows and Grad-CAM overlays (ImageFiles), its model card.
 
 The preprocessing is the evaluation pipeline's own functions (mdx.data.cxr.images.to_channels,
 mdx.data.cxr.records.to_float_image, mdx.data.standardize.standardize), so a bundle predicts what
@@ -9,15 +10,25 @@ the run evaluated, to float rounding.
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import jax
 import numpy as np
 
 from mdx import runtime
 from mdx.data import standardize as standardize_lib
 from mdx.data.cxr import images as images_lib
 from mdx.data.cxr import records
-from mdx.evaluate import calibration
+from mdx.evaluate import calibration, model_card
+from mdx.evaluate import gradcam as gradcam_lib
 from mdx.inference import predict as predict_lib
-from mdx.inference.bundle import Bundle
+from mdx.inference import predict_files as files_lib
+from mdx.inference.bundle import Bundle, BundleKind
+
+TASK = "classification"
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm", ".dicom")
 
 
 def preprocess(image: np.ndarray, input_spec: dict) -> np.ndarray:
@@ -41,7 +52,7 @@ class ImageClassifier:
   """
 
   def __init__(self, bundle: Bundle, batch_size: int | None = None, mesh=None):
-    if bundle.task != "classification":
+    if bundle.task != TASK:
       raise ValueError(f"bundle {bundle.path} is a {bundle.task} model, not an image classifier")
     self.bundle = bundle
     self.input = bundle.spec["input"]
@@ -93,3 +104,164 @@ class ImageClassifier:
     raw = np.asarray(raw, np.float64)
     t = self.thresholds[None, :]
     return np.where(np.isnan(t), np.nan, (raw >= t).astype(np.float64))
+
+
+# ------------------------------------------------------------------------------- the bundle kind
+def classification_spec(
+  model: dict[str, Any],
+  *,
+  image_size: int,
+  channels: int,
+  standardize: dict[str, Any],
+  findings: list[str] | tuple[str, ...],
+  thresholds: dict[str, Any] | None = None,
+  calibration: dict[str, Any] | None = None,
+  results: dict[str, Any] | None = None,
+  provenance: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+  """A classifier's bundle spec. Without thresholds or calibration (e.g. imported weights) the
+  bundle says none were chosen: predict then writes raw scores and no calls."""
+  findings = list(findings)
+  return {
+    "task": TASK,
+    "model": dict(model),
+    "input": {
+      "kind": "image",
+      "image_size": int(image_size),
+      "channels": int(channels),
+      "standardize": {"mode": "none", "mean": None, "std": None, **standardize},
+      "resize": "area averaging of the whole image to image_size x image_size (no crop)",
+      "value_range": "8-bit / 255 and 16-bit / 65535 to [0, 1] before standardisation",
+      "dicom": "modality LUT, then VOI LUT or window, MONOCHROME1 inverted (bone bright)",
+      "formats": ["png", "jpeg", "dicom"],
+    },
+    "output": {"findings": findings, "activation": "sigmoid"},
+    "thresholds": thresholds
+    or {
+      "policy": None,
+      "description": "none chosen (no validation set): no positive/negative calls",
+      "chosen_on": None,
+      "scale": "raw",
+      "values": {f: None for f in findings},
+    },
+    "calibration": calibration
+    or {
+      "method": "none",
+      "fitted_on": None,
+      "maps": {f: {"kind": "identity", "reason": "not calibrated"} for f in findings},
+    },
+    "results": results or {},
+    "provenance": provenance or {},
+  }
+
+
+def _input_shape(spec: Mapping[str, Any]) -> tuple[int, ...]:
+  size = spec["input"]["image_size"]
+  return (1, size, size, spec["input"]["channels"])
+
+
+def check_options(bundle: Bundle, gradcam: Sequence[str] = (), gradcam_layer: str | None = None):
+  """predict's Grad-CAM findings must be the bundle's (the layer is checked with the model)."""
+  del gradcam_layer
+  if gradcam:
+    findings = list(bundle.spec["output"]["findings"])
+    unknown = [g for g in gradcam if g not in findings]
+    if unknown:
+      raise ValueError(
+        f"Grad-CAM findings {unknown} are not outputs of bundle {bundle.path}; its findings are "
+        f"{findings}"
+      )
+
+
+class ImageFiles:
+  """predict on image files (mdx.inference.predict_files.Predictor): decoded a chunk ahead on
+  threads, predicted batch by batch; a row per image of calibrated probabilities, raw scores and
+  calls, and Grad-CAM overlays of the findings asked for."""
+
+  unit = "image"
+
+  def __init__(
+    self,
+    bundle: Bundle,
+    batch_size: int | None = None,
+    gradcam: Sequence[str] = (),
+    gradcam_layer: str | None = None,
+  ):
+    self.classifier = ImageClassifier(bundle, batch_size)
+    self.findings = list(self.classifier.findings)
+    self.header = ["path", *self.findings]
+    self.header += [f"{f} raw" for f in self.findings] + [f"{f} call" for f in self.findings]
+    self.gradcam, self.layer = list(gradcam), gradcam_layer
+    if self.gradcam:
+      self.model = bundle.model()  # no mesh axis: Grad-CAM runs outside shard_map
+      self.variables = jax.device_put(bundle.variables)
+      # a wrong layer name is a usage error: raise it now, before any file is decoded
+      shape = _input_shape(bundle.spec)
+      gradcam_lib.resolve_layer(
+        self.model, self.variables, np.zeros(shape, np.float32), gradcam_layer
+      )
+
+  def check_outputs(self, inputs, out: str) -> None:
+    """Nothing to refuse: its only files are the overlays in OUTPUT/gradcam, a folder predict
+    never reads inputs from."""
+
+  def run(self, files, out, writer, errors, bar) -> int:
+    c, size = self.classifier, self.classifier.batch_size
+    chunks = [files[i : i + size] for i in range(0, len(files), size)]
+    predicted = 0
+    for chunk, results in files_lib.read_ahead(c.read, chunks, min(8, os.cpu_count() or 1)):
+      ok = [item for item, (_, reason) in zip(chunk, results) if reason is None]
+      errors.extend((i, name, r) for (i, name, _), (_, r) in zip(chunk, results) if r is not None)
+      if ok:
+        x = np.stack([x for x, reason in results if reason is None])
+        raw = c.predict(x)
+        probs, calls = c.calibrate(raw), c.call(raw)
+        for j, (_, name, _) in enumerate(ok):
+          writer.writerow(
+            [
+              name,
+              *(files_lib.number(v) for v in probs[j]),
+              *(files_lib.number(v) for v in raw[j]),
+              *("" if np.isnan(v) else str(int(v)) for v in calls[j]),
+            ]
+          )
+        self._gradcam(x, probs, [name for _, name, _ in ok], out)
+        predicted += len(ok)
+      bar.update(len(chunk))
+    return predicted
+
+  def _gradcam(self, x, probs, names, out) -> None:
+    if not self.gradcam:
+      return
+    # full batches: every call has one shape, so a compilation cache can serve repeats
+    padded = np.zeros((self.classifier.batch_size, *x.shape[1:]), np.float32)
+    padded[: len(x)] = x
+    for finding in self.gradcam:
+      k = self.findings.index(finding)
+      heat = gradcam_lib.grad_cam(self.model, self.variables, padded, k, self.layer)
+      for j, name in enumerate(names):
+        file = f"{files_lib.output_name(name)}__{files_lib.safe_name(finding)}.png"
+        title = f"{name}\n{finding}: p={probs[j, k]:.2f}"
+        path = os.path.join(out, files_lib.GRADCAM, file)
+        gradcam_lib.overlay_png(x[j], heat[j], path, title=title)
+
+
+KIND = BundleKind(
+  task=TASK,
+  required={
+    "model": ("name", "num_classes"),
+    "input": ("image_size", "channels", "standardize"),
+    "output": ("findings",),
+    "thresholds": ("values",),
+    "calibration": ("method", "maps"),
+  },
+  spec=classification_spec,
+  input_shape=_input_shape,
+  suffixes=IMAGE_SUFFIXES,
+  noun="image",
+  sniff=images_lib.has_dicom_preamble,  # DICOM files often have no suffix
+  predictor=ImageFiles,
+  options=("gradcam", "gradcam_layer"),
+  check_options=check_options,
+  card=model_card.classification_card,
+)

@@ -21,6 +21,11 @@ The 'path' column is relative to the input folder (a single file: its name; a CS
 as listed). Images are decoded in chunks of the batch size on a thread pool, one chunk ahead of the
 model, so memory holds two chunks and decoding overlaps the forward pass.
 
+What a bundle reads and writes is its kind's (mdx.inference.bundle.BundleKind, looked up by the
+spec's task): the file types, and a Predictor that builds the model and turns files into rows and
+files of its own (mdx.inference.classifier.ImageFiles, mdx.inference.segmenter.ScanFiles). This
+module lists the inputs, splits them between processes and writes the CSVs, for any kind.
+
 Several processes (mdx.local, a TPU pod) split the files: each predicts a contiguous block of them
 (runtime.process_share) on its own devices (runtime.local_mesh, no collectives while predicting)
 and writes its label maps and Grad-CAM overlays itself (every file has one writer). Their rows and
@@ -38,23 +43,16 @@ import os
 import re
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import jax
 import numpy as np
 from absl import logging
 
 from mdx import runtime
-from mdx.data.cxr import images
-from mdx.data.volume import nifti
-from mdx.evaluate import gradcam as gradcam_lib
 from mdx.inference import bundle as bundle_lib
 from mdx.inference import predict as predict_lib
-from mdx.inference.classifier import ImageClassifier
-from mdx.inference.segmenter import VolumeSegmenter, label_volume
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm", ".dicom")
-SCAN_SUFFIXES = nifti.NIFTI_SUFFIXES
 PREDICTIONS = "predictions.csv"
 ERRORS = "errors.csv"
 GRADCAM = "gradcam"
@@ -71,26 +69,26 @@ class Inputs:
   ignored: int  # folder files of other types
 
 
-def _suffixes(task: str) -> tuple[str, ...]:
-  return SCAN_SUFFIXES if task == "segmentation" else IMAGE_SUFFIXES
+class Predictor(Protocol):
+  """A bundle kind's predict over files (BundleKind.predictor builds it, and the model with it)."""
+
+  unit: str  # what one input is, for the progress bar and the summary line ('image', 'scan')
+  header: list[str]  # predictions.csv's columns, 'path' first
+
+  def check_outputs(self, inputs: Inputs, out: str) -> None:
+    """ValueError when a file it would write into `out` is one of the inputs (before writing)."""
+
+  def run(self, files, out: str, writer, errors: list, bar) -> int:
+    """Predicts files [(input index, name, absolute path)]: a row per file through the csv
+    `writer`, its own files into `out`, (index, name, reason) into `errors` for a file it cannot
+    read (read_ahead gives the reason), bar.update per file; returns the number predicted."""
 
 
-def _kind(task: str) -> str:
-  return "NIfTI scan" if task == "segmentation" else "image"
+def _a(noun: str) -> str:
+  return f"{'an' if noun[0] in 'aeiou' else 'a'} {noun}"
 
 
-def _a(task: str) -> str:
-  return "a NIfTI scan" if task == "segmentation" else "an image"
-
-
-def _accepts(path: str, task: str) -> bool:
-  """A file this task reads: by suffix, or (classifier) a DICOM file without the usual suffix."""
-  if os.path.basename(path).lower().endswith(_suffixes(task)):
-    return True
-  return task == "classification" and images.has_dicom_preamble(path)
-
-
-def _posix(path: str) -> str:
+def posix(path: str) -> str:
   return path.replace(os.sep, "/")
 
 
@@ -100,26 +98,27 @@ def list_inputs(input_path: str, task: str, exclude: Sequence[str] = ()) -> Inpu
   exclude: absolute folders not to descend into (the output folder inside the input folder).
   Raises FileNotFoundError / ValueError (one line naming the path) when there is nothing to do.
   """
+  kind = bundle_lib.kind(task)
   path = os.path.abspath(os.path.expanduser(input_path))
-  suffixes = " ".join(_suffixes(task))
+  suffixes = " ".join(kind.suffixes)
   if not os.path.exists(path):
     raise FileNotFoundError(
-      f"input {path} does not exist; pass {_a(task)} file ({suffixes}), a folder of them, "
+      f"input {path} does not exist; pass {_a(kind.noun)} file ({suffixes}), a folder of them, "
       "or a .csv list of files with a 'path' column"
     )
   if os.path.isdir(path):
-    return _list_folder(path, task, exclude)
+    return _list_folder(path, kind, exclude)
   if path.lower().endswith(".csv"):
-    return _list_csv(path, task)
-  if not _accepts(path, task):
+    return _list_csv(path, kind)
+  if not kind.accepts(path):
     raise ValueError(
-      f"input {path} is neither {_a(task)} file ({suffixes}) nor a .csv list; this "
+      f"input {path} is neither {_a(kind.noun)} file ({suffixes}) nor a .csv list; this "
       f"{task} bundle reads {suffixes}"
     )
   return Inputs(os.path.dirname(path), [(0, os.path.basename(path), path)], [], 0)
 
 
-def _list_folder(root: str, task: str, exclude: Sequence[str]) -> Inputs:
+def _list_folder(root: str, kind: bundle_lib.BundleKind, exclude: Sequence[str]) -> Inputs:
   skip = {os.path.abspath(e) for e in exclude}
   found, ignored = [], 0
   for dirpath, dirnames, filenames in os.walk(root):
@@ -130,21 +129,21 @@ def _list_folder(root: str, task: str, exclude: Sequence[str]) -> Inputs:
       if name.startswith("."):
         continue
       full = os.path.join(dirpath, name)
-      if _accepts(full, task):
-        found.append((_posix(os.path.relpath(full, root)), full))
+      if kind.accepts(full):
+        found.append((posix(os.path.relpath(full, root)), full))
       else:
         ignored += 1
   found.sort()
   if not found:
     raise ValueError(
-      f"input folder {root} holds no {' '.join(_suffixes(task))} files ({ignored} files of "
-      f"other types); pass the folder (or a CSV list) of the {_kind(task)}s this {task} "
+      f"input folder {root} holds no {' '.join(kind.suffixes)} files ({ignored} files of "
+      f"other types); pass the folder (or a CSV list) of the {kind.noun}s this {kind.task} "
       "bundle reads"
     )
   return Inputs(root, [(i, rel, full) for i, (rel, full) in enumerate(found)], [], ignored)
 
 
-def _list_csv(csv_path: str, task: str) -> Inputs:
+def _list_csv(csv_path: str, kind: bundle_lib.BundleKind) -> Inputs:
   folder = os.path.dirname(csv_path)
   try:
     with open(csv_path, newline="", encoding="utf-8-sig") as f:
@@ -159,12 +158,12 @@ def _list_csv(csv_path: str, task: str) -> Inputs:
   header = [h.strip() for h in rows[0][1]]
   if "path" in header:
     column, rows = header.index("path"), rows[1:]
-  elif header[0].lower().endswith(_suffixes(task)):
+  elif header[0].lower().endswith(kind.suffixes):
     column = 0  # no header row: the first line already names a file
   else:
     column, rows = 0, rows[1:]
   files, errors = [], []
-  suffixes = " ".join(_suffixes(task))
+  suffixes = " ".join(kind.suffixes)
   for index, (line, row) in enumerate(rows):
     listed = row[column].strip() if column < len(row) else ""
     full = os.path.normpath(os.path.join(folder, os.path.expanduser(listed)))
@@ -176,28 +175,29 @@ def _list_csv(csv_path: str, task: str) -> Inputs:
       )
     elif os.path.isdir(full):
       errors.append((index, listed, f"line {line}: {full} is a folder, not a file"))
-    elif not _accepts(full, task):
+    elif not kind.accepts(full):
       errors.append(
-        (index, listed, f"line {line}: not {_a(task)} file; this bundle reads {suffixes}")
+        (index, listed, f"line {line}: not {_a(kind.noun)} file; this bundle reads {suffixes}")
       )
     else:
       files.append((index, listed, full))
   if not files:
     first = f"; first: {errors[0][2]}" if errors else ""
     raise ValueError(
-      f"input list {csv_path} names no usable {_kind(task)} file ({len(errors)} rows{first}); "
+      f"input list {csv_path} names no usable {kind.noun} file ({len(errors)} rows{first}); "
       "fix the paths (relative paths are resolved against the CSV's folder)"
     )
   return Inputs(folder, files, errors, 0)
 
 
-def _output_name(name: str) -> str:
+def output_name(name: str) -> str:
   """A path-column name -> a relative path inside OUTPUT (absolute and '..' paths stay inside)."""
   parts = [p for p in re.split(r"[\\/]+", name) if p not in ("", ".")]
   return os.path.join(*["_up_" if p == ".." else p for p in parts])
 
 
-def _safe(text: str) -> str:
+def safe_name(text: str) -> str:
+  """Text as a file-name part (letters, digits, '.', '_' and '-')."""
   return re.sub(r"[^A-Za-z0-9._-]+", "_", text)
 
 
@@ -214,7 +214,7 @@ def _reason(error: BaseException) -> str:
   return text if len(text) <= 400 else text[:397] + "..."
 
 
-def _read_ahead(read: Callable[[str], Any], chunks, workers: int):
+def read_ahead(read: Callable[[str], Any], chunks, workers: int):
   """predict.read_ahead over (index, name, path) items: failures become errors.csv reasons."""
   for chunk, results in predict_lib.read_ahead(lambda item: read(item[2]), chunks, workers):
     yield chunk, [(v, None if e is None else _reason(e)) for v, e in results]
@@ -230,7 +230,8 @@ def _make_output(out: str) -> str:
   return out
 
 
-def _fmt(v: float) -> str:
+def number(v: float) -> str:
+  """A score as predictions.csv writes it: 6 decimals, blank when not finite."""
   return "" if not np.isfinite(v) else f"{v:.6f}"
 
 
@@ -259,8 +260,9 @@ def predict(
     bundle = bundle_lib.load(os.fspath(bundle))
   if batch_size is not None and int(batch_size) < 1:
     raise ValueError(f"batch_size={batch_size}; pass a positive number (or none for the default)")
+  kind = bundle.kind
   gradcam = list(dict.fromkeys(g.strip() for g in gradcam if g.strip()))
-  if gradcam and bundle.task != "classification":
+  if gradcam and "gradcam" not in kind.options:
     raise ValueError(
       f"Grad-CAM is for image classifiers; bundle {bundle.path} is a {bundle.task} model "
       "(drop --gradcam)"
@@ -269,14 +271,11 @@ def predict(
     raise ValueError(
       f"gradcam_layer={gradcam_layer!r} without Grad-CAM findings; name them (--gradcam=A,B)"
     )
-  if gradcam:
-    findings = list(bundle.spec["output"]["findings"])
-    unknown = [g for g in gradcam if g not in findings]
-    if unknown:
-      raise ValueError(
-        f"Grad-CAM findings {unknown} are not outputs of bundle {bundle.path}; its findings are "
-        f"{findings}"
-      )
+  # the options this kind's predictor takes (a kind without Grad-CAM was refused it above)
+  options = {"gradcam": gradcam, "gradcam_layer": gradcam_layer}
+  taken = {k: v for k, v in options.items() if k in kind.options}
+  if kind.check_options is not None:
+    kind.check_options(bundle, **taken)
   out = os.path.abspath(os.path.expanduser(output_dir))
   if os.path.exists(out) and not os.path.isdir(out):
     raise ValueError(f"output {out} is an existing file; pass a folder (it is created if missing)")
@@ -284,18 +283,9 @@ def predict(
   # Our own outputs inside the input folder must not become inputs of a second run.
   exclude = [os.path.join(out, GRADCAM)] if out == root else [out]
   inputs = list_inputs(input_path, bundle.task, exclude)
-  if bundle.task == "segmentation":
-    for _, name, full in inputs.files:
-      if os.path.join(out, _output_name(name)) == full:
-        raise ValueError(
-          f"output {out} would overwrite the input scan {full} with its label map; choose an "
-          "output folder other than the input folder"
-        )
-  # The model is built (and a Grad-CAM layer checked) before anything is written.
-  if bundle.task == "classification":
-    runner = _Images(bundle, batch_size, gradcam, gradcam_layer)
-  else:
-    runner = _Scans(bundle, batch_size)
+  # The model is built (and e.g. a Grad-CAM layer checked) before anything is written.
+  runner = kind.predictor(bundle, batch_size, **taken)
+  runner.check_outputs(inputs, out)
   out = _make_output(out)
   predictions_csv, errors_csv = os.path.join(out, PREDICTIONS), os.path.join(out, ERRORS)
   first, multi = jax.process_index() == 0, jax.process_count() > 1
@@ -364,107 +354,3 @@ def _to_csv(errors: Sequence[tuple[int, str, str]]) -> str:
 
 def _from_csv(text: str) -> list[tuple[int, str, str]]:
   return [(int(i), name, reason) for i, name, reason in csv.reader(io.StringIO(text, newline=""))]
-
-
-class _Images:
-  """A classifier over image files: decoded a chunk ahead on threads, predicted batch by batch."""
-
-  unit = "image"
-
-  def __init__(self, bundle, batch_size, gradcam: Sequence[str], layer: str | None):
-    self.classifier = ImageClassifier(bundle, batch_size)
-    self.findings = list(self.classifier.findings)
-    self.header = ["path", *self.findings]
-    self.header += [f"{f} raw" for f in self.findings] + [f"{f} call" for f in self.findings]
-    self.gradcam, self.layer = list(gradcam), layer
-    if self.gradcam:
-      self.model = bundle.model()  # no mesh axis: Grad-CAM runs outside shard_map
-      self.variables = jax.device_put(bundle.variables)
-      size = int(self.classifier.input["image_size"])
-      shape = (1, size, size, int(self.classifier.input["channels"]))
-      # a wrong layer name is a usage error: raise it now, before any file is decoded
-      gradcam_lib.resolve_layer(self.model, self.variables, np.zeros(shape, np.float32), layer)
-
-  def run(self, files, out, writer, errors, bar) -> int:
-    c, size = self.classifier, self.classifier.batch_size
-    chunks = [files[i : i + size] for i in range(0, len(files), size)]
-    predicted = 0
-    for chunk, results in _read_ahead(c.read, chunks, min(8, os.cpu_count() or 1)):
-      ok = [item for item, (_, reason) in zip(chunk, results) if reason is None]
-      errors.extend((i, name, r) for (i, name, _), (_, r) in zip(chunk, results) if r is not None)
-      if ok:
-        x = np.stack([x for x, reason in results if reason is None])
-        raw = c.predict(x)
-        probs, calls = c.calibrate(raw), c.call(raw)
-        for j, (_, name, _) in enumerate(ok):
-          writer.writerow(
-            [
-              name,
-              *(_fmt(v) for v in probs[j]),
-              *(_fmt(v) for v in raw[j]),
-              *("" if np.isnan(v) else str(int(v)) for v in calls[j]),
-            ]
-          )
-        self._gradcam(x, probs, [name for _, name, _ in ok], out)
-        predicted += len(ok)
-      bar.update(len(chunk))
-    return predicted
-
-  def _gradcam(self, x, probs, names, out) -> None:
-    if not self.gradcam:
-      return
-    # full batches: every call has one shape, so a compilation cache can serve repeats
-    padded = np.zeros((self.classifier.batch_size, *x.shape[1:]), np.float32)
-    padded[: len(x)] = x
-    for finding in self.gradcam:
-      k = self.findings.index(finding)
-      heat = gradcam_lib.grad_cam(self.model, self.variables, padded, k, self.layer)
-      for j, name in enumerate(names):
-        path = os.path.join(out, GRADCAM, f"{_output_name(name)}__{_safe(finding)}.png")
-        title = f"{name}\n{finding}: p={probs[j, k]:.2f}"
-        gradcam_lib.overlay_png(x[j], heat[j], path, title=title)
-
-
-class _Scans:
-  """A segmenter over NIfTI scans: the next scan is read while this one is segmented."""
-
-  unit = "scan"
-
-  def __init__(self, bundle, batch_size):
-    self.segmenter = VolumeSegmenter(bundle, batch_size)
-    self.channels = int(bundle.spec["input"]["channels"])
-    self.output = bundle.spec["output"]
-    self.names = list(self.output["class_names"])
-    self.header = ["path", "output", *(f"{n} voxels" for n in self.names)]
-
-  def read(self, path: str):
-    volume = nifti.load_nifti(path, np.float32)
-    image = volume.data if volume.data.ndim == 4 else volume.data[..., None]
-    if image.shape[-1] != self.channels:
-      raise ValueError(
-        f"the scan has {image.shape[-1]} channels {image.shape}; this model reads "
-        f"{self.channels} (the bundle's input.channels)"
-      )
-    return image, volume.affine
-
-  def run(self, files, out, writer, errors, bar) -> int:
-    predicted = 0
-    # one scan ahead: a whole scan is large, and the model is the slow part
-    for chunk, results in _read_ahead(self.read, [[f] for f in files], 1):
-      (index, name, _), (value, reason) = chunk[0], results[0]
-      if reason is not None:
-        errors.append((index, name, reason))
-      else:
-        image, affine = value
-        pred = self.segmenter.predict(image)
-        labels = label_volume(pred, self.output["label_mode"], self.output["label_values"])
-        rel = _output_name(name)
-        nifti.save_nifti(os.path.join(out, rel), labels, affine)
-        if pred.ndim == 4:  # regions [D, H, W, R]
-          voxels = pred.reshape(-1, pred.shape[-1]).sum(0)
-        else:
-          voxels = np.bincount(pred.ravel(), minlength=len(self.names))
-        writer.writerow([name, _posix(rel), *(int(v) for v in voxels[: len(self.names)])])
-        predicted += 1
-      bar.update(1)
-    return predicted

@@ -1,4 +1,6 @@
-"""Whole-scan segmentation: standardise, Gaussian sliding windows over a device mesh, labels.
+"""Whole-scan segmentation: standardise, Gaussian sliding windows over a device mesh, labels; and
+the segmenter's bundle kind (KIND): its spec, the NIfTI scans predict reads and the label maps it
+writes (ScanFiles), its model card.
 
 `segment` is the one path from a raw scan to a label map; the segmentation task's validation and
 test use it, and so does a bundle's VolumeSegmenter, so a bundle segments what the run evaluated.
@@ -6,15 +8,22 @@ test use it, and so does a bundle's VolumeSegmenter, so a bundle segments what t
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import os
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
 from mdx import runtime
 from mdx.data import standardize as standardize_lib
+from mdx.data.volume import nifti
+from mdx.evaluate import model_card
 from mdx.inference import predict as predict_lib
-from mdx.inference.bundle import Bundle
+from mdx.inference import predict_files as files_lib
+from mdx.inference.bundle import Bundle, BundleKind
 from mdx.inference.sliding_window import sliding_window_inference
+
+TASK = "segmentation"
 
 
 def probabilities(
@@ -67,7 +76,7 @@ class VolumeSegmenter:
   """
 
   def __init__(self, bundle: Bundle, batch_size: int | None = None, mesh=None):
-    if bundle.task != "segmentation":
+    if bundle.task != TASK:
       raise ValueError(f"bundle {bundle.path} is a {bundle.task} model, not a segmenter")
     self.bundle = bundle
     self.input, self.output = bundle.spec["input"], bundle.spec["output"]
@@ -97,3 +106,118 @@ class VolumeSegmenter:
   def segment(self, image: np.ndarray) -> np.ndarray:
     """Raw scan [D, H, W, C] -> uint8 label values [D, H, W] for a NIfTI file."""
     return label_volume(self.predict(image), self.output["label_mode"], self.output["label_values"])
+
+
+# ------------------------------------------------------------------------------- the bundle kind
+def segmentation_spec(
+  model: dict[str, Any],
+  *,
+  channels: int,
+  standardize: str,
+  patch_size,
+  overlap: float,
+  batch_size: int,
+  class_names,
+  label_mode: str,
+  label_values,
+  results: dict[str, Any] | None = None,
+  provenance: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+  """A 3D segmenter's bundle spec (sliding windows of patch_size with the given overlap).
+  label_values: the value written for each class index (the source's, e.g. BraTS' 4)."""
+  return {
+    "task": TASK,
+    "model": dict(model),
+    "input": {
+      "kind": "volume",
+      "channels": int(channels),
+      "standardize": {"mode": standardize},
+      "patch_size": [int(s) for s in patch_size],
+      "overlap": float(overlap),
+      "batch_size": int(batch_size),
+      "formats": ["nifti"],
+    },
+    "output": {
+      "class_names": list(class_names),
+      "label_mode": label_mode,
+      "activation": "sigmoid" if label_mode == "regions" else "softmax",
+      "label_values": [int(v) for v in label_values],
+    },
+    "results": results or {},
+    "provenance": provenance or {},
+  }
+
+
+def _input_shape(spec: Mapping[str, Any]) -> tuple[int, ...]:
+  return (1, *spec["input"]["patch_size"], spec["input"]["channels"])
+
+
+class ScanFiles:
+  """predict on NIfTI scans (mdx.inference.predict_files.Predictor): the next scan is read while
+  this one is segmented; a label map per scan with its affine, and a row of voxel counts."""
+
+  unit = "scan"
+
+  def __init__(self, bundle: Bundle, batch_size: int | None = None):
+    self.segmenter = VolumeSegmenter(bundle, batch_size)
+    self.channels = int(bundle.spec["input"]["channels"])
+    self.output = bundle.spec["output"]
+    self.names = list(self.output["class_names"])
+    self.header = ["path", "output", *(f"{n} voxels" for n in self.names)]
+
+  def check_outputs(self, inputs, out: str) -> None:
+    """A label map is written at OUTPUT/<path>: refuse one that would replace its own scan."""
+    for _, name, full in inputs.files:
+      if os.path.join(out, files_lib.output_name(name)) == full:
+        raise ValueError(
+          f"output {out} would overwrite the input scan {full} with its label map; choose an "
+          "output folder other than the input folder"
+        )
+
+  def read(self, path: str):
+    volume = nifti.load_nifti(path, np.float32)
+    image = volume.data if volume.data.ndim == 4 else volume.data[..., None]
+    if image.shape[-1] != self.channels:
+      raise ValueError(
+        f"the scan has {image.shape[-1]} channels {image.shape}; this model reads "
+        f"{self.channels} (the bundle's input.channels)"
+      )
+    return image, volume.affine
+
+  def run(self, files, out, writer, errors, bar) -> int:
+    predicted = 0
+    # one scan ahead: a whole scan is large, and the model is the slow part
+    for chunk, results in files_lib.read_ahead(self.read, [[f] for f in files], 1):
+      (index, name, _), (value, reason) = chunk[0], results[0]
+      if reason is not None:
+        errors.append((index, name, reason))
+      else:
+        image, affine = value
+        pred = self.segmenter.predict(image)
+        labels = label_volume(pred, self.output["label_mode"], self.output["label_values"])
+        rel = files_lib.output_name(name)
+        nifti.save_nifti(os.path.join(out, rel), labels, affine)
+        if pred.ndim == 4:  # regions [D, H, W, R]
+          voxels = pred.reshape(-1, pred.shape[-1]).sum(0)
+        else:
+          voxels = np.bincount(pred.ravel(), minlength=len(self.names))
+        writer.writerow([name, files_lib.posix(rel), *(int(v) for v in voxels[: len(self.names)])])
+        predicted += 1
+      bar.update(1)
+    return predicted
+
+
+KIND = BundleKind(
+  task=TASK,
+  required={
+    "model": ("name", "num_classes"),
+    "input": ("channels", "standardize", "patch_size", "overlap"),
+    "output": ("class_names", "label_mode", "activation", "label_values"),
+  },
+  spec=segmentation_spec,
+  input_shape=_input_shape,
+  suffixes=nifti.NIFTI_SUFFIXES,
+  noun="NIfTI scan",
+  predictor=ScanFiles,
+  card=model_card.segmentation_card,
+)

@@ -17,8 +17,9 @@ from mdx.data import standardize as standardize_lib
 from mdx.data.cxr import records
 from mdx.evaluate import calibration, metrics, thresholds
 from mdx.inference import bundle as bundle_lib
+from mdx.inference import classifier
 from mdx.models import common, registry
-from mdx.train import optim
+from mdx.train import optim, tasks
 
 LOSSES = ("weighted_bce", "bce", "focal")
 # The training curves' name for each loss.
@@ -30,6 +31,7 @@ class ClassificationTask:
   skin..."""
 
   source_kind = sources.IMAGE
+  bundle_kind = classifier.KIND
 
   @classmethod
   def defaults(cls) -> ml_collections.ConfigDict:
@@ -309,7 +311,11 @@ class ClassificationTask:
       for j, f in enumerate(self.findings)
     }
 
-  def report(self, evaluator, workdir: str, history: list[dict], out_dir: str | None = None) -> str:
+  def report(
+    self, evaluator, workdir: str, history: list[dict], out_dir: str | None = None
+  ) -> tasks.Report:
+    """The report of config.eval.split; its Report carries the reported split's predictions and
+    result, validation's predictions and the calibration maps fitted on them (the bundle's)."""
     from mdx.evaluate import run_report
 
     split = self.config.eval.split
@@ -344,8 +350,8 @@ class ClassificationTask:
       loss_label=LOSS_LABELS[self.config.loss.name],
       keep_bootstrap=("auroc",),  # the bundle keeps them for external validation
     )
-    self._reported = {"split": split, "pred": pred, "val": val, "maps": maps, "result": result}
-    return out_dir
+    measured = {"split": split, "pred": pred, "val": val, "maps": maps, "result": result}
+    return tasks.Report(out_dir, measured)
 
   # --- the bundle (mdx.inference.bundle) ---
 
@@ -377,15 +383,13 @@ class ClassificationTask:
       "per_finding": per_finding,
     }
 
-  def bundle_contents(self, evaluator) -> tuple[dict, dict, dict]:
+  def bundle_contents(self, evaluator, report: tasks.Report) -> tuple[dict, dict, dict]:
     """(spec, inference variables, bootstrap samples) for mdx.inference.bundle.write: thresholds
     and calibration chosen on validation, the validation and test results of the reported state
     (the reported split's numbers are the report's own, not computed again)."""
     from mdx.evaluate import classification as evaluation
 
-    rep = self._reported
-    if rep is None:
-      raise RuntimeError("ClassificationTask.report must run before bundle_contents")
+    rep = report.measured
     split, val, result = rep["split"], rep["val"], rep["result"]
     ev = self.config.eval
     if splits.split_key(split) == "validation":
@@ -425,7 +429,7 @@ class ClassificationTask:
     standardize = {"mode": self.config.data.standardize}
     if self.standardize and self.standardize[0].mode == "dataset":
       standardize.update(mean=list(self.standardize[0].mean), std=list(self.standardize[0].std))
-    spec = bundle_lib.classification_spec(
+    spec = self.bundle_kind.spec(
       bundle_lib.model_spec(self.config.model),
       image_size=self.config.data.image_size,
       channels=self._channels,

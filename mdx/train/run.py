@@ -17,12 +17,15 @@ import json
 import os
 import shutil
 import tempfile
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import ml_collections
 from absl import logging
 
 from mdx.train import workdir_lock
+
+if TYPE_CHECKING:
+  from mdx.train import tasks
 
 CONFIG = "config.json"
 # What eval and export take from the command line over the run's config: the report's settings,
@@ -327,29 +330,36 @@ def _log_new_steps(before, after, latest: int) -> None:
   )
 
 
-def report(task, evaluator, workdir: str, history: list[dict], out_dir: str) -> str:
+def report(task, evaluator, workdir: str, history: list[dict], out_dir: str) -> tasks.Report:
   """The task's report into out_dir, written by process 0 alone: every process evaluates (the
-  predictions are gathered across processes), the others write into a scratch folder they delete."""
+  predictions are gathered across processes), the others write into a scratch folder they delete.
+  Returns the task's mdx.train.tasks.Report (its folder out_dir on every process), which
+  write_bundle takes."""
+  import dataclasses
+
   import jax
 
   if jax.process_index() == 0:
     return task.report(evaluator, workdir, history, out_dir=out_dir)
   scratch = tempfile.mkdtemp(prefix="mdx-report-")
   try:
-    task.report(evaluator, workdir, history, out_dir=os.path.join(scratch, "report"))
+    reported = task.report(evaluator, workdir, history, out_dir=os.path.join(scratch, "report"))
   finally:
     shutil.rmtree(scratch, ignore_errors=True)
-  return out_dir
+  return dataclasses.replace(reported, folder=out_dir)
 
 
-def write_bundle(task, evaluator, workdir: str, step: int, config, directory: str) -> str:
-  """The reported state as a bundle (mdx.inference.bundle): everything predict needs."""
+def write_bundle(
+  task, evaluator, reported: tasks.Report, workdir: str, step: int, config, directory: str
+) -> str:
+  """The state `reported` (what report returned) as a bundle (mdx.inference.bundle): everything
+  predict needs."""
   import jax
 
   from mdx import runtime
   from mdx.inference import bundle as bundle_lib
 
-  spec, variables, samples = task.bundle_contents(evaluator)
+  spec, variables, samples = task.bundle_contents(evaluator, reported)
   variables = runtime.to_host(variables)  # every process joins the gather; process 0 writes
   spec["provenance"].update(step=int(step), workdir=workdir, config=config.to_dict())
   if jax.process_index() == 0:
@@ -440,11 +450,11 @@ def _run_with_workdir(config, workdir: str, mode: str, output_dir: str | None, s
   history = loop.History(workdir, enabled=True).read()
   if mode == "export":
     bundle_dir = os.path.abspath(output_dir or os.path.join(workdir, f"bundle-step-{step}"))
-    report(task, evaluator, workdir, history, bundle_dir + "-report")
-    return write_bundle(task, evaluator, workdir, step, config, bundle_dir)
-  report_dir = report(task, evaluator, workdir, history, os.path.join(workdir, "report"))
-  write_bundle(task, evaluator, workdir, step, config, os.path.join(workdir, "bundle"))
+    reported = report(task, evaluator, workdir, history, bundle_dir + "-report")
+    return write_bundle(task, evaluator, reported, workdir, step, config, bundle_dir)
+  reported = report(task, evaluator, workdir, history, os.path.join(workdir, "report"))
+  write_bundle(task, evaluator, reported, workdir, step, config, os.path.join(workdir, "bundle"))
   if jax.process_index() == 0:
     with open(os.path.join(workdir, "evaluated_checkpoint.json"), "w") as f:
       json.dump({"step": int(step)}, f)
-  return report_dir
+  return reported.folder

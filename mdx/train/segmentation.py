@@ -26,7 +26,7 @@ from mdx.inference import bundle as bundle_lib
 from mdx.inference import predict as inference_predict
 from mdx.inference import segmenter
 from mdx.models import registry
-from mdx.train import optim
+from mdx.train import optim, tasks
 
 LOSSES = ("dice", "dice_ce")
 
@@ -35,6 +35,7 @@ class SegmentationTask:
   """Voxel labels of 3D scans: exclusive classes (softmax) or nested regions (sigmoid)."""
 
   source_kind = sources.VOLUME
+  bundle_kind = segmenter.KIND
 
   @classmethod
   def defaults(cls) -> ml_collections.ConfigDict:
@@ -80,6 +81,16 @@ class SegmentationTask:
     for key in ("max_background", "foreground_rate", "rotate_p"):
       if not 0 <= data[key] <= 1:
         raise ValueError(f"config.data.{key}={data[key]} must be in [0, 1]")
+    source = sources.SOURCES.get(data.source)
+    flips = tuple(data.flip_axes)
+    if source is not None and source.flip_axes is not None:
+      wrong = sorted(set(flips) - set(source.flip_axes))
+      if wrong:
+        raise ValueError(
+          f"config.data.flip_axes={flips} flips along axis {wrong[0]}, which source "
+          f"{data.source!r} allows no flip along (a flipped scan is no patient's or changes its "
+          f"labels); use axes among {tuple(source.flip_axes)} or ()"
+        )
     standardize_lib.transforms(data.standardize)
 
   @classmethod
@@ -123,7 +134,6 @@ class SegmentationTask:
     logging.info("Splits by case: %s", {k: len(v) for k, v in self.splits.items()})
     self.num_channels = self.source.num_channels or self.source[0]["image"].shape[-1]
     self._predict = None
-    self._summaries: dict[str, dict] = {}  # split -> summary of the last evaluation (the bundle's)
 
   # --- the task interface (see mdx/train/tasks.py) ---
 
@@ -250,7 +260,11 @@ class SegmentationTask:
         out[f"val_dice_{name}"] = s["dice"]
     return out
 
-  def report(self, evaluator, workdir: str, history: list[dict], out_dir: str | None = None) -> str:
+  def report(
+    self, evaluator, workdir: str, history: list[dict], out_dir: str | None = None
+  ) -> tasks.Report:
+    """The report of config.eval.split (validation when it is empty); its Report carries {split:
+    summary} of the reported split and of validation (the bundle states both)."""
     from mdx.evaluate import run_report
 
     split = self.config.eval.split
@@ -260,32 +274,24 @@ class SegmentationTask:
     out_dir = out_dir or os.path.join(workdir, "report")
     # overlays are drawn while each case's prediction is at hand, not kept for the report
     per_case, overlays = self.evaluate_split(evaluator, split, os.path.join(out_dir, "overlays"))
-    self._summaries = {
+    summaries = {
       split: run_report.segmentation_run_report(
         out_dir, split=split, per_case=per_case, history=history, overlays=overlays
       )
     }
     if split != "validation" and len(self.splits["validation"]):  # the bundle states both
-      self._summaries["validation"] = seg_metrics.summarize(
+      summaries["validation"] = seg_metrics.summarize(
         self.evaluate_split(evaluator, "validation")[0]
       )
-    return out_dir
+    return tasks.Report(out_dir, summaries)
 
   # --- the bundle (mdx.inference.bundle) ---
 
-  def label_values(self) -> list[int]:
-    """The value written to NIfTI for each class index (BraTS-style data label enhancing tumour 4;
-    regions are written as BraTS labels by mdx.inference.segmenter.label_volume)."""
-    values = list(range(len(self.class_names)))
-    if not self.regions and self.config.data.source in ("brats", "brain_phantoms"):
-      values = [4 if v == 3 else v for v in values]
-    return values
-
-  def bundle_contents(self, evaluator) -> tuple[dict, dict, dict]:
+  def bundle_contents(self, evaluator, report: tasks.Report) -> tuple[dict, dict, dict]:
     """(spec, inference variables, bootstrap samples) for mdx.inference.bundle.write, with the
-    validation and test results of the state being reported."""
+    validation and test results of the state `report` evaluated."""
     results = {}
-    for split, summary in self._summaries.items():
+    for split, summary in report.measured.items():
       results[split] = {
         "n_cases": summary["num_cases"],
         "mean_dice": summary["mean_dice"],
@@ -295,7 +301,7 @@ class SegmentationTask:
         },
       }
     ids = self.source.case_ids()
-    spec = bundle_lib.segmentation_spec(
+    spec = self.bundle_kind.spec(
       bundle_lib.model_spec(self.config.model),
       channels=self.num_channels,
       standardize=self.config.data.standardize,
@@ -304,7 +310,7 @@ class SegmentationTask:
       batch_size=self.config.eval.batch_size,
       class_names=self.class_names,
       label_mode=self.source.label_mode,
-      label_values=self.label_values(),
+      label_values=self.source.label_values,  # the source's (BraTS' enhancing tumour is 4)
       results=results,
       provenance={
         "data": {

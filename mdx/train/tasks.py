@@ -8,20 +8,41 @@ registered in TASKS; mdx.config asks it for its defaults and checks, the loop fo
 returns numpy logits for the valid rows, so tasks never touch devices. `geometry`
 (mdx.runtime.BatchGeometry) is the global batch and this process's share of it, decided by the loop
 from the mesh.
+
+A task is a vertical slice: its model leaves the run as a bundle of its own kind (bundle_kind, a
+mdx.inference.bundle.BundleKind: the spec, the weight check, predict and the model card), and what
+its report measured reaches the bundle as the Report that report returns, which mdx.train.run hands
+to bundle_contents: no state kept between the two calls.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
-from typing import Any, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import ml_collections
 import numpy as np
+
+if TYPE_CHECKING:  # the tasks' own modules import it; config reads this one without jax
+  from mdx.inference.bundle import BundleKind
+
+
+@dataclasses.dataclass(frozen=True)
+class Report:
+  """What a task's report returns: the folder it wrote, and what the bundle states of the reported
+  state (thresholds and calibration chosen on validation, the measured results), a value of the
+  task's own that only its bundle_contents reads."""
+
+  folder: str
+  measured: Any
 
 
 class Task(Protocol):
   # Which sources the task reads: mdx.data.sources.IMAGE or VOLUME.
   source_kind: ClassVar[str]
+  # What its bundles are (mdx.inference.classifier.KIND, ...): bundle_contents builds that spec.
+  bundle_kind: ClassVar[BundleKind]
 
   @classmethod
   def defaults(cls) -> ml_collections.ConfigDict:
@@ -61,14 +82,17 @@ class Task(Protocol):
   def validate(self, evaluator) -> dict[str, float]:
     """Validation metrics, including config.train.best_metric."""
 
-  def report(self, evaluator, workdir: str, history: list[dict], out_dir: str | None = None) -> str:
+  def report(
+    self, evaluator, workdir: str, history: list[dict], out_dir: str | None = None
+  ) -> Report:
     """Evaluates config.eval.split (and validation) and writes the report into out_dir (default
-    WORKDIR/report); returns its folder."""
+    WORKDIR/report); returns its folder and what the bundle needs of it."""
 
-  def bundle_contents(self, evaluator) -> tuple[dict, dict, dict]:
-    """After report: (bundle spec, inference variables, bootstrap samples) of the reported state
-    for mdx.inference.bundle.write: input and output specs, thresholds and calibration chosen on
-    validation, the measured results, and the training data's provenance (never the data)."""
+  def bundle_contents(self, evaluator, report: Report) -> tuple[dict, dict, dict]:
+    """(bundle spec of bundle_kind, inference variables, bootstrap samples) of the state `report`
+    evaluated, for mdx.inference.bundle.write: input and output specs, thresholds and calibration
+    chosen on validation, the measured results, and the training data's provenance (never the
+    data)."""
 
 
 # config.task -> 'module:Class', imported lazily so one task's dependencies never load for another.

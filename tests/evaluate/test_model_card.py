@@ -253,3 +253,27 @@ def test_empty_specs_render():
     card = model_card.render(spec)
     assert "## Known limits" in card and "## Provenance" in card
     assert "not measured" in card.lower()
+
+
+def test_modality_and_synthetic_data_are_the_sources_facts(monkeypatch):
+  """The card reads what the data was from the source the spec names (mdx.data.sources), so a
+  new source needs no entry here."""
+  import dataclasses
+
+  from mdx.data import sources
+
+  spec = _trained_spec()
+  spec["provenance"]["data"]["source"] = "nih"
+  card = model_card.render(spec)
+  assert "- Input: frontal chest radiographs (NIH ChestX-ray14)." in card
+  assert "Synthetic data" not in _section(card, "Known limits")
+  simulated = dataclasses.replace(
+    sources.SOURCES["nih"], modality="simulated films of a new kind", synthetic=True
+  )
+  monkeypatch.setitem(sources.SOURCES, "simulated", simulated)
+  spec["provenance"]["data"]["source"] = "simulated"
+  card = model_card.render(spec)
+  assert "- Input: simulated films of a new kind." in card
+  assert "trained and tested on `simulated`, images mdx generates" in _section(card, "Known limits")
+  spec["provenance"]["data"]["source"] = "elsewhere"  # not registered: said so, not guessed
+  assert "images of data source 'elsewhere' (modality not recorded)" in model_card.render(spec)

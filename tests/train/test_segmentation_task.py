@@ -178,3 +178,47 @@ def test_label_mode_comes_from_the_source_not_from_a_config_lookup():
   c.model.num_classes = 4
   task = segmentation.SegmentationTask(config_lib.resolve(c))
   assert not task.regions and task.activation == "softmax"
+
+
+def test_a_flip_the_source_forbids_is_a_config_error():
+  """Which flips keep a scan plausible and its labels true is the source's fact (BraTS-like
+  brains: left-right only); MSD cannot say, so its experiment decides."""
+  from mdx import config as config_lib
+
+  c = _tiny(_config("brain_phantoms_unet3d"))
+  c.data.flip_axes = (0, 2)
+  with pytest.raises(ValueError, match=r"flip_axes=\(0, 2\) flips along axis 2.*'brain_phantoms'"):
+    config_lib.resolve(c)
+  c.data.flip_axes = (0,)
+  config_lib.resolve(c)
+  c = _config("msd_hippocampus_unet3d")
+  c.data.flip_axes = (1, 2)
+  config_lib.resolve(c)
+
+
+def test_the_bundle_states_what_report_returned_and_the_sources_label_values():
+  """bundle_contents is a function of the Report it is given (no state left by report), and the
+  label values written to disk are the source's: BraTS-style classes write enhancing tumour as 4."""
+  from types import SimpleNamespace
+
+  from mdx import config as config_lib
+  from mdx.inference import bundle as bundle_lib
+  from mdx.train import tasks
+
+  c = _tiny(_config("brain_phantoms_unet3d"))
+  c.data.num_cases, c.data.shape = 5, (16, 16, 16)
+  c.data.label_mode, c.model.num_classes = "classes", 4
+  task = segmentation.SegmentationTask(config_lib.resolve(c))
+  per_class = {n: {"dice": 0.5, "sensitivity": 0.6, "specificity": 0.9} for n in task.class_names}
+  summary = {"num_cases": 2, "mean_dice": 0.5, "per_class": per_class}
+  state = SimpleNamespace(params={"w": np.zeros(2)}, batch_stats={})
+  reported = tasks.Report("/somewhere/report", {"validation": summary})
+  spec, variables, samples = task.bundle_contents(SimpleNamespace(state=state), reported)
+  assert spec["task"] == task.bundle_kind.task == "segmentation"
+  assert spec["output"]["label_values"] == [0, 1, 2, 4]
+  assert set(spec["results"]) == {"validation"} and spec["results"]["validation"]["n_cases"] == 2
+  assert variables["params"] is state.params and samples == {}
+  bundle_lib.check_spec({"format": bundle_lib.FORMAT, **spec}, "test")
+  other = tasks.Report("/elsewhere", {"test": {**summary, "mean_dice": 0.25}})
+  again, _, _ = task.bundle_contents(SimpleNamespace(state=state), other)
+  assert set(again["results"]) == {"test"} and again["results"]["test"]["mean_dice"] == 0.25
