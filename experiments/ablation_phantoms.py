@@ -13,20 +13,14 @@ from mdx.config import defaults
 
 def get_config():
   c = defaults()
-  c.seed = 0
   c.data.source = "phantoms"
   c.data.num_patients = 600
   c.data.image_size = 64
-  c.data.split = dict(by="patient", test=0.25, val=0.15)
-  c.data.augment = None
-  c.data.standardize = "per_image"
+  c.data.split.test = 0.25
   c.data.workers = 1
   c.model.name = "densenet_tiny"
-  c.loss.name = "weighted_bce"
-  c.train.batch_size = 32
   c.train.steps = 200
   c.train.lr = 2e-3
-  c.train.schedule = "cosine"
   c.train.log_every = 50
   c.train.checkpoint_every = 50  # also the validation interval
   c.eval.bootstrap = 200

@@ -10,23 +10,14 @@ from mdx.config import defaults
 
 def get_config():
   c = defaults()
-  c.seed = 0
   c.data.source = "phantoms"
   c.data.num_patients = 1500  # ~3,600 studies; rendering is ~1 ms per 64 px image
   c.data.image_size = 64
-  c.data.split = dict(by="patient", test=0.2, val=0.15)
+  c.data.split.test = 0.2
   c.data.augment = "chest_xray"
-  c.data.standardize = "per_image"
   c.data.workers = 1
   c.model.name = "densenet121"
-  c.model.num_classes = 14
-  c.model.dtype = "float32"
-  c.loss.name = "weighted_bce"
-  c.train.batch_size = 32
   c.train.steps = 400
-  c.train.lr = 1e-3
-  c.train.schedule = "cosine"
-  c.train.checkpoint_every = 100
   c.eval.bootstrap = 200
   # DenseNet-121 downsamples 32x: at 64 px its last feature map is 2x2, too coarse to point at a
   # lesion. block2's 8x8 map is the deepest one that localises (see the note in the report).

@@ -21,30 +21,25 @@ them for the 1-channel phantoms, which gives a gray image the same response):
       --config.model.init_from=weights/dn121 --config.model.freeze=head
 """
 
-from mdx.config import defaults
+import os
+
+from mdx.config import load_experiment
 
 PRETRAINED = "runs/pretrain_phantoms"  # relative to where the run starts (launch.sh: the repo)
 
+# The pretraining's config: the same model and the same image handling (size, standardisation,
+# augmentation), which fine-tuning needs, on other patients.
+_pretrain = load_experiment(os.path.join(os.path.dirname(__file__), "pretrain_phantoms.py"))
+
 
 def get_config():
-  c = defaults()
-  c.seed = 0
-  c.data.source = "phantoms"
+  c = _pretrain.get_config()
+  c.seed = 0  # other phantom patients than the pretraining's (seed 1)
   c.data.num_patients = 120
-  c.data.image_size = 64
-  c.data.split = dict(by="patient", test=0.25, val=0.2)
-  c.data.augment = "chest_xray"
-  c.data.standardize = "per_image"
-  c.data.workers = 1
-  c.model.name = "densenet121"  # must be the pretrained architecture
-  c.model.num_classes = 14
+  c.data.split.test = 0.25
+  c.data.split.val = 0.2
   c.model.init_from = PRETRAINED
-  c.model.freeze = "none"
-  c.train.batch_size = 32
   c.train.steps = 300
   c.train.lr = 3e-4
-  c.train.schedule = "cosine"
-  c.train.log_every = 10
   c.train.checkpoint_every = 25  # also the validation interval: steps-to-reach resolution
-  c.eval.bootstrap = 200
   return c

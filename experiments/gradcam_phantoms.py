@@ -15,18 +15,15 @@ def get_config():
   c = defaults()
   c.data.source = "phantoms"
   c.data.num_patients = 600
-  c.data.image_size = 128
   c.data.findings = ("Mass",)
   c.data.prevalence = {"Mass": 0.5}
-  c.data.split = dict(by="patient", test=0.25, val=0.15)
+  c.data.split.test = 0.25
   c.data.augment = "chest_xray"
   c.data.workers = 1
   c.model.name = "densenet_tiny"
   c.model.num_classes = 1
-  c.train.batch_size = 32
   c.train.steps = 300
   c.train.lr = 2e-3
-  c.train.checkpoint_every = 100
   c.eval.bootstrap = 200
   # transition1 (16x16 at 128 px) localises; the last map (norm_final) is the Grad-CAM default.
   c.eval.gradcam = dict(findings=("Mass",), images=400, overlays=6, layer="transition1")

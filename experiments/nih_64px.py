@@ -18,7 +18,6 @@ DATA = os.environ.get(
 
 def get_config():
   c = defaults()
-  c.seed = 0
   c.data.source = "nih"
   c.data.metadata = os.path.join(DATA, "nih_chestxray14_64px", "Data_Entry.csv")
   c.data.images = os.path.join(DATA, "nih_chestxray14_64px", "images")
@@ -26,17 +25,10 @@ def get_config():
   c.data.channels = 1
   c.data.on_error = "raise"
   c.data.image_size = 64
-  c.data.split = dict(by="patient", test=0.2, val=0.15)
+  c.data.split.test = 0.2
   c.data.augment = "chest_xray"
-  c.data.standardize = "per_image"
   c.data.workers = 1
   c.model.name = "densenet121"
-  c.model.num_classes = 14
-  c.loss.name = "weighted_bce"
-  c.train.batch_size = 32
   c.train.steps = 300
-  c.train.lr = 1e-3
-  c.train.schedule = "cosine"
-  c.train.checkpoint_every = 100
   c.eval.bootstrap = 200
   return c

@@ -18,17 +18,14 @@ DATA = os.environ.get(
 
 def get_config():
   c = defaults()
-  c.seed = 0
   c.data.source = "nih"
   c.data.metadata = os.path.join(DATA, "nih_chestxray14_course_sample", "labels.csv")
   c.data.images = os.path.join(DATA, "nih_chestxray14_course_sample", "images")
   c.data.prepared_dir = records_dir()  # ~/.cache/mdx/records, or MDX_RECORDS
-  c.data.image_size = 128
-  c.data.split = dict(by="patient", test=0.2, val=0.2)
+  c.data.split.test = 0.2
+  c.data.split.val = 0.2
   c.data.augment = "chest_xray"
-  c.data.standardize = "per_image"
   c.model.name = "densenet121"
-  c.model.num_classes = 14
   c.train.batch_size = 16
   c.train.steps = 50
   c.train.checkpoint_every = 25

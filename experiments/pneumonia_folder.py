@@ -18,17 +18,15 @@ DATA = os.environ.get(
 
 def get_config():
   c = defaults()
-  c.seed = 0
   c.data.source = "folders"
   c.data.root = os.path.join(DATA, "kermany_pneumonia_subset")
   c.data.negative_class = "NORMAL"
   c.data.patient_regex = r"^(person\d+|(?:NORMAL2-)?IM-\d+)"
   c.data.prepared_dir = records_dir()  # ~/.cache/mdx/records, or MDX_RECORDS
-  c.data.image_size = 128
   c.data.on_error = "raise"  # or "skip": drop unreadable images, listed in the workdir
-  c.data.split = dict(by="patient", test=0.2, val=0.2)
+  c.data.split.test = 0.2
+  c.data.split.val = 0.2
   c.data.augment = "chest_xray"
-  c.data.standardize = "per_image"
   c.model.name = "densenet121"
   c.model.num_classes = 1
   c.train.batch_size = 16

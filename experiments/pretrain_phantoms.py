@@ -20,16 +20,10 @@ def get_config():
   c.data.source = "phantoms"
   c.data.num_patients = 1500
   c.data.image_size = 64
-  c.data.split = dict(by="patient", test=0.1, val=0.1)
+  c.data.split.test = 0.1
+  c.data.split.val = 0.1
   c.data.augment = "chest_xray"
-  c.data.standardize = "per_image"
   c.data.workers = 1
   c.model.name = "densenet121"  # densenet_small: same stages, CPU-sized
-  c.model.num_classes = 14
-  c.train.batch_size = 32
-  c.train.steps = 600
-  c.train.lr = 1e-3
-  c.train.schedule = "cosine"
-  c.train.checkpoint_every = 100
   c.eval.bootstrap = 200
   return c

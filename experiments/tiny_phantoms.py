@@ -8,13 +8,11 @@ def get_config():
   c.data.source = "phantoms"
   c.data.num_patients = 60
   c.data.image_size = 32
-  c.data.split = dict(by="patient", test=0.2, val=0.2)
-  c.data.augment = None
-  c.data.workers = 0
+  c.data.split.test = 0.2
+  c.data.split.val = 0.2
   c.model.name = "densenet_tiny"
   c.train.batch_size = 8
   c.train.steps = 6
-  c.train.lr = 1e-3
   c.train.log_every = 2
   c.train.checkpoint_every = 3
   c.eval.batch_size = 16
