@@ -29,6 +29,27 @@ conv_init = nn.initializers.variance_scaling(2.0, "fan_in", "normal")
 
 
 # The hand-tuned operations below, on by default; plain_flax_ops() turns them off to measure them.
+#
+# What they rely on in JAX and Flax (checked with jax 0.10.2, flax 0.12.8), each pinned by a test in
+# tests/models/test_tuned_ops.py that names it when an upgrade changes it:
+# - jax.custom_vjp with nondiff_argnums: the backward rule takes those arguments first, then the
+#   residuals and the cotangent (_max_pool_bwd, _bn_relu_train_bwd).
+# - Under jax.shard_map with check_vma, a custom backward rule must return each gradient with the
+#   varying mesh axes of its primal input; autodiff alone sums a replicated parameter's gradient.
+#   _conv1x1_bwd psums the kernel gradient over the axes it varies in and the kernel does not, read
+#   from jax.typeof(x) (`.mat.varying` in jax 0.10, `.vma` before: _varying_axes). Should that read
+#   find nothing, JAX rejects the unsummed gradient ("manual axis types do not match"); with
+#   check_vma off it would silently be one device's share.
+# - lax.psum(1, axis) is the axis size, and lax.pmean averages, inside shard_map (the global batch
+#   statistics of BatchNormReLU and their gradient's count).
+# - jax.default_backend() == "cpu" picks the CPU rewrites (a 1x1 convolution as a matrix product,
+#   _materialized); elsewhere 1x1 convolutions are lax.conv_general_dilated with NHWC/HWIO dimension
+#   numbers, as nn.Conv computes them.
+# - BatchNormReLU copies nn.BatchNorm's numbers (float32 statistics, variance as E[x^2] - E[x]^2,
+#   running averages m * old + (1 - m) * batch); the tests compare it with nn.BatchNorm.
+# What XLA:CPU does with these programs (fusing an elementwise producer into every consumer,
+# removing lax.optimization_barrier before fusion, transposing a contracted matrix operand) decides
+# only their speed, not their numbers: python -m mdx.models.bench measures it again.
 _TUNED = {
   "bn_relu_vjp": True,
   "max_pool_vjp": True,

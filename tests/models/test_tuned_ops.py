@@ -4,6 +4,7 @@ back.
 Oracles: nn.BatchNorm followed by nn.relu, and nn.max_pool, differentiated by JAX.
 """
 
+import functools
 import os
 import subprocess
 import sys
@@ -211,3 +212,141 @@ def test_allocator_names_the_preloaded_malloc():
       env["LD_PRELOAD"] = lib
       out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
       assert out.stdout.strip() == "tcmalloc", out.stderr
+
+
+# ------------------------------------------------------------------ JAX internals (common.py note)
+_UPGRADE = "a JAX upgrade changed what mdx.models.common's tuned ops rely on (see its note): "
+
+
+def _on_mesh(f, *args, in_specs, out_specs):
+  """f under jax.shard_map on a 1-D 'data' mesh of this process's devices (check_vma on)."""
+  from jax.sharding import NamedSharding
+
+  mesh = runtime.make_mesh()
+  placed = [jax.device_put(a, NamedSharding(mesh, s)) for a, s in zip(args, in_specs)]
+  return jax.jit(jax.shard_map(f, mesh=mesh, in_specs=in_specs, out_specs=out_specs))(*placed)
+
+
+def test_jax_internals_the_tuned_ops_rely_on():
+  from jax import lax
+  from jax.sharding import PartitionSpec as P
+
+  assert hasattr(jax, "typeof"), _UPGRADE + "jax.typeof is gone (common._varying_axes reads it)"
+  seen = {}
+
+  def probe(x, w):
+    seen["x"], seen["w"] = common._varying_axes(x), common._varying_axes(w)
+    return lax.psum(1, runtime.DATA) * jnp.ones(()), lax.pmean(x.sum(), runtime.DATA)
+
+  size, mean = _on_mesh(
+    probe, jnp.ones((jax.device_count() * 2, 3)), jnp.ones(3), in_specs=(P("data"), P()),
+    out_specs=(P(), P()),
+  )  # fmt: skip
+  assert seen == {"x": {"data"}, "w": set()}, (
+    _UPGRADE + f"the varying mesh axes of a sharded / replicated value read {seen}, not "
+    "{'data'} / set(): update common._varying_axes (jax.typeof(x).mat.varying, or .vma before "
+    "jax 0.10), or the 1x1 convolution's kernel gradient is not summed over devices"
+  )
+  assert int(size) == jax.device_count(), _UPGRADE + "lax.psum(1, axis) is not the axis size"
+  assert float(mean) == 6.0, _UPGRADE + "lax.pmean inside shard_map does not average"
+
+  # custom_vjp: nondiff arguments come first in the backward rule.
+  @functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+  def scaled(x, k):
+    return x * k
+
+  scaled.defvjp(lambda x, k: (x * k, x), lambda k, residual, g: (g * k + 0 * residual,))
+  assert float(jax.grad(scaled)(2.0, 3)) == 3.0, _UPGRADE + "custom_vjp's nondiff_argnums order"
+
+  # check_vma rejects a backward rule whose gradient varies over an axis its input does not: what
+  # makes a _varying_axes that finds nothing fail loudly instead of giving one device's gradient.
+  @jax.custom_vjp
+  def unsummed(x, w):
+    return x * w
+
+  unsummed.defvjp(lambda x, w: (x * w, x), lambda x, g: (g, (g * x).sum(0)))
+  with pytest.raises(Exception, match="manual axis types do not match|vma"):
+    _on_mesh(
+      jax.grad(lambda w, x: unsummed(x, w).sum()), jnp.ones(3), jnp.ones((jax.device_count(), 3)),
+      in_specs=(P(), P("data")), out_specs=P(),
+    )  # fmt: skip
+
+  # The 1x1 convolution off CPU (or with the tuned op off): lax.conv_general_dilated, NHWC/HWIO.
+  rng = np.random.default_rng(9)
+  x = jnp.asarray(rng.normal(size=(2, 3, 3, 5)), jnp.float32)
+  kernel = jnp.asarray(rng.normal(size=(1, 1, 5, 4)), jnp.float32)
+  want = nn.Conv(4, (1, 1), use_bias=False).apply({"params": {"kernel": kernel}}, x)
+  with common.plain_flax_ops("conv1x1_vjp"):
+    np.testing.assert_allclose(common.conv1x1(x, kernel, jnp.float32), want, rtol=1e-5, atol=1e-5)
+
+
+_SHARDED = """
+import jax, jax.numpy as jnp, numpy as np
+from flax import linen as nn
+from jax.sharding import NamedSharding, PartitionSpec as P
+from mdx import runtime
+from mdx.models import common
+
+assert jax.device_count() == 4, jax.devices()
+
+
+class Stack(nn.Module):
+  axis_name: str | None
+
+  @nn.compact
+  def __call__(self, x):
+    x = common.Conv1x1(6, jnp.float32, name="conv")(x)
+    x = common.BatchNormReLU(True, False, self.axis_name, 1e-5, jnp.float32, name="bn")(x)
+    return common.gradient_materialized(common.max_pool(x, 3, 2, 1))
+
+
+rng = np.random.default_rng(0)
+x = jnp.asarray(rng.normal(size=(8, 9, 9, 4)) * 2 + 1, jnp.float32)
+g = jnp.asarray(rng.normal(size=(8, 5, 5, 6)), jnp.float32)
+variables = Stack(None).init(jax.random.key(0), x)
+
+
+def grads(axis_name):
+  def loss(params, stats, x, g):
+    y, upd = Stack(axis_name).apply(
+      {"params": params, "batch_stats": stats}, x, mutable=["batch_stats"]
+    )
+    return (y * g).sum() / 8, upd["batch_stats"]
+
+  def step(params, stats, x, g):
+    return jax.grad(loss, has_aux=True)(params, stats, x, g)
+
+  if axis_name is None:
+    return jax.jit(step)(variables["params"], variables["batch_stats"], x, g)
+  mesh = runtime.make_mesh()
+  specs = (P(), P(), P("data"), P("data"))
+  args = [
+    jax.device_put(a, NamedSharding(mesh, s))
+    for a, s in zip((variables["params"], variables["batch_stats"], x, g), specs)
+  ]
+  return jax.jit(jax.shard_map(step, mesh=mesh, in_specs=specs, out_specs=(P(), P())))(*args)
+
+
+want = dict(jax.tree_util.tree_leaves_with_path(grads(None)))
+tuned = grads("data")
+with common.plain_flax_ops():  # each grads() call traces anew: these use JAX's own VJPs
+  plain = grads("data")
+for name, got in (("tuned", tuned), ("plain", plain)):
+  for path, a in jax.tree_util.tree_leaves_with_path(got):
+    np.testing.assert_allclose(a, want[path], rtol=1e-4, atol=1e-5, err_msg=f"{name} {path}")
+print("OK")
+"""
+
+
+def test_tuned_ops_on_four_devices_match_one_device():
+  """The gradients and BatchNorm statistics of conv1x1, BatchNorm-ReLU and max pooling under
+  shard_map on 4 CPU devices (batch split, parameters replicated, check_vma on) equal one device's
+  on the whole batch: the mesh-axis handling of the custom VJPs (common.py's note)."""
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
+  out = subprocess.run(
+    [sys.executable, "-c", _SHARDED], env=env, capture_output=True, text=True, timeout=300
+  )
+  assert out.returncode == 0 and out.stdout.strip().endswith("OK"), (
+    _UPGRADE + "the tuned ops under shard_map on 4 devices differ from one device "
+    f"(or fail):\n{out.stderr[-3000:]}"
+  )
