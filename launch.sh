@@ -9,10 +9,12 @@
 #   ./launch.sh predict --bundle=DIR --input=IN --output=OUT [flags]   a bundle on new files
 #   ./launch.sh evaluate --bundle=DIR --config=DATASET --out=OUT   external validation of a bundle
 #   ./launch.sh prepare CONFIG [flags]             build a real dataset's records ahead (train does it on first use)
-#   ./launch.sh sweep ABLATION --workdir=DIR [flags]   every variant x seed of an ablation, its report (resumes)
+#   ./launch.sh check CONFIG [--cold] [--out=DIR]  decode every record of CONFIG's data once, as train does first
+#   ./launch.sh sweep ABLATION --workdir=DIR [--config.FIELD=V] [flags]   every variant x seed, its report (resumes)
+#   ./launch.sh split|audit|consensus|import_weights|from_weights|main [flags]   python -m mdx COMMAND [flags]
 #   ./launch.sh local N <command> ...              the command as N joined processes on this machine
 #   ./launch.sh tpu NAME ZONE <command> ...        the same command on every worker of a Cloud TPU VM
-#   ./launch.sh bench densenet|unet3d|predict [flags]   speed beside PyTorch / MONAI (README: Performance)
+#   ./launch.sh bench densenet|unet3d|predict|checkpoint [flags]   speed beside PyTorch / MONAI (README: Performance)
 #   ./launch.sh setup                              only install (e.g. once before srun on a cluster)
 # MDX_ACCELERATOR=cpu|cuda|tpu overrides the accelerator detected here; its JAX build is installed
 # and a run stops with an error if JAX cannot use it (instead of training on the host CPU).
@@ -97,7 +99,7 @@ use_tcmalloc() {
   export TCMALLOC_LARGE_ALLOC_REPORT_THRESHOLD=1099511627776  # no line per allocation over 1 GB
 }
 
-usage() { sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+usage() { sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
 
 cmd="${1:-}"; [[ -n "$cmd" ]] || usage; shift
 case "$cmd" in
@@ -105,7 +107,7 @@ case "$cmd" in
     setup
     workdir="runs/demo"
     if [[ $# -gt 0 && "$1" != --* ]]; then workdir="$1"; shift; fi
-    exec python -m mdx.main --config=experiments/cxr_phantoms.py --workdir="$workdir" --mode=train "$@" ;;
+    exec python -m mdx main --config=experiments/cxr_phantoms.py --workdir="$workdir" --mode=train "$@" ;;
   setup)
     setup "${1:-}" ;;
   bench)
@@ -113,9 +115,10 @@ case "$cmd" in
     setup bench
     what="$1"; shift
     case "$what" in
-      densenet) exec python -m mdx.models.bench --models=densenet121 --torch "$@" ;;
-      unet3d) exec python -m mdx.models.bench_unet3d "$@" ;;
+      densenet) exec python benchmarks/classifiers.py --models=densenet121 --torch "$@" ;;
+      unet3d) exec python benchmarks/unet3d.py "$@" ;;
       predict) exec python benchmarks/predict.py "$@" ;;
+      checkpoint) exec python benchmarks/checkpoint.py "$@" ;;
       *) usage ;;
     esac ;;
   test)
@@ -132,30 +135,28 @@ case "$cmd" in
     [[ $# -ge 1 ]] || usage
     setup
     config="$1"; shift
-    exec python -m mdx.main --config="$config" --mode="$cmd" "$@" ;;
-  predict)
-    setup
-    exec python -m mdx.predict "$@" ;;
-  evaluate)
-    setup
-    exec python -m mdx.evaluate "$@" ;;
-  prepare)
+    exec python -m mdx main --config="$config" --mode="$cmd" "$@" ;;
+  prepare|check)
     [[ $# -ge 1 ]] || usage
     setup
     config="$1"; shift
-    exec python -m mdx.data.cli.prepare --config="$config" "$@" ;;
+    exec python -m mdx "$cmd" --config="$config" "$@" ;;
   sweep)
+    # the ablation file is the config: --config.FIELD=VALUE overrides its base, as for train
     [[ $# -ge 1 ]] || usage
     setup
     ablation="$1"; shift
-    exec python -m mdx.train.sweep --ablation="$ablation" "$@" ;;
+    exec python -m mdx sweep --config="$ablation" "$@" ;;
+  main|predict|evaluate|split|audit|consensus|import_weights|from_weights)
+    setup
+    exec python -m mdx "$cmd" "$@" ;;
   local)
     # N processes, each with MDX_LOCAL_DEVICES (default 2) fake CPU devices, joined through a
     # coordinator on a free local port: the multi-host code path of a pod, on this machine.
     [[ $# -ge 2 && "$1" =~ ^[0-9]+$ ]] || usage
     setup
     n="$1"; shift
-    exec python -m mdx.local "$n" ./launch.sh "$@" ;;
+    exec python -m mdx local "$n" ./launch.sh "$@" ;;
   tpu)
     [[ $# -ge 3 ]] || usage
     name="$1"; zone="$2"; shift 2

@@ -26,13 +26,13 @@ run() {  # name, timeout s, command...
 }
 
 # DenseNet-121 at the three sizes, batch 64 (a GPU's batch), bf16 vs autocast bf16 channels-last
-run densenet 240 "$py" -m mdx.models.bench --models=densenet121 --resolutions=64,128,224 \
+run densenet 240 "$py" benchmarks/classifiers.py --models=densenet121 --resolutions=64,128,224 \
   --batch=64 --dtype=bfloat16 --steps=5 --repeats=5 "$torch_flag"
 # the same at float32: what bf16 buys on each side
-run densenet_f32 120 "$py" -m mdx.models.bench --models=densenet121 --resolutions=224 \
+run densenet_f32 120 "$py" benchmarks/classifiers.py --models=densenet121 --resolutions=224 \
   --batch=64 --dtype=float32 --steps=5 --repeats=5 --notorch
 # 3D U-Net, 128^3 patches, batch 2, batch norm
-run unet3d 150 "$py" -m mdx.models.bench_unet3d --patch=128,128,128 --batch=2 --base_width=32 \
+run unet3d 150 "$py" benchmarks/unet3d.py --patch=128,128,128 --batch=2 --base_width=32 \
   --dtype=bfloat16 --steps=5 --repeats=5 --variants=mdx "$monai_flag"
 # predict: 256 synthetic 1024 px films end to end
 run predict 120 "$py" benchmarks/predict.py --count=256 --repeats=2 --dtype=bfloat16

@@ -1,13 +1,13 @@
 """Input pipeline speed: images/s from records to augmented, standardised batches.
 
   python benchmarks/input_pipeline.py --config=experiments/nih_course_sample.py [--batches=20]
-      [--batch-size=16] [--workers=0,N]
+      [--batch_size=16] [--workers=0,N]
 
 Runs the classification task's training stream (mdx.data.pipeline with the task's record loading,
 augmentation, standardisation, batching and grain worker processes: the batches training sees) twice
-per worker count: reading the prepared ArrayRecord files (config.data.prepared_dir;
-prepared on first use) and decoding the original image files. Worker count 0 means all work in the main process
-(one core); N grain worker processes (default: all cores).
+per worker count: reading the prepared ArrayRecord files (config.data.prepared_dir; prepared on
+first use) and decoding the original image files. Worker count 0 means all work in the main
+process (one core); N grain worker processes (default: all cores).
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ def main():
   )
   p.add_argument("--config", default="experiments/nih_course_sample.py")
   p.add_argument("--batches", type=int, default=20)
-  p.add_argument("--batch-size", type=int, default=16)
+  p.add_argument("--batch_size", type=int, default=16)
   p.add_argument("--workers", default=f"0,{os.cpu_count()}")
   args = p.parse_args()
   from absl import flags

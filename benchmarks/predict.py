@@ -5,16 +5,16 @@
 Both read every PNG of the folder, decode it, resize it to --size, standardise it, run DenseNet-121
 (one channel in, 14 findings, random weights: speed does not depend on them) and write one CSV
 row of probabilities per image:
-  mdx      the bundle predict of `python -m mdx.predict` (mdx.inference.predict_files.predict):
+  mdx      the bundle predict of `python -m mdx predict` (mdx.inference.predict_files.predict):
            decoding on threads a chunk ahead, batches of 8 per device;
   PyTorch  the usual pipeline: a torch DataLoader with one worker process per core, PIL decoding
-           and bilinear resizing, the torchvision-layout DenseNet-121 of mdx.models.bench in eval
+           and bilinear resizing, the torchvision-layout DenseNet-121 of classifiers.py in eval
            mode under torch.inference_mode, batches of 8.
 Without --images, --count synthetic 8-bit films of --side px are written first (smooth anatomy-like
 shapes plus noise, so PNG compression and decoding cost are those of a film, not of pure noise).
 Each run is one command's work: start-up (mdx: loading and checking the bundle, tracing the model,
 compiling it on the first run, later runs reading the persistent compilation cache as `python -m
-mdx.predict` does; PyTorch: starting its loader workers) and then the films. The start-up is
+mdx predict` does; PyTorch: starting its loader workers) and then the films. The start-up is
 timed on a folder of one film, and the throughput is the rest: (films - 1) / (time for the folder
 - time for one film), medians over --repeats alternating rounds (after a first round that
 compiles), so a noisy machine slows both alike.
@@ -133,10 +133,10 @@ def main():
   parser.add_argument("--dtype", default="float32", help="compute dtype: float32 or bfloat16")
   args = parser.parse_args()
 
+  import classifiers as bench  # benchmarks/classifiers.py, beside this script
   import torch
 
   from mdx import runtime
-  from mdx.models import bench
 
   runtime.enable_compilation_cache(tempfile.mkdtemp(prefix="mdx_bench_cache_"))
   cores = os.cpu_count() or 1

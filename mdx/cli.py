@@ -9,17 +9,16 @@ a field the experiment file reads that its config lacks: KeyError, AttributeErro
 Anything else is a bug and keeps its traceback. --debug or MDX_DEBUG=1 prints the traceback of a
 user error too (then the same line, the same status).
 
-  absl programs:     if __name__ == "__main__": cli.run(main)   (defines --debug, parses the flags)
-  argparse programs: p = cli.ArgumentParser(...); args = p.parse_args(argv)
-                     return cli.call(work, args, debug=args.debug)
+  cli.run(main, argv)   absl's app.run with --debug and these errors (mdx.commands.run calls it
+                        for every command of `python -m mdx COMMAND`)
+  cli.call(fn, ...)     fn's user errors as the line and status 2 (a command without flags: local)
 
-With several processes (mdx.local, a TPU VM) each process that meets the mistake prints its line.
-Imports nothing of mdx: every room's entry point may use it.
+With several processes (mdx local, a TPU VM) each process that meets the mistake prints its line.
+Imports nothing of mdx: every command (mdx.commands) and bench (benchmarks/) uses it.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import re
 import sys
@@ -224,10 +223,11 @@ def _debug_in(argv: list[str]) -> bool:
   return any(re.fullmatch(r"--debug(=(true|1|yes))?", a, re.IGNORECASE) for a in argv)
 
 
-def run(main: Callable[[list[str]], Any]) -> None:
-  """app.run(main) with one-line user errors (in the flags and in main) and --debug."""
+def run(main: Callable[[list[str]], Any], argv: list[str] | None = None) -> None:
+  """app.run(main) with one-line user errors (in the flags and in main) and --debug; argv:
+  [program, flags and arguments...], default sys.argv."""
   define_debug_flag()
-  app.run(lambda argv: _exit_if_joined(call(main, argv)), flags_parser=parse_flags)
+  app.run(lambda argv: _exit_if_joined(call(main, argv)), argv=argv, flags_parser=parse_flags)
 
 
 def _joined() -> bool:
@@ -245,26 +245,9 @@ def _joined() -> bool:
 def _exit_if_joined(status: Any) -> Any:
   """A joined process that stops on a user error exits at once: jax's shutdown waits at a barrier
   for every peer (minutes, when they are still training or waiting at a collective), and the
-  launcher (mdx.local, srun --kill-on-bad-exit) stops the peers when this one ends."""
+  launcher (mdx local, srun --kill-on-bad-exit) stops the peers when this one ends."""
   if status == 2 and _joined():
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(2)
   return status
-
-
-# -------------------------------------------------------------------------------------- argparse
-class ArgumentParser(argparse.ArgumentParser):
-  """argparse with --debug, and a usage mistake as one `error:` line (argparse prints the usage
-  too), exit status 2."""
-
-  def __init__(self, *args: Any, **kwargs: Any):
-    kwargs.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
-    super().__init__(*args, **kwargs)
-    self.add_argument(
-      "--debug", action="store_true", help=f"tracebacks for user errors too (also {DEBUG_ENV}=1)"
-    )
-
-  def error(self, message: str):
-    fail(f"{message}; see {self.prog} --help")
-    sys.exit(2)

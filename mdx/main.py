@@ -1,98 +1,10 @@
-"""mdx entry point:
-python -m mdx.main --config=experiments/X.py --workdir=DIR --mode=train|eval|export|predict
-
-Overrides: --config.train.steps=20 --config.data.image_size=64 ...  A run writes its resolved config
-into the workdir (WORKDIR/config.json), and every later command on that workdir uses it, not the
-experiment file's: train again resumes from the latest checkpoint with the run's config, and may
-change only eval.*, data.workers, data.prefetch, train.steps (extending the run: the learning-rate
-schedule is laid over the new count), train.log_every, train.keep_last and train.async_checkpoints;
-eval and export only eval.*, data.workers and data.prefetch. An override of anything else the run
-was trained with is an error naming both values. predict reads only WORKDIR/bundle and needs no
---config.
-A user's mistake (a config typo, a missing data root) is one line `error: ...` and exit status 2
-(mdx.cli); --debug or MDX_DEBUG=1 shows its traceback.
-"""
-
-from __future__ import annotations
+"""`python -m mdx.main --config=experiments/X.py --workdir=DIR --mode=train|eval|export|predict`:
+the same as `python -m mdx main ...` (mdx.commands.main), kept because scripts and the design
+documents name it. Importing this module does nothing."""
 
 import sys
 
-from absl import app, flags
-from ml_collections import config_flags
-
-from mdx import cli, runtime
-from mdx import config as config_lib
-from mdx.runtime import quiet_library_logs
-from mdx.train.run import run  # the flag-free API behind this command line
-
-_CONFIG = config_flags.DEFINE_config_file(
-  "config",
-  None,
-  "Experiment file with get_config() (not needed by --mode=predict). On a workdir that holds a "
-  "run, every mode uses the run's WORKDIR/config.json: only overrides of eval.* and the loader "
-  "(and, when train resumes it, train.steps and the logging and checkpoint-keeping settings) "
-  "apply over it.",
-  lock_config=True,
-)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and the report.")
-_MODE = flags.DEFINE_enum(
-  "mode",
-  "train",
-  ["train", "eval", "export", "predict"],
-  "train (then report and bundle the best checkpoint), eval (report and bundle the best "
-  "checkpoint again), export (a bundle of checkpoint --step), or predict (the run's bundle on "
-  "--input, written to --output; needs no training data).",
-)
-_INPUT = flags.DEFINE_string("input", None, "predict: a file, a folder or a CSV list of files.")
-_OUTPUT = flags.DEFINE_string(
-  "output", None, "predict: the folder for predictions; export: the bundle folder."
-)
-_STEP = flags.DEFINE_integer("step", None, "export: the checkpoint step (default: the best).")
-_DISTRIBUTED = flags.DEFINE_bool(
-  "jax_distributed",
-  False,
-  "Join a multi-host run found by jax (TPU VM, SLURM); ./launch.sh local needs no flag.",
-)
-_ACCELERATOR = flags.DEFINE_string(
-  "accelerator",
-  None,
-  "auto | cpu | cuda | tpu: stop with an error unless JAX runs on it (default $MDX_ACCELERATOR, "
-  "which ./launch.sh sets to the accelerator it detects).",
-)
-
-
-def main(argv):
-  quiet_library_logs()
-  if len(argv) > 1:
-    raise app.UsageError(
-      f"unexpected arguments {argv[1:]}; overrides look like --config.train.steps=20"
-    )
-  mode = _MODE.value
-  if _CONFIG.value is None and mode != "predict":
-    raise app.UsageError(
-      f"--mode={mode} needs --config=experiments/X.py (only --mode=predict runs without one)"
-    )
-  runtime.join_processes(_DISTRIBUTED.value)  # ./launch.sh local N, a TPU VM or SLURM
-  runtime.require_accelerator(_ACCELERATOR.value)
-  config, overrides = None, None
-  if _CONFIG.value is not None and mode != "predict":  # predict reads only the run's bundle
-    # A config mistake raises ValueError here, before anything is built: cli.run makes it one line.
-    config = config_lib.resolve(_CONFIG.value)
-    # The fields typed as --config.X=...: on a workdir that holds a run, those that would change
-    # it are refused (train resuming, eval, export); the experiment file's other values yield.
-    overrides = dict(config_flags.get_override_values(flags.FLAGS["config"]))
-  from mdx.train import loop
-
-  try:
-    out = run(config, _WORKDIR.value, mode, _INPUT.value, _OUTPUT.value, _STEP.value, overrides)
-  except loop.Preempted as e:  # a clean stop: the checkpoint is saved, a restart resumes
-    print(f"mdx: {e}", flush=True)
-    sys.exit(0)
-  if out:
-    print(f"mdx: {mode} done; see {out}", flush=True)
-
-
 if __name__ == "__main__":
-  # Required only when run as a program: importing this module must not change global flag state.
-  flags.mark_flags_as_required(["workdir"])  # --config too, except for --mode=predict (main)
-  cli.run(main)
+  from mdx import commands
+
+  commands.run("main", sys.argv[1:])

@@ -1,5 +1,6 @@
-"""Every command line (mdx.cli): a user's mistake is one line `error: ...` on stderr and exit status
-2, no traceback; MDX_DEBUG=1 adds the traceback (same line, same status); a bug keeps its traceback.
+"""Every command line (python -m mdx COMMAND, mdx.commands; the one-line errors of mdx.cli): a
+user's mistake is one line `error: ...` on stderr and exit status 2, no traceback; MDX_DEBUG=1 adds
+the traceback (same line, same status); a bug keeps its traceback.
 
 The subprocesses (a JAX import each, no model compiled) run concurrently in one fixture.
 """
@@ -17,7 +18,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _cases(tmp) -> dict[str, tuple[list[str], list[str]]]:
-  """name -> (python -m arguments, what the one line must name)."""
+  """name -> (python's arguments: every command of the front door, the mdx.main shim and a bench;
+  what the one line must name)."""
   text = os.path.join(tmp, "weights.txt")
   with open(text, "w") as f:
     f.write("not weights\nat all\n")
@@ -25,14 +27,16 @@ def _cases(tmp) -> dict[str, tuple[list[str], list[str]]]:
   work = os.path.join(tmp, "work")
   nih = "experiments/nih_64px.py"
   missing_csv = os.path.join(nope, "Data_Entry.csv")
+  mdx = ["-m", "mdx"]
   return {
     "main_missing_config": (
-      ["mdx.main", f"--config={nope}/x.py", f"--workdir={work}"],
+      [*mdx, "main", f"--config={nope}/x.py", f"--workdir={work}"],
       [f"--config={nope}/x.py", "does not exist"],
     ),
     "main_missing_data": (
       [
-        "mdx.main",
+        *mdx,
+        "main",
         f"--config={nih}",
         f"--workdir={work}",
         f"--config.data.metadata={missing_csv}",
@@ -40,34 +44,62 @@ def _cases(tmp) -> dict[str, tuple[list[str], list[str]]]:
       ],
       [missing_csv],
     ),
+    "main_shim": (  # python -m mdx.main, as before the front door
+      ["-m", "mdx.main", f"--config={nih}", f"--workdir={work}", "--config.train.stpes=2"],
+      ["--config.train.stpes=2", "Did you mean --config.train.steps?"],
+    ),
+    "no_such_command": ([*mdx, "trian"], ["no command 'trian'", "main, predict"]),
     "prepare": (
-      ["mdx.data.cli.prepare", f"--config={nih}", f"--config.data.metadata={missing_csv}"],
+      [*mdx, "prepare", f"--config={nih}", f"--config.data.metadata={missing_csv}"],
       [missing_csv],
     ),
+    "check": ([*mdx, "check", f"--config={nih}", "--config.data.mtadata=x"], ["'mtadata'"]),
     "split": (
-      ["mdx.data.cli.split", f"--metadata={missing_csv}", f"--out={tmp}/split"],
+      [*mdx, "split", f"--metadata={missing_csv}", f"--out={tmp}/split"],
       [missing_csv, "does not exist"],
     ),
-    "audit": (["mdx.data.cli.audit", missing_csv, f"{nope}/b.csv"], [missing_csv]),
+    "split_old_flag": (  # dashes were the old spelling: the flag parser names the new one
+      [*mdx, "split", f"--metadata={missing_csv}", f"--out={tmp}/split", "--test-size=10"],
+      ["test-size"],
+    ),
+    "audit": ([*mdx, "audit", missing_csv, f"{nope}/b.csv"], [missing_csv]),
+    "consensus": (
+      [*mdx, "consensus", f"--out={tmp}/c", missing_csv, f"{nope}/b.csv"],
+      [missing_csv, "does not exist"],
+    ),
     "evaluate": (
-      ["mdx.evaluate", f"--labels={missing_csv}", f"--probs={text}", f"--out={tmp}/e"],
+      [*mdx, "evaluate", f"--labels={missing_csv}", f"--probs={text}", f"--out={tmp}/e"],
       [missing_csv],
     ),
+    "sweep": (
+      [*mdx, "sweep", "--config=experiments/ablations/imbalance.py", f"--workdir={work}"]
+      + ["--config.train.steps=2", "--only=nosuch"],
+      ["--only=nosuch: no such variant"],
+    ),
     "import_weights_keras_h5": (
-      ["mdx.models.import_weights", "--model=densenet_tiny", "--source=keras_h5"]
+      [*mdx, "import_weights", "--model=densenet_tiny", "--source=keras_h5"]
       + [f"--input={text}", f"--output={tmp}/w"],
       [text, "is not a Keras .h5 (HDF5) weight file"],
     ),
     "import_weights_torch": (
-      ["mdx.models.import_weights", "--model=densenet_tiny", "--source=torch"]
+      [*mdx, "import_weights", "--model=densenet_tiny", "--source=torch"]
       + [f"--input={text}", f"--output={tmp}/w"],
       [text, "is not a PyTorch file"],
     ),
+    "from_weights": (
+      [*mdx, "from_weights", "--model=densenet_tiny", "--source=torch", f"--input={text}"]
+      + [f"--output={tmp}/b", "--findings=A", "--image_size=32"],
+      [text, "is not a PyTorch file"],
+    ),
     "predict": (
-      ["mdx.predict", f"--bundle={nope}", f"--input={tmp}", f"--output={tmp}/p"],
+      [*mdx, "predict", f"--bundle={nope}", f"--input={tmp}", f"--output={tmp}/p"],
       [f"bundle {nope}", "does not exist"],
     ),
-    "bench": (["mdx.models.bench", "--models=densenet_nosuch"], ["'densenet_nosuch' is unknown"]),
+    "local": ([*mdx, "local", "2", "nosuch-program"], ["command 'nosuch-program' not found"]),
+    "bench": (
+      ["benchmarks/classifiers.py", "--models=densenet_nosuch"],
+      ["'densenet_nosuch' is unknown"],
+    ),
   }
 
 
@@ -77,14 +109,13 @@ def _run(args: list[str], debug: bool) -> subprocess.CompletedProcess:
   if debug:
     env[cli.DEBUG_ENV] = "1"
   return subprocess.run(
-    [sys.executable, "-m", *args], cwd=ROOT, capture_output=True, text=True, env=env, timeout=300
+    [sys.executable, *args], cwd=ROOT, capture_output=True, text=True, env=env, timeout=300
   )
 
 
-# MDX_DEBUG=1 on one case of each path: the flag parser (absl), main (absl), argparse. The other
-# commands (consensus, sweep, from_weights, checkpoint_bench, local) go through the same mdx.cli
-# functions, tested in-process below.
-DEBUGGED = ["main_missing_config", "main_missing_data", "split"]
+# MDX_DEBUG=1 on one case of each path: the flag parser, a command's main, a command without
+# flags (local). The other commands go through the same mdx.cli functions.
+DEBUGGED = ["main_missing_config", "main_missing_data", "local"]
 
 
 @pytest.fixture(scope="module")
@@ -136,13 +167,14 @@ def test_one_line_joins_lines_and_unquotes_key_errors():
   assert cli.one_line(FileNotFoundError()) == "FileNotFoundError"
 
 
-def test_argument_parser_mistake_is_one_line(capsys):
-  p = cli.ArgumentParser(prog="python -m mdx.x")
-  p.add_argument("--n", type=int, required=True)
-  with pytest.raises(SystemExit) as e:
-    p.parse_args(["--n=abc"])
-  assert e.value.code == 2
-  err = capsys.readouterr().err
-  assert err.count("\n") == 1 and err.startswith("error: argument --n: invalid int value")
-  assert "python -m mdx.x --help" in err
-  assert p.parse_args(["--n=1", "--debug"]).debug
+def test_front_door_lists_the_commands(capsys):
+  from mdx import commands
+
+  assert "consensus" in commands.usage() and "from_weights" in commands.usage()
+  with pytest.raises(ValueError, match="no command 'trian'; the commands are main, predict"):
+    commands.load("trian")
+  # in-process calls define a command's flags and remove them: two commands with a --config each
+  assert commands.call("check", ["--config=experiments/nope.py"]) == 2
+  assert commands.call("audit", ["--config=experiments/nope.py"]) == 2
+  err = capsys.readouterr().err.splitlines()
+  assert len(err) == 2 and all(e.startswith("error: --config=experiments/nope.py") for e in err)

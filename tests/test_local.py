@@ -1,7 +1,7 @@
-"""mdx.local with stand-in processes (`python -c`): when one process fails, its own output is shown
-in full, the survivors' output as it fails (their collectives failing without the peer: a long Gloo
-traceback in a real run) is left out and counted in the one summary line, and nothing is lost when
-every process succeeds.
+"""The local command (mdx.commands.local) with stand-in processes (`python -c`): when one process
+fails, its own output is shown in full, the survivors' output as it fails (their collectives
+failing without the peer: a long Gloo traceback in a real run) is left out and counted in the one
+summary line, and nothing is lost when every process succeeds.
 
 The stand-ins talk over TCP as jax's collectives do: process 0 listens, process 1 connects, and
 process 0 learns of its peer's death from the closed connection, so its 'traceback' is written
@@ -13,7 +13,7 @@ import sys
 
 import pytest
 
-from mdx import local
+from mdx.commands import local
 
 PAIR = """
 import os, socket, sys, time

@@ -46,8 +46,9 @@ TINY_CLS = (
 )
 TINY_EVAL = "--config.eval.bootstrap=10 --config.eval.examples=2"
 TINY_SET = (
-  "--set=train.steps=2 --set=train.batch_size=8 --set=train.checkpoint_every=2 "
-  "--set=data.workers=0 --set=eval.bootstrap=10 --set=eval.examples=2 --paired_resamples=20"
+  "--config.train.steps=2 --config.train.batch_size=8 --config.train.checkpoint_every=2 "
+  "--config.data.workers=0 --config.eval.bootstrap=10 --config.eval.examples=2 "
+  "--paired_resamples=20"
 )
 TINY_REAL = (
   "--config.train.steps=2 --config.train.batch_size=8 --config.train.checkpoint_every=2 "
@@ -93,7 +94,7 @@ RULES = [
     expect=("runs/a/report/report.html", "runs/a/evaluated_checkpoint.json"),
   ),
   Rule(
-    r"^python -m mdx\.main --config=experiments/cxr_phantoms\.py --workdir=runs/a",
+    r"^python -m mdx main --config=experiments/cxr_phantoms\.py --workdir=runs/a",
     "run_a",
     TINY_CLS,
     expect=("runs/a/report/report.html",),
@@ -101,23 +102,23 @@ RULES = [
   Rule(
     r"^\./launch\.sh sweep experiments/ablations/pretraining\.py",
     "sweep_pretraining",
-    TINY_SET + " --set=data.image_size=32 --set=model.name=densenet_tiny",
+    TINY_SET + " --config.data.image_size=32 --config.model.name=densenet_tiny",
     expect=("runs/ablation/results.md",),
   ),
   Rule(
     r"^\./launch\.sh sweep experiments/ablations/unet_width\.py",
     "sweep_unet",
-    TINY_SET + " --set=data.patch_size=[16,16,16] --only=width_4,width_8",
+    TINY_SET + " --config.data.patch_size=16,16,16 --only=width_4,width_8",
     expect=("runs/unet_width/results.md",),
   ),
   Rule(
     r"^\./launch\.sh sweep experiments/ablations/imbalance\.py",
     "sweep_imbalance",
-    TINY_SET + " --seeds=0 --set=data.num_patients=60 --set=data.image_size=32 "
-    "--set=model.name=densenet_tiny",
+    TINY_SET + " --seeds=0 --config.data.num_patients=60 --config.data.image_size=32 "
+    "--config.model.name=densenet_tiny",
     expect=("runs/imbalance/results.md", "runs/imbalance/ablation.md", "docs/ablations.md"),
   ),
-  # Scaling out (stand-ins for gcloud, sbatch and srun; mdx.local for real)
+  # Scaling out (stand-ins for gcloud, sbatch and srun; the local command for real)
   Rule(r"^\./launch\.sh tpu ", "scale", expect=("gcloud.log",)),
   Rule(
     r"^\./launch\.sh local 2 train experiments/tiny_phantoms\.py",
@@ -141,18 +142,18 @@ RULES = [
     expect=("runs/nih64/report/report.html",),
   ),
   Rule(
-    r"^python -m mdx\.data\.cli\.split ",
+    r"^python -m mdx split ",
     "tables",
     expect=("splits/train.csv", "splits/validation.csv", "splits/test.csv"),
   ),
-  Rule(r"^python -m mdx\.data\.cli\.audit ", "tables"),
+  Rule(r"^python -m mdx audit ", "tables"),
   Rule(
-    r"^python -m mdx\.data\.cli\.consensus ",
+    r"^python -m mdx consensus ",
     "tables",
     expect=("reference/labels.csv", "reference/agreement.json"),
   ),
   Rule(
-    r"^python -m mdx\.evaluate --labels=",
+    r"^python -m mdx evaluate --labels=",
     "tables",
     "--bootstrap=20",
     expect=("eval/metrics.json", "eval/report.html"),
@@ -171,15 +172,15 @@ RULES = [
     expect=("bundles/a400/bundle.json",),
   ),
   Rule(
-    r"^python -m mdx\.evaluate --bundle=runs/a/bundle",
+    r"^python -m mdx evaluate --bundle=runs/a/bundle",
     "run_a",
     "--bootstrap=20",
     subs=((r"OTHER_HOSPITAL", "other_hospital"),),
     expect=("external/report.html",),
   ),
-  Rule(r"^python -m mdx\.inference\.from_weights ", "weights", expect=("bundles/xrv/bundle.json",)),
+  Rule(r"^python -m mdx from_weights ", "weights", expect=("bundles/xrv/bundle.json",)),
   # Models and transfer learning
-  Rule(r"^python -m mdx\.models\.import_weights ", "weights"),
+  Rule(r"^python -m mdx import_weights ", "weights"),
   Rule(
     r"^\./launch\.sh train experiments/finetune_phantoms\.py",
     "weights",
@@ -188,7 +189,7 @@ RULES = [
     expect=("runs/ft/report/report.html",),
   ),
   Rule(
-    r"^python -m mdx\.models\.bench\b",
+    r"^python benchmarks/classifiers\.py\b",
     "weights",
     "--models=densenet_tiny --resolutions=32 --batch=2 --steps=1 --repeats=1",
   ),

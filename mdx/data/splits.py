@@ -192,7 +192,7 @@ def test_first_split(
             f"cannot sample the {name} set: {total} images with {pos} positives so far and no "
             f"{'positive ' if want_pos else ''}patients left for size {target} with a positive "
             f"share >= {min_positive_share}; lower --{name[:3] if name == 'validation' else name}"
-            "-size or --min-positive-share"
+            "_size or --min_positive_share"
           )
         queue = other
       p = queue.popleft()

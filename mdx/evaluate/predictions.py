@@ -135,7 +135,7 @@ def read_predictions(
     raise ValueError(
       f"{probs_csv}: the finding columns differ from {labels_csv}: missing "
       f"{missing}, unexpected {extra}; both files need one column per finding (a labels "
-      "column that is not a finding, like a patient id, goes to --patient-column)"
+      "column that is not a finding, like a patient id, goes to --patient_column)"
     )
   if not lrows:
     raise ValueError(f"{labels_csv}: no data rows")
@@ -147,7 +147,7 @@ def read_predictions(
     raise ValueError(
       f"the ids do not match: {len(only_l)} ids of {labels_csv} have no row in {probs_csv} "
       f"(first: {only_l[:5]}), {len(only_p)} ids of {probs_csv} have no row in {labels_csv} "
-      f"(first: {only_p[:5]}); check the id column (--id-column)"
+      f"(first: {only_p[:5]}); check the id column (--id_column)"
     )
   labels = _numbers(lrows, [lh.index(f) for f in findings], lh, labels_csv, "label")
   probs = _numbers(prows, [ph.index(f) for f in findings], ph, probs_csv, "probability")

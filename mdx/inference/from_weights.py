@@ -1,12 +1,12 @@
 """Published classifier weights as a bundle, so they predict and are evaluated like a trained model.
 
-  python -m mdx.inference.from_weights --model=densenet121 --source=torch \
+  python -m mdx from_weights --model=densenet121 --source=torch \
       --input=xrv-densenet121-all.pt --output=bundles/xrv_all --findings=xrv --image_size=224 \
       --channels=1 --standardize=xrv
 
 Why: a model someone else trained (a torchxrayvision DenseNet, a Keras application fine-tuned
 elsewhere) should go through the same doors as an mdx run's model: `mdx.inference` predicts on
-files from its bundle and `python -m mdx.evaluate --bundle` validates it on labelled data. The
+files from its bundle and `python -m mdx evaluate --bundle` validates it on labelled data. The
 weights are read by mdx.models.import_weights (Keras .h5, PyTorch state dicts without pickle
 code, safetensors), must include the classification head, and get one finding name per output.
 Nothing was measured, so the bundle has no thresholds and no calibration (predict writes raw
@@ -35,13 +35,11 @@ of them trained (torchxrayvision leaves the others unnamed), so name those by ha
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
-from mdx import cli
 from mdx.data import standardize as standardize_lib
 from mdx.inference import bundle as bundle_lib
 
@@ -229,46 +227,3 @@ def bundle_from_weights(
   for m in spec["calibration"]["maps"].values():
     m["reason"] = "imported weights: nothing to fit on"
   return bundle_lib.write(output_dir, spec, variables)  # the card from the final spec
-
-
-def main(argv: list[str] | None = None) -> int:
-  p = cli.ArgumentParser(prog="python -m mdx.inference.from_weights", description=__doc__)
-  p.add_argument("--model", required=True, help="registry name, e.g. densenet121")
-  p.add_argument("--source", required=True, help="keras_h5 | torch | safetensors")
-  p.add_argument("--input", required=True, help="the weight file (with its classification head)")
-  p.add_argument("--output", required=True, help="the bundle folder to write")
-  p.add_argument(
-    "--findings", required=True, help="comma-separated, one per output, or a preset: xrv"
-  )
-  p.add_argument("--image_size", required=True, type=int, help="the side of the model's input")
-  p.add_argument("--channels", type=int, default=None, help="default: the weights' own")
-  p.add_argument(
-    "--standardize",
-    default="none",
-    help=f"a mode {IMAGE_MODES} or a preset {tuple(sorted(STANDARDIZE_PRESETS))}",
-  )
-  p.add_argument("--mean", default=None, help="--standardize=dataset: per channel, comma-separated")
-  p.add_argument("--std", default=None, help="--standardize=dataset: per channel, comma-separated")
-  args = p.parse_args(argv)
-  return cli.call(_main, args, debug=args.debug)  # a user's mistake: one line, exit status 2
-
-
-def _main(args) -> int:
-  path = bundle_from_weights(
-    args.model,
-    args.source,
-    args.input,
-    args.output,
-    findings=args.findings,
-    image_size=args.image_size,
-    channels=args.channels,
-    standardize=args.standardize,
-    mean=args.mean,
-    std=args.std,
-  )
-  print(f"bundle of {args.model} from {args.input} -> {path} (model card: {path}/model_card.md)")
-  return 0
-
-
-if __name__ == "__main__":
-  sys.exit(main())

@@ -1,6 +1,6 @@
 """Imports Keras applications .h5 files and PyTorch state dicts into mdx pretrained checkpoints.
 
-  python -m mdx.models.import_weights --model=densenet121 --source=keras_h5 \
+  python -m mdx import_weights --model=densenet121 --source=keras_h5 \
       --input=densenet121_weights_tf_dim_ordering_tf_kernels_notop.h5 \
       --output=/tmp/densenet121_imagenet
 
@@ -11,8 +11,8 @@ DenseNet names); safetensors. Every array in the file must land on a variable of
 the same shape and every variable of the model (the head aside) must be filled, else a ValueError
 lists what does not fit. The head is imported when the file has one (its class count is kept).
 A file of another format than --source (a text file, a .pt given as keras_h5) is a ValueError
-naming the file and the format it looks like, before any reader parses it; on the command line,
-one line `error: ...` and exit status 2 (mdx.cli).
+naming the file and the format it looks like, before any reader parses it; on the command line
+(mdx.commands.import_weights), one line `error: ...` and exit status 2 (mdx.cli).
 """
 
 from __future__ import annotations
@@ -372,28 +372,3 @@ def import_weights(
       ),
     )
   return variables
-
-
-def main(argv):
-  from absl import app, flags
-
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments {argv[1:]}; flags look like --input=PATH")
-  f = flags.FLAGS
-  out = import_weights(f.model, f.source, f.input, f.output)
-  n = sum(v.size for v in jax.tree.leaves(out))
-  print(f"imported {n:,} values of {f.model} from {f.input} into {os.path.abspath(f.output)}")
-
-
-if __name__ == "__main__":
-  from absl import flags
-
-  from mdx import cli
-
-  flags.DEFINE_string("model", None, "registry name, e.g. densenet121", required=True)
-  flags.DEFINE_enum("source", None, sorted(READERS), "weight file format", required=True)
-  flags.DEFINE_string("input", None, "weight file", required=True)
-  flags.DEFINE_string(
-    "output", None, "output directory (Orbax checkpoint + provenance.json)", required=True
-  )
-  cli.run(main)

@@ -16,8 +16,9 @@ and optionally
                    may name the prerequisites listed before it.
   ALLOW_IMAGE_SPLIT = True -> the leakage ablation's explicit switch: config.data.split.by='image'
                    may run (loudly; mdx.data.splits.image_split_allowed), nowhere else.
-`python -m mdx.train.sweep --ablation=FILE --workdir=DIR` trains each run into DIR/<variant> (with
-seeds DIR/<variant>/seed_<s>), evaluates it, and writes
+run_sweep(module, DIR) (the command: `python -m mdx sweep --config=FILE --workdir=DIR`, or
+`./launch.sh sweep FILE --workdir=DIR`) trains each run into DIR/<variant> (with seeds
+DIR/<variant>/seed_<s>), evaluates it, and writes
   DIR/results.md, results.json  per run the task's headline test results (classification: mean
                    AUROC with its 95% CI; segmentation: mean and per-class Dice), the best
                    validation value of config.train.best_metric and the first step reaching
@@ -25,18 +26,20 @@ seeds DIR/<variant>/seed_<s>), evaluates it, and writes
   DIR/ablation.md, .png, .json  (classification) the ablation report: variant x metric over seeds,
                    each variant against the baseline on the same test images, a figure, a paragraph;
                    --results_page=docs/ablations.md also puts it into that page.
---set=field=value overrides a field in every run, prerequisites included (so --set=train.steps=2
-makes a smoke test of the whole sweep and a fine-tuned model matches its pretrained one); an unknown
-field is an error naming the closest known one, as for --config.<field> (mdx.config.resolve).
+`overrides` ({dotted field: value}; on the command line --config.<field>=value, as for train) change
+a field in every run, prerequisites included (so --config.train.steps=2 makes a smoke test of the
+whole sweep and a fine-tuned model matches its pretrained one), after the variant's own changes; a
+field or value the config cannot take is an error naming the override and the closest known field
+(mdx.config.resolve).
 --only=a,b runs some variants; the report then leaves out, and names, the expectations about the
 others, and without the baseline it has no paired comparison (it says so).
 Everything is checked before the first run trains: --only and get_report(), every run's config
-(base, variant, --set and seed, resolved by mdx.config), that each model.init_from exists or is a
-prerequisite's folder, and that finished runs were made with the same config.
+(base, variant, overrides and seed, resolved by mdx.config), that each model.init_from exists or is
+a prerequisite's folder, and that finished runs were made with the same config.
 Resuming: a finished run leaves DIR/<run>/sweep_done.json (its resolved config and wall time), so
 a sweep started again skips the runs it finished and resumes the interrupted one from its
-checkpoint. A user's mistake (a missing ablation file, an unknown field) is one line `error: ...`
-and exit status 2 (mdx.cli).
+checkpoint. A mistake (an unknown field, a bad value) is a ValueError naming where it came from; on
+the command line one line `error: ...` and exit status 2 (mdx.cli).
 """
 
 from __future__ import annotations
@@ -46,32 +49,13 @@ import dataclasses
 import json
 import os
 import re
-import shlex
-import sys
 import time
 
 import jax
 import ml_collections
-from absl import app, flags, logging
+from absl import logging
 
 from mdx import cli, runtime
-
-_ABLATION = flags.DEFINE_string(
-  "ablation", None, "Ablation file with get_config() and get_sweep()."
-)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Directory holding one workdir per variant.")
-_ONLY = flags.DEFINE_list("only", None, "Run only these variants (default: all).")
-_REACH = flags.DEFINE_float("reach", 0.95, "Report the first step reaching this share of the best.")
-_OVERRIDE = flags.DEFINE_multi_string("set", [], "Extra override for every variant: field=value.")
-_SEEDS = flags.DEFINE_list(
-  "seeds", None, "Seeds per variant, e.g. 0,1,2 (default: the ablation file's SEEDS)."
-)
-_PAGE = flags.DEFINE_string(
-  "results_page", None, "Also put the ablation report into this page, e.g. docs/ablations.md."
-)
-_PAIRED = flags.DEFINE_integer(
-  "paired_resamples", 1000, "Patient resamples of the paired comparison against the baseline."
-)
 
 DONE = "sweep_done.json"  # in a run's folder once it is trained, evaluated and summarised
 
@@ -108,21 +92,19 @@ def apply_overrides(config, overrides: dict, where: str = "override") -> None:
       ) from None
 
 
-def _set_text(key: str, value) -> str:
-  return f"--set={key}={value if isinstance(value, str) else json.dumps(value)}"
+def override_text(key: str, value) -> str:
+  """An override as it is typed: --config.train.steps=2, --config.data.patch_size=16,16,16."""
+  if isinstance(value, (tuple, list)):
+    text = ",".join(str(v) for v in value)
+  else:
+    text = value if isinstance(value, str) else json.dumps(value)
+  return f"--config.{key}={text}"
 
 
 def _blame(overrides: dict, message: str) -> str:
-  """The --set overrides a config error is about: those whose field it names, else all."""
+  """The overrides a config error is about: those whose field it names, else all."""
   named = [k for k in overrides if f"'{k}'" in message or f"config.{k}" in message]
-  return " ".join(_set_text(k, overrides[k]) for k in named or overrides)
-
-
-def parse_value(text: str):
-  try:
-    return json.loads(text)
-  except json.JSONDecodeError:
-    return text
+  return " ".join(override_text(k, overrides[k]) for k in named or overrides)
 
 
 def summarize(workdir: str, config, reach: float) -> dict:
@@ -277,15 +259,15 @@ class Plan:
 
 def configure(make, changes: dict, overrides: dict, seed, folders: dict, where: str, on=""):
   """A run's (config, resolved config, prerequisites it names): `make()` (its base config) with the
-  variant's `changes`, the --set `overrides`, the seed and the prerequisites' `folders` in place of
-  their '{name}'. A mistake names its source: `where` (the ablation file's part) or the --set
-  override (`on`: which run it reached)."""
+  `overrides` (the command line's --config.<field>), then the variant's `changes` on top, the seed
+  and the prerequisites' `folders` in place of their '{name}'. A mistake names its source: `where`
+  (the ablation file's part) or the override (`on`: which run it reached)."""
   from mdx import config as config_lib
 
   config = make()
-  apply_overrides(config, changes, where)
   for key, value in overrides.items():
-    apply_overrides(config, {key: value}, _set_text(key, value) + on)
+    apply_overrides(config, {key: value}, override_text(key, value) + on)
+  apply_overrides(config, changes, where)
   if seed is not None:
     config.seed = seed
   uses = substitute(config, folders, where)
@@ -305,6 +287,20 @@ def configure(make, changes: dict, overrides: dict, seed, folders: dict, where: 
   raise ValueError(f"{where}: {error}") from None
 
 
+def _warn_overridden(overrides: dict, changes: dict, variant: str) -> None:
+  """One warning when a variant sets a field an override sets too: the variant's value holds (the
+  overrides change the base, and a variant is a change of the base)."""
+  within = lambda a, b: a == b or a.startswith(b + ".")
+  both = [k for k in overrides if any(within(k, c) or within(c, k) for c in changes)]
+  if both:
+    logging.warning(
+      "sweep: variant %r sets %s itself; its own value holds over %s",
+      variant,
+      ", ".join(f"config.{c}" for c in changes if any(within(k, c) or within(c, k) for k in both)),
+      " ".join(override_text(k, overrides[k]) for k in both),
+    )
+
+
 def _check_init_from(run: Planned, ready: list[str], where: str) -> None:
   """A fine-tuning run's pretrained weights must be there or come from a prerequisite trained
   before it (`ready`: their folders); else it would fail after the runs before it trained."""
@@ -314,7 +310,7 @@ def _check_init_from(run: Planned, ready: list[str], where: str) -> None:
   raise ValueError(
     f"{where}: config.model.init_from={path!r} does not exist; train the pretraining run there "
     f"first (./launch.sh train EXPERIMENT --workdir={path}), point it elsewhere "
-    "(--set=model.init_from=DIR), or let the ablation train it (get_prerequisites() and "
+    "(--config.model.init_from=DIR), or let the ablation train it (get_prerequisites() and "
     "'{name}', see mdx.train.sweep)"
   )
 
@@ -322,7 +318,7 @@ def _check_init_from(run: Planned, ready: list[str], where: str) -> None:
 def prepare(module, workdir: str, *, only=None, overrides=None, seeds=None) -> Plan:
   """Every run of the sweep, checked before anything trains: --only and the report spec, every
   run's resolved config, each model.init_from, finished runs against their configs (a ValueError
-  naming the run and the fix). Call inside _image_split_switch(module)."""
+  naming the run and the fix). Call inside image_split_switch(module)."""
   overrides = dict(overrides or {})
   seeds = seeds_of(module, seeds)
   file = getattr(module, "__file__", module.__name__)
@@ -332,6 +328,8 @@ def prepare(module, workdir: str, *, only=None, overrides=None, seeds=None) -> P
   runs = []
   for name, variant, seed, changes in plan(module, seeds, only):
     where = f"{file} variant {variant!r}"
+    if not runs or runs[-1].variant != variant:
+      _warn_overridden(overrides, changes, variant)
     config, resolved, uses = configure(module.get_config, changes, overrides, seed, folders, where)
     done = finished(os.path.join(workdir, name), resolved)
     runs.append(Planned(name, variant, seed, config, resolved, uses, done))
@@ -410,7 +408,7 @@ def finished(run_dir: str, config) -> dict | None:
   return done
 
 
-def _image_split_switch(module):
+def image_split_switch(module):
   """The leakage ablation's explicit switch (ALLOW_IMAGE_SPLIT = True in its file), else nothing."""
   if getattr(module, "ALLOW_IMAGE_SPLIT", False) is not True:
     return contextlib.nullcontext()
@@ -445,7 +443,7 @@ def run_sweep(
 
   start = time.perf_counter()
   results, walls, reused = {}, {}, 0
-  with _image_split_switch(module):
+  with image_split_switch(module):
     planned = planned or prepare(module, workdir, only=only, overrides=overrides, seeds=seeds)
     for run in planned.prerequisites + planned.runs:
       run_dir = os.path.join(workdir, run.name)
@@ -518,47 +516,3 @@ def ablation_report(planned: Plan, workdir, command, wall, results_page, bootstr
   if results_page:
     ablation.update_results_page(results_page, planned.name, written)
   return written
-
-
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(
-      f"unexpected arguments {argv[1:]}; overrides look like --set=train.steps=5"
-    )
-  # The user's mistakes first, before any process joins or device starts (one line: mdx.cli).
-  module = load_module(_ABLATION.value)
-  bad = [item for item in _OVERRIDE.value if "=" not in item]
-  if bad:
-    raise ValueError(f"--set={bad[0]}: give field=value, e.g. --set=train.steps=5")
-  extra = dict(item.split("=", 1) for item in _OVERRIDE.value)
-  overrides = {k: parse_value(v) for k, v in extra.items()}
-  with _image_split_switch(module):  # every run checked before any trains (or a process joins)
-    planned = prepare(
-      module, _WORKDIR.value, only=_ONLY.value, overrides=overrides, seeds=_SEEDS.value
-    )
-  runtime.join_processes()  # a no-op unless started by ./launch.sh local N
-  runtime.quiet_library_logs()
-  runtime.require_accelerator()
-  flags_given = [shlex.quote(a) for a in sys.argv[1:] if not a.startswith("--ablation")]
-  run_sweep(
-    module,
-    _WORKDIR.value,
-    only=_ONLY.value,
-    reach=_REACH.value,
-    overrides=overrides,
-    seeds=_SEEDS.value,
-    command=" ".join(["./launch.sh sweep", _ABLATION.value, *flags_given]),
-    results_page=_PAGE.value,
-    bootstrap=_PAIRED.value,
-    planned=planned,
-  )
-  if jax.process_index() == 0:
-    print(open(os.path.join(_WORKDIR.value, "results.md")).read())
-    report = os.path.join(_WORKDIR.value, "ablation.md")
-    if os.path.exists(report):
-      print(open(report).read())
-
-
-if __name__ == "__main__":
-  flags.mark_flags_as_required(["ablation", "workdir"])  # not on import: keeps global flags clean
-  cli.run(main)

@@ -1,7 +1,9 @@
-"""The consensus command line: reader CSVs in, labels.csv and agreement.json out.
+"""The consensus command (python -m mdx consensus --out=DIR READER.csv ...): reader CSVs in,
+labels.csv and agreement.json out.
 
 The three-reader case is worked by hand from the definitions (majority, Cohen's and Fleiss' kappa)
-and one pair is checked against scikit-learn; the other cases call main() directly to stay fast.
+and one pair is checked against scikit-learn; the other cases run the command in this process
+(mdx.commands.call) to stay fast.
 """
 
 import json
@@ -13,7 +15,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import cohen_kappa_score
 
-from mdx.data.cli import consensus as cli
+from mdx import commands
 from mdx.data.cxr import file_source
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -44,6 +46,11 @@ def read_labels(out):
   return columns, {r[columns[0]]: {c: r[c] for c in columns[1:]} for r in rows}
 
 
+def consensus(*argv) -> int:
+  """The command's exit status, run in this process."""
+  return commands.call("consensus", [str(a) for a in argv])
+
+
 def pair(report, finding, a, b):
   (hit,) = [p for p in report["findings"][finding]["cohen_kappa"] if p["readers"] == [a, b]]
   return hit
@@ -52,8 +59,7 @@ def pair(report, finding, a, b):
 def test_three_readers_by_hand_in_a_subprocess(tmp_path):
   out = tmp_path / "out"
   proc = subprocess.run(
-    [sys.executable, "-m", "mdx.data.cli.consensus", "--reads", *three_readers(tmp_path)]
-    + ["--out", str(out)],
+    [sys.executable, "-m", "mdx", "consensus", f"--out={out}", *three_readers(tmp_path)],
     cwd=ROOT,
     capture_output=True,
     text=True,
@@ -119,7 +125,7 @@ def test_tie_rules(tmp_path, tie, expected, capsys):
     ),
   ]
   out = tmp_path / "out"
-  assert cli.main(["--reads", *paths, "--out", str(out), "--tie", tie]) == 0
+  assert consensus(*paths, f"--out={out}", f"--tie={tie}") == 0  # flags after the files too
   _, labels = read_labels(out)
   assert [labels[i]["Mass"] for i in ids] == expected
   mass = json.loads((out / "agreement.json").read_text())["findings"]["Mass"]
@@ -130,7 +136,7 @@ def test_tie_rules(tmp_path, tie, expected, capsys):
 
 def test_tie_reader_out_of_range_is_a_user_error(tmp_path, capsys):
   paths = three_readers(tmp_path)
-  assert cli.main(["--reads", *paths, "--out", str(tmp_path / "o"), "--tie", "reader:3"]) == 2
+  assert consensus(f"--out={tmp_path / 'o'}", "--tie=reader:3", *paths) == 2
   err = capsys.readouterr().err
   assert err.startswith("error: --tie=reader:3") and "0..2" in err and err.count("\n") == 1
 
@@ -159,8 +165,7 @@ def test_readers_who_missed_images_and_an_id_column_not_first(tmp_path):
     ("image", "Mass", "Nodule"),
   )
   out = tmp_path / "out"
-  argv = ["--reads", p1, p2, p3, "--out", str(out), "--id-column", "image"]
-  assert cli.main(argv) == 0
+  assert consensus(f"--out={out}", "--id_column=image", p1, p2, p3) == 0
   columns, labels = read_labels(out)
   assert columns == ["image", "Mass", "Nodule"] and list(labels) == ["a", "b", "c", "d"]
   # Mass: a 1,-,1 -> 1; b 1,1,0 -> 1; c 0,1,0 -> 0; d -,0,0 -> 0.  Nodule: b 1,1,0 -> 1.
@@ -184,7 +189,7 @@ def test_bad_cell_names_file_line_and_column(tmp_path, capsys):
   _, rows = file_source.read_csv(paths[1])
   rows[2]["Effusion"] = "-1"  # the third data row: line 4 of the file
   file_source.write_csv(paths[1], ["image", "Mass", "Effusion"], rows)
-  assert cli.main(["--reads", *paths, "--out", str(tmp_path / "o")]) == 2
+  assert consensus(f"--out={tmp_path / 'o'}", *paths) == 2
   err = capsys.readouterr().err
   assert err.startswith(f"error: {paths[1]} line 4 (id 'c'), column 'Effusion': '-1'")
   assert err.count("\n") == 1 and not os.path.exists(tmp_path / "o")
@@ -195,7 +200,7 @@ def test_mismatched_findings_name_the_file_and_columns(tmp_path, capsys):
   _, rows = file_source.read_csv(paths[2])
   rows = [{"image": r["image"], "Mass": r["Mass"], "Nodule": "0"} for r in rows]
   file_source.write_csv(paths[2], ["image", "Mass", "Nodule"], rows)
-  assert cli.main(["--reads", *paths, "--out", str(tmp_path / "o")]) == 2
+  assert consensus(f"--out={tmp_path / 'o'}", *paths) == 2
   err = capsys.readouterr().err
   assert err.startswith(f"error: {paths[2]}: findings differ from {paths[0]}")
   assert "missing ['Effusion'], extra ['Nodule']" in err and err.count("\n") == 1
@@ -203,11 +208,11 @@ def test_mismatched_findings_name_the_file_and_columns(tmp_path, capsys):
 
 def test_duplicate_id_and_missing_id_column_are_user_errors(tmp_path, capsys):
   paths = three_readers(tmp_path)
-  assert cli.main(["--reads", *paths, "--out", str(tmp_path / "o"), "--id-column", "Path"]) == 2
+  assert consensus(f"--out={tmp_path / 'o'}", "--id_column=Path", *paths) == 2
   assert "missing column(s) ['Path']" in capsys.readouterr().err
   with open(paths[0], "a") as f:
     f.write("b,1,0\n")
-  assert cli.main(["--reads", *paths, "--out", str(tmp_path / "o")]) == 2
+  assert consensus(f"--out={tmp_path / 'o'}", *paths) == 2
   assert "line 8: id 'b' already read on line 3" in capsys.readouterr().err
 
 
@@ -215,8 +220,7 @@ def test_missing_file_is_one_line_without_traceback(tmp_path):
   paths = three_readers(tmp_path)
   missing = str(tmp_path / "r4.csv")
   proc = subprocess.run(
-    [sys.executable, "-m", "mdx.data.cli.consensus", "--reads", *paths, missing]
-    + ["--out", str(tmp_path / "o")],
+    [sys.executable, "-m", "mdx", "consensus", f"--out={tmp_path / 'o'}", *paths, missing],
     cwd=ROOT,
     capture_output=True,
     text=True,
@@ -224,3 +228,12 @@ def test_missing_file_is_one_line_without_traceback(tmp_path):
   )
   assert proc.returncode == 2
   assert proc.stderr == f"error: reads file {missing} does not exist\n"
+
+
+def test_one_reader_or_no_out_is_a_usage_error(tmp_path, capsys):
+  (path,) = three_readers(tmp_path)[:1]
+  assert consensus(f"--out={tmp_path / 'o'}", path) == 2
+  err = capsys.readouterr().err
+  assert err.startswith("error: give two or more readers' CSV files") and err.count("\n") == 1
+  assert consensus(path, path) == 2
+  assert "--out" in capsys.readouterr().err

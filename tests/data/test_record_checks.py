@@ -227,9 +227,9 @@ def test_prepared_records_are_checked_from_the_records(tmp_path, monkeypatch):
 
 
 def test_check_command_says_what_a_run_of_the_experiment_would_do(tmp_path, check_cache):
-  """python -m mdx.data.cli.check: findings under the experiment's own on_error, listed in
+  """python -m mdx check: findings under the experiment's own on_error, listed in
   bad_records.csv (--out, else the user's check cache: not the --cold scratch, which is gone)."""
-  from mdx.data.cli import check as check_cli
+  from mdx.commands import check as check_cli
 
   root = make_folders(tmp_path / "data")
   truncate(root / "PNEUMONIA" / "p3_0.png")

@@ -1,13 +1,13 @@
-"""Splits by patient, test-first sampling with a minimum positive share, k-fold, official NIH, audit
-CLIs."""
+"""Splits by patient, test-first sampling with a minimum positive share, k-fold, official NIH; the
+split and audit commands."""
 
 import ml_collections
 import numpy as np
 import pytest
 from real_layouts import NIH_COLUMNS, write_csv
 
+from mdx import commands
 from mdx.data import splits
-from mdx.data.cli import audit, split
 
 
 def _population(n_patients=300, seed=0):
@@ -32,7 +32,7 @@ def test_test_first_split_shares_sizes_and_no_leak():
   assert pos[out["train"]].mean() < 0.5
   again = splits.test_first_split(pids, pos, 60, 50, 0.5, seed=1)
   assert all(np.array_equal(out[k], again[k]) for k in out)
-  with pytest.raises(ValueError, match="min-positive-share"):
+  with pytest.raises(ValueError, match="min_positive_share"):
     splits.test_first_split(pids, pos, 400, 50, 0.9, seed=1)
 
 
@@ -142,17 +142,18 @@ def _nih_csv(path, n_patients=40, seed=0):
 
 def test_split_cli_and_audit_cli(tmp_path, capsys):
   rows = _nih_csv(tmp_path / "Data_Entry_2017.csv")
-  rc = split.main(
+  rc = commands.call(
+    "split",
     [
       "--source=nih",
       f"--metadata={tmp_path / 'Data_Entry_2017.csv'}",
       f"--out={tmp_path / 'out'}",
-      "--test-size=10",
-      "--val-size=10",
-      "--min-positive-share=0.5",
+      "--test_size=10",
+      "--val_size=10",
+      "--min_positive_share=0.5",
       "--findings=Mass,Pneumonia",
       "--seed=3",
-    ]
+    ],
   )
   out = capsys.readouterr().out
   assert rc == 0 and "OK: no patient is in two sets" in out
@@ -162,17 +163,15 @@ def test_split_cli_and_audit_cli(tmp_path, capsys):
   loaded = [file_source.read_csv(f) for f in files]
   assert all(cols == NIH_COLUMNS for cols, _ in loaded)
   assert sum(len(r) for _, r in loaded) == len(rows)
-  assert audit.main(files) == 0
+  assert commands.call("audit", files) == 0
   # An image-level random split of the same rows leaks patients: the audit says so and exits 1.
   perm = np.random.default_rng(0).permutation(len(rows))
   thirds = np.array_split(perm, 3)
   for i, idx in enumerate(thirds):
     write_csv(str(tmp_path / f"img{i}.csv"), NIH_COLUMNS, [rows[j] for j in idx])
   capsys.readouterr()
-  assert (
-    audit.main([str(tmp_path / f"img{i}.csv") for i in range(3)] + ["--patient-column=Patient ID"])
-    == 1
-  )
+  images = [str(tmp_path / f"img{i}.csv") for i in range(3)]
+  assert commands.call("audit", [*images, "--patient_column=Patient ID"]) == 1
   assert "LEAK" in capsys.readouterr().out
 
 
@@ -202,5 +201,5 @@ def test_empty_split_and_missing_column(tmp_path, capsys):
   with pytest.raises(ValueError, match="empty"):
     splits.patient_split(["a", "b"], {"test": 0.1}, 0)
   write_csv(str(tmp_path / "x.csv"), ["Image Index", "Finding Labels"], [("a.png", "Mass")])
-  assert audit.main([str(tmp_path / "x.csv"), str(tmp_path / "x.csv")]) == 2  # a user error
+  assert commands.call("audit", [str(tmp_path / "x.csv"), str(tmp_path / "x.csv")]) == 2
   assert "x.csv: no patient column" in capsys.readouterr().err

@@ -30,8 +30,8 @@ def test_reads_and_aligns_by_id(good):
   assert pred.patient_ids.tolist() == ["p1", "p1", "p2"]
   np.testing.assert_array_equal(pred.labels, [[1, 0], [0, np.nan], [1, 1]])
   np.testing.assert_array_equal(pred.probs, [[0.7, 0.2], [0.1, 0.5], [0.8, 0.9]])
-  # Without --patient-column the patient column would be a finding missing from the probabilities.
-  with pytest.raises(ValueError, match=r"missing \['patient'\].*--patient-column"):
+  # Without --patient_column the patient column would be a finding missing from the probabilities.
+  with pytest.raises(ValueError, match=r"missing \['patient'\].*--patient_column"):
     P.read_predictions(*good)
 
 

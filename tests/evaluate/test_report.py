@@ -6,7 +6,6 @@ import re
 
 import numpy as np
 import pytest
-from absl import flags
 from sklearn.metrics import roc_auc_score
 
 from mdx.evaluate import classification as CL
@@ -143,18 +142,9 @@ def test_without_validation_the_report_says_thresholds_are_optimistic():
 
 @pytest.fixture
 def cli():
-  from mdx import cli as cli_lib
-  from mdx.evaluate import __main__ as main_mod
+  from mdx import commands
 
-  def run(*args):
-    flags.FLAGS.unparse_flags()
-    flags.FLAGS(["mdx.evaluate", *args])
-    try:
-      return cli_lib.call(main_mod.main, ["mdx.evaluate"])  # as cli.run calls it
-    finally:
-      flags.FLAGS.unparse_flags()
-
-  return run
+  return lambda *args: commands.call("evaluate", list(args))  # python -m mdx evaluate ARGS
 
 
 def test_cli_writes_the_report_and_reports_bad_csvs(tmp_path, cli, capsys):
@@ -176,7 +166,7 @@ def test_cli_writes_the_report_and_reports_bad_csvs(tmp_path, cli, capsys):
       f"--labels={lp}",
       f"--probs={pp}",
       f"--out={out}",
-      "--patient-column=subject",
+      "--patient_column=subject",
       "--bootstrap=20",
       "--seed=2",
     )
@@ -191,7 +181,7 @@ def test_cli_writes_the_report_and_reports_bad_csvs(tmp_path, cli, capsys):
   assert (out / "report.html").exists()
   bad = tmp_path / "bad.csv"
   bad.write_text(pp and open(pp).read().replace("s3,", "s3x,", 1))
-  assert cli(f"--labels={lp}", f"--probs={bad}", f"--out={out}", "--patient-column=subject") == 2
+  assert cli(f"--labels={lp}", f"--probs={bad}", f"--out={out}", "--patient_column=subject") == 2
   assert "ids do not match" in capsys.readouterr().err
 
 
@@ -209,7 +199,7 @@ def test_cli_compares_two_models(tmp_path, cli):
   out = tmp_path / "cmp"
   assert (
     cli(
-      f"--labels={lp}", f"--probs={ap}", f"--compare-probs={bp}", f"--out={out}", "--bootstrap=200"
+      f"--labels={lp}", f"--probs={ap}", f"--compare_probs={bp}", f"--out={out}", "--bootstrap=200"
     )
     == 0
   )

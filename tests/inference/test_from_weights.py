@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from torch_reference import TorchDenseNet, randomize_batchnorm
 
+from mdx import commands
 from mdx.data.cxr import records
 from mdx.inference import bundle, classifier, from_weights
 
@@ -84,11 +85,11 @@ def test_findings_count_and_missing_head_are_one_line_errors(tmp_path, capsys):
     f"--output={tmp_path / 'b'}",
     "--image_size=32",
   ]
-  assert from_weights.main(args + ["--findings=A,B"]) == 2
+  assert commands.call("from_weights", args + ["--findings=A,B"]) == 2
   err = capsys.readouterr().err
   assert err.startswith("error: ") and err.count("\n") == 1
   assert "2 names" in err and "3 outputs" in err
-  assert from_weights.main(args + ["--findings=xrv"]) == 2  # the preset names 18
+  assert commands.call("from_weights", args + ["--findings=xrv"]) == 2  # the preset names 18
   assert "18 names" in capsys.readouterr().err
   assert not (tmp_path / "b").exists()
 
@@ -102,11 +103,11 @@ def test_findings_count_and_missing_head_are_one_line_errors(tmp_path, capsys):
       findings=["A"],
       image_size=32,
     )
-  assert from_weights.main(args + ["--findings=A,B,C", "--channels=3"]) == 2
+  assert commands.call("from_weights", args + ["--findings=A,B,C", "--channels=3"]) == 2
   assert "--channels=1" in capsys.readouterr().err
   (tmp_path / "notabundle").mkdir()
   out = f"--output={tmp_path / 'notabundle'}"
-  assert from_weights.main(args[:3] + [out, "--image_size=32", "--findings=A,B,C"]) == 2
+  assert commands.call("from_weights", args[:3] + [out, "--image_size=32", "--findings=A,B,C"]) == 2
   assert "is not a bundle" in capsys.readouterr().err
 
 

@@ -1,7 +1,8 @@
 """Sweeps work for any task: a tiny segmentation sweep writes its results table from the task's
 report. Everything a sweep can reject is rejected before its first run trains (--only against the
-report, each run's config and --set, model.init_from); prerequisite runs (a pretraining) are
-trained first, once, and named by '{name}' in the configs that use them."""
+report, each run's config and --config overrides, model.init_from); prerequisite runs (a
+pretraining) are trained first, once, and named by '{name}' in the configs that use them. The
+command line takes train's --config.<field> overrides of the base; the variants apply on top."""
 
 import json
 import os
@@ -165,11 +166,11 @@ def test_only_the_leakage_ablation_switches_the_image_split_on():
   from mdx.data import splits
 
   leakage = sweep.load_module(os.path.join(ROOT, "experiments", "ablations", "leakage.py"))
-  with sweep._image_split_switch(leakage):
+  with sweep.image_split_switch(leakage):
     splits.check_split_by("image")
   for name in ("imbalance.py", "unet_width.py"):
     other = sweep.load_module(os.path.join(ROOT, "experiments", "ablations", name))
-    with sweep._image_split_switch(other), pytest.raises(ValueError, match="ALLOW_IMAGE_SPLIT"):
+    with sweep.image_split_switch(other), pytest.raises(ValueError, match="ALLOW_IMAGE_SPLIT"):
       splits.check_split_by("image")
 
 
@@ -205,22 +206,22 @@ def test_mistakes_fail_before_the_first_run_trains(tmp_path, monkeypatch):
 
   calls = []
   monkeypatch.setattr(runner, "run", _fake_training(calls, kill_at=None))
-  cases = [  # (ablation file's extra variants, extra expectations, --set, error)
+  cases = [  # (ablation file's extra variants, extra expectations, overrides, error)
     ("", ', "zz": ("delta_auroc", "higher")', {}, r"\['expect'\]\['zz'\].*give a variant of"),
     ("", ', "a": ("delta_auroc", "higher")', {}, r"\['expect'\]\['a'\].*other than the baseline"),
     (
       "",
       "",
       {"train.stpes": 4},
-      r"^--set=train.stpes=4: unknown config field 'train.stpes'. Did you mean 'train.steps'\?",
+      r"^--config.train.stpes=4: unknown config field 'train.stpes'. Did you mean 'train.steps'\?",
     ),
-    ("", "", {"trian.steps": 4}, r"^--set=trian.steps=4: .*Did you mean 'train'\?"),
-    ("", "", {"train.steps": "x"}, r"^--set=train.steps=x: 'x' does not fit config.train.steps"),
+    ("", "", {"trian.steps": 4}, r"^--config.trian.steps=4: .*Did you mean 'train'\?"),
+    ("", "", {"train.steps": "x"}, r"^--config.train.steps=x: 'x' does not fit config.train.steps"),
     (
       "",
       "",
       {"train.lr": 0.1, "train.warmup_steps": 50},
-      r"^--set=train.warmup_steps=50: config.train.warmup_steps=50: must not exceed",
+      r"^--config.train.warmup_steps=50: config.train.warmup_steps=50: must not exceed",
     ),
     # the last variant's config is wrong: found before the first variant trains
     (', "c": {"train.batch_size": 0}', "", {}, r"variant 'c': config.train.batch_size=0: must"),
@@ -233,18 +234,41 @@ def test_mistakes_fail_before_the_first_run_trains(tmp_path, monkeypatch):
   assert calls == [] and not (tmp_path / "w").exists()
 
 
-def test_the_command_line_checks_every_run_before_starting(tmp_path):
-  from absl.testing import flagsaver
+def test_the_command_line_checks_every_run_before_starting(tmp_path, capsys):
+  from mdx import commands
 
-  _ablation(tmp_path)
-  given = dict(ablation=str(tmp_path / "two_variants.py"), workdir=str(tmp_path / "w"))
-  with flagsaver.flagsaver(**given, set=["train.stpes=4"]):
-    with pytest.raises(ValueError, match="Did you mean 'train.steps'"):
-      sweep.main(["sweep"])
-  with flagsaver.flagsaver(**given, only=["b", "zz"]):
-    with pytest.raises(ValueError, match=r"--only=zz: no such variant"):
-      sweep.main(["sweep"])
+  path = _ablation(tmp_path).__file__
+  given = [f"--config={path}", f"--workdir={tmp_path / 'w'}"]
+  cases = [  # (flags, the one line's words)
+    (["--config.train.stpes=4"], "Did you mean --config.train.steps?"),  # parsing the flags
+    (["--config.train.warmup_steps=50"], "--config.train.warmup_steps=50: config.train.warmup"),
+    (["--only=b,zz"], "--only=zz: no such variant"),
+  ]
+  for argv, words in cases:
+    assert commands.call("sweep", given + argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and words in err, err
   assert not (tmp_path / "w").exists()
+
+
+def test_the_command_line_overrides_the_base_and_the_variants_apply_on_top(tmp_path, monkeypatch):
+  from mdx import commands
+  from mdx.train import run as runner
+
+  calls, seen = [], {}
+  fake = _fake_training(calls, kill_at=None)
+
+  def run(config, workdir, mode):
+    seen[os.path.relpath(workdir, tmp_path / "w")] = (config.train.steps, config.train.lr)
+    return fake(config, workdir, mode)
+
+  monkeypatch.setattr(runner, "run", run)
+  path = _ablation(tmp_path).__file__
+  argv = [f"--config={path}", f"--workdir={tmp_path / 'w'}", "--seeds=0", "--paired_resamples=20"]
+  assert commands.call("sweep", argv + ["--config.train.steps=3", "--config.train.lr=0.5"]) == 0
+  assert seen == {"a/seed_0": (3, 1e-3), "b/seed_0": (3, 2e-3)}  # each variant sets its lr
+  command = (tmp_path / "w" / "ablation.md").read_text()
+  assert f"./launch.sh sweep {path} --workdir=" in command and "--config.train.steps=3" in command
 
 
 def test_set_reaches_fields_the_experiment_file_leaves_at_their_defaults(tmp_path):
@@ -269,7 +293,7 @@ def test_a_prerequisite_is_planned_first_and_its_folder_replaces_its_name(tmp_pa
   planned = sweep.prepare(module, work, overrides=overrides)
   (pre,) = planned.prerequisites
   assert pre.name == "pretrain" and pre.variant is None
-  assert pre.resolved.train.steps == 2 and pre.resolved.model.name == "densenet_small"  # --set
+  assert pre.resolved.train.steps == 2 and pre.resolved.model.name == "densenet_small"  # overrides
   assert pre.resolved.seed == 1 and pre.resolved.data.num_patients == 1500  # its own config
   init = {r.name: r.resolved.model.init_from for r in planned.runs}
   pretrained = os.path.join(work, "pretrain")
@@ -331,7 +355,7 @@ def test_a_missing_init_from_fails_before_anything_trains_and_says_what_to_run(
   monkeypatch.setattr(runner, "run", _fake_training(calls, kill_at=None, root=str(work)))
   with pytest.raises(
     ValueError,
-    match=rf"run 'from_scratch': config.model.init_from='{missing}' does not exist; train the "
+    match=rf"run 'finetune_all': config.model.init_from='{missing}' does not exist; train the "
     rf"pretraining run there first \(./launch.sh train EXPERIMENT --workdir={missing}\)",
   ):
     sweep.run_sweep(module, str(work), overrides={"model.init_from": missing})
@@ -386,7 +410,7 @@ def test_the_pretraining_ablation_pretrains_then_fine_tunes_every_variant(tmp_pa
   assert list(results) == ["from_scratch", "finetune_all", "finetune_last_block", "head_only"]
   pre = json.load(open(tmp_path / "pretrain" / "config.json"))
   assert (tmp_path / "pretrain" / sweep.DONE).exists()
-  assert pre["model"]["name"] == "densenet_small" and pre["train"]["steps"] == 2  # --set reached it
+  assert pre["model"]["name"] == "densenet_small" and pre["train"]["steps"] == 2  # overrides too
   for name in results:
     init = json.load(open(tmp_path / name / "config.json"))["model"]["init_from"]
     assert init == ("" if name == "from_scratch" else str(tmp_path / "pretrain"))

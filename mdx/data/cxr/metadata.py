@@ -102,7 +102,7 @@ def load(
     pids = [chexpert.patient_of(row["Path"], path) for row in rows]
   else:
     raise ValueError(
-      f"{path}: no patient column; expected one of {PATIENT_COLUMNS} (or pass --patient-column)"
+      f"{path}: no patient column; expected one of {PATIENT_COLUMNS} (or pass --patient_column)"
     )
   for r, p in enumerate(pids):
     if not str(p).strip():

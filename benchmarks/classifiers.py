@@ -1,7 +1,7 @@
 """Model benchmark: parameters, compile time, forward and train-step images/s, in one run.
 
-  python -m mdx.models.bench --models=densenet121,resnet50 --resolutions=128,224 --batch=16
-  python -m mdx.models.bench --models=densenet121 --resolutions=64,128 --torch \
+  python benchmarks/classifiers.py --models=densenet121,resnet50 --resolutions=128,224 --batch=16
+  python benchmarks/classifiers.py --models=densenet121 --resolutions=64,128 --torch \
       --variants=mdx,plain_flax_ops,xla_cpu_defaults,donate,baseline   # what each tuning buys
 
 The train step is a full SGD step (forward in train mode, backward, BatchNorm statistics, update).
@@ -34,10 +34,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import race  # benchmarks/race.py: this script's folder is on sys.path
 from absl import app, flags
 
 from mdx import runtime
-from mdx.models import race, registry
+from mdx.models import registry
 
 _MODELS = flags.DEFINE_list("models", ["densenet121", "resnet50"], "registry names")
 _RES = flags.DEFINE_list("resolutions", ["128"], "square input sizes")

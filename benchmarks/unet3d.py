@@ -1,6 +1,6 @@
 """3D U-Net benchmark beside MONAI's BasicUNet: train-step and forward patches/s, in one run.
 
-  python -m mdx.models.bench_unet3d --patch=64,64,64 --batch=2 --base_width=16 --norm=batch \
+  python benchmarks/unet3d.py --patch=64,64,64 --batch=2 --base_width=16 --norm=batch \
       --variants=mdx,slices,native_conv --monai
 
 Both networks have five levels (BasicUNet's fixed depth): two 3x3x3 convolution-norm-ReLU layers
@@ -9,8 +9,8 @@ convolutions up, skip connections by concatenation and a 1x1x1 convolution to th
 convolutions carry a bias only without normalisation. One difference remains: BasicUNet's last
 up-convolution keeps 2 * base_width channels where mdx halves them to base_width, so MONAI's
 network has slightly more parameters (the table shows both counts). The train step is SGD on the
-softmax cross-entropy of every voxel; timing as mdx.models.bench (turns, median round, paired
-ratios to the last contestant: MONAI).
+softmax cross-entropy of every voxel; timing as benchmarks/classifiers.py (turns, median round,
+paired ratios to the last contestant: MONAI).
 
 Variants:
   mdx               conv_impl='auto' (on CPU, 3x3x3 convolutions as one 2D convolution with the
@@ -28,17 +28,18 @@ import os
 import jax.numpy as jnp
 import numpy as np
 import optax
+import race  # benchmarks/race.py: this script's folder is on sys.path
 from absl import app, flags
 
 from mdx import runtime
-from mdx.models import race, registry
+from mdx.models import registry
 from mdx.models.unet3d import NORMS
 
 FLAGS = flags.FLAGS
 
 
 def define_flags() -> None:
-  """The flags, defined only when this runs as a program (mdx.models.bench has some of the same)."""
+  """The flags, defined only when this runs as a program."""
   flags.DEFINE_list("patch", ["64", "64", "64"], "patch D,H,W (multiples of 16)")
   flags.DEFINE_integer("batch", 2, "patches per step")
   flags.DEFINE_integer("base_width", 16, "channels of the first level")
@@ -52,7 +53,7 @@ def define_flags() -> None:
   flags.DEFINE_list("variants", ["mdx"], "mdx variants (see the module docstring)")
 
 
-# variant -> (mdx.models.race variant, UNet3D kwargs)
+# variant -> (race.VARIANTS variant, UNet3D kwargs)
 VARIANTS = {
   "mdx": ("mdx", {}),
   "slices": ("mdx", {"conv_impl": "slices"}),

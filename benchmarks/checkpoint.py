@@ -1,6 +1,6 @@
 """What an asynchronous checkpoint costs the training steps, beside a synchronous one, in one run:
 
-  python -m mdx.train.checkpoint_bench --config=experiments/cxr_phantoms.py --steps=12 --saves=4
+  python benchmarks/checkpoint.py --config=experiments/cxr_phantoms.py --steps=12 --saves=4
 
 Builds the experiment's model, optimizer and train step (no data: a fixed batch of the configured
 shape), compiles, then takes turns over --saves rounds:

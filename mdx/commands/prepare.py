@@ -1,5 +1,5 @@
-"""Prepare fast records for an experiment:
-`python -m mdx.data.cli.prepare --config=experiments/X.py`.
+"""Prepare fast records for an experiment: `python -m mdx prepare --config=experiments/X.py`
+(./launch.sh prepare CONFIG).
 
 Decodes every image of config.data's source once, resizes it to config.data.image_size and writes
 TFDS ArrayRecord files into config.data.prepared_dir (with TFDS's progress bar). Runs that set
@@ -16,17 +16,21 @@ import time
 from absl import app, flags
 from ml_collections import config_flags
 
-from mdx import cli
+FLAGS = flags.FLAGS
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "experiment file", lock_config=False)
+
+def define_flags() -> None:
+  config_flags.DEFINE_config_file("config", None, "experiment file", lock_config=False)
+  flags.mark_flags_as_required(["config"])
 
 
 def main(argv):
-  del argv
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments {argv[1:]}; give --config=experiments/X.py")
   from mdx import config as config_lib
   from mdx.data.cxr import file_source, tfds_builders
 
-  config = config_lib.resolve(_CONFIG.value)  # a typo in the experiment is an error here too
+  config = config_lib.resolve(FLAGS.config)  # a typo in the experiment is an error here too
   if not config.data.get("prepared_dir"):
     raise app.UsageError(
       "config.data.prepared_dir is not set: say where the records should go "
@@ -41,8 +45,3 @@ def main(argv):
     f"prepared {result['records']} records ({result['skipped']} unreadable images skipped) in "
     f"{result['dir']} in {time.perf_counter() - start:.1f} s"
   )
-
-
-if __name__ == "__main__":
-  flags.mark_flags_as_required(["config"])  # not on import: keeps global flags clean
-  cli.run(main)

@@ -1,8 +1,9 @@
 """Timing races for the benchmarks: contestants (a compiled JAX train step and forward pass, or a
 PyTorch one) take turns, so a noisy machine slows all of them alike; medians and paired ratios.
 
-Used by mdx.models.bench (classifiers beside PyTorch's DenseNet-121), mdx.models.bench_unet3d (the
-3D U-Net beside MONAI's) and benchmarks/predict.py.
+Used by the benches beside it: classifiers.py (beside PyTorch's DenseNet-121), unet3d.py (the 3D
+U-Net beside MONAI's) and predict.py; each runs as `python benchmarks/NAME.py`, which puts this
+folder on sys.path.
 """
 
 from __future__ import annotations

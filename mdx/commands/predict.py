@@ -1,12 +1,13 @@
 """Predict with a bundle on new files:
-python -m mdx.predict --bundle=DIR --input=PATH --output=DIR [--batch_size=N]
-    [--gradcam=Finding1,Finding2] [--gradcam_layer=LAYER] [--debug]
+
+  python -m mdx predict --bundle=DIR --input=PATH --output=DIR [--batch_size=N]
+      [--gradcam=Finding1,Finding2] [--gradcam_layer=LAYER] [--debug]
 
 --input is an image or scan file, a folder (searched recursively) or a CSV list of files (column
 'path'). Writes OUTPUT/predictions.csv, OUTPUT/errors.csv and, for a segmenter, one label NIfTI per
 scan (see mdx.inference.predict_files). It needs only the bundle: no config, no training data.
 
-Run as several processes (python -m mdx.local N python -m mdx.predict ..., or ./launch.sh tpu ...
+Run as several processes (python -m mdx local N python -m mdx predict ..., or ./launch.sh tpu ...
 predict, which adds --jax_distributed), each process predicts its share of the files on its own
 devices and writes its label maps; process 0 writes the CSVs and prints the summary. Several hosts
 need an --output folder they all see for the label maps to land in one place.
@@ -20,14 +21,12 @@ from __future__ import annotations
 import jax
 from absl import app, flags
 
-from mdx import cli, runtime
+from mdx import runtime
 
 FLAGS = flags.FLAGS
 
 
 def define_flags() -> None:
-  """Defined only when run as a program, so importing this module leaves the global flags alone
-  (mdx.main defines --input and --output too)."""
   flags.DEFINE_string("bundle", None, "The bundle folder a run wrote (WORKDIR/bundle).")
   flags.DEFINE_string("input", None, "An image/scan file, a folder of them, or a CSV list.")
   flags.DEFINE_string("output", None, "Folder for predictions.csv, errors.csv and label maps.")
@@ -45,7 +44,7 @@ def main(argv) -> int:
   missing = [f"--{name}" for name in ("bundle", "input", "output") if not FLAGS[name].value]
   if missing:
     raise app.UsageError(
-      f"{', '.join(missing)} missing; usage: python -m mdx.predict --bundle=DIR --input=PATH "
+      f"{', '.join(missing)} missing; usage: python -m mdx predict --bundle=DIR --input=PATH "
       "--output=DIR"
     )
   runtime.join_processes(FLAGS.jax_distributed)
@@ -69,8 +68,3 @@ def main(argv) -> int:
       flush=True,
     )
   return 0
-
-
-if __name__ == "__main__":
-  define_flags()
-  cli.run(main)

@@ -1,12 +1,12 @@
 """Patient-level split of a metadata CSV into train / validation / test CSVs, then an audit.
 
-  python -m mdx.data.cli.split --source=nih --metadata=CSV --out=DIR [--seed=N]
-      [--test-size=N --val-size=N --min-positive-share=0.5 --findings=Mass,Pneumonia,...]
+  python -m mdx split --source=nih --metadata=CSV --out=DIR [--seed=N]
+      [--test_size=N --val_size=N --min_positive_share=0.5 --findings=Mass,Pneumonia,...]
       [--official=DIR]  (the official NIH test list; train_val split by patient)
 
-With --test-size / --val-size (image counts, or shares when < 1) the test set is sampled first, then
-validation, each with at least --min-positive-share of images positive for one of --findings; the
-remaining patients go to training. Without them, --test-fraction / --val-fraction of the patients
+With --test_size / --val_size (image counts, or shares when < 1) the test set is sampled first, then
+validation, each with at least --min_positive_share of images positive for one of --findings; the
+remaining patients go to training. Without them, --test_fraction / --val_fraction of the patients
 are drawn at random. DIR/train.csv, DIR/validation.csv and DIR/test.csv keep the original rows
 and columns. A user's mistake (a missing CSV, an unknown finding) is one line `error: ...` and exit
 status 2 (mdx.cli); exit status 1 means the audit found a patient in two sets.
@@ -15,14 +15,15 @@ status 2 (mdx.cli); exit status 1 means the audit found a patient in two sets.
 from __future__ import annotations
 
 import os
-import sys
 import time
 
 import numpy as np
+from absl import app, flags
 
-from mdx import cli
 from mdx.data import splits
 from mdx.data.cxr import file_source, metadata
+
+FLAGS = flags.FLAGS
 
 
 def split_table(
@@ -42,7 +43,7 @@ def split_table(
     )
   if test_size is not None or val_size is not None:
     if test_size is None or val_size is None:
-      raise ValueError("give both --test-size and --val-size")
+      raise ValueError("give both --test_size and --val_size")
     names = findings or list(table.findings)
     missing = [f for f in names if f not in table.findings]
     if missing:
@@ -58,30 +59,32 @@ def split_table(
   )
 
 
-def main(argv: list[str] | None = None) -> int:
-  p = cli.ArgumentParser(prog="python -m mdx.data.cli.split", description=__doc__)
-  p.add_argument("--source", default="auto", choices=["auto", "nih", "chexpert", "columns"])
-  p.add_argument("--metadata", required=True)
-  p.add_argument("--out", required=True)
-  p.add_argument("--seed", type=int, default=0)
-  p.add_argument("--test-size", type=float, default=None)
-  p.add_argument("--val-size", type=float, default=None)
-  p.add_argument("--min-positive-share", type=float, default=0.0)
-  p.add_argument("--findings", default=None, help="comma-separated finding names")
-  p.add_argument("--test-fraction", type=float, default=0.15)
-  p.add_argument("--val-fraction", type=float, default=0.15)
-  p.add_argument(
-    "--official", default=None, help="folder with train_val_list.txt and test_list.txt"
-  )
-  p.add_argument("--patient-column", default=None)
-  args = p.parse_args(argv)
-  return cli.call(_split, args, debug=args.debug)
+def define_flags() -> None:
+  flags.DEFINE_enum("source", "auto", ["auto", "nih", "chexpert", "columns"], "table layout")
+  flags.DEFINE_string("metadata", None, "the metadata CSV (or CSV.GZ) to split")
+  flags.DEFINE_string("out", None, "folder for train.csv, validation.csv and test.csv")
+  flags.DEFINE_integer("seed", 0, "seed of the split")
+  flags.DEFINE_float("test_size", None, "test images (a count, or a share when < 1)")
+  flags.DEFINE_float("val_size", None, "validation images (a count, or a share when < 1)")
+  flags.DEFINE_float("min_positive_share", 0.0, "least share of test / validation images positive")
+  flags.DEFINE_list("findings", None, "findings that count as positive (default: all)")
+  flags.DEFINE_float("test_fraction", 0.15, "share of patients in test (without --test_size)")
+  flags.DEFINE_float("val_fraction", 0.15, "share of patients in validation")
+  flags.DEFINE_string("official", None, "folder with train_val_list.txt and test_list.txt")
+  flags.DEFINE_string("patient_column", None, "patient id column (default: the layout's)")
+  flags.mark_flags_as_required(["metadata", "out"])
+
+
+def main(argv) -> int:
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments {argv[1:]}; flags look like --out=DIR")
+  return _split(FLAGS)
 
 
 def _split(args) -> int:
   start = time.perf_counter()
   table = metadata.load(args.metadata, args.source, patient_column=args.patient_column)
-  findings = [f.strip() for f in args.findings.split(",")] if args.findings else None
+  findings = [f.strip() for f in args.findings] if args.findings else None
   parts = split_table(
     table,
     args.seed,
@@ -119,7 +122,3 @@ def _split(args) -> int:
       print(f"{name}: {positive[idx].mean():.1%} of images positive for any of {findings}")
   print(splits.format_audit(report))
   return 1 if report["leak"] else 0
-
-
-if __name__ == "__main__":
-  sys.exit(main())

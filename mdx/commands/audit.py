@@ -1,21 +1,26 @@
 """Leakage audit: which patients, images and findings two or more sets share.
 
-  python -m mdx.data.cli.audit A.csv B.csv [C.csv ...] [--patient-column="Patient ID"]
-  python -m mdx.data.cli.audit --config=experiments/nih_64px.py
+  python -m mdx audit A.csv B.csv [C.csv ...] [--patient_column="Patient ID"]
+  python -m mdx audit --config=experiments/nih_64px.py [--config.data.split.test=0.2]
 
 prints a summary per set and per pair, and exits with status 1 when any patient is in two sets
-(0 otherwise), so it can guard a pipeline or CI job. A user's mistake (a missing or unreadable CSV)
+(0 otherwise), so it can guard a pipeline or CI job. The CSVs are arguments, not a flag, so a shell
+glob gives them (splits/*.csv); --config audits the split an experiment's config makes (overrides
+as for train). A user's mistake (a missing or unreadable CSV)
 is one line `error: ...` and exit status 2 (mdx.cli).
 """
 
 from __future__ import annotations
 
 import os
-import sys
 
-from mdx import cli
+from absl import app, flags
+from ml_collections import config_flags
+
 from mdx.data import splits
 from mdx.data.cxr import metadata
+
+FLAGS = flags.FLAGS
 
 
 def audit_tables(paths: list[str], patient_column: str | None = None, kind: str = "auto") -> dict:
@@ -50,32 +55,29 @@ def audit_config(config) -> dict:
   )
 
 
-def _load_config(path: str):
-  from mdx import config as config_lib
-
-  return config_lib.resolve(config_lib.load_experiment(path).get_config())
-
-
-def main(argv: list[str] | None = None) -> int:
-  parser = cli.ArgumentParser(prog="python -m mdx.data.cli.audit", description=__doc__)
-  parser.add_argument("csvs", nargs="*", help="metadata CSV(s) of the sets to compare")
-  parser.add_argument("--patient-column", default=None, help="patient id column (default: guessed)")
-  parser.add_argument("--kind", default="auto", choices=["auto", "nih", "chexpert", "columns"])
-  parser.add_argument("--config", default=None, help="an experiment file: audit its split")
-  args = parser.parse_args(argv)
-  if not args.config and len(args.csvs) < 2:
-    parser.error("give at least two CSV files (or --config)")
-  return cli.call(_audit, args, debug=args.debug)
+def define_flags() -> None:
+  flags.DEFINE_string("patient_column", None, "patient id column (default: guessed)")
+  flags.DEFINE_enum("kind", "auto", ["auto", "nih", "chexpert", "columns"], "table layout")
+  config_flags.DEFINE_config_file(
+    "config", None, "an experiment file: audit the split its config makes", lock_config=True
+  )
 
 
-def _audit(args) -> int:
-  if args.config:
-    report = audit_config(_load_config(args.config))
+def main(argv) -> int:
+  csvs = argv[1:]
+  if FLAGS.config is None and len(csvs) < 2:
+    raise app.UsageError("give at least two CSV files (or --config=experiments/X.py)")
+  if FLAGS.config is not None and csvs:
+    raise app.UsageError(f"give CSV files or --config, not both (got {csvs} and --config)")
+  return _audit(FLAGS, csvs)
+
+
+def _audit(args, csvs: list[str]) -> int:
+  if args.config is not None:
+    from mdx import config as config_lib
+
+    report = audit_config(config_lib.resolve(args.config))
   else:
-    report = audit_tables(args.csvs, args.patient_column, args.kind)
+    report = audit_tables(csvs, args.patient_column, args.kind)
   print(splits.format_audit(report))
   return 1 if report["leak"] else 0  # a leak is a result (exit 1), not a mistake (exit 2)
-
-
-if __name__ == "__main__":
-  sys.exit(main())

@@ -1,4 +1,5 @@
-"""Check an experiment's data before training: `python -m mdx.data.cli.check --config=X.py`.
+"""Check an experiment's data before training: `python -m mdx check --config=X.py`
+(./launch.sh check CONFIG).
 
 Opens and decodes every record of config.data's source once (mdx.data.check: unreadable files,
 NaN/Inf, constant images), as training does before its first step, and prints what it found, how
@@ -18,20 +19,17 @@ import os
 import shutil
 import tempfile
 
-from absl import flags
+from absl import app, flags
 from ml_collections import config_flags
-
-from mdx import cli
 
 FLAGS = flags.FLAGS
 
 
 def define_flags() -> None:
-  """Defined only when run as a program: importing this module (next to prepare, which defines
-  --config too) leaves the global flags alone."""
   config_flags.DEFINE_config_file("config", None, "experiment file", lock_config=False)
   flags.DEFINE_bool("cold", False, "Decode everything again (a first run's time).")
   flags.DEFINE_string("out", None, "Folder for bad_records.csv / constant_records.csv.")
+  flags.mark_flags_as_required(["config"])
 
 
 def report(config, out: str | None = None, cold: bool = False) -> tuple[str, int]:
@@ -84,15 +82,10 @@ def report(config, out: str | None = None, cold: bool = False) -> tuple[str, int
 
 
 def main(argv) -> int:
-  del argv
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments {argv[1:]}; give --config=experiments/X.py")
   from mdx import config as config_lib
 
   text, status = report(config_lib.resolve(FLAGS.config), FLAGS.out or None, FLAGS.cold)
   print(text)
   return status
-
-
-if __name__ == "__main__":
-  define_flags()
-  flags.mark_flags_as_required(["config"])
-  cli.run(main)

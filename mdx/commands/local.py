@@ -1,7 +1,7 @@
 """Several JAX processes on this machine, joined as one run: the code path of a TPU pod or a GPU
 cluster, on CPUs.
 
-  python -m mdx.local N COMMAND [ARGS...]      (./launch.sh local N train CONFIG --workdir=DIR)
+  python -m mdx local N COMMAND [ARGS...]      (./launch.sh local N train CONFIG --workdir=DIR)
 
 Starts COMMAND N times with MDX_COORDINATOR (127.0.0.1 and a free port), MDX_NUM_PROCESSES=N and
 MDX_PROCESS_ID=i, and XLA_FLAGS giving each process MDX_LOCAL_DEVICES fake CPU devices (default 2);
@@ -133,10 +133,10 @@ def run(count: int, command: list[str], devices: int | None = None) -> int:
   if count < 1:
     raise ValueError(f"the process count must be >= 1, got {count}")
   if not command:
-    raise ValueError("no command given; usage: python -m mdx.local N COMMAND [ARGS...]")
+    raise ValueError("no command given; usage: python -m mdx local N COMMAND [ARGS...]")
   if shutil.which(command[0]) is None:  # before N processes start, one line instead of N failures
     raise FileNotFoundError(
-      f"command {command[0]!r} not found; e.g. python -m mdx.local 2 python -m mdx.main ..."
+      f"command {command[0]!r} not found; e.g. python -m mdx local 2 python -m mdx main ..."
     )
   devices = devices or int(os.environ.get("MDX_LOCAL_DEVICES", "2"))
   port = free_port()
@@ -252,9 +252,5 @@ def _signal(p: subprocess.Popen, sig: int) -> None:
 
 def main(argv: list[str]) -> int:
   if len(argv) < 2 or not argv[0].isdigit():
-    return cli.fail("usage: python -m mdx.local N COMMAND [ARGS...]")
+    return cli.fail("usage: python -m mdx local N COMMAND [ARGS...]")
   return cli.call(run, int(argv[0]), argv[1:])  # a command that does not exist: one line
-
-
-if __name__ == "__main__":
-  sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,109 @@
+"""Every entry point of mdx, one module per command: flags in, library calls out.
+
+  python -m mdx COMMAND [flags]        (./launch.sh COMMAND ... runs the same)
+
+The library rooms (data, models, train, inference, evaluate) hold no entry points and define no
+flags: a feature is found in its room, its command line here. Nothing in mdx imports this room
+except the front door (mdx/__main__.py) and the mdx.main shim (`python -m mdx.main` = main).
+
+A command module has main(argv) and, when it takes absl flags, define_flags(): the flags are
+defined only for the command that runs (absl's flags are global, and several commands have a
+--config, --workdir or --out of their own). Every flag is spelled with underscores
+(--patient_column). `local` takes its arguments as they are (N COMMAND...), without flags.
+A user's mistake is one line `error: ...` and exit status 2 (mdx.cli).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import sys
+from collections.abc import Iterator
+from types import ModuleType
+
+from absl import flags
+
+from mdx import cli
+
+# name -> what it does (the front door's usage lists them in this order)
+COMMANDS = {
+  "main": "train, eval, export or predict with a run: --config=X.py --workdir=DIR --mode=...",
+  "predict": "a bundle on new files: --bundle=DIR --input=PATH --output=DIR",
+  "evaluate": "predictions CSVs (--labels, --probs), or a bundle on an external dataset (--bundle)",
+  "sweep": "every variant x seed of an ablation and its report: --config=ABLATION --workdir=DIR",
+  "prepare": "a real dataset's records ahead of training: --config=X.py",
+  "check": "every record of an experiment's data decoded once: --config=X.py",
+  "split": "a metadata CSV into patient-level train / validation / test CSVs",
+  "audit": "the patients, images and findings two or more sets share (exit 1 on a leak)",
+  "consensus": "a reference standard from several readers' CSVs, with their kappas",
+  "import_weights": "Keras .h5, PyTorch or safetensors weights into a pretrained checkpoint",
+  "from_weights": "published classifier weights into a bundle",
+  "local": "N COMMAND...: the command as N joined processes on this machine",
+}
+PROGRAM = "python -m mdx"
+
+
+def usage() -> str:
+  width = max(map(len, COMMANDS))
+  lines = [f"  {name:<{width}}  {what}" for name, what in COMMANDS.items()]
+  return f"usage: {PROGRAM} COMMAND [flags]   ({PROGRAM} COMMAND --help lists its flags)\n" + (
+    "\n".join(lines)
+  )
+
+
+def load(name: str) -> ModuleType:
+  """The command's module; a ValueError naming the commands for an unknown name."""
+  if name not in COMMANDS:
+    raise ValueError(f"no command {name!r}; the commands are {', '.join(COMMANDS)}")
+  return importlib.import_module(f"{__name__}.{name}")
+
+
+def run(name: str, argv: list[str]) -> None:
+  """Runs command `name` as a program (argv: its flags and arguments) and exits with its status."""
+  try:
+    module = load(name)
+  except ValueError as e:
+    sys.exit(cli.fail(f"{e} ({PROGRAM} lists them)"))
+  sys.argv = [f"{PROGRAM} {name}", *argv]  # what the command was given (sweep records it)
+  if not hasattr(module, "define_flags"):
+    sys.exit(cli.call(module.main, argv))
+  module.define_flags()
+  cli.run(module.main, sys.argv)
+
+
+@contextlib.contextmanager
+def _defined(module: ModuleType) -> Iterator[None]:
+  """The command's flags in absl's FLAGS for the block, then removed (with the overrides a config
+  flag added while parsing), and --debug back at its default."""
+  before = set(flags.FLAGS)
+  cli.define_debug_flag()
+  module.define_flags()
+  try:
+    yield
+  finally:
+    for flag in set(flags.FLAGS) - before - {"debug"}:
+      delattr(flags.FLAGS, flag)
+    flags.FLAGS["debug"].unparse()
+
+
+def call(name: str, argv: list[str]) -> int:
+  """Runs command `name` in this process as `python -m mdx NAME *argv` would (tests): returns its
+  exit status, with a user's mistake printed as the one `error:` line and status 2. The flags it
+  defines are removed afterwards, so commands with flags of the same name can be called one after
+  the other."""
+  module = load(name)
+  if not hasattr(module, "define_flags"):
+    return int(cli.call(module.main, argv) or 0)
+  was_parsed, given = flags.FLAGS.is_parsed(), sys.argv
+  with _defined(module):
+    try:
+      sys.argv = [f"{PROGRAM} {name}", *argv]
+      rest = cli.parse_flags(sys.argv)
+      status = cli.call(module.main, rest)
+    except SystemExit as e:  # a flag mistake: parse_flags printed its line
+      status = e.code
+    finally:
+      sys.argv = given
+      if not was_parsed:
+        flags.FLAGS.unparse_flags()
+  return int(status or 0)
