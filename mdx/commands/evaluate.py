@@ -6,7 +6,7 @@ python -m mdx evaluate --labels=L.csv --probs=P.csv --out=DIR [--patient_column=
   probabilities in [0, 1]).
 python -m mdx evaluate --bundle=BUNDLE_DIR --config=EXPERIMENT.py [--config.data.root=...] \
     --out=DIR [--finding_map='Effusion=Pleural Effusion,...'] [--bootstrap=N]
-  External validation (mdx.evaluate.external): the bundle, with its thresholds and calibration as
+  External validation (mdx.inference.external): the bundle, with its thresholds and calibration as
   shipped, on every record of the dataset that the experiment's config.data names. It runs as
   several processes too (python -m mdx local N python -m mdx evaluate --bundle=...; on a TPU VM
   or under SLURM add --jax_distributed): each predicts its share of the records, process 0
@@ -89,7 +89,7 @@ def define_flags() -> None:
 def external(argv) -> int:
   """--bundle mode: the bundle on the dataset of --config."""
   from mdx import config as config_lib
-  from mdx.evaluate import external as external_lib
+  from mdx.inference import external as external_lib
 
   if not FLAGS.out:
     raise app.UsageError("--out is required with --bundle")

@@ -15,9 +15,9 @@ Nothing here imports mdx.train: a task gathers predictions and hands them to run
   segmentation    per-class Dice, sensitivity, specificity, HD95; overlays, report.md
   run_report      the report at the end of a run: classification (predictions CSV, curves,
                   examples, Grad-CAM, metrics report) and segmentation (metrics.json, curves)
-  external        external validation: a bundle's classifier (run through mdx.inference, with
-                  its thresholds and calibration as shipped) on every record of another dataset,
-                  internal vs external AUROC with a CI for the difference
-  __main__        python -m mdx.evaluate --labels=L.csv --probs=P.csv --out=DIR, or
-                  python -m mdx.evaluate --bundle=DIR --config=EXPERIMENT.py --out=DIR
+  model_card      the sections of a bundle's model card (mdx.inference.bundle joins them)
+
+Nothing here imports mdx.inference either: inference reads this room (calibration maps, Grad-CAM,
+card sections), so what runs a bundle lives there, external validation included
+(mdx.inference.external); the command line is `python -m mdx evaluate` (mdx.commands.evaluate).
 """

@@ -1,6 +1,6 @@
 """The model card of a bundle: one Markdown page to read before using the model.
 
-render(spec) writes the card from a bundle spec (mdx.inference.bundle) alone, so the card says
+The card is written from a bundle spec (mdx.inference.bundle) alone, so the card says
 exactly what the bundle holds: intended use and the input it expects, the data, validation and
 test results with their confidence intervals, the operating thresholds, the calibration maps, the
 known limits and the provenance. Every number comes from the spec. A number the spec does not have
@@ -11,10 +11,11 @@ commit, a fingerprint) prints 'not recorded'.
 The known limits are derived from the numbers (few test positives, wide CIs, a small calibration
 set, synthetic data, a weighted loss, no thresholds) so that a reader sees this model's particular
 weaknesses and not only boilerplate. Which sections a card has is its bundle kind's choice
-(BundleKind.card, looked up by the spec's task): classification_card renders a classifier from a
-training run (results and data provenance) or from imported weights (no results, no data), and
-segmentation_card a 3D segmenter. What the data was (its modality, whether mdx generated it) is a
-fact of its source (mdx.data.sources.SourceSpec), read by the name the spec records.
+(BundleKind.card, looked up by the spec's task in mdx.inference.bundle.render_card, which joins
+them: this module renders sections and knows no kinds): classification_card renders a classifier
+from a training run (results and data provenance) or from imported weights (no results, no data),
+and segmentation_card a 3D segmenter. What the data was (its modality, whether mdx generated it)
+is a fact of its source (mdx.data.sources.SourceSpec), read by the name the spec records.
 
 Spec fields read (besides the bundle's model, input and output sections):
   results      {'settings': {'bootstrap_resamples', 'resampling_unit', 'ci_level', 'seed'},
@@ -206,16 +207,6 @@ def _modality(spec: Mapping) -> str:
 
 
 # ---------------------------------------------------------------------------------------- card
-def render(spec: Mapping[str, Any]) -> str:
-  """The bundle spec -> its model card (Markdown): the sections of its kind (BundleKind.card); a
-  spec that names no known task is read as a classifier's."""
-  from mdx.inference import bundle
-
-  task = spec.get("task")
-  parts = bundle.kind(task if task in bundle.KINDS else "classification").card(spec)
-  return "\n".join(line for part in parts for line in part).rstrip() + "\n"
-
-
 def classification_card(spec: Mapping[str, Any]) -> list[list[str]]:
   """A classifier's card sections (mdx.inference.classifier.KIND)."""
   return [

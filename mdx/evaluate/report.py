@@ -7,7 +7,7 @@ linked relatively: the folder can be moved or zipped as it is.
 Blocks are tuples: ('h1' | 'h2' | 'h3', text), ('p', text), ('table', header [str], rows
 [[str]]), ('figure', caption, path relative to the report folder[, css class]). evaluate_and_report
 evaluates and writes in one call; write_report writes an evaluation made elsewhere (e.g. an
-external validation, mdx.evaluate.external) with its own blocks placed before the summary.
+external validation, mdx.inference.external) with its own blocks placed before the summary.
 """
 
 from __future__ import annotations

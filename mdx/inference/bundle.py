@@ -99,6 +99,16 @@ class BundleKind:
     return self.sniff is not None and self.sniff(path)
 
 
+def render_card(spec: Mapping[str, Any]) -> str:
+  """The bundle spec -> its model card (Markdown): the sections its kind renders (BundleKind.card,
+  from mdx.evaluate.model_card), joined; a spec that names no known task is read as a
+  classifier's. Here, not in mdx.evaluate: the kinds live in this room, which reads evaluate's
+  sections and not the other way round."""
+  task = spec.get("task")
+  parts = kind(task if task in KINDS else "classification").card(spec)
+  return "\n".join(line for part in parts for line in part).rstrip() + "\n"
+
+
 def kind(task: str) -> BundleKind:
   """The BundleKind of spec['task'] == task; an unknown task is a ValueError listing KINDS."""
   if task not in KINDS:
@@ -201,9 +211,7 @@ def write(
         "bundle is replaced, anything else is left alone)"
       )
   if card is None:
-    from mdx.evaluate import model_card
-
-    card = model_card.render(spec)
+    card = render_card(spec)
   parent = os.path.dirname(directory)
   os.makedirs(parent, exist_ok=True)
   tmp = tempfile.mkdtemp(prefix=".bundle-", dir=parent)

@@ -1,7 +1,6 @@
 """The model card says what the spec measured (with CIs), 'undefined' where a number has no value,
 and derives its known limits from the numbers; it renders all three kinds of bundle spec."""
 
-from mdx.evaluate import model_card
 from mdx.inference import bundle
 
 MODEL = {"name": "densenet121", "num_classes": 2, "dtype": "float32"}
@@ -110,7 +109,7 @@ def _row(text: str, first_cell: str) -> str:
 
 
 def test_trained_classifier_numbers_cis_undefined_and_limits():
-  card = model_card.render(_trained_spec())
+  card = bundle.render_card(_trained_spec())
   assert card.startswith("# Model card: densenet121, multi-label image classification")
   assert "Research use only" in card and "not a medical device" in card
   results = _section(card, "Results")
@@ -158,11 +157,11 @@ def test_real_source_with_many_positives_is_not_flagged():
   spec["provenance"]["git_dirty"] = False
   for split in ("validation", "test"):
     spec["results"][split] = _split(400, 40, _m(0.9, 0.85, 0.94))
-  limits = _section(model_card.render(spec), "Known limits")
+  limits = _section(bundle.render_card(spec), "Known limits")
   for flag in ("Synthetic", "Few test", "Wide", "inflated", "Small validation", "Uncommitted"):
     assert flag not in limits, flag
   assert "Internal validation only" in limits and "frontal chest radiographs" in (
-    model_card.render(spec)
+    bundle.render_card(spec)
   )
 
 
@@ -182,7 +181,7 @@ def test_imported_weights_without_results():
       }
     },
   )
-  card = model_card.render({"format": bundle.FORMAT, **spec})
+  card = bundle.render_card({"format": bundle.FORMAT, **spec})
   assert "(imported weights)" in card.splitlines()[0]
   assert "Atelectasis, Consolidation" in card
   assert "Not measured" in _section(card, "Results")
@@ -220,7 +219,7 @@ def test_segmentation_card():
     },
     provenance={"data": {"source": "brain_phantoms", "n_records": 32}},
   )
-  card = model_card.render(spec)
+  card = bundle.render_card(spec)
   assert card.startswith("# Model card: unet3d, 3D segmentation")
   assert "whole tumor = 2, tumor core = 1, enhancing tumor = 4" in card
   assert "32 x 32 x 32" in card
@@ -250,7 +249,7 @@ def test_empty_specs_render():
       label_values=[1],
     ),
   ):
-    card = model_card.render(spec)
+    card = bundle.render_card(spec)
     assert "## Known limits" in card and "## Provenance" in card
     assert "not measured" in card.lower()
 
@@ -264,7 +263,7 @@ def test_modality_and_synthetic_data_are_the_sources_facts(monkeypatch):
 
   spec = _trained_spec()
   spec["provenance"]["data"]["source"] = "nih"
-  card = model_card.render(spec)
+  card = bundle.render_card(spec)
   assert "- Input: frontal chest radiographs (NIH ChestX-ray14)." in card
   assert "Synthetic data" not in _section(card, "Known limits")
   simulated = dataclasses.replace(
@@ -272,8 +271,8 @@ def test_modality_and_synthetic_data_are_the_sources_facts(monkeypatch):
   )
   monkeypatch.setitem(sources.SOURCES, "simulated", simulated)
   spec["provenance"]["data"]["source"] = "simulated"
-  card = model_card.render(spec)
+  card = bundle.render_card(spec)
   assert "- Input: simulated films of a new kind." in card
   assert "trained and tested on `simulated`, images mdx generates" in _section(card, "Known limits")
   spec["provenance"]["data"]["source"] = "elsewhere"  # not registered: said so, not guessed
-  assert "images of data source 'elsewhere' (modality not recorded)" in model_card.render(spec)
+  assert "images of data source 'elsewhere' (modality not recorded)" in bundle.render_card(spec)

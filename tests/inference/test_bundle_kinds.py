@@ -12,7 +12,6 @@ import pytest
 from bundle_fixtures import TOY_KIND, TOY_TASK, toy_spec
 from PIL import Image
 
-from mdx.evaluate import model_card
 from mdx.inference import bundle as bundle_lib
 from mdx.inference import classifier, predict_files
 from mdx.models import registry
@@ -31,7 +30,7 @@ def test_a_registered_kind_is_written_loaded_and_predicts_with_no_reader_changed
   path = bundle_lib.write(str(tmp_path / "bundle"), toy_spec(MODEL, image_size=SIZE), variables)
   card = open(os.path.join(path, bundle_lib.CARD)).read()
   assert card == "# Toy card: densenet_tiny scores score\n"  # the kind's card, and only it
-  assert model_card.render(json.load(open(os.path.join(path, bundle_lib.SPEC)))) == card
+  assert bundle_lib.render_card(json.load(open(os.path.join(path, bundle_lib.SPEC)))) == card
   bundle = bundle_lib.load(path)
   assert bundle.kind is TOY_KIND
 

@@ -22,8 +22,7 @@ from bundle_fixtures import write_classifier_bundle, write_segmenter_bundle
 from PIL import Image
 
 from mdx import config as config_lib
-from mdx.evaluate import external
-from mdx.inference import predict_files
+from mdx.inference import external, predict_files
 
 pytestmark = pytest.mark.slow  # several processes
 
@@ -69,7 +68,7 @@ def _scans(root):
 def local(*command, cache):
   """`command` as 2 joined processes of 2 CPU devices each."""
   proc = subprocess.run(
-    [sys.executable, "-m", "mdx.local", "2", sys.executable, "-m", *command],
+    [sys.executable, "-m", "mdx", "local", "2", sys.executable, "-m", *command],
     cwd=ROOT,
     env=dict(
       os.environ,
@@ -150,7 +149,8 @@ def test_predict_on_images_two_processes_equal_one(files):
   assert (one["predicted"], one["errors"]) == (13, 2)
   out = tmp / "two"
   proc = local(
-    "mdx.predict",
+    "mdx",
+    "predict",
     f"--bundle={files['classifier']}",
     f"--input={tmp / 'images'}",
     f"--output={out}",
@@ -191,7 +191,8 @@ def test_external_validation_two_processes_equal_one(files):
     assert auroc["value"] is not None and None not in auroc["ci"]
   out = tmp / "ext_two"
   proc = local(
-    "mdx.evaluate",
+    "mdx",
+    "evaluate",
     f"--bundle={files['classifier']}",
     f"--config={files['experiment']}",
     f"--out={out}",
@@ -215,7 +216,8 @@ def test_segmentation_two_processes_write_the_label_maps_of_one(files):
   assert one["predicted"] == 3
   out = tmp / "seg_two"
   local(
-    "mdx.predict",
+    "mdx",
+    "predict",
     f"--bundle={files['segmenter']}",
     f"--input={tmp / 'scans'}",
     f"--output={out}",

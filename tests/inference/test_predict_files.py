@@ -171,7 +171,7 @@ def run_cli(args):
   env = {k: v for k, v in os.environ.items() if k != "MDX_DEBUG"}
   env.update(JAX_PLATFORMS="cpu", PYTHONPATH=ROOT, MDX_COMPILATION_CACHE="")
   return subprocess.run(
-    [sys.executable, "-m", "mdx.predict", *args],
+    [sys.executable, "-m", "mdx", "predict", *args],
     capture_output=True,
     text=True,
     cwd=ROOT,

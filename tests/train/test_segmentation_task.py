@@ -149,7 +149,7 @@ def test_two_processes_of_two_devices_match_one_device(tmp_path):
   outs = [np.load(out)]
   out = str(tmp_path / "p2x2.npz")
   subprocess.run(
-    [sys.executable, "-m", "mdx.local", "2", sys.executable, str(script), str(tmp_path / "w2x2")]
+    [sys.executable, "-m", "mdx", "local", "2", sys.executable, str(script), str(tmp_path / "w2x2")]
     + [out],
     cwd=root,
     env=dict(os.environ, MDX_LOCAL_DEVICES="2", JAX_PLATFORMS="cpu"),

@@ -121,7 +121,7 @@ def four_devices(tmp_path_factory):
 def local_train(workdir, out, *args, processes=2, check=True):
   """run_training.py as `processes` joined processes of 2 devices each (mdx.local)."""
   proc = subprocess.run(
-    [sys.executable, "-m", "mdx.local", str(processes), sys.executable, SCRIPT, str(workdir)]
+    [sys.executable, "-m", "mdx", "local", str(processes), sys.executable, SCRIPT, str(workdir)]
     + [str(out), *args],
     cwd=ROOT,
     env=dict(os.environ, MDX_LOCAL_DEVICES="2", JAX_PLATFORMS="cpu"),
@@ -263,7 +263,7 @@ def test_main_trains_and_reports_and_two_processes_report_the_same(tmp_path):
   assert cams and cam_summary
   shutil.rmtree(work / "report")
   proc = subprocess.run(
-    [sys.executable, "-m", "mdx.local", "2", *main, "--config.train.steps=4", "--mode=eval"],
+    [sys.executable, "-m", "mdx", "local", "2", *main, "--config.train.steps=4", "--mode=eval"],
     cwd=ROOT,
     env=dict(os.environ, MDX_LOCAL_DEVICES="2", JAX_PLATFORMS="cpu"),
     capture_output=True,
@@ -292,7 +292,7 @@ def test_a_failing_process_stops_the_others(tmp_path):
   )
   start = time.time()
   proc = subprocess.run(
-    [sys.executable, "-m", "mdx.local", "2", sys.executable, "-c", code],
+    [sys.executable, "-m", "mdx", "local", "2", sys.executable, "-c", code],
     cwd=ROOT,
     capture_output=True,
     text=True,

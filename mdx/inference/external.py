@@ -20,7 +20,7 @@ datasets side by side.
 Writes out_dir/metrics.json, report.md, report.html, figures/ and labels.csv, probs.csv (raw
 scores), calibrated.csv.
 
-Several processes (python -m mdx.local N python -m mdx.evaluate --bundle=...) split the records:
+Several processes (python -m mdx local N python -m mdx evaluate --bundle=...) split the records:
 each predicts a contiguous block on its own devices, the raw scores are gathered in record order,
 and every process computes the same metrics from them (so all finish together, none waits long at
 exit for another); process 0 alone writes the report.

@@ -25,9 +25,9 @@ from mdx.data.cxr import chexpert, phantoms
 from mdx.data.cxr import findings as F
 from mdx.evaluate import calibration as C
 from mdx.evaluate import classification as CL
-from mdx.evaluate import external as X
 from mdx.evaluate import thresholds as T
 from mdx.inference import bundle as bundle_lib
+from mdx.inference import external as X
 from mdx.inference.classifier import ImageClassifier, preprocess
 from mdx.models import registry
 
@@ -386,7 +386,7 @@ def test_external_validation_against_independent_oracles(setup):
 
 def _cli(*args):
   return subprocess.run(
-    [sys.executable, "-m", "mdx.evaluate", *args],
+    [sys.executable, "-m", "mdx", "evaluate", *args],
     cwd=ROOT,
     capture_output=True,
     text=True,
