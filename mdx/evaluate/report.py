@@ -20,6 +20,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from mdx import jsonio
 from mdx.evaluate import classification as CL
 from mdx.evaluate import plots
 from mdx.evaluate import predictions as P
@@ -290,21 +291,9 @@ def _copy_figures(figs: Sequence[tuple[str, str]], out_dir: str, sub: str) -> li
 
 
 def write_json(path: str, obj) -> str:
-  """JSON with nan written as null (plain json would write the invalid token NaN)."""
-
-  def clean(x):
-    if isinstance(x, dict):
-      return {k: clean(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-      return [clean(v) for v in x]
-    if isinstance(x, (float, np.floating)):
-      return float(x) if np.isfinite(x) else None
-    if isinstance(x, np.integer):
-      return int(x)
-    return x
-
+  """JSON with nan written as null (plain json would write the invalid token NaN): mdx.jsonio."""
   with open(path, "w") as f:
-    json.dump(clean(obj), f, indent=1, allow_nan=False)
+    json.dump(jsonio.jsonable(obj), f, indent=1, allow_nan=False)
   return path
 
 

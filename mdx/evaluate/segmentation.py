@@ -18,6 +18,8 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
+from mdx import jsonio
+
 
 def binary_masks(label: np.ndarray, num_classes: int, regions: bool) -> np.ndarray:
   """-> bool [K, D, H, W]; classes: one mask per class id; regions: the channels of [D, H, W, R]."""
@@ -116,21 +118,11 @@ def summarize(
   return summary
 
 
-def _jsonable(x):
-  if isinstance(x, dict):
-    return {k: _jsonable(v) for k, v in x.items()}
-  if isinstance(x, float) and not np.isfinite(x):
-    return None
-  if isinstance(x, (np.floating, np.integer)):
-    return _jsonable(x.item())
-  return x
-
-
 def write_metrics(path: str, per_case, summary) -> None:
   """metrics.json: {'summary': ..., 'per_case': ...}; undefined values are written as null."""
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   with open(path, "w") as f:
-    json.dump(_jsonable({"summary": summary, "per_case": per_case}), f, indent=1)
+    json.dump(jsonio.jsonable({"summary": summary, "per_case": per_case}), f, indent=1)
 
 
 _COLOURS = np.asarray([[1, 0.2, 0.2], [0.2, 1, 0.2], [0.3, 0.5, 1], [1, 1, 0.2], [1, 0.3, 1]])

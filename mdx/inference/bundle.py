@@ -50,6 +50,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from mdx import jsonio
 from mdx.data import standardize as standardize_lib
 
 FORMAT = "mdx-bundle/1"
@@ -170,20 +171,6 @@ def code_version() -> dict[str, Any]:
   return out
 
 
-def _jsonable(x):
-  if isinstance(x, dict):
-    return {str(k): _jsonable(v) for k, v in x.items()}
-  if isinstance(x, (list, tuple)):
-    return [_jsonable(v) for v in x]
-  if isinstance(x, np.ndarray):
-    return _jsonable(x.tolist())
-  if isinstance(x, np.generic):
-    x = x.item()
-  if isinstance(x, float) and not np.isfinite(x):
-    return None
-  return x
-
-
 def write(
   directory: str,
   spec: dict[str, Any],
@@ -196,7 +183,7 @@ def write(
 
   card: the model card's Markdown; None renders it from the final spec (provenance included)."""
   directory = os.path.abspath(directory)
-  spec = _jsonable({"format": FORMAT, **spec})
+  spec = jsonio.jsonable({"format": FORMAT, **spec})  # NaN -> null, numpy -> Python
   spec.setdefault("provenance", {})
   spec["provenance"] = {
     **code_version(),
