@@ -23,7 +23,7 @@ import jax
 from absl import app, flags
 from ml_collections import config_flags
 
-from mdx import cli, runtime
+from mdx import commands, runtime
 from mdx import config as config_lib
 from mdx.train import checkpoint, loop, steps, tasks
 
@@ -93,4 +93,4 @@ def main(argv):
 
 if __name__ == "__main__":
   flags.mark_flags_as_required(["config"])
-  cli.run(main)  # a config mistake: one line, exit status 2
+  commands.run_program(main)  # a config mistake: one line, exit status 2

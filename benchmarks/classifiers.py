@@ -182,6 +182,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  from mdx import cli
+  from mdx import commands
 
-  cli.run(main)
+  commands.run_program(main)

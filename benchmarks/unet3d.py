@@ -139,7 +139,7 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  from mdx import cli
+  from mdx import commands
 
   define_flags()
-  cli.run(main)
+  commands.run_program(main)

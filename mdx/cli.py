@@ -9,12 +9,13 @@ a field the experiment file reads that its config lacks: KeyError, AttributeErro
 Anything else is a bug and keeps its traceback. --debug or MDX_DEBUG=1 prints the traceback of a
 user error too (then the same line, the same status).
 
-  cli.run(main, argv)   absl's app.run with --debug and these errors (mdx.commands.run calls it
-                        for every command of `python -m mdx COMMAND`)
-  cli.call(fn, ...)     fn's user errors as the line and status 2 (a command without flags: local)
+  cli.parse_flags(argv) absl's flag parser with these errors (mdx.commands.run_program: absl's
+                        app.run with --debug for every command of `python -m mdx COMMAND`)
+  cli.call(fn, ...)     fn's user errors as the line and status 2
 
 With several processes (mdx local, a TPU VM) each process that meets the mistake prints its line.
-Imports nothing of mdx: every command (mdx.commands) and bench (benchmarks/) uses it.
+Imports nothing of mdx and defines no flag (--debug is mdx.commands'): every command and bench
+(benchmarks/) uses it, and a library room may use one_line for a message.
 """
 
 from __future__ import annotations
@@ -96,12 +97,6 @@ def call(fn: Callable[..., Any], *args: Any, debug: bool = False, **kwargs: Any)
 
 
 # ------------------------------------------------------------------------------------------ absl
-def define_debug_flag() -> None:
-  """--debug, once (an entry point may already have defined it)."""
-  if "debug" not in flags.FLAGS:
-    flags.DEFINE_bool("debug", False, f"Tracebacks for user errors too (also {DEBUG_ENV}=1).")
-
-
 def _missing_config_files() -> str | None:
   """A config-file flag (ml_collections) naming a file that does not exist: config_flags defers
   that error to the first use of the config, with a multi-line message."""
@@ -221,33 +216,3 @@ def _experiment_line(error: BaseException, argv: list[str]) -> str | None:
 def _debug_in(argv: list[str]) -> bool:
   """--debug on a command line that did not parse."""
   return any(re.fullmatch(r"--debug(=(true|1|yes))?", a, re.IGNORECASE) for a in argv)
-
-
-def run(main: Callable[[list[str]], Any], argv: list[str] | None = None) -> None:
-  """app.run(main) with one-line user errors (in the flags and in main) and --debug; argv:
-  [program, flags and arguments...], default sys.argv."""
-  define_debug_flag()
-  app.run(lambda argv: _exit_if_joined(call(main, argv)), argv=argv, flags_parser=parse_flags)
-
-
-def _joined() -> bool:
-  """Whether this process joined others through jax.distributed."""
-  if "jax" not in sys.modules:
-    return False
-  try:
-    from jax._src import distributed
-
-    return distributed.global_state.client is not None
-  except (ImportError, AttributeError):
-    return False
-
-
-def _exit_if_joined(status: Any) -> Any:
-  """A joined process that stops on a user error exits at once: jax's shutdown waits at a barrier
-  for every peer (minutes, when they are still training or waiting at a collective), and the
-  launcher (mdx local, srun --kill-on-bad-exit) stops the peers when this one ends."""
-  if status == 2 and _joined():
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(2)
-  return status

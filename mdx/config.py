@@ -4,22 +4,29 @@ an error before anything is built.
 A config has the sections data, model, loss, train and eval. Their fields come from the parts that
 read them, so each part declares what it reads:
   common()                      fields every task has (seed, train.*, eval.batch_size, ...);
-  the task (mdx.train.tasks)    its own defaults, e.g. data.image_size and eval.gradcam for
-                                classification, data.patch_size and loss.ce_weight for segmentation;
+  the task (TASKS, below)       its own defaults and checks, e.g. data.image_size and eval.gradcam
+                                for classification, data.patch_size and loss.ce_weight for
+                                segmentation: the config's piece of the task's slice (its training
+                                is mdx.train's, its bundle kind mdx.inference's);
   the source (mdx.data.sources) the config.data fields it reads (data.metadata, data.root, ...);
   the model (mdx.models.registry) its module's fields (model.growth_rate, model.base_width, ...);
   mdx.data.splits / resample    the fields of data.split and data.resample.
 An experiment file starts from defaults(task) and changes what it needs; `resolve` lays it over the
 defaults and rejects any field nobody reads (with the closest known name), makes every path absolute
 (path_fields), then checks values.
+
+Layering: config reads the declarations of data, models and evaluate (lazily: importing it loads
+no jax), and mdx.train, which resolves configs, sits above it; so config never imports train.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import importlib.util
 import math
 import os
+from collections.abc import Callable
 
 import ml_collections
 
@@ -86,17 +93,11 @@ def load_experiment(path: str, needs: tuple[str, ...] = ("get_config",)):
   return module
 
 
-def _task_class(task: str):
-  from mdx.train import tasks
-
-  return tasks.task_class(task)
-
-
 def defaults(task: str = TASK_DEFAULT) -> ml_collections.ConfigDict:
   """Every declared field of `task` with its default (the task's own defaults over common())."""
   c = common()
   c.task = task
-  c.update(_sections(_task_class(task).defaults()))
+  c.update(_sections(task_config(task).defaults()))
   return c
 
 
@@ -109,9 +110,9 @@ def _known_fields(config: ml_collections.ConfigDict, base: ml_collections.Config
   known = {"": set(base.keys())}
   for section in ("data", "model", "loss", "train", "eval"):
     known[section] = set(base[section].keys())
-  task_cls = _task_class(base.task)
+  declared = task_config(base.task)
   source = config.data.source if "data" in config and "source" in config.data else base.data.source
-  known["data"] |= set(sources.spec(source, task_cls.source_kind).fields)
+  known["data"] |= set(sources.spec(source, declared.source_kind).fields)
   known["data.split"] = set(splits.SPLIT_FIELDS)
   known["data.resample"] = set(resample.RESAMPLE_FIELDS)
   model = config.model.name if "model" in config and "name" in config.model else base.model.name
@@ -151,7 +152,7 @@ def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     merged.update(_sections(config))
   absolute_paths(merged)
   check_values(merged)
-  _task_class(task).check_config(merged)
+  task_config(task).check(merged)
   return merged
 
 
@@ -261,3 +262,171 @@ def check_values(c: ml_collections.ConfigDict) -> None:
 
   splits.check_split_by(d.split.by)  # 'image' only inside the leakage ablation's switch
   splits.split_key(e.split)
+
+
+# ------------------------------------------------------------------------------------- the tasks
+@dataclasses.dataclass(frozen=True)
+class TaskConfig:
+  """A task's part of the config: the piece of its vertical slice at this level, as its bundle kind
+  is the piece in mdx.inference (bundle.KINDS) and its training the piece in mdx.train
+  (tasks.TASKS). Here, not on the train task: resolving a config needs it, and mdx.train (run,
+  sweep) resolves configs, so config must not import train."""
+
+  source_kind: str  # the sources it reads: mdx.data.sources.IMAGE ('image') or VOLUME ('volume')
+  defaults: Callable[[], ml_collections.ConfigDict]  # its own sections and fields over common()
+  check: Callable[[ml_collections.ConfigDict], None]  # ValueError naming a value it cannot use
+
+
+CLASSIFICATION_LOSSES = ("weighted_bce", "bce", "focal")  # mdx.train.classification's losses
+SEGMENTATION_LOSSES = ("dice", "dice_ce")
+
+
+def _classification_defaults() -> ml_collections.ConfigDict:
+  return ml_collections.ConfigDict(
+    dict(
+      data=dict(
+        image_size=128,
+        augment=None,  # preset name in mdx.data.augment, or None
+        resample=ml_collections.ConfigDict(),
+      ),  # empty: no resampling (mdx.data.resample)
+      model=dict(
+        init_from="",  # Orbax checkpoint of pretrained weights (backbone restored)
+        freeze="none",
+      ),  # none | head | from:<block name>  (see mdx.train.finetune)
+      # weighted_bce | bce | focal (mdx.losses.focal_loss: focal_gamma, focal_alpha)
+      loss=dict(name="weighted_bce", focal_gamma=2.0, focal_alpha=0.25),
+      train=dict(best_metric="val_auroc"),
+      eval=dict(
+        bootstrap=1000,
+        threshold="youden",
+        calibration="platt",  # platt | isotonic | none: fitted on validation, kept in the bundle
+        gradcam=dict(
+          findings=("Mass", "Nodule", "Cardiomegaly", "Pneumothorax"),
+          images=64,
+          overlays=4,
+          layer="",
+        ),  # "" = the model's default layer
+      ),
+    )
+  )
+
+
+def _check_classification(config) -> None:
+  from mdx.data import augment
+  from mdx.data import standardize as standardize_lib
+  from mdx.evaluate import calibration, thresholds
+  from mdx.models import common, registry
+
+  data, ev = config.data, config.eval
+  smallest = registry.min_input_size(config.model)
+  model = registry.create_from_config(config.model)
+  try:  # a stage the model lacks fails here, not when the model is first built
+    common.frozen_stages(model.stages, config.model.freeze)
+  except ValueError as e:
+    raise ValueError(f"config.model.freeze: {e}") from None
+  if not isinstance(data.image_size, int) or data.image_size < smallest:
+    raise ValueError(
+      f"config.data.image_size={data.image_size!r} is below the {smallest} px that "
+      f"model {config.model.name!r} needs; raise it (films are resized to it)"
+    )
+  if config.loss.name not in CLASSIFICATION_LOSSES:
+    raise ValueError(
+      f"config.loss.name={config.loss.name!r} is unknown; choose one of {CLASSIFICATION_LOSSES}"
+    )
+  gamma, alpha = config.loss.focal_gamma, config.loss.focal_alpha
+  if not isinstance(gamma, (int, float)) or isinstance(gamma, bool) or not gamma >= 0:
+    raise ValueError(f"config.loss.focal_gamma={gamma!r} must be a number >= 0 (2 is usual)")
+  if not isinstance(alpha, (int, float)) or isinstance(alpha, bool) or not 0 <= alpha <= 1:
+    raise ValueError(
+      f"config.loss.focal_alpha={alpha!r} must be in [0, 1] (0.25 is usual; 0.5 weighs "
+      "positives and negatives alike)"
+    )
+  if not isinstance(ev.bootstrap, int) or ev.bootstrap < 0:
+    raise ValueError(f"config.eval.bootstrap={ev.bootstrap!r} must be a whole number >= 0")
+  for key in ("images", "overlays"):
+    if not isinstance(ev.gradcam[key], int) or ev.gradcam[key] < 0:
+      raise ValueError(f"config.eval.gradcam.{key}={ev.gradcam[key]!r} must be a whole number >= 0")
+  thresholds.parse_policy(ev.threshold)
+  if ev.calibration not in calibration.CALIBRATION_METHODS:
+    raise ValueError(
+      f"config.eval.calibration={ev.calibration!r} is unknown; choose one of "
+      f"{calibration.CALIBRATION_METHODS}"
+    )
+  augment.make(data.augment)
+  if data.standardize != "dataset":
+    standardize_lib.transforms(data.standardize)
+
+
+def _segmentation_defaults() -> ml_collections.ConfigDict:
+  return ml_collections.ConfigDict(
+    dict(
+      data=dict(
+        source="brain_phantoms",
+        standardize="nonzero",  # mdx.data.standardize.MODES
+        patch_size=(64, 64, 64),  # training sub-volumes and sliding windows
+        max_background=0.95,  # most a sampled patch may be background
+        foreground_rate=0.33,  # share of patches centred on foreground
+        flip_axes=(),  # random flips (none where direction carries meaning)
+        rotate_degrees=0.0,
+        rotate_p=0.3,
+        intensity_scale=0.0,
+        intensity_shift=0.0,
+      ),
+      model=dict(name="unet3d", num_classes=3),
+      loss=dict(
+        name="dice_ce", epsilon=1e-5, squared=False, include_background=True, ce_weight=1.0
+      ),  # ce_weight counts for 'dice_ce' only
+      train=dict(best_metric="val_dice"),
+      eval=dict(overlap=0.5),  # sliding-window overlap in [0, 1)
+    )
+  )
+
+
+def _check_segmentation(config) -> None:
+  from mdx.data import sources
+  from mdx.data import standardize as standardize_lib
+  from mdx.models import registry
+
+  data = config.data
+  patch = tuple(data.patch_size)
+  multiple = registry.min_input_size(config.model)
+  if len(patch) != 3 or any(not isinstance(s, int) or s < multiple or s % multiple for s in patch):
+    raise ValueError(
+      f"config.data.patch_size={patch} must be three sides, each a multiple of "
+      f"{multiple} (model {config.model.name!r}, depth {config.model.get('depth')})"
+    )
+  if config.loss.name not in SEGMENTATION_LOSSES:
+    raise ValueError(
+      f"config.loss.name={config.loss.name!r}; segmentation uses one of {SEGMENTATION_LOSSES}"
+    )
+  if not 0 <= config.eval.overlap < 1:
+    raise ValueError(f"config.eval.overlap={config.eval.overlap} must be in [0, 1)")
+  for key in ("max_background", "foreground_rate", "rotate_p"):
+    if not 0 <= data[key] <= 1:
+      raise ValueError(f"config.data.{key}={data[key]} must be in [0, 1]")
+  source = sources.SOURCES.get(data.source)
+  flips = tuple(data.flip_axes)
+  if source is not None and source.flip_axes is not None:
+    wrong = sorted(set(flips) - set(source.flip_axes))
+    if wrong:
+      raise ValueError(
+        f"config.data.flip_axes={flips} flips along axis {wrong[0]}, which source "
+        f"{data.source!r} allows no flip along (a flipped scan is no patient's or changes its "
+        f"labels); use axes among {tuple(source.flip_axes)} or ()"
+      )
+  standardize_lib.transforms(data.standardize)
+
+
+# config.task -> its part of the config; a new task adds one line here, one in mdx.train.tasks.TASKS
+# and one in mdx.inference.bundle.KINDS.
+TASKS = {
+  "classification": TaskConfig("image", _classification_defaults, _check_classification),
+  "segmentation": TaskConfig("volume", _segmentation_defaults, _check_segmentation),
+}
+
+
+def task_config(name: str) -> TaskConfig:
+  """config.task's part of the config; an unknown task is a ValueError naming the tasks."""
+  if name not in TASKS:
+    raise ValueError(f"config.task={name!r} is unknown; choose one of {sorted(TASKS)}")
+  return TASKS[name]

@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from types import ModuleType
+from typing import Any
 
-from absl import flags
+from absl import app, flags
 
 from mdx import cli
 
@@ -67,8 +69,52 @@ def run(name: str, argv: list[str]) -> None:
   sys.argv = [f"{PROGRAM} {name}", *argv]  # what the command was given (sweep records it)
   if not hasattr(module, "define_flags"):
     sys.exit(cli.call(module.main, argv))
+  define_debug_flag()
+  before = set(flags.FLAGS)
   module.define_flags()
-  cli.run(module.main, sys.argv)
+  for name in sorted(set(flags.FLAGS) - before):  # --help shows them, and the command's docstring
+    flags.FLAGS.register_key_flag_for_module(sys.argv[0], flags.FLAGS[name])
+  sys.modules["__main__"].__doc__ = module.__doc__
+  run_program(module.main, sys.argv)
+
+
+def define_debug_flag() -> None:
+  """--debug, once: every command's (and bench's) traceback switch, also MDX_DEBUG=1 (mdx.cli)."""
+  if "debug" not in flags.FLAGS:
+    flags.DEFINE_bool("debug", False, f"Tracebacks for user errors too (also {cli.DEBUG_ENV}=1).")
+
+
+def run_program(main: Callable[[list[str]], Any], argv: list[str] | None = None) -> None:
+  """absl's app.run(main) with --debug and one-line user errors, in the flags (cli.parse_flags)
+  and in main (cli.call); argv: [program, flags and arguments...], default sys.argv. The benches
+  in benchmarks/ run through it too."""
+  define_debug_flag()
+  app.run(
+    lambda argv: _exit_if_joined(cli.call(main, argv)), argv=argv, flags_parser=cli.parse_flags
+  )
+
+
+def _joined() -> bool:
+  """Whether this process joined others through jax.distributed."""
+  if "jax" not in sys.modules:
+    return False
+  try:
+    from jax._src import distributed
+
+    return distributed.global_state.client is not None
+  except (ImportError, AttributeError):
+    return False
+
+
+def _exit_if_joined(status: Any) -> Any:
+  """A joined process that stops on a user error exits at once: jax's shutdown waits at a barrier
+  for every peer (minutes, when they are still training or waiting at a collective), and the
+  launcher (mdx local, srun --kill-on-bad-exit) stops the peers when this one ends."""
+  if status == 2 and _joined():
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(2)
+  return status
 
 
 @contextlib.contextmanager
@@ -76,7 +122,7 @@ def _defined(module: ModuleType) -> Iterator[None]:
   """The command's flags in absl's FLAGS for the block, then removed (with the overrides a config
   flag added while parsing), and --debug back at its default."""
   before = set(flags.FLAGS)
-  cli.define_debug_flag()
+  define_debug_flag()
   module.define_flags()
   try:
     yield

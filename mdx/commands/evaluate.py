@@ -100,7 +100,7 @@ def external(argv) -> int:
   runtime.join_processes(FLAGS.jax_distributed)
   runtime.enable_compilation_cache()
   # A user's mistake (a missing bundle, a dataset without the findings) raises ValueError or
-  # FileNotFoundError: cli.run prints it as one line on each process that meets it.
+  # FileNotFoundError: run_program prints it as one line on each process that meets it.
   runtime.require_accelerator()  # $MDX_ACCELERATOR, as ./launch.sh sets it
   config = config_lib.resolve(FLAGS.config)  # cli.parse_flags checked that the file exists
   result = external_lib.evaluate_external(

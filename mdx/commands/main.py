@@ -83,7 +83,7 @@ def main(argv):
   runtime.require_accelerator(FLAGS.accelerator)
   config, overrides = None, None
   if FLAGS.config is not None and mode != "predict":  # predict reads only the run's bundle
-    # A config mistake raises ValueError here, before anything is built: cli.run makes it one line.
+    # A config mistake raises ValueError here, before anything is built: one line (run_program).
     config = config_lib.resolve(FLAGS.config)
     # The fields typed as --config.X=...: on a workdir that holds a run, those that would change
     # it are refused (train resuming, eval, export); the experiment file's other values yield.

@@ -51,7 +51,7 @@ def main(argv) -> int:
   from mdx.inference import predict_files
 
   runtime.enable_compilation_cache()
-  # A missing or damaged bundle, no usable input: ValueError / FileNotFoundError, one line (cli.run)
+  # A missing or damaged bundle, no usable input: ValueError or FileNotFoundError, one line
   runtime.require_accelerator()  # $MDX_ACCELERATOR, as ./launch.sh sets it
   summary = predict_files.predict(
     FLAGS.bundle,

@@ -7,7 +7,6 @@ import os
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 from absl import logging
 
@@ -18,10 +17,9 @@ from mdx.data.cxr import records
 from mdx.evaluate import calibration, metrics, thresholds
 from mdx.inference import bundle as bundle_lib
 from mdx.inference import classifier
-from mdx.models import common, registry
+from mdx.models import registry
 from mdx.train import optim, tasks
 
-LOSSES = ("weighted_bce", "bce", "focal")
 # The training curves' name for each loss.
 LOSS_LABELS = {"weighted_bce": "weighted BCE loss", "bce": "BCE loss", "focal": "focal loss"}
 
@@ -30,79 +28,9 @@ class ClassificationTask:
   """Multi-label (or binary) classification of 2D images: chest X-ray findings, pneumonia,
   skin..."""
 
+  # its config (defaults and checks) is mdx.config.TASKS["classification"]
   source_kind = sources.IMAGE
   bundle_kind = classifier.KIND
-
-  @classmethod
-  def defaults(cls) -> ml_collections.ConfigDict:
-    return ml_collections.ConfigDict(
-      dict(
-        data=dict(
-          image_size=128,
-          augment=None,  # preset name in mdx.data.augment, or None
-          resample=ml_collections.ConfigDict(),
-        ),  # empty: no resampling (mdx.data.resample)
-        model=dict(
-          init_from="",  # Orbax checkpoint of pretrained weights (backbone restored)
-          freeze="none",
-        ),  # none | head | from:<block name>  (see mdx.train.finetune)
-        # weighted_bce | bce | focal (mdx.losses.focal_loss: focal_gamma, focal_alpha)
-        loss=dict(name="weighted_bce", focal_gamma=2.0, focal_alpha=0.25),
-        train=dict(best_metric="val_auroc"),
-        eval=dict(
-          bootstrap=1000,
-          threshold="youden",
-          calibration="platt",  # platt | isotonic | none: fitted on validation, kept in the bundle
-          gradcam=dict(
-            findings=("Mass", "Nodule", "Cardiomegaly", "Pneumothorax"),
-            images=64,
-            overlays=4,
-            layer="",
-          ),  # "" = the model's default layer
-        ),
-      )
-    )
-
-  @classmethod
-  def check_config(cls, config) -> None:
-    data, ev = config.data, config.eval
-    smallest = registry.min_input_size(config.model)
-    model = registry.create_from_config(config.model)
-    try:  # a stage the model lacks fails here, not when the model is first built
-      common.frozen_stages(model.stages, config.model.freeze)
-    except ValueError as e:
-      raise ValueError(f"config.model.freeze: {e}") from None
-    if not isinstance(data.image_size, int) or data.image_size < smallest:
-      raise ValueError(
-        f"config.data.image_size={data.image_size!r} is below the {smallest} px that "
-        f"model {config.model.name!r} needs; raise it (films are resized to it)"
-      )
-    if config.loss.name not in LOSSES:
-      raise ValueError(f"config.loss.name={config.loss.name!r} is unknown; choose one of {LOSSES}")
-    gamma, alpha = config.loss.focal_gamma, config.loss.focal_alpha
-    if not isinstance(gamma, (int, float)) or isinstance(gamma, bool) or not gamma >= 0:
-      raise ValueError(f"config.loss.focal_gamma={gamma!r} must be a number >= 0 (2 is usual)")
-    if not isinstance(alpha, (int, float)) or isinstance(alpha, bool) or not 0 <= alpha <= 1:
-      raise ValueError(
-        f"config.loss.focal_alpha={alpha!r} must be in [0, 1] (0.25 is usual; 0.5 weighs "
-        "positives and negatives alike)"
-      )
-    if not isinstance(ev.bootstrap, int) or ev.bootstrap < 0:
-      raise ValueError(f"config.eval.bootstrap={ev.bootstrap!r} must be a whole number >= 0")
-    for key in ("images", "overlays"):
-      if not isinstance(ev.gradcam[key], int) or ev.gradcam[key] < 0:
-        raise ValueError(
-          f"config.eval.gradcam.{key}={ev.gradcam[key]!r} must be a whole number >= 0"
-        )
-    thresholds.parse_policy(ev.threshold)
-    if ev.calibration not in calibration.CALIBRATION_METHODS:
-      raise ValueError(
-        f"config.eval.calibration={ev.calibration!r} is unknown; choose one of "
-        f"{calibration.CALIBRATION_METHODS}"
-      )
-    augment.make(data.augment)
-    if data.standardize != "dataset":
-      standardize_lib.transforms(data.standardize)
 
   @classmethod
   def headline(cls, report_dir: str) -> dict:
@@ -246,7 +174,7 @@ class ClassificationTask:
       )
     if loss.name == "weighted_bce":
       pos, neg = self.pos_weight, self.neg_weight
-    else:  # bce (check_config allows no other)
+    else:  # bce (mdx.config allows no other)
       pos = neg = np.ones_like(self.pos_weight)
     return losses.weighted_bce(
       logits, batch["labels"], jnp.asarray(pos), jnp.asarray(neg), batch["label_mask"]

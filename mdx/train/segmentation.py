@@ -13,13 +13,11 @@ import json
 import os
 
 import jax
-import ml_collections
 import numpy as np
 from absl import logging
 
 from mdx import losses, runtime
 from mdx.data import check, pipeline, sources, splits
-from mdx.data import standardize as standardize_lib
 from mdx.data.volume import transforms as vt
 from mdx.evaluate import segmentation as seg_metrics
 from mdx.inference import bundle as bundle_lib
@@ -28,70 +26,13 @@ from mdx.inference import segmenter
 from mdx.models import registry
 from mdx.train import optim, tasks
 
-LOSSES = ("dice", "dice_ce")
-
 
 class SegmentationTask:
   """Voxel labels of 3D scans: exclusive classes (softmax) or nested regions (sigmoid)."""
 
+  # its config (defaults and checks) is mdx.config.TASKS["segmentation"]
   source_kind = sources.VOLUME
   bundle_kind = segmenter.KIND
-
-  @classmethod
-  def defaults(cls) -> ml_collections.ConfigDict:
-    return ml_collections.ConfigDict(
-      dict(
-        data=dict(
-          source="brain_phantoms",
-          standardize="nonzero",  # mdx.data.standardize.MODES
-          patch_size=(64, 64, 64),  # training sub-volumes and sliding windows
-          max_background=0.95,  # most a sampled patch may be background
-          foreground_rate=0.33,  # share of patches centred on foreground
-          flip_axes=(),  # random flips (none where direction carries meaning)
-          rotate_degrees=0.0,
-          rotate_p=0.3,
-          intensity_scale=0.0,
-          intensity_shift=0.0,
-        ),
-        model=dict(name="unet3d", num_classes=3),
-        loss=dict(
-          name="dice_ce", epsilon=1e-5, squared=False, include_background=True, ce_weight=1.0
-        ),  # ce_weight counts for 'dice_ce' only
-        train=dict(best_metric="val_dice"),
-        eval=dict(overlap=0.5),  # sliding-window overlap in [0, 1)
-      )
-    )
-
-  @classmethod
-  def check_config(cls, config) -> None:
-    data = config.data
-    patch = tuple(data.patch_size)
-    multiple = registry.min_input_size(config.model)
-    if len(patch) != 3 or any(
-      not isinstance(s, int) or s < multiple or s % multiple for s in patch
-    ):
-      raise ValueError(
-        f"config.data.patch_size={patch} must be three sides, each a multiple of "
-        f"{multiple} (model {config.model.name!r}, depth {config.model.get('depth')})"
-      )
-    if config.loss.name not in LOSSES:
-      raise ValueError(f"config.loss.name={config.loss.name!r}; segmentation uses one of {LOSSES}")
-    if not 0 <= config.eval.overlap < 1:
-      raise ValueError(f"config.eval.overlap={config.eval.overlap} must be in [0, 1)")
-    for key in ("max_background", "foreground_rate", "rotate_p"):
-      if not 0 <= data[key] <= 1:
-        raise ValueError(f"config.data.{key}={data[key]} must be in [0, 1]")
-    source = sources.SOURCES.get(data.source)
-    flips = tuple(data.flip_axes)
-    if source is not None and source.flip_axes is not None:
-      wrong = sorted(set(flips) - set(source.flip_axes))
-      if wrong:
-        raise ValueError(
-          f"config.data.flip_axes={flips} flips along axis {wrong[0]}, which source "
-          f"{data.source!r} allows no flip along (a flipped scan is no patient's or changes its "
-          f"labels); use axes among {tuple(source.flip_axes)} or ()"
-        )
-    standardize_lib.transforms(data.standardize)
 
   @classmethod
   def headline(cls, report_dir: str) -> dict:

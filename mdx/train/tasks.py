@@ -1,8 +1,9 @@
 """The Task protocol: what the generic training loop needs from classification, segmentation, ...
 
 The loop (mdx/train/loop.py) owns devices, steps, checkpoints, logging and resumption; a task owns
-its records, transforms, model, loss and evaluation, and declares its config. Each task is one class
-registered in TASKS; mdx.config asks it for its defaults and checks, the loop for everything else.
+its records, transforms, model, loss and evaluation. Each task is one class registered in TASKS; the
+loop asks it for everything. Its config (defaults and checks) is its piece in mdx.config
+(config.TASKS[name]): config is resolved here (run, sweep), so it cannot ask this room.
 
 `evaluator` is a mdx.train.loop.Evaluator: it runs the model over a split's padded batches and
 returns numpy logits for the valid rows, so tasks never touch devices. `geometry`
@@ -21,10 +22,9 @@ import dataclasses
 import importlib
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
-import ml_collections
 import numpy as np
 
-if TYPE_CHECKING:  # the tasks' own modules import it; config reads this one without jax
+if TYPE_CHECKING:  # the tasks' own modules import it
   from mdx.inference.bundle import BundleKind
 
 
@@ -43,15 +43,6 @@ class Task(Protocol):
   source_kind: ClassVar[str]
   # What its bundles are (mdx.inference.classifier.KIND, ...): bundle_contents builds that spec.
   bundle_kind: ClassVar[BundleKind]
-
-  @classmethod
-  def defaults(cls) -> ml_collections.ConfigDict:
-    """The task's own config sections and fields, laid over mdx.config.common()."""
-
-  @classmethod
-  def check_config(cls, config) -> None:
-    """Raises ValueError naming a field whose value the task cannot use (before anything is
-    built)."""
 
   @classmethod
   def headline(cls, report_dir: str) -> dict[str, tuple[float, tuple | None]]:
