@@ -5,7 +5,7 @@ choose their findings and data size, and change one thing per variant. A tiny De
 phantoms for 200 steps: one run takes about a minute on 2 CPU cores, so a sweep of variants x 3
 seeds fits in minutes. The same files scale up by flag, e.g.
   ./launch.sh sweep experiments/ablations/leakage.py --workdir=DIR --seeds=0,1,2,3,4 \\
-      --set=model.name=densenet121 --set=data.image_size=128 --set=train.steps=2000
+      --config.model.name=densenet121 --config.data.image_size=128 --config.train.steps=2000
 """
 
 from mdx.config import defaults

@@ -3,7 +3,7 @@
 config.model.init_from says where the backbone comes from, by a relative or an absolute path: the
 pretraining run's workdir (experiments/pretrain_phantoms.py: its best checkpoint by that run's own
 train.best_metric), one of its checkpoints/<step> folders, a bundle, or weights imported with
-python -m mdx.models.import_weights. The head is always new (14 findings). config.model.freeze picks
+python -m mdx import_weights. The head is always new (14 findings). config.model.freeze picks
 what trains: 'none', 'head', or 'from:<stage>' for any stage of the model (DenseNet-121's stem,
 block1, transition1, ..., block4, norm_final, head): 'from:block4' trains the last dense block, the
 final norm and the head.
@@ -15,7 +15,7 @@ final norm and the head.
 From Keras's ImageNet DenseNet-121 (a file you have; its stem, made for 3 channels, is summed over
 them for the 1-channel phantoms, which gives a gray image the same response):
 
-  python -m mdx.models.import_weights --model=densenet121 --source=keras_h5 \
+  python -m mdx import_weights --model=densenet121 --source=keras_h5 \
       --input=densenet121_weights_tf_dim_ordering_tf_kernels_notop.h5 --output=weights/dn121
   ./launch.sh train experiments/finetune_phantoms.py --workdir=runs/ft \
       --config.model.init_from=weights/dn121 --config.model.freeze=head

@@ -63,7 +63,7 @@ def common() -> ml_collections.ConfigDict:
       checkpoint_every=100,
       keep_last=2,  # checkpoints kept besides the best one
       # auto | on | off: write checkpoints while training goes on (auto: on; resume stays exact.
-      # python -m mdx.train.checkpoint_bench measures what it buys)
+      # benchmarks/checkpoint.py measures what it buys)
       async_checkpoints="auto",
       best_metric="val_auroc",  # a key of the task's validation metrics; higher is better
     )

@@ -131,7 +131,7 @@ def enable_compilation_cache(directory: str | None = None) -> None:
 # XLA:CPU (jaxlib 0.10) hands convolutions, matrix products and reductions to YNNPACK, whose
 # convolutions and products run on one thread; its reductions beat XLA's own. Keeping only the
 # reductions there lets Eigen run convolutions and products on every core: a DenseNet-121 train step
-# ~1.3x faster at 64-128 px (python -m mdx.models.bench --variants=mdx,xla_cpu_defaults).
+# ~1.3x faster at 64-128 px (benchmarks/classifiers.py --variants=mdx,xla_cpu_defaults).
 CPU_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_REDUCE"}
 
 
@@ -194,7 +194,7 @@ def quiet_library_logs() -> None:
   logging.get_absl_handler().addFilter(_QuietLibraries())
 
 
-# Environment of a multi-process run on one machine (set by mdx.local for each process it starts).
+# Environment of a multi-process run on one machine (set by mdx local for each process it starts).
 COORDINATOR_ENV, NUM_PROCESSES_ENV, PROCESS_ID_ENV = (
   "MDX_COORDINATOR",
   "MDX_NUM_PROCESSES",
@@ -208,7 +208,7 @@ DISTRIBUTED_ENV = "MDX_JAX_DISTRIBUTED"
 def join_processes(requested: bool = False) -> None:
   """Joins a multi-process run before anything touches a device.
 
-  Processes started by `./launch.sh local N` (mdx.local) find their coordinator, count and rank in
+  Processes started by `./launch.sh local N` (mdx local) find their coordinator, count and rank in
   MDX_COORDINATOR / MDX_NUM_PROCESSES / MDX_PROCESS_ID; with requested (--jax_distributed, or
   MDX_JAX_DISTRIBUTED=1 as ./launch.sh tpu and experiments/slurm.sbatch set) and no such variables,
   jax discovers them itself (TPU VM workers, SLURM). Otherwise a single process.

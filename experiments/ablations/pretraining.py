@@ -8,11 +8,12 @@ skipped when finished), then fine-tunes from it: each variant is experiments/fin
 with model.init_from at that run ('{pretrain}') and one change. The table reports test mean AUROC
 (95% CI by patient bootstrap) and the steps to reach 95% of the best validation AUROC. From scratch
 trains with a higher learning rate (the one the pretraining used) so it is not handicapped by the
-fine-tuning rate. --set reaches the pretraining too, so the two models always match; a smoke test:
+fine-tuning rate. The command line's --config.<field> overrides reach the pretraining too, so the
+two models always match; a smoke test:
 
   ./launch.sh sweep experiments/ablations/pretraining.py --workdir=/tmp/mdx/pretraining_smoke \
-      --set=model.name=densenet_small --set=data.image_size=32 --set=data.num_patients=40 \
-      --set=train.steps=2 --set=train.batch_size=8 --set=eval.bootstrap=10
+      --config.model.name=densenet_small --config.data.image_size=32 --config.data.num_patients=40 \
+      --config.train.steps=2 --config.train.batch_size=8 --config.eval.bootstrap=10
 """
 
 import os

@@ -9,6 +9,6 @@ standardize  one intensity standardisation core for films and scans
 pipeline     the one grain data path of every task (sharding, epochs, workers, resume at a step)
 check        every record opened and decoded once before training (unreadable, NaN/Inf, constant)
 consensus    reference standards from several readers (majority vote, Cohen's and Fleiss' kappa)
-cxr/         2D sources, image decoding and a film's record; volume/ 3D sources and transforms;
-cli/         command-line tools: python -m mdx.data.cli.prepare | split | audit | consensus | check
+cxr/         2D sources, image decoding and a film's record; volume/ 3D sources and transforms
+(the command lines, python -m mdx prepare | check | split | audit | consensus: mdx.commands)
 """

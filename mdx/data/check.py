@@ -14,7 +14,7 @@ holds NaN or Inf values (a NaN scan would be scored as all background, or turn t
 both count as bad for on_error. An image whose pixels (or a volume channel whose voxels) are all
 equal is only a warning, with a count (and WORKDIR/constant_records.csv).
 
-python -m mdx.data.cli.check runs scan, the decoding without a policy, and says what a run would
+python -m mdx check runs scan, the decoding without a policy, and says what a run would
 do with what it found under the experiment's on_error.
 
 Sources whose records come from files offer record_files(i) (the files record i reads) and

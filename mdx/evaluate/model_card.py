@@ -419,7 +419,7 @@ def _results_classification(spec: Mapping) -> list[str]:
   if not splits:
     return lines + [
       "Not measured: this bundle holds no validation or test results. Measure them with "
-      "`python -m mdx.evaluate --bundle=DIR` on labelled data before relying on the outputs.",
+      "`python -m mdx evaluate --bundle=DIR` on labelled data before relying on the outputs.",
       "",
     ]
   if note := _bootstrap_line(spec):
@@ -562,14 +562,14 @@ def _common_limits(spec: Mapping) -> list[str]:
   if _imported(spec) and not _splits(spec):
     items.append(
       "**Not validated in mdx.** Imported weights with no measured results: measure them on "
-      "labelled data from the setting of use with `python -m mdx.evaluate --bundle=DIR` first."
+      "labelled data from the setting of use with `python -m mdx evaluate --bundle=DIR` first."
     )
   elif _splits(spec):
     where = f" (`{source}`)" if source else ""
     items.append(
       f"**Internal validation only.** Validation and test images come from the same source"
       f"{where} as the training images; external validation has not been done. Run "
-      "`python -m mdx.evaluate --bundle=DIR` on data from another site or scanner."
+      "`python -m mdx evaluate --bundle=DIR` on data from another site or scanner."
     )
   by = _data(spec).get("split_by")
   if by and by != "patient":

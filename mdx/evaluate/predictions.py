@@ -115,7 +115,7 @@ def read_predictions(
   patient_column: a column of the labels CSV with the patient id (default: none, every case
   is its own patient). The findings are the other columns of the labels CSV; the
   probabilities CSV must have exactly those (order free), besides the '<finding> raw' and
-  '<finding> call' columns of mdx.predict's predictions.csv, which are left aside.
+  '<finding> call' columns of the predict command's predictions.csv, which are left aside.
   """
   lh, lrows = _read(labels_csv)
   ph, prows = _read(probs_csv)
@@ -128,7 +128,7 @@ def read_predictions(
     raise ValueError(f"{labels_csv}: no finding columns besides the id (and patient) column")
   p_findings = [h for h in ph if h != ph[pid] and h not in skip]
   missing = [f for f in findings if f not in p_findings]
-  # mdx.predict's predictions.csv also holds '<finding> raw' and '<finding> call' columns
+  # predict's predictions.csv also holds '<finding> raw' and '<finding> call' columns
   side = {f"{f} {kind}" for f in findings for kind in ("raw", "call")}
   extra = [f for f in p_findings if f not in findings and f not in side]
   if missing or extra:

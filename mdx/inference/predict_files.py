@@ -26,7 +26,7 @@ spec's task): the file types, and a Predictor that builds the model and turns fi
 files of its own (mdx.inference.classifier.ImageFiles, mdx.inference.segmenter.ScanFiles). This
 module lists the inputs, splits them between processes and writes the CSVs, for any kind.
 
-Several processes (mdx.local, a TPU pod) split the files: each predicts a contiguous block of them
+Several processes (mdx local, a TPU pod) split the files: each predicts a contiguous block of them
 (runtime.process_share) on its own devices (runtime.local_mesh, no collectives while predicting)
 and writes its label maps and Grad-CAM overlays itself (every file has one writer). Their rows and
 errors are gathered in input order and process 0 writes predictions.csv and errors.csv, the rows

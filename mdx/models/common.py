@@ -49,7 +49,7 @@ conv_init = nn.initializers.variance_scaling(2.0, "fan_in", "normal")
 #   running averages m * old + (1 - m) * batch); the tests compare it with nn.BatchNorm.
 # What XLA:CPU does with these programs (fusing an elementwise producer into every consumer,
 # removing lax.optimization_barrier before fusion, transposing a contracted matrix operand) decides
-# only their speed, not their numbers: python -m mdx.models.bench measures it again.
+# only their speed, not their numbers: benchmarks/classifiers.py measures it again.
 _TUNED = {
   "bn_relu_vjp": True,
   "max_pool_vjp": True,
@@ -65,7 +65,7 @@ def plain_flax_ops(*names: str):
   maximum of strided slices, with a hand-written backward pass), 'conv1x1_vjp' (1x1 convolutions
   as matrix products whose kernel gradient XLA:CPU computes without transposing the input),
   'gradient_materialized' (a dense-block layer's output gradient computed once, not per consumer).
-  Parameters and results are the same; mdx.models.bench uses this to measure what each buys."""
+  Parameters and results are the same; benchmarks/classifiers.py measures what each buys with it."""
   unknown = set(names) - set(_TUNED)
   if unknown:
     raise ValueError(f"unknown tuned operations {sorted(unknown)}; choose from {sorted(_TUNED)}")
@@ -333,7 +333,7 @@ class BatchNormReLU(nn.Module):
   """relu(BatchNorm(x)) with nn.BatchNorm's parameters, statistics and numbers, and a hand-written
   backward pass for training: one reduction and one elementwise pass, keeping only x and
   per-channel vectors. DenseNet-121's train step compiles in ~23 s instead of ~34 s on CPU; its
-  speed is the same within noise (python -m mdx.models.bench --variants=mdx,plain_flax_ops).
+  speed is the same within noise (benchmarks/classifiers.py --variants=mdx,plain_flax_ops).
 
   Use in place of `relu(batch_norm(...)(x))`; the arguments are those of `batch_norm`.
   """

@@ -64,7 +64,7 @@ def checkpoint_path(directory: str) -> str:
     return directory
   raise FileNotFoundError(
     f"{directory} holds no pretrained checkpoint (expected {inner}); create "
-    "one with `python -m mdx.models.import_weights` or a pretraining run"
+    "one with `python -m mdx import_weights` or a pretraining run"
   )
 
 

@@ -10,7 +10,7 @@ of three 2D convolutions over depth offsets, which XLA:CPU runs about 5x faster 
 backward) than its 3D convolution; 'stacked' is one 2D convolution of the whole volume with the
 three depth offsets' kernels side by side on the output channels, then a shifted sum, which wins
 where there are few output channels (a wider matrix product for XLA:CPU); 'auto' picks, on CPU,
-'stacked' for up to 16 output channels and 'slices' above (python -m mdx.models.bench_unet3d), and
+'stacked' for up to 16 output channels and 'slices' above (benchmarks/unet3d.py), and
 'native' elsewhere. Parameters are identical every way, so a checkpoint trained with one runs with
 the others.
 """

@@ -2,7 +2,7 @@
 optax.
 
 config.model.init_from names where the weights are, by a relative or absolute path: an
-import (python -m mdx.models.import_weights --output=DIR), a run's workdir (its best checkpoint by
+import (python -m mdx import_weights --output=DIR), a run's workdir (its best checkpoint by
 the run's own train.best_metric), one of its checkpoints/<step> folders, a bundle, or an Orbax
 PyTree checkpoint (resolve_checkpoint); config.model.freeze is a policy over the model's stages:
   'none'            train everything;
@@ -39,7 +39,7 @@ def resolve_checkpoint(path: str) -> str:
   """The absolute Orbax PyTree directory holding 'params' and 'batch_stats' at its top, for any
   of the sources config.model.init_from accepts (relative or absolute, ~ expanded):
 
-    DIR/checkpoint/               an import (python -m mdx.models.import_weights --output=DIR)
+    DIR/checkpoint/               an import (python -m mdx import_weights --output=DIR)
     DIR/bundle.json, variables/   a bundle (mdx.inference.bundle): its variables
     DIR/checkpoints/<step>/state  a run's workdir: the best step by the run's own
                                   train.best_metric (DIR/config.json), else the latest

@@ -154,7 +154,7 @@ def async_checkpoints(setting: str) -> bool:
   """config.train.async_checkpoints -> whether saves are written in the background. 'auto' is on
   everywhere: resume stays exact (the data position is the step), and even on a 2-core CPU, where
   the write competes with the steps for the cores, a DenseNet-121 save costs the run ~2.6 s instead
-  of the 3.9 s a synchronous save blocks (python -m mdx.train.checkpoint_bench)."""
+  of the 3.9 s a synchronous save blocks (benchmarks/checkpoint.py)."""
   return setting in ("auto", "on")
 
 

@@ -139,7 +139,7 @@ def test_trained_classifier_numbers_cis_undefined_and_limits():
   assert "Few test positives" in limits and "Hernia (3)" in limits
   assert "Atelectasis (30)" not in limits
   assert "Synthetic data" in limits and "Internal validation only" in limits
-  assert "python -m mdx.evaluate --bundle" in limits
+  assert "python -m mdx evaluate --bundle" in limits
   assert "Wide 95% CIs" in limits and "Hernia (AUROC)" in limits
   assert "AUROC undefined on the validation set" in limits
   assert "Raw scores are inflated" in limits and "calibrated" in limits

@@ -3,7 +3,7 @@
 Training then reads small fixed-size records by index instead of decoding 1024 px PNGs or DICOMs:
 any real source with config.data.prepared_dir set reads them back (sources.make_source ->
 load_prepared), preparing them there on first use (with one log line) when they are missing;
-`python -m mdx.data.cli.prepare --config=experiments/X.py` (./launch.sh prepare) does it ahead.
+`python -m mdx prepare --config=experiments/X.py` (./launch.sh prepare) does it ahead.
 Experiments put them in the per-user cache (file_source.records_dir: ~/.cache/mdx/records, or
 MDX_RECORDS).
 
@@ -18,10 +18,11 @@ The index is what makes records complete, so it must appear with them: TFDS buil
 folder beside them (<config>/.incomplete-*), the index is saved there too, and only then is the
 version folder renamed to <config>/<version>. A killed preparation leaves nothing that looks
 complete (the next one removes its leftover); TFDS's own rename alone would leave records without
-an index after a kill between the two. Preparation holds a file lock (<config>/.prepare.lock): of several
-processes (of one run, or of runs started together) one prepares and the others wait and then read
-its records. A lock, not a barrier: the default folder is on each host's own disk, so every host of
-a pod prepares its own copy, while on a shared disk the lock lets only one of them write.
+an index after a kill between the two. Preparation holds a file lock (<config>/.prepare.lock):
+of several processes (of one run, or of runs started together) one prepares and the others wait and
+then read its records. A lock, not a barrier: the default folder is on each host's own disk, so
+every host of a pod prepares its own copy, while on a shared disk the lock lets only one of them
+write.
 """
 
 from __future__ import annotations
