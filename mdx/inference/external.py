@@ -4,7 +4,10 @@ Why: a model's internal test AUROC says little about another hospital's films (o
 different population, labels mined by another labeler). External validation runs the bundle as it
 would be deployed -- its preprocessing, and its thresholds and calibration chosen on the internal
 validation set, never refitted here -- on EVERY record of a dataset (no split), and puts the two
-datasets side by side.
+datasets side by side. The records are checked first, as training checks its own
+(mdx.data.prepare): a corrupt file stops the evaluation before any prediction with one error naming
+it, or with config.data.on_error='skip' is left out, listed in out_dir/skipped_records.csv and
+counted in the report.
 
   findings     the bundle's findings matched to the dataset's label columns by name, by the
                synonym table mdx.data.cxr.findings.SYNONYMS, or by a user's finding_map; the rest
@@ -39,7 +42,7 @@ from absl import logging
 from scipy import stats
 
 from mdx import runtime
-from mdx.data import sources
+from mdx.data import prepare, sources
 from mdx.data.cxr import findings as findings_lib
 from mdx.data.cxr.file_source import config_get
 from mdx.evaluate import bootstrap as B
@@ -428,19 +431,25 @@ def evaluate_external(
   names the external dataset (only the dataset fields are read: preprocessing comes from the
   bundle); finding_map: {bundle finding: dataset finding or None (leave out)}, over the name and
   synonym matching; bootstrap: patient-level resamples of the external set (0: no CIs);
-  batch_size: images per forward pass on each process (default 8 per device).
+  batch_size: images per forward pass on each process (default 8 per device). Every record is
+  decoded once before any prediction (mdx.data.prepare, under config.data.on_error); the check's
+  lists go into out_dir.
 
   With several processes (see the module docstring) process 0 writes the report and returns what
   metrics.json says; the others write nothing and return the same evaluation unserialised (numpy
   numbers, no 'figures').
   """
-  source = sources.make_source(config.data, config.seed, sources.IMAGE)
   if isinstance(bundle, (str, os.PathLike)):
     bundle = bundle_lib.load(os.fspath(bundle))
   if bundle.task != KIND.task:
     raise ValueError(
       f"bundle {bundle.path} is a {bundle.task} model; external validation reads classifiers"
     )
+  # Every record, no split, but checked as training checks its data (config.data.on_error): a
+  # corrupt file stops the evaluation before any prediction, naming it, or is skipped and listed
+  # in out_dir/skipped_records.csv (and counted in the report).
+  prepared = prepare.prepare_dataset(config.data, config.seed, sources.IMAGE, out_dir, split=False)
+  source = prepared.source
   bundle_findings = list(bundle.spec["output"]["findings"])
   match = findings_lib.match_findings(bundle_findings, source.findings, finding_map)
   if not match.matched:

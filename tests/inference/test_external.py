@@ -384,6 +384,49 @@ def test_external_validation_against_independent_oracles(setup):
   )
 
 
+def test_a_corrupt_external_file_stops_it_before_any_prediction_or_is_skipped(
+  setup, tmp_path, monkeypatch
+):
+  """External validation checks every record first, as training does (mdx.data.prepare): a corrupt
+  file is one error naming it before anything is predicted, or with on_error='skip' is left out,
+  listed in out_dir/skipped_records.csv and counted in the report."""
+  import shutil
+
+  root = tmp_path / "external"
+  shutil.copytree(setup["data"]["root"], root)
+  bad = root / "Normal" / "phantom999_0.png"
+  bad.write_bytes(b"not a png")
+  data = {**setup["data"], "root": str(root)}
+  predict_source = X.predict_source
+
+  def no_prediction(*args, **kwargs):
+    raise AssertionError("predicted before the records were checked")
+
+  monkeypatch.setattr(X, "predict_source", no_prediction)
+  config = config_lib.resolve(ml_collections.ConfigDict({"data": data}))
+  with pytest.raises(ValueError, match="phantom999_0.png") as info:
+    X.evaluate_external(setup["bundle"], config, str(tmp_path / "raise"), bootstrap=0)
+  assert "\n" not in str(info.value) and "on_error='skip'" in str(info.value)
+  assert "phantom999_0.png" in (tmp_path / "raise" / "bad_records.csv").read_text()
+
+  monkeypatch.setattr(X, "predict_source", predict_source)
+  config = config_lib.resolve(ml_collections.ConfigDict({"data": {**data, "on_error": "skip"}}))
+  out = tmp_path / "skip"
+  res = X.evaluate_external(
+    setup["bundle"],
+    config,
+    str(out),
+    finding_map={"Cardiomegaly": "Enlarged Heart"},
+    bootstrap=0,
+    batch_size=16,
+    progress=False,
+  )
+  assert res["n_images"] == len(setup["files"])  # every good record, the bad one left out
+  assert res["external"]["dataset"]["skipped"] == 1
+  assert "phantom999_0.png" in (out / "skipped_records.csv").read_text()
+  assert "1 files skipped" in (out / "report.md").read_text()
+
+
 def _cli(*args):
   return subprocess.run(
     [sys.executable, "-m", "mdx", "evaluate", *args],
