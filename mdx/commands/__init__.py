@@ -72,8 +72,8 @@ def run(name: str, argv: list[str]) -> None:
   define_debug_flag()
   before = set(flags.FLAGS)
   module.define_flags()
-  for name in sorted(set(flags.FLAGS) - before):  # --help shows them, and the command's docstring
-    flags.FLAGS.register_key_flag_for_module(sys.argv[0], flags.FLAGS[name])
+  for flag in sorted(set(flags.FLAGS) - before):  # --help shows them, and the command's docstring
+    flags.FLAGS.register_key_flag_for_module(sys.argv[0], flags.FLAGS[flag])
   sys.modules["__main__"].__doc__ = module.__doc__
   run_program(module.main, sys.argv)
 
