@@ -41,18 +41,15 @@ def audit_tables(paths: list[str], patient_column: str | None = None, kind: str 
 
 
 def audit_config(config) -> dict:
-  from mdx.data import sources
+  """The audit of the split a run of `config` trains on: its data prepared as the run prepares it
+  (mdx.data.prepare: records checked under config.data.on_error, so skipped files are out of the
+  split here too)."""
+  from mdx import config as config_lib
+  from mdx.data import prepare
 
-  source = sources.make_source(config.data, config.seed)
-  parts = splits.make_split(config.data, source, config.seed)
-  labels, pids, ids = source.labels(), source.patient_ids(), source.image_ids()
-  return splits.audit(
-    {
-      n: {"patient_ids": pids[i], "image_ids": ids[i], "labels": labels[i]}
-      for n, i in parts.items()
-    },
-    source.findings,
-  )
+  kind = config_lib.task_config(config.task).source_kind
+  prepared = prepare.prepare_dataset(config.data, config.seed, kind)
+  return prepare.audit_report(prepared.source, prepared.splits)
 
 
 def define_flags() -> None:

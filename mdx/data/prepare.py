@@ -66,17 +66,23 @@ def prepare_dataset(
   return Prepared(source, sets, result, audit)
 
 
-def audit_splits(source, sets: dict[str, np.ndarray], workdir: str | None = None) -> dict:
-  """The leakage audit of a 2D source's splits, logged (loudly when a patient is in two sets: only
-  the leakage ablation's image split does that) and written to WORKDIR/split_audit.json."""
+def audit_report(source, sets: dict[str, np.ndarray]) -> dict:
+  """splits.audit of a 2D source's splits: the patients, images and findings the sets share."""
   ids, pids, labels = source.image_ids(), source.patient_ids(), source.labels()
-  report = splits.audit(
+  return splits.audit(
     {
       name: {"patient_ids": pids[i], "image_ids": ids[i], "labels": labels[i]}
       for name, i in sets.items()
     },
     source.findings,
   )
+
+
+def audit_splits(source, sets: dict[str, np.ndarray], workdir: str | None = None) -> dict:
+  """The leakage audit of a 2D source's splits, logged (loudly when a patient is in two sets: only
+  the leakage ablation's image split does that) and written to WORKDIR/split_audit.json; returns
+  its JSON summary (splits.audit_json)."""
+  report = audit_report(source, sets)
   text = splits.format_audit(report)
   if report["leak"]:
     logging.warning("Leakage audit of the splits:\n%s", text)

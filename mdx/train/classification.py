@@ -11,7 +11,7 @@ import numpy as np
 from absl import logging
 
 from mdx import losses
-from mdx.data import augment, check, pipeline, resample, sources, splits
+from mdx.data import augment, pipeline, prepare, resample, sources, splits
 from mdx.data import standardize as standardize_lib
 from mdx.data.cxr import records
 from mdx.evaluate import calibration, metrics, thresholds
@@ -39,16 +39,15 @@ class ClassificationTask:
     return {"test mean AUROC": (auroc["value"], auroc["ci"])}
 
   def __init__(self, config, workdir: str | None = None):
-    """workdir receives the lists of skipped or constant images (mdx.data.check)."""
+    """workdir receives the lists of skipped or constant images (mdx.data.check) and the split
+    audit (split_audit.json)."""
     self.config = config
     data = config.data
-    source = sources.make_source(data, config.seed, sources.IMAGE)
-    # Every image decoded once (or found in the check cache) before splitting: a bad file fails
-    # now, not mid-training, and on_error='skip' splits the dataset as if it had been deleted.
-    chief = jax.process_index() == 0
-    self.source, self.record_check = check.check_configured(
-      source, data, workdir if chief else None, progress=chief
-    )
+    # source, every image checked (a bad file fails now, not mid-training), split by patient,
+    # audited: the one path every run's data takes (mdx.data.prepare)
+    prepared = prepare.prepare_dataset(data, config.seed, sources.IMAGE, workdir)
+    self.source, self.record_check = prepared.source, prepared.check
+    self.splits, self.split_audit = prepared.splits, prepared.audit
     self.findings = tuple(self.source.findings)
     if config.model.num_classes != len(self.findings):
       raise ValueError(
@@ -57,8 +56,6 @@ class ClassificationTask:
       )
     self.labels = self.source.labels()
     self.patient_ids = self.source.patient_ids()
-    self.splits = splits.make_split(data, self.source, config.seed)  # by patient
-    self.split_audit = self._audit_splits(workdir if chief else None)
     if splits.split_key(config.eval.split) not in self.splits:
       raise ValueError(
         f"config.eval.split={config.eval.split!r} but split.by="
@@ -99,29 +96,6 @@ class ClassificationTask:
     self._reported: dict | None = None  # the last report's predictions (the bundle states them)
     first = np.asarray(self.source[int(self.splits["train"][0])]["image"])
     self._channels = first.shape[-1] if first.ndim == 3 else 1
-
-  def _audit_splits(self, workdir: str | None) -> dict:
-    """The leakage audit of this run's splits, logged (loudly when a patient is in two sets: only
-    the leakage ablation's image split does that) and written to WORKDIR/split_audit.json."""
-    ids = self.source.image_ids()
-    report = splits.audit(
-      {
-        name: {"patient_ids": self.patient_ids[i], "image_ids": ids[i], "labels": self.labels[i]}
-        for name, i in self.splits.items()
-      },
-      self.findings,
-    )
-    text = splits.format_audit(report)
-    if report["leak"]:
-      logging.warning("Leakage audit of the splits:\n%s", text)
-    else:
-      logging.info("Leakage audit of the splits:\n%s", text)
-    summary = splits.audit_json(report)
-    if workdir:
-      os.makedirs(workdir, exist_ok=True)
-      with open(os.path.join(workdir, "split_audit.json"), "w") as f:
-        json.dump(summary, f, indent=1)
-    return summary
 
   def _standardize(self) -> list:
     mode = self.config.data.standardize

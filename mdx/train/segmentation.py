@@ -12,12 +12,11 @@ from __future__ import annotations
 import json
 import os
 
-import jax
 import numpy as np
 from absl import logging
 
 from mdx import losses, runtime
-from mdx.data import check, pipeline, sources, splits
+from mdx.data import pipeline, prepare, sources, splits
 from mdx.data.volume import transforms as vt
 from mdx.evaluate import segmentation as seg_metrics
 from mdx.inference import bundle as bundle_lib
@@ -48,13 +47,10 @@ class SegmentationTask:
     """workdir receives the lists of skipped or constant scans (mdx.data.check)."""
     self.config = config
     data = config.data
-    source = sources.make_source(data, config.seed, sources.VOLUME)
-    # Every case read once (or found in the check cache) before splitting: a damaged or NaN scan
-    # fails now, not in training or validation (where a NaN scan would score as all background).
-    chief = jax.process_index() == 0
-    self.source, self.record_check = check.check_configured(
-      source, data, workdir if chief else None, progress=chief
-    )
+    # source, every case checked (a damaged or NaN scan fails now, not in training or validation,
+    # where it would score as all background), split by case: mdx.data.prepare, as classification
+    prepared = prepare.prepare_dataset(data, config.seed, sources.VOLUME, workdir)
+    self.source, self.record_check = prepared.source, prepared.check
     self.class_names = tuple(self.source.class_names or ())
     if not self.class_names:
       raise ValueError(
@@ -69,7 +65,7 @@ class SegmentationTask:
         f"{len(self.class_names)} outputs {self.class_names}"
       )
     self.patch = tuple(int(s) for s in data.patch_size)
-    self.splits = splits.make_split(data, self.source, config.seed)  # by patient (one per case)
+    self.splits = prepared.splits  # by patient (one per case)
     for name in ("test", "validation"):
       self.splits.setdefault(name, np.zeros(0, np.int64))
     logging.info("Splits by case: %s", {k: len(v) for k, v in self.splits.items()})

@@ -96,3 +96,23 @@ def test_a_volume_source_is_split_by_case_without_an_audit(tmp_path):
 def test_an_unknown_source_kind_is_refused():
   with pytest.raises(ValueError, match="unknown for volume tasks"):
     prepare.prepare_dataset(_data(source="phantoms"), 0, sources.VOLUME)
+
+
+def test_the_audit_command_audits_the_split_a_run_trains_on(tmp_path):
+  """python -m mdx audit --config prepares the data as a run does: a file on_error='skip' drops is
+  in no set of the audit either."""
+  from mdx import config as config_lib
+  from mdx.commands import audit
+
+  root = _folders(tmp_path / "data")
+  (root / "NORMAL" / "p2_0.png").write_bytes(b"broken")
+  c = config_lib.defaults()
+  c.data.update(_folder_data(root, on_error="skip"))
+  c.model.name = "densenet_tiny"
+  config = config_lib.resolve(c)
+  report = audit.audit_config(config)
+  run = prepare.prepare_dataset(config.data, config.seed, sources.IMAGE)
+  assert {n: s["images"] for n, s in report["sets"].items()} == {
+    n: len(i) for n, i in run.splits.items()
+  }
+  assert sum(s["images"] for s in report["sets"].values()) == 19 and not report["leak"]

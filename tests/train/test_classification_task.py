@@ -58,3 +58,20 @@ def test_a_freeze_policy_naming_a_stage_the_model_lacks_fails_when_the_config_is
     config_lib.resolve(c)
   c.model.freeze = "from:block2"
   assert config_lib.resolve(c).model.freeze == "from:block2"
+
+
+def test_the_task_reads_its_data_through_prepare_dataset(tmp_path):
+  """The records, splits and audit are mdx.data.prepare's, exactly: the same split as
+  splits.make_split on the source, the audit in WORKDIR/split_audit.json."""
+  import json
+
+  from mdx.data import prepare, sources, splits
+
+  c = config_lib.resolve(tiny_config())
+  task = ClassificationTask(c, workdir=str(tmp_path))
+  want = splits.make_split(c.data, sources.make_source(c.data, c.seed), c.seed)
+  assert task.splits.keys() == want.keys()
+  for name in want:
+    np.testing.assert_array_equal(task.splits[name], want[name])
+  assert json.loads((tmp_path / prepare.AUDIT_FILE).read_text()) == task.split_audit
+  assert task.split_audit["leak"] is False and task.record_check is None  # phantoms: generated
