@@ -5,7 +5,8 @@
       --input=CASE_FOLDERS --output=OUT
 
 data.label_mode='regions' trains whole tumour / tumour core / enhancing tumour with sigmoid outputs
-(the BraTS evaluation regions); 'classes' trains the four labels with softmax (set num_classes=4).
+(the BraTS evaluation regions); 'classes' trains the four labels with softmax (model.num_classes
+follows the label mode).
 Sized for a GPU: 128^3 patches at base width 32 need about 20 GiB in float32.
 """
 

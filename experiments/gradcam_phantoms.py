@@ -21,7 +21,6 @@ def get_config():
   c.data.augment = "chest_xray"
   c.data.workers = 1
   c.model.name = "densenet_tiny"
-  c.model.num_classes = 1
   c.train.steps = 300
   c.train.lr = 2e-3
   c.eval.bootstrap = 200

@@ -28,7 +28,6 @@ def get_config():
   c.data.split.val = 0.2
   c.data.augment = "chest_xray"
   c.model.name = "densenet121"
-  c.model.num_classes = 1
   c.train.batch_size = 16
   c.train.steps = 100
   c.train.checkpoint_every = 50

@@ -47,7 +47,12 @@ def common() -> ml_collections.ConfigDict:
       prefetch=2,  # batches buffered per worker
     )
   )
-  c.model = ml_collections.ConfigDict(dict(name="densenet121", num_classes=14, dtype="float32"))
+  c.model = ml_collections.ConfigDict(
+    # num_classes None: the source's number of findings (or a volume source's classes/regions),
+    # filled in by resolve when config.data tells them, else by the task once it has read the data
+    # (resolve_num_classes); a number is checked against the source.
+    dict(name="densenet121", num_classes=None, dtype="float32")
+  )
   c.loss = ml_collections.ConfigDict(dict(name="weighted_bce"))
   c.train = ml_collections.ConfigDict(
     dict(
@@ -152,8 +157,33 @@ def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     merged.update(_sections(config))
   absolute_paths(merged)
   check_values(merged)
+  from mdx.data import sources
+
+  names = sources.output_names(merged.data)
+  if names is not None:  # else the task counts them when it has built the source
+    resolve_num_classes(merged, names)
   task_config(task).check(merged)
   return merged
+
+
+def resolve_num_classes(config: ml_collections.ConfigDict, names) -> int:
+  """config.model.num_classes against the names of the source's outputs (its findings, or a
+  volume source's classes or regions): None takes their number, in place (so config.json and
+  bundles state it); a number that differs is a ValueError naming both. Returns the number."""
+  from mdx.data import sources
+
+  names = tuple(names)
+  wanted = config.model.num_classes
+  if wanted is None:
+    config.model.num_classes = len(names)
+  elif wanted != len(names):
+    source = config.data.source
+    what = "findings" if sources.spec(source).kind == sources.IMAGE else "outputs"
+    raise ValueError(
+      f"config.model.num_classes={wanted} but source '{source}' has {len(names)} {what} "
+      f"{list(names)}; leave model.num_classes unset to take the source's"
+    )
+  return config.model.num_classes
 
 
 def _sections(config) -> dict:
@@ -215,7 +245,6 @@ def check_values(c: ml_collections.ConfigDict) -> None:
     ("train.checkpoint_every", t.checkpoint_every),
     ("train.keep_last", t.keep_last),
     ("data.prefetch", d.prefetch),
-    ("model.num_classes", c.model.num_classes),
   ):
     _require(
       isinstance(value, int) and not isinstance(value, bool) and value >= 1,
@@ -223,6 +252,13 @@ def check_values(c: ml_collections.ConfigDict) -> None:
       value,
       "must be a whole number >= 1",
     )
+  n = c.model.num_classes
+  _require(
+    n is None or (isinstance(n, int) and not isinstance(n, bool) and n >= 1),
+    "model.num_classes",
+    n,
+    "must be a whole number >= 1, or None (the source's number of findings or classes)",
+  )
   for field, value in (
     ("train.warmup_steps", t.warmup_steps),
     ("data.workers", d.workers),
@@ -372,7 +408,7 @@ def _segmentation_defaults() -> ml_collections.ConfigDict:
         intensity_scale=0.0,
         intensity_shift=0.0,
       ),
-      model=dict(name="unet3d", num_classes=3),
+      model=dict(name="unet3d"),  # num_classes: the source's classes or regions
       loss=dict(
         name="dice_ce", epsilon=1e-5, squared=False, include_background=True, ce_weight=1.0
       ),  # ce_weight counts for 'dice_ce' only

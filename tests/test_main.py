@@ -227,6 +227,58 @@ def test_segmentation_defaults_are_its_own():
   assert "patch_size" not in config_lib.defaults().data and "gradcam" in config_lib.defaults().eval
 
 
+def test_num_classes_is_the_sources_number_unless_set():
+  """model.num_classes defaults to None: resolve fills in the number of the source's findings (or a
+  volume source's classes or regions) when config.data tells them, keeps a number equal to it, and
+  refuses one that differs, in one line naming both."""
+  assert config_lib.defaults().model.num_classes is None
+  assert config_lib.defaults("segmentation").model.num_classes is None
+  assert config_lib.resolve(config_lib.defaults()).model.num_classes == 14  # phantoms: NIH's 14
+  c = config_lib.defaults()
+  c.data.findings = ("Mass", "Nodule")
+  assert config_lib.resolve(c).model.num_classes == 2
+  c.model.num_classes = 2
+  assert config_lib.resolve(c).model.num_classes == 2
+  c.model.num_classes = 14
+  with pytest.raises(ValueError) as info:
+    config_lib.resolve(c)
+  assert str(info.value) == (
+    "config.model.num_classes=14 but source 'phantoms' has 2 findings ['Mass', 'Nodule']; "
+    "leave model.num_classes unset to take the source's"
+  )
+  for source, fields, n in (
+    ("nih", {}, 14),
+    ("nih", {"findings": ("Effusion",)}, 1),
+    ("chexpert", {}, 5),
+    ("folders", {"classes": ("NORMAL", "PNEUMONIA"), "negative_class": "NORMAL"}, 1),
+    ("folders", {"root": "/data/kermany"}, None),  # the listed folders tell: the task counts
+  ):
+    c = config_lib.defaults()
+    c.data.source = source
+    c.data.update(fields)
+    assert config_lib.resolve(c).model.num_classes == n, (source, fields)
+  seg = config_lib.defaults("segmentation")
+  seg.data.patch_size = (16, 16, 16)
+  assert config_lib.resolve(seg).model.num_classes == 3  # brain phantoms: three regions
+  seg.data.label_mode = "classes"
+  assert config_lib.resolve(seg).model.num_classes == 4
+  seg.data.source = "msd"
+  del seg.data["label_mode"]
+  assert config_lib.resolve(seg).model.num_classes is None  # its dataset.json tells
+  seg.data.class_names = ("background", "lesion")
+  seg.model.num_classes = 3
+  with pytest.raises(ValueError, match=r"num_classes=3 but source 'msd' has 2 outputs"):
+    config_lib.resolve(seg)
+
+
+@pytest.mark.parametrize("value", [0, -1, "3", 2.0, True])
+def test_an_impossible_num_classes_is_one_line(value):
+  c = config_lib.defaults()
+  c.model.num_classes = value
+  with pytest.raises(ValueError, match=r"config.model.num_classes=.*whole number >= 1, or None"):
+    config_lib.resolve(c)
+
+
 @pytest.mark.parametrize(
   "field, value, message",
   [

@@ -27,7 +27,6 @@ def get_config():
   c.data.split = dict(by="patient", test=0.4, val=0.15)
   c.data.findings = FINDINGS
   c.data.augment = "chest_xray"
-  c.model.num_classes = len(FINDINGS)
   return c
 
 

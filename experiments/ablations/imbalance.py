@@ -27,7 +27,6 @@ def get_config():
   c.data.num_patients = 1200
   c.data.image_size = 48
   c.data.findings = FINDINGS
-  c.model.num_classes = len(FINDINGS)
   c.loss.name = "bce"
   c.train.steps = 150
   return c

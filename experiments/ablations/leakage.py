@@ -35,7 +35,6 @@ def get_config():
   c.data.num_patients = 400
   c.data.findings = FINDINGS
   c.data.prevalence = {f: 0.15 for f in FINDINGS}
-  c.model.num_classes = len(FINDINGS)
   c.eval.gradcam.findings = FINDINGS
   c.eval.gradcam.images = 32
   return c

@@ -27,7 +27,6 @@ def get_config():
   c.data.num_patients = 2000
   c.data.split = dict(by="patient", test=0.05, val=0.05)
   c.data.findings = FINDINGS
-  c.model.num_classes = len(FINDINGS)
   return c
 
 

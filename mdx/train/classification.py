@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
+from mdx import config as config_lib
 from mdx import losses
 from mdx.data import augment, pipeline, prepare, resample, sources, splits
 from mdx.data import standardize as standardize_lib
@@ -40,7 +41,8 @@ class ClassificationTask:
 
   def __init__(self, config, workdir: str | None = None):
     """workdir receives the lists of skipped or constant images (mdx.data.check) and the split
-    audit (split_audit.json)."""
+    audit (split_audit.json). An unset config.model.num_classes becomes the source's number of
+    findings, in place."""
     self.config = config
     data = config.data
     # source, every image checked (a bad file fails now, not mid-training), split by patient,
@@ -49,11 +51,7 @@ class ClassificationTask:
     self.source, self.record_check = prepared.source, prepared.check
     self.splits, self.split_audit = prepared.splits, prepared.audit
     self.findings = tuple(self.source.findings)
-    if config.model.num_classes != len(self.findings):
-      raise ValueError(
-        f"config.model.num_classes={config.model.num_classes} but source "
-        f"'{data.source}' has {len(self.findings)} findings {list(self.findings)}"
-      )
+    config_lib.resolve_num_classes(config, self.findings)
     self.labels = self.source.labels()
     self.patient_ids = self.source.patient_ids()
     if splits.split_key(config.eval.split) not in self.splits:

@@ -150,6 +150,8 @@ def _merge(asked, stored, overrides, mode: str, path: str) -> ml_collections.Con
       + (" (or train a new run in another --workdir)" if mode == "train" else "")
     )
   ours, theirs = flat_config(asked), flat_config(stored)
+  if ours.get("model.num_classes") is None:  # unset: the source's number, which the run counted
+    ours["model.num_classes"] = theirs.get("model.num_classes")
   fields = sorted(set(ours) | set(theirs))
   changed = [f for f in fields if ours.get(f, _UNSET) != theirs.get(f, _UNSET)]
   typed = changed if overrides is None else [f for f in changed if _under(f, overrides)]
@@ -438,7 +440,10 @@ def _run_with_workdir(config, workdir: str, mode: str, output_dir: str | None, s
 
   if jax.process_index() == 0 and mode == "train":
     write_config(config, workdir)
-  task = tasks.make_task(config, workdir)
+  counted = config.model.num_classes is None  # only the data tells (e.g. folders listed)
+  task = tasks.make_task(config, workdir)  # counts them into config.model.num_classes
+  if jax.process_index() == 0 and mode == "train" and counted:
+    write_config(config, workdir)  # config.json states the number the model was built with
   if mode == "train":
     result = loop.train(config, workdir, task)
     if not config.eval.after_train:

@@ -15,6 +15,7 @@ import os
 import numpy as np
 from absl import logging
 
+from mdx import config as config_lib
 from mdx import losses, runtime
 from mdx.data import pipeline, prepare, sources, splits
 from mdx.data.volume import transforms as vt
@@ -44,7 +45,8 @@ class SegmentationTask:
     return out
 
   def __init__(self, config, workdir: str | None = None):
-    """workdir receives the lists of skipped or constant scans (mdx.data.check)."""
+    """workdir receives the lists of skipped or constant scans (mdx.data.check). An unset
+    config.model.num_classes becomes the source's number of classes (or regions), in place."""
     self.config = config
     data = config.data
     # source, every case checked (a damaged or NaN scan fails now, not in training or validation,
@@ -59,11 +61,7 @@ class SegmentationTask:
       )
     self.regions = self.source.label_mode == "regions"
     self.activation = "sigmoid" if self.regions else "softmax"
-    if config.model.num_classes != len(self.class_names):
-      raise ValueError(
-        f"config.model.num_classes={config.model.num_classes} but the data has "
-        f"{len(self.class_names)} outputs {self.class_names}"
-      )
+    config_lib.resolve_num_classes(config, self.class_names)
     self.patch = tuple(int(s) for s in data.patch_size)
     self.splits = prepared.splits  # by patient (one per case)
     for name in ("test", "validation"):

@@ -49,8 +49,7 @@ def _classifier_config(root):
   c.data.image_size = 32
   c.data.workers = 0
   c.data.split = dict(by="patient", test=0.25, val=0.25)
-  c.model.name = "densenet_tiny"
-  c.model.num_classes = 1
+  c.model.name = "densenet_tiny"  # num_classes unset: the task counts the folders' findings
   c.train.batch_size = 8
   c.train.steps = 4
   c.train.log_every = 2
@@ -78,6 +77,12 @@ def test_classifier_bundle_equals_the_run_and_travels(tmp_path):
   bundle = bundle_lib.load(os.path.join(work, "bundle"))
   spec = bundle.spec
   assert spec["output"]["findings"] == ["OPACITY"]
+  # model.num_classes was left to the source, which only the listed folders tell: config.json
+  # and the bundle state the number the model was built with
+  assert config_lib.resolve(c).model.num_classes is None
+  assert json.load(open(f"{work}/config.json"))["model"]["num_classes"] == 1
+  assert spec["model"]["num_classes"] == 1
+  assert spec["provenance"]["config"]["model"]["num_classes"] == 1
   assert spec["thresholds"]["chosen_on"].startswith("validation split")
   assert spec["calibration"]["method"] == "platt"
   assert spec["provenance"]["step"] == json.load(open(f"{work}/evaluated_checkpoint.json"))["step"]

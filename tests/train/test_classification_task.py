@@ -75,3 +75,36 @@ def test_the_task_reads_its_data_through_prepare_dataset(tmp_path):
     np.testing.assert_array_equal(task.splits[name], want[name])
   assert json.loads((tmp_path / prepare.AUDIT_FILE).read_text()) == task.split_audit
   assert task.split_audit["leak"] is False and task.record_check is None  # phantoms: generated
+
+
+def test_num_classes_left_unset_is_counted_from_the_listed_folders(tmp_path):
+  """A class-per-folder source tells its findings only once listed: resolve leaves
+  model.num_classes unset, the task counts it (in place, so config.json and the bundle state it);
+  a number that differs is the one-line error naming both."""
+  import pytest
+  from PIL import Image
+
+  rng = np.random.default_rng(0)
+  root = tmp_path / "data"
+  for k in range(12):
+    cls = ("NORMAL", "MASS", "NODULE")[k % 3]
+    (root / cls).mkdir(parents=True, exist_ok=True)
+    pixels = rng.integers(0, 256, (32, 32), dtype=np.uint8)
+    Image.fromarray(pixels).save(root / cls / f"p{k}_0.png")
+  c = tiny_config()
+  c.data.source = "folders"
+  del c.data["num_patients"]
+  c.data.update(root=str(root), negative_class="NORMAL", patient_regex=r"^(p\d+)_")
+  c.data.split = dict(by="patient", test=0.25, val=0.25)
+  c = config_lib.resolve(c)
+  assert c.model.num_classes is None
+  task = ClassificationTask(c)
+  assert task.findings == ("MASS", "NODULE") and c.model.num_classes == 2
+  assert task.model(None).num_classes == 2
+  c.model.num_classes = 3
+  with pytest.raises(ValueError) as info:
+    ClassificationTask(c)
+  assert str(info.value) == (
+    "config.model.num_classes=3 but source 'folders' has 2 findings ['MASS', 'NODULE']; leave "
+    "model.num_classes unset to take the source's"
+  )

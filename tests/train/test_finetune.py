@@ -416,12 +416,13 @@ def test_finetune_from_imported_weights_a_workdir_and_a_bundle_by_relative_paths
   runner.run(c, "runs/ft", "train")
   got = _checkpoint_variables("runs/ft/checkpoints/2/state")
   _assert_frozen_same_trained_moved(got, imported, {"head"}, "weights/dn")
-  model = registry.create_from_config(c.model)
+  resolved = config_lib.resolve(c)  # model.num_classes: the phantoms' findings, counted
+  model = registry.create_from_config(resolved.model)
   head0, _ = state_lib.init_variables(model, np.zeros((1, 32, 32, 1), np.float32), c.seed)
   assert not np.array_equal(
     got["params", "head", "dense", "kernel"], head0["head"]["dense"]["kernel"]
   )
-  assert got["params", "head", "dense", "kernel"].shape[1] == c.model.num_classes  # a new head
+  assert got["params", "head", "dense", "kernel"].shape[1] == resolved.model.num_classes  # new
 
   # 2. From that run's workdir, block2 onwards trains; its best step is chosen by val_loss.
   c = _run_config("runs/ft", "from:block2", steps=4, after_train=True, best_metric="val_loss")

@@ -147,6 +147,27 @@ def test_the_flag_free_api_compares_every_field(tmp_path):
     runner.run_config(work, c)
 
 
+def test_an_unset_num_classes_is_the_runs_counted_one(tmp_path):
+  """A source only the data can count (class folders listed from data.root) leaves
+  model.num_classes unset in the resolved config; the run counted it into config.json, and eval or
+  a resumed train with the experiment file (flag-free API: every field counts as typed) takes the
+  run's number, while a typed number that differs is refused."""
+  c = tiny(source="folders", root=str(tmp_path / "folders"), negative_class="NORMAL")
+  del c.data["num_patients"]
+  assert config_lib.resolve(c).model.num_classes is None
+  counted = config_lib.resolve(c)
+  counted.model.num_classes = 2  # as the task counts it (mdx.config.resolve_num_classes)
+  work = tmp_path / "run"
+  work.mkdir()
+  runner.write_config(counted, str(work))
+  (work / "checkpoints" / "3").mkdir(parents=True)
+  assert runner.run_config(str(work), c).model.num_classes == 2
+  assert runner.train_config(str(work), c).model.num_classes == 2
+  c.model.num_classes = 3
+  with pytest.raises(ValueError, match=r"config.model.num_classes=3 on the command line, 2 in"):
+    runner.train_config(str(work), c)
+
+
 def test_another_task_is_refused(tmp_path):
   work = trained_workdir(tmp_path, tiny())
   with pytest.raises(ValueError, match=r"config.task='segmentation' on the command line"):

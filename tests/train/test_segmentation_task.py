@@ -222,3 +222,28 @@ def test_the_bundle_states_what_report_returned_and_the_sources_label_values():
   other = tasks.Report("/elsewhere", {"test": {**summary, "mean_dice": 0.25}})
   again, _, _ = task.bundle_contents(SimpleNamespace(state=state), other)
   assert set(again["results"]) == {"test"} and again["results"]["test"]["mean_dice"] == 0.25
+
+
+def test_num_classes_left_unset_is_counted_from_the_msd_dataset_json(tmp_path):
+  """An MSD folder names its classes in dataset.json, which resolve does not read: model.num_classes
+  stays unset until the task has built the source and counts them (in place); the data goes
+  through mdx.data.prepare (every case checked, split by case)."""
+  from mdx import config as config_lib
+
+  root = tmp_path / "data"
+  write_msd(str(root), AFFINE, n=3)
+  labels = {"0": "background", "1": "anterior", "2": "posterior"}
+  (root / "dataset.json").write_text(json.dumps({"labels": labels}))
+  c = _tiny(_config("msd_hippocampus_unet3d"))
+  del c.data["class_names"]
+  c.data.root = str(root)
+  c.data.split.val = 0.34
+  c = config_lib.resolve(c)
+  assert c.model.num_classes is None
+  task = segmentation.SegmentationTask(c)
+  assert task.class_names == tuple(labels.values()) and c.model.num_classes == 3
+  assert task.record_check.total == 3 and sorted(task.splits) == ["test", "train", "validation"]
+  assert len(task.splits["validation"]) == 1 and len(task.splits["test"]) == 0
+  c.model.num_classes = 4
+  with pytest.raises(ValueError, match=r"num_classes=4 but source 'msd' has 3 outputs"):
+    segmentation.SegmentationTask(c)

@@ -112,10 +112,16 @@ def _resolve(root: str, rel: str) -> str:
   return full
 
 
+def output_names(data_config) -> tuple[str, ...]:
+  """The findings a source of config.data labels (data.findings, default the five competition
+  findings), told without reading the metadata (mdx.config counts them for model.num_classes)."""
+  return tuple(file_source.config_get(data_config, "findings", COMPETITION))
+
+
 def make_source(data_config, seed: int = 0) -> file_source.FileSource:
   del seed
   metadata = file_source.require(data_config, "metadata", "chexpert")
-  findings = tuple(file_source.config_get(data_config, "findings", COMPETITION))
+  findings = output_names(data_config)
   _, rows = file_source.read_csv(metadata, ("Path", *findings))
   if file_source.config_get(data_config, "frontal_only", False):
     if rows and "Frontal/Lateral" not in rows[0]:

@@ -38,6 +38,16 @@ def patient_id(file_name: str, pattern: re.Pattern | None) -> str | None:
   return m.group(1) if pattern.groups else m.group(0)
 
 
+def output_names(data_config) -> tuple[str, ...] | None:
+  """The findings of config.data.classes without the negative class; None when data.classes is
+  not set (the class folders are found by listing data.root: the built source tells)."""
+  classes = file_source.config_get(data_config, "classes", [])
+  if not classes:
+    return None
+  negative = file_source.config_get(data_config, "negative_class")
+  return tuple(c for c in classes if c != negative)
+
+
 def make_source(data_config, seed: int = 0) -> file_source.FileSource:
   del seed
   root = file_source.require(data_config, "root", "folders")

@@ -113,10 +113,16 @@ def official_split(image_ids: Sequence[str], folder: str) -> dict[str, np.ndarra
   return out
 
 
+def output_names(data_config) -> tuple[str, ...]:
+  """The findings a source of config.data labels (data.findings, default the 14 of ChestX-ray14),
+  told without reading the metadata (mdx.config counts them for model.num_classes)."""
+  return tuple(file_source.config_get(data_config, "findings", findings_lib.NIH_FINDINGS))
+
+
 def make_source(data_config, seed: int = 0) -> file_source.FileSource:
   del seed
   metadata = file_source.require(data_config, "metadata", "nih")
-  findings = tuple(file_source.config_get(data_config, "findings", findings_lib.NIH_FINDINGS))
+  findings = output_names(data_config)
   _, rows = file_source.read_csv(metadata, REQUIRED)
   views = file_source.config_get(data_config, "view_positions")
   if views:

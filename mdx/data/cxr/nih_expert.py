@@ -24,10 +24,16 @@ FINDINGS = ("Fracture", "Pneumothorax", "Airspace opacity", "Nodule or mass")
 VALUES = {"YES": 1.0, "NO": 0.0, "": np.nan}
 
 
+def output_names(data_config) -> tuple[str, ...]:
+  """The findings a source of config.data labels (data.findings, default every expert-labelled
+  one), told without reading the labels (mdx.config counts them for model.num_classes)."""
+  return tuple(file_source.config_get(data_config, "findings", FINDINGS))
+
+
 def make_source(data_config, seed: int = 0) -> file_source.FileSource:
   del seed
   metadata = file_source.require(data_config, "metadata", "nih_expert")
-  findings = tuple(file_source.config_get(data_config, "findings", FINDINGS))
+  findings = output_names(data_config)
   bad = [f for f in findings if f not in FINDINGS]
   if bad:
     raise ValueError(f"config.data.findings {bad} are not expert-labelled; choose from {FINDINGS}")
