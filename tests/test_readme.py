@@ -47,9 +47,9 @@ TINY_CLS = (
 TINY_EVAL = "--config.eval.bootstrap=10 --config.eval.examples=2"
 TINY_SET = (
   "--config.train.steps=2 --config.train.batch_size=8 --config.train.checkpoint_every=2 "
-  "--config.data.workers=0 --config.eval.bootstrap=10 --config.eval.examples=2 "
-  "--paired_resamples=20"
+  "--config.data.workers=0 --config.eval.examples=2"
 )
+TINY_SET_CLS = TINY_SET + " --config.eval.bootstrap=10 --paired_resamples=20"
 TINY_REAL = (
   "--config.train.steps=2 --config.train.batch_size=8 --config.train.checkpoint_every=2 "
   "--config.model.name=densenet_tiny --config.data.workers=0 --config.eval.batch_size=16 "
@@ -102,7 +102,8 @@ RULES = [
   Rule(
     r"^\./launch\.sh sweep experiments/ablations/pretraining\.py",
     "sweep_pretraining",
-    TINY_SET + " --config.data.image_size=32 --config.model.name=densenet_tiny",
+    # densenet_small: DenseNet-121's four blocks (the ablation freezes from:block4), CPU-sized
+    TINY_SET_CLS + " --config.data.image_size=32 --config.model.name=densenet_small",
     expect=("runs/ablation/results.md",),
   ),
   Rule(
@@ -114,7 +115,7 @@ RULES = [
   Rule(
     r"^\./launch\.sh sweep experiments/ablations/imbalance\.py",
     "sweep_imbalance",
-    TINY_SET + " --seeds=0 --config.data.num_patients=60 --config.data.image_size=32 "
+    TINY_SET_CLS + " --seeds=0 --config.data.num_patients=60 --config.data.image_size=32 "
     "--config.model.name=densenet_tiny",
     expect=("runs/imbalance/results.md", "runs/imbalance/ablation.md", "docs/ablations.md"),
   ),
@@ -238,6 +239,7 @@ def test_every_readme_command_has_a_rule():
 
 # ------------------------------------------------------------------------------ the copy
 def _copy_repo(dest: str) -> None:
+  """The checkout as a fresh clone of it would be, with the working tree's edits committed."""
   files = (
     subprocess.run(
       ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
@@ -253,6 +255,9 @@ def _copy_repo(dest: str) -> None:
     if os.path.isfile(src):  # a file deleted in the working tree is still listed
       os.makedirs(os.path.dirname(os.path.join(dest, name)), exist_ok=True)
       shutil.copy2(src, os.path.join(dest, name))  # mtimes kept: launch.sh sees no new pyproject
+  git = ["git", "-c", "user.name=mdx", "-c", "user.email=mdx@localhost"]
+  for args in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "copy"]):
+    subprocess.run(git + args, cwd=dest, check=True, capture_output=True)
 
 
 def _stand_ins(bin_dir: str) -> None:
@@ -362,6 +367,7 @@ def _fixtures_run_a(copy: str) -> dict:
 
 def _fixtures_weights(copy: str) -> dict:
   sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+  os.environ.setdefault("KERAS_BACKEND", "torch")  # as tests/models/test_import_weights.py
   import keras
   import torch
   from torch_reference import TorchDenseNet
