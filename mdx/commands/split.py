@@ -8,8 +8,12 @@ With --test_size / --val_size (image counts, or shares when < 1) the test set is
 validation, each with at least --min_positive_share of images positive for one of --findings; the
 remaining patients go to training. Without them, --test_fraction / --val_fraction of the patients
 are drawn at random. DIR/train.csv, DIR/validation.csv and DIR/test.csv keep the original rows
-and columns. A user's mistake (a missing CSV, an unknown finding) is one line `error: ...` and exit
-status 2 (mdx.cli); exit status 1 means the audit found a patient in two sets.
+and columns; a run trains on them with --config.data.split.by=lists
+--config.data.split.lists_dir=DIR (each record in the set whose CSV lists its image). The flags are
+a config.data.split policy split by training's own dispatcher (mdx.data.splits.split_records), so
+the same policy splits the same records alike in both. A user's mistake (a missing CSV, an unknown
+finding) is one line `error: ...` and exit status 2 (mdx.cli); exit status 1 means the audit found
+a patient in two sets.
 """
 
 from __future__ import annotations
@@ -26,6 +30,42 @@ from mdx.data.cxr import file_source, metadata
 FLAGS = flags.FLAGS
 
 
+# The policy fields (mdx.data.splits.split_records) as this command's flags, for its messages.
+FLAGS_OF_FIELDS = {
+  "test": "--test_fraction",
+  "val": "--val_fraction",
+  "lists_dir": "--official",
+  "by": "the split flags",
+  "": "the split flags",
+}
+
+
+def split_policy(
+  test_size: float | None = None,
+  val_size: float | None = None,
+  min_positive_share: float = 0.0,
+  findings: list[str] | None = None,
+  test_fraction: float = 0.15,
+  val_fraction: float = 0.15,
+  official: str | None = None,
+) -> dict:
+  """The command's flags as the config.data.split policy that training reads (the same fields,
+  the same dispatcher)."""
+  if official:
+    return {"by": "official", "lists_dir": official, "val": val_fraction}
+  if test_size is not None or val_size is not None:
+    if test_size is None or val_size is None:
+      raise ValueError("give both --test_size and --val_size")
+    return {
+      "by": "test_first",
+      "test_size": test_size,
+      "val_size": val_size,
+      "min_positive_share": min_positive_share,
+      "findings": findings,
+    }
+  return {"by": "patient", "test": test_fraction, "val": val_fraction}
+
+
 def split_table(
   table: metadata.Table,
   seed: int,
@@ -37,25 +77,16 @@ def split_table(
   val_fraction: float = 0.15,
   official: str | None = None,
 ) -> dict[str, np.ndarray]:
-  if official:
-    return splits.official_nih_split(
-      table.image_ids, table.patient_ids, official, val_fraction, seed
-    )
-  if test_size is not None or val_size is not None:
-    if test_size is None or val_size is None:
-      raise ValueError("give both --test_size and --val_size")
-    names = findings or list(table.findings)
-    missing = [f for f in names if f not in table.findings]
-    if missing:
-      raise ValueError(
-        f"--findings {missing} are not in {table.path}'s findings {list(table.findings)}"
-      )
-    positive = splits.positives_any(table.labels, [table.findings.index(f) for f in names])
-    return splits.test_first_split(
-      table.patient_ids, positive, test_size, val_size, min_positive_share, seed
-    )
-  return splits.patient_split(
-    table.patient_ids, {"test": test_fraction, "validation": val_fraction}, seed
+  """A metadata table split by training's dispatcher (mdx.data.splits.split_records) under the
+  policy of the flags (split_policy)."""
+  policy = split_policy(
+    test_size, val_size, min_positive_share, findings, test_fraction, val_fraction, official
+  )
+  records = splits.ArrayRecords(
+    table.patient_ids, table.image_ids, table.labels, table.findings, whose=table.path
+  )
+  return splits.split_records(
+    policy, records, seed, field=lambda name: FLAGS_OF_FIELDS.get(name, f"--{name}")
   )
 
 
@@ -98,7 +129,7 @@ def _split(args) -> int:
   )
   for name, idx in parts.items():
     file_source.write_csv(
-      os.path.join(args.out, f"{name}.csv"), table.columns, [table.rows[i] for i in idx]
+      os.path.join(args.out, splits.LIST_FILES[name]), table.columns, [table.rows[i] for i in idx]
     )
   elapsed = time.perf_counter() - start
   report = splits.audit(
@@ -121,4 +152,8 @@ def _split(args) -> int:
     for name, idx in parts.items():
       print(f"{name}: {positive[idx].mean():.1%} of images positive for any of {findings}")
   print(splits.format_audit(report))
+  print(
+    "train on these sets: --config.data.split.by=lists "
+    f"--config.data.split.lists_dir={os.path.abspath(args.out)}"
+  )
   return 1 if report["leak"] else 0

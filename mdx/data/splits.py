@@ -1,5 +1,10 @@
 """Patient-level splits: no patient ever has images in two sets.
 
+One dispatcher, split_records, turns a split policy (the fields of config.data.split) and records
+into sets, for training (make_split: a source; mdx.data.prepare) and for the split command (python
+-m mdx split: a metadata table), so a policy means the same split wherever it is asked for; and a
+run can train on the sets the command wrote (by='lists': each record in the set whose CSV lists it).
+
 The one exception is split.by='image' (images dealt out at random, whoever their patient): the
 mistake the leakage ablation measures (experiments/ablations/leakage.py). It runs only inside
 `image_split_allowed`, which an ablation file switches on with ALLOW_IMAGE_SPLIT = True (mdx.train.
@@ -10,6 +15,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import os
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -253,7 +259,7 @@ def official_nih_split(
   }
 
 
-# Every field of config.data.split that some policy reads (see make_split).
+# Every field of config.data.split that some policy reads (see split_records).
 SPLIT_FIELDS = (
   "by",
   "test",
@@ -266,8 +272,11 @@ SPLIT_FIELDS = (
   "k",
   "fold",
 )
+POLICIES = ("patient", "test_first", "official", "lists", "kfold")  # 'image': the ablation's only
 # Names a config may use for a split (config.eval.split) -> the split's key.
 SPLIT_NAMES = {"train": "train", "val": "validation", "validation": "validation", "test": "test"}
+# The files of a split written as lists (python -m mdx split --out=DIR), read back by by='lists'.
+LIST_FILES = {"train": "train.csv", "validation": "validation.csv", "test": "test.csv"}
 
 
 def split_key(name: str, what: str = "config.eval.split") -> str:
@@ -276,33 +285,67 @@ def split_key(name: str, what: str = "config.eval.split") -> str:
   return SPLIT_NAMES[name]
 
 
-def make_split(data_config, source, seed: int) -> dict[str, np.ndarray]:
-  """{'train', 'validation', 'test'} (or a k-fold's 'train'/'validation') from config.data.split.
+class ArrayRecords:
+  """Records given as arrays (a metadata table without images), read by split_records as a
+  source is: patient_ids(), image_ids(), labels() and findings; `whose` names their owner in
+  messages."""
 
-  config.data.split fields, by `by`:
+  def __init__(self, patient_ids, image_ids=None, labels=None, findings=(), whose="the source"):
+    self._pids, self._ids, self._labels = patient_ids, image_ids, labels
+    self.findings, self.whose = tuple(findings), whose
+
+  def patient_ids(self) -> np.ndarray:
+    return np.asarray(self._pids).astype(str)
+
+  def image_ids(self) -> np.ndarray:
+    return np.asarray(self._ids).astype(str)
+
+  def labels(self) -> np.ndarray:
+    return np.asarray(self._labels)
+
+
+def _config_field(name: str) -> str:
+  return f"config.data.split.{name}" if name else "config.data.split"
+
+
+def make_split(data_config, source, seed: int) -> dict[str, np.ndarray]:
+  """split_records of config.data.split over a source (what mdx.data.prepare calls)."""
+  return split_records(data_config.split, source, seed)
+
+
+def split_records(policy, records, seed: int, field=_config_field) -> dict[str, np.ndarray]:
+  """The one split dispatcher, for training (a source and config.data.split) and for the split
+  command (a metadata table as ArrayRecords and its flags): {'train', 'validation', 'test'} (or a
+  k-fold's 'train'/'validation') record indices by `policy` (a mapping or ConfigDict of
+  SPLIT_FIELDS). records: anything with patient_ids(), and image_ids() (a volume source's
+  case_ids()), labels() and findings where the policy reads them. field(name): how a message
+  names a policy field (config.data.split.<name>, or the command's flag).
+
+  policy fields, by `by`:
     'patient': test, val (shares of patients; a share of 0 makes no such split).
     'test_first': test_size, val_size (image counts, or shares when < 1), min_positive_share,
-      findings (names; default all of source.findings).
+      findings (names; default all of records.findings).
     'official': lists_dir (folder of train_val_list.txt, test_list.txt), val (share of the
       train_val patients). NIH only.
+    'lists': lists_dir (folder of train.csv, validation.csv and optionally test.csv, as
+      python -m mdx split writes them): each record goes to the list naming its image id.
     'kfold': k, fold (which fold is 'validation'; there is no test set).
     'image': test, val (shares of images, patients ignored): only inside image_split_allowed.
   """
-  split = data_config.split
-  get = split.get if hasattr(split, "get") else (lambda k, d=None: getattr(split, k, d))
+  get = policy.get if hasattr(policy, "get") else (lambda k, d=None: getattr(policy, k, d))
   by = get("by", "patient")
-  pids = source.patient_ids()
+  pids = records.patient_ids()
   if by == "patient":
     shares = {"test": get("test", 0.15), "validation": get("val", 0.15)}
     out = patient_split(pids, {k: v for k, v in shares.items() if v}, seed)
   elif by == "test_first":
-    names = get("findings") or source.findings
-    missing = [f for f in names if f not in source.findings]
+    findings = tuple(records.findings)
+    names = get("findings") or findings
+    missing = [f for f in names if f not in findings]
     if missing:
-      raise ValueError(
-        f"config.data.split.findings {missing} not in the source's findings {list(source.findings)}"
-      )
-    positive = positives_any(source.labels(), [source.findings.index(f) for f in names])
+      whose = getattr(records, "whose", "the source")
+      raise ValueError(f"{field('findings')} {missing} not in {whose}'s findings {list(findings)}")
+    positive = positives_any(records.labels(), [findings.index(f) for f in names])
     out = test_first_split(
       pids,
       positive,
@@ -311,26 +354,111 @@ def make_split(data_config, source, seed: int) -> dict[str, np.ndarray]:
       get("min_positive_share", 0.0),
       seed,
     )
-  elif by == "official":
-    out = official_nih_split(source.image_ids(), pids, get("lists_dir"), get("val", 0.1), seed)
+  elif by in ("official", "lists"):
+    folder = get("lists_dir")
+    if not folder:
+      what = "train_val_list.txt and test_list.txt" if by == "official" else "train.csv, ..."
+      raise ValueError(f"{field('by')}={by!r} needs {field('lists_dir')}: the folder of {what}")
+    if by == "official":
+      out = official_nih_split(records.image_ids(), pids, folder, get("val", 0.1), seed)
+    else:
+      out = lists_split(_record_ids(records), pids, folder, field)
   elif by == "image":
     shares = {"test": get("test", 0.15), "validation": get("val", 0.15)}
     out = image_split(len(pids), {k: v for k, v in shares.items() if v}, seed)
   elif by == "kfold":
     k, fold = int(get("k", 5)), int(get("fold", 0))
     if not 0 <= fold < k:
-      raise ValueError(f"config.data.split.fold={fold} must be in [0, {k})")
+      raise ValueError(f"{field('fold')}={fold} must be in [0, {k})")
     train, held = patient_kfold(pids, k, seed)[fold]
     out = {"train": train, "validation": held}
   else:
-    raise ValueError(
-      f"config.data.split.by={by!r} is unknown; choose 'patient', 'test_first', "
-      "'official' or 'kfold'"
-    )
+    choices = ", ".join(repr(p) for p in POLICIES[:-1]) + f" or {POLICIES[-1]!r}"
+    raise ValueError(f"{field('by')}={by!r} is unknown; choose {choices}")
   for name, idx in out.items():
     if len(idx) == 0:
-      raise ValueError(f"split '{name}' is empty ({len(pids)} records); change config.data.split")
+      raise ValueError(f"split '{name}' is empty ({len(pids)} records); change {field('')}")
   return out
+
+
+def _record_ids(records) -> np.ndarray:
+  """Image ids of 2D records, case ids of a volume source's."""
+  ids = records.image_ids() if hasattr(records, "image_ids") else records.case_ids()
+  return np.asarray(ids).astype(str)
+
+
+def _suffixes(listed: str):
+  """'a/b/c.png', 'b/c.png', 'c.png': a list may name an image by a longer path than the source
+  (CheXpert's CSV Path holds the dataset folder, the source's image id starts below it)."""
+  parts = listed.split("/")
+  return ("/".join(parts[i:]) for i in range(len(parts)))
+
+
+def lists_split(image_ids, patient_ids, folder: str, field=_config_field) -> dict[str, np.ndarray]:
+  """{'train', 'validation'[, 'test']}: each record in the set whose list (folder/train.csv,
+  validation.csv, test.csv: python -m mdx split's output, any layout with an image column of
+  mdx.data.cxr.metadata.IMAGE_COLUMNS) names its image id. test.csv may be absent (no test set).
+  Listed images the records lack (dropped by a source's filters or on_error) are counted in the
+  log; a record in no list, or in two, and a patient in two sets are errors naming them."""
+  from mdx.data.cxr import file_source, metadata
+
+  ids = np.asarray(image_ids).astype(str)
+  index = {image: i for i, image in enumerate(ids)}
+  set_of = np.full(len(ids), -1)
+  names, absent = [], 0
+  for name, file_name in LIST_FILES.items():
+    path = os.path.join(folder, file_name)
+    if not os.path.exists(path) and name == "test":
+      continue
+    if not os.path.exists(path):
+      raise FileNotFoundError(
+        f"{field('lists_dir')}={folder} has no {file_name}; python -m mdx split --out={folder} "
+        f"writes {', '.join(LIST_FILES.values())}"
+      )
+    columns, rows = file_source.read_csv(path)
+    column = next((c for c in metadata.IMAGE_COLUMNS if c in columns), None)
+    if column is None:
+      raise ValueError(
+        f"{path}: no image column; expected one of {metadata.IMAGE_COLUMNS}, found {columns}"
+      )
+    k = len(names)
+    names.append(name)
+    for row in rows:
+      i = next((index[s] for s in _suffixes(row[column]) if s in index), None)
+      if i is None:
+        absent += 1
+      elif set_of[i] >= 0:
+        raise ValueError(
+          f"{path}: image {ids[i]} is also in {LIST_FILES[names[set_of[i]]]}: a record may be in "
+          "one list only"
+        )
+      else:
+        set_of[i] = k
+  if absent:
+    logging.info(
+      "split lists %s: %d listed images are not among the %d records (dropped by the source's "
+      "filters or on_error)",
+      folder,
+      absent,
+      len(ids),
+    )
+  unlisted = np.flatnonzero(set_of < 0)
+  if len(unlisted):
+    raise ValueError(
+      f"{len(unlisted)} of {len(ids)} records are in none of the lists in {folder} (e.g. "
+      f"{ids[unlisted[:3]].tolist()}): split the metadata the source reads"
+    )
+  patients, inverse = np.unique(np.asarray(patient_ids).astype(str), return_inverse=True)
+  pairs = np.unique(np.stack([inverse.ravel(), set_of]), axis=1)  # distinct (patient, set)
+  shared = np.flatnonzero(np.bincount(pairs[0], minlength=len(patients)) > 1)
+  if len(shared):
+    sets = pairs[1][pairs[0] == shared[0]]
+    raise ValueError(
+      f"patient {patients[shared[0]]} has images in "
+      f"{' and '.join(LIST_FILES[names[k]] for k in sets)} of {folder} ({len(shared)} patients "
+      "are in two sets): the lists must split by patient (python -m mdx split does)"
+    )
+  return {name: np.flatnonzero(set_of == k) for k, name in enumerate(names)}
 
 
 def audit(

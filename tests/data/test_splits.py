@@ -203,3 +203,109 @@ def test_empty_split_and_missing_column(tmp_path, capsys):
   write_csv(str(tmp_path / "x.csv"), ["Image Index", "Finding Labels"], [("a.png", "Mass")])
   assert commands.call("audit", [str(tmp_path / "x.csv"), str(tmp_path / "x.csv")]) == 2
   assert "x.csv: no patient column" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------ one dispatcher
+def test_training_and_the_split_command_share_one_dispatcher_and_its_lists(tmp_path, capsys):
+  """The split command's flags are a config.data.split policy split by training's dispatcher: the
+  same policy in a config splits the source into the same sets, and a run given the command's
+  CSVs (by='lists') trains on exactly those sets."""
+  from real_layouts import write_png
+
+  from mdx.data import prepare, sources
+  from mdx.data.cxr import file_source
+
+  rows = _nih_csv(tmp_path / "Data_Entry_2017.csv", n_patients=80)
+  for k, row in enumerate(rows):
+    write_png(str(tmp_path / "images" / row[0]), size=(16, 16), seed=k)
+  out = tmp_path / "sets"
+  flags = ["--test_size=12", "--val_size=12", "--min_positive_share=0.3", "--findings=Mass"]
+  metadata = f"--metadata={tmp_path / 'Data_Entry_2017.csv'}"
+  assert commands.call("split", ["--source=nih", metadata, f"--out={out}", "--seed=3", *flags]) == 0
+  printed = capsys.readouterr().out
+  assert f"--config.data.split.by=lists --config.data.split.lists_dir={out}" in printed
+  listed = {
+    name: {r["Image Index"] for r in file_source.read_csv(out / f"{name}.csv")[1]}
+    for name in ("train", "validation", "test")
+  }
+  policy = dict(by="test_first", test_size=12, val_size=12, min_positive_share=0.3)
+  data = ml_collections.ConfigDict(
+    dict(
+      source="nih",
+      metadata=str(tmp_path / "Data_Entry_2017.csv"),
+      images=str(tmp_path / "images"),
+      image_size=32,
+      split=dict(policy, findings=["Mass"]),
+    )
+  )
+  source = sources.make_source(data, 3)
+  same = splits.make_split(data, source, 3)
+  assert {n: set(source.image_ids()[i]) for n, i in same.items()} == listed
+  data.split = dict(by="lists", lists_dir=str(out))
+  for seed in (0, 7):  # the lists decide, not the seed
+    got = prepare.prepare_dataset(data, seed, sources.IMAGE)
+    assert {n: set(got.source.image_ids()[i]) for n, i in got.splits.items()} == listed
+    assert got.audit["leak"] is False
+
+
+def _lists(folder, **sets):
+  for name, rows in sets.items():
+    write_csv(str(folder / f"{name}.csv"), ["Path", "Patient"], rows)
+  return str(folder)
+
+
+def test_lists_match_longer_paths_and_may_lack_a_test_set(tmp_path):
+  """A list may name an image by a longer path than the source's id (CheXpert's Path column holds
+  the dataset folder); without test.csv there is no test set; listed images the source lacks (its
+  filters or on_error dropped them) are counted, not an error."""
+  ids = ["train/p1/s1/v1.jpg", "train/p1/s2/v1.jpg", "train/p2/s1/v1.jpg", "train/p3/s1/v1.jpg"]
+  pids = ["p1", "p1", "p2", "p3"]
+  folder = _lists(
+    tmp_path,
+    train=[("CheXpert-v1.0-small/" + ids[i], pids[i]) for i in (0, 1, 3)]
+    + [("CheXpert-v1.0-small/train/p9/s1/v1.jpg", "p9")],
+    validation=[("CheXpert-v1.0-small/" + ids[2], "p2")],
+  )
+  out = splits.lists_split(ids, pids, folder)
+  assert set(out) == {"train", "validation"}
+  assert out["train"].tolist() == [0, 1, 3] and out["validation"].tolist() == [2]
+
+
+def test_lists_that_do_not_place_every_record_once_by_patient_are_errors(tmp_path):
+  ids, pids = ["a.png", "b.png", "c.png"], ["1", "1", "2"]
+  rules = [
+    (dict(validation=[("a.png", "1")]), FileNotFoundError, r"has no train.csv"),
+    (
+      dict(train=[("a.png", "1"), ("b.png", "1")], validation=[("c.png", "2"), ("a.png", "1")]),
+      ValueError,
+      r"validation.csv: image a.png is also in train.csv",
+    ),
+    (
+      dict(train=[("a.png", "1"), ("c.png", "2")], validation=[("b.png", "1")]),
+      ValueError,
+      r"patient 1 has images in train.csv and validation.csv",
+    ),
+    (
+      dict(train=[("a.png", "1"), ("b.png", "1")], validation=[]),
+      ValueError,
+      r"1 of 3 records are in none of the lists .*\['c.png'\]",
+    ),
+  ]
+  for k, (sets, error, message) in enumerate(rules):
+    with pytest.raises(error, match=message):
+      splits.lists_split(ids, pids, _lists(tmp_path / str(k), **sets))
+  src = _Src(pids, np.zeros((3, 2), np.float32))
+  cfg = ml_collections.ConfigDict(dict(split=dict(by="lists")))
+  with pytest.raises(ValueError, match=r"by='lists' needs config.data.split.lists_dir"):
+    splits.make_split(cfg, src, 0)
+
+
+def test_the_split_command_names_its_flags_in_the_dispatchers_messages(tmp_path, capsys):
+  _nih_csv(tmp_path / "Data_Entry_2017.csv")
+  metadata = f"--metadata={tmp_path / 'Data_Entry_2017.csv'}"
+  rc = commands.call(
+    "split", [metadata, f"--out={tmp_path}", "--test_size=5", "--val_size=5", "--findings=Nope"]
+  )
+  lines = [x for x in capsys.readouterr().err.splitlines() if x.startswith("error:")]
+  assert rc == 2 and len(lines) == 1
+  assert "--findings ['Nope'] not in" in lines[0] and "Data_Entry_2017.csv's findings" in lines[0]
