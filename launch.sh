@@ -127,7 +127,9 @@ case "$cmd" in
     setup test
     tier=(-m "not slow")
     if [[ "${1:-}" == --all ]]; then tier=(); shift; fi
-    exec python -m pytest -n 2 --durations=15 "${tier[@]}" "$@" ;;
+    # loadgroup: the tests sharing a costly module fixture (xdist_group) run on one worker, which
+    # builds it once, instead of once per worker
+    exec python -m pytest -n 2 --dist loadgroup --durations=15 "${tier[@]}" "$@" ;;
   lint)
     setup test
     ruff check . && ruff format --check . ;;

@@ -131,6 +131,7 @@ def runs(tmp_path_factory):
 NAMES = list(_cases("/tmp"))
 
 
+@pytest.mark.xdist_group("cli_errors")
 @pytest.mark.slow
 @pytest.mark.parametrize("name", NAMES)
 def test_a_user_error_is_one_line_and_status_2(runs, name):
@@ -141,6 +142,7 @@ def test_a_user_error_is_one_line_and_status_2(runs, name):
   assert all(w in lines[0] for w in words), lines[0]
 
 
+@pytest.mark.xdist_group("cli_errors")
 @pytest.mark.slow
 @pytest.mark.parametrize("name", DEBUGGED)
 def test_mdx_debug_shows_the_traceback_and_the_same_line(runs, name):

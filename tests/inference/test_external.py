@@ -310,6 +310,7 @@ def setup(tmp_path_factory):
   }
 
 
+@pytest.mark.xdist_group("external")
 def test_external_validation_against_independent_oracles(setup):
   config = config_lib.resolve(ml_collections.ConfigDict({"data": setup["data"]}))
   out = setup["tmp"] / "report"
@@ -384,6 +385,7 @@ def test_external_validation_against_independent_oracles(setup):
   )
 
 
+@pytest.mark.xdist_group("external")
 def test_a_corrupt_external_file_stops_it_before_any_prediction_or_is_skipped(
   setup, tmp_path, monkeypatch
 ):
@@ -438,6 +440,7 @@ def _cli(*args):
   )
 
 
+@pytest.mark.xdist_group("external")
 @pytest.mark.slow
 def test_cli_external_mode_and_its_errors(setup):
   exp = setup["tmp"] / "external_folders.py"

@@ -141,6 +141,7 @@ def assert_same_json(got, want, where="metrics"):
     assert got == want, where
 
 
+@pytest.mark.xdist_group("multiprocess_predict")
 def test_predict_on_images_two_processes_equal_one(files):
   tmp = files["tmp"]
   one = predict_files.predict(
@@ -179,6 +180,7 @@ def test_predict_on_images_two_processes_equal_one(files):
   assert overlays == sorted(f"{r[0]}__Effusion.png" for r in want[1:])
 
 
+@pytest.mark.xdist_group("multiprocess_predict")
 def test_external_validation_two_processes_equal_one(files):
   tmp = files["tmp"]
   config = config_lib.resolve(ml_collections.ConfigDict({"data": files["data"]}))
@@ -208,6 +210,7 @@ def test_external_validation_two_processes_equal_one(files):
   assert read_csv(out / "probs.csv") == read_csv(tmp / "ext_one" / "probs.csv")
 
 
+@pytest.mark.xdist_group("multiprocess_predict")
 def test_segmentation_two_processes_write_the_label_maps_of_one(files):
   tmp = files["tmp"]
   one = predict_files.predict(

@@ -76,6 +76,7 @@ def reference(tmp_path_factory):
   return load(d / "final.npz"), d
 
 
+@pytest.mark.xdist_group("training_runs")
 def test_a_nan_step_stops_the_run_and_a_torn_checkpoint_is_skipped_on_resume(reference, tmp_path):
   """NaN pixels in step 7's batch: the run stops at the next host sync (step 8, before its
   validation and save) naming step 7, its images and the last good checkpoint (6; synchronous
@@ -134,6 +135,7 @@ def local_train(workdir, out, *args, processes=2, check=True):
   return proc
 
 
+@pytest.mark.xdist_group("training_runs")
 def test_four_devices_match_one_device(reference, four_devices):
   ref, _ = reference
   four, _ = four_devices
@@ -156,6 +158,7 @@ def two_processes(tmp_path_factory):
   return load(d / "final.npz"), d, proc
 
 
+@pytest.mark.xdist_group("training_runs")
 def test_two_processes_match_one_process(four_devices, two_processes):
   """2 processes x 2 devices train like 1 process x 4 devices: each process feeds its half of
   each global batch."""
@@ -171,6 +174,7 @@ def test_two_processes_match_one_process(four_devices, two_processes):
   assert val == pytest.approx([h["val_auroc"] for h in reference if "val_auroc" in h], abs=1e-6)
 
 
+@pytest.mark.xdist_group("training_runs")
 def test_sigkill_of_one_of_two_processes_stops_the_other_and_both_resume(two_processes, tmp_path):
   """Process 1 dies by SIGKILL before step 5: the launcher kills process 0 (which would otherwise
   wait at the next collective) and says so in one line, well within 60 s; the 2-process restart
@@ -189,6 +193,7 @@ def test_sigkill_of_one_of_two_processes_stops_the_other_and_both_resume(two_pro
   assert max_diff(two, load(tmp_path / "final.npz")) == 0.0
 
 
+@pytest.mark.xdist_group("training_runs")
 def test_checkpoints_resume_with_another_process_count(four_devices, tmp_path):
   """1 process x 4 devices preempted at step 3; resumed as 2 processes x 2 devices, where process 0
   gets SIGTERM before step 4, while the resumed run's first step compiles: jax's preemption sync
@@ -210,6 +215,7 @@ def test_checkpoints_resume_with_another_process_count(four_devices, tmp_path):
   assert max_rel_diff(four, load(tmp_path / "final.npz")) < REL_TOL
 
 
+@pytest.mark.xdist_group("training_runs")
 def test_a_crash_during_an_async_save_then_a_sigterm_both_resume_exactly(reference, tmp_path):
   """With async checkpoints (the default) the process is killed the moment the save of step 6
   returns, its files still being written: the restart resumes from a complete checkpoint (6 if it
@@ -308,6 +314,7 @@ def test_batch_that_does_not_divide_over_devices_is_a_clear_error(tmp_path):
   assert "config.train.batch_size=6 does not divide over 4 devices" in proc.stderr
 
 
+@pytest.mark.xdist_group("training_runs")
 def test_checkpoints_keep_last_and_best(reference):
   _, d = reference
   kept = sorted(int(s) for s in os.listdir(d / "work" / "checkpoints") if s.isdigit())
