@@ -9,7 +9,7 @@ the 1024 px PNGs once into records in the per-user cache (or ahead:
 import os
 
 from mdx.config import defaults
-from mdx.data.cxr.file_source import records_dir
+from mdx.data.image.file_source import records_dir
 
 DATA = os.environ.get(
   "MDX_DATA", os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")

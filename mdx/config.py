@@ -388,9 +388,35 @@ def _check_classification(config) -> None:
       f"config.eval.calibration={ev.calibration!r} is unknown; choose one of "
       f"{calibration.CALIBRATION_METHODS}"
     )
-  augment.make(data.augment)
+  _check_preset_flips(data, augment.make(data.augment))
   if data.standardize != "dataset":
     standardize_lib.transforms(data.standardize)
+
+
+def _check_preset_flips(data, transforms: list) -> None:
+  """Refuses an augmentation preset that flips a film along an axis its source forbids (a chest
+  film mirrored left-right shows dextrocardia), unless the preset measures that mistake on purpose
+  (mdx.data.augment.MEASURES_A_MISTAKE). Axes of [H, W]: 0 up-down, 1 left-right."""
+  from mdx.data import augment, sources
+
+  source = sources.SOURCES.get(data.source)
+  if source is None or source.flip_axes is None or data.augment in augment.MEASURES_A_MISTAKE:
+    return
+  names = {0: "up-down", 1: "left-right"}
+  flips = {0: "flip_ud", 1: "flip_lr"}
+  wrong = [
+    a
+    for a, f in flips.items()
+    if a not in source.flip_axes and any(getattr(t, f, False) for t in transforms)
+  ]
+  if wrong:
+    allowed = [names[a] for a in source.flip_axes] or ["none"]
+    raise ValueError(
+      f"config.data.augment={data.augment!r} flips {names[wrong[0]]}, which source "
+      f"{data.source!r} forbids (its labels would no longer be true; flips allowed: "
+      f"{', '.join(allowed)}); choose a preset without that flip (for chest films 'chest_xray') "
+      "or None"
+    )
 
 
 def _segmentation_defaults() -> ml_collections.ConfigDict:

@@ -85,7 +85,7 @@ class ToyFiles:
     pass
 
   def read(self, path):
-    from mdx.data.cxr import images
+    from mdx.data.image import images
     from mdx.inference import classifier
 
     return classifier.preprocess(images.read_image(path, 1), self.bundle.spec["input"])

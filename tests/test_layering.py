@@ -122,6 +122,31 @@ def test_the_rooms_import_each_other_without_a_cycle():
     pytest.fail("rooms import each other in a cycle: " + "; ".join(steps))
 
 
+def module_graph(room: str) -> dict[str, dict[str, list[str]]]:
+  """module -> {module of the same room it imports: ['path:line', ...]} (imports inside functions
+  included; a package's __init__ is left out, as it only names its modules)."""
+  files = [p for p in _files() if _room(p) == room and p.name != "__init__.py"]
+  modules = {".".join(p.relative_to(MDX.parent).with_suffix("").parts): p for p in files}
+  graph: dict[str, dict[str, list[str]]] = {}
+  for module, path in modules.items():
+    for name, line in _imports(path):
+      if name in modules and name != module:
+        where = f"{path.relative_to(MDX.parent)}:{line}"
+        graph.setdefault(module, {}).setdefault(name, []).append(where)
+  return graph
+
+
+def test_the_modules_of_data_import_each_other_without_a_cycle():
+  """Inside mdx.data, too, dependencies run one way (sources -> image.tfds_builders, which is
+  handed the raw source's build function rather than importing the registry back)."""
+  graph = module_graph("data")
+  assert "mdx.data.image.tfds_builders" in graph.get("mdx.data.sources", {})
+  cycle = find_cycle(graph)
+  if cycle:
+    steps = [f"{a} -> {b} ({', '.join(graph[a][b][:3])})" for a, b in zip(cycle, cycle[1:])]
+    pytest.fail("modules of mdx.data import each other in a cycle: " + "; ".join(steps))
+
+
 @pytest.mark.parametrize("room", sorted(LEVEL))
 def test_a_room_imports_only_lower_levels(room):
   bad = [

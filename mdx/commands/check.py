@@ -36,7 +36,7 @@ def report(config, out: str | None = None, cold: bool = False) -> tuple[str, int
   """-> (what to print, exit status) for a resolved config: the check's findings and what a run
   would do with them."""
   from mdx.data import check, sources
-  from mdx.data.cxr.file_source import config_get
+  from mdx.data.image.file_source import config_get
 
   source = sources.make_source(config.data, config.seed)
   if not check.is_checkable(source):

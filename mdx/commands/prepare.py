@@ -28,7 +28,8 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments {argv[1:]}; give --config=experiments/X.py")
   from mdx import config as config_lib
-  from mdx.data.cxr import file_source, tfds_builders
+  from mdx.data import sources
+  from mdx.data.image import file_source
 
   config = config_lib.resolve(FLAGS.config)  # a typo in the experiment is an error here too
   if not config.data.get("prepared_dir"):
@@ -37,7 +38,7 @@ def main(argv):
       f"(e.g. --config.data.prepared_dir={file_source.records_dir() or '~/.cache/mdx/records'})"
     )
   start = time.perf_counter()
-  result = tfds_builders.prepare(config.data, config.seed)
+  result = sources.prepare(config.data, config.seed)
   if not result["built"]:
     print(f"{result['records']} records already prepared in {result['dir']}")
     return

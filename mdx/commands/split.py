@@ -25,7 +25,8 @@ import numpy as np
 from absl import app, flags
 
 from mdx.data import splits
-from mdx.data.cxr import file_source, metadata
+from mdx.data.cxr import metadata
+from mdx.data.image import file_source
 
 FLAGS = flags.FLAGS
 

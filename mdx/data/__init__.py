@@ -9,6 +9,7 @@ standardize  one intensity standardisation core for films and scans
 pipeline     the one grain data path of every task (sharding, epochs, workers, resume at a step)
 check        every record opened and decoded once before training (unreadable, NaN/Inf, constant)
 consensus    reference standards from several readers (majority vote, Cohen's and Fleiss' kappa)
-cxr/         2D sources, image decoding and a film's record; volume/ 3D sources and transforms
+image/       generic 2D: decoding, a film's record, file/folder sources, ArrayRecord preparation
+cxr/         chest X-ray sources (NIH, CheXpert, expert labels, phantoms); volume/ 3D sources
 (the command lines, python -m mdx prepare | check | split | audit | consensus: mdx.commands)
 """

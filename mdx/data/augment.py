@@ -291,6 +291,10 @@ PRESETS = {
   "histopathology": histopathology,
 }
 
+# Presets that break a label on purpose, so an ablation can measure the mistake: mdx.config lets
+# them flip where a source forbids it (make() warns instead).
+MEASURES_A_MISTAKE = frozenset({"chest_xray_lr_flip"})
+
 
 def make(name: str | None) -> list:
   """The transforms of a preset by name; None or 'none' means no augmentation."""
@@ -300,7 +304,7 @@ def make(name: str | None) -> list:
     raise ValueError(
       f"config.data.augment={name!r} is unknown; choose one of {sorted(PRESETS)} or 'none'"
     )
-  if name == "chest_xray_lr_flip":
+  if name in MEASURES_A_MISTAKE:
     logging.warning(
       "config.data.augment='chest_xray_lr_flip' mirrors chest films (a label-breaking flip: "
       "dextrocardia); use it only to measure the mistake, 'chest_xray' otherwise"

@@ -415,7 +415,7 @@ def _prune(folder: str, keep: str, min_age_s: float = 3600.0) -> None:
 
 def check_configured(source, data_config, workdir: str | None = None, progress: bool = True):
   """check_source with config.data's on_error and the source's name (what the tasks call)."""
-  from mdx.data.cxr.file_source import config_get
+  from mdx.data.image.file_source import config_get
 
   return check_source(
     source,

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mdx.data.cxr import file_source
+from mdx.data.image import file_source
 
 TIE_RULES = ("positive", "negative", "unknown", "reader:<k>")
 

@@ -1,7 +1,7 @@
 """The one data path of every task: record positions -> load -> transforms -> batches, with grain.
 
 A task supplies two picklable callables and a list of grain transforms: `load(index) -> dict` reads
-record `index` of its source (a 2D film: mdx.data.cxr.records; a 3D case:
+record `index` of its source (a 2D film: mdx.data.image.records; a 3D case:
 mdx.data.volume.transforms), and the transforms (augmentation, standardisation, the last one shaping
 the batch fields) run after it. Sharding by process, epochs, resampling, seeded random maps,
 batching, worker processes and the iterator's checkpointable state live here once.

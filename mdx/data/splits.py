@@ -400,7 +400,8 @@ def lists_split(image_ids, patient_ids, folder: str, field=_config_field) -> dic
   mdx.data.cxr.metadata.IMAGE_COLUMNS) names its image id. test.csv may be absent (no test set).
   Listed images the records lack (dropped by a source's filters or on_error) are counted in the
   log; a record in no list, or in two, and a patient in two sets are errors naming them."""
-  from mdx.data.cxr import file_source, metadata
+  from mdx.data.cxr import metadata
+  from mdx.data.image import file_source
 
   ids = np.asarray(image_ids).astype(str)
   index = {image: i for i, image in enumerate(ids)}

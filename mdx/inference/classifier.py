@@ -3,8 +3,8 @@ batched over this process's devices, raw scores, calibrated probabilities and ca
 thresholds; and the classifier's bundle kind (KIND): its spec, the files predict reads, predict's
 rows and Grad-CAM overlays (ImageFiles), its model card.
 
-The preprocessing is the evaluation pipeline's own functions (mdx.data.cxr.images.to_channels,
-mdx.data.cxr.records.to_float_image, mdx.data.standardize.standardize), so a bundle predicts what
+The preprocessing is the evaluation pipeline's own functions (mdx.data.image.images.to_channels,
+mdx.data.image.records.to_float_image, mdx.data.standardize.standardize), so a bundle predicts what
 the run evaluated, to float rounding.
 """
 
@@ -19,8 +19,8 @@ import numpy as np
 
 from mdx import runtime
 from mdx.data import standardize as standardize_lib
-from mdx.data.cxr import images as images_lib
-from mdx.data.cxr import records
+from mdx.data.image import images as images_lib
+from mdx.data.image import records
 from mdx.evaluate import calibration, model_card
 from mdx.evaluate import gradcam as gradcam_lib
 from mdx.inference import predict as predict_lib

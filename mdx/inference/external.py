@@ -44,7 +44,7 @@ from scipy import stats
 from mdx import runtime
 from mdx.data import prepare, sources
 from mdx.data.cxr import findings as findings_lib
-from mdx.data.cxr.file_source import config_get
+from mdx.data.image.file_source import config_get
 from mdx.evaluate import bootstrap as B
 from mdx.evaluate import classification as CL
 from mdx.evaluate import plots, report

@@ -14,7 +14,7 @@ from mdx import config as config_lib
 from mdx import losses
 from mdx.data import augment, pipeline, prepare, resample, sources, splits
 from mdx.data import standardize as standardize_lib
-from mdx.data.cxr import records
+from mdx.data.image import records
 from mdx.evaluate import calibration, metrics, thresholds
 from mdx.inference import bundle as bundle_lib
 from mdx.inference import classifier

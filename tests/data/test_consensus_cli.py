@@ -16,7 +16,7 @@ import pytest
 from sklearn.metrics import cohen_kappa_score
 
 from mdx import commands
-from mdx.data.cxr import file_source
+from mdx.data.image import file_source
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 IDS = ["a", "b", "c", "d", "e", "f"]

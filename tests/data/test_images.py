@@ -6,7 +6,7 @@ from fixture_files import write_dicom
 from PIL import Image
 from real_layouts import write_png
 
-from mdx.data.cxr import images
+from mdx.data.image import images
 
 
 def test_png_8_and_16_bit_and_channels(tmp_path):

@@ -6,7 +6,7 @@ import pytest
 from absl import flags
 
 from mdx.data import augment, pipeline
-from mdx.data.cxr import records
+from mdx.data.image import records
 
 flags.FLAGS.mark_as_parsed()  # grain worker processes need parsed absl flags
 

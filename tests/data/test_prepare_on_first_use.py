@@ -1,4 +1,4 @@
-"""Records are prepared on first use (mdx.data.cxr.tfds_builders): a run whose config sets
+"""Records are prepared on first use (mdx.data.image.tfds_builders): a run whose config sets
 data.prepared_dir finds them built with one log line instead of an error; concurrent users prepare
 once; a killed preparation never looks complete; experiments keep them in the per-user cache."""
 
@@ -18,7 +18,7 @@ import pytest
 from real_layouts import make_nih_dir
 
 from mdx.data import sources
-from mdx.data.cxr import file_source, tfds_builders
+from mdx.data.image import file_source, tfds_builders
 
 ROOT = os.path.join(os.path.dirname(__file__), "..", "..")
 
@@ -50,7 +50,7 @@ def test_missing_records_are_prepared_on_first_use_with_one_line(tmp_path, caplo
   # the second use reads them: nothing is built again, and prepare says they exist
   monkeypatch.setattr(tfds_builders, "_build", None)
   assert len(sources.make_source(cfg, 0)) == 6
-  assert tfds_builders.prepare(cfg) == {"dir": path, "records": 6, "skipped": 0, "built": False}
+  assert sources.prepare(cfg) == {"dir": path, "records": 6, "skipped": 0, "built": False}
   assert sorted(os.listdir(os.path.dirname(path))) == [tfds_builders.LOCK_FILE, "1.0.0"]
 
 
@@ -70,7 +70,7 @@ def test_concurrent_first_uses_prepare_once(tmp_path, monkeypatch):
 
   def use():
     try:
-      loaded.append(len(tfds_builders.load_prepared(cfg)))
+      loaded.append(len(sources.make_source(cfg, 0)))
     except Exception as e:  # noqa: BLE001 (reported below)
       errors.append(e)
 
@@ -101,16 +101,16 @@ def test_without_file_locks_a_preparation_that_loses_the_race_uses_the_winners(
   def racing_resize(image, size):
     if not raced:  # the other process prepares them all while this one is at its first image
       raced.append(1)
-      assert tfds_builders.prepare(cfg)["built"]
+      assert sources.prepare(cfg)["built"]
     return real(image, size)
 
   monkeypatch.setattr(tfds_builders.images_lib, "resize", racing_resize)
   with caplog.at_level(logging.INFO):
-    assert tfds_builders.prepare(cfg) == {"dir": path, "records": 6, "skipped": 0, "built": True}
+    assert sources.prepare(cfg) == {"dir": path, "records": 6, "skipped": 0, "built": True}
   assert "preparing without a lock" in caplog.text and "prepared" in caplog.text
   assert f"another process prepared {path} first" in caplog.text
   assert os.path.isdir(other)  # maybe in use: not removed without the lock
-  assert len(tfds_builders.load_prepared(cfg)) == 6
+  assert len(sources.make_source(cfg, 0)) == 6
 
 
 def test_an_interrupted_preparation_leaves_nothing_complete_and_is_redone(tmp_path, monkeypatch):
@@ -130,16 +130,16 @@ def test_an_interrupted_preparation_leaves_nothing_complete_and_is_redone(tmp_pa
 
   monkeypatch.setattr(tfds_builders.images_lib, "resize", failing_resize)
   with pytest.raises(KeyboardInterrupt):
-    tfds_builders.load_prepared(cfg)
+    sources.make_source(cfg, 0)
   assert os.listdir(folder) == [tfds_builders.LOCK_FILE]  # the scratch folder was removed
   calls.clear()
   monkeypatch.setattr(tfds_builders.shutil, "rmtree", lambda *a, **k: None)  # as after SIGKILL
   with pytest.raises(KeyboardInterrupt):
-    tfds_builders.load_prepared(cfg)
+    sources.make_source(cfg, 0)
   (left,) = [n for n in os.listdir(folder) if n.startswith(tfds_builders.INCOMPLETE)]
   assert not os.path.exists(path)
   monkeypatch.undo()
-  assert len(tfds_builders.load_prepared(cfg)) == 6
+  assert len(sources.make_source(cfg, 0)) == 6
   assert sorted(os.listdir(folder)) == [tfds_builders.LOCK_FILE, "1.0.0"]
 
 
@@ -151,14 +151,15 @@ def test_a_record_folder_without_its_index_is_prepared_again(tmp_path, caplog):
   os.makedirs(path)
   open(os.path.join(path, "dataset_info.json"), "w").close()
   with caplog.at_level(logging.WARNING):
-    assert len(tfds_builders.load_prepared(cfg)) == 6
+    assert len(sources.make_source(cfg, 0)) == 6
   assert f"removing {path}: it has no mdx_index.npz" in caplog.text
 
 
 KILLED_CHILD = """
 import os, signal, sys
 import ml_collections
-from mdx.data.cxr import images, tfds_builders
+from mdx.data import sources
+from mdx.data.image import images
 cfg = ml_collections.ConfigDict(dict(source="nih", metadata=sys.argv[1], images=sys.argv[2],
                                      image_size=8, prepared_dir=sys.argv[3]))
 real, seen = images.resize, []
@@ -168,7 +169,7 @@ def resize(image, size):
     os.kill(os.getpid(), signal.SIGKILL)
   return real(image, size)
 images.resize = resize
-tfds_builders.load_prepared(cfg)
+sources.make_source(cfg, 0)
 """
 
 
@@ -190,7 +191,7 @@ def test_sigkill_mid_preparation_never_looks_complete(tmp_path):
   folder = os.path.dirname(path)
   assert not os.path.exists(path)
   assert any(n.startswith(tfds_builders.INCOMPLETE) for n in os.listdir(folder))
-  assert len(tfds_builders.load_prepared(cfg)) == 6
+  assert len(sources.make_source(cfg, 0)) == 6
   assert sorted(os.listdir(folder)) == [tfds_builders.LOCK_FILE, "1.0.0"]
 
 

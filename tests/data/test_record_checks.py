@@ -18,7 +18,7 @@ from real_layouts import make_nih_dir, write_png
 
 from mdx import config as config_lib
 from mdx.data import check, sources
-from mdx.data.cxr import images
+from mdx.data.image import images
 from mdx.runtime import BatchGeometry
 from mdx.train import run as runner
 from mdx.train.classification import ClassificationTask
@@ -210,11 +210,10 @@ def test_cache_skips_decoding_and_rechecks_a_changed_file(tmp_path, monkeypatch,
 
 
 def test_prepared_records_are_checked_from_the_records(tmp_path, monkeypatch):
-  from mdx.data.cxr import tfds_builders
 
   root = make_folders(tmp_path / "data", patients=4)
   cfg = folder_config(root, prepared_dir=str(tmp_path / "records")).data
-  tfds_builders.prepare(cfg, 0)
+  sources.prepare(cfg, 0)
   prepared = sources.make_source(cfg, 0)
   monkeypatch.setattr(images, "read_image", None)  # the originals are never decoded again
   _, first = check.check_source(prepared, "prepared folders")

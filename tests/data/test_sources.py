@@ -9,7 +9,8 @@ import pytest
 from real_layouts import NIH_COLUMNS, write_csv, write_png
 
 from mdx.data import sources
-from mdx.data.cxr import chexpert, findings, tfds_builders
+from mdx.data.cxr import chexpert, findings
+from mdx.data.image import tfds_builders
 
 
 def C(**kw):
@@ -204,7 +205,7 @@ def test_prepared_records_roundtrip(nih_dir, tmp_path):
     image_size=8,
     prepared_dir=str(tmp_path / "records"),
   )
-  out = tfds_builders.prepare(cfg, 0)  # ahead of time (./launch.sh prepare)
+  out = sources.prepare(cfg, 0)  # ahead of time (./launch.sh prepare)
   assert out["records"] == 6
   prepared = sources.make_source(cfg, 0)
   assert isinstance(prepared, tfds_builders.PreparedSource)
@@ -231,7 +232,8 @@ def test_sources_own_their_facts():
   assert "not images of patients" in sources.spec("phantoms").modality
   assert sources.spec("brats").flip_axes == (0,)  # left-right only
   assert sources.spec("msd").flip_axes is None  # an MSD task's classes may name directions
-  assert all(s.flip_axes is None for s in sources.SOURCES.values() if s.kind == sources.IMAGE)
+  image = {n: s.flip_axes for n, s in sources.SOURCES.items() if s.kind == sources.IMAGE}
+  assert image == {n: () for n in ("phantoms", "nih", "chexpert", "nih_expert")} | {"folders": None}
   # BraTS class 3 is enhancing tumour, label 4 on disk; regions are written by index
   assert brats.label_values("classes") == (0, 1, 2, 4)
   assert brats.label_values("regions") == (0, 1, 2)
@@ -251,3 +253,24 @@ def test_msd_label_values_are_the_class_indices(tmp_path):
     json.dump({"labels": {"0": "background", "1": "lesion"}}, f)
   s = sources.make_source(C(source="msd", root=str(tmp_path)), 0, sources.VOLUME)
   assert s.class_names == ("background", "lesion") and s.label_values == (0, 1)
+
+
+def test_an_augmentation_preset_may_not_flip_where_the_source_forbids_it():
+  import pytest
+
+  from mdx import config as config_lib
+
+  def resolved(source, augment):
+    cfg = config_lib.defaults("classification")
+    cfg.data.source, cfg.data.augment = source, augment
+    if source == "folders":
+      cfg.data.root = "/nonexistent"
+    return config_lib.resolve(cfg)
+
+  assert sources.SOURCES["nih"].flip_axes == () and sources.SOURCES["folders"].flip_axes is None
+  for preset in ("dermatology", "fundus", "histopathology"):
+    with pytest.raises(ValueError, match=rf"augment='{preset}' flips .* source 'phantoms' forbids"):
+      resolved("phantoms", preset)
+  resolved("phantoms", "chest_xray")
+  resolved("phantoms", "chest_xray_lr_flip")  # the ablation measuring the mistake, with a warning
+  resolved("folders", "dermatology")  # a folder tree cannot say: the preset decides

@@ -158,7 +158,7 @@ def test_split_cli_and_audit_cli(tmp_path, capsys):
   out = capsys.readouterr().out
   assert rc == 0 and "OK: no patient is in two sets" in out
   files = [str(tmp_path / "out" / f"{n}.csv") for n in ("train", "validation", "test")]
-  from mdx.data.cxr import file_source
+  from mdx.data.image import file_source
 
   loaded = [file_source.read_csv(f) for f in files]
   assert all(cols == NIH_COLUMNS for cols, _ in loaded)
@@ -213,7 +213,7 @@ def test_training_and_the_split_command_share_one_dispatcher_and_its_lists(tmp_p
   from real_layouts import write_png
 
   from mdx.data import prepare, sources
-  from mdx.data.cxr import file_source
+  from mdx.data.image import file_source
 
   rows = _nih_csv(tmp_path / "Data_Entry_2017.csv", n_patients=80)
   for k, row in enumerate(rows):

@@ -9,7 +9,7 @@ import pytest
 from torch_reference import TorchDenseNet, randomize_batchnorm
 
 from mdx import commands
-from mdx.data.cxr import records
+from mdx.data.image import records
 from mdx.inference import bundle, classifier, from_weights
 
 torch = pytest.importorskip("torch")

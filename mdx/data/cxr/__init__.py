@@ -1,2 +1,2 @@
-"""Chest X-ray and other 2D sources (NIH, CheXpert, folders, expert labels, phantoms), image
-decoding (PNG/JPEG 8/16-bit, DICOM), metadata tables, and a film as the classifier reads it."""
+"""Chest X-ray sources (NIH, CheXpert, expert labels, phantoms), their findings and metadata
+tables; the generic 2D code they build on is in mdx.data.image."""

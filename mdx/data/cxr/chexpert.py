@@ -21,7 +21,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from mdx.data.cxr import file_source
+from mdx.data.image import file_source
 
 OBSERVATIONS = (
   "No Finding",

@@ -16,8 +16,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from mdx.data.cxr import chexpert, file_source, nih
+from mdx.data.cxr import chexpert, nih
 from mdx.data.cxr import findings as findings_lib
+from mdx.data.image import file_source
 
 PATIENT_COLUMNS = ("Patient ID", "PatientId", "patient_id", "Patient", "patient")
 IMAGE_COLUMNS = ("Image Index", "Image", "Path", "image_id", "image")

@@ -21,8 +21,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from mdx.data.cxr import file_source
 from mdx.data.cxr import findings as findings_lib
+from mdx.data.image import file_source
 
 IMAGE = "Image Index"
 LABELS = "Finding Labels"

@@ -18,7 +18,8 @@ import os
 
 import numpy as np
 
-from mdx.data.cxr import file_source, nih
+from mdx.data.cxr import nih
+from mdx.data.image import file_source
 
 FINDINGS = ("Fracture", "Pneumothorax", "Airspace opacity", "Nodule or mass")
 VALUES = {"YES": 1.0, "NO": 0.0, "": np.nan}

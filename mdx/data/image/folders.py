@@ -21,7 +21,7 @@ import re
 import numpy as np
 from absl import logging
 
-from mdx.data.cxr import file_source
+from mdx.data.image import file_source
 
 EXTENSIONS = (".png", ".jpg", ".jpeg", ".dcm", ".dicom")
 

@@ -12,13 +12,13 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from mdx.data.cxr import images
+from mdx.data.image import images
 
 
 def to_float_image(image: np.ndarray, image_size: int | None) -> np.ndarray:
   """uint8/uint16/float [H, W] or [H, W, C] -> float32 [S, S, C] in [0, 1].
 
-  Integer films are resized by area averaging (mdx.data.cxr.images.resize) before conversion;
+  Integer films are resized by area averaging (mdx.data.image.images.resize) before conversion;
   float images bilinearly.
   """
   image = np.asarray(image)

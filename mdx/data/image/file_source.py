@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 from absl import logging
 
-from mdx.data.cxr import images as images_lib
+from mdx.data.image import images as images_lib
 
 
 def read_csv(

@@ -6,6 +6,8 @@ load_prepared), preparing them there on first use (with one log line) when they 
 `python -m mdx prepare --config=experiments/X.py` (./launch.sh prepare) does it ahead.
 Experiments put them in the per-user cache (file_source.records_dir: ~/.cache/mdx/records, or
 MDX_RECORDS).
+The dependency runs one way: mdx.data.sources imports this module and passes each call the
+function that builds the raw source (`build`), so this module never imports the registry.
 
 One builder per source (NihChestXray14, Chexpert, ClassFolders, NihExpertLabels). The raw files are
 the builder's manual_dir input; the builder config name is '<size>px-<hash>', the hash covering
@@ -42,8 +44,8 @@ import numpy as np
 import tensorflow_datasets as tfds
 from absl import logging
 
-from mdx.data.cxr import file_source
-from mdx.data.cxr import images as images_lib
+from mdx.data.image import file_source
+from mdx.data.image import images as images_lib
 
 # config.data fields that change what is stored.
 RECORD_FIELDS = (
@@ -99,12 +101,10 @@ class _Prepared(tfds.core.GeneratorBasedBuilder):
   # also stops TFDS from resolving the package as a resource path, which fails under some importers.
   code_path = None
 
-  def __init__(self, *, data_config, seed: int = 0, **kwargs):
-    from mdx.data import sources
-
+  def __init__(self, *, data_config, build, seed: int = 0, **kwargs):
     self._data_config = data_config
     self._seed = seed
-    self._make = sources.SOURCES[self.SOURCE].build
+    self._make = build  # (config.data, seed) -> the raw source (mdx.data.sources passes it)
     self._size = int(file_source.require(data_config, "image_size", self.SOURCE))
     self._channels = int(file_source.config_get(data_config, "channels", 1))
     self._dtype = (
@@ -201,8 +201,9 @@ class NihExpertLabels(_Prepared):
 BUILDERS = {b.SOURCE: b for b in (NihChestXray14, Chexpert, ClassFolders, NihExpertLabels)}
 
 
-def builder_for(data_config, seed: int = 0, data_dir: str | None = None) -> _Prepared:
-  """The builder of config.data, writing under data_dir (default config.data.prepared_dir)."""
+def builder_for(data_config, build, seed: int = 0, data_dir: str | None = None) -> _Prepared:
+  """The builder of config.data, writing under data_dir (default config.data.prepared_dir);
+  build: (config.data, seed) -> the raw source whose images it stores."""
   name = file_source.require(data_config, "source", "?")
   if name not in BUILDERS:
     raise ValueError(
@@ -210,7 +211,7 @@ def builder_for(data_config, seed: int = 0, data_dir: str | None = None) -> _Pre
     )
   data_dir = data_dir or file_source.require(data_config, "prepared_dir", name)
   return BUILDERS[name](
-    data_config=data_config, seed=seed, data_dir=data_dir, file_format="array_record"
+    data_config=data_config, build=build, seed=seed, data_dir=data_dir, file_format="array_record"
   )
 
 
@@ -229,10 +230,12 @@ def prepared_path(data_config) -> str:
   )
 
 
-def prepare(data_config, seed: int = 0, first_use: bool = False) -> dict[str, Any]:
+def prepare(data_config, build, seed: int = 0, first_use: bool = False) -> dict[str, Any]:
   """Builds the records and their index unless they exist -> {'dir', 'records', 'skipped',
   'built'} ('skipped': unreadable images left out under on_error='skip'; 'built': False when they
-  existed). first_use: called by a run that needs them (the log line says so)."""
+  existed). build: (config.data, seed) -> the raw source (mdx.data.sources.prepare passes its
+  registry's, so this module never imports the registry). first_use: called by a run that needs
+  them (the log line says so)."""
   path = prepared_path(data_config)
   folder = os.path.dirname(path)
   with _locked(folder, path) as locked:
@@ -251,7 +254,7 @@ def prepare(data_config, seed: int = 0, first_use: bool = False) -> dict[str, An
     start = time.perf_counter()
     scratch = tempfile.mkdtemp(prefix=INCOMPLETE, dir=folder)
     try:
-      result = _build(data_config, seed, scratch, path)
+      result = _build(data_config, build, seed, scratch, path)
     finally:
       shutil.rmtree(scratch, ignore_errors=True)
   # TFDS's own last line names the scratch folder: this one says where they are now
@@ -266,9 +269,9 @@ def prepare(data_config, seed: int = 0, first_use: bool = False) -> dict[str, An
   return result
 
 
-def _build(data_config, seed: int, scratch: str, path: str) -> dict[str, Any]:
+def _build(data_config, build, seed: int, scratch: str, path: str) -> dict[str, Any]:
   """Records and index written under scratch, then renamed to path (complete, or not there)."""
-  builder = builder_for(data_config, seed, data_dir=scratch)
+  builder = builder_for(data_config, build, seed, data_dir=scratch)
   manual = file_source.config_get(data_config, "images") or file_source.config_get(
     data_config, "root"
   )
@@ -416,12 +419,13 @@ class PreparedSource:
     return out
 
 
-def load_prepared(data_config, seed: int = 0) -> PreparedSource:
-  """The prepared records of config.data, prepared first if they are missing."""
+def load_prepared(data_config, build, seed: int = 0) -> PreparedSource:
+  """The prepared records of config.data, prepared first (from build(config.data, seed), the raw
+  source) if they are missing."""
   path = prepared_path(data_config)
   index_path = os.path.join(path, INDEX_FILE)
   if not os.path.exists(index_path):
-    prepare(data_config, seed, first_use=True)
+    prepare(data_config, build, seed, first_use=True)
   with np.load(index_path) as z:
     index = {k: z[k] for k in z.files}
   # Read back from the folder alone: the raw files need not be present at training time.
