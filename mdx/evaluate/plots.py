@@ -293,15 +293,21 @@ def ablation_png(
   fig, axes = _grid(n, panel=3.4)
   x = np.arange(len(variants))
   for ax, (name, values) in zip(axes, panels):
+    undefined = []
     for i, v in enumerate(variants):
       seeds = np.asarray([s for s in values.get(v, ()) if s is not None], np.float64)
       seeds = seeds[np.isfinite(seeds)]
       if not len(seeds):
+        undefined.append(v)
         continue
       jitter = np.linspace(-0.12, 0.12, len(seeds)) if len(seeds) > 1 else np.zeros(1)
       ax.plot(i + jitter, seeds, "o", color=f"C{i}", alpha=0.6, ms=5)
       sd = seeds.std(ddof=1) if len(seeds) > 1 else 0.0
       ax.errorbar(i + 0.3, seeds.mean(), yerr=sd, fmt="_", color="k", ms=14, capsize=3)
+    if undefined:  # an empty panel would read as a plotting bug; say the value is undefined
+      where = "every variant" if len(undefined) == len(variants) else ", ".join(undefined)
+      ax.text(0.5, 0.5, f"n/a for {where}\n(undefined on this test set)", transform=ax.transAxes,
+              ha="center", va="center", fontsize=8, color="gray")  # fmt: skip
     ax.set_title(name, fontsize=9)
     ax.set_xticks(x, variants, rotation=30, ha="right", fontsize=8)
     ax.grid(axis="y", alpha=0.3)
