@@ -67,22 +67,9 @@ def split_policy(
   return {"by": "patient", "test": test_fraction, "val": val_fraction}
 
 
-def split_table(
-  table: metadata.Table,
-  seed: int,
-  test_size: float | None = None,
-  val_size: float | None = None,
-  min_positive_share: float = 0.0,
-  findings: list[str] | None = None,
-  test_fraction: float = 0.15,
-  val_fraction: float = 0.15,
-  official: str | None = None,
-) -> dict[str, np.ndarray]:
-  """A metadata table split by training's dispatcher (mdx.data.splits.split_records) under the
-  policy of the flags (split_policy)."""
-  policy = split_policy(
-    test_size, val_size, min_positive_share, findings, test_fraction, val_fraction, official
-  )
+def split_table(table: metadata.Table, seed: int, policy: dict) -> dict[str, np.ndarray]:
+  """A metadata table split by training's dispatcher (mdx.data.splits.split_records) under a
+  config.data.split policy (the command's flags: split_policy)."""
   records = splits.ArrayRecords(
     table.patient_ids, table.image_ids, table.labels, table.findings, whose=table.path
   )
@@ -117,9 +104,7 @@ def _split(args) -> int:
   start = time.perf_counter()
   table = metadata.load(args.metadata, args.source, patient_column=args.patient_column)
   findings = [f.strip() for f in args.findings] if args.findings else None
-  parts = split_table(
-    table,
-    args.seed,
+  policy = split_policy(
     args.test_size,
     args.val_size,
     args.min_positive_share,
@@ -128,6 +113,7 @@ def _split(args) -> int:
     args.val_fraction,
     args.official,
   )
+  parts = split_table(table, args.seed, policy)
   for name, idx in parts.items():
     file_source.write_csv(
       os.path.join(args.out, splits.LIST_FILES[name]), table.columns, [table.rows[i] for i in idx]
