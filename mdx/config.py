@@ -354,8 +354,8 @@ def _check_classification(config) -> None:
   from mdx.models import common, registry
 
   data, ev = config.data, config.eval
-  smallest = registry.min_input_size(config.model)
   model = registry.create_from_config(config.model)
+  smallest = model.min_input_size()  # registry.min_input_size, on the model built once here
   try:  # a stage the model lacks fails here, not when the model is first built
     common.frozen_stages(model.stages, config.model.freeze)
   except ValueError as e:
