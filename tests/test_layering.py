@@ -1,8 +1,8 @@
 """Imports run downward, between every room of mdx, with no exemptions.
 
-The rooms: the packages and top-level modules of mdx (runtime, cli, jsonio, losses, config, data,
-models, inference, evaluate, train, commands). Each sits on a level and imports only rooms on lower
-levels:
+The rooms: the packages and top-level modules of mdx (runtime, cli, jsonio, outputs, losses, config,
+data, models, inference, evaluate, train, commands). Each sits on a level and imports only rooms on
+lower levels:
 
   commands                  every entry point (python -m mdx COMMAND): may import everything
   train                     the loop, the tasks' training, run and sweep: resolve configs
@@ -10,7 +10,8 @@ levels:
   inference                 bundles, predictors, predict on files, external validation
   evaluate                  metrics, reports, calibration, Grad-CAM, model card sections
   data | models | losses    the library's base: none of the three imports another
-  cli | runtime | jsonio    one-line errors, devices, JSON of numbers: nothing of mdx
+  cli | runtime | jsonio |  one-line errors, devices, JSON of numbers, whole and owned output
+  outputs                   files: nothing of mdx
 
 So config never imports train (a task's config is its piece in mdx.config, as its bundle kind is
 its piece in inference), inference reads evaluate and not the other way round, and nothing imports
@@ -35,7 +36,7 @@ LEVELS = [
   ("inference",),
   ("evaluate",),
   ("data", "models", "losses"),
-  ("cli", "runtime", "jsonio"),
+  ("cli", "runtime", "jsonio", "outputs"),
 ]
 LEVEL = {room: i for i, rooms in enumerate(LEVELS) for room in rooms}
 FRONT_DOORS = ("__main__", "main")  # python -m mdx COMMAND, python -m mdx.main: commands only
