@@ -241,6 +241,7 @@ class OutputFolder:
     self.completes = tuple(_posix(c) for c in completes)
     self.process = process
     self.staging = os.path.join(self.folder, f"{STAGING}-p{process}")
+    self.folders: tuple[str, ...] = ()  # claimed folders (claim)
     if os.path.exists(self.folder) and not os.path.isdir(self.folder):
       raise OutputError(
         f"output {self.folder} is an existing file; pass a folder (it is created if missing)"
@@ -250,7 +251,10 @@ class OutputFolder:
   def claim(self, files: Iterable[str] = (), folders: Iterable[str] = ()) -> None:
     """Raises OutputError naming the first file the command would replace that mdx did not write
     (or that was changed since): `files` relative paths it will write, `folders` relative folders
-    whose every file it may replace. Nothing to refuse with overwrite."""
+    whose every file it may replace: its files are the command's, and begin_commit removes the
+    ones mdx wrote there before (a bundle's old variables/ must not mix with the new). Nothing to
+    refuse with overwrite."""
+    self.folders = tuple(_posix(f).strip("/") for f in folders)
     if self.overwrite or not os.path.isdir(self.folder):
       return
     manifest = read_manifest(self.folder)["files"]
@@ -381,15 +385,17 @@ class OutputFolder:
 
   def begin_commit(self) -> None:
     """Process 0, before any process moves files: marks the commit in the manifest and removes
-    the old completion files mdx wrote, so a kill from here on leaves nothing looking complete."""
+    the old completion files mdx wrote (and its old files in claimed folders), so a kill from here
+    on leaves nothing looking complete."""
     manifest = read_manifest(self.folder)
     manifest["committing"] = {
       "command": self.command,
       "started": now(),
       "completes": list(self.completes),
     }
-    for rel in self.completes:
-      if rel in manifest["files"]:
+    for rel in list(manifest["files"]):
+      replaced = rel in self.completes or any(rel.startswith(f + "/") for f in self.folders)
+      if replaced:  # only what mdx wrote: a user's file in a claimed folder stays
         _remove(os.path.join(self.folder, *rel.split("/")))
         del manifest["files"][rel]
     self._write_manifest(manifest)

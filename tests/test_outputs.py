@@ -132,3 +132,13 @@ def test_csv_cells_a_spreadsheet_would_run_are_neutralised(tmp_path, cell, safe)
     outputs.csv_writer(f).writerow([cell])
   with open(path, newline="") as f:
     assert next(csv.reader(f)) == [str(safe)]
+
+
+def test_a_claimed_folder_is_replaced_whole_but_a_users_file_in_it_stays(tmp_path):
+  _write(outputs.OutputFolder(str(tmp_path), "export"), {"variables/a": "1", "variables/b": "2"})
+  (tmp_path / "variables" / "note.txt").write_text("the user's")
+  folder = outputs.OutputFolder(str(tmp_path), "export", overwrite=True)
+  folder.claim(folders=["variables"])
+  _write(folder, {"variables/a": "new"})
+  assert sorted(os.listdir(tmp_path / "variables")) == ["a", "note.txt"]
+  assert (tmp_path / "variables" / "a").read_text() == "new"
