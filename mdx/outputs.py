@@ -173,6 +173,17 @@ def safe_cell(value: Any) -> Any:
   return value
 
 
+def original_cell(text: str) -> str:
+  """A cell read back from a CSV written through safe_cell: the apostrophe it put before a
+  formula-like text is dropped, as a spreadsheet shows the cell ("'=1+2.png" -> '=1+2.png'), so an
+  id pairs with the same id in a user's own CSV (a user's text "'=x" reads as '=x' too, as a
+  spreadsheet shows it). Any other text is returned as it is."""
+  rest = text[1:]
+  if text.startswith("'") and rest.startswith(FORMULA_START) and safe_cell(rest) == text:
+    return rest
+  return text
+
+
 class _SafeWriter:
   def __init__(self, f, **kwargs):
     self._writer = csv.writer(f, **kwargs)
