@@ -1,11 +1,13 @@
 """Predict with a bundle on new files:
 
   python -m mdx predict --bundle=DIR --input=PATH --output=DIR [--batch_size=N]
-      [--gradcam=Finding1,Finding2] [--gradcam_layer=LAYER] [--debug]
+      [--gradcam=Finding1,Finding2] [--gradcam_layer=LAYER] [--overwrite] [--debug]
 
 --input is an image or scan file, a folder (searched recursively) or a CSV list of files (column
 'path'). Writes OUTPUT/predictions.csv, OUTPUT/errors.csv and, for a segmenter, one label NIfTI per
 scan (see mdx.inference.predict_files). It needs only the bundle: no config, no training data.
+A file in --output that mdx did not write (a user's predictions.csv, ground-truth label maps) is
+never replaced: predict refuses in one line before reading any input, unless --overwrite.
 
 Run as several processes (python -m mdx local N python -m mdx predict ..., or ./launch.sh tpu ...
 predict, which adds --jax_distributed), each process predicts its share of the files on its own
@@ -33,6 +35,9 @@ def define_flags() -> None:
   flags.DEFINE_integer("batch_size", None, "Images (or windows) per forward pass.")
   flags.DEFINE_list("gradcam", [], "Findings to draw Grad-CAM overlays for (classifiers).")
   flags.DEFINE_string("gradcam_layer", None, "Grad-CAM layer (default: the model's own).")
+  flags.DEFINE_bool(
+    "overwrite", False, "Replace files in --output that mdx did not write (refused otherwise)."
+  )
   # ./launch.sh tpu NAME ZONE predict ... appends it on every worker
   flags.DEFINE_bool("jax_distributed", False, "Call jax.distributed.initialize() (multi-host).")
 
@@ -60,6 +65,7 @@ def main(argv) -> int:
     batch_size=FLAGS.batch_size,
     gradcam=FLAGS.gradcam,
     gradcam_layer=FLAGS.gradcam_layer or None,
+    overwrite=FLAGS.overwrite,
   )
   if jax.process_index() == 0:  # the totals of every process: one line, not one per process
     print(

@@ -191,6 +191,7 @@ class ImageFiles:
     self.findings = list(self.classifier.findings)
     self.header = ["path", *self.findings]
     self.header += [f"{f} raw" for f in self.findings] + [f"{f} call" for f in self.findings]
+    self.header += ["warning"]
     self.gradcam, self.layer = list(gradcam), gradcam_layer
     if self.gradcam:
       self.model = bundle.model()  # no mesh axis: Grad-CAM runs outside shard_map
@@ -205,15 +206,27 @@ class ImageFiles:
     """Nothing to refuse: its only files are the overlays in OUTPUT/gradcam, a folder predict
     never reads inputs from."""
 
+  def writes(self, inputs) -> tuple[list[str], list[str]]:
+    """The overlays' folder, when Grad-CAM was asked for (a rerun replaces it whole)."""
+    return [], [files_lib.GRADCAM] if self.gradcam else []
+
+  def read(self, path: str) -> tuple[np.ndarray, str]:
+    """An image file -> (the model's input, predictions.csv's size warning)."""
+    image = images_lib.read_image(path, int(self.classifier.input["channels"]))
+    size = int(self.classifier.input["image_size"])
+    warning = files_lib.size_warning(np.shape(image)[:2], (size, size), "the image (pixels)")
+    return self.classifier.preprocess(image), warning
+
   def run(self, files, out, writer, errors, bar) -> int:
     c, size = self.classifier, self.classifier.batch_size
     chunks = [files[i : i + size] for i in range(0, len(files), size)]
     predicted = 0
-    for chunk, results in files_lib.read_ahead(c.read, chunks, min(8, os.cpu_count() or 1)):
+    for chunk, results in files_lib.read_ahead(self.read, chunks, min(8, os.cpu_count() or 1)):
       ok = [item for item, (_, reason) in zip(chunk, results) if reason is None]
       errors.extend((i, name, r) for (i, name, _), (_, r) in zip(chunk, results) if r is not None)
       if ok:
-        x = np.stack([x for x, reason in results if reason is None])
+        read = [value for value, reason in results if reason is None]
+        x = np.stack([x for x, _ in read])
         raw = c.predict(x)
         probs, calls = c.calibrate(raw), c.call(raw)
         for j, (_, name, _) in enumerate(ok):
@@ -223,6 +236,7 @@ class ImageFiles:
               *(files_lib.number(v) for v in probs[j]),
               *(files_lib.number(v) for v in raw[j]),
               *("" if np.isnan(v) else str(int(v)) for v in calls[j]),
+              read[j][1],
             ]
           )
         self._gradcam(x, probs, [name for _, name, _ in ok], out)

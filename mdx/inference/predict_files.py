@@ -11,11 +11,24 @@ the wrong type), or the count of ignored files (files of other types found in a 
 
 OUTPUT/predictions.csv  classifier: path, <finding> (calibrated probability), <finding> raw (the
                         model's sigmoid score), <finding> call (1/0 at the bundle's threshold, blank
-                        where it has none); 6 decimals, rows in input order.
-                        segmenter: path, output (the label map, relative to OUTPUT), <class> voxels
+                        where it has none), warning; 6 decimals, rows in input order.
+                        segmenter: path, output (the label map, relative to OUTPUT), <class> voxels,
+                        warning. 'warning' is blank unless the input is far below the model's input
+                        size (an image under a quarter of image_size, a scan under a quarter of the
+                        patch along an axis): it was predicted, but look at it.
 OUTPUT/errors.csv       path, reason; always written (header only when nothing failed)
 OUTPUT/gradcam/         classifier with gradcam=[findings]: <path>__<finding>.png overlays
 OUTPUT/<path>           segmenter: uint8 label values [D, H, W] with the input's affine
+OUTPUT/.mdx-outputs.json  what mdx wrote in OUTPUT, with digests (mdx.outputs)
+
+Nothing a user owns is replaced (mdx.outputs.OutputFolder): before any file is read, predict
+refuses, in one line, to write where a file exists that mdx did not write (a user's
+predictions.csv, the ground-truth label maps of a labelsTr folder), unless overwrite. Files are
+written into a hidden staging folder and moved into OUTPUT when every input is done, predictions.csv
+last, so a run killed halfway leaves the previous complete result (or nothing) and the next run says
+what it found. Text cells a spreadsheet would run as a formula (a file named '=1+2.png') are
+neutralised (mdx.outputs.csv_writer). Files mdx wrote into OUTPUT are never inputs, even when
+OUTPUT is inside the input folder.
 
 The 'path' column is relative to the input folder (a single file: its name; a CSV list: the path
 as listed). Images are decoded in chunks of the batch size on a thread pool, one chunk ahead of the
@@ -39,17 +52,18 @@ from __future__ import annotations
 import csv
 import dataclasses
 import io
+import json
 import os
 import re
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Sequence, Set
 from typing import Any, Protocol
 
 import jax
 import numpy as np
 from absl import logging
 
-from mdx import runtime
+from mdx import outputs, runtime
 from mdx.inference import bundle as bundle_lib
 from mdx.inference import predict as predict_lib
 
@@ -78,10 +92,15 @@ class Predictor(Protocol):
   def check_outputs(self, inputs: Inputs, out: str) -> None:
     """ValueError when a file it would write into `out` is one of the inputs (before writing)."""
 
+  def writes(self, inputs: Inputs) -> tuple[list[str], list[str]]:
+    """(files, folders) it writes into the output folder, relative, for inputs (claimed before
+    any work: mdx.outputs.OutputFolder.claim)."""
+
   def run(self, files, out: str, writer, errors: list, bar) -> int:
     """Predicts files [(input index, name, absolute path)]: a row per file through the csv
-    `writer`, its own files into `out`, (index, name, reason) into `errors` for a file it cannot
-    read (read_ahead gives the reason), bar.update per file; returns the number predicted."""
+    `writer`, its own files into `out` (the staging folder, laid out as the output folder),
+    (index, name, reason) into `errors` for a file it cannot read (read_ahead gives the reason),
+    bar.update per file; returns the number predicted."""
 
 
 def _a(noun: str) -> str:
@@ -92,10 +111,13 @@ def posix(path: str) -> str:
   return path.replace(os.sep, "/")
 
 
-def list_inputs(input_path: str, task: str, exclude: Sequence[str] = ()) -> Inputs:
+def list_inputs(
+  input_path: str, task: str, exclude: Sequence[str] = (), skip_files: Set[str] = frozenset()
+) -> Inputs:
   """The files of a file, folder or CSV list that a `task` bundle reads (see the module docstring).
 
-  exclude: absolute folders not to descend into (the output folder inside the input folder).
+  exclude: absolute folders not to descend into (the output folder inside the input folder);
+  skip_files: absolute paths a folder's listing leaves out (what mdx wrote into the output folder).
   Raises FileNotFoundError / ValueError (one line naming the path) when there is nothing to do.
   """
   kind = bundle_lib.kind(task)
@@ -107,7 +129,7 @@ def list_inputs(input_path: str, task: str, exclude: Sequence[str] = ()) -> Inpu
       "or a .csv list of files with a 'path' column"
     )
   if os.path.isdir(path):
-    return _list_folder(path, kind, exclude)
+    return _list_folder(path, kind, exclude, skip_files)
   if path.lower().endswith(".csv"):
     return _list_csv(path, kind)
   if not kind.accepts(path):
@@ -118,7 +140,9 @@ def list_inputs(input_path: str, task: str, exclude: Sequence[str] = ()) -> Inpu
   return Inputs(os.path.dirname(path), [(0, os.path.basename(path), path)], [], 0)
 
 
-def _list_folder(root: str, kind: bundle_lib.BundleKind, exclude: Sequence[str]) -> Inputs:
+def _list_folder(
+  root: str, kind: bundle_lib.BundleKind, exclude: Sequence[str], skip_files: Set[str]
+) -> Inputs:
   skip = {os.path.abspath(e) for e in exclude}
   found, ignored = [], 0
   for dirpath, dirnames, filenames in os.walk(root):
@@ -129,6 +153,8 @@ def _list_folder(root: str, kind: bundle_lib.BundleKind, exclude: Sequence[str])
       if name.startswith("."):
         continue
       full = os.path.join(dirpath, name)
+      if full in skip_files:
+        continue
       if kind.accepts(full):
         found.append((posix(os.path.relpath(full, root)), full))
       else:
@@ -220,14 +246,20 @@ def read_ahead(read: Callable[[str], Any], chunks, workers: int):
     yield chunk, [(v, None if e is None else _reason(e)) for v, e in results]
 
 
-def _make_output(out: str) -> str:
-  try:
-    os.makedirs(out, exist_ok=True)
-  except OSError as e:
-    raise ValueError(
-      f"cannot create output folder {out} ({e.strerror}); pass a writable folder"
-    ) from None
-  return out
+SMALL = 4  # an input under 1/SMALL of the model's input size along an axis gets a warning
+
+
+def size_warning(shape: Sequence[int], model: Sequence[int], what: str) -> str:
+  """predictions.csv's 'warning' for an input of `shape` (spatial) where the model reads `model`:
+  blank, or what is wrong when an axis is under 1/SMALL of the model's (a 1-pixel image is
+  upsampled to the model's size and predicted, but the prediction means nothing)."""
+  if all(SMALL * int(s) >= int(m) for s, m in zip(shape, model)):
+    return ""
+  x = "x".join
+  return (
+    f"{what} is {x(map(str, shape))}, far below the model's {x(map(str, model))} input (under "
+    f"1/{SMALL} along an axis): check the file"
+  )
 
 
 def number(v: float) -> str:
@@ -244,17 +276,20 @@ def predict(
   gradcam: Sequence[str] = (),
   gradcam_layer: str | None = None,
   progress: bool = True,
+  overwrite: bool = False,
 ) -> dict[str, Any]:
   """Applies a bundle (a folder or a loaded Bundle) to input_path and writes output_dir.
 
   See the module docstring for what is read and written. batch_size: images per forward pass
   (classifier) or windows per pass (segmenter) on each process; default the bundle's / 8 per
   device. gradcam: findings to draw Grad-CAM overlays for (classifier); gradcam_layer: the layer
-  (default the model's). Returns {'predicted', 'errors', 'ignored', 'output', 'predictions',
-  'errors_csv'}, counting every process's files (each process returns the same). Usage mistakes
-  (no input, nothing usable, output is a file, unknown finding) raise ValueError or
-  FileNotFoundError with one line naming the path and the fix, on every process, before anything
-  is written.
+  (default the model's). overwrite: replace files in output_dir that mdx did not write.
+  Returns {'predicted', 'errors', 'ignored', 'output', 'predictions', 'errors_csv'}, counting
+  every process's files (each process returns the same). Usage mistakes (no input, nothing
+  usable, output is a file, unknown finding, a user's file where predict would write) raise
+  ValueError or FileNotFoundError with one line naming the path and the fix, on every process,
+  before anything is written; a full disk is one line too (mdx.outputs.OutputError), with nothing
+  half-written left as final.
   """
   if not isinstance(bundle, bundle_lib.Bundle):
     bundle = bundle_lib.load(os.fspath(bundle))
@@ -276,45 +311,54 @@ def predict(
   taken = {k: v for k, v in options.items() if k in kind.options}
   if kind.check_options is not None:
     kind.check_options(bundle, **taken)
-  out = os.path.abspath(os.path.expanduser(output_dir))
-  if os.path.exists(out) and not os.path.isdir(out):
-    raise ValueError(f"output {out} is an existing file; pass a folder (it is created if missing)")
+  first, multi = jax.process_index() == 0, jax.process_count() > 1
+  folder = outputs.OutputFolder(
+    output_dir,
+    "predict",
+    overwrite=overwrite,
+    completes=(PREDICTIONS,),
+    process=jax.process_index(),
+  )
+  out = folder.folder
   root = os.path.abspath(os.path.expanduser(input_path))
   # Our own outputs inside the input folder must not become inputs of a second run.
   exclude = [os.path.join(out, GRADCAM)] if out == root else [out]
-  inputs = list_inputs(input_path, bundle.task, exclude)
+  inputs = list_inputs(input_path, bundle.task, exclude, outputs.owned_files(out))
   # The model is built (and e.g. a Grad-CAM layer checked) before anything is written.
   runner = kind.predictor(bundle, batch_size, **taken)
   runner.check_outputs(inputs, out)
-  out = _make_output(out)
+  files, folders = runner.writes(inputs)
+  folder.claim(files=[PREDICTIONS, ERRORS, *files], folders=folders)
   predictions_csv, errors_csv = os.path.join(out, PREDICTIONS), os.path.join(out, ERRORS)
-  first, multi = jax.process_index() == 0, jax.process_count() > 1
   share = [inputs.files[i] for i in runtime.process_share(len(inputs.files))]
   errors = []  # (input index, name, reason) of this process's files
-  # One process streams its rows into predictions.csv. Several each keep the rows of their block
-  # (a contiguous run of the input order) and process 0 writes them all, in process order: the
-  # rows travel by collectives, so the CSVs need no file system that every host shares.
-  sink = io.StringIO() if multi else open(predictions_csv, "w", newline="")
-  with sink:
-    writer = csv.writer(sink)
-    if first:
-      writer.writerow(runner.header)
-    desc = f"predict (process 0: {len(share)} of {len(inputs.files)})" if multi else "predict"
-    with _bar(len(share), runner.unit, progress and first, desc) as bar:
-      predicted = runner.run(share, out, writer, errors, bar)
-    if multi:  # every process learns the totals; process 0 writes the rows
-      predicted = int(runtime.gather_rows(np.array([predicted])).sum())
-      errors = _from_csv(_gather_text(_to_csv(errors)))
-      rows = _gather_text(sink.getvalue())
+  with folder:  # files land in its staging folder; an error removes them
+    # One process streams its rows into predictions.csv. Several each keep the rows of their
+    # block (a contiguous run of the input order) and process 0 writes them all, in process
+    # order: the rows travel by collectives, so the CSVs need no file system every host shares.
+    sink = io.StringIO() if multi else open(folder.path(PREDICTIONS), "w", newline="")
+    with sink:
+      writer = outputs.csv_writer(sink)
       if first:
-        with open(predictions_csv, "w", newline="") as f:
-          f.write(rows)
-  errors = sorted(inputs.errors + errors)
+        writer.writerow(runner.header)
+      desc = f"predict (process 0: {len(share)} of {len(inputs.files)})" if multi else "predict"
+      with _bar(len(share), runner.unit, progress and first, desc) as bar:
+        predicted = runner.run(share, folder.staging, writer, errors, bar)
+      if multi:  # every process learns the totals; process 0 writes the rows
+        predicted = int(runtime.gather_rows(np.array([predicted])).sum())
+        errors = _from_csv(_gather_text(_to_csv(errors)))
+        rows = _gather_text(sink.getvalue())
+        if first:
+          with open(folder.path(PREDICTIONS), "w", newline="") as f:
+            f.write(rows)
+    errors = sorted(inputs.errors + errors)
+    if first:
+      with open(folder.path(ERRORS), "w", newline="") as f:
+        writer = outputs.csv_writer(f)
+        writer.writerow(["path", "reason"])
+        writer.writerows([name, reason] for _, name, reason in errors)
+    _commit(folder, first, multi)
   if first:
-    with open(errors_csv, "w", newline="") as f:
-      writer = csv.writer(f)
-      writer.writerow(["path", "reason"])
-      writer.writerows([name, reason] for _, name, reason in errors)
     logging.info(
       "predicted %d %ss, %d errors (see %s), %d files of other types ignored",
       predicted,
@@ -332,6 +376,24 @@ def predict(
     "predictions": predictions_csv,
     "errors_csv": errors_csv,
   }
+
+
+def _commit(folder: outputs.OutputFolder, first: bool, multi: bool) -> None:
+  """Moves every process's staged files into the output folder, predictions.csv last."""
+  if not multi:
+    folder.commit()
+    return
+  runtime.barrier("mdx.predict_files.staged")
+  if first:  # the old predictions.csv goes first: from here on nothing looks complete
+    folder.begin_commit()
+  runtime.barrier("mdx.predict_files.begin_commit")
+  moved = folder.move_staged()  # each process its own label maps and overlays
+  # one JSON line per process (json.dumps writes no newline) gathered to every process
+  every = [json.loads(line) for line in _gather_text(json.dumps(moved) + "\n").splitlines()]
+  if first:
+    folder.finish({k: v for part in every for k, v in part.items()})
+  else:
+    folder.discard()
 
 
 def _bar(total: int, unit: str, progress: bool, desc: str):

@@ -163,7 +163,8 @@ class ScanFiles:
     self.channels = int(bundle.spec["input"]["channels"])
     self.output = bundle.spec["output"]
     self.names = list(self.output["class_names"])
-    self.header = ["path", "output", *(f"{n} voxels" for n in self.names)]
+    self.header = ["path", "output", *(f"{n} voxels" for n in self.names), "warning"]
+    self.patch = tuple(int(p) for p in bundle.spec["input"]["patch_size"])
 
   def check_outputs(self, inputs, out: str) -> None:
     """A label map is written at OUTPUT/<path>: refuse one that would replace its own scan."""
@@ -173,6 +174,10 @@ class ScanFiles:
           f"output {out} would overwrite the input scan {full} with its label map; choose an "
           "output folder other than the input folder"
         )
+
+  def writes(self, inputs) -> tuple[list[str], list[str]]:
+    """A label map per scan, at OUTPUT/<path>."""
+    return [files_lib.posix(files_lib.output_name(name)) for _, name, _ in inputs.files], []
 
   def read(self, path: str):
     volume = nifti.load_nifti(path, np.float32)
@@ -193,6 +198,7 @@ class ScanFiles:
         errors.append((index, name, reason))
       else:
         image, affine = value
+        warning = files_lib.size_warning(image.shape[:3], self.patch, "the scan (voxels)")
         pred = self.segmenter.predict(image)
         labels = label_volume(pred, self.output["label_mode"], self.output["label_values"])
         rel = files_lib.output_name(name)
@@ -201,7 +207,8 @@ class ScanFiles:
           voxels = pred.reshape(-1, pred.shape[-1]).sum(0)
         else:
           voxels = np.bincount(pred.ravel(), minlength=len(self.names))
-        writer.writerow([name, files_lib.posix(rel), *(int(v) for v in voxels[: len(self.names)])])
+        counts = (int(v) for v in voxels[: len(self.names)])
+        writer.writerow([name, files_lib.posix(rel), *counts, warning])
         predicted += 1
       bar.update(1)
     return predicted
