@@ -9,20 +9,36 @@ training stream is a function of the global position (mdx.data.pipeline), so a r
 2 processes resumes exactly on 1, or on 8. That is also what makes asynchronous saves exact: the
 state is copied off the devices when save() returns and written while training goes on, and there
 is no iterator to capture at the same instant.
+
+A damaged step (a torn copy, a lost or emptied file) must not block the run: Orbax reads every kept
+step's small JSON files when a CheckpointManager starts, and one empty `metrics/metrics` stops it.
+set_aside_damaged() checks them first and moves a damaged step to WORKDIR/checkpoints_damaged/.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
+import re
 
 import flax
 import jax
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as cm
 
+from mdx import runtime
 from mdx.train.state import TrainState
 
-STATE, DATA = "state", "data_position"
+STATE, DATA, METRICS = "state", "data_position", "metrics"
+STEP_METADATA = "_CHECKPOINT_METADATA"  # Orbax's per-step file: the items a step holds, timestamps
+DAMAGED = "checkpoints_damaged"
+# Orbax's step folder names (no prefix, no zero padding). Its temporary folders of a save in flight
+# ('6.orbax-checkpoint-tmp...') do not match: Orbax skips them at start and replaces one when it
+# saves that step again, so they are left to it.
+_STEP_NAME = re.compile(r"0|[1-9][0-9]*")
+# The JSON file each item holds, which Orbax reads at start (metrics) or restore (the others).
+_ITEM_JSON = {METRICS: "metrics", DATA: "metadata", STATE: "_METADATA"}
 
 
 def make_manager(
@@ -85,25 +101,146 @@ def restore(manager: ocp.CheckpointManager, step: int, state: TrainState) -> Tra
 
 
 def restore_position(manager: ocp.CheckpointManager, step: int) -> dict | None:
-  """The data position saved with `step` (None for a checkpoint saved without one)."""
+  """The data position saved with `step` (None for a checkpoint saved without one); a ValueError
+  when it is not the position of `step` (a damaged file)."""
   if not os.path.isdir(os.path.join(str(manager.directory), str(step), DATA)):
     return None
-  return dict(
-    manager.restore(step, args=ocp.args.Composite(**{DATA: ocp.args.JsonRestore()}))[DATA]
-  )
+  position = manager.restore(step, args=ocp.args.Composite(**{DATA: ocp.args.JsonRestore()}))[DATA]
+  if (
+    not isinstance(position, dict)
+    or position.get("step") != step
+    or not isinstance(position.get("global_batch"), int)
+  ):
+    raise ValueError(f"checkpoint {step}'s {DATA} is {position!r}, not the position of step {step}")
+  return dict(position)
 
 
 def move_aside(manager: ocp.CheckpointManager, step: int, workdir: str) -> str:
   """Moves checkpoint `step` out of the manager's folder into WORKDIR/checkpoints_damaged/ (kept
   for a person to look at, never deleted); returns where it went."""
+  return _move_step_aside(str(manager.directory), step, workdir)
+
+
+def _move_step_aside(directory: str, step: int, workdir: str) -> str:
   import shutil
   import time
 
-  root = os.path.join(workdir, "checkpoints_damaged")
+  root = os.path.join(workdir, DAMAGED)
   os.makedirs(root, exist_ok=True)
   target = os.path.join(root, f"{step}-{time.strftime('%Y%m%d-%H%M%S')}")
-  shutil.move(os.path.join(str(manager.directory), str(step)), target)
+  n = 1
+  while os.path.lexists(target):  # the same step moved twice within a second: keep both
+    target, n = os.path.join(root, f"{step}-{time.strftime('%Y%m%d-%H%M%S')}-{n}"), n + 1
+  shutil.move(os.path.join(directory, str(step)), target)
   return target
+
+
+@dataclasses.dataclass(frozen=True)
+class Damaged:
+  """A step whose folder cannot be used: `path` (a file of it, or the step itself) `problem`."""
+
+  step: int
+  path: str
+  problem: str  # 'is empty', 'is missing', 'is not valid JSON (...)', ...
+  moved_to: str | None = None  # where set_aside_damaged put it (known to process 0)
+
+
+def _json_problem(path: str) -> str | None:
+  """What is wrong with the JSON object file `path`, None when nothing is."""
+  if not os.path.lexists(path):
+    return "is missing"
+  if not os.path.isfile(path):
+    return "is not a file"
+  try:
+    if os.path.getsize(path) == 0:
+      return "is empty"
+    with open(path, "rb") as f:
+      value = json.load(f)
+  except (OSError, ValueError) as e:  # ValueError: JSONDecodeError, UnicodeDecodeError
+    return f"is not valid JSON ({type(e).__name__}: {str(e).splitlines()[0][:200]})"
+  return None if isinstance(value, dict) else "does not hold a JSON object"
+
+
+def step_damage(step_dir: str) -> tuple[str, str] | None:
+  """(path, what is wrong) of the first damaged file of the checkpoint folder `step_dir`; None
+  when it is intact.
+
+  Checked: Orbax's per-step metadata, the folder of every item it lists (and the state, which
+  every save holds), each item's JSON file (the metrics Orbax reads when a manager starts, the data
+  position and the state's tree metadata it reads at restore) and every other small JSON file of
+  the state (shardings, array metadata). Orbax writes no empty file, so an empty one anywhere is a
+  torn copy. Array data is left to the restore itself (loop.restore_first_intact)."""
+  if not os.path.isdir(step_dir):
+    return step_dir, "is a file, not a checkpoint folder"
+  metadata_path = os.path.join(step_dir, STEP_METADATA)
+  problem = _json_problem(metadata_path)
+  if problem:
+    return metadata_path, problem
+  with open(metadata_path, "rb") as f:
+    listed = json.load(f).get("item_handlers")
+  items = {STATE} | (set(listed) if isinstance(listed, dict) else set())
+  items |= {item for item in _ITEM_JSON if os.path.lexists(os.path.join(step_dir, item))}
+  for item in sorted(items):
+    item_dir = os.path.join(step_dir, item)
+    if not os.path.isdir(item_dir):
+      return item_dir, "is missing" if not os.path.lexists(item_dir) else "is not a folder"
+    if item in _ITEM_JSON:
+      path = os.path.join(item_dir, _ITEM_JSON[item])
+      problem = _json_problem(path)
+      if problem:
+        return path, problem
+  for root, _, files in os.walk(step_dir):
+    for name in sorted(files):
+      path = os.path.join(root, name)
+      try:
+        if os.path.getsize(path) == 0:
+          return path, "is empty"
+      except OSError as e:  # a dangling link, a file gone unreadable
+        return path, f"cannot be read ({type(e).__name__})"
+  state_dir = os.path.join(step_dir, STATE)
+  array_metadatas = os.path.join(state_dir, "array_metadatas")
+  small_json = [os.path.join(state_dir, "_sharding")]
+  if os.path.isdir(array_metadatas):
+    small_json += [os.path.join(array_metadatas, n) for n in sorted(os.listdir(array_metadatas))]
+  for path in small_json:
+    problem = _json_problem(path) if os.path.lexists(path) else None  # neither is required
+    if problem:
+      return path, problem
+  return None
+
+
+def find_damaged(directory: str) -> list[Damaged]:
+  """The damaged steps of the checkpoint folder `directory` (step_damage), oldest first."""
+  if not os.path.isdir(directory):
+    return []
+  found = []
+  for name in os.listdir(directory):
+    if _STEP_NAME.fullmatch(name):
+      damage = step_damage(os.path.join(directory, name))
+      if damage:
+        found.append(Damaged(int(name), *damage))
+  return sorted(found, key=lambda d: d.step)
+
+
+def set_aside_damaged(directory: str, workdir: str) -> list[Damaged]:
+  """Moves every damaged step of `directory` to WORKDIR/checkpoints_damaged/ (never deleted), so
+  that a CheckpointManager can start on what is left; returns them (moved_to set on process 0).
+  Every process reads the folder before process 0 moves anything, so all of them return the same
+  steps. Call it before make_manager."""
+  damaged = find_damaged(directory)
+  runtime.barrier("checkpoints checked for damage")
+  if jax.process_index() == 0:
+    damaged = [
+      dataclasses.replace(d, moved_to=_move_step_aside(directory, d.step, workdir)) for d in damaged
+    ]
+  runtime.barrier("damaged checkpoints set aside")
+  return damaged
+
+
+def damaged_kept(workdir: str) -> bool:
+  """Whether WORKDIR/checkpoints_damaged/ holds anything (steps set aside by an earlier start)."""
+  root = os.path.join(workdir, DAMAGED)
+  return os.path.isdir(root) and bool(os.listdir(root))
 
 
 def best_or_latest_step(manager: ocp.CheckpointManager) -> int | None:

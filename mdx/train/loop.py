@@ -158,30 +158,63 @@ def async_checkpoints(setting: str) -> bool:
   return setting in ("auto", "on")
 
 
-def _manager(config, workdir: str, async_save: bool = False):
-  return checkpoint.make_manager(
-    os.path.join(workdir, "checkpoints"),
+def _open_checkpoints(config, workdir: str, async_save: bool = False):
+  """-> (manager of WORKDIR/checkpoints, the damaged steps set aside before it started).
+
+  Orbax reads every kept step's small files when the manager starts, and one damaged file (an
+  empty metrics file of a torn copy) would stop train, eval and export alike: such steps go to
+  WORKDIR/checkpoints_damaged/ first (checkpoint.set_aside_damaged); the caller says which step
+  the run uses instead (_warn_set_aside)."""
+  directory = os.path.join(workdir, "checkpoints")
+  damaged = checkpoint.set_aside_damaged(directory, workdir)
+  manager = checkpoint.make_manager(
+    directory,
     keep_last=config.train.keep_last,
     best_metric=config.train.best_metric,
     async_save=async_save,
   )
+  return manager, damaged
+
+
+def _warn_set_aside(damaged: list, workdir: str, used: int) -> None:
+  if jax.process_index() != 0:
+    return
+  for d in damaged:
+    logging.warning(
+      "Checkpoint %d of %s is damaged (%s %s); moved it to %s; this run uses checkpoint %d instead",
+      d.step, workdir, d.path, d.problem, d.moved_to, used,
+    )  # fmt: skip
 
 
 class CheckpointError(ValueError):
   """No kept checkpoint of a workdir restores into this run's state."""
 
 
-def restore_first_intact(manager, candidates: list[int], state, workdir: str, move: bool = True):
+def _no_intact_left(workdir: str, damaged: list, fix: str) -> CheckpointError:
+  """The one line for a workdir whose checkpoints are all damaged (set aside now or before)."""
+  what = f"{len(damaged)} damaged, just moved" if damaged else "the damaged ones are"
+  return CheckpointError(
+    f"no intact checkpoint is left in {workdir}/checkpoints ({what} in "
+    f"{workdir}/{checkpoint.DAMAGED}/, kept for you to look at); {fix}"
+  )
+
+
+def restore_first_intact(
+  manager, candidates: list[int], state, workdir: str, move: bool = True, restore=None
+):
   """-> (state, step) from the first of `candidates` (preferred first) that restores.
 
   A checkpoint that fails while an older one restores is damaged (a torn write, a lost file): it is
   moved to WORKDIR/checkpoints_damaged/ with a warning (move=True), so the run goes on from the
   newest intact one. If none restores, nothing is moved and the first error is raised: then the
-  files are not the problem but the run (e.g. its model or optimizer changed since)."""
+  files are not the problem but the run (e.g. its model or optimizer changed since). `restore`
+  (default checkpoint.restore) may read more of a step than its state; what it returns is
+  returned in place of the state."""
+  restore = restore or checkpoint.restore
   failures = []
   for step in candidates:
     try:
-      restored = checkpoint.restore(manager, step, state)
+      restored = restore(manager, step, state)
     except Exception as e:  # Orbax raises many types for damaged files  # noqa: BLE001
       failures.append((step, e))
       continue
@@ -212,14 +245,34 @@ def _first_line(error: BaseException) -> str:
   return text[0][:300] if text else ""
 
 
-def _resume(manager, config, workdir: str, state):
-  """-> (state, step) to continue from: the newest checkpoint that restores (moving damaged newer
-  ones aside), checked against its saved data position; (state, 0) for a new run."""
+def _open_for_training(config, workdir: str):
+  """_open_checkpoints for train, which never silently starts over a run that had checkpoints:
+  a CheckpointError when every one of them is damaged (raised before anything is built)."""
+  manager, damaged = _open_checkpoints(
+    config, workdir, async_checkpoints(config.train.async_checkpoints)
+  )
+  if manager.latest_step() is None and (damaged or checkpoint.damaged_kept(workdir)):
+    manager.close()
+    raise _no_intact_left(workdir, damaged, "to train this run afresh, use a new workdir")
+  return manager, damaged
+
+
+def _state_and_position(manager, step: int, state):
+  """A step's state and data position: a step whose position does not restore is damaged too."""
+  return checkpoint.restore(manager, step, state), checkpoint.restore_position(manager, step)
+
+
+def _resume(manager, config, workdir: str, state, damaged: list = ()):
+  """-> (state, step) to continue from: the newest checkpoint whose state and data position
+  restore (moving damaged newer ones aside), checked against that position; (state, 0) for a new
+  run. `damaged`: the steps _open_checkpoints set aside."""
   steps = sorted(manager.all_steps(), reverse=True)
   if not steps:
     return state, 0
-  state, start = restore_first_intact(manager, steps, state, workdir)
-  position = checkpoint.restore_position(manager, start)
+  _warn_set_aside(damaged, workdir, steps[0])
+  (state, position), start = restore_first_intact(
+    manager, steps, state, workdir, restore=_state_and_position
+  )
   if position is not None and position["global_batch"] != config.train.batch_size:
     raise ValueError(
       f"{workdir}/checkpoints/{start} was trained with config.train.batch_size="
@@ -233,12 +286,11 @@ def train(config, workdir: str, task) -> TrainResult:
   mesh = runtime.make_mesh()
   geometry = runtime.batch_geometry(config.train.batch_size, mesh)
   eval_geometry = runtime.batch_geometry(config.eval.batch_size, mesh, "config.eval.batch_size")
+  manager, damaged = _open_for_training(config, workdir)
   model, tx, state = build(config, task, mesh)
   is_chief = jax.process_index() == 0
   history = History(workdir, enabled=is_chief)
-
-  manager = _manager(config, workdir, async_checkpoints(config.train.async_checkpoints))
-  state, start = _resume(manager, config, workdir, state)
+  state, start = _resume(manager, config, workdir, state, damaged)
   history.truncate_after(start)  # start 0: a run killed before its first checkpoint left lines
   if start:
     logging.info("Resumed from step %d of %s", start, workdir)
@@ -399,26 +451,37 @@ def restore_for_eval(config, workdir: str, task, step: int | None = None):
   Without `step`: the best checkpoint by the validation metric (the latest when none has metrics);
   if it does not restore, the other kept ones newest first, the damaged ones moved aside as resuming
   does (restore_first_intact). With `step`: that checkpoint or an error (ValueError when it is not
-  kept, CheckpointError when it does not restore), nothing moved. FileNotFoundError when the
-  workdir has no checkpoint."""
+  kept, CheckpointError when it does not restore or was damaged), nothing moved by the restore.
+  Either way a step with a damaged file is first set aside (_open_checkpoints). FileNotFoundError
+  when the workdir has no checkpoint, CheckpointError when it has only damaged ones."""
   mesh = runtime.make_mesh()
   eval_geometry = runtime.batch_geometry(config.eval.batch_size, mesh, "config.eval.batch_size")
-  model, _, state = build(config, task, mesh, pretrained=False)
-  manager = _manager(config, workdir)
-  if step is not None and step not in manager.all_steps():
+  manager, damaged = _open_checkpoints(config, workdir)
+  kept = sorted(manager.all_steps())
+  asked = next((d for d in damaged if d.step == step), None)
+  if asked is not None:
+    raise CheckpointError(
+      f"--step={step}: checkpoint {step} of {workdir} is damaged ({asked.path} {asked.problem}) "
+      f"and was moved to {workdir}/{checkpoint.DAMAGED}/; choose one of the intact steps {kept}"
+    )
+  if step is not None and step not in kept:
     raise ValueError(
-      f"--step={step}: {workdir}/checkpoints keeps steps {sorted(manager.all_steps())}; "
+      f"--step={step}: {workdir}/checkpoints keeps steps {kept}; "
       "choose one of them (config.train.keep_last decides how many are kept)"
     )
+  best = step if step is not None else checkpoint.best_or_latest_step(manager)
+  if best is None and (damaged or checkpoint.damaged_kept(workdir)):
+    raise _no_intact_left(workdir, damaged, "train the run again in a new workdir")
+  if best is None:
+    raise FileNotFoundError(
+      f"no checkpoint in {workdir}/checkpoints; train first "
+      "(--mode=train) or pass the workdir of a trained run"
+    )
+  _warn_set_aside(damaged, workdir, best)
+  model, _, state = build(config, task, mesh, pretrained=False)
   if step is not None:  # asked for by name: an error if it does not restore, nothing moved
     state, step = restore_first_intact(manager, [step], state, workdir, move=False)
   else:
-    best = checkpoint.best_or_latest_step(manager)
-    if best is None:
-      raise FileNotFoundError(
-        f"no checkpoint in {workdir}/checkpoints; train first "
-        "(--mode=train) or pass the workdir of a trained run"
-      )
     # the best, else (damaged) the others newest first
     others = [s for s in sorted(manager.all_steps(), reverse=True) if s != best]
     state, step = restore_first_intact(manager, [best, *others], state, workdir)
