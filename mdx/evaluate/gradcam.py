@@ -15,7 +15,6 @@ It takes plain arrays and callables, so a report needs no training task to make 
 from __future__ import annotations
 
 import functools
-import json
 import os
 from collections.abc import Callable, Mapping, Sequence
 
@@ -25,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from mdx import runtime
+from mdx import jsonio, outputs, runtime
 
 
 def _path(module: nn.Module) -> str:
@@ -350,8 +349,7 @@ def grad_cam_report(
       )
       figures.append((caption, path))
   summary_path = summary_path or os.path.join(out_dir, "gradcam.json")
-  os.makedirs(os.path.dirname(os.path.abspath(summary_path)), exist_ok=True)
-  with open(summary_path, "w") as f:
-    json.dump(summary, f, indent=2)
+  # an undefined rate (nan) is null, as in every JSON mdx writes; the file whole or not at all
+  outputs.write_json(summary_path, jsonio.jsonable(summary))
   logging.info("Grad-CAM: %s", summary)
   return figures

@@ -3,6 +3,9 @@
 Both CSVs have an id column and one column per finding; labels are 0/1 (blank = unknown),
 probabilities lie in [0, 1]. The labels CSV may carry a patient column for patient-level
 bootstrap. Every problem is reported with the file, the line (the header is line 1) and the column.
+mdx writes its CSVs spreadsheet-safe (an id '=1+2.png' as "'=1+2.png", mdx.outputs.csv_writer)
+and reads ids and patient ids back as a spreadsheet shows them, so its own files pair with a
+user's.
 """
 
 from __future__ import annotations
@@ -13,6 +16,8 @@ import os
 from collections.abc import Sequence
 
 import numpy as np
+
+from mdx import outputs
 
 _UNKNOWN = {"", "nan", "NaN", "NA"}
 
@@ -61,7 +66,7 @@ def _column(header: list[str], name: str | None, path: str, what: str) -> int:
 def _ids(rows: list[list[str]], col: int, path: str, header: list[str]) -> np.ndarray:
   ids, seen = [], {}
   for r in rows:
-    v, line = r[col].strip(), r[-1]
+    v, line = outputs.original_cell(r[col].strip()), r[-1]
     if not v:
       raise ValueError(f"{path}: line {line}, column {header[col]!r}: the id is missing")
     if v in seen:
@@ -155,7 +160,7 @@ def read_predictions(
   probs = probs[[row_of[v] for v in l_ids]]
   patients = None
   if pcol is not None:
-    patients = np.array([r[pcol].strip() for r in lrows], dtype=str)
+    patients = np.array([outputs.original_cell(r[pcol].strip()) for r in lrows], dtype=str)
     blank = [r[-1] for r in lrows if not r[pcol].strip()]
     if blank:
       raise ValueError(
@@ -177,6 +182,8 @@ def write_csv(
 ) -> str:
   """Writes ids (+ patients) and one column per finding; nan is written blank (unknown label).
 
+  The file is written whole or not at all (mdx.outputs.atomic_path), its text cells
+  spreadsheet-safe (mdx.outputs.csv_writer); read_predictions reads the ids back as they were.
   digits: decimals per value (a run's predictions use 6: readable, and finer than any model's
   calibration); None writes each float exactly (repr), so a re-read gives the same numbers.
   """
@@ -185,9 +192,8 @@ def write_csv(
     raise ValueError(
       f"values {values.shape} must be [len(ids)={len(ids)}, len(findings)={len(findings)}]"
     )
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  with open(path, "w", newline="") as f:
-    w = csv.writer(f)
+  with outputs.atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
+    w = outputs.csv_writer(f)
     w.writerow([id_column] + ([patient_column] if patient_ids is not None else []) + list(findings))
     for i, row in enumerate(values):
       cells = [

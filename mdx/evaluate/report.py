@@ -8,19 +8,29 @@ Blocks are tuples: ('h1' | 'h2' | 'h3', text), ('p', text), ('table', header [st
 [[str]]), ('figure', caption, path relative to the report folder[, css class]). evaluate_and_report
 evaluates and writes in one call; write_report writes an evaluation made elsewhere (e.g. an
 external validation, mdx.inference.external) with its own blocks placed before the summary.
+
+Every report mdx writes (this one, a run's reports in mdx.evaluate.run_report, external
+validation's) goes through an mdx.outputs.OutputFolder: its files are written into a hidden
+staging folder and moved into place when the whole report is written, report.html and metrics.json
+last, so a killed evaluation leaves the old complete report or nothing that looks complete; and a
+file in the folder that mdx did not write is never replaced (one line naming it, unless overwrite).
+layout(kind) says which files and folders each kind of report writes: a command claims them with it
+before any work (Layout.claim), and the writers stage exactly those, so the two cannot drift.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import html
 import json
 import os
 import shutil
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 import numpy as np
 
-from mdx import jsonio
+from mdx import jsonio, outputs
 from mdx.evaluate import classification as CL
 from mdx.evaluate import plots
 from mdx.evaluate import predictions as P
@@ -276,29 +286,104 @@ def _render_html(blocks: list[tuple], title: str) -> str:
   return "\n".join(out)
 
 
-def _copy_figures(figs: Sequence[tuple[str, str]], out_dir: str, sub: str) -> list[tuple[str, str]]:
+# ------------------------------------------------------------------------------ what is written
+@dataclasses.dataclass(frozen=True)
+class Layout:
+  """What a report writes into its folder, relative to it: `files`, `folders` whose every file is
+  the report's, and `completes`, the files that say the report is whole (moved in last)."""
+
+  files: tuple[str, ...]
+  folders: tuple[str, ...]
+  completes: tuple[str, ...]
+
+  def claim(self, out_dir: str, command: str, *, overwrite: bool = False) -> outputs.OutputFolder:
+    """The report's OutputFolder, claimed: an OutputError naming the first file of out_dir the
+    report would replace that mdx did not write (nothing when overwrite). Call before any work."""
+    folder = outputs.OutputFolder(out_dir, command, overwrite=overwrite, completes=self.completes)
+    folder.claim(files=self.files, folders=self.folders)
+    return folder
+
+
+_FIGURES = ("figures",)  # the curves drawn here
+_COPIED = ("gradcam", "extra")  # figures drawn elsewhere, copied in
+_REPORT = ("metrics.json", "report.md", "report.html")
+_TABLES = ("labels.csv", "probs.csv", "calibrated.csv")  # with ids (re-runnable with the CLI)
+
+
+def layout(
+  kind: str = "evaluation", *, split: str | None = None, ids: bool = True, copied: bool = True
+) -> Layout:
+  """The files a report of `kind` writes: 'evaluation' (evaluate_and_report, write_report: python
+  -m mdx evaluate, external validation; ids: with labels.csv, probs.csv, calibrated.csv; copied:
+  with Grad-CAM or other figures copied in), 'classification' (a run's report of `split`:
+  mdx.evaluate.run_report.classification_run_report) or 'segmentation' (segmentation_run_report).
+  """
+  completes = ("report.html", "metrics.json")
+  if kind == "evaluation":
+    files = _REPORT + (_TABLES if ids else ())
+    return Layout(files, _FIGURES + (_COPIED if copied else ()), completes)
+  if kind == "classification":
+    if not split:
+      raise ValueError("a classification run's report layout needs its split (e.g. 'test')")
+    files = _REPORT + _TABLES + (f"{split}_predictions.csv", "gradcam.json")
+    return Layout(files, _FIGURES + _COPIED, completes)
+  if kind == "segmentation":
+    files = ("metrics.json", "report.md", "curves.png")
+    return Layout(files, ("overlays",), ("report.md", "metrics.json"))
+  raise ValueError(
+    f"report layout {kind!r}: choose 'evaluation', 'classification' or 'segmentation'"
+  )
+
+
+@contextlib.contextmanager
+def staged(
+  out: str | outputs.OutputFolder, writes: Layout, command: str, *, overwrite: bool = False
+) -> Iterator[outputs.OutputFolder]:
+  """The entered OutputFolder a report writes into (folder.path(rel)). `out` a folder: it is
+  claimed for `writes` (Layout.claim) and committed when the block ends without an error (else
+  its staged files are removed: nothing of it is final). `out` an entered OutputFolder (a caller
+  writing files of its own beside the report): yielded as it is, its owner commits it."""
+  if isinstance(out, outputs.OutputFolder):
+    yield out
+    return
+  folder = writes.claim(out, command, overwrite=overwrite)
+  with folder:
+    yield folder
+    folder.commit()
+
+
+def _copy_figures(
+  figs: Sequence[tuple[str, str]], folder: outputs.OutputFolder, sub: str
+) -> list[tuple[str, str]]:
   copied = []
   for i, (caption, src) in enumerate(figs):
     if not os.path.exists(src):
       raise FileNotFoundError(f"figure {caption!r}: {src} does not exist")
-    rel = os.path.join(sub, f"{i:02d}_{os.path.basename(src)}")
-    dst = os.path.join(out_dir, rel)
-    os.makedirs(os.path.dirname(dst), exist_ok=True)
+    rel = f"{sub}/{i:02d}_{os.path.basename(src)}"
+    dst = folder.path(rel)
     if os.path.abspath(src) != os.path.abspath(dst):
       shutil.copyfile(src, dst)
     copied.append((caption, rel))
   return copied
 
 
-def write_json(path: str, obj) -> str:
+def json_text(obj) -> str:
   """JSON with nan written as null (plain json would write the invalid token NaN): mdx.jsonio."""
-  with open(path, "w") as f:
-    json.dump(jsonio.jsonable(obj), f, indent=1, allow_nan=False)
-  return path
+  return json.dumps(jsonio.jsonable(obj), indent=1, allow_nan=False) + "\n"
+
+
+def write_json(path: str, obj) -> str:
+  """obj as JSON (json_text) into path, atomically (mdx.outputs.atomic_path)."""
+  return outputs.write_text(path, json_text(obj))
+
+
+def _write_text(path: str, text: str) -> None:
+  with open(path, "w", encoding="utf-8") as f:
+    f.write(text)
 
 
 def evaluate_and_report(
-  out_dir: str,
+  out_dir: str | outputs.OutputFolder,
   *,
   labels,
   probs,
@@ -318,6 +403,7 @@ def evaluate_and_report(
   compare_names: tuple[str, str] = ("A", "B"),
   notes: Sequence[str] = (),
   keep_bootstrap: Sequence[str] = (),
+  overwrite: bool = False,
 ) -> dict:
   """Evaluates predictions and writes metrics.json, report.md, report.html and PNGs into out_dir.
 
@@ -328,9 +414,10 @@ def evaluate_and_report(
   by AUROC (DeLong and paired bootstrap), named compare_names; notes: paragraphs shown after the
   introduction (e.g. what the scores are). Returns the metrics dict (as in metrics.json), plus
   'bootstrap_samples' of the metrics named in keep_bootstrap (see evaluate_classification; not
-  written to metrics.json).
+  written to metrics.json). out_dir: a folder (claimed, staged and committed there, a file mdx did
+  not write refused unless overwrite: see write_report) or an entered OutputFolder its caller
+  commits.
   """
-  os.makedirs(out_dir, exist_ok=True)
   labels = np.asarray(labels, np.float64)
   probs = np.asarray(probs, np.float64)
   findings = list(findings)
@@ -380,6 +467,7 @@ def evaluate_and_report(
     gradcam_figures=gradcam_figures,
     title=title,
     notes=notes,
+    overwrite=overwrite,
   )
   if samples is not None:
     written["bootstrap_samples"] = samples
@@ -387,7 +475,7 @@ def evaluate_and_report(
 
 
 def write_report(
-  out_dir: str,
+  out_dir: str | outputs.OutputFolder,
   result: Mapping,
   *,
   labels,
@@ -402,6 +490,8 @@ def write_report(
   title: str = "mdx evaluation",
   notes: Sequence[str] = (),
   preface: Sequence[tuple] = (),
+  overwrite: bool = False,
+  command: str = "evaluate",
 ) -> dict:
   """Writes an evaluation (evaluate_classification's dict, JSON-ready plus any extra sections) as
   metrics.json, report.md, report.html and PNGs into out_dir; returns what metrics.json says.
@@ -410,55 +500,97 @@ def write_report(
   [N, C] (optional) the probabilities of the reliability diagram (else probs); recalibrated: per
   finding {'platt': p', 'isotonic': p'} drawn beside them; ids [N] also writes labels.csv /
   probs.csv (and calibrated.csv); notes: paragraphs shown after the introduction; preface: blocks
-  (see the module docstring) placed after the introduction, their figures already in out_dir.
+  (see the module docstring) placed after the introduction, their figures already in the report.
+
+  out_dir: a folder: the report's files (layout('evaluation', ...)) are claimed there (an
+  OutputError naming a file mdx did not write, unless overwrite), staged, and committed once every
+  file is written; or an entered OutputFolder (mdx.outputs) that its caller claimed and commits,
+  e.g. with files of its own. command names the writer in the folder's manifest and messages.
   """
-  os.makedirs(out_dir, exist_ok=True)
+  writes = layout("evaluation", ids=ids is not None, copied=bool(gradcam_figures or extra_figures))
+  with staged(out_dir, writes, command, overwrite=overwrite) as folder:
+    return _write_report(
+      folder,
+      result,
+      labels=labels,
+      probs=probs,
+      findings=findings,
+      calibrated_probs=calibrated_probs,
+      patient_ids=patient_ids,
+      ids=ids,
+      recalibrated=recalibrated,
+      extra_figures=extra_figures,
+      gradcam_figures=gradcam_figures,
+      title=title,
+      notes=notes,
+      preface=preface,
+    )
+
+
+def _write_report(
+  folder: outputs.OutputFolder,
+  result: Mapping,
+  *,
+  labels,
+  probs,
+  findings,
+  calibrated_probs,
+  patient_ids,
+  ids,
+  recalibrated,
+  extra_figures,
+  gradcam_figures,
+  title,
+  notes,
+  preface,
+) -> dict:
   labels = np.asarray(labels, np.float64)
   probs = np.asarray(probs, np.float64)
   findings = list(findings)
   result = {"title": title, **result}
   recal = list(recalibrated)
   cal = probs if calibrated_probs is None else np.asarray(calibrated_probs, np.float64)
-  fig_dir = os.path.join(out_dir, "figures")
   figures = [
     (
       "ROC curves (dot: the chosen operating point)",
-      plots.roc_png(os.path.join(fig_dir, "roc.png"), labels, probs, findings, result),
+      "figures/roc.png",
+      lambda path: plots.roc_png(path, labels, probs, findings, result),
     ),
     (
       "Precision-recall curves (dashed: prevalence)",
-      plots.pr_png(os.path.join(fig_dir, "pr.png"), labels, probs, findings, result),
+      "figures/pr.png",
+      lambda path: plots.pr_png(path, labels, probs, findings, result),
     ),
     (
       "Reliability diagrams"
       + (" of the calibrated probabilities" if calibrated_probs is not None else "")
       + (" before and after recalibration fitted on validation" if recal else ""),
-      plots.reliability_png(
-        os.path.join(fig_dir, "reliability.png"), labels, cal, findings, result, recal
-      ),
+      "figures/reliability.png",
+      lambda path: plots.reliability_png(path, labels, cal, findings, result, recal),
     ),
     (
       "Confusion matrices at the chosen thresholds",
-      plots.confusion_png(os.path.join(fig_dir, "confusion.png"), findings, result),
+      "figures/confusion.png",
+      lambda path: plots.confusion_png(path, findings, result),
     ),
   ]
-  figures = [(c, os.path.relpath(p, out_dir)) for c, p in figures]
-  gradcam = _copy_figures(gradcam_figures, out_dir, "gradcam")
-  extra = _copy_figures(extra_figures, out_dir, "extra")
+  for _, rel, draw in figures:
+    draw(folder.path(rel))
+  figures = [(caption, rel) for caption, rel, _ in figures]
+  gradcam = _copy_figures(gradcam_figures, folder, "gradcam")
+  extra = _copy_figures(extra_figures, folder, "extra")
   result["figures"] = {"curves": figures, "gradcam": gradcam, "extra": extra}
   if ids is not None:
     ids = [str(i) for i in ids]
     pids = None if patient_ids is None else [str(p) for p in patient_ids]
-    P.write_csv(os.path.join(out_dir, "labels.csv"), ids, labels, findings, patient_ids=pids)
-    P.write_csv(os.path.join(out_dir, "probs.csv"), ids, probs, findings)
+    P.write_csv(folder.path("labels.csv"), ids, labels, findings, patient_ids=pids)
+    P.write_csv(folder.path("probs.csv"), ids, probs, findings)
     if calibrated_probs is not None:
-      P.write_csv(os.path.join(out_dir, "calibrated.csv"), ids, cal, findings)
-  metrics_path = write_json(os.path.join(out_dir, "metrics.json"), result)
+      P.write_csv(folder.path("calibrated.csv"), ids, cal, findings)
+  metrics = json_text(result)
+  _write_text(folder.path("metrics.json"), metrics)
   blocks = _blocks(result, title, figures, gradcam, extra, preface)
   blocks[2:2] = [("p", note) for note in notes]  # after the title and the introduction
-  with open(os.path.join(out_dir, "report.md"), "w") as f:
-    f.write(_render_md(blocks))
-  with open(os.path.join(out_dir, "report.html"), "w") as f:
-    f.write(_render_html(blocks, title))
-  with open(metrics_path) as f:
-    return json.load(f)  # exactly what metrics.json says
+  _write_text(folder.path("report.md"), _render_md(blocks))
+  _write_text(folder.path("report.html"), _render_html(blocks, title))
+  return json.loads(metrics)  # exactly what metrics.json says

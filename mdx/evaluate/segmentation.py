@@ -11,14 +11,13 @@ Masks are classes (int label maps, class k = label == k) or regions (binary [...
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Any
 
 import numpy as np
 from scipy import ndimage
 
-from mdx import jsonio
+from mdx import jsonio, outputs
 
 
 def binary_masks(label: np.ndarray, num_classes: int, regions: bool) -> np.ndarray:
@@ -119,10 +118,9 @@ def summarize(
 
 
 def write_metrics(path: str, per_case, summary) -> None:
-  """metrics.json: {'summary': ..., 'per_case': ...}; undefined values are written as null."""
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  with open(path, "w") as f:
-    json.dump(jsonio.jsonable({"summary": summary, "per_case": per_case}), f, indent=1)
+  """metrics.json: {'summary': ..., 'per_case': ...}; undefined values are written as null. Whole
+  or not at all (mdx.outputs.write_json)."""
+  outputs.write_json(path, jsonio.jsonable({"summary": summary, "per_case": per_case}))
 
 
 _COLOURS = np.asarray([[1, 0.2, 0.2], [0.2, 1, 0.2], [0.3, 0.5, 1], [1, 1, 0.2], [1, 0.3, 1]])
@@ -169,7 +167,8 @@ def overlay_png(
 
 
 def write_report(path: str, summary: dict[str, Any], overlays: list[str] = ()) -> None:
-  """A short markdown report: per-class table and the overlay pictures."""
+  """A short markdown report: per-class table and the overlay pictures (linked relative to it),
+  written whole or not at all (mdx.outputs.write_text)."""
   lines = [
     f"# Segmentation report ({summary['num_cases']} cases)",
     "",
@@ -186,5 +185,4 @@ def write_report(path: str, summary: dict[str, Any], overlays: list[str] = ()) -
     f"![{os.path.basename(p)}]({os.path.relpath(p, os.path.dirname(os.path.abspath(path)))})"
     for p in overlays
   ]
-  with open(path, "w") as f:
-    f.write("\n".join(lines) + "\n")
+  outputs.write_text(path, "\n".join(lines) + "\n")

@@ -212,20 +212,27 @@ class ClassificationTask:
     }
 
   def report(
-    self, evaluator, workdir: str, history: list[dict], out_dir: str | None = None
+    self,
+    evaluator,
+    workdir: str,
+    history: list[dict],
+    out_dir: str | None = None,
+    overwrite: bool = False,
   ) -> tasks.Report:
     """The report of config.eval.split; its Report carries the reported split's predictions and
-    result, validation's predictions and the calibration maps fitted on them (the bundle's)."""
-    from mdx.evaluate import run_report
+    result, validation's predictions and the calibration maps fitted on them (the bundle's).
+    A file in out_dir that mdx did not write is refused before anything is predicted, unless
+    overwrite (mdx.evaluate.report.layout)."""
+    from mdx.evaluate import report, run_report
 
     split = self.config.eval.split
+    out_dir = out_dir or os.path.join(workdir, "report")
+    report.layout("classification", split=split).claim(out_dir, "report", overwrite=overwrite)
     pred = self.predict(evaluator, split)
     val = self.predict(evaluator, "validation")
     maps = self.calibration_maps(val)
-    out_dir = out_dir or os.path.join(workdir, "report")
     result = run_report.classification_run_report(
       out_dir,
-      os.path.join(os.path.dirname(out_dir), "figures"),  # drawn here, copied into the report
       split=split,
       pred=pred,
       val=val,
@@ -249,6 +256,7 @@ class ClassificationTask:
       weighted_loss=self.config.loss.name == "weighted_bce",
       loss_label=LOSS_LABELS[self.config.loss.name],
       keep_bootstrap=("auroc",),  # the bundle keeps them for external validation
+      overwrite=overwrite,
     )
     measured = {"split": split, "pred": pred, "val": val, "maps": maps, "result": result}
     return tasks.Report(out_dir, measured)

@@ -196,24 +196,40 @@ class SegmentationTask:
     return out
 
   def report(
-    self, evaluator, workdir: str, history: list[dict], out_dir: str | None = None
+    self,
+    evaluator,
+    workdir: str,
+    history: list[dict],
+    out_dir: str | None = None,
+    overwrite: bool = False,
   ) -> tasks.Report:
     """The report of config.eval.split (validation when it is empty); its Report carries {split:
-    summary} of the reported split and of validation (the bundle states both)."""
-    from mdx.evaluate import run_report
+    summary} of the reported split and of validation (the bundle states both). A file in out_dir
+    that mdx did not write is refused before anything is evaluated, unless overwrite
+    (mdx.evaluate.report.layout)."""
+    import tempfile
+
+    from mdx.evaluate import report, run_report
 
     split = self.config.eval.split
     if len(self.splits[splits.split_key(split)]) == 0:
       logging.info("The %s split is empty; reporting on the validation split", split)
       split = "validation"
     out_dir = out_dir or os.path.join(workdir, "report")
-    # overlays are drawn while each case's prediction is at hand, not kept for the report
-    per_case, overlays = self.evaluate_split(evaluator, split, os.path.join(out_dir, "overlays"))
-    summaries = {
-      split: run_report.segmentation_run_report(
-        out_dir, split=split, per_case=per_case, history=history, overlays=overlays
-      )
-    }
+    report.layout("segmentation").claim(out_dir, "report", overwrite=overwrite)
+    # overlays are drawn while each case's prediction is at hand; the report copies them in
+    with tempfile.TemporaryDirectory(prefix="mdx-overlays-") as drawn:
+      per_case, overlays = self.evaluate_split(evaluator, split, drawn)
+      summaries = {
+        split: run_report.segmentation_run_report(
+          out_dir,
+          split=split,
+          per_case=per_case,
+          history=history,
+          overlays=overlays,
+          overwrite=overwrite,
+        )
+      }
     if split != "validation" and len(self.splits["validation"]):  # the bundle states both
       summaries["validation"] = seg_metrics.summarize(
         self.evaluate_split(evaluator, "validation")[0]

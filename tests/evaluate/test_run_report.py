@@ -185,10 +185,9 @@ def test_classification_run_report_writes_everything(tmp_path):
   probs = rng.random((n, 2)).astype(np.float32)
   pred = {"labels": labels, "probs": probs, "index": np.arange(n)}
   val = {"labels": labels[::-1].copy(), "probs": probs[::-1].copy(), "index": np.arange(n)}
-  out, figs = str(tmp_path / "report"), str(tmp_path / "figures")
+  out = str(tmp_path / "report")
   result = run_report.classification_run_report(
     out,
-    figs,
     split="test",
     pred=pred,
     val=val,
@@ -212,7 +211,10 @@ def test_classification_run_report_writes_everything(tmp_path):
   html = open(os.path.join(out, "report.html")).read()
   for figure in ("loss_curves.png", "examples.png", "gradcam_Mass_0.png"):
     assert figure in html, figure
-  assert not os.path.exists(os.path.join(figs, "gradcam.json"))
+  # figures drawn in a temporary folder and copied in; nothing else beside the report
+  assert sorted(os.listdir(tmp_path)) == ["report"]
+  assert {"extra", "gradcam", "figures"} <= set(os.listdir(out))
+  assert not [n for n in os.listdir(out) if n.startswith(".mdx-partial")]
   rows = list(csv.reader(open(os.path.join(out, "test_predictions.csv"))))
   assert rows[0] == ["image_id", "patient_id", "Mass", "Nodule"] and len(rows) == n + 1
   assert rows[3][:2] == ["img2.png", "p1"] and rows[3][2] == f"{probs[2, 0]:.6f}"
@@ -230,7 +232,7 @@ def test_segmentation_run_report(tmp_path):
     "c2": seg.case_metrics(label, label, names),
   }
   out = str(tmp_path / "report")
-  overlay = str(tmp_path / "report" / "overlays" / "c1.png")
+  overlay = str(tmp_path / "drawn" / "c1.png")  # drawn while evaluating, copied in
   seg.overlay_png(
     overlay, np.random.default_rng(0).random((6, 6, 4, 1)), label, pred, names, title="c1"
   )
@@ -246,6 +248,14 @@ def test_segmentation_run_report(tmp_path):
   report = open(os.path.join(out, "report.md")).read()
   assert open(os.path.join(out, "curves.png"), "rb").read(8) == PNG
   assert "(curves.png)" in report and "(overlays/c1.png)" in report
+  assert open(os.path.join(out, "overlays", "c1.png"), "rb").read() == open(overlay, "rb").read()
+  assert sorted(os.listdir(out)) == [
+    ".mdx-outputs.json",
+    "curves.png",
+    "metrics.json",
+    "overlays",
+    "report.md",
+  ]
   out2 = str(tmp_path / "no_history")
   run_report.segmentation_run_report(out2, split="test", per_case=per_case, history=[])
   assert not os.path.exists(os.path.join(out2, "curves.png"))
