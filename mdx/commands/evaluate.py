@@ -12,9 +12,13 @@ python -m mdx evaluate --bundle=BUNDLE_DIR --config=EXPERIMENT.py [--config.data
   or under SLURM add --jax_distributed): each predicts its share of the records, process 0
   writes the report.
 
-Both write DIR/metrics.json, DIR/report.md, DIR/report.html and DIR/figures/*.png. A user's mistake
-(a missing file, a bad field) is one line 'error: ...' on stderr and exit status 2 (mdx.cli);
---debug or MDX_DEBUG=1 shows its traceback.
+Both write DIR/metrics.json, DIR/report.md, DIR/report.html and DIR/figures/*.png (external
+validation also labels.csv, probs.csv, calibrated.csv), whole: the report is staged and moved into
+DIR when complete, so a killed evaluation leaves the earlier report or nothing that looks complete
+(the next run says what it found). A file in DIR that mdx did not write is never replaced: it is
+refused, naming it, before anything is read or predicted, unless --overwrite. A user's mistake (a
+missing file, a bad field, a full disk) is one line 'error: ...' on stderr and exit status 2
+(mdx.cli); --debug or MDX_DEBUG=1 shows its traceback.
 """
 
 from __future__ import annotations
@@ -34,6 +38,12 @@ def define_flags() -> None:
   flags.DEFINE_string("labels", None, "CSV of labels: id column + one 0/1 column per finding.")
   flags.DEFINE_string("probs", None, "CSV of probabilities with the same ids and findings.")
   flags.DEFINE_string("out", None, "Output folder for metrics.json and the report.")
+  flags.DEFINE_bool(
+    "overwrite",
+    False,
+    "Replace files in --out that mdx did not write (a report.html of your own); without it they "
+    "are refused before any work.",
+  )
   flags.DEFINE_string(
     "patient_column", None, "Column of the labels CSV with patient ids (bootstrap by patient)."
   )
@@ -111,6 +121,7 @@ def external(argv) -> int:
     bootstrap=FLAGS.bootstrap,
     seed=FLAGS.seed,
     batch_size=FLAGS.batch_size,
+    overwrite=FLAGS.overwrite,
   )
   if jax.process_index() != 0:  # process 0 wrote the report and says so
     return 0
@@ -140,6 +151,11 @@ def main(argv) -> int:
       )
   if bool(FLAGS.val_labels) != bool(FLAGS.val_probs):
     raise app.UsageError("give both --val_labels and --val_probs, or neither")
+  # Before reading anything: a report.html, metrics.json or figure of the user's in --out is one
+  # line naming it (the writer claims the same files: report.layout).
+  report.layout("evaluation", ids=False, copied=False).claim(
+    FLAGS.out, "evaluate", overwrite=FLAGS.overwrite
+  )
   columns = dict(id_column=FLAGS.id_column, patient_column=FLAGS.patient_column)
   pred = P.read_predictions(FLAGS.labels, FLAGS.probs, **columns)
   val = None
@@ -168,6 +184,7 @@ def main(argv) -> int:
     title=FLAGS.title or f"Evaluation of {FLAGS.probs}",
     compare_probs=other,
     compare_names=(FLAGS.probs, FLAGS.compare_probs or ""),
+    overwrite=FLAGS.overwrite,
   )
   macro = result["macro"]["auroc"]
   logging.info(

@@ -21,7 +21,9 @@ counted in the report.
                kept its internal bootstrap samples, else by a normal approximation from the two CIs
 
 Writes out_dir/metrics.json, report.md, report.html, figures/ and labels.csv, probs.csv (raw
-scores), calibrated.csv.
+scores), calibrated.csv (mdx.evaluate.report.layout('evaluation', ids=True)): claimed before the
+bundle predicts anything (a file there that mdx did not write is one line naming it, unless
+overwrite), staged, and moved into place when the whole report is written (mdx.outputs).
 
 Several processes (python -m mdx local N python -m mdx evaluate --bundle=...) split the records:
 each predicts a contiguous block on its own devices, the raw scores are gathered in record order,
@@ -423,6 +425,7 @@ def evaluate_external(
   seed: int = 0,
   batch_size: int | None = None,
   progress: bool = True,
+  overwrite: bool = False,
 ) -> dict:
   """Evaluates a classification bundle on every record of config.data's dataset and writes the
   external validation report into out_dir; returns what metrics.json says.
@@ -433,12 +436,17 @@ def evaluate_external(
   synonym matching; bootstrap: patient-level resamples of the external set (0: no CIs);
   batch_size: images per forward pass on each process (default 8 per device). Every record is
   decoded once before any prediction (mdx.data.prepare, under config.data.on_error); the check's
-  lists go into out_dir.
+  lists go into out_dir. overwrite: replace files in out_dir that mdx did not write (else they
+  are refused before anything is predicted).
 
   With several processes (see the module docstring) process 0 writes the report and returns what
   metrics.json says; the others write nothing and return the same evaluation unserialised (numpy
   numbers, no 'figures').
   """
+  # Before any work, on every process (none waits for a process 0 that refused): a user's file
+  # where the report goes is one line naming it.
+  writes = report.layout("evaluation", ids=True, copied=False)
+  folder = writes.claim(out_dir, "evaluate", overwrite=overwrite)
   if isinstance(bundle, (str, os.PathLike)):
     bundle = bundle_lib.load(os.fspath(bundle))
   if bundle.task != KIND.task:
@@ -553,22 +561,24 @@ def evaluate_external(
   )
   if jax.process_index() != 0:  # one writer: the same files from every process would race
     return {"title": title, **result}
-  os.makedirs(out_dir, exist_ok=True)
-  figure = os.path.join("figures", "auroc_internal_external.png")
-  _auroc_png(
-    os.path.join(out_dir, figure),
-    [(f, c["internal"], c["external"]) for f, c in comparison.items()],
-    split,
-  )
-  return report.write_report(
-    out_dir,
-    result,
-    labels=labels,
-    probs=raw,
-    findings=names,
-    calibrated_probs=calibrated,
-    patient_ids=patient_ids,
-    ids=source.image_ids(),
-    title=title,
-    preface=_preface(ext, result, figure),
-  )
+  figure = "figures/auroc_internal_external.png"
+  with folder:  # staged: moved into out_dir once the whole report is written
+    _auroc_png(
+      folder.path(figure),
+      [(f, c["internal"], c["external"]) for f, c in comparison.items()],
+      split,
+    )
+    written = report.write_report(
+      folder,
+      result,
+      labels=labels,
+      probs=raw,
+      findings=names,
+      calibrated_probs=calibrated,
+      patient_ids=patient_ids,
+      ids=source.image_ids(),
+      title=title,
+      preface=_preface(ext, result, figure),
+    )
+    folder.commit()
+  return written
