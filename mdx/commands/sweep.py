@@ -9,8 +9,9 @@ overrides are train's: --config.<field>=value changes the base config that get_c
 (ml_collections checks the field and parses the value by its type), the variants apply on top of
 it, and the same overrides reach every prerequisite run (get_prerequisites()), so
 --config.train.steps=2 makes a smoke test of a whole sweep. A user's mistake (a missing ablation
-file, an unknown field, a value a run cannot use) is one line `error: ...` and exit status 2
-(mdx.cli), before the first run trains.
+file, an unknown field, a value a run cannot use, a results.md of your own in --workdir) is one
+line `error: ...` and exit status 2 (mdx.cli), before the first run trains; --overwrite replaces
+such a file.
 """
 
 from __future__ import annotations
@@ -49,6 +50,12 @@ def define_flags() -> None:
   flags.DEFINE_integer(
     "paired_resamples", 1000, "Patient resamples of the paired comparison against the baseline."
   )
+  flags.DEFINE_bool(
+    "overwrite",
+    False,
+    "Replace results.md, results.json or ablation.* in --workdir that mdx did not write (without "
+    "it they are refused before the first run trains).",
+  )
   flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -63,7 +70,12 @@ def main(argv):
   overrides = dict(config_flags.get_override_values(FLAGS["config"]))
   with sweep.image_split_switch(module):  # every run checked before any trains (or joins)
     planned = sweep.prepare(
-      module, FLAGS.workdir, only=FLAGS.only, overrides=overrides, seeds=FLAGS.seeds
+      module,
+      FLAGS.workdir,
+      only=FLAGS.only,
+      overrides=overrides,
+      seeds=FLAGS.seeds,
+      overwrite=FLAGS.overwrite,
     )
   runtime.join_processes()  # a no-op unless started by ./launch.sh local N
   runtime.quiet_library_logs()
@@ -80,6 +92,7 @@ def main(argv):
     results_page=FLAGS.results_page,
     bootstrap=FLAGS.paired_resamples,
     planned=planned,
+    overwrite=FLAGS.overwrite,
   )
   if jax.process_index() == 0:
     print(open(os.path.join(FLAGS.workdir, "results.md")).read())

@@ -40,9 +40,13 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from mdx import jsonio, outputs
 from mdx.evaluate import bootstrap as B
-from mdx.evaluate import plots
+from mdx.evaluate import plots, report
 from mdx.evaluate import predictions as P
+
+# What write_report writes, ablation.md moved in last (mdx.evaluate.report.staged)
+LAYOUT = report.Layout(("ablation.md", "ablation.png", "ablation.json"), (), ("ablation.md",))
 
 SPEC_FIELDS = ("baseline", "claim", "columns", "figure", "expect")
 DELTA = "delta_auroc"  # the paired macro AUROC difference, as an `expect` key
@@ -371,7 +375,7 @@ def section(
 
 
 def write_report(
-  out_dir: str,
+  out_dir: str | outputs.OutputFolder,
   name: str,
   runs: Mapping[str, Mapping[int, Run]],
   spec: Mapping | None,
@@ -380,43 +384,49 @@ def write_report(
   wall: str,
   n_resamples: int = 1000,
   variants: Sequence[str] | None = None,
+  overwrite: bool = False,
 ) -> dict:
-  """Writes out_dir/ablation.{md,png,json} over `runs` ({variant: {seed: Run}}), which may be some
-  of the ablation's `variants` (default: exactly those run); returns {'summary', 'spec',
-  'markdown', 'figure'}."""
+  """Writes out_dir/ablation.{md,png,json} (LAYOUT) over `runs` ({variant: {seed: Run}}), which
+  may be some of the ablation's `variants` (default: exactly those run); returns {'summary',
+  'spec', 'markdown', 'figure' (where ablation.png is once written)}.
+
+  out_dir: a folder: LAYOUT's files are claimed there (an OutputError naming one mdx did not
+  write, unless overwrite), staged and committed together, ablation.md last; or an entered
+  OutputFolder (the sweep's, with its results files) that its caller claimed and commits.
+  """
   spec = check_spec(spec, list(variants or runs), list(runs))
   summary = summarize(runs, spec, n_resamples)
   labels = dict((k, label) for label, k in spec["columns"])
   variants = list(runs)
-  figure = plots.ablation_png(
-    os.path.join(out_dir, "ablation.png"),
-    variants,
-    [
-      (labels[k], {v: summary[v]["columns"][k]["values"] for v in variants}) for k in spec["figure"]
-    ],
-    (
-      f"Δ macro AUROC vs {spec['baseline']} (95% CI)",
-      {
-        v: (s["vs_baseline"]["diff"], *s["vs_baseline"]["ci"])
-        for v, s in summary.items()
-        if s["vs_baseline"] is not None
-      },
+  with report.staged(out_dir, LAYOUT, "sweep", overwrite=overwrite) as folder:
+    plots.ablation_png(
+      folder.path("ablation.png"),
+      variants,
+      [
+        (labels[k], {v: summary[v]["columns"][k]["values"] for v in variants})
+        for k in spec["figure"]
+      ],
+      (
+        f"Δ macro AUROC vs {spec['baseline']} (95% CI)",
+        {
+          v: (s["vs_baseline"]["diff"], *s["vs_baseline"]["ci"])
+          for v, s in summary.items()
+          if s["vs_baseline"] is not None
+        },
+      )
+      if spec["paired"]
+      else None,
+      title=name,
     )
-    if spec["paired"]
-    else None,
-    title=name,
-  )
-  markdown = section(name, summary, spec, "ablation.png", command, wall)
-  with open(os.path.join(out_dir, "ablation.md"), "w") as f:
-    f.write(markdown + "\n")
-  json_spec = {**spec, "columns": [list(c) for c in spec["columns"]]}
-  with open(os.path.join(out_dir, "ablation.json"), "w") as f:
-    json.dump(
-      {"name": name, "command": command, "wall": wall, "spec": json_spec, "summary": summary},
-      f,
-      indent=1,
-      default=str,
-    )
+    markdown = section(name, summary, spec, "ablation.png", command, wall)
+    with open(folder.path("ablation.md"), "w", encoding="utf-8") as f:
+      f.write(markdown + "\n")
+    json_spec = {**spec, "columns": [list(c) for c in spec["columns"]]}
+    everything = {"name": name, "command": command, "wall": wall, "spec": json_spec}
+    with open(folder.path("ablation.json"), "w", encoding="utf-8") as f:
+      # undefined numbers as null (mdx.jsonio); anything else json cannot write as its text
+      json.dump(jsonio.jsonable({**everything, "summary": summary}), f, indent=1, default=str)
+  figure = os.path.join(folder.folder, "ablation.png")
   return {"summary": summary, "spec": spec, "markdown": markdown, "figure": figure}
 
 
@@ -425,8 +435,8 @@ def update_results_page(page: str, name: str, written: Mapping) -> str:
   previous one; the figure is copied beside the page (ablations/<name>.png)."""
   begin, end = f"<!-- ablation:{name} begin -->", f"<!-- ablation:{name} end -->"
   folder = os.path.join(os.path.dirname(os.path.abspath(page)), "ablations")
-  os.makedirs(folder, exist_ok=True)
-  shutil.copyfile(written["figure"], os.path.join(folder, f"{name}.png"))
+  with outputs.atomic_path(os.path.join(folder, f"{name}.png")) as tmp:  # whole or not at all
+    shutil.copyfile(written["figure"], tmp)
   markdown = written["markdown"].replace("](ablation.png)", f"](ablations/{name}.png)")
   block = f"{begin}\n{markdown}\n{end}"
   text = open(page).read() if os.path.exists(page) else "# Ablations\n"
@@ -434,6 +444,5 @@ def update_results_page(page: str, name: str, written: Mapping) -> str:
     text = text[: text.index(begin)] + block + text[text.index(end) + len(end) :]
   else:
     text = text.rstrip("\n") + "\n\n" + block + "\n"
-  with open(page, "w") as f:
-    f.write(text)
+  outputs.write_text(page, text)
   return page

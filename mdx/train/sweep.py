@@ -40,6 +40,10 @@ Resuming: a finished run leaves DIR/<run>/sweep_done.json (its resolved config a
 a sweep started again skips the runs it finished and resumes the interrupted one from its
 checkpoint. A mistake (an unknown field, a bad value) is a ValueError naming where it came from; on
 the command line one line `error: ...` and exit status 2 (mdx.cli).
+Results files: DIR's results.md, results.json and ablation.* are written together through an
+mdx.outputs.OutputFolder (staged, moved in when all are written, results.md last); a file of those
+names in DIR that mdx did not write is refused before the first run trains, unless overwrite
+(--overwrite).
 """
 
 from __future__ import annotations
@@ -55,9 +59,10 @@ import jax
 import ml_collections
 from absl import logging
 
-from mdx import cli, runtime
+from mdx import cli, jsonio, outputs, runtime
 
 DONE = "sweep_done.json"  # in a run's folder once it is trained, evaluated and summarised
+RESULTS = ("results.md", "results.json")  # in the sweep's folder, results.md moved in last
 
 
 def load_module(path: str):
@@ -129,7 +134,7 @@ def summarize(workdir: str, config, reach: float) -> dict:
 
 def _cell(entry: dict) -> str:
   value, ci = entry["value"], entry["ci"]
-  text = "n/a" if value is None else f"{value:.3f}"
+  text = "n/a" if value is None or value != value else f"{value:.3f}"  # None or nan
   if ci is not None:
     lo, hi = ci
     text += f" [{lo:.3f}, {hi:.3f}]" if lo is not None else " [n/a]"
@@ -147,11 +152,9 @@ def write_table(results: dict, path: str, reach: float) -> None:
   ]
   for name, r in results.items():
     cells = [_cell(r["headline"][c]) if c in r["headline"] else "" for c in columns]
-    lines.append(
-      f"| {name} | " + " | ".join(cells) + f" | {r['best']:.3f} | {r['steps_to_reach']} |"
-    )
-  with open(path, "w") as f:
-    f.write("\n".join(lines) + "\n")
+    best = _cell({"value": r["best"], "ci": None})  # null: no validation value was recorded
+    lines.append(f"| {name} | " + " | ".join(cells) + f" | {best} | {r['steps_to_reach']} |")
+  outputs.write_text(path, "\n".join(lines) + "\n")
 
 
 def seeds_of(module, given=None) -> list[int] | None:
@@ -315,10 +318,14 @@ def _check_init_from(run: Planned, ready: list[str], where: str) -> None:
   )
 
 
-def prepare(module, workdir: str, *, only=None, overrides=None, seeds=None) -> Plan:
+def prepare(
+  module, workdir: str, *, only=None, overrides=None, seeds=None, overwrite: bool = False
+) -> Plan:
   """Every run of the sweep, checked before anything trains: --only and the report spec, every
   run's resolved config, each model.init_from, finished runs against their configs (a ValueError
-  naming the run and the fix). Call inside image_split_switch(module)."""
+  naming the run and the fix), and that the results files would replace no file in workdir that
+  mdx did not write (an OutputError naming it, unless overwrite). Call inside
+  image_split_switch(module)."""
   overrides = dict(overrides or {})
   seeds = seeds_of(module, seeds)
   file = getattr(module, "__file__", module.__name__)
@@ -374,8 +381,21 @@ def prepare(module, workdir: str, *, only=None, overrides=None, seeds=None) -> P
         "(add it to --only to compare)",
         spec["baseline"],
       )
+  results_folder(workdir, report is not None, overwrite)  # refuses a user's results.md now
   name = os.path.splitext(os.path.basename(file))[0]
   return Plan(prerequisites, runs, name, variants, report)
+
+
+def results_folder(workdir: str, ablation: bool, overwrite: bool = False) -> outputs.OutputFolder:
+  """The sweep folder's results files (RESULTS, and the ablation report's when `ablation`) as a
+  claimed OutputFolder: an OutputError naming a file of theirs that mdx did not write, unless
+  overwrite."""
+  from mdx.evaluate import ablation as ablation_lib
+
+  folder = outputs.OutputFolder(workdir, "sweep", overwrite=overwrite, completes=RESULTS[:1])
+  files = RESULTS + (ablation_lib.LAYOUT.files if ablation else ())
+  folder.claim(files=files)
+  return folder
 
 
 def _config_json(config) -> dict:
@@ -399,7 +419,7 @@ def finished(run_dir: str, config) -> dict | None:
     return None
   with open(path) as f:
     done = json.load(f)
-  now = _config_json(config)
+  now = jsonio.jsonable(_config_json(config))  # as sweep_done.json holds it
   if done["config"] != now:
     raise ValueError(
       f"{run_dir} holds a finished run of another config ({_first_difference(done['config'], now)}"
@@ -433,18 +453,21 @@ def run_sweep(
   results_page: str | None = None,
   bootstrap: int = 1000,
   planned: Plan | None = None,
+  overwrite: bool = False,
 ) -> dict:
   """Trains the prerequisites an unfinished run needs, then trains and evaluates every run of an
   ablation module into workdir (skipping runs a previous invocation finished); writes
   results.{md,json} and, for classification, the ablation report; returns {run name: row}.
-  Everything is checked first (prepare; `planned` when the caller already did). Flag-free (tests
-  call it)."""
+  Everything is checked first (prepare; `planned` when the caller already did; overwrite: replace
+  results files in workdir that mdx did not write). Flag-free (tests call it)."""
   from mdx.train import run as runner
 
   start = time.perf_counter()
   results, walls, reused = {}, {}, 0
   with image_split_switch(module):
-    planned = planned or prepare(module, workdir, only=only, overrides=overrides, seeds=seeds)
+    planned = planned or prepare(
+      module, workdir, only=only, overrides=overrides, seeds=seeds, overwrite=overwrite
+    )
     for run in planned.prerequisites + planned.runs:
       run_dir = os.path.join(workdir, run.name)
       label = run.name if run.variant is not None else f"prerequisite {run.name}"
@@ -456,9 +479,8 @@ def run_sweep(
         if run.variant is not None:  # a prerequisite is no row of the results
           done.update(summarize(run_dir, run.resolved, reach))
         done["wall_s"] = time.perf_counter() - t0
-        if jax.process_index() == 0:  # written last: the run counts as finished only now
-          with open(os.path.join(run_dir, DONE), "w") as f:
-            json.dump(done, f, indent=1)
+        if jax.process_index() == 0:  # written last (whole): the run counts as finished only now
+          outputs.write_json(os.path.join(run_dir, DONE), jsonio.jsonable(done))
       else:
         reused += 1
         logging.info("sweep: %s finished before (%s); not run again", label, run_dir)
@@ -471,19 +493,27 @@ def run_sweep(
       if jax.process_index() == 0:
         print(f"sweep: {run.name}: {results[run.name]}", flush=True)
   if jax.process_index() == 0 and results:  # every process holds the same results; one writes
-    os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, "results.json"), "w") as f:
-      json.dump(results, f, indent=2)
-    write_table(results, os.path.join(workdir, "results.md"), reach)
-    if planned.report is not None:  # classification
-      wall = f"{_duration(sum(walls.values()))} for {len(walls)} runs"
-      if planned.prerequisites:
-        wall += f" (prerequisite {', '.join(r.name for r in planned.prerequisites)} included)"
-      wall += f" on {_where()}"
-      if reused:  # the runs' own times count; say that some came from an earlier invocation
-        this = _duration(time.perf_counter() - start)
-        wall += f" ({reused} of them trained by an earlier invocation; this one took {this})"
-      ablation_report(planned, workdir, command, wall, results_page, bootstrap)
+    # all results files staged and moved in together: a killed sweep leaves no results.md that
+    # disagrees with its ablation report
+    folder = results_folder(workdir, planned.report is not None, overwrite)
+    written = None
+    with folder:
+      outputs.write_json(folder.path("results.json"), jsonio.jsonable(results))
+      write_table(results, folder.path("results.md"), reach)
+      if planned.report is not None:  # classification
+        wall = f"{_duration(sum(walls.values()))} for {len(walls)} runs"
+        if planned.prerequisites:
+          wall += f" (prerequisite {', '.join(r.name for r in planned.prerequisites)} included)"
+        wall += f" on {_where()}"
+        if reused:  # the runs' own times count; say that some came from an earlier invocation
+          this = _duration(time.perf_counter() - start)
+          wall += f" ({reused} of them trained by an earlier invocation; this one took {this})"
+        written = ablation_report(planned, folder, command, wall, bootstrap)
+      folder.commit()
+    if written is not None and results_page:  # its figure is in place now
+      from mdx.evaluate import ablation
+
+      ablation.update_results_page(results_page, planned.name, written)
   runtime.barrier("sweep results written")
   return results
 
@@ -494,17 +524,18 @@ def _where() -> str:
   return f"{jax.device_count()} {device.platform} device(s){cores}"
 
 
-def ablation_report(planned: Plan, workdir, command, wall, results_page, bootstrap) -> dict:
-  """The ablation report (mdx.evaluate.ablation) over the sweep's variant runs, and the results
-  page's section when one is named."""
+def ablation_report(planned: Plan, folder: outputs.OutputFolder, command, wall, bootstrap) -> dict:
+  """The ablation report (mdx.evaluate.ablation) over the sweep's variant runs, staged in the
+  sweep's entered results folder (results_folder)."""
   from mdx.evaluate import ablation
 
   runs: dict = {}
   for run in planned.runs:
     seed = 0 if run.seed is None else run.seed
-    runs.setdefault(run.variant, {})[seed] = ablation.load_run(os.path.join(workdir, run.name))
-  written = ablation.write_report(
-    workdir,
+    run_dir = os.path.join(folder.folder, run.name)
+    runs.setdefault(run.variant, {})[seed] = ablation.load_run(run_dir)
+  return ablation.write_report(
+    folder,
     planned.name,
     runs,
     planned.report,
@@ -513,6 +544,3 @@ def ablation_report(planned: Plan, workdir, command, wall, results_page, bootstr
     n_resamples=bootstrap,
     variants=planned.variants,
   )
-  if results_page:
-    ablation.update_results_page(results_page, planned.name, written)
-  return written
