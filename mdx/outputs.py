@@ -184,6 +184,15 @@ def original_cell(text: str) -> str:
   return text
 
 
+def read_cell(text: str) -> str:
+  """The value safe_cell was given, from the cell it wrote: mdx reads its own CSVs back (a split's
+  lists name '=1+2.png' as "'=1+2.png"). Only what safe_cell writes is undone: an apostrophe
+  before a formula start that is not a number; any other text is kept as it is."""
+  if text.startswith("'") and text[1:].startswith(FORMULA_START) and safe_cell(text[1:]) == text:
+    return text[1:]
+  return text
+
+
 class _SafeWriter:
   def __init__(self, f, **kwargs):
     self._writer = csv.writer(f, **kwargs)
@@ -226,6 +235,21 @@ def owned_files(folder: str) -> set[str]:
   inputs listed from a folder skip them, so one run's outputs never become the next one's inputs."""
   folder = os.path.abspath(folder)
   return {os.path.join(folder, *rel.split("/")) for rel in read_manifest(folder)["files"]}
+
+
+def adopt(folder: str, files: Mapping[str, str], command: str) -> None:
+  """Records `files` ({relative path: sha256}) in the folder's manifest as written by `command`:
+  results an older mdx wrote before manifests existed, which the caller recognised as its own
+  (a bundle's bundle.json names its format), so a new run replaces them as mdx's. Files the
+  manifest already records keep their entries."""
+  folder = os.path.abspath(folder)
+  manifest = read_manifest(folder)
+  stamp = now()
+  for rel, sha in files.items():
+    manifest["files"].setdefault(_posix(rel), {"sha256": sha, "by": command, "written": stamp})
+  manifest["format"] = MANIFEST_FORMAT
+  manifest["files"] = dict(sorted(manifest["files"].items()))
+  write_json(os.path.join(folder, MANIFEST), manifest)
 
 
 class OutputFolder:

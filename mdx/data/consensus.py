@@ -23,14 +23,13 @@ A mistake in the files is an InputError (a ValueError) naming the file, the line
 
 from __future__ import annotations
 
-import csv
 import itertools
-import json
 import os
 from dataclasses import dataclass
 
 import numpy as np
 
+from mdx import outputs
 from mdx.data.image import file_source
 
 TIE_RULES = ("positive", "negative", "unknown", "reader:<k>")
@@ -171,7 +170,7 @@ def _read_one(path: str, id_column: str | None) -> tuple[str, list[str], dict[st
     raise InputError(f"reads file {path} {what}")
   try:
     columns, rows = file_source.read_csv(path, [id_column] if id_column else ())
-  except (OSError, ValueError, csv.Error) as e:  # unreadable, not UTF-8, no id_column
+  except (OSError, ValueError) as e:  # unreadable, not UTF-8, no id_column, a ragged row
     raise InputError(f"{path}: {e}" if path not in str(e) else str(e)) from None
   if not columns:
     raise InputError(f"{path} is empty: expected a header row (id column, then findings)")
@@ -186,10 +185,6 @@ def _read_one(path: str, id_column: str | None) -> tuple[str, list[str], dict[st
     # in each message points at the row regardless.
     line = i + 2
     image_id = (row.get(id_column) or "").strip()
-    if None in row:
-      raise InputError(f"{path} line {line}: more cells than the header has columns")
-    if any(row[c] is None for c in columns):
-      raise InputError(f"{path} line {line}: fewer cells than the header has columns")
     if not image_id:
       raise InputError(f"{path} line {line}: the id column {id_column!r} is blank")
     if image_id in reads:
@@ -332,9 +327,7 @@ def reference_standard(
   report = agreement(data, labels, tie)
   try:
     write_labels(os.path.join(out, "labels.csv"), data, labels)
-    with open(os.path.join(out, "agreement.json"), "w") as f:
-      json.dump(report, f, indent=2)
-      f.write("\n")
+    outputs.write_json(os.path.join(out, "agreement.json"), report)  # whole or not at all
   except OSError as e:
     raise InputError(f"cannot write into {out}: {e}") from None
   return report

@@ -17,39 +17,73 @@ from typing import Any
 import numpy as np
 from absl import logging
 
+from mdx import outputs
 from mdx.data.image import images as images_lib
 
 
 def read_csv(
   path: str | os.PathLike, required: Sequence[str] = ()
 ) -> tuple[list[str], list[dict[str, str]]]:
-  """(column names, rows as dicts) of a CSV or gzip-compressed CSV; checks required columns."""
+  """(column names, rows as dicts) of a CSV or gzip-compressed CSV table; checks required columns.
+
+  Every table mdx reads goes through here (metadata, expert labels, readers' files, split lists),
+  so every one refuses the same mistakes before any work: a row with fewer or more fields than the
+  header (csv.DictReader would fill None or keep the extra cells aside, and a short NIH row would
+  train with patient id None), text that is not UTF-8 and a malformed CSV are a ValueError naming
+  the file and line. Blank lines are skipped; cells that mdx neutralised when it wrote them
+  (mdx.outputs.safe_cell: "'=1+2.png") are read back as they were.
+  """
   path = os.fspath(path)
   if not os.path.exists(path):
     raise FileNotFoundError(f"metadata file {path} does not exist")
   opener = gzip.open if path.endswith(".gz") else open
   with opener(path, "rt", newline="", encoding="utf-8-sig") as f:
-    reader = csv.DictReader(f)
-    columns = list(reader.fieldnames or [])
-    missing = [c for c in required if c not in columns]
-    if missing:
-      raise ValueError(f"{path}: missing column(s) {missing}; found {columns}")
-    rows = list(reader)
+    reader = csv.reader(f)
+    try:
+      columns = [outputs.read_cell(c) for c in next(reader, [])]
+      missing = [c for c in required if c not in columns]
+      if missing:
+        raise ValueError(f"{path}: missing column(s) {missing}; found {columns}")
+      rows = []
+      for fields in reader:
+        if not fields:
+          continue
+        if len(fields) != len(columns):
+          raise ValueError(_ragged(path, reader.line_num, len(fields), len(columns)))
+        rows.append(dict(zip(columns, map(outputs.read_cell, fields))))
+    except csv.Error as e:  # a NUL byte, an unterminated quote at the end of the file
+      raise ValueError(
+        f"{path} line {reader.line_num}: not a readable CSV table ({e}); fix the file"
+      ) from None
+    except UnicodeDecodeError as e:
+      raise ValueError(f"{path}: not UTF-8 text ({e.reason}); save it as UTF-8 CSV") from None
+    except (gzip.BadGzipFile, EOFError) as e:  # a .gz that is not one, or cut short
+      raise ValueError(f"{path}: not a complete gzip file ({e}); download it again") from None
   return columns, rows
+
+
+def _ragged(path: str, line: int, fields: int, columns: int) -> str:
+  what = "fewer" if fields < columns else "more"
+  return (
+    f"{path} line {line}: {fields} field{'s' * (fields != 1)}, the header has {columns}; every "
+    f"row needs one value per column ({what} here: a missing or extra comma, or a value holding "
+    "a comma without quotes): fix the row or remove it"
+  )
 
 
 def write_csv(
   path: str | os.PathLike, columns: Sequence[str], rows: Sequence[dict[str, str]]
 ) -> None:
-  """Writes rows with the given columns (original order), creating the folder."""
+  """Writes rows with the given columns (original order), creating the folder: the whole file or
+  nothing (mdx.outputs.atomic_path), cells a spreadsheet would run as a formula neutralised
+  (mdx.outputs.csv_writer; read_csv reads them back as they were)."""
   path = os.fspath(path)
-  os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
   buf = io.StringIO()
-  writer = csv.DictWriter(buf, fieldnames=list(columns), lineterminator="\n")
-  writer.writeheader()
-  writer.writerows(rows)
+  writer = outputs.csv_writer(buf, lineterminator="\n")
+  writer.writerow(columns)
+  writer.writerows([row.get(c, "") for c in columns] for row in rows)
   opener = gzip.open if path.endswith(".gz") else open
-  with opener(path, "wt", encoding="utf-8") as f:
+  with outputs.atomic_path(path) as tmp, opener(tmp, "wt", encoding="utf-8", newline="") as f:
     f.write(buf.getvalue())
 
 
