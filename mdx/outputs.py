@@ -184,15 +184,6 @@ def original_cell(text: str) -> str:
   return text
 
 
-def read_cell(text: str) -> str:
-  """The value safe_cell was given, from the cell it wrote: mdx reads its own CSVs back (a split's
-  lists name '=1+2.png' as "'=1+2.png"). Only what safe_cell writes is undone: an apostrophe
-  before a formula start that is not a number; any other text is kept as it is."""
-  if text.startswith("'") and text[1:].startswith(FORMULA_START) and safe_cell(text[1:]) == text:
-    return text[1:]
-  return text
-
-
 class _SafeWriter:
   def __init__(self, f, **kwargs):
     self._writer = csv.writer(f, **kwargs)

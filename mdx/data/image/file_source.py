@@ -40,7 +40,7 @@ def read_csv(
   with opener(path, "rt", newline="", encoding="utf-8-sig") as f:
     reader = csv.reader(f)
     try:
-      columns = [outputs.read_cell(c) for c in next(reader, [])]
+      columns = [outputs.original_cell(c) for c in next(reader, [])]
       missing = [c for c in required if c not in columns]
       if missing:
         raise ValueError(f"{path}: missing column(s) {missing}; found {columns}")
@@ -50,7 +50,7 @@ def read_csv(
           continue
         if len(fields) != len(columns):
           raise ValueError(_ragged(path, reader.line_num, len(fields), len(columns)))
-        rows.append(dict(zip(columns, map(outputs.read_cell, fields))))
+        rows.append(dict(zip(columns, map(outputs.original_cell, fields))))
     except csv.Error as e:  # a NUL byte, an unterminated quote at the end of the file
       raise ValueError(
         f"{path} line {reader.line_num}: not a readable CSV table ({e}); fix the file"
