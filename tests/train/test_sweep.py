@@ -162,6 +162,39 @@ def test_a_sweep_killed_after_its_first_variant_resumes_without_retraining_it(
   assert calls == ["b/seed_0", "b/seed_1"]
 
 
+def test_a_users_results_file_is_refused_before_the_first_run_trains(tmp_path, monkeypatch):
+  from mdx import outputs
+  from mdx.train import run as runner
+
+  module = _ablation(tmp_path)
+  calls = []
+  monkeypatch.setattr(runner, "run", _fake_training(calls, kill_at=None))
+  work = tmp_path / "sweep"
+  work.mkdir()
+  (work / "ablation.md").write_text("my notes on this ablation")
+  with pytest.raises(outputs.OutputError, match=r"ablation.md, which mdx did not write"):
+    sweep.run_sweep(module, str(work), bootstrap=20)
+  assert calls == [] and os.listdir(work) == ["ablation.md"]
+  assert (work / "ablation.md").read_text() == "my notes on this ablation"
+
+  sweep.run_sweep(module, str(work), bootstrap=20, overwrite=True)
+  assert "my notes" not in (work / "ablation.md").read_text()
+  manifest = json.loads((work / outputs.MANIFEST).read_text())["files"]
+  assert set(manifest) == {
+    "results.md",
+    "results.json",
+    "ablation.md",
+    "ablation.png",
+    "ablation.json",
+  }
+  assert not [n for n in os.listdir(work) if n.startswith(outputs.STAGING)]
+  calls.clear()  # every run finished: the sweep rewrites its own results without a word
+  results = sweep.run_sweep(module, str(work), bootstrap=20)
+  assert calls == [] and json.loads((work / "results.json").read_text()) == json.loads(
+    json.dumps(results)
+  )
+
+
 def test_only_the_leakage_ablation_switches_the_image_split_on():
   from mdx.data import splits
 
