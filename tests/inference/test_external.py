@@ -379,6 +379,9 @@ def test_external_validation_against_independent_oracles(setup):
   for name in ("auroc_internal_external.png", "roc.png", "reliability.png"):
     assert (out / "figures" / name).exists()
   assert (out / "calibrated.csv").exists()
+  written = json.loads((out / ".mdx-outputs.json").read_text())["files"]  # all staged, committed
+  assert {"report.html", "metrics.json", "figures/auroc_internal_external.png"} <= set(written)
+  assert [n for n in os.listdir(out) if n.startswith(".mdx-partial")] == []
   metrics = json.loads((out / "metrics.json").read_text())
   assert metrics["external"]["comparison"]["Effusion"]["difference"]["value"] == pytest.approx(
     ext["comparison"]["Effusion"]["difference"]["value"]
@@ -427,6 +430,27 @@ def test_a_corrupt_external_file_stops_it_before_any_prediction_or_is_skipped(
   assert res["external"]["dataset"]["skipped"] == 1
   assert "phantom999_0.png" in (out / "skipped_records.csv").read_text()
   assert "1 files skipped" in (out / "report.md").read_text()
+
+
+def test_a_users_file_in_out_is_refused_before_the_bundle_loads_or_predicts(tmp_path, monkeypatch):
+  from mdx import outputs
+
+  out = tmp_path / "out"
+  out.mkdir()
+  (out / "metrics.json").write_text("my metrics")
+
+  def never(*args, **kwargs):
+    raise AssertionError("worked although the output is refused")
+
+  monkeypatch.setattr(bundle_lib, "load", never)
+  monkeypatch.setattr(X.prepare, "prepare_dataset", never)
+  monkeypatch.setattr(X, "predict_source", never)
+  with pytest.raises(outputs.OutputError, match="metrics.json, which mdx did not write") as info:
+    X.evaluate_external(str(tmp_path / "bundle"), None, str(out))
+  assert "\n" not in str(info.value) and "--overwrite" in str(info.value)
+  assert os.listdir(out) == ["metrics.json"] and (out / "metrics.json").read_text() == "my metrics"
+  with pytest.raises(AssertionError, match="worked"):  # --overwrite: on to the bundle
+    X.evaluate_external(str(tmp_path / "bundle"), None, str(out), overwrite=True)
 
 
 def _cli(*args):
