@@ -24,15 +24,18 @@ stored, not decoded from the original files again.
 
 Decoding runs in a thread pool (PIL and zlib release the GIL) behind a progress bar, and each result
 is cached under MDX_CHECK_CACHE (default ~/.cache/mdx/checks; empty turns the cache off) keyed by
-every file's path, size and modification time, so a second run on the same data decodes nothing and
-a replaced file is checked again. The cache lives with the user, not the run: the files belong to
-the dataset, and every new workdir of a sweep would otherwise decode everything again.
+every file's path and a fingerprint no rewrite keeps: size, modification time, status-change time
+(st_ctime changes on every write and no user can set it back, unlike the modification time that
+`touch -r` or a copy tool restores), inode, and a sha256 of its first and last 64 KiB. A second run
+on the same data decodes nothing; a file replaced or corrupted in place is checked again, so a bad
+file the cache once called good is found, and on_error='skip' then drops it. The cache lives with
+the user, not the run: the files belong to the dataset, and every new workdir of a sweep would
+otherwise decode everything again.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
-import csv
 import dataclasses
 import hashlib
 import json
@@ -44,11 +47,14 @@ import time
 import numpy as np
 from absl import logging
 
-CHECK_VERSION = 1  # bump when what a check finds changes: older cache entries are then ignored
+from mdx import outputs
+
+CHECK_VERSION = 2  # bump when what a check finds or the cache keys change: older files are ignored
 OK, UNREADABLE, NONFINITE, CONSTANT = "ok", "unreadable", "nonfinite", "constant"
 BAD = (UNREADABLE, NONFINITE)
 ON_ERROR = ("raise", "skip")
 SHOWN = 3  # bad records named in an error message (the rest are in the CSV)
+HASHED = 64 * 1024  # bytes of a file's start and of its end in its cache fingerprint
 
 
 @dataclasses.dataclass
@@ -180,7 +186,8 @@ def scan(
   n = len(source)
   files = [tuple(source.record_files(i)) for i in range(n)]
   cache = _Cache.open(cache_dir, _context(source), [f for fs in files for f in fs])
-  stats = [_stats(fs) for fs in files]
+  threads = threads or _default_threads()
+  stats = _all_stats(files, threads) if cache else [None] * n
   keys = [cache.key(fs, i) if cache else "" for i, fs in enumerate(files)]
   result = CheckResult(
     name,
@@ -198,7 +205,6 @@ def scan(
     else:
       result.status[i], result.reasons[i] = hit
   if todo:
-    threads = threads or _default_threads()
     bar = _progress(len(todo), f"checking {name}", progress)
     with concurrent.futures.ThreadPoolExecutor(threads) as pool:
       for i, (status, reason) in zip(todo, pool.map(lambda i: check_record(source, i), todo)):
@@ -279,12 +285,13 @@ def write_list(
     digest = hashlib.sha1("\0".join(result.paths).encode()).hexdigest()[:12]
     stem, ext = os.path.splitext(file_name)
     file_name = f"{stem}-{digest}{ext}"
-  os.makedirs(folder, exist_ok=True)
   path = os.path.join(folder, file_name)
-  with open(path, "w", newline="") as f:
-    writer = csv.DictWriter(f, fieldnames=["path", "record", "reason"], lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(result.rows(indices))
+  columns = ["path", "record", "reason"]
+  # whole or not at all, and a file named '=1+2.png' is no formula in a spreadsheet
+  with outputs.atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
+    writer = outputs.csv_writer(f, lineterminator="\n")
+    writer.writerow(columns)
+    writer.writerows([row[c] for c in columns] for row in result.rows(indices))
   return path
 
 
@@ -306,12 +313,34 @@ def _progress(total: int, desc: str, enabled: bool):
   return tqdm(total=total, unit="record", desc=desc, file=sys.stderr, disable=not enabled)
 
 
+def _all_stats(files: list[tuple[str, ...]], threads: int) -> list[tuple | None]:
+  """_stats of every record's files, read in parallel (a warm run reads every file's ends)."""
+  if len(files) < 64:
+    return [_stats(fs) for fs in files]
+  with concurrent.futures.ThreadPoolExecutor(threads) as pool:
+    return list(pool.map(_stats, files, chunksize=32))
+
+
 def _stats(files) -> tuple | None:
-  """((size, mtime_ns) per file), or None when one is missing (never cached)."""
+  """(fingerprint per file), or None when one is missing or unreadable (never cached)."""
   try:
-    return tuple((st.st_size, st.st_mtime_ns) for st in map(os.stat, files))
+    return tuple(file_fingerprint(f) for f in files)
   except OSError:
     return None
+
+
+def file_fingerprint(path: str) -> tuple[int, int, int, int, str]:
+  """(size, mtime_ns, ctime_ns, inode, sha256 of the first and last HASHED bytes) of a file: what a
+  rewrite cannot keep. The modification time can be set back (touch -r, cp -p, rsync -t); the
+  status-change time cannot, and moves on every write; the content hash catches a rewrite where
+  the file system keeps no usable ctime, except in the middle of a large file."""
+  with open(path, "rb") as f:
+    st = os.fstat(f.fileno())
+    h = hashlib.sha256(f.read(HASHED))
+    if st.st_size > HASHED:
+      f.seek(max(HASHED, st.st_size - HASHED))
+      h.update(f.read(HASHED))
+  return (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, h.hexdigest()[:32])
 
 
 def _prepared_path(source, index: int) -> str:
@@ -339,9 +368,9 @@ def _cache_folder(cache_dir: str | None) -> str:
 
 class _Cache:
   """Results of one record set: a JSON file holding a header line {'root', 'context'} and a line
-  {record key: [[size, mtime_ns] per file, status, reason]}. Keys are the record's files relative
-  to the common folder of all files (or 'record <i>' for prepared records, whose context holds the
-  files' fingerprint)."""
+  {record key: [[size, mtime_ns, ctime_ns, inode, sha256 of the ends] per file, status, reason]}.
+  Keys are the record's files relative to the common folder of all files (or 'record <i>' for
+  prepared records, whose context holds the files' fingerprint)."""
 
   def __init__(self, file: str, root: str, context: str):
     self.file, self.root, self.context = file, root, context

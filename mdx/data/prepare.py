@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 from absl import logging
 
+from mdx import outputs
 from mdx.data import check, sources, splits
 
 AUDIT_FILE = "split_audit.json"
@@ -89,8 +90,6 @@ def audit_splits(source, sets: dict[str, np.ndarray], workdir: str | None = None
   else:
     logging.info("Leakage audit of the splits:\n%s", text)
   summary = splits.audit_json(report)
-  if workdir:
-    os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, AUDIT_FILE), "w") as f:
-      json.dump(summary, f, indent=1)
+  if workdir:  # whole or not at all
+    outputs.write_text(os.path.join(workdir, AUDIT_FILE), json.dumps(summary, indent=1))
   return summary

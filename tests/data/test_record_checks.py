@@ -8,6 +8,7 @@ import logging
 import os
 import re
 
+import ml_collections
 import nibabel as nib
 import numpy as np
 import pytest
@@ -253,3 +254,91 @@ def test_check_command_says_what_a_run_of_the_experiment_would_do(tmp_path, chec
   write_png(str(root / "NORMAL" / "p0_0.png"), size=(16, 16), seed=3)
   text, status = check_cli.report(folder_config(root))
   assert status == 0 and "19 records checked" in text and "0 unusable, 0 constant" in text
+
+
+def rewrite_in_place_keeping_mtime(path, data):
+  """A file rewritten with the same size and its modification time set back (as cp -p, rsync -t or
+  touch -r would): the case a size-and-mtime cache called good."""
+  st = os.stat(path)
+  assert len(data) == st.st_size
+  with open(path, "r+b") as f:
+    f.write(data)
+  os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+  assert os.stat(path).st_mtime_ns == st.st_mtime_ns and os.stat(path).st_size == st.st_size
+
+
+def test_a_file_corrupted_in_place_with_its_mtime_kept_is_found_and_skip_then_drops_it(tmp_path):
+  """The issue's case: the cache reported 0 bad files for files corrupted in place with their
+  mtime kept, then the advice on_error='skip' failed the same way. Now the cache keys on what a
+  rewrite cannot keep; the file is found, and following the advice works."""
+  root = make_folders(tmp_path / "data")
+  source = sources.make_source(folder_config(root).data, 0)
+  _, first = check.check_source(source, "folders")
+  assert first.decoded == 20 and len(first.bad) == 0
+  bad = root / "NORMAL" / "p2_0.png"
+  rewrite_in_place_keeping_mtime(bad, b"\0" * os.path.getsize(bad))
+  # what a run meets when it reads the file: a message whose advice is on_error='skip'
+  index = [str(p) for p in source.paths()].index(str(bad))
+  with pytest.raises(ValueError, match=r"set config\.data\.on_error='skip'"):
+    source[index]
+  with pytest.raises(ValueError, match=r"1 of 20 records cannot be used.*p2_0\.png") as e:
+    check.check_source(source, "folders")
+  assert "set config.data.on_error='skip' to train without them" in str(e.value)
+  work = tmp_path / "work"
+  kept, result = check.check_source(source, "folders", on_error="skip", workdir=str(work))
+  assert result.decoded == 0  # the cache now holds the file's new verdict
+  assert len(kept) == 19 and str(bad) not in map(str, kept.paths())
+  assert [r["path"] for r in read_rows(work / "skipped_records.csv")] == [str(bad)]
+  for i in range(len(kept)):  # every record left decodes, as training will read it
+    assert kept[i]["image"].shape == (16, 16, 1)
+
+
+def test_the_fingerprint_holds_the_content_of_both_ends(tmp_path):
+  """Where a file system keeps no usable ctime, the sha256 of the first and last 64 KiB still
+  tells a rewrite of either end; oracle: hashlib over the same bytes."""
+  import hashlib
+
+  size = 3 * check.HASHED
+  path = tmp_path / "f.bin"
+  data = bytearray(np.random.default_rng(0).integers(0, 256, size, dtype=np.uint8).tobytes())
+  path.write_bytes(bytes(data))
+  want = hashlib.sha256(bytes(data[: check.HASHED] + data[-check.HASHED :])).hexdigest()[:32]
+  st = os.stat(path)
+  assert check.file_fingerprint(str(path)) == (
+    size,
+    st.st_mtime_ns,
+    st.st_ctime_ns,
+    st.st_ino,
+    want,
+  )
+  hashes = {want}
+  for offset in (0, size - 1):  # one byte at either end changes the hash
+    changed = bytearray(data)
+    changed[offset] ^= 0xFF
+    path.write_bytes(bytes(changed))
+    hashes.add(check.file_fingerprint(str(path))[4])
+  assert len(hashes) == 3
+
+
+def test_bad_records_csv_neutralises_a_formula_like_file_name(tmp_path):
+  """An NIH image named '=1+2.png' is listed as the text "'=1+2.png" (a spreadsheet would run
+  =1+2.png as a formula), and the file is whole: no temporary file beside it."""
+  from real_layouts import NIH_COLUMNS, write_csv
+
+  names = ["=1+2.png", "00000002_000.png", "00000003_000.png"]
+  for k, name in enumerate(names):
+    write_png(str(tmp_path / "images" / name), size=(32, 32), seed=k)
+  truncate(tmp_path / "images" / names[0])
+  rows = [(n, "Mass", 0, k, 50, "M", "PA") for k, n in enumerate(names)]
+  write_csv(str(tmp_path / "meta.csv"), NIH_COLUMNS, rows)
+  c = ml_collections.ConfigDict(
+    dict(source="nih", metadata=str(tmp_path / "meta.csv"), images=str(tmp_path / "images"))
+  )
+  source = sources.make_source(c, 0)
+  work = tmp_path / "work"
+  with pytest.raises(ValueError, match=r"1 of 3 records cannot be used"):
+    check.check_source(source, "nih", workdir=str(work))
+  lines = (work / "bad_records.csv").read_text().splitlines()
+  assert lines[0] == "path,record,reason"
+  assert lines[1].startswith(f"{tmp_path / 'images' / '=1+2.png'},'=1+2.png,")
+  assert os.listdir(work) == ["bad_records.csv"]

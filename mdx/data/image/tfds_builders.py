@@ -44,6 +44,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from absl import logging
 
+from mdx.data import check
 from mdx.data.image import file_source
 from mdx.data.image import images as images_lib
 
@@ -395,14 +396,13 @@ class PreparedSource:
     return self._image_ids[index]
 
   def fingerprint(self) -> str:
-    """The stored files' names, sizes and modification times (a rebuilt folder checks again)."""
+    """The stored files' names and check.file_fingerprint (a rebuilt folder, or a file rewritten
+    in place with its modification time kept, checks again)."""
     stats = []
     for folder, _, names in os.walk(self.path):
       for n in sorted(names):
-        st = os.stat(os.path.join(folder, n))
-        stats.append(
-          (os.path.relpath(os.path.join(folder, n), self.path), st.st_size, st.st_mtime_ns)
-        )
+        path = os.path.join(folder, n)
+        stats.append((os.path.relpath(path, self.path), *check.file_fingerprint(path)))
     return (
       f"{os.path.abspath(self.path)}:"
       + hashlib.sha1(json.dumps(sorted(stats)).encode()).hexdigest()
