@@ -84,6 +84,9 @@ class ToyFiles:
   def check_outputs(self, inputs, out):
     pass
 
+  def writes(self, inputs):
+    return [], []  # predictions.csv and errors.csv alone
+
   def read(self, path):
     from mdx.data.image import images
     from mdx.inference import classifier

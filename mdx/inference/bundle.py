@@ -23,6 +23,7 @@ bundle.json sections:
   results      {'validation': ..., 'test': ...} measured numbers with CIs (see
                mdx.evaluate.model_card for what the card reads)
   provenance   {'config', 'mdx_version', 'git_commit', 'created', 'step', 'data': {...}}
+  files        {relative path: sha256} of every other file of the bundle (written by write)
 
 What differs between tasks is a BundleKind, looked up by spec['task'] (kind()): the fields a spec
 must have, its builder, the model input the weights are checked against, the files predict reads and
@@ -30,6 +31,15 @@ its predictor, and the model card's sections. Each kind lives beside its predict
 (mdx.inference.classifier.KIND, mdx.inference.segmenter.KIND) and the training task that writes
 such bundles points at it, so this module, predict on files and the model card never test a task's
 name: a new task registers its kind in KINDS.
+
+Integrity (issue 24). `files` in bundle.json records the sha256 of every file the bundle holds
+(variables/ file by file, model_card.md, bootstrap.npz); load checks them, then every spec field
+its kind reads (BundleKind.check_spec: types, lengths, against the weights), before anything is
+predicted or written, so a bundle whose weights were swapped or whose spec was edited by hand is a
+one-line refusal, not predictions under another model's thresholds. write goes through
+mdx.outputs.OutputFolder: the files are staged in DIR and moved into place when complete, an older
+bundle's own files are replaced, a user's other files in DIR (an approval note) stay, and a file mdx
+did not write where the bundle goes is refused unless overwrite.
 """
 
 from __future__ import annotations
@@ -39,25 +49,42 @@ import datetime
 import hashlib
 import importlib
 import json
+import math
 import os
 import shutil
 import subprocess
-import tempfile
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, NoReturn
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from absl import logging
 
-from mdx import jsonio
+from mdx import jsonio, outputs
 from mdx.data import standardize as standardize_lib
 
-FORMAT = "mdx-bundle/1"
+# mdx-bundle/2 added `files`, the digests load checks. A bundle of mdx-bundle/1 has none, so
+# nothing could tell its weights from another model's of the same architecture: load refuses it
+# with "export it again" rather than trusting it unchecked (a run exports again from its
+# checkpoints in seconds, from_weights imports again; predicting under another model's thresholds
+# and card is what issue 24 found). No bundle of the older format ships with mdx or its tests.
+FORMAT = "mdx-bundle/2"
+OLDER_FORMATS = ("mdx-bundle/1",)
 SPEC = "bundle.json"
 VARIABLES = "variables"
 CARD = "model_card.md"
 BOOTSTRAP = "bootstrap.npz"
+FILES = "files"  # spec[FILES]: {relative path: sha256}
+# What write puts into DIR (claimed before any work: claim). bootstrap.npz is optional, so it is a
+# completion file too: the OutputFolder removes an older bundle's copy before moving the new files
+# in, and a bundle without one never keeps its predecessor's. bundle.json is moved last.
+COMPLETES = (SPEC, BOOTSTRAP)
+BUNDLE_FILES = (SPEC, CARD, BOOTSTRAP)
+BUNDLE_FOLDERS = (VARIABLES,)
+# What an older mdx (before OutputFolder) left beside a bundle when killed while writing it.
+OLD_TEMPORARY = ".bundle-"
+OLD_MOVED_ASIDE = ".bundle-old-"
 # spec['task'] -> 'module:attribute' of its BundleKind, imported when first asked for (each kind's
 # module imports this one).
 KINDS = {
@@ -92,6 +119,11 @@ class BundleKind:
   options: tuple[str, ...] = ()
   # (bundle, **options) -> None, or a ValueError naming an option value the bundle cannot take.
   check_options: Callable[..., None] | None = None
+  # (spec, where, variables or None) -> None, or a one-line ValueError (SpecFields.fail) naming the
+  # first field predict or the card would misread: types, lengths, and with variables the sizes
+  # the weights fix (outputs, input channels). Called by check_spec when a bundle is written and
+  # loaded, before anything is predicted.
+  check_spec: Callable[..., None] | None = None
 
   def accepts(self, path: str) -> bool:
     """A file predict reads with this kind: by suffix, else by its content (sniff)."""
@@ -177,51 +209,132 @@ def write(
   variables: dict[str, Any],
   card: str | None = None,
   bootstrap: dict[str, np.ndarray] | None = None,
+  *,
+  overwrite: bool = False,
 ) -> str:
-  """Writes a bundle atomically (a sibling temp folder renamed into place; an older bundle at
-  `directory` is replaced only once the new one is complete). Returns the absolute path.
+  """Writes a bundle into `directory` through an OutputFolder (claim): staged inside it and moved
+  into place when complete, an older bundle's own files replaced, a user's other files left alone.
+  Returns the absolute path. A file mdx did not write where the bundle goes is an OutputError
+  unless overwrite; the spec is checked first (check_spec, against `variables`).
 
   card: the model card's Markdown; None renders it from the final spec (provenance included)."""
-  directory = os.path.abspath(directory)
+  directory = os.path.abspath(os.path.expanduser(directory))
   spec = jsonio.jsonable({"format": FORMAT, **spec})  # NaN -> null, numpy -> Python
+  spec.pop(FILES, None)  # recomputed below from what is written
   spec.setdefault("provenance", {})
   spec["provenance"] = {
     **code_version(),
     "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     **spec["provenance"],
   }
-  check_spec(spec, directory)
-  if os.path.exists(directory) and not os.path.isfile(os.path.join(directory, SPEC)):
-    if not os.path.isdir(directory) or os.listdir(directory):
-      raise FileExistsError(
-        f"{directory} exists and is not a bundle; choose a new folder for the bundle (an older "
-        "bundle is replaced, anything else is left alone)"
-      )
+  tree = jax.tree.map(np.asarray, {k: v for k, v in variables.items() if v})
+  check_spec(spec, directory, tree)
   if card is None:
     card = render_card(spec)
-  parent = os.path.dirname(directory)
-  os.makedirs(parent, exist_ok=True)
-  tmp = tempfile.mkdtemp(prefix=".bundle-", dir=parent)
-  try:
-    tree = jax.tree.map(np.asarray, {k: v for k, v in variables.items() if v})
-    _checkpointer().save(os.path.join(tmp, VARIABLES), args=ocp.args.PyTreeSave(tree))
-    with open(os.path.join(tmp, SPEC), "w") as f:
-      json.dump(spec, f, indent=2)
-    with open(os.path.join(tmp, CARD), "w") as f:
-      f.write(card)
+  folder = claim(directory, overwrite)
+  with folder:
+    _checkpointer().save(folder.path(VARIABLES), args=ocp.args.PyTreeSave(tree))
+    outputs.write_text(folder.path(CARD), card)
     if bootstrap:
-      np.savez_compressed(os.path.join(tmp, BOOTSTRAP), **bootstrap)
-    old = None
-    if os.path.exists(directory):
-      old = tempfile.mkdtemp(prefix=".bundle-old-", dir=parent)
-      os.rename(directory, os.path.join(old, "b"))
-    os.rename(tmp, directory)
-    if old:
-      shutil.rmtree(old)
-  except BaseException:
-    shutil.rmtree(tmp, ignore_errors=True)
-    raise
+      np.savez_compressed(folder.path(BOOTSTRAP), **bootstrap)
+    spec[FILES] = {
+      rel: sha
+      for rel, sha in outputs.tree_digests(folder.staging).items()
+      if rel in _RECORDED_BESIDE or rel.startswith(VARIABLES + "/")
+    }
+    outputs.write_json(folder.path(SPEC), spec)
+    folder.commit()
   return directory
+
+
+_RECORDED_BESIDE = (CARD, BOOTSTRAP)  # the files besides variables/ that `files` records
+
+
+def claim(directory: str, overwrite: bool = False) -> outputs.OutputFolder:
+  """The OutputFolder a bundle is written through, claimed: an OutputError naming a file mdx did
+  not write (or one changed since, e.g. an edited model_card.md) where write would put the bundle,
+  unless overwrite. Export calls it before any work, write again when writing. A bundle an older
+  mdx wrote (before manifests) counts as mdx's (_adopt_older_bundle); what an older mdx killed
+  while writing left beside `directory` is cleaned up or reported (_older_leftovers)."""
+  folder = outputs.OutputFolder(directory, "export", overwrite=overwrite, completes=COMPLETES)
+  _older_leftovers(folder.folder)
+  _adopt_older_bundle(folder.folder)
+  folder.claim(files=BUNDLE_FILES, folders=BUNDLE_FOLDERS)
+  return folder
+
+
+def _older_leftovers(directory: str) -> list[str]:
+  """An older mdx wrote a bundle into a sibling temporary folder (.bundle-*) and renamed it into
+  place, moving the bundle it replaced aside (.bundle-old-*): a kill left them next to the bundle.
+  A temporary folder holding only bundle files never was final and is removed; a moved-aside
+  bundle may be the only copy of a bundle, so it is reported, never removed. Returns the
+  warnings."""
+  parent = os.path.dirname(directory)
+  said = []
+  try:
+    names = sorted(os.listdir(parent))
+  except OSError:
+    return said
+  for name in names:
+    path = os.path.join(parent, name)
+    if not name.startswith(OLD_TEMPORARY) or not os.path.isdir(path) or os.path.islink(path):
+      continue
+    if name.startswith(OLD_MOVED_ASIDE):
+      said.append(
+        f"{path} holds a bundle an older mdx moved aside while replacing it and was killed "
+        f"before removing it: if a bundle in {parent} is missing, move {path}/b back in its "
+        "place; otherwise delete it"
+      )
+      continue
+    if not set(os.listdir(path)) <= {SPEC, CARD, BOOTSTRAP, VARIABLES}:
+      said.append(
+        f"{path} looks like an older mdx's unfinished bundle but holds other files: "
+        "mdx leaves it; delete it if it is not yours"
+      )
+      continue
+    shutil.rmtree(path, ignore_errors=True)
+    said.append(
+      f"{path} was an unfinished bundle of an older mdx killed while writing it (never final); "
+      "it is removed"
+    )
+  for line in said:
+    logging.warning("%s", line)
+  return said
+
+
+def _adopt_older_bundle(directory: str) -> dict[str, str]:
+  """A bundle written before manifests existed (bundle.json of an older format, no manifest) is
+  mdx's: its bundle.json, variables/ and bootstrap.npz are recorded as such, so a new bundle
+  replaces them; its model_card.md too when it is still the card mdx rendered from that spec (a
+  card a user edited stays theirs, and is refused). Returns {rel: sha256} of what was recorded."""
+  spec_path = os.path.join(directory, SPEC)
+  if os.path.lexists(os.path.join(directory, outputs.MANIFEST)) or not os.path.isfile(spec_path):
+    return {}
+  try:
+    with open(spec_path, encoding="utf-8") as f:
+      spec = json.load(f)
+  except (OSError, ValueError):
+    return {}
+  if not isinstance(spec, dict) or spec.get("format") not in OLDER_FORMATS:
+    return {}
+  ours = {SPEC: outputs.digest(spec_path)}
+  variables = os.path.join(directory, VARIABLES)
+  if os.path.isdir(variables) and not os.path.islink(variables):
+    ours.update({f"{VARIABLES}/{rel}": sha for rel, sha in outputs.tree_digests(variables).items()})
+  if os.path.isfile(os.path.join(directory, BOOTSTRAP)):
+    ours[BOOTSTRAP] = outputs.digest(os.path.join(directory, BOOTSTRAP))
+  card = os.path.join(directory, CARD)
+  try:
+    with open(card, encoding="utf-8") as f:
+      if f.read() == render_card(spec):
+        ours[CARD] = outputs.digest(card)
+  except Exception:  # noqa: BLE001 - an unreadable card or a spec the renderer cannot read
+    pass  # stays the user's
+  outputs.adopt(directory, ours, "export (an older mdx)")
+  logging.info(
+    "%s is a bundle of an older mdx (%s): a new bundle replaces it", directory, spec["format"]
+  )
+  return ours
 
 
 def _checkpointer() -> ocp.Checkpointer:
@@ -235,10 +348,20 @@ def _checkpointer() -> ocp.Checkpointer:
   )
 
 
-def check_spec(spec: dict[str, Any], where: str) -> None:
-  """ValueError naming the first missing or wrong part of a bundle spec."""
+def check_spec(
+  spec: dict[str, Any], where: str, variables: Mapping[str, Any] | None = None
+) -> None:
+  """ValueError naming the first missing or wrong part of a bundle spec: its format, task and
+  required fields, then every field its kind reads (BundleKind.check_spec), and with `variables`
+  the sizes the weights fix. The digests (FILES) are load's (check_files)."""
   if not isinstance(spec, dict):
     raise ValueError(f"bundle {where}: {SPEC} holds a {type(spec).__name__}, not an object")
+  if spec.get("format") in OLDER_FORMATS:
+    raise ValueError(
+      f"bundle {where}: {SPEC} has format {spec['format']!r}, written by an older mdx without "
+      "the digests of its files that this mdx checks; export it again with this mdx "
+      "(--mode=export on its run, or from_weights for imported weights)"
+    )
   if spec.get("format") != FORMAT:
     raise ValueError(
       f"bundle {where}: {SPEC} has format {spec.get('format')!r}, expected {FORMAT!r}; "
@@ -267,10 +390,150 @@ def check_spec(spec: dict[str, Any], where: str) -> None:
       f"bundle {where}: {SPEC} 'input' standardize mode {mode!r} is unknown; choose one of "
       f"{standardize_lib.MODES}"
     )
+  check = kind(task).check_spec
+  if check is not None:
+    check(spec, where, variables)
+
+
+def is_int(value: Any) -> bool:
+  """A JSON whole number (bool is not one, 224.0 neither)."""
+  return isinstance(value, int | np.integer) and not isinstance(value, bool | np.bool_)
+
+
+def is_number(value: Any) -> bool:
+  """A finite JSON number (not bool, NaN or infinity)."""
+  return (
+    isinstance(value, int | float | np.integer | np.floating)
+    and not isinstance(value, bool | np.bool_)
+    and math.isfinite(float(value))
+  )
+
+
+def shown(value: Any) -> str:
+  text = repr(value)
+  return text if len(text) <= 60 else text[:57] + "..."
+
+
+class SpecFields:
+  """What a kind's check_spec reads a spec with: each check returns the value it accepts, or
+  raises the one line `bundle WHERE: bundle.json 'section' 'field' <what is wrong> (export it
+  again)` (fail)."""
+
+  def __init__(self, spec: Mapping[str, Any], where: str):
+    self.spec, self.where = spec, where
+
+  def fail(self, section: str, field: str, problem: str) -> NoReturn:
+    raise ValueError(
+      f"bundle {self.where}: {SPEC} '{section}' '{field}' {problem}; the bundle is damaged or "
+      "was edited (export it again)"
+    )
+
+  def get(self, section: str, field: str, default: Any = None) -> Any:
+    part = self.spec.get(section)
+    return part.get(field, default) if isinstance(part, Mapping) else default
+
+  def positive_int(self, section: str, field: str) -> int:
+    value = self.get(section, field)
+    if not is_int(value) or value <= 0:
+      self.fail(section, field, f"is {shown(value)}; expected a positive whole number")
+    return int(value)
+
+  def number(self, section: str, field: str, low: float, high: float) -> float:
+    """A finite number in [low, high)."""
+    value = self.get(section, field)
+    if not is_number(value) or not low <= float(value) < high:
+      self.fail(section, field, f"is {shown(value)}; expected a number in [{low}, {high})")
+    return float(value)
+
+  def choice(self, section: str, field: str, allowed: Sequence[Any]) -> Any:
+    value = self.get(section, field)
+    if value not in allowed:
+      self.fail(section, field, f"is {shown(value)}; expected one of {tuple(allowed)}")
+    return value
+
+  def names(self, section: str, field: str) -> list[str]:
+    """A list of unique non-empty strings."""
+    value = self.get(section, field)
+    if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
+      self.fail(section, field, f"is {shown(value)}; expected a list of non-empty names")
+    repeated = sorted({v for v in value if value.count(v) > 1})
+    if repeated:
+      self.fail(section, field, f"names {repeated} more than once; each name must be unique")
+    return list(value)
+
+  def ints(self, section: str, field: str, count: int, low: int, high: int) -> list[int]:
+    """A list of `count` whole numbers in [low, high]."""
+    value = self.get(section, field)
+    if not isinstance(value, list) or not all(is_int(v) and low <= v <= high for v in value):
+      self.fail(section, field, f"is {shown(value)}; expected whole numbers in {low}..{high}")
+    if len(value) != count:
+      self.fail(section, field, f"has {len(value)} values; expected {count}")
+    return [int(v) for v in value]
+
+
+def weight_shape(variables: Mapping[str, Any] | None, *path: str) -> tuple[int, ...] | None:
+  """The shape of variables['params'][path...], or None where the weights hold no such array (a
+  kind's check_spec reads a layer's size where it can)."""
+  node: Any = (variables or {}).get("params")
+  for key in path:
+    if not isinstance(node, Mapping) or key not in node:
+      return None
+    node = node[key]
+  return tuple(np.shape(node)) if hasattr(node, "shape") else None
+
+
+def _held(rel: str) -> bool:
+  """A path bundle.json's FILES may name: variables/..., the card, the bootstrap samples."""
+  parts = rel.split("/")
+  inside = all(p not in ("", ".", "..") for p in parts) and not rel.startswith("/")
+  return rel in _RECORDED_BESIDE or (inside and len(parts) > 1 and parts[0] == VARIABLES)
+
+
+def check_files(spec: Mapping[str, Any], directory: str) -> None:
+  """The bundle's files are those bundle.json records (FILES), byte for byte: a ValueError naming
+  the first one changed, missing or extra (in variables/, or a bootstrap.npz not recorded). A
+  user's own files beside them (an approval note) are not the bundle's and are not read."""
+  recorded = spec.get(FILES)
+  if not isinstance(recorded, dict) or not all(
+    isinstance(k, str) and _held(k) and isinstance(v, str) for k, v in recorded.items()
+  ):
+    raise ValueError(
+      f"bundle {directory}: {SPEC} '{FILES}' is not the {{file: sha256}} of its files that "
+      "export writes; the bundle is damaged or was edited (export it again)"
+    )
+  found = {
+    f"{VARIABLES}/{rel}": sha
+    for rel, sha in outputs.tree_digests(os.path.join(directory, VARIABLES)).items()
+  }
+  for rel in _RECORDED_BESIDE:
+    path = os.path.join(directory, rel)
+    if os.path.isfile(path):
+      found[rel] = outputs.digest(path)
+    elif rel not in recorded:
+      continue
+  wrong = []
+  for rel in sorted(set(recorded) | set(found)):
+    if rel not in found:
+      wrong.append((rel, f"is missing (recorded in {SPEC})"))
+    elif rel not in recorded:
+      if rel == CARD:
+        continue  # a card is not read when predicting; one not recorded is a user's
+      wrong.append((rel, f"is not one of the files {SPEC} records"))
+    elif found[rel] != recorded[rel]:
+      wrong.append((rel, f"differs from the sha256 {SPEC} records"))
+  if wrong:
+    rel, problem = wrong[0]
+    more = f" (and {len(wrong) - 1} more files)" if len(wrong) > 1 else ""
+    raise ValueError(
+      f"bundle {directory}: {rel} {problem}{more}: the bundle was changed after export, so its "
+      "spec, thresholds and card may not be these weights' (export it again)"
+    )
 
 
 def load(directory: str) -> Bundle:
-  """Reads and checks a bundle; a missing or damaged part is a one-line error naming it."""
+  """Reads and checks a bundle: its spec, the digests of its files (check_files), then the spec's
+  fields against the weights, all before anything is predicted. A missing, damaged or changed
+  part is a one-line error naming it."""
   directory = os.path.abspath(os.path.expanduser(directory))
   if not os.path.isdir(directory):
     raise FileNotFoundError(
@@ -294,7 +557,9 @@ def load(directory: str) -> Bundle:
       f"bundle {directory} has no {VARIABLES}/ folder (the weights); the bundle is incomplete "
       "(export it again)"
     )
+  check_files(spec, directory)
   variables = _restore_variables(variables_path, directory)
+  check_spec(spec, directory, variables)  # the sizes the weights fix
   bundle = Bundle(directory, spec, variables)
   _check_variables(bundle)
   return bundle

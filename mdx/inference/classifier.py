@@ -23,9 +23,10 @@ from mdx.data.image import images as images_lib
 from mdx.data.image import records
 from mdx.evaluate import calibration, model_card
 from mdx.evaluate import gradcam as gradcam_lib
+from mdx.inference import bundle as bundle_lib
 from mdx.inference import predict as predict_lib
 from mdx.inference import predict_files as files_lib
-from mdx.inference.bundle import Bundle, BundleKind
+from mdx.inference.bundle import Bundle, BundleKind, SpecFields, shown
 
 TASK = "classification"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm", ".dicom")
@@ -160,6 +161,82 @@ def _input_shape(spec: Mapping[str, Any]) -> tuple[int, ...]:
   return (1, size, size, spec["input"]["channels"])
 
 
+def check_spec(
+  spec: Mapping[str, Any], where: str, variables: Mapping[str, Any] | None = None
+) -> None:
+  """Every field a classifier's predict and card read, as bundle.check_spec asks its kind: the
+  findings (one unique name per model output), the input's size, channels and standardisation,
+  a threshold per finding, calibration maps predict can apply; with variables, the outputs of the
+  head and the channels of the stem (the registry's classifiers name them so)."""
+  fields = SpecFields(spec, where)
+  findings = fields.names("output", "findings")
+  num_classes = fields.positive_int("model", "num_classes")
+  if len(findings) != num_classes:
+    fields.fail(
+      "output", "findings", f"has {len(findings)} names but the model has {num_classes} outputs"
+    )
+  head = bundle_lib.weight_shape(variables, "head", "dense", "kernel")
+  if head is not None and head[-1] != len(findings):
+    fields.fail(
+      "output",
+      "findings",
+      f"has {len(findings)} names but the weights in {bundle_lib.VARIABLES}/ have {head[-1]} "
+      "outputs",
+    )
+  fields.positive_int("input", "image_size")
+  channels = fields.positive_int("input", "channels")
+  stem = bundle_lib.weight_shape(variables, "stem", "conv", "kernel")
+  if stem is not None and len(stem) == 4 and stem[2] != channels:
+    fields.fail(
+      "input",
+      "channels",
+      f"is {channels} but the weights in {bundle_lib.VARIABLES}/ take {stem[2]}-channel images",
+    )
+  standardize = fields.get("input", "standardize")
+  if not isinstance(standardize, dict):
+    fields.fail(
+      "input", "standardize", f"is {shown(standardize)}; expected {{'mode', 'mean', 'std'}}"
+    )
+  for key in ("mean", "std"):
+    value = standardize.get(key)
+    ok = value is None or bundle_lib.is_number(value)
+    if isinstance(value, list):
+      ok = len(value) == channels and all(bundle_lib.is_number(v) for v in value)
+    if not ok:
+      fields.fail(
+        "input",
+        "standardize",
+        f"{key} is {shown(value)}; expected null, a number or {channels} numbers",
+      )
+  if standardize.get("mode") == "dataset":
+    mean, std = standardize.get("mean"), standardize.get("std")
+    if mean is None or std is None or np.any(np.asarray(std, np.float64) <= 0):
+      fields.fail("input", "standardize", "mode 'dataset' needs a mean and a std > 0")
+  values = fields.get("thresholds", "values")
+  if not isinstance(values, dict) or set(values) != set(findings):
+    keys = sorted(values) if isinstance(values, dict) else values
+    fields.fail(
+      "thresholds", "values", f"is keyed by {shown(keys)}; expected the findings {findings}"
+    )
+  for finding, value in values.items():
+    if value is not None and not bundle_lib.is_number(value):
+      fields.fail(
+        "thresholds", "values", f"{finding!r} is {shown(value)}; expected null or a finite number"
+      )
+  maps = fields.get("calibration", "maps")
+  if not isinstance(maps, dict):
+    fields.fail("calibration", "maps", f"is {shown(maps)}; expected {{finding: map}}")
+  for finding, spec_map in maps.items():
+    if finding not in findings:
+      fields.fail("calibration", "maps", f"has {finding!r}, which is not one of {findings}")
+    try:  # what predict applies: a map that raises or gives NaN on [0, 1] is refused now
+      probe = calibration.map_from_spec(spec_map)(np.linspace(0.0, 1.0, 5))
+      if np.shape(probe) != (5,) or not np.all(np.isfinite(probe)):
+        raise ValueError("it maps [0, 1] to non-finite values")
+    except (AttributeError, KeyError, TypeError, ValueError) as e:
+      fields.fail("calibration", "maps", f"{finding!r} cannot be applied ({e})")
+
+
 def check_options(bundle: Bundle, gradcam: Sequence[str] = (), gradcam_layer: str | None = None):
   """predict's Grad-CAM findings must be the bundle's (the layer is checked with the model)."""
   del gradcam_layer
@@ -278,4 +355,5 @@ KIND = BundleKind(
   options=("gradcam", "gradcam_layer"),
   check_options=check_options,
   card=model_card.classification_card,
+  check_spec=check_spec,
 )

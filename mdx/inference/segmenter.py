@@ -18,9 +18,10 @@ from mdx import runtime
 from mdx.data import standardize as standardize_lib
 from mdx.data.volume import nifti
 from mdx.evaluate import model_card
+from mdx.inference import bundle as bundle_lib
 from mdx.inference import predict as predict_lib
 from mdx.inference import predict_files as files_lib
-from mdx.inference.bundle import Bundle, BundleKind
+from mdx.inference.bundle import Bundle, BundleKind, SpecFields, shown
 from mdx.inference.sliding_window import sliding_window_inference
 
 TASK = "segmentation"
@@ -152,6 +153,59 @@ def _input_shape(spec: Mapping[str, Any]) -> tuple[int, ...]:
   return (1, *spec["input"]["patch_size"], spec["input"]["channels"])
 
 
+LABEL_MODES = {"classes": "softmax", "regions": "sigmoid"}  # label_mode -> its activation
+REGIONS = 3  # regions_to_labels reads (WT, TC, ET)
+
+
+def check_spec(
+  spec: Mapping[str, Any], where: str, variables: Mapping[str, Any] | None = None
+) -> None:
+  """Every field a segmenter's predict and card read, as bundle.check_spec asks its kind: a class
+  name and a label value (0..255, written as uint8) per model output, the label mode and its
+  activation, the windows (three positive patch sizes, overlap in [0, 1), batch size); with
+  variables, the outputs of the head and the channels of the first convolution (unet3d's names)."""
+  fields = SpecFields(spec, where)
+  num_classes = fields.positive_int("model", "num_classes")
+  names = fields.names("output", "class_names")
+  if len(names) != num_classes:
+    fields.fail(
+      "output", "class_names", f"has {len(names)} names but the model has {num_classes} outputs"
+    )
+  mode = fields.choice("output", "label_mode", tuple(LABEL_MODES))
+  if fields.choice("output", "activation", tuple(LABEL_MODES.values())) != LABEL_MODES[mode]:
+    fields.fail("output", "activation", f"must be {LABEL_MODES[mode]!r} for label_mode {mode!r}")
+  if mode == "regions" and num_classes != REGIONS:
+    fields.fail(
+      "output", "class_names", f"has {num_classes} regions; label_mode 'regions' writes {REGIONS}"
+    )
+  fields.ints("output", "label_values", num_classes, 0, 255)
+  head = bundle_lib.weight_shape(variables, "head", "kernel")
+  if head is not None and head[-1] != num_classes:
+    fields.fail(
+      "output",
+      "class_names",
+      f"has {num_classes} names but the weights in {bundle_lib.VARIABLES}/ have {head[-1]} outputs",
+    )
+  channels = fields.positive_int("input", "channels")
+  first = bundle_lib.weight_shape(variables, "down0", "conv0", "kernel")
+  if first is not None and len(first) == 5 and first[3] != channels:
+    fields.fail(
+      "input",
+      "channels",
+      f"is {channels} but the weights in {bundle_lib.VARIABLES}/ take {first[3]}-channel scans",
+    )
+  patch = fields.get("input", "patch_size")
+  if (
+    not isinstance(patch, list)
+    or len(patch) != 3
+    or not all(bundle_lib.is_int(p) and p > 0 for p in patch)
+  ):
+    fields.fail("input", "patch_size", f"is {shown(patch)}; expected three positive whole numbers")
+  fields.number("input", "overlap", 0.0, 1.0)
+  if fields.get("input", "batch_size") is not None:
+    fields.positive_int("input", "batch_size")
+
+
 class ScanFiles:
   """predict on NIfTI scans (mdx.inference.predict_files.Predictor): the next scan is read while
   this one is segmented; a label map per scan with its affine, and a row of voxel counts."""
@@ -227,4 +281,5 @@ KIND = BundleKind(
   noun="NIfTI scan",
   predictor=ScanFiles,
   card=model_card.segmentation_card,
+  check_spec=check_spec,
 )
