@@ -9,7 +9,8 @@ Nothing here imports mdx.train: a task gathers predictions and hands them to run
   classification  the per-finding / macro / micro table with CIs (a JSON-ready dict)
   predictions     labels / probabilities CSVs matched by id
   plots, report   PNG figures (also a run's training curves and example images) and
-                  metrics.json + report.md + report.html
+                  metrics.json + report.md + report.html, written whole through an
+                  mdx.outputs.OutputFolder (report.layout: what each kind of report writes)
   gradcam         Grad-CAM for any Flax Linen classifier (the one place that reads a model), and
                   the report's Grad-CAM overlays and peak-in-lesion rates (gradcam.json)
   segmentation    per-class Dice, sensitivity, specificity, HD95; overlays, report.md
