@@ -137,24 +137,99 @@ def _config_load_error(e: OSError, argv: list[str]) -> str:
 def parse_flags(argv: list[str]) -> list[str]:
   """absl's parser, but a flag mistake (a missing required flag, a bad value, an override of a
   config field that does not exist, a --config file that is not there) is one `error:` line and
-  exit status 2."""
+  exit status 2. So is a mistake in the experiment file itself, named FILE:LINE: a syntax error,
+  an import that fails, an exception raised by its code (its get_config())."""
   debug = debugging(_debug_in(argv))
   try:
     rest = flags.FLAGS(argv)
     missing = _missing_config_files()
     if missing:
       raise FileNotFoundError(missing)
+    _raise_deferred_config_error()
+  except SyntaxError as e:  # the experiment file (or a file it imports) does not parse
+    sys.exit(_flag_mistake(e, _syntax_error(e), debug))
   except FileNotFoundError as e:
-    sys.exit(report(e, debug))
+    sys.exit(_flag_mistake(e, _experiment_error(e, argv) or one_line(e), debug))
   except flags.UnrecognizedFlagError as e:
     sys.exit(_flag_mistake(e, f"{one_line(e)}; --helpfull lists the flags", debug))
-  except (flags.Error, TypeError, ValueError) as e:
-    sys.exit(report(e, debug))
+  except (flags.Error, TypeError, ValueError) as e:  # config_flags wraps the file's own ValueError
+    sys.exit(_flag_mistake(e, _experiment_error(e, argv) or one_line(e), debug))
   except (AttributeError, KeyError) as e:  # config_flags: an override of a field the file lacks,
     sys.exit(_flag_mistake(e, _unknown_field(e, argv), debug))  # or the file reads one
   except OSError as e:  # an override applied to a config file that failed to load
-    sys.exit(_flag_mistake(e, _config_load_error(e, argv), debug))
+    sys.exit(_flag_mistake(e, _experiment_error(e, argv) or _config_load_error(e, argv), debug))
+  except Exception as e:  # raised by the experiment file's code or imports: the user's, one line
+    line = _experiment_error(e, argv, code_only=True)
+    if line is None:  # raised inside mdx or a library: a bug, with its traceback
+      raise
+    sys.exit(_flag_mistake(e, line, debug))
   return rest
+
+
+def _syntax_error(error: SyntaxError) -> str:
+  where = f"{error.filename}:{error.lineno}" if error.filename else "the experiment file"
+  return f"{where}: {error.msg} ({type(error).__name__}); fix the file"
+
+
+def _raise_deferred_config_error() -> None:
+  """config_flags keeps an OSError raised while loading an experiment file (an open() of a missing
+  file in get_config()) for the first use of the config, where it would be a traceback: raise it
+  now, while the flags are parsed."""
+  for name in list(flags.FLAGS):
+    try:
+      value = flags.FLAGS[name].value
+    except (flags.Error, AttributeError):
+      continue
+    if type(value).__name__ == "_ErrorConfig":  # ml_collections' stand-in for a failed load
+      raise vars(value)["_error"]
+
+
+def _experiment_error(error: BaseException, argv: list[str], code_only: bool = False) -> str | None:
+  """'FILE:LINE: message (Type)' when `error` (or an exception it was raised from) came from an
+  experiment file given on the command line, else None. code_only: only when that file's own
+  code raised it (its last frame outside Python's import machinery), or an import in it failed;
+  an exception raised deeper, inside mdx or a library it called, is a bug there."""
+  files = _experiment_files(argv)
+  for raised in _chain(error):
+    frames = _frames(raised)
+    mine = [(name, line) for name, line in frames if os.path.abspath(name) in files]
+    if not mine:
+      continue
+    own = [f for f in frames if not f[0].startswith("<frozen")]
+    if code_only and not isinstance(raised, ImportError) and own[-1] != mine[-1]:
+      return None
+    name, line = mine[-1]
+    fix = "fix the file"
+    if isinstance(raised, ModuleNotFoundError):
+      fix = "install the module or fix the import"
+    return f"{name}:{line}: {one_line(raised)} ({type(raised).__name__}); {fix}"
+  return None
+
+
+def _experiment_files(argv: list[str]) -> set[str]:
+  files = set()
+  for arg in argv:
+    flag = re.fullmatch(r"--\w+=(.+\.py)(:.*)?", arg)
+    if flag:
+      files.add(os.path.abspath(flag[1]))
+  return files
+
+
+def _chain(error: BaseException | None) -> list[BaseException]:
+  """error and the exceptions it was raised from or during, innermost (the original) first."""
+  chain: list[BaseException] = []
+  while error is not None and error not in chain:
+    chain.append(error)
+    error = error.__cause__ or error.__context__
+  return chain[::-1]
+
+
+def _frames(error: BaseException) -> list[tuple[str, int]]:
+  tb, out = error.__traceback__, []
+  while tb is not None:
+    out.append((tb.tb_frame.f_code.co_filename, tb.tb_lineno))
+    tb = tb.tb_next
+  return out
 
 
 def _flag_mistake(error: BaseException, line: str, debug: bool) -> int:

@@ -180,3 +180,75 @@ def test_front_door_lists_the_commands(capsys):
   assert commands.call("audit", ["--config=experiments/nope.py"]) == 2
   err = capsys.readouterr().err.splitlines()
   assert len(err) == 2 and all(e.startswith("error: --config=experiments/nope.py") for e in err)
+
+
+# ---------------------------------------------------------------- mistakes in the experiment file
+EXPERIMENT_MISTAKES = {
+  # name: (the experiment file, the line it must print after 'error: FILE:')
+  "syntax": (
+    "import ml_collections\n\n\ndef get_config(:\n  return ml_collections.ConfigDict()\n",
+    "4: invalid syntax (SyntaxError); fix the file",
+  ),
+  "indentation": (
+    "def get_config():\n\treturn 1\n  x = 2\n",
+    "3: unindent does not match any outer indentation level (IndentationError); fix the file",
+  ),
+  "missing_module": (
+    "import ml_collections\nimport mdx_no_such_module\n\n\ndef get_config():\n  return None\n",
+    "2: No module named 'mdx_no_such_module' (ModuleNotFoundError); install the module or fix "
+    "the import",
+  ),
+  "raised_in_get_config": (
+    "def get_config():\n  steps = 10\n  return steps / 0\n",
+    "3: division by zero (ZeroDivisionError); fix the file",
+  ),
+  "value_error_in_get_config": (  # config_flags re-raises it with a traceback in the message
+    "def get_config():\n  raise ValueError('image_size must be even')\n",
+    "2: image_size must be even (ValueError); fix the file",
+  ),
+  "missing_file_read_by_get_config": (  # config_flags defers an OSError to the config's first use
+    "def get_config():\n  return open('/nonexistent/mdx/base.json').read()\n",
+    "2: [Errno 2] No such file or directory: '/nonexistent/mdx/base.json' (FileNotFoundError); "
+    "fix the file",
+  ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(EXPERIMENT_MISTAKES))
+def test_a_mistake_in_the_experiment_file_is_one_line_with_its_file_and_line(
+  tmp_path, capsys, name
+):
+  from mdx import commands
+
+  text, line = EXPERIMENT_MISTAKES[name]
+  path = tmp_path / "x.py"
+  path.write_text(text)
+  assert commands.call("check", [f"--config={path}"]) == 2
+  err = capsys.readouterr().err
+  assert err == f"error: {path}:{line}\n"
+
+
+def test_an_experiment_file_mistake_shows_its_traceback_with_mdx_debug(
+  tmp_path, capsys, monkeypatch
+):
+  from mdx import commands
+
+  monkeypatch.setenv(cli.DEBUG_ENV, "1")
+  path = tmp_path / "x.py"
+  path.write_text("def get_config():\n  return 1 / 0\n")
+  assert commands.call("check", [f"--config={path}"]) == 2
+  err = capsys.readouterr().err
+  assert "Traceback (most recent call last)" in err and f'File "{path}", line 2' in err
+  assert (
+    err.splitlines()[-1] == f"error: {path}:2: division by zero (ZeroDivisionError); fix the file"
+  )
+
+
+def test_an_error_raised_inside_a_library_the_experiment_calls_keeps_its_traceback(tmp_path):
+  """Not the file's own code and not a user error type: a bug below it, shown whole."""
+  from mdx import commands
+
+  path = tmp_path / "x.py"
+  path.write_text("import fractions\n\n\ndef get_config():\n  return fractions.Fraction(1, 0)\n")
+  with pytest.raises(ZeroDivisionError):
+    commands.call("check", [f"--config={path}"])
