@@ -127,10 +127,10 @@ def _move_step_aside(directory: str, step: int, workdir: str) -> str:
 
   root = os.path.join(workdir, DAMAGED)
   os.makedirs(root, exist_ok=True)
-  target = os.path.join(root, f"{step}-{time.strftime('%Y%m%d-%H%M%S')}")
+  target = base = os.path.join(root, f"{step}-{time.strftime('%Y%m%d-%H%M%S')}")
   n = 1
   while os.path.lexists(target):  # the same step moved twice within a second: keep both
-    target, n = os.path.join(root, f"{step}-{time.strftime('%Y%m%d-%H%M%S')}-{n}"), n + 1
+    target, n = f"{base}-{n}", n + 1
   shutil.move(os.path.join(directory, str(step)), target)
   return target
 
@@ -145,20 +145,22 @@ class Damaged:
   moved_to: str | None = None  # where set_aside_damaged put it (known to process 0)
 
 
-def _json_problem(path: str) -> str | None:
-  """What is wrong with the JSON object file `path`, None when nothing is."""
+def _read_json_object(path: str) -> tuple[dict | None, str | None]:
+  """(the JSON object in file `path`, None), or (None, what is wrong with the file)."""
   if not os.path.lexists(path):
-    return "is missing"
+    return None, "is missing"
   if not os.path.isfile(path):
-    return "is not a file"
+    return None, "is not a file"
   try:
     if os.path.getsize(path) == 0:
-      return "is empty"
+      return None, "is empty"
     with open(path, "rb") as f:
       value = json.load(f)
-  except (OSError, ValueError) as e:  # ValueError: JSONDecodeError, UnicodeDecodeError
-    return f"is not valid JSON ({type(e).__name__}: {str(e).splitlines()[0][:200]})"
-  return None if isinstance(value, dict) else "does not hold a JSON object"
+  except OSError as e:  # unreadable, a dangling link
+    return None, f"cannot be read ({type(e).__name__}: {e.strerror})"
+  except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
+    return None, f"is not valid JSON ({type(e).__name__}: {str(e).splitlines()[0][:200]})"
+  return (value, None) if isinstance(value, dict) else (None, "does not hold a JSON object")
 
 
 def step_damage(step_dir: str) -> tuple[str, str] | None:
@@ -173,11 +175,10 @@ def step_damage(step_dir: str) -> tuple[str, str] | None:
   if not os.path.isdir(step_dir):
     return step_dir, "is a file, not a checkpoint folder"
   metadata_path = os.path.join(step_dir, STEP_METADATA)
-  problem = _json_problem(metadata_path)
+  metadata, problem = _read_json_object(metadata_path)
   if problem:
     return metadata_path, problem
-  with open(metadata_path, "rb") as f:
-    listed = json.load(f).get("item_handlers")
+  listed = metadata.get("item_handlers")
   items = {STATE} | (set(listed) if isinstance(listed, dict) else set())
   items |= {item for item in _ITEM_JSON if os.path.lexists(os.path.join(step_dir, item))}
   for item in sorted(items):
@@ -186,7 +187,7 @@ def step_damage(step_dir: str) -> tuple[str, str] | None:
       return item_dir, "is missing" if not os.path.lexists(item_dir) else "is not a folder"
     if item in _ITEM_JSON:
       path = os.path.join(item_dir, _ITEM_JSON[item])
-      problem = _json_problem(path)
+      _, problem = _read_json_object(path)
       if problem:
         return path, problem
   for root, _, files in os.walk(step_dir):
@@ -203,23 +204,28 @@ def step_damage(step_dir: str) -> tuple[str, str] | None:
   if os.path.isdir(array_metadatas):
     small_json += [os.path.join(array_metadatas, n) for n in sorted(os.listdir(array_metadatas))]
   for path in small_json:
-    problem = _json_problem(path) if os.path.lexists(path) else None  # neither is required
-    if problem:
-      return path, problem
+    if os.path.lexists(path):  # neither is required
+      _, problem = _read_json_object(path)
+      if problem:
+        return path, problem
   return None
+
+
+def step_entries(directory: str) -> list[int]:
+  """The steps of the entries of `directory` named as Orbax names a step (intact or not), sorted."""
+  if not os.path.isdir(directory):
+    return []
+  return sorted(int(name) for name in os.listdir(directory) if _STEP_NAME.fullmatch(name))
 
 
 def find_damaged(directory: str) -> list[Damaged]:
   """The damaged steps of the checkpoint folder `directory` (step_damage), oldest first."""
-  if not os.path.isdir(directory):
-    return []
   found = []
-  for name in os.listdir(directory):
-    if _STEP_NAME.fullmatch(name):
-      damage = step_damage(os.path.join(directory, name))
-      if damage:
-        found.append(Damaged(int(name), *damage))
-  return sorted(found, key=lambda d: d.step)
+  for step in step_entries(directory):
+    damage = step_damage(os.path.join(directory, str(step)))
+    if damage:
+      found.append(Damaged(step, *damage))
+  return found
 
 
 def set_aside_damaged(directory: str, workdir: str) -> list[Damaged]:

@@ -251,10 +251,21 @@ def _open_for_training(config, workdir: str):
   manager, damaged = _open_checkpoints(
     config, workdir, async_checkpoints(config.train.async_checkpoints)
   )
-  if manager.latest_step() is None and (damaged or checkpoint.damaged_kept(workdir)):
+  try:
+    refuse_start_over(workdir, damaged)
+  except CheckpointError:
     manager.close()
-    raise _no_intact_left(workdir, damaged, "to train this run afresh, use a new workdir")
+    raise
   return manager, damaged
+
+
+def refuse_start_over(workdir: str, damaged: list = ()) -> None:
+  """A CheckpointError when WORKDIR/checkpoints holds no step while checkpoints_damaged/ holds
+  some (`damaged`: those set aside just now): train never silently starts over a run whose
+  checkpoints were all damaged."""
+  no_step = not checkpoint.step_entries(os.path.join(workdir, "checkpoints"))
+  if no_step and (damaged or checkpoint.damaged_kept(workdir)):
+    raise _no_intact_left(workdir, damaged, "to train this run afresh, use a new workdir")
 
 
 def _state_and_position(manager, step: int, state):

@@ -178,7 +178,21 @@ def test_an_intact_workdir_and_orbax_temporary_folders_are_left_alone(work, capl
   checkpoint.save(manager, 8, state, checkpoint.data_position(8, BATCH), {"val_auroc": 0.1})
   manager.wait_until_finished()
   assert manager.all_steps() == [4, 6, 8]  # keep_last 3 (the best, 6, among them)
+  assert not os.path.exists(work / "checkpoints" / "8.orbax-checkpoint-tmp")  # Orbax replaced it
   manager.close()
+
+
+def test_a_step_damaged_twice_is_kept_twice(work, saved):
+  """Never deleted: a step set aside again (even in the same second) lands beside the first."""
+  for _ in range(2):
+    shutil.rmtree(work / "checkpoints" / "6", ignore_errors=True)
+    shutil.copytree(saved / "checkpoints" / "6", work / "checkpoints" / "6")
+    _empty_metrics(work / "checkpoints" / "6")
+    (damaged,) = checkpoint.set_aside_damaged(str(work / "checkpoints"), str(work))
+    assert damaged.step == 6 and os.path.isdir(damaged.moved_to)
+  moved = sorted(os.listdir(work / "checkpoints_damaged"))
+  assert len(moved) == 2 and all(name.startswith("6-") for name in moved)
+  assert checkpoint.step_entries(str(work / "checkpoints")) == [2, 4]
 
 
 @pytest.mark.parametrize(
@@ -215,6 +229,8 @@ def test_train_does_not_start_over_a_run_whose_checkpoints_are_all_damaged(work)
     assert ("3 damaged, just moved" in line) == (attempt == 1)
   assert len(os.listdir(work / "checkpoints_damaged")) == 3
   assert os.listdir(work / "checkpoints") == []
+  with pytest.raises(loop.CheckpointError, match="no intact checkpoint is left"):
+    loop.refuse_start_over(str(work))  # what train_config can ask before rewriting config.json
 
 
 def test_eval_and_export_fall_back_and_say_when_nothing_intact_is_left(work):
@@ -239,6 +255,7 @@ def test_a_new_workdir_still_starts_fresh(tmp_path):
   state, start = loop._resume(manager, _config(), str(tmp_path / "new"), _template(), damaged)
   assert (damaged, start) == ([], 0)
   manager.close()
+  loop.refuse_start_over(str(tmp_path / "new"))  # nothing to refuse
 
 
 def _mdx(*args):
@@ -275,7 +292,7 @@ def test_train_and_eval_go_on_from_the_step_before_an_emptied_metrics_file(tmp_p
   assert f"Checkpoint 4 of {work} is damaged ({metrics} is empty)" in proc.stderr
   assert "this run uses checkpoint 2 instead" in proc.stderr
   assert "Resumed from step 2" in proc.stderr
-  assert sorted(os.listdir(work / "checkpoints")) == ["2", "4", "6"]  # 4 trained again
+  assert {"4", "6"} <= set(os.listdir(work / "checkpoints"))  # 4 trained again, then 6
   (moved,) = os.listdir(work / "checkpoints_damaged")
   assert moved.startswith("4-")
   assert (work / "checkpoints_damaged" / moved / "metrics" / "metrics").read_text() == ""
