@@ -55,6 +55,13 @@ def define_flags() -> None:
   )
   flags.DEFINE_integer("step", None, "export: the checkpoint step (default: the best).")
   flags.DEFINE_bool(
+    "overwrite",
+    False,
+    "Replace files mdx did not write where this command writes (export: the bundle folder and its "
+    "-report; eval and train: WORKDIR/bundle and report; predict: --output). Without it such a "
+    "file is refused in one line before any work; a user's other files there are always kept.",
+  )
+  flags.DEFINE_bool(
     "jax_distributed",
     False,
     "Join a multi-host run found by jax (TPU VM, SLURM); ./launch.sh local needs no flag.",
@@ -91,7 +98,16 @@ def main(argv):
   from mdx.train import loop
 
   try:
-    out = run(config, FLAGS.workdir, mode, FLAGS.input, FLAGS.output, FLAGS.step, overrides)
+    out = run(
+      config,
+      FLAGS.workdir,
+      mode,
+      FLAGS.input,
+      FLAGS.output,
+      FLAGS.step,
+      overrides,
+      overwrite=FLAGS.overwrite,
+    )
   except loop.Preempted as e:  # a clean stop: the checkpoint is saved, a restart resumes
     print(f"mdx: {e}", flush=True)
     sys.exit(0)

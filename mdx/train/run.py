@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import ml_collections
 from absl import logging
 
+from mdx import outputs
 from mdx.train import workdir_lock
 
 if TYPE_CHECKING:
@@ -56,8 +57,11 @@ def prepare_workdir(workdir: str) -> str:
 
 
 def write_config(config, workdir: str) -> None:
-  with open(os.path.join(workdir, CONFIG), "w") as f:
-    f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+  """WORKDIR/config.json, atomically: a kill never leaves half a config that every later command
+  would refuse."""
+  outputs.write_text(
+    os.path.join(workdir, CONFIG), config.to_json_best_effort(indent=2, sort_keys=True) + "\n"
+  )
 
 
 # ------------------------------------------------------------------------ the run's own config
@@ -332,17 +336,19 @@ def _log_new_steps(before, after, latest: int) -> None:
   )
 
 
-def report(task, evaluator, workdir: str, history: list[dict], out_dir: str) -> tasks.Report:
+def report(
+  task, evaluator, workdir: str, history: list[dict], out_dir: str, overwrite: bool = False
+) -> tasks.Report:
   """The task's report into out_dir, written by process 0 alone: every process evaluates (the
   predictions are gathered across processes), the others write into a scratch folder they delete.
   Returns the task's mdx.train.tasks.Report (its folder out_dir on every process), which
-  write_bundle takes."""
+  write_bundle takes. overwrite: replace files in out_dir that mdx did not write."""
   import dataclasses
 
   import jax
 
   if jax.process_index() == 0:
-    return task.report(evaluator, workdir, history, out_dir=out_dir)
+    return task.report(evaluator, workdir, history, out_dir=out_dir, overwrite=overwrite)
   scratch = tempfile.mkdtemp(prefix="mdx-report-")
   try:
     reported = task.report(evaluator, workdir, history, out_dir=os.path.join(scratch, "report"))
@@ -352,10 +358,17 @@ def report(task, evaluator, workdir: str, history: list[dict], out_dir: str) -> 
 
 
 def write_bundle(
-  task, evaluator, reported: tasks.Report, workdir: str, step: int, config, directory: str
+  task,
+  evaluator,
+  reported: tasks.Report,
+  workdir: str,
+  step: int,
+  config,
+  directory: str,
+  overwrite: bool = False,
 ) -> str:
   """The state `reported` (what report returned) as a bundle (mdx.inference.bundle): everything
-  predict needs."""
+  predict needs. overwrite: replace files in `directory` that mdx did not write."""
   import jax
 
   from mdx import runtime
@@ -365,7 +378,7 @@ def write_bundle(
   variables = runtime.to_host(variables)  # every process joins the gather; process 0 writes
   spec["provenance"].update(step=int(step), workdir=workdir, config=config.to_dict())
   if jax.process_index() == 0:
-    bundle_lib.write(directory, spec, variables, bootstrap=samples)
+    bundle_lib.write(directory, spec, variables, bootstrap=samples, overwrite=overwrite)
     logging.info("Wrote the bundle %s (model card: %s)", directory, bundle_lib.CARD)
   return directory
 
@@ -378,6 +391,7 @@ def run(
   output_dir: str | None = None,
   step: int | None = None,
   overrides: dict[str, Any] | None = None,
+  overwrite: bool = False,
 ) -> str | None:
   """Runs one mode; returns the report directory (train, eval), the bundle (export) or the output
   folder (predict).
@@ -391,6 +405,12 @@ def run(
   (run_config: a typed override of anything else is refused; `overrides` as there). predict: the
   run's bundle on the files of input_dir, needing neither a config (None will do), the training
   data nor a checkpoint.
+
+  What a mode writes for the user (export's bundle and its report, train's and eval's WORKDIR/bundle
+  and report, predict's output) never replaces a file mdx did not write there unless overwrite
+  (mdx.outputs): the bundle and report folders are claimed before any checkpoint is restored or
+  anything evaluated (an export's default folder, which names the best step, once that step is
+  restored), so a refusal costs a second.
   """
   import jax
 
@@ -428,16 +448,44 @@ def run(
         f"{workdir} has no bundle/ folder; train the run first, or make one with "
         f"--mode=export --workdir={workdir}"
       )
-    return predict_files.predict(bundle_dir, input_dir, output_dir)["output"]
+    return predict_files.predict(bundle_dir, input_dir, output_dir, overwrite=overwrite)["output"]
   with workdir_lock.hold(workdir):  # one run per workdir (train, eval and export write into it)
-    return _run_with_workdir(config, workdir, mode, output_dir, step)
+    return _run_with_workdir(config, workdir, mode, output_dir, step, overwrite)
 
 
-def _run_with_workdir(config, workdir: str, mode: str, output_dir: str | None, step: int | None):
+def claim_outputs(config, bundle_dir: str, report_dir: str | None, overwrite: bool) -> None:
+  """Refuses now, in one line (mdx.outputs.OutputError), a bundle or report that would replace a
+  file mdx did not write: the same files and folders their writers claim again when writing
+  (mdx.inference.bundle.claim, mdx.evaluate.report.layout). Every process checks, so all stop
+  together."""
+  from mdx.evaluate import report as report_lib
+  from mdx.inference import bundle as bundle_lib
+
+  bundle_lib.claim(bundle_dir, overwrite)
+  if report_dir is None:
+    return
+  try:  # a run's report layouts are named by its task; a task without one claims in its report
+    layout = report_lib.layout(config.task, split=config.eval.split)
+  except ValueError:
+    return
+  layout.claim(report_dir, "report", overwrite=overwrite)
+
+
+def _run_with_workdir(
+  config, workdir: str, mode: str, output_dir: str | None, step: int | None, overwrite: bool
+):
   import jax
 
   from mdx.train import loop, tasks
 
+  # Where this run writes for the user, checked before any data, checkpoint or evaluation.
+  own_bundle, own_report = os.path.join(workdir, "bundle"), os.path.join(workdir, "report")
+  exported = None
+  if mode == "export" and (output_dir or step is not None):
+    exported = os.path.abspath(output_dir or os.path.join(workdir, f"bundle-step-{step}"))
+    claim_outputs(config, exported, exported + "-report", overwrite)
+  elif mode == "eval" or (mode == "train" and config.eval.after_train):
+    claim_outputs(config, own_bundle, own_report, overwrite)
   if jax.process_index() == 0 and mode == "train":
     write_config(config, workdir)
   counted = config.model.num_classes is None  # only the data tells (e.g. folders listed)
@@ -454,12 +502,13 @@ def _run_with_workdir(config, workdir: str, mode: str, output_dir: str | None, s
     _, evaluator, step = loop.restore_for_eval(config, workdir, task, step)
   history = loop.History(workdir, enabled=True).read()
   if mode == "export":
-    bundle_dir = os.path.abspath(output_dir or os.path.join(workdir, f"bundle-step-{step}"))
-    reported = report(task, evaluator, workdir, history, bundle_dir + "-report")
-    return write_bundle(task, evaluator, reported, workdir, step, config, bundle_dir)
-  reported = report(task, evaluator, workdir, history, os.path.join(workdir, "report"))
-  write_bundle(task, evaluator, reported, workdir, step, config, os.path.join(workdir, "bundle"))
+    bundle_dir = exported or os.path.join(workdir, f"bundle-step-{step}")
+    if exported is None:  # the best step's folder: known once restored, claimed before evaluating
+      claim_outputs(config, bundle_dir, bundle_dir + "-report", overwrite)
+    reported = report(task, evaluator, workdir, history, bundle_dir + "-report", overwrite)
+    return write_bundle(task, evaluator, reported, workdir, step, config, bundle_dir, overwrite)
+  reported = report(task, evaluator, workdir, history, own_report, overwrite)
+  write_bundle(task, evaluator, reported, workdir, step, config, own_bundle, overwrite)
   if jax.process_index() == 0:
-    with open(os.path.join(workdir, "evaluated_checkpoint.json"), "w") as f:
-      json.dump({"step": int(step)}, f)
+    outputs.write_json(os.path.join(workdir, "evaluated_checkpoint.json"), {"step": int(step)})
   return reported.folder

@@ -3,7 +3,8 @@
 Classifier: a tiny DenseNet trained on a folder dataset of PNGs; the bundle's raw scores on the test
 files equal the run's test_predictions.csv. Segmenter: a tiny U-Net on an MSD-layout folder; the
 bundle's sliding-window probabilities equal the task's own evaluation. Both are exported at another
-step too.
+step too. An export that would replace a file mdx did not write is refused before anything is
+restored or evaluated.
 """
 
 import csv
@@ -16,13 +17,12 @@ from fixture_files import write_msd
 from PIL import Image
 
 from mdx import config as config_lib
+from mdx import outputs
 from mdx.inference import bundle as bundle_lib
 from mdx.inference.classifier import ImageClassifier
 from mdx.inference.segmenter import VolumeSegmenter
 from mdx.train import loop, tasks
 from mdx.train import run as runner
-
-pytestmark = pytest.mark.slow  # each test trains a run
 
 
 def _folder_dataset(root, n=24, size=40):
@@ -66,8 +66,40 @@ def _read_csv(path):
     return list(csv.DictReader(f))
 
 
+def test_a_refused_export_fails_before_the_run_is_built_or_restored(tmp_path, monkeypatch):
+  """--output names a folder holding a user's model_card.md (or a report.md in its -report
+  sibling): the export stops on it before the task is built, so before any checkpoint is restored
+  or anything evaluated; nothing is written into either folder."""
+  data = str(tmp_path / "data")
+  _folder_dataset(data, n=4)
+  work = str(tmp_path / "work")
+  os.makedirs(work)
+  runner.write_config(config_lib.resolve(_classifier_config(data)), work)  # a run's config
+
+  def built(*args, **kwargs):
+    raise AssertionError("the export went on to build the run")
+
+  monkeypatch.setattr(tasks, "make_task", built)
+  out = tmp_path / "exported"
+  out.mkdir()
+  (out / "model_card.md").write_text("my card\n")
+  with pytest.raises(outputs.OutputError, match=r"exported/model_card.md, which mdx did not write"):
+    runner.run(None, work, "export", output_dir=str(out))
+  os.remove(out / "model_card.md")
+  report = tmp_path / "exported-report"
+  report.mkdir()
+  (report / "report.md").write_text("my notes\n")
+  with pytest.raises(outputs.OutputError, match=r"exported-report/report.md, which mdx did not"):
+    runner.run(None, work, "export", output_dir=str(out))
+  assert os.listdir(out) == [] and os.listdir(report) == ["report.md"]
+  # with overwrite the claim lets it through: it goes on to build the run
+  with pytest.raises(AssertionError, match="went on to build"):
+    runner.run(None, work, "export", output_dir=str(out), overwrite=True)
+
+
+@pytest.mark.slow  # trains a run
 @pytest.mark.filterwarnings("ignore::UserWarning")
-def test_classifier_bundle_equals_the_run_and_travels(tmp_path):
+def test_classifier_bundle_equals_the_run_and_travels(tmp_path, monkeypatch):
   data = str(tmp_path / "data")
   _folder_dataset(data)
   c = _classifier_config(data)
@@ -112,7 +144,30 @@ def test_classifier_bundle_equals_the_run_and_travels(tmp_path):
     assert abs(float(p["OPACITY raw"]) - score) < 1e-5
     assert abs(float(p["OPACITY"]) - classifier.calibrate(score[None, None])[0, 0]) < 1e-5
 
+  # export's default folder names the best step: a user's file there is refused once that step is
+  # restored, before anything is evaluated; with overwrite it is replaced and a user's note stays
+  os.rename(str(tmp_path / "moved"), data)  # export evaluates: the data is back
+  step = spec["provenance"]["step"]
+  default = os.path.join(work, f"bundle-step-{step}")
+  os.makedirs(default)
+  with open(os.path.join(default, "bundle.json"), "w") as f:
+    f.write("{}")
+  with open(os.path.join(default, "APPROVED.txt"), "w") as f:
+    f.write("ok\n")
 
+  def evaluated(*args, **kwargs):
+    raise AssertionError("the export evaluated before refusing")
+
+  with monkeypatch.context() as m:
+    m.setattr(runner, "report", evaluated)
+    with pytest.raises(outputs.OutputError, match=r"bundle.json, which mdx did not write"):
+      runner.run(None, work, "export")
+  assert runner.run(None, work, "export", overwrite=True) == default
+  assert bundle_lib.load(default).spec["provenance"]["step"] == step
+  assert open(os.path.join(default, "APPROVED.txt")).read() == "ok\n"
+
+
+@pytest.mark.slow  # trains a run
 def test_segmenter_bundle_equals_the_run_and_exports_any_step(tmp_path):
   write_msd(str(tmp_path / "data"), np.diag([1.0, 1.2, 0.8, 1.0]))
   c = config_lib.load_experiment("experiments/msd_hippocampus_unet3d.py").get_config()
