@@ -252,3 +252,29 @@ def test_an_error_raised_inside_a_library_the_experiment_calls_keeps_its_traceba
   path.write_text("import fractions\n\n\ndef get_config():\n  return fractions.Fraction(1, 0)\n")
   with pytest.raises(ZeroDivisionError):
     commands.call("check", [f"--config={path}"])
+
+
+@pytest.mark.parametrize(
+  "source, install",
+  [
+    ("torch", "pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu"),
+    ("safetensors", "pip install safetensors"),
+  ],
+)
+def test_import_weights_without_its_reader_installed_names_the_install_command(
+  tmp_path, capsys, monkeypatch, source, install
+):
+  """A default install has neither torch nor safetensors (simulated: None in sys.modules makes
+  `import torch` raise ModuleNotFoundError): one line naming the command that installs it, before
+  the weight file is read or the output folder made."""
+  from mdx import commands
+
+  monkeypatch.setitem(sys.modules, source, None)
+  weights = tmp_path / "w.bin"
+  weights.write_bytes(b"not read")
+  out = tmp_path / "out"
+  argv = ["--model=densenet_tiny", f"--source={source}", f"--input={weights}", f"--output={out}"]
+  assert commands.call("import_weights", argv) == 2
+  err = capsys.readouterr().err
+  assert err.count("\n") == 1 and err.startswith(f"error: --source={source} reads the file with ")
+  assert err.rstrip().endswith(f"install it with: {install}") and not out.exists()

@@ -6,7 +6,8 @@
 --source: keras_h5 | torch | safetensors (mdx.models.import_weights says what each reads; no pickle
 code runs). The output is an Orbax checkpoint with provenance.json, for config.model.init_from. A
 file of another format, or arrays that do not fit the model, is one line `error: ...` and exit
-status 2 (mdx.cli).
+status 2 (mdx.cli); so is a --source whose reader is not installed (mdx installs neither torch nor
+safetensors), before any work, naming the install command.
 """
 
 from __future__ import annotations

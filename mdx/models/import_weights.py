@@ -10,6 +10,8 @@ torch.load(weights_only=True): no pickle code runs; torchvision key names and to
 DenseNet names); safetensors. Every array in the file must land on a variable of the model with
 the same shape and every variable of the model (the head aside) must be filled, else a ValueError
 lists what does not fit. The head is imported when the file has one (its class count is kept).
+torch and safetensors are not installed with mdx (a default install has neither): a --source whose
+reader is missing is a ValueError naming the install command (require_reader), before any work.
 A file of another format than --source (a text file, a .pt given as keras_h5) is a ValueError
 naming the file and the format it looks like, before any reader parses it; on the command line
 (mdx.commands.import_weights), one line `error: ...` and exit status 2 (mdx.cli).
@@ -18,6 +20,7 @@ naming the file and the format it looks like, before any reader parses it; on th
 from __future__ import annotations
 
 import datetime
+import importlib
 import os
 import re
 from collections.abc import Callable
@@ -54,6 +57,33 @@ _FORMATS = {
   "torch": "a PyTorch file (torch.save: a zip archive, or a legacy pickle)",
   "safetensors": "a safetensors file",
 }
+
+
+# The package each reader imports, and the command that installs it. torch is pinned to the CPU
+# wheel the tests use (its default wheel on Linux brings CUDA, gigabytes mdx does not need).
+_PACKAGES = {
+  "keras_h5": ("h5py", "pip install h5py"),
+  "torch": (
+    "torch",
+    "pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu",
+  ),
+  "safetensors": ("safetensors", "pip install safetensors"),
+}
+
+
+def require_reader(source: str) -> None:
+  """A ValueError naming the install command when the package --source's reader needs is missing
+  (mdx's default install has no torch or safetensors). Raised before any work."""
+  module, install = _PACKAGES[source]
+  try:
+    importlib.import_module(module)
+  except ModuleNotFoundError as e:
+    if e.name != module:  # the package is there but broken (one of its own imports): its traceback
+      raise
+    raise ValueError(
+      f"--source={source} reads the file with {module}, which is not installed (mdx does not "
+      f"install it by default); install it with: {install}"
+    ) from None
 
 
 def sniff(path: str) -> str | None:
@@ -95,6 +125,7 @@ def _require_format(path: str, source: str) -> None:
 
 def read_keras_h5(path: str) -> dict[str, np.ndarray]:
   """Keras 2 / legacy .h5 -> {'layer_name/weight_name': array}, '/' in layer names made '_'."""
+  require_reader("keras_h5")
   import h5py
 
   _require_format(path, "keras_h5")
@@ -125,6 +156,7 @@ def read_torch(path: str) -> dict[str, np.ndarray]:
   """A state dict through torch.load(weights_only=True): tensors only, no pickle code runs."""
   import pickle
 
+  require_reader("torch")
   import torch
 
   _require_format(path, "torch")
@@ -151,6 +183,7 @@ def read_torch(path: str) -> dict[str, np.ndarray]:
 
 
 def read_safetensors(path: str) -> dict[str, np.ndarray]:
+  require_reader("safetensors")
   from safetensors import SafetensorError
   from safetensors.numpy import load_file
 
@@ -341,6 +374,7 @@ def import_weights(
   """Reads, maps, checks and (with output_dir) saves; returns {'params', 'batch_stats'}."""
   if source not in READERS:
     raise ValueError(f"--source={source!r} is unknown; choose one of {sorted(READERS)}")
+  require_reader(source)
   if not os.path.exists(input_path):
     raise FileNotFoundError(f"weight file {input_path} does not exist")
   flat, unmapped, ignored = convert(model_name, source, READERS[source](input_path))
