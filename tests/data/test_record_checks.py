@@ -342,3 +342,33 @@ def test_bad_records_csv_neutralises_a_formula_like_file_name(tmp_path):
   assert lines[0] == "path,record,reason"
   assert lines[1].startswith(f"{tmp_path / 'images' / '=1+2.png'},'=1+2.png,")
   assert os.listdir(work) == ["bad_records.csv"]
+
+
+def test_the_skip_advice_of_a_preparation_meeting_a_corrupt_file_works(tmp_path):
+  """With config.data.prepared_dir the images are decoded while the records are built: a corrupt
+  one stops it with the advice on_error='skip', and a run that follows it builds the records
+  without that image."""
+  from real_layouts import make_nih_dir
+
+  from mdx.data import prepare
+
+  data = make_nih_dir(tmp_path / "nih")
+  bad = data / "images_002" / "images" / "00000003_001.png"
+  rewrite_in_place_keeping_mtime(bad, b"\0" * os.path.getsize(bad))
+  c = ml_collections.ConfigDict(
+    dict(
+      source="nih",
+      metadata=str(data / "Data_Entry_2017.csv"),
+      images=str(data),
+      image_size=8,
+      prepared_dir=str(tmp_path / "records"),
+      split=dict(by="patient", test=0.34, val=0.34),
+    )
+  )
+  with pytest.raises(ValueError, match=r"00000003_001\.png.*set config\.data\.on_error='skip'"):
+    prepare.prepare_dataset(c, 0, sources.IMAGE)
+  c.on_error = "skip"
+  got = prepare.prepare_dataset(c, 0, sources.IMAGE)
+  assert sorted(got.source.image_ids()) == sorted(
+    f"0000000{p}_00{k}.png" for p, k in [(1, 0), (1, 1), (2, 0), (3, 0), (3, 2)]
+  )
