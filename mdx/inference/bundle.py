@@ -219,8 +219,11 @@ def write(
 
   card: the model card's Markdown; None renders it from the final spec (provenance included)."""
   directory = os.path.abspath(os.path.expanduser(directory))
-  spec = jsonio.jsonable({"format": FORMAT, **spec})  # NaN -> null, numpy -> Python
-  spec.pop(FILES, None)  # recomputed below from what is written
+  # NaN -> null, numpy -> Python; this format whatever a spec read from a bundle said, and the
+  # digests recomputed below from what is written
+  spec = jsonio.jsonable(
+    {"format": FORMAT, **{k: v for k, v in spec.items() if k not in ("format", FILES)}}
+  )
   spec.setdefault("provenance", {})
   spec["provenance"] = {
     **code_version(),

@@ -291,8 +291,8 @@ def test_a_bundle_of_an_older_mdx_is_replaced_as_mdxs_own(tmp_path):
   card = open(os.path.join(path, bundle_lib.CARD)).read()
   spec = json.load(open(os.path.join(path, bundle_lib.SPEC)))
   assert card == bundle_lib.render_card(spec)
-  bundle_lib.write(path, _spec(), _variables(1))
-  bundle_lib.load(path)
+  bundle_lib.write(path, spec, _variables(1))  # its own spec, written again in this format
+  assert bundle_lib.load(path).spec["format"] == bundle_lib.FORMAT
 
   edited = str(tmp_path / "edited")
   bundle_lib.write(edited, _spec(), _variables(0), "# a card someone wrote")
