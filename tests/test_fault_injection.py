@@ -106,20 +106,36 @@ def predict_args(bundle, images, out):
   return ["predict", f"--bundle={bundle}", f"--input={images}", f"--output={out}", "--batch_size=4"]
 
 
+def staged(folder):
+  return os.path.isdir(folder) and any(n.startswith(outputs.STAGING) for n in os.listdir(folder))
+
+
 def staging_appears(proc, folder, timeout=300):
   """Seconds until the run's staging folder appears in `folder` (its work has begun), polling."""
   began = time.monotonic()
   while time.monotonic() - began < timeout and proc.poll() is None:
-    if os.path.isdir(folder) and any(n.startswith(outputs.STAGING) for n in os.listdir(folder)):
+    if staged(folder):
       return time.monotonic() - began
     time.sleep(0.01)
   raise AssertionError(f"no staging folder appeared in {folder}")
 
 
-def kill_moments(proc, folder, work, rng):
-  """Waits for the staging folder, then a random part of the measured work time, and kills."""
+def staging_lasts(proc, folder):
+  """Seconds from the staging folder's appearance to its commit (its disappearance): the work a
+  kill should hit. Process start and teardown are left out; they vary most between machines."""
   staging_appears(proc, folder)
-  time.sleep(rng.uniform(0, work))
+  began = time.monotonic()
+  while staged(folder) and proc.poll() is None:
+    time.sleep(0.005)
+  lasted = time.monotonic() - began
+  finish(proc)
+  return lasted
+
+
+def kill_moments(proc, folder, work, rng):
+  """Waits for the staging folder, then a random moment of the measured work, and kills."""
+  staging_appears(proc, folder)
+  time.sleep(rng.uniform(0, 0.9 * work))  # the margin: a rerun may run a little faster
   proc.send_signal(signal.SIGKILL)
   finish(proc)
 
@@ -128,12 +144,7 @@ def killed_runs(args_for, start, old, new, completes, trials, rng, tmp_path):
   """Copies the user's folder `start`, runs args_for(out), kills it at a random moment of its work,
   checks the folder, reruns and checks the rerun's result. Returns how many kills left a staging
   folder (the work was under way)."""
-  timing = tmp_path / "timing"  # the work phase of an uninterrupted run: staging to exit
-  proc = mdx(args_for(timing))
-  staging_appears(proc, timing)
-  began = time.monotonic()
-  finish(proc)
-  work = time.monotonic() - began
+  work = staging_lasts(mdx(args_for(tmp_path / "timing")), tmp_path / "timing")
   under_way = 0
   for trial in range(trials):
     out = tmp_path / f"kill{trial}"

@@ -22,6 +22,7 @@ from bundle_fixtures import write_classifier_bundle, write_segmenter_bundle
 from PIL import Image
 
 from mdx import config as config_lib
+from mdx import outputs
 from mdx.inference import external, predict_files
 
 pytestmark = pytest.mark.slow  # several processes
@@ -171,7 +172,7 @@ def test_predict_on_images_two_processes_equal_one(files):
   assert errors == read_csv(tmp / "one" / "errors.csv")
   assert [e[0] for e in errors[1:]] == ["a_empty.png", "z_cut.png"]  # one from each share
   # the CSVs and each process's Grad-CAM overlays; nothing else (no scratch files left)
-  assert sorted(os.listdir(out)) == ["errors.csv", "gradcam", "predictions.csv"]
+  assert sorted(os.listdir(out)) == [outputs.MANIFEST, "errors.csv", "gradcam", "predictions.csv"]
   overlays = sorted(
     os.path.relpath(os.path.join(d, f), out / "gradcam")
     for d, _, names in os.walk(out / "gradcam")
