@@ -262,6 +262,9 @@ def train_config(
   path = os.path.join(workdir, CONFIG)
   saved = checkpoint_steps(workdir) if os.path.isfile(path) else []
   if not saved:
+    from mdx.train import loop
+
+    loop.refuse_start_over(workdir)  # before config.json is rewritten: its steps were set aside
     if config is None:
       raise ValueError(
         f"train on {workdir} needs a config: it holds no run to resume (no {CONFIG} with "

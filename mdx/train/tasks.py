@@ -74,10 +74,16 @@ class Task(Protocol):
     """Validation metrics, including config.train.best_metric."""
 
   def report(
-    self, evaluator, workdir: str, history: list[dict], out_dir: str | None = None
+    self,
+    evaluator,
+    workdir: str,
+    history: list[dict],
+    out_dir: str | None = None,
+    overwrite: bool = False,
   ) -> Report:
     """Evaluates config.eval.split (and validation) and writes the report into out_dir (default
-    WORKDIR/report); returns its folder and what the bundle needs of it."""
+    WORKDIR/report) through an OutputFolder (mdx.outputs): a file there mdx did not write is
+    refused unless overwrite; returns its folder and what the bundle needs of it."""
 
   def bundle_contents(self, evaluator, report: Report) -> tuple[dict, dict, dict]:
     """(bundle spec of bundle_kind, inference variables, bootstrap samples) of the state `report`

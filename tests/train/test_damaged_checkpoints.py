@@ -19,7 +19,7 @@ import optax
 import pytest
 
 from mdx import config as config_lib
-from mdx.train import checkpoint, loop
+from mdx.train import checkpoint, loop, run
 from mdx.train.state import create_state
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -230,7 +230,12 @@ def test_train_does_not_start_over_a_run_whose_checkpoints_are_all_damaged(work)
   assert len(os.listdir(work / "checkpoints_damaged")) == 3
   assert os.listdir(work / "checkpoints") == []
   with pytest.raises(loop.CheckpointError, match="no intact checkpoint is left"):
-    loop.refuse_start_over(str(work))  # what train_config can ask before rewriting config.json
+    loop.refuse_start_over(str(work))
+  # train_config asks it before it would rewrite the run's config.json with a new command's
+  (work / "config.json").write_text("{}")
+  with pytest.raises(loop.CheckpointError, match="no intact checkpoint is left"):
+    run.train_config(str(work), _config())
+  assert (work / "config.json").read_text() == "{}"
 
 
 def test_eval_and_export_fall_back_and_say_when_nothing_intact_is_left(work):
