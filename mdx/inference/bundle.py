@@ -538,6 +538,24 @@ def load(directory: str) -> Bundle:
   fields against the weights, all before anything is predicted. A missing, damaged or changed
   part is a one-line error naming it."""
   directory = os.path.abspath(os.path.expanduser(directory))
+  spec, variables_path = _checked_files(directory)
+  variables = _restore_variables(variables_path, directory)
+  check_spec(spec, directory, variables)  # the sizes the weights fix
+  bundle = Bundle(directory, spec, variables)
+  _check_variables(bundle)
+  return bundle
+
+
+def checked_variables(directory: str) -> str:
+  """The variables/ folder of the bundle `directory` once its spec is read and every file's
+  digest checked (check_files): for a caller that reads the weights alone (fine-tuning from a
+  bundle), so swapped or damaged weights are refused there too."""
+  return _checked_files(os.path.abspath(os.path.expanduser(directory)))[1]
+
+
+def _checked_files(directory: str) -> tuple[dict[str, Any], str]:
+  """(spec, variables folder) of the bundle `directory`, its spec's fields (check_spec) and its
+  files' digests (check_files) checked; a one-line error naming the first problem."""
   if not os.path.isdir(directory):
     raise FileNotFoundError(
       f"bundle {directory} does not exist or is not a folder; pass the bundle/ folder a "
@@ -561,11 +579,7 @@ def load(directory: str) -> Bundle:
       "(export it again)"
     )
   check_files(spec, directory)
-  variables = _restore_variables(variables_path, directory)
-  check_spec(spec, directory, variables)  # the sizes the weights fix
-  bundle = Bundle(directory, spec, variables)
-  _check_variables(bundle)
-  return bundle
+  return spec, variables_path
 
 
 def _restore_variables(path: str, where: str) -> dict[str, Any]:

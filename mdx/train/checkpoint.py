@@ -211,6 +211,12 @@ def step_damage(step_dir: str) -> tuple[str, str] | None:
   return None
 
 
+def saved_metrics(step_dir: str) -> dict | None:
+  """The metrics a step was saved with (its `metrics` item, the JSON Orbax's best_fn reads), or
+  None when the step has none or the file is damaged (step_damage says which)."""
+  return _read_json_object(os.path.join(step_dir, METRICS, _ITEM_JSON[METRICS]))[0]
+
+
 def step_entries(directory: str) -> list[int]:
   """The steps of the entries of `directory` named as Orbax names a step (intact or not), sorted."""
   if not os.path.isdir(directory):

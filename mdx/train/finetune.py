@@ -60,13 +60,10 @@ def resolve_checkpoint(path: str) -> str:
   if os.path.isdir(os.path.join(path, pretrained.CHECKPOINT)):
     return os.path.join(path, pretrained.CHECKPOINT)
   if os.path.isfile(os.path.join(path, bundle_lib.SPEC)):
-    variables = os.path.join(path, bundle_lib.VARIABLES)
-    if not os.path.isdir(variables):
-      raise FileNotFoundError(
-        f"{where} is a bundle without its {bundle_lib.VARIABLES}/ folder (the weights); "
-        "export the bundle again"
-      )
-    return variables
+    try:  # the digests bundle.json records: swapped or damaged weights are refused here too
+      return bundle_lib.checked_variables(path)
+    except (OSError, ValueError) as e:
+      raise type(e)(f"{where}: {e}") from e
   if os.path.isdir(os.path.join(path, "state")):
     return os.path.join(path, "state")
   workdir = path
@@ -113,33 +110,34 @@ def _best_metric(workdir: str) -> str | None:
 
 
 def _best_step(directory: str, steps: Sequence[int], metric: str | None = "val_auroc") -> int:
-  """Of a run's kept `steps` (in `directory`, its checkpoints/ folder), the one with the highest
-  saved `metric` (higher is better, as the run's own CheckpointManager keeps it), else the latest.
+  """Of a run's kept `steps` (in `directory`, its checkpoints/ folder), the intact one with the
+  highest saved `metric` (higher is better, as the run's own CheckpointManager keeps it), else the
+  latest intact one. A damaged step (checkpoint.step_damage) is passed over with a warning naming
+  its file: init_from only reads the run, so it is left where it is for train or eval to set
+  aside."""
+  from mdx.train import checkpoint
 
-  Orbax keeps a step's metrics in its own `metrics` item; a read-only manager with best_fn reads
-  them.
-  """
-  import orbax.checkpoint as ocp
-
-  latest = max(steps)
+  intact = []
+  for step in steps:
+    damage = checkpoint.step_damage(os.path.join(directory, str(step)))
+    if damage:
+      logging.warning("config.model.init_from: step %d passed over: %s %s", step, *damage)
+    else:
+      intact.append(step)
+  if not intact:
+    raise ValueError(
+      f"config.model.init_from: every checkpoint in {directory} is damaged (steps {list(steps)}); "
+      "give another run, or one step's folder you trust"
+    )
+  latest = max(intact)
   if not metric:
     return latest
-  found = []
-
-  def value(metrics):
-    v = metrics.get(metric) if isinstance(metrics, dict) else None
-    if not isinstance(v, (int, float)) or not np.isfinite(v):
-      return -np.inf
-    found.append(v)
-    return float(v)
-
-  options = ocp.CheckpointManagerOptions(best_fn=value, best_mode="max", read_only=True)
-  manager = ocp.CheckpointManager(os.path.abspath(directory), options=options)
-  try:
-    best = manager.best_step()
-  finally:
-    manager.close()
-  if not found or best not in steps:
+  found = {}
+  for step in intact:
+    v = (checkpoint.saved_metrics(os.path.join(directory, str(step))) or {}).get(metric)
+    if isinstance(v, (int, float)) and np.isfinite(v):
+      found[step] = float(v)
+  if not found:
     logging.warning(
       "No checkpoint in %s has a saved %s; fine-tuning from the latest, step %d",
       directory,
@@ -147,7 +145,7 @@ def _best_step(directory: str, steps: Sequence[int], metric: str | None = "val_a
       latest,
     )
     return latest
-  return best
+  return max(found, key=lambda step: (found[step], step))  # a tie: the later step
 
 
 def _checkpoint_shapes(path: str) -> dict[tuple[str, ...], tuple[int, ...]]:

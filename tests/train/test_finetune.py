@@ -262,7 +262,7 @@ def test_init_from_that_is_no_checkpoint_is_a_one_line_error(tmp_path, monkeypat
     "nowhere": (FileNotFoundError, "init_from='nowhere' .* is not a directory"),
     "empty": (FileNotFoundError, "init_from='empty' .* is not a pretrained checkpoint: expected"),
     "fresh_run": (FileNotFoundError, "'fresh_run' .* no complete checkpoint .*train it first"),
-    "b": (FileNotFoundError, "'b' .* is a bundle without its variables/"),
+    "b": (FileNotFoundError, "'b' .* has no variables/ folder"),
     "w": (ValueError, "has no 'params' at its top"),
   }
   params, stats = {"stem": {"w": np.zeros((3, 2))}}, {}
@@ -446,3 +446,26 @@ def test_finetune_from_imported_weights_a_workdir_and_a_bundle_by_relative_paths
   runner.run(_run_config("runs/a/bundle", "head"), "runs/c", "train")
   got = _checkpoint_variables("runs/c/checkpoints/2/state")
   _assert_frozen_same_trained_moved(got, bundled, {"head"}, "runs/a/bundle")
+
+
+def test_init_from_passes_over_a_damaged_step_and_refuses_a_changed_bundle(tmp_path, caplog):
+  """A run whose best step has an emptied metrics file (Orbax would stop on its JSON at start) gives
+  the best intact step instead, naming the file; a bundle whose weights no longer match the
+  digests bundle.json records is refused like load refuses it."""
+  run = str(tmp_path / "run")
+  _run_workdir(run, best_metric="val_ap")  # its best by val_ap: step 2
+  metrics = os.path.join(run, "checkpoints", "2", "metrics", "metrics")
+  open(metrics, "w").close()
+  with caplog.at_level("WARNING"):
+    got = finetune.resolve_checkpoint(run)
+  assert got == os.path.join(run, "checkpoints", "3", "state")  # val_ap 0.2 of step 3 > 0.1 of 1
+  assert f"{metrics} is empty" in caplog.text
+  bundle = str(tmp_path / "b")
+  _bundle(bundle, _tree(5))
+  finetune.resolve_checkpoint(bundle)  # intact
+  other = str(tmp_path / "other")
+  _bundle(other, _tree(6))
+  shutil.rmtree(os.path.join(bundle, "variables"))
+  shutil.copytree(os.path.join(other, "variables"), os.path.join(bundle, "variables"))
+  with pytest.raises(ValueError, match=r"config.model.init_from=.*variables/.* changed"):
+    finetune.resolve_checkpoint(bundle)
