@@ -117,6 +117,7 @@ def atomic_path(path: str) -> Iterator[str]:
     prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=os.path.dirname(path)
   )
   os.close(fd)
+  os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 would hide results from the user's group
   try:
     yield tmp
     _fsync(tmp)
@@ -129,6 +130,13 @@ def atomic_path(path: str) -> Iterator[str]:
   except BaseException:
     _remove(tmp)
     raise
+
+
+def _umask() -> int:
+  """The process's umask (read by setting it, so set back at once)."""
+  mask = os.umask(0o22)
+  os.umask(mask)
+  return mask
 
 
 def write_text(path: str, text: str) -> str:

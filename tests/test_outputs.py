@@ -113,6 +113,22 @@ def test_atomic_write_replaces_whole_files(tmp_path):
   assert json.loads(path.read_text()) == {"a": 1} and os.listdir(tmp_path) == ["config.json"]
 
 
+def test_written_files_get_the_modes_of_the_users_umask(tmp_path):
+  """Not the 0600 of the temporary file: a group that reads the user's results still can."""
+  mask = os.umask(0o027)
+  try:
+    outputs.write_text(str(tmp_path / "a.txt"), "x")
+    folder = outputs.OutputFolder(str(tmp_path / "out"), "test")
+    folder.claim(["b.txt"])
+    with open(folder.path("b.txt"), "w") as f:
+      f.write("y")
+    folder.commit()
+  finally:
+    os.umask(mask)
+  for path in (tmp_path / "a.txt", tmp_path / "out" / "b.txt", tmp_path / "out" / outputs.MANIFEST):
+    assert oct(os.stat(path).st_mode & 0o777) == oct(0o640), path
+
+
 @pytest.mark.parametrize(
   "cell, safe",
   [
