@@ -229,11 +229,26 @@ def read_manifest(folder: str) -> dict[str, Any]:
     return {"files": {}}
 
 
+def _recorded(manifest: Mapping[str, Any]) -> dict[str, set[str]]:
+  """{rel: sha256s} mdx answers for: the files the manifest lists, and those a commit that never
+  finished was moving in (its 'committing' record lists them before it moves any)."""
+  found: dict[str, set[str]] = {}
+  for rel, entry in manifest.get("files", {}).items():
+    if isinstance(entry, dict) and isinstance(entry.get("sha256"), str):
+      found.setdefault(rel, set()).add(entry["sha256"])
+  pending = manifest.get("committing")
+  incoming = pending.get("incoming") if isinstance(pending, dict) else None
+  for rel, sha in (incoming if isinstance(incoming, dict) else {}).items():
+    if isinstance(sha, str):
+      found.setdefault(rel, set()).add(sha)
+  return found
+
+
 def owned_files(folder: str) -> set[str]:
   """Absolute paths of the files the folder's manifest says mdx wrote (whatever their content):
   inputs listed from a folder skip them, so one run's outputs never become the next one's inputs."""
   folder = os.path.abspath(folder)
-  return {os.path.join(folder, *rel.split("/")) for rel in read_manifest(folder)["files"]}
+  return {os.path.join(folder, *rel.split("/")) for rel in _recorded(read_manifest(folder))}
 
 
 def adopt(folder: str, files: Mapping[str, str], command: str) -> None:
@@ -249,6 +264,19 @@ def adopt(folder: str, files: Mapping[str, str], command: str) -> None:
   manifest["format"] = MANIFEST_FORMAT
   manifest["files"] = dict(sorted(manifest["files"].items()))
   write_json(os.path.join(folder, MANIFEST), manifest)
+
+
+def _staged_in(staging: str) -> list[tuple[str, str]]:
+  """(rel, path) of the files staged in the staging folder `staging`, sorted."""
+  out = []
+  for dirpath, dirnames, filenames in os.walk(staging):
+    dirnames.sort()
+    for name in sorted(filenames):
+      full = os.path.join(dirpath, name)
+      rel = _posix(os.path.relpath(full, staging))
+      if rel != ".started":
+        out.append((rel, full))
+  return out
 
 
 class OutputFolder:
@@ -291,7 +319,7 @@ class OutputFolder:
     self.folders = tuple(_posix(f).strip("/") for f in folders)
     if self.overwrite or not os.path.isdir(self.folder):
       return
-    manifest = read_manifest(self.folder)["files"]
+    manifest = _recorded(read_manifest(self.folder))
     foreign = []
     for rel in files:
       target = os.path.join(self.folder, *_posix(rel).split("/"))
@@ -327,11 +355,11 @@ class OutputFolder:
       )
 
   @staticmethod
-  def _foreign(manifest: Mapping[str, Any], rel: str, target: str) -> str | None:
-    entry = manifest.get(rel)
-    if not isinstance(entry, dict) or "sha256" not in entry:
+  def _foreign(recorded: Mapping[str, set[str]], rel: str, target: str) -> str | None:
+    """Why the file `target` (rel) is not mdx's to replace; None when it is (_recorded)."""
+    if rel not in recorded:
       return f"mdx did not write (it is not in {MANIFEST})"
-    if os.path.islink(target) or digest(target) != entry["sha256"]:
+    if os.path.islink(target) or digest(target) not in recorded[rel]:
       return "was changed since mdx wrote it"
     return None
 
@@ -418,21 +446,28 @@ class OutputFolder:
     return moved
 
   def begin_commit(self) -> None:
-    """Process 0, before any process moves files: marks the commit in the manifest and removes
-    the old completion files mdx wrote (and its old files in claimed folders), so a kill from here
-    on leaves nothing looking complete."""
+    """Process 0, before any process moves files: records the commit in the manifest first (the
+    sha256 of every process's staged file, so a commit cut short leaves files mdx still answers
+    for, and the one write that can meet a full disk comes before anything is touched), then
+    removes the old completion files mdx wrote (and its old files in claimed folders), so a kill
+    from here on leaves nothing looking complete."""
     manifest = read_manifest(self.folder)
+    incoming = {}
+    for name in sorted(os.listdir(self.folder)):
+      if name.startswith(f"{STAGING}-p"):
+        incoming.update(
+          {rel: digest(full) for rel, full in _staged_in(os.path.join(self.folder, name))}
+        )
     manifest["committing"] = {
       "command": self.command,
       "started": now(),
       "completes": list(self.completes),
+      "incoming": incoming,
     }
-    for rel in list(manifest["files"]):
-      replaced = rel in self.completes or any(rel.startswith(f + "/") for f in self.folders)
-      if replaced:  # only what mdx wrote: a user's file in a claimed folder stays
-        _remove(os.path.join(self.folder, *rel.split("/")))
-        del manifest["files"][rel]
     self._write_manifest(manifest)
+    for rel in list(manifest["files"]):
+      if rel in self.completes or any(rel.startswith(f + "/") for f in self.folders):
+        _remove(os.path.join(self.folder, *rel.split("/")))  # only what mdx wrote: a user's stays
 
   def move_staged(self, include_completes: bool = False) -> dict[str, str]:
     """Renames this process's staged files into the folder (completion files too only when asked;
@@ -456,6 +491,11 @@ class OutputFolder:
     stamp = now()
     for rel, sha in done.items():
       manifest["files"][rel] = {"sha256": sha, "by": self.command, "written": stamp}
+    manifest["files"] = {  # what begin_commit removed and nothing replaced
+      rel: entry
+      for rel, entry in manifest["files"].items()
+      if os.path.lexists(os.path.join(self.folder, *rel.split("/")))
+    }
     self._write_manifest(manifest)
     _remove(self.staging)
 
@@ -464,15 +504,7 @@ class OutputFolder:
     _remove(self.staging)
 
   def _staged(self) -> list[tuple[str, str]]:
-    out = []
-    for dirpath, dirnames, filenames in os.walk(self.staging):
-      dirnames.sort()
-      for name in sorted(filenames):
-        full = os.path.join(dirpath, name)
-        rel = _posix(os.path.relpath(full, self.staging))
-        if rel != ".started":
-          out.append((rel, full))
-    return out
+    return _staged_in(self.staging)
 
   def _move(self, rel: str, staged: str) -> str:
     target = os.path.join(self.folder, *rel.split("/"))

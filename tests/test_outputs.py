@@ -83,6 +83,28 @@ def test_a_kill_while_moving_leaves_nothing_that_looks_complete(tmp_path):
   assert not (tmp_path / "predictions.csv").exists()
   said = outputs.OutputFolder(str(tmp_path), "predict").report_interrupted()
   assert any("while moving its files" in s for s in said)
+  # the moved m.nii is still mdx's (the commit recorded it before moving): the next run claims it
+  assert outputs.owned_files(str(tmp_path)) >= {str(tmp_path / "m.nii")}
+  outputs.OutputFolder(str(tmp_path), "predict").claim(["m.nii", "predictions.csv"])
+
+
+def test_a_disk_full_at_the_commit_leaves_the_old_result(tmp_path, monkeypatch):
+  """The manifest is the one file a commit writes: it is written before anything is removed."""
+  _write(outputs.OutputFolder(str(tmp_path), "predict"), {"predictions.csv": "old", "e.csv": "o"})
+  folder = outputs.OutputFolder(str(tmp_path), "predict", completes=["predictions.csv"])
+
+  def full(*args, **kwargs):
+    raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / outputs.MANIFEST))
+
+  with pytest.raises(outputs.OutputError, match="no space left writing"), folder:
+    for rel in ("predictions.csv", "e.csv"):
+      with open(folder.path(rel), "w") as f:
+        f.write("new")
+    monkeypatch.setattr(outputs, "write_json", full)
+    folder.commit()
+  assert (tmp_path / "predictions.csv").read_text() == "old"
+  assert (tmp_path / "e.csv").read_text() == "o"
+  assert not os.path.exists(folder.staging)
 
 
 def test_a_full_disk_is_one_line_and_leaves_nothing(tmp_path, monkeypatch):
