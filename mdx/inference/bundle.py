@@ -454,6 +454,14 @@ class SpecFields:
       self.fail(section, field, f"is {shown(value)}; expected one of {tuple(allowed)}")
     return value
 
+  def matches_weights(
+    self, section: str, field: str, value: int, fixed: int | None, says: str, weights: str
+  ) -> None:
+    """`value` (what section.field says) equals `fixed`, the size the weights fix (None: not
+    known), or fail with '<says % value> but the weights in variables/ <weights % fixed>'."""
+    if fixed is not None and fixed != value:
+      self.fail(section, field, f"{says % value} but the weights in {VARIABLES}/ {weights % fixed}")
+
   def names(self, section: str, field: str) -> list[str]:
     """A list of unique non-empty strings."""
     value = self.get(section, field)

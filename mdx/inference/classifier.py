@@ -176,22 +176,15 @@ def check_spec(
       "output", "findings", f"has {len(findings)} names but the model has {num_classes} outputs"
     )
   head = bundle_lib.weight_shape(variables, "head", "dense", "kernel")
-  if head is not None and head[-1] != len(findings):
-    fields.fail(
-      "output",
-      "findings",
-      f"has {len(findings)} names but the weights in {bundle_lib.VARIABLES}/ have {head[-1]} "
-      "outputs",
-    )
+  outputs = head[-1] if head is not None else None
+  fields.matches_weights(
+    "output", "findings", num_classes, outputs, "has %d names", "have %d outputs"
+  )
   fields.positive_int("input", "image_size")
   channels = fields.positive_int("input", "channels")
   stem = bundle_lib.weight_shape(variables, "stem", "conv", "kernel")
-  if stem is not None and len(stem) == 4 and stem[2] != channels:
-    fields.fail(
-      "input",
-      "channels",
-      f"is {channels} but the weights in {bundle_lib.VARIABLES}/ take {stem[2]}-channel images",
-    )
+  takes = stem[2] if stem is not None and len(stem) == 4 else None
+  fields.matches_weights("input", "channels", channels, takes, "is %d", "take %d-channel images")
   standardize = fields.get("input", "standardize")
   if not isinstance(standardize, dict):
     fields.fail(

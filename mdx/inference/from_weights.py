@@ -40,6 +40,7 @@ from typing import Any
 
 import numpy as np
 
+from mdx import outputs
 from mdx.data import standardize as standardize_lib
 from mdx.inference import bundle as bundle_lib
 
@@ -169,7 +170,7 @@ def bundle_from_weights(
   channels: the input channels (default: the first convolution's, from the file);
   standardize: a mode of mdx.data.standardize or a preset of STANDARDIZE_PRESETS (module
   docstring); model_kwargs: fields of the registry model (as for import_weights)."""
-  from mdx.models import import_weights, pretrained, registry
+  from mdx.models import import_weights, registry
 
   names = parse_findings(findings)
   if int(image_size) <= 0:
@@ -210,7 +211,7 @@ def bundle_from_weights(
   provenance = {  # bundle.write adds mdx's version, commit and the time
     "imported_from": {
       "file": os.path.abspath(input_path),
-      "sha256": pretrained.sha256(input_path),
+      "sha256": outputs.digest(input_path),
       "format": source,
       "model": model_name,
     },

@@ -180,20 +180,14 @@ def check_spec(
     )
   fields.ints("output", "label_values", num_classes, 0, 255)
   head = bundle_lib.weight_shape(variables, "head", "kernel")
-  if head is not None and head[-1] != num_classes:
-    fields.fail(
-      "output",
-      "class_names",
-      f"has {num_classes} names but the weights in {bundle_lib.VARIABLES}/ have {head[-1]} outputs",
-    )
+  outputs = head[-1] if head is not None else None
+  fields.matches_weights(
+    "output", "class_names", num_classes, outputs, "has %d names", "have %d outputs"
+  )
   channels = fields.positive_int("input", "channels")
   first = bundle_lib.weight_shape(variables, "down0", "conv0", "kernel")
-  if first is not None and len(first) == 5 and first[3] != channels:
-    fields.fail(
-      "input",
-      "channels",
-      f"is {channels} but the weights in {bundle_lib.VARIABLES}/ take {first[3]}-channel scans",
-    )
+  takes = first[3] if first is not None and len(first) == 5 else None
+  fields.matches_weights("input", "channels", channels, takes, "is %d", "take %d-channel scans")
   patch = fields.get("input", "patch_size")
   if (
     not isinstance(patch, list)

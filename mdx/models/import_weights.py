@@ -31,6 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
+from mdx import outputs
 from mdx.models import pretrained, registry
 
 Path = tuple[str, ...]  # ('params' | 'batch_stats', module, ..., leaf)
@@ -398,7 +399,7 @@ def import_weights(
         model_kwargs=model_kwargs,
         source=source,
         input=os.path.abspath(input_path),
-        input_sha256=pretrained.sha256(input_path),
+        input_sha256=outputs.digest(input_path),
         head_num_classes=None if head is None else int(num_classes),
         in_channels=int(in_channels),
         ignored_keys=ignored,

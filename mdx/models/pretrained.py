@@ -11,7 +11,6 @@ relative paths (--config.model.init_from=weights/dn121).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from collections.abc import Mapping
@@ -23,14 +22,6 @@ import orbax.checkpoint as ocp
 
 CHECKPOINT = "checkpoint"
 PROVENANCE = "provenance.json"
-
-
-def sha256(path: str) -> str:
-  h = hashlib.sha256()
-  with open(path, "rb") as f:
-    for chunk in iter(lambda: f.read(1 << 20), b""):
-      h.update(chunk)
-  return h.hexdigest()
 
 
 def save(directory: str, variables: dict[str, Any], provenance: dict[str, Any]) -> str:
