@@ -63,7 +63,7 @@ TO_CANONICAL: dict[str, str | None] = {
   # The challenge's target is pneumothorax itself (air in the pleural space), NIH's definition.
   "Pneumothorax": "Pneumothorax",
 }
-LABELLED = ("Pneumothorax",)
+DEFAULT_FINDINGS = ("Pneumothorax",)
 
 FACTS = {
   "modality": (
@@ -157,7 +157,7 @@ def mask(source, index: int, shape: tuple[int, int] = SIZE) -> np.ndarray:
 def output_names(data_config) -> tuple[str, ...]:
   """The canonical findings config.data asks for (default: Pneumothorax, the one SIIM labels),
   told without reading a file; a name outside the label space is a ValueError listing it."""
-  names = tuple(file_source.config_get(data_config, "findings", ()) or LABELLED)
+  names = tuple(file_source.config_get(data_config, "findings", ()) or DEFAULT_FINDINGS)
   bad = [n for n in names if n not in CANONICAL]
   if bad:
     raise ValueError(
@@ -341,7 +341,7 @@ def make_source(data_config, seed: int = 0) -> file_source.FileSource:
       age = age[good]
 
   labels = np.full((len(idx), len(findings)), np.nan, np.float32)
-  unlabelled = [f for f in findings if f not in LABELLED]
+  unlabelled = [f for f in findings if f not in DEFAULT_FINDINGS]
   if unlabelled:
     logging.info("SIIM labels none of %s: their columns are unknown (nan)", unlabelled)
   if "Pneumothorax" in findings:
