@@ -64,8 +64,8 @@ CANONICAL: tuple[str, ...] = (
 
 # The publisher's two classes, the last digit of each file name (_1 / _0).
 TO_CANONICAL: dict[str, str | None] = {
-  # 'abnormal, with manifestations of tuberculosis': the readings name active and healed
-  # (secondary, fibrous) pulmonary TB and TB pleuritis, all of which are 'Tuberculosis' here.
+  # 'abnormal, with manifestations of tuberculosis': the readings name pulmonary TB of several
+  # forms (PTB, secondary STB, ...) and TB pleuritis, all of which are 'Tuberculosis' here.
   "tuberculosis": "Tuberculosis",
   # 'normal': the readers found the film normal ('normal' in every such reading), not merely
   # free of TB, so it is No Finding.
@@ -79,8 +79,8 @@ FACTS = {
     "Shenzhen No. 3 People's Hospital, China (NLM), PNG"
   ),
   "label_source": (
-    "clinical readings by radiologists at the collecting sites, with the diagnosis confirmed "
-    "clinically; the class is written in the file name"
+    "the collecting sites' radiology readings of each film (ClinicalReadings); the class is "
+    "written in the file name"
   ),
   "label_values": (
     "file name ending _1: manifestations of tuberculosis (Tuberculosis 1, No Finding 0); _0: "
