@@ -25,6 +25,7 @@ if rank == 0:
   peer.recv(1)  # b'' when the peer's process ends
   for i in range(55):
     print(f"gloo traceback line {i}: Connection closed by peer", flush=True)
+  time.sleep(1)  # a real survivor takes seconds to fail; a loaded machine may note it first
   sys.exit(1)
 for _ in range(200):
   try:
