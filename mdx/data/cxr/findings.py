@@ -27,6 +27,21 @@ NIH_FINDINGS: tuple[str, ...] = (
 
 NO_FINDING = "No Finding"
 
+# The one label space of the chest X-ray sources (issue 25): NIH's 14 in NIH spelling, then the
+# CheXpert observations NIH lacks, Tuberculosis (NLM, TBX11K) and No Finding. Each source maps its
+# own names onto these in its TO_CANONICAL table; a finding it does not label is unknown (nan).
+CANONICAL: tuple[str, ...] = (
+  *NIH_FINDINGS,
+  "Lung Opacity",
+  "Lung Lesion",
+  "Fracture",
+  "Enlarged Cardiomediastinum",
+  "Support Devices",
+  "Pleural Other",
+  "Tuberculosis",
+  NO_FINDING,
+)
+
 # ------------------------------------------------------------------------------ matching label sets
 # A model trained on one label set and evaluated on another (external validation) must compare the
 # same finding under each name. Names match when they are equal up to case, spaces, underscores

@@ -45,17 +45,7 @@ from mdx.data.image import file_source
 
 # The one label space of mdx's chest X-ray sources: NIH's 14 findings (NIH spelling), then the
 # CheXpert-style findings NIH does not have, then 'No Finding'.
-CANONICAL: tuple[str, ...] = (
-  *findings_lib.NIH_FINDINGS,
-  "Lung Opacity",
-  "Lung Lesion",
-  "Fracture",
-  "Enlarged Cardiomediastinum",
-  "Support Devices",
-  "Pleural Other",
-  "Tuberculosis",
-  findings_lib.NO_FINDING,
-)
+CANONICAL = findings_lib.CANONICAL
 
 # MIMIC-CXR's label columns (CheXpert's 14 observations, spelled as in its tables) -> canonical.
 # Both labelers read the same reports with the same observation definitions as CheXpert, so each

@@ -50,17 +50,7 @@ MANUAL_MASKS = (os.path.join("ManualMask", "leftMask"), os.path.join("ManualMask
 NAME = re.compile(r"(MCUCXR|CHNCXR)_(\d{4})_([01])\.png")
 
 # The label space every source maps onto: NIH's 14 findings, then the CheXpert-style names.
-CANONICAL: tuple[str, ...] = (
-  *findings_lib.NIH_FINDINGS,
-  "Lung Opacity",
-  "Lung Lesion",
-  "Fracture",
-  "Enlarged Cardiomediastinum",
-  "Support Devices",
-  "Pleural Other",
-  "Tuberculosis",
-  findings_lib.NO_FINDING,
-)
+CANONICAL = findings_lib.CANONICAL
 
 # The publisher's two classes, the last digit of each file name (_1 / _0).
 TO_CANONICAL: dict[str, str | None] = {

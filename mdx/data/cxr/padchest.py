@@ -54,17 +54,7 @@ from mdx.data.image import file_source
 
 # The one label space of mdx's chest X-ray sources: NIH's 14 findings (NIH spelling), then the
 # CheXpert-style findings NIH does not have, then 'No Finding'.
-CANONICAL: tuple[str, ...] = (
-  *findings_lib.NIH_FINDINGS,
-  "Lung Opacity",
-  "Lung Lesion",
-  "Fracture",
-  "Enlarged Cardiomediastinum",
-  "Support Devices",
-  "Pleural Other",
-  "Tuberculosis",
-  findings_lib.NO_FINDING,
-)
+CANONICAL = findings_lib.CANONICAL
 
 METADATA = "PADCHEST_chest_x_ray_images_labels_160K_01.02.19.csv"
 DEFAULT_VIEWS = ("PA", "AP", "AP_horizontal")

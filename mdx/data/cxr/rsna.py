@@ -47,17 +47,7 @@ from mdx.data.cxr import findings as findings_lib
 from mdx.data.image import file_source
 
 # The label space every source maps onto: NIH's 14 findings, then the CheXpert-style names.
-CANONICAL: tuple[str, ...] = (
-  *findings_lib.NIH_FINDINGS,
-  "Lung Opacity",
-  "Lung Lesion",
-  "Fracture",
-  "Enlarged Cardiomediastinum",
-  "Support Devices",
-  "Pleural Other",
-  "Tuberculosis",
-  findings_lib.NO_FINDING,
-)
+CANONICAL = findings_lib.CANONICAL
 
 PATIENT, TARGET = "patientId", "Target"
 BOX = ("x", "y", "width", "height")

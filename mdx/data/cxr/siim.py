@@ -46,17 +46,7 @@ SIZE = (1024, 1024)  # every SIIM film is 1024 x 1024; the RLE counts pixels of 
 PATIENT_POLICIES = ("header", "image_id")
 
 # The label space every source maps onto: NIH's 14 findings, then the CheXpert-style names.
-CANONICAL: tuple[str, ...] = (
-  *findings_lib.NIH_FINDINGS,
-  "Lung Opacity",
-  "Lung Lesion",
-  "Fracture",
-  "Enlarged Cardiomediastinum",
-  "Support Devices",
-  "Pleural Other",
-  "Tuberculosis",
-  findings_lib.NO_FINDING,
-)
+CANONICAL = findings_lib.CANONICAL
 
 # SIIM's one label: a pneumothorax region drawn on the film (a row with an RLE mask), or '-1'.
 TO_CANONICAL: dict[str, str | None] = {

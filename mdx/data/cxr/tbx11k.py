@@ -53,17 +53,7 @@ NLM_NAME = re.compile(r"(MCUCXR|CHNCXR)_(\d{4})_([01])\.png")
 DEFAULT_ANNOTATIONS = "TBX11K_trainval"
 
 # The label space every source maps onto: NIH's 14 findings, then the CheXpert-style names.
-CANONICAL: tuple[str, ...] = (
-  *findings_lib.NIH_FINDINGS,
-  "Lung Opacity",
-  "Lung Lesion",
-  "Fracture",
-  "Enlarged Cardiomediastinum",
-  "Support Devices",
-  "Pleural Other",
-  "Tuberculosis",
-  findings_lib.NO_FINDING,
-)
+CANONICAL = findings_lib.CANONICAL
 
 # TBX11K's image classes (its folders) and box categories (its JSON), as the publisher spells them.
 TO_CANONICAL: dict[str, str | None] = {
