@@ -52,6 +52,32 @@ def test_missing_and_corrupt_files_are_named(tmp_path):
     images.read_image(tmp_path / "bad.png")
 
 
+def test_a_dicom_compression_no_installed_package_decodes_names_the_install(tmp_path):
+  """JPEG-LS (VinDr-CXR ships compressed DICOM) without pydicom's decoder packages: the file and
+  the pip command, not 'corrupt, skip it' (every such file would be dropped)."""
+  import pydicom
+  from pydicom.encaps import encapsulate
+  from pydicom.uid import JPEGLSLossless
+
+  write_dicom(tmp_path / "plain.dcm", np.arange(64, dtype=np.uint16).reshape(8, 8))
+  ds = pydicom.dcmread(tmp_path / "plain.dcm")
+  ds.file_meta.TransferSyntaxUID = JPEGLSLossless
+  ds.PixelData = encapsulate([b"\xff\xd8\xff\xf7 a JPEG-LS stream"])
+  ds["PixelData"].VR = "OB"
+  ds.save_as(tmp_path / "jls.dcm", enforce_file_format=True)
+  try:
+    _ = pydicom.dcmread(tmp_path / "jls.dcm").pixel_array
+  except RuntimeError:
+    pass  # no decoder here: the case under test
+  except Exception:  # noqa: BLE001 - a decoder is installed and fails on the fake stream
+    pytest.skip("a JPEG-LS decoder is installed on this machine")
+  with pytest.raises(images.MissingDecoder) as e:
+    images.read_image(tmp_path / "jls.dcm")
+  (line,) = str(e.value).splitlines()
+  assert "jls.dcm" in line and "JPEG-LS Lossless" in line and "pip install pylibjpeg" in line
+  assert "on_error='skip'" not in line
+
+
 def test_resize_area_average():
   img = np.zeros((4, 4, 1), np.uint8)
   img[:2, :2] = 200

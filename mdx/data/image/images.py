@@ -33,6 +33,8 @@ def read_image(path: str | os.PathLike, channels: int = 1) -> np.ndarray:
       image = _read_dicom(path)
     else:
       image = _read_pil(path)
+  except MissingDecoder:
+    raise
   except (OSError, ValueError, SyntaxError, AttributeError, KeyError) as e:
     raise ValueError(
       f"cannot decode image file {path}: {type(e).__name__}: {e}; the file is "
@@ -70,6 +72,15 @@ def _read_pil(path: str) -> np.ndarray:
     raise ValueError(f"unsupported PIL image mode {im.mode!r}")
 
 
+class MissingDecoder(ValueError):
+  """A DICOM whose compression no installed pydicom plugin decodes: the machine lacks a package,
+  the file is not corrupt (so skipping it would be the wrong advice)."""
+
+
+# pip packages that decode compressed DICOM pixel data (pydicom's plugins), by what they cover.
+DICOM_DECODERS = "pip install pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg (or python-gdcm)"
+
+
 def _read_dicom(path: str) -> np.ndarray:
   import pydicom
   from pydicom.pixels import apply_modality_lut, apply_voi_lut
@@ -77,7 +88,14 @@ def _read_dicom(path: str) -> np.ndarray:
   ds = pydicom.dcmread(path)
   if "PixelData" not in ds:
     raise ValueError("DICOM file has no pixel data")
-  raw = ds.pixel_array
+  try:
+    raw = ds.pixel_array
+  except RuntimeError as e:  # pydicom: every plugin for this transfer syntax lacks its package
+    syntax = getattr(ds.file_meta.get("TransferSyntaxUID"), "name", "its compression")
+    raise MissingDecoder(
+      f"cannot decode image file {path}: its pixel data is compressed as {syntax}, and no "
+      f"installed package decodes that ({str(e).splitlines()[0][:120]}); {DICOM_DECODERS}"
+    ) from None
   if raw.ndim != 2:
     raise ValueError(f"expected a single-frame grayscale DICOM, got pixel array shape {raw.shape}")
   values = apply_modality_lut(raw, ds).astype(np.float64)
