@@ -29,7 +29,9 @@ Spec fields read (besides the bundle's model, input and output sections):
   calibration  {'method', 'fitted_on', 'maps': {finding: platt | isotonic | identity spec}}
   provenance   {'config', 'mdx_version', 'git_commit', 'git_dirty', 'created', 'step', 'workdir',
                 'data': {'source', 'fingerprint', 'n_records', 'n_patients', 'splits', 'split_by',
-                'train_prevalence'}} or {'imported_from': {'file', 'sha256', 'format', 'model'}}
+                'train_prevalence', 'card'}} or {'imported_from': {'file', 'sha256', 'format',
+                'model'}}; 'card' is the training data's dataset card (mdx.data.card.describe),
+                shown under Data by dataset_card_section.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from mdx.data import card as card_lib
 from mdx.data import sources
 
 # Limits the card flags (see _classification_limits / _segmentation_limits).
@@ -400,7 +403,21 @@ def _data_section(spec: Mapping) -> list[str]:
     lines += _table(["Finding", "Prevalence"], [(f, _num(p)) for f, p in prevalence.items()])
   else:
     lines.append("")
-  return lines
+  return lines + dataset_card_section(_section(data, "card"))
+
+
+def dataset_card_section(card: Mapping[str, Any]) -> list[str]:
+  """The training data's dataset card (mdx.data.card.describe) as a sub-section of Data: every
+  record of the source before the split (its split counts too, when the card has them); [] when
+  there is no card."""
+  if not card:
+    return []
+  return [
+    "The dataset card of the training data (every record of the source, before the split):",
+    "",
+    *card_lib.markdown(card, level=3).splitlines(),
+    "",
+  ]
 
 
 def _bootstrap_line(spec: Mapping) -> str | None:

@@ -26,6 +26,7 @@ import numpy as np
 from absl import logging
 
 from mdx import outputs
+from mdx.data import card as card_lib
 from mdx.evaluate import calibration as C
 from mdx.evaluate import gradcam as G
 from mdx.evaluate import plots, report
@@ -46,6 +47,19 @@ def _drawing(folder: outputs.OutputFolder, fig_dir: str | None) -> Iterator[str]
     yield drawn
   finally:
     shutil.rmtree(drawn, ignore_errors=True)
+
+
+def dataset_card_blocks(card: Mapping) -> list[tuple]:
+  """The training data's dataset card (mdx.data.card.describe) as blocks of mdx.evaluate.report:
+  a heading, its counts as paragraphs, the per-finding table and, when the card has splits, the
+  positives per split."""
+  blocks: list[tuple] = [("h2", f"Training data: dataset card of {card.get('source')}")]
+  blocks += [("p", line) for line in card_lib.summary_lines(card)]
+  blocks.append(("table", card_lib.finding_header(card), card_lib.finding_rows(card)))
+  header, rows = card_lib.split_rows(card)
+  if rows:
+    blocks.append(("table", header, rows))
+  return blocks
 
 
 def classification_run_report(
@@ -77,6 +91,7 @@ def classification_run_report(
   keep_bootstrap: Sequence[str] = (),
   overwrite: bool = False,
   command: str = "report",
+  data_card: Mapping | None = None,
 ) -> dict:
   """Writes out_dir/{split}_predictions.csv, gradcam.json, metrics.json, report.md and report.html.
 
@@ -92,7 +107,8 @@ def classification_run_report(
   bundle's predict does. weighted_loss: the raw scores come from a weighted loss (the report says
   they are inflated); loss_label names the loss in the training curves. keep_bootstrap: metrics
   whose bootstrap samples per finding the returned dict also holds (report.evaluate_and_report).
-  Returns the metrics dict (as in metrics.json).
+  data_card: the training data's dataset card (mdx.data.card.describe), shown after the
+  introduction (dataset_card_blocks). Returns the metrics dict (as in metrics.json).
 
   out_dir: the report's folder, claimed for report.layout('classification', split) (a file mdx did
   not write is an OutputError naming it, unless overwrite), staged, and committed once the whole
@@ -205,6 +221,7 @@ def classification_run_report(
       title=title,
       notes=notes,
       keep_bootstrap=keep_bootstrap,
+      **({"preface": dataset_card_blocks(data_card)} if data_card else {}),
     )
 
 

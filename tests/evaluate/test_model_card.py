@@ -276,3 +276,31 @@ def test_modality_and_synthetic_data_are_the_sources_facts(monkeypatch):
   assert "trained and tested on `simulated`, images mdx generates" in _section(card, "Known limits")
   spec["provenance"]["data"]["source"] = "elsewhere"  # not registered: said so, not guessed
   assert "images of data source 'elsewhere' (modality not recorded)" in bundle.render_card(spec)
+
+
+def test_the_training_datas_dataset_card_is_under_data():
+  from mdx.data import card as card_lib
+
+  dataset = {
+    "source": "nih",
+    "images": 800,
+    "patients": 300,
+    "studies": None,
+    "views": {"PA": 500, "AP": 300},
+    "findings": {
+      "Atelectasis": {"positive": 190, "negative": 600, "unknown": 10, "prevalence": 190 / 790}
+    },
+    "sex": None,
+    "age": None,
+    "excluded": {"views": 12},
+    "skipped": 0,
+  }
+  spec = _trained_spec()
+  spec["provenance"]["data"]["card"] = dataset
+  data = bundle.render_card(spec).split("\n## Data\n")[1].split("\n## ")[0]
+  assert "### Dataset card: nih" in data
+  assert "Images 800; patients 300; studies not recorded." in data
+  assert "Views: PA 500, AP 300." in data and "Left out: views 12" in data
+  assert "| Atelectasis | 190 | 600 | 10 | 0.241 |" in data
+  assert card_lib.markdown(dataset, level=3) in data  # the card's own rendering, not a second one
+  assert "Dataset card" not in _section(bundle.render_card(_trained_spec()), "Data")

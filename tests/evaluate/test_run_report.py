@@ -260,3 +260,32 @@ def test_segmentation_run_report(tmp_path):
   run_report.segmentation_run_report(out2, split="test", per_case=per_case, history=[])
   assert not os.path.exists(os.path.join(out2, "curves.png"))
   assert "curves.png" not in open(os.path.join(out2, "report.md")).read()
+
+
+def test_dataset_card_blocks_render_the_cards_numbers():
+  from mdx.evaluate import report
+
+  card = {
+    "source": "padchest",
+    "images": 10,
+    "patients": 4,
+    "studies": 6,
+    "views": {"PA": 7, "AP": 3},
+    "findings": {"Effusion": {"positive": 3, "negative": 6, "unknown": 1, "prevalence": 1 / 3}},
+    "sex": {"F": 6, "M": 4},
+    "age": {"n": 10, "unknown": 0, "median": 61.0, "q1": 50.0, "q3": 70.0, "min": 2, "max": 90},
+    "excluded": {"exclude": 2},
+    "skipped": 2,
+    "splits": {
+      "train": {"images": 6, "patients": 2, "positive": {"Effusion": 2}},
+      "test": {"images": 4, "patients": 2, "positive": {"Effusion": 1}},
+    },
+  }
+  blocks = run_report.dataset_card_blocks(card)
+  assert blocks[0] == ("h2", "Training data: dataset card of padchest")
+  md = report._render_md(blocks)
+  assert "Images 10; patients 4; studies 6." in md and "Sex: F 6, M 4." in md
+  assert "median 61 years (quartiles 50-70, range 2-90) over 10 images" in md
+  assert "| Effusion | 3 | 6 | 1 | 0.333 |" in md
+  assert "| Finding | train positive | test positive |" in md and "| Effusion | 2 | 1 |" in md
+  assert "<td>0.333</td>" in report._render_html(blocks, "t")
