@@ -179,6 +179,62 @@ _FILE_FIELDS = (
   "prepared_dir",
   "bit_depth",
 )
+# The chest X-ray datasets of issue 25 (each module's docstring lists the config.data fields).
+_CXR_FIELDS = ("findings", "channels", "on_error", "prepared_dir", "bit_depth")
+_CXR_SOURCES = {  # name: (its own fields, the fields among them that name a file or folder)
+  "mimic": (("root", "labeler", "uncertain", "blank", "views"), ("root",)),
+  "padchest": (("root", "metadata", "views"), ("root", "metadata")),
+  "vindr": (
+    ("metadata", "images", "extension", "readers", "boxes"),
+    ("metadata", "images", "boxes"),
+  ),
+  "rsna": (
+    ("metadata", "classes", "images", "extension", "headers", "read_headers", "patients"),
+    ("metadata", "classes", "images", "headers", "patients"),
+  ),
+  "siim": (("metadata", "images", "patient_id"), ("metadata", "images")),
+  "nlm": (("root", "set", "masks"), ("root", "masks")),
+  # tbx11k's `list` may be a bare list name ('TBX11K_train'), so it is not made a path
+  "tbx11k": (("root", "list", "annotations"), ("root", "annotations")),
+}
+
+
+def _modality(module: str) -> str:
+  """The modality sentence of a source module's FACTS (the source states its own facts)."""
+  import importlib
+
+  return importlib.import_module(module).FACTS["modality"]
+
+
+def _cxr_spec(name: str) -> SourceSpec:
+  fields, paths = _CXR_SOURCES[name]
+  module = f"mdx.data.cxr.{name}"
+  return SourceSpec(
+    IMAGE,
+    _from_module(module),
+    fields + _CXR_FIELDS,
+    # prepared records carry the per-record text and number columns of `extra` (mimic's
+    # official_split, view, sex, age) but not per-record lists (boxes, mask files: tfds_builders)
+    preparable=True,
+    paths=paths + ("prepared_dir",),
+    modality=_modality(module),
+    flip_axes=_CHEST_FILM,
+    outputs=_outputs_from_module(module),
+  )
+
+
+def _mixture(data, seed: int):
+  from mdx.data import mixture
+
+  return mixture.make_source(data, seed, make_source)
+
+
+def _mixture_outputs(data) -> tuple[str, ...] | None:
+  from mdx.data import mixture
+
+  return mixture.output_names(data, output_names)
+
+
 # A chest film keeps its labels under no flip: the heart sits on the left (a mirrored film shows
 # dextrocardia) and anatomy is never upside down (mdx.data.augment.chest_xray).
 _CHEST_FILM: tuple[int, ...] = ()
@@ -243,6 +299,15 @@ SOURCES: dict[str, SourceSpec] = {
     modality="frontal chest radiographs (NIH ChestX-ray14, expert-labelled images)",
     flip_axes=_CHEST_FILM,
     outputs=_outputs_from_module("mdx.data.cxr.nih_expert"),
+  ),
+  **{name: _cxr_spec(name) for name in _CXR_SOURCES},
+  # Several image sources as one (mdx.data.mixture): config.data.sources lists their configs.
+  "mixture": SourceSpec(
+    IMAGE,
+    _mixture,
+    ("sources", "findings"),
+    modality="images of several datasets (config.data.sources; each one's modality in provenance)",
+    outputs=_mixture_outputs,
   ),
   # on_error: 'raise' (default) or 'skip' cases that cannot be read or hold NaN (mdx.data.check)
   "msd": SourceSpec(

@@ -309,8 +309,28 @@ def _config_field(name: str) -> str:
 
 
 def make_split(data_config, source, seed: int) -> dict[str, np.ndarray]:
-  """split_records of config.data.split over a source (what mdx.data.prepare calls)."""
-  return split_records(data_config.split, source, seed)
+  """split_records of config.data.split over a source (what mdx.data.prepare calls). A mixture of
+  datasets (mdx.data.mixture) is split dataset by dataset, each by its entry's split (default
+  config.data.split), so every dataset has its own train, validation and test patients."""
+  if not hasattr(source, "part_indices"):
+    return split_records(data_config.split, source, seed)
+  out: dict[str, list[np.ndarray]] = {}
+  for k, (part, entry) in enumerate(zip(source.parts, source.entries)):
+    name = entry["name"]
+    policy = entry.get("split") or data_config.split
+
+    def field(key, name=name):
+      return f"config.data.sources[{name!r}].split" + (f".{key}" if key else "")
+
+    sets = split_records(policy, part, seed, field if entry.get("split") else _config_field)
+    if out and set(sets) != set(out):
+      raise ValueError(
+        f"dataset {name!r} is split into {sorted(sets)} but the datasets before it into "
+        f"{sorted(out)}; give every dataset a split with the same sets"
+      )
+    for key, idx in sets.items():
+      out.setdefault(key, []).append(np.asarray(idx, np.int64) + source.offsets[k])
+  return {key: np.sort(np.concatenate(parts)) for key, parts in out.items()}
 
 
 def split_records(policy, records, seed: int, field=_config_field) -> dict[str, np.ndarray]:
@@ -354,11 +374,20 @@ def split_records(policy, records, seed: int, field=_config_field) -> dict[str, 
       get("min_positive_share", 0.0),
       seed,
     )
+  elif by == "official" and "official_split" in getattr(records, "extra", {}):
+    out = official_source_split(records, field)
   elif by in ("official", "lists"):
     folder = get("lists_dir")
+    if not folder and by == "official":
+      whose = getattr(records, "name", None) or getattr(records, "whose", "the source")
+      raise ValueError(
+        f"{field('by')}='official': {whose} carries no official split (MIMIC-CXR's split table "
+        f"does; NIH's lists need {field('lists_dir')}); split by 'patient'"
+      )
     if not folder:
-      what = "train_val_list.txt and test_list.txt" if by == "official" else "train.csv, ..."
-      raise ValueError(f"{field('by')}={by!r} needs {field('lists_dir')}: the folder of {what}")
+      raise ValueError(
+        f"{field('by')}={by!r} needs {field('lists_dir')}: the folder of train.csv, ..."
+      )
     if by == "official":
       out = official_nih_split(records.image_ids(), pids, folder, get("val", 0.1), seed)
     else:
@@ -378,6 +407,41 @@ def split_records(policy, records, seed: int, field=_config_field) -> dict[str, 
   for name, idx in out.items():
     if len(idx) == 0:
       raise ValueError(f"split '{name}' is empty ({len(pids)} records); change {field('')}")
+  return out
+
+
+# A source's official set names (extra['official_split']) -> mdx's split keys.
+OFFICIAL_NAMES = {
+  "train": "train",
+  "validate": "validation",
+  "validation": "validation",
+  "val": "validation",
+  "test": "test",
+}
+
+
+def official_source_split(records, field=_config_field) -> dict[str, np.ndarray]:
+  """{'train', 'validation', 'test'} as the source's publisher split it: the set each record's
+  extra['official_split'] names (MIMIC-CXR: 'train' | 'validate' | 'test'). A record in no set
+  (''), a set of another name, or a patient in two sets is a ValueError naming them."""
+  sets = np.asarray(records.extra["official_split"]).astype(str)
+  unknown = sorted(set(np.unique(sets)) - set(OFFICIAL_NAMES))
+  whose = getattr(records, "name", None) or "the source"
+  if unknown:
+    raise ValueError(
+      f"{field('by')}='official': {whose} has records in official set {unknown[0]!r}; known "
+      f"sets are {sorted(OFFICIAL_NAMES)}"
+    )
+  keys = np.asarray([OFFICIAL_NAMES[s] for s in sets], dtype=object)
+  out = {k: np.flatnonzero(keys == k) for k in ("train", "validation", "test")}
+  pids = records.patient_ids()
+  for a, b in (("train", "validation"), ("train", "test"), ("validation", "test")):
+    shared = np.intersect1d(pids[out[a]], pids[out[b]])
+    if len(shared):
+      raise ValueError(
+        f"{field('by')}='official': {whose}'s official split puts patient {shared[0]} in both "
+        f"{a} and {b} ({len(shared)} patients); split by 'patient'"
+      )
   return out
 
 

@@ -67,6 +67,19 @@ RECORD_FIELDS = (
   "image_size",
   "bit_depth",
   "extensions",
+  # the chest X-ray sources of issue 25 (mdx.data.sources._CXR_SOURCES)
+  "labeler",
+  "views",
+  "readers",
+  "extension",
+  "boxes",
+  "headers",
+  "read_headers",
+  "patients",
+  "patient_id",
+  "list",
+  "annotations",
+  "masks",
 )
 INDEX_FILE = "mdx_index.npz"
 LOCK_FILE = ".prepare.lock"
@@ -113,6 +126,7 @@ class _Prepared(tfds.core.GeneratorBasedBuilder):
     )
     self._source = None
     self.written: dict[str, list] = {"labels": [], "patient_ids": [], "image_ids": []}
+    self.written_index: list[int] = []  # the source's index of each written record
     self.skipped_files: list[str] = []
     kwargs.setdefault("config", tfds.core.BuilderConfig(name=config_name(data_config)))
     super().__init__(**kwargs)
@@ -164,6 +178,7 @@ class _Prepared(tfds.core.GeneratorBasedBuilder):
       image = images_lib.resize(image, self._size)
       for key in self.written:
         self.written[key].append(record["labels"] if key == "labels" else record[key[:-1]])
+      self.written_index.append(i)
       yield (
         i,
         {
@@ -199,7 +214,77 @@ class NihExpertLabels(_Prepared):
   SOURCE = "nih_expert"
 
 
-BUILDERS = {b.SOURCE: b for b in (NihChestXray14, Chexpert, ClassFolders, NihExpertLabels)}
+class MimicCxr(_Prepared):
+  """MIMIC-CXR-JPG (manual_dir: the folder of the tables and files/)."""
+
+  SOURCE = "mimic"
+
+
+class Padchest(_Prepared):
+  """PadChest (manual_dir: the dataset folder)."""
+
+  SOURCE = "padchest"
+
+
+class VindrCxr(_Prepared):
+  """VinDr-CXR (manual_dir: the folder of its DICOMs)."""
+
+  SOURCE = "vindr"
+
+
+class RsnaPneumonia(_Prepared):
+  """RSNA Pneumonia Detection, stage 2 (manual_dir: stage_2_train_images/)."""
+
+  SOURCE = "rsna"
+
+
+class SiimPneumothorax(_Prepared):
+  """SIIM-ACR Pneumothorax (manual_dir: dicom-images-train/)."""
+
+  SOURCE = "siim"
+
+
+class NlmTuberculosis(_Prepared):
+  """NLM Montgomery or Shenzhen (manual_dir: the folder holding the set)."""
+
+  SOURCE = "nlm"
+
+
+class Tbx11k(_Prepared):
+  """TBX11K (manual_dir: the folder holding imgs/)."""
+
+  SOURCE = "tbx11k"
+
+
+BUILDERS = {
+  b.SOURCE: b
+  for b in (
+    NihChestXray14,
+    Chexpert,
+    ClassFolders,
+    NihExpertLabels,
+    MimicCxr,
+    Padchest,
+    VindrCxr,
+    RsnaPneumonia,
+    SiimPneumothorax,
+    NlmTuberculosis,
+    Tbx11k,
+  )
+}
+# Prepared records keep the source's per-record metadata (source.extra) whose values are text or
+# numbers (MIMIC's official_split, views, sex, age), saved in the index as EXTRA_PREFIX + key;
+# per-record lists (boxes, mask files) are not kept.
+EXTRA_PREFIX = "extra."
+
+
+def _stored_extra(source, written_index: list[int]) -> dict[str, np.ndarray]:
+  out = {}
+  for key, values in getattr(source, "extra", {}).items():
+    values = np.asarray(values)
+    if values.ndim == 1 and values.dtype.kind in "UbifS":
+      out[EXTRA_PREFIX + key] = values[np.asarray(written_index, np.int64)]
+  return out
 
 
 def builder_for(data_config, build, seed: int = 0, data_dir: str | None = None) -> _Prepared:
@@ -289,6 +374,7 @@ def _build(data_config, build, seed: int, scratch: str, path: str) -> dict[str, 
     patient_ids=np.asarray(w["patient_ids"]),
     image_ids=np.asarray(w["image_ids"]),
     findings=np.asarray(builder.source().findings),
+    **_stored_extra(builder.source(), builder.written_index),
   )
   try:
     os.rename(built, path)  # the one step that makes them complete
@@ -352,6 +438,7 @@ class PreparedSource:
     self._patients = index["patient_ids"].astype(str)
     self._image_ids = index["image_ids"].astype(str)
     self._stored = np.arange(len(self._image_ids))  # record i is stored record _stored[i]
+    self.extra = {k[len(EXTRA_PREFIX) :]: v for k, v in index.items() if k.startswith(EXTRA_PREFIX)}
     self.name = name
     self.path = path
     if len(self._ds) != len(self._image_ids):
@@ -416,6 +503,7 @@ class PreparedSource:
     out._labels = self._labels[indices]
     out._patients = self._patients[indices]
     out._image_ids = self._image_ids[indices]
+    out.extra = {k: v[indices] for k, v in self.extra.items()}
     return out
 
 
