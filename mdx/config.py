@@ -151,10 +151,19 @@ def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   value, naming the field."""
   task = config.get("task", TASK_DEFAULT) if hasattr(config, "get") else TASK_DEFAULT
   base = defaults(task)
+  data = config.get("data") if hasattr(config, "get") else None
+  if data is not None and "sources" in data and data.get("source") != "mixture":
+    raise ValueError(
+      "config.data.sources (training across datasets) is read when config.data.source="
+      f"'mixture'; config.data.source is {data.get('source', base.data.source)!r}: set it to "
+      "'mixture'"
+    )
   _check_known(config, _known_fields(config, base))
   merged = base
   with merged.unlocked():
     merged.update(_sections(config))
+  if merged.data.source == "mixture":
+    check_mixture(merged, task_config(task).source_kind)
   absolute_paths(merged)
   check_values(merged)
   from mdx.data import sources
@@ -186,6 +195,42 @@ def resolve_num_classes(config: ml_collections.ConfigDict, names) -> int:
   return config.model.num_classes
 
 
+def check_mixture(config: ml_collections.ConfigDict, kind: str) -> None:
+  """Every entry of config.data.sources checked as a config.data of its own: its source one of
+  `kind`, every field one its source (or the mixture: name, weight, split) reads, its split's
+  fields known; the list rewritten as plain dicts, so the paths below change the config alone."""
+  from mdx.data import mixture, sources, splits
+
+  listed = mixture.entries(config.data)
+  for i, entry in enumerate(listed):
+    where = f"config.data.sources[{i}]"
+    try:
+      spec = sources.spec(entry["source"], kind)
+    except ValueError as e:
+      raise ValueError(f"{where}: {e}") from None
+    allowed = set(spec.fields) | set(mixture.ENTRY_FIELDS)
+    for key in entry:
+      if key not in allowed:
+        close = difflib.get_close_matches(key, sorted(allowed), n=1)
+        hint = f" Did you mean '{close[0]}'?" if close else ""
+        raise ValueError(
+          f"unknown field '{key}' in {where} (source {entry['source']!r}).{hint} Known fields "
+          f"here: {sorted(allowed)}"
+        )
+    split = entry.get("split")
+    if split:
+      split = dict(split.to_dict() if hasattr(split, "to_dict") else split)
+      unknown = sorted(set(split) - set(splits.SPLIT_FIELDS))
+      if unknown:
+        raise ValueError(
+          f"unknown field '{unknown[0]}' in {where}.split; known: {sorted(splits.SPLIT_FIELDS)}"
+        )
+      splits.check_split_by(split.get("by", "patient"))
+      entry["split"] = split
+  with config.data.ignore_type():
+    config.data.sources = listed
+
+
 def _sections(config) -> dict:
   """ConfigDict -> dict of ConfigDicts, so update() merges sections instead of replacing them."""
   return {
@@ -211,6 +256,8 @@ def absolute_paths(config: ml_collections.ConfigDict) -> None:
   """Every path field with ~ expanded and made absolute (from the current directory), in place:
   resolved once where the config is read, a path means the same file for the whole run, in its
   config.json, in its bundle and for a later eval started elsewhere. Empty strings and None stay."""
+  from mdx.data import sources
+
   for field in path_fields(config):
     *parents, leaf = field.split(".")
     node = config
@@ -222,6 +269,14 @@ def absolute_paths(config: ml_collections.ConfigDict) -> None:
     if isinstance(value, (str, os.PathLike)) and os.fspath(value):
       with node.ignore_type():  # a pathlib.Path becomes its absolute str
         node[leaf] = os.path.abspath(os.path.expanduser(os.fspath(value)))
+  if config.data.get("source") == "mixture":  # each entry's own paths (check_mixture made dicts)
+    for entry in config.data.get("sources") or ():
+      if not isinstance(entry, dict) or entry.get("source") not in sources.SOURCES:
+        continue
+      for field in sources.SOURCES[entry["source"]].paths:
+        value = entry.get(field)
+        if isinstance(value, (str, os.PathLike)) and os.fspath(value):
+          entry[field] = os.path.abspath(os.path.expanduser(os.fspath(value)))
 
 
 # ------------------------------------------------------------------------------ values
@@ -399,6 +454,10 @@ def _check_preset_flips(data, transforms: list) -> None:
   (mdx.data.augment.MEASURES_A_MISTAKE). Axes of [H, W]: 0 up-down, 1 left-right."""
   from mdx.data import augment, sources
 
+  if data.source == "mixture":  # every dataset's films must keep their labels
+    for entry in data.get("sources") or ():
+      _check_preset_flips(ml_collections.ConfigDict(dict(entry, augment=data.augment)), transforms)
+    return
   source = sources.SOURCES.get(data.source)
   if source is None or source.flip_axes is None or data.augment in augment.MEASURES_A_MISTAKE:
     return

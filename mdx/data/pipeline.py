@@ -128,6 +128,55 @@ def epochs(
   return ShuffledEpochs(indices, seed)
 
 
+@dataclasses.dataclass(frozen=True)
+class MixedEpochs:
+  """Epoch e draws counts[k] records from dataset k: the next records of its own epochs
+  (parts[k], shuffled or resampled within the dataset; epoch e uses its epochs e*m .. e*m+m-1, m
+  the fewest that hold counts[k]), all shuffled together by (seed, e). So a dataset with less than
+  its share of records is repeated, one with more is subsampled (different records each epoch),
+  and every epoch has sum(counts) records."""
+
+  parts: tuple[Callable[[int], np.ndarray], ...]
+  counts: tuple[int, ...]
+  seed: int
+
+  def __call__(self, epoch: int) -> np.ndarray:
+    drawn = []
+    for fn, count in zip(self.parts, self.counts):
+      length = len(fn(0))
+      m = math.ceil(count / length)
+      own = np.concatenate([np.asarray(fn(epoch * m + j), np.int64) for j in range(m)])
+      drawn.append(own[:count])
+    return np.random.default_rng([self.seed, epoch, 0x313]).permutation(np.concatenate(drawn))
+
+
+def mixed_epochs(
+  groups: Sequence[np.ndarray],
+  weights: Sequence[float],
+  seed: int,
+  resample_policy: dict | None = None,
+  labels: np.ndarray | None = None,
+  findings: tuple[str, ...] | None = None,
+) -> MixedEpochs:
+  """The epoch function of a training split drawn from several datasets in proportion to
+  `weights` (groups[k]: dataset k's training record indices): each epoch as long as the datasets'
+  own epochs together, dataset k's share weights[k] / sum(weights) of it (at least one record).
+  A resample policy applies within each dataset (its classes' frequencies are its own)."""
+  if len(groups) != len(weights) or not groups:
+    raise ValueError(f"{len(groups)} datasets but {len(weights)} weights")
+  if any(not w > 0 for w in weights):
+    raise ValueError(f"mixture weights {list(weights)} must all be > 0")
+  parts = []
+  for k, group in enumerate(groups):
+    if len(group) == 0:
+      raise ValueError(f"dataset {k} of the mixture has no training records")
+    parts.append(epochs(group, seed + k, resample_policy, labels, findings))
+  total = sum(len(fn(0)) for fn in parts)
+  share = np.asarray(weights, np.float64) / float(np.sum(weights))
+  counts = tuple(max(1, int(round(total * s))) for s in share)
+  return MixedEpochs(tuple(parts), counts, seed)
+
+
 def train_dataset(
   load: Callable[[int], dict],
   epoch_fn: Callable[[int], np.ndarray],

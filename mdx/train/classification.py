@@ -11,7 +11,7 @@ import numpy as np
 from absl import logging
 
 from mdx import config as config_lib
-from mdx import losses
+from mdx import jsonio, losses, outputs
 from mdx.data import augment, pipeline, prepare, resample, sources, splits
 from mdx.data import standardize as standardize_lib
 from mdx.data.image import records
@@ -21,6 +21,8 @@ from mdx.inference import classifier
 from mdx.models import registry
 from mdx.train import optim, tasks
 
+# Across datasets: each dataset's validation and test AUROC beside the pooled (in the workdir).
+PER_DATASET_FILE = "per_dataset_metrics.json"
 # The training curves' name for each loss.
 LOSS_LABELS = {"weighted_bce": "weighted BCE loss", "bce": "BCE loss", "focal": "focal loss"}
 
@@ -68,9 +70,25 @@ class ClassificationTask:
       ", ".join(f"{f} {p:.3f}" for f, p in zip(self.findings, np.nanmean(train_labels, 0))),
     )
     policy = data.resample.to_dict() if data.resample else None
-    self.epochs = pipeline.epochs(
-      self.splits["train"], config.seed, policy, self.labels, self.findings
-    )
+    # Training across datasets (source 'mixture'): each record's dataset, and the datasets drawn
+    # in proportion to their weights when they have them (mdx.data.mixture).
+    self.datasets = self.source.datasets() if hasattr(self.source, "datasets") else None
+    weights = [e.get("weight") for e in getattr(self.source, "entries", ())]
+    if self.datasets is not None and weights and weights[0] is not None:
+      train = self.splits["train"]
+      groups = [train[self.datasets[train] == name] for name in self.source.names]
+      self.epochs = pipeline.mixed_epochs(
+        groups, weights, config.seed, policy, self.labels, self.findings
+      )
+      logging.info(
+        "Datasets drawn per epoch (weights %s): %s",
+        weights,
+        dict(zip(self.source.names, self.epochs.counts)),
+      )
+    else:
+      self.epochs = pipeline.epochs(
+        self.splits["train"], config.seed, policy, self.labels, self.findings
+      )
     if policy:
       epoch0 = self.epochs(0)
       logging.info(
@@ -196,12 +214,50 @@ class ClassificationTask:
     }
 
   def validate(self, evaluator) -> dict[str, float]:
+    """val_loss and val_auroc (the macro AUROC of the pooled validation split); across datasets
+    also val_auroc_<dataset>, each dataset's own macro AUROC."""
     pred = self.predict(evaluator, "validation")
     auroc = metrics.roc_auc_per_class(pred["labels"], pred["probs"])
-    return {
+    out = {
       "val_loss": pred["loss"],
       "val_auroc": float(np.nanmean(auroc)) if np.any(np.isfinite(auroc)) else 0.0,
     }
+    for name, entry in self.per_dataset(pred).items():
+      out[f"val_auroc_{name}"] = entry["macro_auroc"] if entry["macro_auroc"] is not None else 0.0
+    return out
+
+  def per_dataset(self, pred: dict) -> dict[str, dict]:
+    """{dataset: {'n_images', 'n_patients', 'macro_auroc', 'per_finding': {finding: {'auroc',
+    'n_known', 'n_positive'}}}} of predictions over a mixture's datasets (only the findings the
+    dataset labels); {} for one source."""
+    if self.datasets is None:
+      return {}
+    out = {}
+    of = self.datasets[pred["index"]]
+    for name in self.source.names:
+      rows = of == name
+      if not rows.any():
+        continue
+      labels, probs = pred["labels"][rows], pred["probs"][rows]
+      auroc = metrics.roc_auc_per_class(labels, probs)
+      per_finding = {}
+      for j, f in enumerate(self.findings):
+        if f in self.source.unlabelled[name]:
+          continue
+        known = labels[:, j][~np.isnan(labels[:, j])]
+        per_finding[f] = {
+          "auroc": float(auroc[j]) if np.isfinite(auroc[j]) else None,
+          "n_known": int(len(known)),
+          "n_positive": int((known > 0.5).sum()),
+        }
+      finite = [e["auroc"] for e in per_finding.values() if e["auroc"] is not None]
+      out[name] = {
+        "n_images": int(rows.sum()),
+        "n_patients": int(len(np.unique(self.patient_ids[pred["index"][rows]]))),
+        "macro_auroc": float(np.mean(finite)) if finite else None,
+        "per_finding": per_finding,
+      }
+    return out
 
   def calibration_maps(self, val: dict) -> dict[str, dict]:
     """{finding: map spec} fitted on validation by config.eval.calibration (raw -> calibrated)."""
@@ -259,7 +315,38 @@ class ClassificationTask:
       overwrite=overwrite,
     )
     measured = {"split": split, "pred": pred, "val": val, "maps": maps, "result": result}
+    if self.datasets is not None:  # across datasets: each dataset's numbers beside the pool's
+      measured["per_dataset"] = self.report_datasets(workdir, split, pred, val, result)
     return tasks.Report(out_dir, measured)
+
+  def report_datasets(self, workdir: str, split: str, pred: dict, val: dict, result: dict) -> dict:
+    """The reported split's and validation's AUROC per dataset and pooled, logged and written to
+    WORKDIR/PER_DATASET_FILE (the report folder holds the pooled report's files only)."""
+    per = {
+      "splits": {
+        name: {"pooled": {"n_images": len(p["index"])}, **self.per_dataset(p)}
+        for name, p in ((splits.split_key(split), pred), ("validation", val))
+      }
+    }
+    per["splits"][splits.split_key(split)]["pooled"]["macro_auroc"] = result["macro"]["auroc"][
+      "value"
+    ]
+    auroc = metrics.roc_auc_per_class(val["labels"], val["probs"])
+    per["splits"]["validation"]["pooled"]["macro_auroc"] = (
+      float(np.nanmean(auroc)) if np.any(np.isfinite(auroc)) else None
+    )
+    for name, entries in per["splits"].items():
+      logging.info(
+        "%s macro AUROC per dataset: %s",
+        name,
+        ", ".join(
+          f"{d} {e['macro_auroc']:.3f}" if e.get("macro_auroc") is not None else f"{d} n/a"
+          for d, e in entries.items()
+        ),
+      )
+    if workdir and jax.process_index() == 0:
+      outputs.write_json(os.path.join(workdir, PER_DATASET_FILE), jsonio.jsonable(per))
+    return per
 
   # --- the bundle (mdx.inference.bundle) ---
 
@@ -359,11 +446,41 @@ class ClassificationTask:
           "train_prevalence": {
             f: float(p) for f, p in zip(self.findings, np.nanmean(self.labels[train], 0))
           },
+          **self._training_sources(train),
         }
       },
     )
     state = evaluator.state
     return spec, {"params": state.params, "batch_stats": state.batch_stats}, samples
+
+  def _training_sources(self, train: np.ndarray) -> dict:
+    """Across datasets: {'sources': one entry per dataset with its config, weight, modality,
+    record counts and the fingerprint of its own training records (its ids and labels as the
+    dataset gives them)}; {} for one source."""
+    if self.datasets is None:
+      return {}
+    out = []
+    for k, (name, part, entry) in enumerate(
+      zip(self.source.names, self.source.parts, self.source.entries)
+    ):
+      mine = train[self.datasets[train] == name] - self.source.offsets[k]
+      own = {key: value for key, value in entry.items() if key not in ("name", "weight")}
+      out.append(
+        {
+          "name": name,
+          "source": entry["source"],
+          "weight": entry.get("weight"),
+          "modality": sources.spec(entry["source"]).modality,
+          "config": jsonio.jsonable(own),
+          "fingerprint": bundle_lib.fingerprint(
+            part.image_ids()[mine], part.patient_ids()[mine], part.labels()[mine]
+          ),
+          "n_records": len(part),
+          "n_train": len(mine),
+          "findings_unlabelled": list(self.source.unlabelled[name]),
+        }
+      )
+    return {"sources": out}
 
   def model_inputs(self, indices) -> np.ndarray:
     """The images of records as the model sees them in evaluation (resized, standardised)."""
