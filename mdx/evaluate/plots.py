@@ -326,3 +326,50 @@ def ablation_png(
   if title:
     fig.suptitle(title, fontsize=10)
   return _save(fig, path)
+
+
+def heatmap_png(
+  path: str,
+  values,
+  rows: Sequence[str],
+  columns: Sequence[str],
+  notes: Sequence[Sequence[str]],
+  *,
+  title: str = "",
+  label: str = "",
+  limits: tuple[float, float] = (0.5, 1.0),
+  missing: str = "not evaluable",
+) -> str:
+  """A matrix at a glance: values [R, C] (nan = no number) as coloured cells, each annotated with
+  its note (e.g. '0.81\\n[0.77, 0.85]'); a cell without a number is grey and says `missing`, never
+  a colour a number would have. limits: the value range the colours span (values beyond take the
+  end colours: a cell below chance is as red as chance); label: the colour bar's."""
+  values = np.asarray(values, np.float64).reshape(len(rows), len(columns))
+  cmap = matplotlib.colormaps["RdYlGn"].with_extremes(bad="#d9d9d9")
+  width = max(4.0, 1.5 * len(columns) + 2.5)
+  height = max(2.5, 0.85 * len(rows) + 1.6)
+  fig, ax = plt.subplots(figsize=(width, height))
+  lo, hi = limits
+  image = ax.imshow(np.ma.masked_invalid(values), cmap=cmap, vmin=lo, vmax=hi, aspect="auto")
+  for i in range(len(rows)):
+    for j in range(len(columns)):
+      v = values[i, j]
+      if np.isfinite(v):
+        shade = cmap((min(max(v, lo), hi) - lo) / max(hi - lo, 1e-12))
+        dark = 0.299 * shade[0] + 0.587 * shade[1] + 0.114 * shade[2] < 0.5
+        text, color = notes[i][j], "white" if dark else "black"
+      else:
+        text, color = missing, "dimgray"
+      ax.text(j, i, text, ha="center", va="center", fontsize=7, color=color)
+  ax.set_xticks(range(len(columns)), columns, rotation=30, ha="right", fontsize=8)
+  ax.set_yticks(range(len(rows)), rows, fontsize=8)
+  ax.set_xticks(np.arange(len(columns) + 1) - 0.5, minor=True)
+  ax.set_yticks(np.arange(len(rows) + 1) - 0.5, minor=True)
+  ax.grid(which="minor", color="white", lw=2)
+  ax.tick_params(which="minor", length=0)
+  bar = fig.colorbar(image, ax=ax, fraction=0.04, pad=0.02)
+  bar.set_label(label, fontsize=8)
+  bar.ax.tick_params(labelsize=7)
+  if title:
+    ax.set_title(title, fontsize=9)
+  return _save(fig, path)
