@@ -39,6 +39,29 @@ OBSERVATIONS = (
   "Fracture",
   "Support Devices",
 )
+# CheXpert's observations -> canonical. The labeler's observation definitions are the canonical
+# findings of the same name (NIH's where NIH has them: Atelectasis, Cardiomegaly, Consolidation,
+# Edema, Pneumonia, Pneumothorax are the same radiological findings, mined by another labeler).
+TO_CANONICAL: dict[str, str | None] = {
+  "Atelectasis": "Atelectasis",
+  "Cardiomegaly": "Cardiomegaly",
+  "Consolidation": "Consolidation",
+  "Edema": "Edema",
+  "Enlarged Cardiomediastinum": "Enlarged Cardiomediastinum",
+  "Fracture": "Fracture",
+  "Lung Lesion": "Lung Lesion",
+  "Lung Opacity": "Lung Opacity",
+  # None of its 13 other observations is present (support devices allowed); 1.0 or blank, never
+  # 0 or -1. Relative to the label set, as every 'No Finding' (findings.SET_RELATIVE).
+  "No Finding": "No Finding",
+  # Pleural fluid: NIH's 'Effusion' means the same (NIH's reports mean pleural fluid; pericardial
+  # effusion is labelled by neither).
+  "Pleural Effusion": "Effusion",
+  "Pleural Other": "Pleural Other",
+  "Pneumonia": "Pneumonia",
+  "Pneumothorax": "Pneumothorax",
+  "Support Devices": "Support Devices",
+}
 COMPETITION = ("Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Pleural Effusion")
 PATIENT_RE = re.compile(r"(patient\d+)")
 POLICIES = {"ones": 1.0, "zeros": 0.0, "ignore": np.nan}

@@ -1,10 +1,18 @@
-"""Names of the findings that mdx classifies, in the order used for label vectors, and how the
-names of two label sets (NIH ChestX-ray14, CheXpert, a folder dataset) are matched when a model
-trained on one is evaluated on another."""
+"""The one label space of the chest X-ray datasets: the canonical findings (CANONICAL, the order of
+label vectors), every dataset's mapping onto it (the TO_CANONICAL tables of the source modules,
+gathered by tables()), and how the names of two label sets are matched when a model trained on one
+is evaluated on another (match_findings: by name, by the canonical finding the tables give both,
+or by a user's finding_map; DISTINCT look-alikes never)."""
 
 from __future__ import annotations
 
+import ast
 import dataclasses
+import functools
+import importlib
+import inspect
+import io
+import tokenize
 from collections.abc import Mapping, Sequence
 
 # The 14 NIH ChestX-ray14 findings, in the order of the official paper (Wang et al., 2017).
@@ -42,25 +50,102 @@ CANONICAL: tuple[str, ...] = (
   NO_FINDING,
 )
 
+# ------------------------------------------------------------------------ every dataset's mapping
+# Each chest X-ray source module holds TO_CANONICAL, its label names (columns, classes, report
+# terms, exactly as the dataset spells them) -> the canonical finding with the same definition, or
+# None, the reason in the comment beside the entry. Together they are the one mapping of the label
+# space (`python -m mdx findings` prints it); the modules are imported when it is asked for, since
+# they import this module.
+DATASETS: dict[str, str] = {
+  "nih": "mdx.data.cxr.nih",
+  "chexpert": "mdx.data.cxr.chexpert",
+  "nih_expert": "mdx.data.cxr.nih_expert",
+  "mimic": "mdx.data.cxr.mimic",
+  "padchest": "mdx.data.cxr.padchest",
+  "vindr": "mdx.data.cxr.vindr",
+  "rsna": "mdx.data.cxr.rsna",
+  "siim": "mdx.data.cxr.siim",
+  "nlm": "mdx.data.cxr.nlm",
+  "tbx11k": "mdx.data.cxr.tbx11k",
+}
+
+
+def _module(dataset: str):
+  if dataset not in DATASETS:
+    raise ValueError(f"no chest X-ray dataset {dataset!r}; the datasets are {list(DATASETS)}")
+  return importlib.import_module(DATASETS[dataset])
+
+
+def table(dataset: str) -> dict[str, str | None] | None:
+  """{label name: canonical finding or None} of one dataset (its module's TO_CANONICAL), None for
+  a module that has none yet."""
+  mapping = getattr(_module(dataset), "TO_CANONICAL", None)
+  return None if mapping is None else dict(mapping)
+
+
+def tables() -> dict[str, dict[str, str | None]]:
+  """dataset -> {its label name: canonical finding or None}, for every dataset with a table."""
+  out = {d: table(d) for d in DATASETS}
+  return {d: t for d, t in out.items() if t is not None}
+
+
+def reasons(dataset: str) -> dict[str, str]:
+  """{label name mapped to None: why}, from the comment beside (or right above) the entry of the
+  dataset's TO_CANONICAL in its source; names without a comment are left out."""
+  module = _module(dataset)
+  try:
+    source = inspect.getsource(module)
+  except (OSError, TypeError):  # no source shipped (a frozen install): no reasons to show
+    return {}
+  lines = source.splitlines()
+  comments = {
+    tok.start[0]: tok.string.lstrip("#").strip()
+    for tok in tokenize.generate_tokens(io.StringIO(source).readline)
+    if tok.type == tokenize.COMMENT
+  }
+  literal = None
+  for node in ast.parse(source).body:
+    targets = node.targets if isinstance(node, ast.Assign) else [getattr(node, "target", None)]
+    if any(isinstance(t, ast.Name) and t.id == "TO_CANONICAL" for t in targets):
+      literal = node.value if isinstance(node.value, ast.Dict) else None
+  if literal is None:
+    return {}
+  out = {}
+  for key, value in zip(literal.keys, literal.values):
+    if not (isinstance(value, ast.Constant) and value.value is None) or key is None:
+      continue
+    name = getattr(module, key.id) if isinstance(key, ast.Name) else ast.literal_eval(key)
+    note = [comments[n] for n in range(key.lineno, value.end_lineno + 1) if n in comments]
+    above = key.lineno - 1
+    while not note and above in comments and lines[above - 1].lstrip().startswith("#"):
+      if comments[above].startswith("---"):  # a section heading, not this entry's reason
+        break
+      above -= 1
+    if not note:
+      note = [comments[n] for n in range(above + 1, key.lineno)]
+    if note:
+      out[name] = " ".join(note)
+  return out
+
+
 # ------------------------------------------------------------------------------ matching label sets
 # A model trained on one label set and evaluated on another (external validation) must compare the
 # same finding under each name. Names match when they are equal up to case, spaces, underscores
-# and hyphens ('Pleural_Thickening' = 'pleural thickening'), or when they sit in one SYNONYMS group.
-# A user's finding_map (model finding -> dataset finding) wins over both.
+# and hyphens ('Pleural_Thickening' = 'pleural thickening'), or when both mean the same canonical
+# finding (canonical_of: by the datasets' tables, e.g. CheXpert's 'Pleural Effusion' and VinDr's
+# 'Pleural effusion' are NIH's 'Effusion'). A user's finding_map (model finding -> dataset
+# finding) wins over both.
 #
-# NIH ChestX-ray14 (14 labels) against CheXpert / MIMIC-CXR (14 observations):
-#   same name, same radiological finding (matched by name): Atelectasis, Cardiomegaly,
-#     Consolidation, Edema, Pneumonia, Pneumothorax. Both sets were mined from reports by
-#     different labelers (NIH: NLP rules; CheXpert: its rule-based labeler with an 'uncertain'
-#     class), so label noise differs, but the definition is the same.
-#   different names, same finding (SYNONYMS): NIH 'Effusion' is the pleural effusion that CheXpert
-#     calls 'Pleural Effusion' (NIH's reports mean pleural fluid; pericardial effusion is not
-#     labelled).
+# NIH ChestX-ray14 (14 labels) against CheXpert / MIMIC-CXR (14 observations), by the tables:
+#   same name, same radiological finding: Atelectasis, Cardiomegaly, Consolidation, Edema,
+#     Pneumonia, Pneumothorax. Both sets were mined from reports by different labelers (NIH: NLP
+#     rules; CheXpert: its rule-based labeler with an 'uncertain' class), so label noise differs,
+#     but the definition is the same.
+#   different names, same finding: NIH 'Effusion' is CheXpert's 'Pleural Effusion'.
 #   related but NOT the same (DISTINCT: never matched by themselves, the reason is reported):
 #     see DISTINCT below. NIH's Infiltration, Mass, Nodule, Emphysema, Fibrosis and Hernia and
 #     CheXpert's Lung Opacity, Lung Lesion, Pleural Other, Fracture, Support Devices and Enlarged
 #     Cardiomediastinum have no counterpart in the other set.
-SYNONYMS: tuple[tuple[str, ...], ...] = (("Effusion", "Pleural Effusion"),)
 
 # Pairs that look alike but differ in definition: matching them would evaluate the model against a
 # different target. The reason is shown when the model's finding is not evaluable.
@@ -98,23 +183,53 @@ def normalize(name: str) -> str:
   return "".join(ch for ch in str(name).lower() if ch not in " \t_-")
 
 
-def synonyms(name: str) -> frozenset[str]:
-  """The normalized names that mean the same finding as `name` (itself included)."""
+@functools.cache
+def _aliases() -> dict[str, str]:
+  """{normalized name: canonical finding} of the names the tables give as a dataset's one name for
+  a canonical finding, where no table maps the name elsewhere or to None. A name that is one of
+  several a table counts under one finding (PadChest's 'laminar atelectasis' and 'empyema' under
+  Atelectasis and Effusion) is a kind of it, not another name for it, and asserts nothing here."""
+  votes: dict[str, set[str | None]] = {}
+  for mapping in tables().values():
+    names_of: dict[str | None, list[str]] = {}
+    for name, canonical in mapping.items():
+      names_of.setdefault(canonical, []).append(name)
+    for canonical, names in names_of.items():
+      if canonical is None or len(names) == 1:
+        for name in names:
+          votes.setdefault(normalize(name), set()).add(canonical)
+  return {
+    key: next(iter(vote)) for key, vote in votes.items() if len(vote) == 1 and None not in vote
+  }
+
+
+def canonical_of(name: str) -> str | None:
+  """The canonical finding `name` means: itself for a canonical name (up to case, spaces,
+  underscores, hyphens), else the one the datasets' tables agree it is ('Pleural Effusion' ->
+  'Effusion'); None when no table says, or tables disagree."""
   key = normalize(name)
-  out = {key}
-  for group in SYNONYMS:
-    keys = {normalize(g) for g in group}
-    if key in keys:
-      out |= keys
-  return frozenset(out)
+  for canonical in CANONICAL:
+    if normalize(canonical) == key:
+      return canonical
+  return _aliases().get(key)
+
+
+def set_relative(name: str) -> bool:
+  """Whether `name` means 'none of the other labels' (SET_RELATIVE, or a name the tables map onto
+  No Finding: 'normal', 'health'), whose meaning changes with the label set."""
+  key = normalize(name)
+  return key in {normalize(s) for s in SET_RELATIVE} or canonical_of(name) == NO_FINDING
 
 
 def distinct_reason(a: str, b: str) -> str | None:
-  """Why findings a and b must not be matched (DISTINCT), or None."""
-  na, nb = normalize(a), normalize(b)
+  """Why findings a and b must not be matched (DISTINCT, by name or canonical finding), or None."""
+  ka = {normalize(a), normalize(canonical_of(a) or a)}
+  kb = {normalize(b), normalize(canonical_of(b) or b)}
+  if ka & kb:
+    return None
   for pair, reason in DISTINCT.items():
     keys = {normalize(p) for p in pair}
-    if na in keys and nb in keys and na != nb:
+    if ka & keys and kb & keys:
       return reason
   return None
 
@@ -124,8 +239,8 @@ class FindingMatch:
   """How a model's findings map onto a dataset's label columns.
 
   matched: model finding -> dataset finding (model order); how: model finding -> 'finding_map' |
-  'same name' | 'synonym'; not_evaluable: model finding -> reason; ignored: dataset findings
-  that no model finding uses."""
+  'same name' | 'synonym' (another name of the same canonical finding); not_evaluable: model
+  finding -> reason; ignored: dataset findings that no model finding uses."""
 
   matched: dict[str, str]
   how: dict[str, str]
@@ -148,7 +263,8 @@ def match_findings(
 ) -> FindingMatch:
   """Matches a model's findings to a dataset's: finding_map first ({model: dataset}; None or ''
   excludes a model finding), then equal names (up to case, spaces, underscores, hyphens), then
-  SYNONYMS. A model finding with two candidate columns is an error asking for a finding_map."""
+  names of the same canonical finding (canonical_of). A model finding with two candidate columns
+  is an error asking for a finding_map."""
   model_findings, dataset_findings = list(model_findings), list(dataset_findings)
   given: dict[str, str | None] = {}
   for key, value in dict(finding_map or {}).items():
@@ -162,10 +278,10 @@ def match_findings(
       else:
         matched[f], how[f] = given[f], "finding_map"
       continue
-    relative = normalize(f) in {normalize(s) for s in SET_RELATIVE}
+    relative = set_relative(f)
     same = [] if relative else [d for d in dataset_findings if normalize(d) == normalize(f)]
-    others = synonyms(f) - {normalize(f)}
-    syn = [d for d in dataset_findings if normalize(d) in others]
+    canonical = None if relative else canonical_of(f)
+    syn = [d for d in dataset_findings if canonical and canonical_of(d) == canonical]
     candidates, kind = (same, "same name") if same else (syn, "synonym")
     if len(candidates) > 1:
       raise ValueError(
@@ -176,7 +292,7 @@ def match_findings(
       matched[f], how[f] = candidates[0], kind
       continue
     reason = "the dataset has no label for it"
-    if relative and any(normalize(d) == normalize(f) for d in dataset_findings):
+    if relative and any(set_relative(d) for d in dataset_findings):
       reason = (
         f"'{f}' means 'none of the other labels', which differ between the label sets; map it "
         "with a finding_map if the definitions agree"
@@ -192,3 +308,36 @@ def match_findings(
   used = set(matched.values())
   ignored = tuple(d for d in dataset_findings if d not in used)
   return FindingMatch(matched, how, not_evaluable, ignored)
+
+
+def describe(dataset: str | None = None) -> dict:
+  """The label space as data (what `python -m mdx findings` prints): {'canonical': [...],
+  'datasets': {dataset: [{'name', 'canonical' (None: no canonical finding), 'also' (further
+  findings the name counts for: the module's ALSO), 'reason' (None where the module gives
+  none)}, ...] in the table's order}, 'without_table': [datasets whose
+  module has no TO_CANONICAL yet]}; one dataset when given (an unknown one or one without a table
+  is a ValueError)."""
+  names = list(DATASETS) if dataset is None else [dataset]
+  out: dict = {"canonical": list(CANONICAL), "datasets": {}, "without_table": []}
+  for name in names:
+    mapping = table(name)
+    if mapping is None:
+      if dataset is not None:
+        raise ValueError(
+          f"{DATASETS[name]} has no TO_CANONICAL table yet: its names are not mapped onto the "
+          "canonical findings"
+        )
+      out["without_table"].append(name)
+      continue
+    why = reasons(name)
+    also = getattr(_module(name), "ALSO", {})  # names that count for a second finding (PadChest)
+    out["datasets"][name] = [
+      {
+        "name": n,
+        "canonical": c,
+        "also": list(also.get(n, ())),
+        "reason": None if c else why.get(n),
+      }
+      for n, c in mapping.items()
+    ]
+  return out

@@ -39,39 +39,15 @@ from collections.abc import Mapping
 import numpy as np
 from absl import logging
 
-from mdx.data.cxr import chexpert
+from mdx.data.cxr import chexpert, label_space, records
 from mdx.data.cxr import findings as findings_lib
 from mdx.data.image import file_source
 
-# The one label space of mdx's chest X-ray sources: NIH's 14 findings (NIH spelling), then the
-# CheXpert-style findings NIH does not have, then 'No Finding'.
-CANONICAL = findings_lib.CANONICAL
-
-# MIMIC-CXR's label columns (CheXpert's 14 observations, spelled as in its tables) -> canonical.
-# Both labelers read the same reports with the same observation definitions as CheXpert, so each
-# observation is the canonical finding of its own name.
-TO_CANONICAL: dict[str, str | None] = {
-  "Atelectasis": "Atelectasis",
-  "Cardiomegaly": "Cardiomegaly",
-  "Consolidation": "Consolidation",
-  "Edema": "Edema",
-  "Enlarged Cardiomediastinum": "Enlarged Cardiomediastinum",
-  "Fracture": "Fracture",
-  "Lung Lesion": "Lung Lesion",
-  "Lung Opacity": "Lung Opacity",
-  # CheXpert's 'No Finding': none of its 13 other observations is present (support devices
-  # allowed); 1.0 or blank, never 0 or -1.
-  "No Finding": "No Finding",
-  # Pleural fluid: NIH's 'Effusion' means the same (mdx.data.cxr.findings.SYNONYMS); pericardial
-  # effusion is labelled by neither.
-  "Pleural Effusion": "Effusion",
-  "Pleural Other": "Pleural Other",
-  "Pneumonia": "Pneumonia",
-  "Pneumothorax": "Pneumothorax",
-  "Support Devices": "Support Devices",
-}
+# MIMIC-CXR's label columns are CheXpert's 14 observations, spelled as in its tables and read from
+# the reports by the same labelers with the same definitions: CheXpert's mapping (chexpert.py).
+TO_CANONICAL: dict[str, str | None] = chexpert.TO_CANONICAL
 FROM_CANONICAL: dict[str, str] = {c: m for m, c in TO_CANONICAL.items() if c}
-DEFAULT_FINDINGS: tuple[str, ...] = tuple(c for c in CANONICAL if c in FROM_CANONICAL)
+DEFAULT_FINDINGS: tuple[str, ...] = tuple(c for c in findings_lib.CANONICAL if c in FROM_CANONICAL)
 
 FACTS = {
   "modality": (
@@ -109,14 +85,7 @@ def table_path(root: str, name: str) -> str:
 def output_names(data_config) -> tuple[str, ...]:
   """The canonical findings a source of config.data labels (data.findings, default
   DEFAULT_FINDINGS), told without reading a file; a name outside CANONICAL is an error."""
-  names = tuple(file_source.config_get(data_config, "findings", DEFAULT_FINDINGS))
-  bad = [f for f in names if f not in CANONICAL]
-  if bad:
-    raise ValueError(
-      f"config.data.findings has {bad}, which are not canonical finding names; choose from "
-      f"{list(CANONICAL)}"
-    )
-  return names
+  return label_space.requested_findings(data_config, DEFAULT_FINDINGS)
 
 
 def _uncertain_policy(value, columns: Mapping[str, str]) -> str | dict[str, str]:
@@ -190,9 +159,6 @@ def make_source(data_config, seed: int = 0) -> file_source.FileSource:
   split_path = table_path(root, SPLIT)
 
   columns = {f: FROM_CANONICAL[f] for f in findings if f in FROM_CANONICAL}
-  unknown = [f for f in findings if f not in FROM_CANONICAL]
-  if unknown:
-    logging.info("MIMIC-CXR labels no %s: their columns are unknown (nan) for every image", unknown)
   uncertain = _uncertain_policy(file_source.config_get(data_config, "uncertain", "ignore"), columns)
   blank = file_source.config_get(data_config, "blank", "zeros")
   studies, study_labels = _read_labels(label_path, columns, uncertain, blank)
@@ -248,11 +214,10 @@ def make_source(data_config, seed: int = 0) -> file_source.FileSource:
       label_path,
     )
 
-  labels = np.full((len(kept), len(findings)), np.nan, np.float32)
-  order = list(columns)
-  for j, f in enumerate(findings):
-    if f in columns:
-      labels[:, j] = study_labels[label_rows, order.index(f)]
+  rows = study_labels[label_rows].reshape(len(kept), len(columns))
+  labels = label_space.label_matrix(
+    "MIMIC-CXR", len(kept), findings, {f: rows[:, c] for c, f in enumerate(columns)}
+  )
   paths = [
     os.path.join(root, "files", f"p{subject[:2]}", f"p{subject}", f"s{study}", f"{dicom}.jpg")
     for dicom, subject, study, _ in kept
@@ -261,13 +226,12 @@ def make_source(data_config, seed: int = 0) -> file_source.FileSource:
   keep = file_source.keep_existing(paths, f"MIMIC-CXR metadata {meta_path}", on_error)
   idx = np.flatnonzero(keep)
   rec = [kept[i] for i in idx]
-  extra = {
-    "study_id": np.asarray([s for _, _, s, _ in rec], dtype=str),
-    "view": np.asarray([v for _, _, _, v in rec], dtype=str),
-    "sex": np.full(len(rec), "", dtype=str),
-    "age": np.full(len(rec), np.nan, np.float32),
-    "official_split": np.asarray([splits[d] for d, _, _, _ in rec], dtype=str),
-  }
+  extra = records.extra(
+    len(rec),
+    study_id=[s for _, _, s, _ in rec],
+    view=[v for _, _, _, v in rec],
+    official_split=np.asarray([splits[d] for d, _, _, _ in rec], dtype=str),
+  )
   source = file_source.FileSource(
     [paths[i] for i in idx],
     labels[idx],

@@ -22,7 +22,16 @@ from collections.abc import Sequence
 import numpy as np
 
 from mdx.data.cxr import findings as findings_lib
+from mdx.data.cxr import records
 from mdx.data.image import file_source
+
+# NIH's label names -> canonical: the canonical list starts with NIH's 14 in NIH's spelling, so
+# each is itself. 'No Finding' (none of the 14) is the canonical No Finding, relative to NIH's 14
+# as every dataset's is to its own labels (findings.SET_RELATIVE).
+TO_CANONICAL: dict[str, str | None] = {
+  **{f: f for f in findings_lib.NIH_FINDINGS},
+  findings_lib.NO_FINDING: findings_lib.NO_FINDING,
+}
 
 IMAGE = "Image Index"
 LABELS = "Finding Labels"
@@ -76,19 +85,14 @@ def index_images(folder: str) -> dict[str, str]:
   """File name -> path for PNGs in folder, folder/images_*/ and folder/images_*/images/."""
   if not os.path.isdir(folder):
     raise FileNotFoundError(f"NIH image folder {folder} does not exist (config.data.images)")
-  found: dict[str, str] = {}
-  for sub in [
-    folder,
-    *sorted(glob.glob(os.path.join(folder, "images_*"))),
-    *sorted(glob.glob(os.path.join(folder, "images_*", "images"))),
-    os.path.join(folder, "images"),
-  ]:
-    if os.path.isdir(sub):
-      with os.scandir(sub) as it:
-        for entry in it:
-          if entry.is_file():
-            found.setdefault(entry.name, entry.path)
-  return found
+  return records.index_files(
+    [
+      folder,
+      *sorted(glob.glob(os.path.join(folder, "images_*"))),
+      *sorted(glob.glob(os.path.join(folder, "images_*", "images"))),
+      os.path.join(folder, "images"),
+    ]
+  )
 
 
 def official_split(image_ids: Sequence[str], folder: str) -> dict[str, np.ndarray]:

@@ -13,7 +13,7 @@ config.data fields (source='nlm'):
   set: 'montgomery' or 'shenzhen'; default: the one found under root (both found is an error).
   masks: optional folder of extra lung masks named <image>_mask.png or <image>.png (Shenzhen's
     separately published masks); Montgomery's ManualMask/ is found by itself.
-  findings: canonical finding names (mdx.data.cxr.nlm.CANONICAL); default ('Tuberculosis',
+  findings: canonical finding names (mdx.data.cxr.findings.CANONICAL); default ('Tuberculosis',
     'No Finding'), the two these sets label. Any other is a column of nan (unknown).
   channels: 1 (default) or 3. on_error: 'raise' (default) or 'skip', for images that cannot be
     decoded (mdx.data.check); the images are listed from CXR_png/, so none is missing.
@@ -37,6 +37,7 @@ import numpy as np
 from absl import logging
 
 from mdx.data.cxr import findings as findings_lib
+from mdx.data.cxr import label_space, records
 from mdx.data.image import file_source
 from mdx.data.image import images as images_lib
 
@@ -48,9 +49,6 @@ IMAGES = "CXR_png"
 READINGS = "ClinicalReadings"
 MANUAL_MASKS = (os.path.join("ManualMask", "leftMask"), os.path.join("ManualMask", "rightMask"))
 NAME = re.compile(r"(MCUCXR|CHNCXR)_(\d{4})_([01])\.png")
-
-# The label space every source maps onto: NIH's 14 findings, then the CheXpert-style names.
-CANONICAL = findings_lib.CANONICAL
 
 # The publisher's two classes, the last digit of each file name (_1 / _0).
 TO_CANONICAL: dict[str, str | None] = {
@@ -82,14 +80,22 @@ FACTS = {
 def output_names(data_config) -> tuple[str, ...]:
   """The canonical findings config.data asks for (default: Tuberculosis and No Finding), told
   without reading a file; a name outside the label space is a ValueError listing it."""
-  names = tuple(file_source.config_get(data_config, "findings", ()) or DEFAULT_FINDINGS)
-  bad = [n for n in names if n not in CANONICAL]
-  if bad:
-    raise ValueError(
-      f"config.data.findings has {bad}, which are not canonical finding names; choose from "
-      f"{list(CANONICAL)}"
-    )
-  return names
+  return label_space.requested_findings(data_config, DEFAULT_FINDINGS)
+
+
+def parse_name(file_name: str) -> tuple[str, str, float] | None:
+  """(set prefix, patient id, Tuberculosis) of an NLM file name: 'MCUCXR_0104_1.png' ->
+  ('MCUCXR', 'MCUCXR_0104', 1.0); None for any other name. TBX11K's extra/ films keep these
+  names, so both sources read them here."""
+  m = NAME.fullmatch(file_name)
+  return (m.group(1), f"{m.group(1)}_{m.group(2)}", float(m.group(3))) if m else None
+
+
+def labels_of(tb: np.ndarray) -> dict[str, np.ndarray]:
+  """{canonical finding: values} of films whose Tuberculosis is `tb` (1, 0, nan unknown): an NLM
+  film without TB was read as normal (TO_CANONICAL), so No Finding is 1 - tb."""
+  tb = np.asarray(tb, np.float32)
+  return {"Tuberculosis": tb, findings_lib.NO_FINDING: 1.0 - tb}
 
 
 # ---------------------------------------------------------------------------------- the readings
@@ -175,13 +181,6 @@ def find_set(root: str, name: str | None) -> tuple[str, str]:
   return next(iter(found.items()))
 
 
-def _objects(items: Sequence) -> np.ndarray:
-  out = np.empty(len(items), object)
-  for i, item in enumerate(items):
-    out[i] = item
-  return out
-
-
 def _patient_groups(numbers: Sequence[str], same_as: Sequence[str]) -> list[str]:
   """Patient id of each image: its own prefix+number, or the lowest one of the films its readings
   tie to it ('same pt as ...'), followed through chains."""
@@ -215,8 +214,8 @@ def make_source(data_config, seed: int = 0) -> file_source.FileSource:
   for name in sorted(os.listdir(image_dir)):
     if name.startswith(".") or not name.lower().endswith(".png"):
       continue
-    m = NAME.fullmatch(name)
-    if not m or m.group(1) != prefix:
+    parsed = parse_name(name)
+    if not parsed or parsed[0] != prefix:
       raise ValueError(
         f"{os.path.join(image_dir, name)}: not a {set_name} file name ({prefix}_NNNN_0.png "
         "normal, _1.png tuberculosis); rename or remove it"
@@ -268,15 +267,7 @@ def make_source(data_config, seed: int = 0) -> file_source.FileSource:
       files += [os.path.join(extra_masks, stem + s + ".png") for s in ("_mask", "")]
     mask_files.append(tuple(f for f in files if os.path.exists(f)))
 
-  labels = np.full((len(stems), len(findings)), np.nan, np.float32)
-  for c, f in enumerate(findings):
-    if f == "Tuberculosis":
-      labels[:, c] = tb
-    elif f == findings_lib.NO_FINDING:
-      labels[:, c] = 1.0 - tb
-  unlabelled = [f for f in findings if f not in DEFAULT_FINDINGS]
-  if unlabelled:
-    logging.info("NLM labels none of %s: their columns are unknown (nan)", unlabelled)
+  labels = label_space.label_matrix("NLM", len(stems), findings, labels_of(tb))
   return file_source.FileSource(
     [os.path.join(image_dir, n) for n in names],
     labels,
@@ -285,13 +276,9 @@ def make_source(data_config, seed: int = 0) -> file_source.FileSource:
     findings,
     channels=int(file_source.config_get(data_config, "channels", 1)),
     name=f"nlm_{set_name}",
-    extra={
-      "study_id": np.full(len(stems), ""),
-      "view": np.full(len(stems), "PA"),
-      "sex": np.asarray(sex, dtype=str),
-      "age": age,
-      "mask_files": _objects(mask_files),
-    },
+    extra=records.extra(
+      len(stems), view="PA", sex=sex, age=age, mask_files=records.objects(mask_files)
+    ),
   )
 
 

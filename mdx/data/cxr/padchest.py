@@ -50,11 +50,8 @@ import numpy as np
 from absl import logging
 
 from mdx.data.cxr import findings as findings_lib
+from mdx.data.cxr import label_space, records
 from mdx.data.image import file_source
-
-# The one label space of mdx's chest X-ray sources: NIH's 14 findings (NIH spelling), then the
-# CheXpert-style findings NIH does not have, then 'No Finding'.
-CANONICAL = findings_lib.CANONICAL
 
 METADATA = "PADCHEST_chest_x_ray_images_labels_160K_01.02.19.csv"
 DEFAULT_VIEWS = ("PA", "AP", "AP_horizontal")
@@ -299,7 +296,7 @@ NOT_FINDINGS = frozenset({"normal", "suboptimal study", "unchanged"})
 LABELLED = frozenset(
   {c for c in TO_CANONICAL.values() if c} | {c for cs in ALSO.values() for c in cs}
 )
-DEFAULT_FINDINGS: tuple[str, ...] = tuple(c for c in CANONICAL if c in LABELLED)
+DEFAULT_FINDINGS: tuple[str, ...] = tuple(c for c in findings_lib.CANONICAL if c in LABELLED)
 
 # Images to leave out, as torchxrayvision documents them (torchxrayvision/datasets.py, PC_Dataset:
 # "Remove missing files", with the error each unreadable one gave).
@@ -352,14 +349,7 @@ _DIR = re.compile(r"\d+(\.0*)?")
 def output_names(data_config) -> tuple[str, ...]:
   """The canonical findings a source of config.data labels (data.findings, default
   DEFAULT_FINDINGS), told without reading a file; a name outside CANONICAL is an error."""
-  names = tuple(file_source.config_get(data_config, "findings", DEFAULT_FINDINGS))
-  bad = [f for f in names if f not in CANONICAL]
-  if bad:
-    raise ValueError(
-      f"config.data.findings has {bad}, which are not canonical finding names; choose from "
-      f"{list(CANONICAL)}"
-    )
-  return names
+  return label_space.requested_findings(data_config, DEFAULT_FINDINGS)
 
 
 def parse_terms(cell: str, where: str) -> list[str]:
@@ -435,15 +425,7 @@ def index_images(root: str) -> dict[str, str]:
     if os.path.isdir(base):
       with os.scandir(base) as it:
         folders += sorted(e.path for e in it if e.is_dir() and e.name.isdigit())
-  folders += [images, root]
-  found: dict[str, str] = {}
-  for folder in folders:
-    if os.path.isdir(folder):
-      with os.scandir(folder) as it:
-        for entry in it:
-          if entry.is_file():
-            found.setdefault(entry.name, entry.path)
-  return found
+  return records.index_files([*folders, images, root])
 
 
 def _expected_path(root: str, row: dict[str, str]) -> str:
@@ -468,12 +450,7 @@ def make_source(data_config, seed: int = 0) -> file_source.FileSource:
   findings = output_names(data_config)
   path = metadata_path(data_config, root)
   _, rows = file_source.read_csv(path, REQUIRED)
-  unlabelled_findings = [f for f in findings if f not in LABELLED]
-  if unlabelled_findings:
-    logging.info(
-      "PadChest labels no %s: their columns are unknown (nan) for every image",
-      unlabelled_findings,
-    )
+  label_space.log_unlabelled("PadChest", findings, LABELLED)
   views = file_source.config_get(data_config, "views", DEFAULT_VIEWS)
   views = {views} if isinstance(views, str) else set(views)
   excluded = Counter({"views": 0, "exclude": 0, "unlabelled": 0, "known_bad": 0})
@@ -547,13 +524,14 @@ def make_source(data_config, seed: int = 0) -> file_source.FileSource:
     return np.asarray([(row.get(name) or "").strip() for row, _ in rec], dtype=str)
 
   sex = column("PatientSex_DICOM")
-  extra = {
-    "study_id": column("StudyID"),
-    "view": column("Projection"),
-    "sex": np.where(np.isin(sex, ["M", "F"]), sex, ""),
-    "age": np.asarray([age for _, age in rec], np.float32),
-    "label_method": column("MethodLabel"),
-  }
+  extra = records.extra(
+    len(rec),
+    study_id=column("StudyID"),
+    view=column("Projection"),
+    sex=np.where(np.isin(sex, ["M", "F"]), sex, ""),
+    age=[age for _, age in rec],
+    label_method=column("MethodLabel"),
+  )
   source = file_source.FileSource(
     [paths[i] for i in idx],
     np.asarray(labels, np.float32).reshape(len(kept), len(findings))[idx],

@@ -36,18 +36,14 @@ from __future__ import annotations
 
 import math
 import os
-import re
-import time
 from collections.abc import Sequence
 
 import numpy as np
 from absl import logging
 
+from mdx.data.cxr import dicom_headers, label_space, records
 from mdx.data.cxr import findings as findings_lib
 from mdx.data.image import file_source
-
-# The label space every source maps onto: NIH's 14 findings, then the CheXpert-style names.
-CANONICAL = findings_lib.CANONICAL
 
 PATIENT, TARGET = "patientId", "Target"
 BOX = ("x", "y", "width", "height")
@@ -237,48 +233,9 @@ def _table_map(path: str, key: str, columns: Sequence[str]) -> dict[str, dict[st
 
 
 def age_years(value: str) -> float:
-  """DICOM PatientAge ('062Y', '010M', '003W', '020D'; RSNA writes plain '62') -> years; nan
-  when empty, unreadable or above MAX_AGE."""
-  m = re.fullmatch(r"\s*(\d+)\s*([DWMY]?)\s*", str(value or ""), re.IGNORECASE)
-  if not m:
-    return math.nan
-  per_year = {"": 1.0, "Y": 1.0, "M": 12.0, "W": 365.25 / 7, "D": 365.25}
-  years = int(m.group(1)) / per_year[m.group(2).upper()]
-  return years if years <= MAX_AGE else math.nan
-
-
-def read_dicom_headers(
-  paths: Sequence[str], on_error: str
-) -> tuple[list[dict[str, str] | None], int]:
-  """HEADER_TAGS of each DICOM (pixels not read); None for an unreadable file when on_error is
-  'skip' (counted), else a ValueError naming it."""
-  import pydicom
-
-  start = time.perf_counter()
-  out: list[dict[str, str] | None] = []
-  bad = 0
-  settings = pydicom.config.settings
-  validation = settings.reading_validation_mode
-  settings.reading_validation_mode = pydicom.config.IGNORE  # RSNA's PatientAge '62' is no 'AS'
-  try:
-    for path in paths:
-      try:
-        ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=list(HEADER_TAGS))
-        out.append({t: str(ds.get(t, "") or "").strip() for t in HEADER_TAGS})
-      except (OSError, ValueError, pydicom.errors.InvalidDicomError) as e:
-        if on_error == "raise":
-          raise ValueError(
-            f"cannot read the DICOM header of {path} ({type(e).__name__}: {e}); replace the "
-            "file or set config.data.on_error='skip'"
-          ) from None
-        out.append(None)
-        bad += 1
-  finally:
-    settings.reading_validation_mode = validation
-  logging.info("RSNA: read %d DICOM headers in %.2f s", len(paths), time.perf_counter() - start)
-  if bad:
-    logging.warning("RSNA: skipped %d films whose DICOM header cannot be read", bad)
-  return out, bad
+  """DICOM PatientAge ('062Y', '010M'; RSNA writes plain '62') -> years; nan when empty,
+  unreadable or above MAX_AGE."""
+  return dicom_headers.age_years(value, MAX_AGE)
 
 
 # ------------------------------------------------------------------------------------ the source
@@ -287,38 +244,14 @@ def read_dicom_headers(
 def output_names(data_config) -> tuple[str, ...]:
   """The canonical findings config.data asks for (default LABELLED), told without reading a
   file; a name outside the label space is a ValueError listing the canonical names."""
-  names = tuple(file_source.config_get(data_config, "findings", ()) or LABELLED)
-  bad = [n for n in names if n not in CANONICAL]
-  if bad:
-    raise ValueError(
-      f"config.data.findings has {bad}, which are not canonical finding names; choose from "
-      f"{list(CANONICAL)}"
-    )
-  if len(set(names)) != len(names):
-    raise ValueError(f"config.data.findings names a finding twice: {list(names)}")
-  return names
-
-
-def _extension(data_config) -> str:
-  ext = str(file_source.config_get(data_config, "extension", ".dcm")).lower()
-  ext = ext if ext.startswith(".") else "." + ext
-  if ext not in EXTENSIONS:
-    raise ValueError(f"config.data.extension={ext!r}; choose one of {list(EXTENSIONS)}")
-  return ext
-
-
-def _objects(items: Sequence) -> np.ndarray:
-  out = np.empty(len(items), object)
-  for i, item in enumerate(items):
-    out[i] = item
-  return out
+  return label_space.requested_findings(data_config, LABELLED)
 
 
 def make_source(data_config, seed: int = 0) -> file_source.FileSource:
   del seed
   metadata = file_source.require(data_config, "metadata", "rsna")
   findings = output_names(data_config)
-  ext = _extension(data_config)
+  ext = records.extension(data_config, ".dcm", EXTENSIONS)
   on_error = file_source.config_get(data_config, "on_error", "raise")
   read_headers = bool(file_source.config_get(data_config, "read_headers", False))
   headers_table = file_source.config_get(data_config, "headers")
@@ -348,21 +281,15 @@ def make_source(data_config, seed: int = 0) -> file_source.FileSource:
   idx = np.flatnonzero(keep)
   skipped = int((~keep).sum())
   if read_headers:
-    read, bad = read_dicom_headers([paths[i] for i in idx], on_error)
+    read, bad = dicom_headers.read([paths[i] for i in idx], HEADER_TAGS, on_error, "RSNA")
     good = np.array([h is not None for h in read], bool)
     headers = {ids[i]: h for i, h in zip(idx, read) if h is not None}
     idx, skipped = idx[good], skipped + bad
 
   kept = [ids[i] for i in idx]
-  labels = np.full((len(kept), len(findings)), np.nan, np.float32)
-  unlabelled = [f for f in findings if f not in LABELLED]
-  if unlabelled:
-    logging.info("RSNA labels none of %s: their columns are unknown (nan)", unlabelled)
-  for r, pid in enumerate(kept):
-    name = classes.get(pid, OPACITY if target[pid] else "")
-    for f, finding in enumerate(findings):
-      if finding in LABELLED:
-        labels[r, f] = VALUES[name][finding]
+  names = [classes.get(pid, OPACITY if target[pid] else "") for pid in kept]
+  values = {f: np.array([VALUES[name][f] for name in names], np.float32) for f in LABELLED}
+  labels = label_space.label_matrix("RSNA", len(kept), findings, values)
 
   missing = [p for p in kept if p not in headers] if (headers_table or read_headers) else []
   if missing:
@@ -392,11 +319,14 @@ def make_source(data_config, seed: int = 0) -> file_source.FileSource:
     name="rsna",
     skipped=skipped,
     extra={
-      "boxes": _objects([boxes[p] for p in kept]),
+      **records.extra(
+        len(kept),
+        study_id=[h.get("StudyInstanceUID", "") for h in head],
+        view=[h.get("ViewPosition", "") for h in head],
+        sex=[h.get("PatientSex", "") for h in head],
+        age=age,
+        boxes=records.objects([boxes[p] for p in kept]),
+      ),
       "class": np.asarray([classes.get(p, "") for p in kept], dtype=str),
-      "study_id": np.asarray([h.get("StudyInstanceUID", "") for h in head], dtype=str),
-      "view": np.asarray([h.get("ViewPosition", "") for h in head], dtype=str),
-      "sex": np.asarray([h.get("PatientSex", "") for h in head], dtype=str),
-      "age": age,
     },
   )

@@ -9,7 +9,7 @@ config.data fields (source='siim'):
     about 20 ms per 1000 files with the folders in the OS cache and 0.25 s per 1000 the first
     time (measured on a 12,000-file tree of the same depth on a local SSD; a network file system
     or a cold disk is slower).
-  findings: canonical finding names (mdx.data.cxr.siim.CANONICAL) to predict; default
+  findings: canonical finding names (mdx.data.cxr.findings.CANONICAL) to predict; default
     ('Pneumothorax',), the one finding SIIM labels. Any other is a column of nan (unknown).
   patient_id: where the patient id comes from: 'header' (default) reads PatientID and, with it,
     PatientSex, PatientAge, ViewPosition and StudyInstanceUID from every DICOM header (not the
@@ -29,14 +29,12 @@ through select() and splits alike. The RLE is the challenge's relative, column-m
 from __future__ import annotations
 
 import os
-import re
 import time
-from collections.abc import Sequence
 
 import numpy as np
 from absl import logging
 
-from mdx.data.cxr import findings as findings_lib
+from mdx.data.cxr import dicom_headers, label_space, records
 from mdx.data.image import file_source
 
 IMAGE = "ImageId"
@@ -44,9 +42,6 @@ RLE_COLUMNS = (" EncodedPixels", "EncodedPixels")  # stage 1 (as distributed), s
 NEGATIVE = "-1"
 SIZE = (1024, 1024)  # every SIIM film is 1024 x 1024; the RLE counts pixels of that grid
 PATIENT_POLICIES = ("header", "image_id")
-
-# The label space every source maps onto: NIH's 14 findings, then the CheXpert-style names.
-CANONICAL = findings_lib.CANONICAL
 
 # SIIM's one label: a pneumothorax region drawn on the film (a row with an RLE mask), or '-1'.
 TO_CANONICAL: dict[str, str | None] = {
@@ -147,14 +142,7 @@ def mask(source, index: int, shape: tuple[int, int] = SIZE) -> np.ndarray:
 def output_names(data_config) -> tuple[str, ...]:
   """The canonical findings config.data asks for (default: Pneumothorax, the one SIIM labels),
   told without reading a file; a name outside the label space is a ValueError listing it."""
-  names = tuple(file_source.config_get(data_config, "findings", ()) or DEFAULT_FINDINGS)
-  bad = [n for n in names if n not in CANONICAL]
-  if bad:
-    raise ValueError(
-      f"config.data.findings has {bad}, which are not canonical finding names; choose from "
-      f"{list(CANONICAL)}"
-    )
-  return names
+  return label_space.requested_findings(data_config, DEFAULT_FINDINGS)
 
 
 def index_dicoms(folder: str) -> dict[str, str]:
@@ -188,57 +176,7 @@ def index_dicoms(folder: str) -> dict[str, str]:
   return found
 
 
-def _age_years(value: str) -> float:
-  """DICOM PatientAge ('062Y', '010M', '003W', '020D'; SIIM writes plain '62') -> years."""
-  m = re.fullmatch(r"\s*(\d+)\s*([DWMY]?)\s*", str(value or ""), re.IGNORECASE)
-  if not m:
-    return float("nan")
-  per_year = {"": 1.0, "Y": 1.0, "M": 12.0, "W": 365.25 / 7, "D": 365.25}
-  return int(m.group(1)) / per_year[m.group(2).upper()]
-
-
 HEADER_TAGS = ("PatientID", "PatientSex", "PatientAge", "ViewPosition", "StudyInstanceUID")
-
-
-def read_headers(paths: Sequence[str], on_error: str) -> tuple[list[dict[str, str] | None], int]:
-  """The HEADER_TAGS of each DICOM (pixels not read); None for an unreadable file when on_error
-  is 'skip' (counted), else a ValueError naming it."""
-  import pydicom
-
-  start = time.perf_counter()
-  out: list[dict[str, str] | None] = []
-  bad = 0
-  # SIIM writes PatientAge as '62', not the 'AS' form '062Y': pydicom would warn (and log) once
-  # per file when the value is read; the value is parsed by _age_years instead.
-  settings = pydicom.config.settings
-  validation = settings.reading_validation_mode
-  settings.reading_validation_mode = pydicom.config.IGNORE
-  try:
-    for path in paths:
-      try:
-        ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=list(HEADER_TAGS))
-        out.append({t: str(ds.get(t, "") or "").strip() for t in HEADER_TAGS})
-      except (OSError, ValueError, pydicom.errors.InvalidDicomError) as e:
-        if on_error == "raise":
-          raise ValueError(
-            f"cannot read the DICOM header of {path} ({type(e).__name__}: {e}); replace the "
-            "file or set config.data.on_error='skip'"
-          ) from None
-        out.append(None)
-        bad += 1
-  finally:
-    settings.reading_validation_mode = validation
-  logging.info("SIIM: read %d DICOM headers in %.2f s", len(paths), time.perf_counter() - start)
-  if bad:
-    logging.warning("SIIM: skipped %d files whose DICOM header cannot be read", bad)
-  return out, bad
-
-
-def _objects(items: Sequence) -> np.ndarray:
-  out = np.empty(len(items), object)
-  for i, item in enumerate(items):
-    out[i] = item
-  return out
 
 
 def read_table(metadata: str) -> tuple[list[str], dict[str, list[str]]]:
@@ -310,7 +248,7 @@ def make_source(data_config, seed: int = 0) -> file_source.FileSource:
   study, view, sex = [""] * n, [""] * n, [""] * n
   age = np.full(n, np.nan, np.float32)
   if policy == "header":
-    headers, bad = read_headers([paths[i] for i in idx], on_error)
+    headers, bad = dicom_headers.read([paths[i] for i in idx], HEADER_TAGS, on_error, "SIIM")
     for j, head in enumerate(headers):
       if head is None:
         continue
@@ -321,7 +259,7 @@ def make_source(data_config, seed: int = 0) -> file_source.FileSource:
         )
       patients[j] = head["PatientID"]
       study[j], view[j], sex[j] = head["StudyInstanceUID"], head["ViewPosition"], head["PatientSex"]
-      age[j] = _age_years(head["PatientAge"])
+      age[j] = dicom_headers.age_years(head["PatientAge"])
     if bad:
       good = np.array([h is not None for h in headers])
       idx, skipped = idx[good], skipped + bad
@@ -330,12 +268,8 @@ def make_source(data_config, seed: int = 0) -> file_source.FileSource:
       )
       age = age[good]
 
-  labels = np.full((len(idx), len(findings)), np.nan, np.float32)
-  unlabelled = [f for f in findings if f not in DEFAULT_FINDINGS]
-  if unlabelled:
-    logging.info("SIIM labels none of %s: their columns are unknown (nan)", unlabelled)
-  if "Pneumothorax" in findings:
-    labels[:, findings.index("Pneumothorax")] = [float(bool(regions[ids[i]])) for i in idx]
+  drawn = np.array([bool(regions[ids[i]]) for i in idx], np.float32)
+  labels = label_space.label_matrix("SIIM", len(idx), findings, {"Pneumothorax": drawn})
   return file_source.FileSource(
     [paths[i] for i in idx],
     labels,
@@ -345,11 +279,12 @@ def make_source(data_config, seed: int = 0) -> file_source.FileSource:
     channels=int(file_source.config_get(data_config, "channels", 1)),
     name="siim",
     skipped=skipped,
-    extra={
-      "study_id": np.asarray(study, dtype=str),
-      "view": np.asarray(view, dtype=str),
-      "sex": np.asarray(sex, dtype=str),
-      "age": age,
-      "rle": _objects([";".join(regions[ids[i]]) for i in idx]),
-    },
+    extra=records.extra(
+      len(idx),
+      study_id=study,
+      view=view,
+      sex=sex,
+      age=age,
+      rle=records.objects([";".join(regions[ids[i]]) for i in idx]),
+    ),
   )

@@ -15,7 +15,7 @@ config.data fields (source='tbx11k'):
     imgs/health, imgs/sick and imgs/tb (the labelled train and val films).
   annotations: the COCO JSON of the boxes; default annotations/json/<list>.json
     (TBX11K_trainval.json without a list) where it exists, else no boxes (logged).
-  findings: canonical finding names (mdx.data.cxr.tbx11k.CANONICAL); default ('Tuberculosis',
+  findings: canonical finding names (mdx.data.cxr.findings.CANONICAL); default ('Tuberculosis',
     'No Finding'), the two TBX11K labels. Any other is a column of nan (unknown).
   channels, on_error: as for NIH (on_error also covers listed images that are missing).
 
@@ -35,13 +35,12 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
-from collections.abc import Sequence
 
 import numpy as np
 from absl import logging
 
 from mdx.data.cxr import findings as findings_lib
+from mdx.data.cxr import label_space, nlm, records
 from mdx.data.image import file_source
 
 FOLDERS = {  # folder under imgs/ -> (Tuberculosis, No Finding)
@@ -49,11 +48,7 @@ FOLDERS = {  # folder under imgs/ -> (Tuberculosis, No Finding)
   "sick": (0.0, 0.0),
   "tb": (1.0, 0.0),
 }
-NLM_NAME = re.compile(r"(MCUCXR|CHNCXR)_(\d{4})_([01])\.png")
 DEFAULT_ANNOTATIONS = "TBX11K_trainval"
-
-# The label space every source maps onto: NIH's 14 findings, then the CheXpert-style names.
-CANONICAL = findings_lib.CANONICAL
 
 # TBX11K's image classes (its folders) and box categories (its JSON), as the publisher spells them.
 TO_CANONICAL: dict[str, str | None] = {
@@ -88,21 +83,7 @@ FACTS = {
 def output_names(data_config) -> tuple[str, ...]:
   """The canonical findings config.data asks for (default: Tuberculosis and No Finding), told
   without reading a file; a name outside the label space is a ValueError listing it."""
-  names = tuple(file_source.config_get(data_config, "findings", ()) or DEFAULT_FINDINGS)
-  bad = [n for n in names if n not in CANONICAL]
-  if bad:
-    raise ValueError(
-      f"config.data.findings has {bad}, which are not canonical finding names; choose from "
-      f"{list(CANONICAL)}"
-    )
-  return names
-
-
-def _objects(items: Sequence) -> np.ndarray:
-  out = np.empty(len(items), object)
-  for i, item in enumerate(items):
-    out[i] = item
-  return out
+  return label_space.requested_findings(data_config, DEFAULT_FINDINGS)
 
 
 # ------------------------------------------------------------------------------- lists and boxes
@@ -211,9 +192,9 @@ def _label(rel: str, has_box: bool) -> tuple[float, float]:
   top = rel.split("/", 1)[0]
   if top in FOLDERS:
     return FOLDERS[top]
-  m = NLM_NAME.fullmatch(rel.rsplit("/", 1)[-1])
-  if m:
-    tb = float(m.group(3))
+  nlm_name = nlm.parse_name(rel.rsplit("/", 1)[-1])
+  if nlm_name:
+    tb = nlm_name[2]
     return tb, 1.0 - tb
   if has_box:  # a boxed TB area on a film of no labelled folder
     return 1.0, 0.0
@@ -276,23 +257,15 @@ def make_source(data_config, seed: int = 0) -> file_source.FileSource:
       len(rels),
       unlabelled[:3],
     )
-  labels = np.full((len(rels), len(findings)), np.nan, np.float32)
-  for c, f in enumerate(findings):
-    if f in DEFAULT_FINDINGS:
-      labels[:, c] = pairs[:, DEFAULT_FINDINGS.index(f)]
-  unknown = [f for f in findings if f not in DEFAULT_FINDINGS]
-  if unknown:
-    logging.info("TBX11K labels none of %s: their columns are unknown (nan)", unknown)
+  columns = {f: pairs[:, c] for c, f in enumerate(DEFAULT_FINDINGS)}
+  labels = label_space.label_matrix("TBX11K", len(rels), findings, columns)
 
   ids = [rel[:-4] if rel.endswith(".png") else rel for rel in rels]
-  patients = []
-  for rel, image_id in zip(rels, ids):
-    m = NLM_NAME.fullmatch(rel.rsplit("/", 1)[-1])
-    patients.append(f"{m.group(1)}_{m.group(2)}" if m else image_id)
+  nlm_names = [nlm.parse_name(rel.rsplit("/", 1)[-1]) for rel in rels]
+  patients = [named[1] if named else image_id for named, image_id in zip(nlm_names, ids)]
   box_arrays = [
     np.array([b for _, b in boxes.get(rel, [])], np.float32).reshape(-1, 4) for rel in rels
   ]
-  n = len(rels)
   return file_source.FileSource(
     [paths[i] for i in idx],
     labels,
@@ -302,13 +275,10 @@ def make_source(data_config, seed: int = 0) -> file_source.FileSource:
     channels=int(file_source.config_get(data_config, "channels", 1)),
     name="tbx11k",
     skipped=int((~keep).sum()),
-    extra={
-      "study_id": np.full(n, ""),
-      "view": np.full(n, ""),
-      "sex": np.full(n, ""),
-      "age": np.full(n, np.nan, np.float32),
-      "folder": np.asarray([rel.split("/", 1)[0] for rel in rels], dtype=str),
-      "boxes": _objects(box_arrays),
-      "box_categories": _objects([tuple(c for c, _ in boxes.get(rel, [])) for rel in rels]),
-    },
+    extra=records.extra(
+      len(rels),
+      folder=np.asarray([rel.split("/", 1)[0] for rel in rels], dtype=str),
+      boxes=records.objects(box_arrays),
+      box_categories=records.objects([tuple(c for c, _ in boxes.get(rel, [])) for rel in rels]),
+    ),
   )

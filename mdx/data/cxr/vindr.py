@@ -54,10 +54,8 @@ from absl import logging
 
 from mdx.data import consensus
 from mdx.data.cxr import findings as findings_lib
+from mdx.data.cxr import label_space, records
 from mdx.data.image import file_source
-
-# The label space every source maps onto: NIH's 14 findings, then the CheXpert-style names.
-CANONICAL = findings_lib.CANONICAL
 
 NO_FINDING = "No finding"  # VinDr's spelling
 # Kaggle's train.csv: class_id is the index in this tuple (14 box findings, then 'No finding').
@@ -151,7 +149,7 @@ TO_CANONICAL: dict[str, str | None] = {
   # Lung Lesion negative.
   "Nodule/Mass": None,
   "Other lesion": None,
-  "Pleural effusion": "Effusion",  # NIH 'Effusion' is pleural effusion (findings.SYNONYMS)
+  "Pleural effusion": "Effusion",  # NIH 'Effusion' is pleural effusion (chexpert.TO_CANONICAL)
   # NIH's name for pleural thickening; CheXpert's 'Pleural Other' is wider (plaques, calcification).
   "Pleural thickening": "Pleural_Thickening",
   "Pneumothorax": "Pneumothorax",
@@ -173,7 +171,7 @@ TO_CANONICAL: dict[str, str | None] = {
   NO_FINDING: findings_lib.NO_FINDING,
 }
 DEFAULT_FINDINGS: tuple[str, ...] = tuple(
-  f for f in CANONICAL if f in {c for c in TO_CANONICAL.values() if c}
+  f for f in findings_lib.CANONICAL if f in {c for c in TO_CANONICAL.values() if c}
 )
 
 FACTS = {
@@ -236,9 +234,15 @@ def _cell(value: str, path: str, line: int, column: str) -> float:
   )
 
 
-def _box(row: dict[str, str], path: str, line: int) -> list[float] | None:
-  """The four box cells as floats, None when all four are empty; ValueError otherwise."""
+def _box(row: dict[str, str], name: str, path: str, line: int, image_id: str) -> list[float] | None:
+  """The four box cells of a row of class `name` as floats, None when all four are empty (as they
+  are exactly on 'No finding' rows); ValueError otherwise."""
   cells = [row[c].strip() for c in BOX]
+  if (name == NO_FINDING) == any(cells):
+    raise ValueError(
+      f"{path} line {line} ({image_id}): a {name!r} row "
+      + ("has a box; 'No finding' rows have none" if any(cells) else "has no box; fill it in")
+    )
   if not any(cells):
     return None
   try:
@@ -287,12 +291,7 @@ def _read_kaggle(path: str, rows: Sequence[dict[str, str]]) -> Table:
         f"{path} line {line} ({image_id}): class_id {row[CLASS_ID]!r} does not match class_name "
         f"{name!r} (class_id {KAGGLE_CLASSES.index(name)}); fix the row"
       )
-    box = _box(row, path, line)
-    if (name == NO_FINDING) != (box is None):
-      raise ValueError(
-        f"{path} line {line} ({image_id}): a {name!r} row "
-        + ("has a box; 'No finding' rows have none" if box else "has no box; fill it in")
-      )
+    box = _box(row, name, path, line, image_id)
     i = ids.setdefault(image_id, len(ids))
     r = readers.setdefault(reader, len(readers))
     other = seen.setdefault((i, r), (name, line))
@@ -394,12 +393,7 @@ def read_boxes(path: str, table: Table) -> None:
         f"{path} line {line} ({image_id}): class_name {name!r} is not one of VinDr's box labels "
         f"{list(LOCAL_LABELS)} or {NO_FINDING!r}; fix the row"
       )
-    box = _box(row, path, line)
-    if (name == NO_FINDING) != (box is None):
-      raise ValueError(
-        f"{path} line {line} ({image_id}): a {name!r} row "
-        + ("has a box; 'No finding' rows have none" if box else "has no box; fill it in")
-      )
+    box = _box(row, name, path, line, image_id)
     if box:
       table.boxes[image_id].append([name, *box, row[rad].strip() if rad else ""])
 
@@ -410,16 +404,7 @@ def read_boxes(path: str, table: Table) -> None:
 def output_names(data_config) -> tuple[str, ...]:
   """The canonical findings config.data asks for (default DEFAULT_FINDINGS), told without reading
   a file; a name outside the label space is a ValueError listing the canonical names."""
-  names = tuple(file_source.config_get(data_config, "findings", ()) or DEFAULT_FINDINGS)
-  bad = [n for n in names if n not in CANONICAL]
-  if bad:
-    raise ValueError(
-      f"config.data.findings has {bad}, which are not canonical finding names; choose from "
-      f"{list(CANONICAL)}"
-    )
-  if len(set(names)) != len(names):
-    raise ValueError(f"config.data.findings names a finding twice: {list(names)}")
-  return names
+  return label_space.requested_findings(data_config, DEFAULT_FINDINGS)
 
 
 def _policy(data_config, table: Table) -> str:
@@ -467,39 +452,19 @@ def canonical_labels(
   values: np.ndarray, labels: Sequence[str], findings: Sequence[str], where: str
 ) -> np.ndarray:
   """[N, L] values of VinDr labels -> float32 [N, F] of canonical findings (nan: not labelled)."""
-  out = np.full((values.shape[0], len(findings)), np.nan, np.float32)
-  unlabelled = []
-  for f, finding in enumerate(findings):
+  columns = {}
+  for finding in findings:
     name = _source_label(finding, labels)
-    if name is None:
-      unlabelled.append(finding)
-    else:
-      out[:, f] = values[:, list(labels).index(name)]
-  if unlabelled:
-    logging.info("VinDr %s labels none of %s: their columns are unknown (nan)", where, unlabelled)
-  return out
-
-
-def _extension(data_config) -> str:
-  ext = str(file_source.config_get(data_config, "extension", ".dicom")).lower()
-  ext = ext if ext.startswith(".") else "." + ext
-  if ext not in EXTENSIONS:
-    raise ValueError(f"config.data.extension={ext!r}; choose one of {list(EXTENSIONS)}")
-  return ext
-
-
-def _objects(items: Sequence) -> np.ndarray:
-  out = np.empty(len(items), object)
-  for i, item in enumerate(items):
-    out[i] = item
-  return out
+    if name is not None:
+      columns[finding] = values[:, list(labels).index(name)]
+  return label_space.label_matrix(f"VinDr {where}", values.shape[0], findings, columns)
 
 
 def make_source(data_config, seed: int = 0) -> file_source.FileSource:
   del seed
   metadata = file_source.require(data_config, "metadata", "vindr")
   findings = output_names(data_config)
-  ext = _extension(data_config)
+  ext = records.extension(data_config, ".dicom", EXTENSIONS)
   table = read_table(metadata)
   policy = _policy(data_config, table)
   boxes = file_source.config_get(data_config, "boxes")
@@ -520,7 +485,6 @@ def make_source(data_config, seed: int = 0) -> file_source.FileSource:
   ids = [table.ids[i] for i in idx]
   readers = np.asarray(table.readers)
   read_by = ["|".join(readers[~np.isnan(table.reads[i]).all(1)]) for i in idx]
-  n = len(idx)
   return file_source.FileSource(
     [paths[i] for i in idx],
     labels[idx],
@@ -530,14 +494,11 @@ def make_source(data_config, seed: int = 0) -> file_source.FileSource:
     channels=int(file_source.config_get(data_config, "channels", 1)),
     name="vindr",
     skipped=int((~keep).sum()),
-    extra={
-      "readers": np.asarray(read_by, dtype=str),
-      "boxes": _objects([table.boxes[i] for i in ids]),
-      "study_id": np.full(n, "", dtype=str),
-      "view": np.full(n, "", dtype=str),
-      "sex": np.full(n, "", dtype=str),
-      "age": np.full(n, np.nan, np.float32),
-    },
+    extra=records.extra(
+      len(idx),
+      readers=np.asarray(read_by, dtype=str),
+      boxes=records.objects([table.boxes[i] for i in ids]),
+    ),
   )
 
 

@@ -13,6 +13,7 @@ import pytest
 from PIL import Image
 
 from mdx.data.cxr import chexpert, mimic
+from mdx.data.cxr.findings import CANONICAL
 
 FIXTURE = pathlib.Path(__file__).parent / "fixtures" / "mimic"
 NAN = np.nan
@@ -114,7 +115,7 @@ def test_the_mapping_names_every_column_of_the_table_and_only_canonical_findings
   with open(FIXTURE / "mimic-cxr-2.0.0-chexpert.csv") as f:
     columns = next(csv.reader(f))[2:]
   assert sorted(mimic.TO_CANONICAL) == sorted(columns) == sorted(chexpert.OBSERVATIONS)
-  assert set(mimic.TO_CANONICAL.values()) <= set(mimic.CANONICAL)
+  assert set(mimic.TO_CANONICAL.values()) <= set(CANONICAL)
   assert mimic.TO_CANONICAL["Pleural Effusion"] == "Effusion"
   assert set(mimic.FACTS) == {"modality", "label_source", "label_values"}
 

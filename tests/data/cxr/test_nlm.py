@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 
 from mdx.data.cxr import nlm
+from mdx.data.cxr.findings import CANONICAL
 
 FIXTURES = pathlib.Path(__file__).parent / "fixtures" / "nlm"
 NAN = float("nan")
@@ -187,7 +188,7 @@ def test_findings_in_the_canonical_space(tmp_path, caplog):
   with pytest.raises(ValueError, match="'TB'.*not canonical"):
     nlm.output_names({"findings": ["TB"]})
   assert nlm.output_names({}) == ("Tuberculosis", "No Finding")
-  assert set(nlm.TO_CANONICAL.values()) <= set(nlm.CANONICAL)
+  assert set(nlm.TO_CANONICAL.values()) <= set(CANONICAL)
   assert set(nlm.FACTS) == {"modality", "label_source", "label_values"}
   with pytest.raises(ValueError, match="on_error='ignore'"):
     nlm.make_source({"root": str(tmp_path), "on_error": "ignore"})

@@ -14,6 +14,7 @@ import pytest
 from PIL import Image
 
 from mdx.data.cxr import padchest
+from mdx.data.cxr.findings import CANONICAL, NIH_FINDINGS
 
 FIXTURE = pathlib.Path(__file__).parent / "fixtures" / "padchest"
 TABLE = padchest.METADATA
@@ -110,20 +111,7 @@ def edit(root, image_id, **cells):
 
 def test_output_names_default_to_every_canonical_finding_padchest_labels():
   assert padchest.output_names({}) == (
-    "Atelectasis",
-    "Cardiomegaly",
-    "Effusion",
-    "Infiltration",
-    "Mass",
-    "Nodule",
-    "Pneumonia",
-    "Pneumothorax",
-    "Consolidation",
-    "Edema",
-    "Emphysema",
-    "Fibrosis",
-    "Pleural_Thickening",
-    "Hernia",
+    *NIH_FINDINGS,  # all 14
     "Fracture",
     "Support Devices",
     "Tuberculosis",
@@ -135,7 +123,7 @@ def test_output_names_default_to_every_canonical_finding_padchest_labels():
 
 
 def test_the_mapping_holds_exact_terms_onto_canonical_names_only():
-  canonical = set(padchest.CANONICAL)
+  canonical = set(CANONICAL)
   assert {v for v in padchest.TO_CANONICAL.values() if v} <= canonical
   assert set(padchest.ALSO) <= set(padchest.TO_CANONICAL)
   assert {c for cs in padchest.ALSO.values() for c in cs} <= canonical

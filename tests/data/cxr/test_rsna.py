@@ -14,6 +14,7 @@ from fixture_files import write_dicom
 from PIL import Image
 
 from mdx.data.cxr import rsna
+from mdx.data.cxr.findings import CANONICAL
 
 FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "rsna")
 LABELS = os.path.join(FIXTURES, "stage_2_train_labels.csv")
@@ -81,7 +82,7 @@ def test_the_mapping_and_facts():
     "No Lung Opacity / Not Normal": None,
   }
   assert {v for v in rsna.TO_CANONICAL.values() if v} == set(rsna.LABELLED)
-  assert set(rsna.LABELLED) <= set(rsna.CANONICAL)
+  assert set(rsna.LABELLED) <= set(CANONICAL)
   assert set(rsna.FACTS) >= {"modality", "label_source", "label_values", "patient_id"}
 
 

@@ -12,6 +12,7 @@ import pydicom
 import pytest
 
 from mdx.data.cxr import siim
+from mdx.data.cxr.findings import CANONICAL, NIH_FINDINGS
 
 FIXTURE = pathlib.Path(__file__).parent / "fixtures" / "siim" / "train-rle.csv"
 ROWS = [line.split(",") for line in FIXTURE.read_text().splitlines()[1:]]
@@ -220,9 +221,9 @@ def test_findings_in_the_canonical_space(tree, caplog):
 
 
 def test_mapping_and_facts():
-  assert set(siim.TO_CANONICAL.values()) <= set(siim.CANONICAL)
-  assert siim.CANONICAL[:14] == siim.findings_lib.NIH_FINDINGS
-  assert len(siim.CANONICAL) == 22 and siim.CANONICAL[-2:] == ("Tuberculosis", "No Finding")
+  assert set(siim.TO_CANONICAL.values()) <= set(CANONICAL)
+  assert CANONICAL[:14] == NIH_FINDINGS
+  assert len(CANONICAL) == 22 and CANONICAL[-2:] == ("Tuberculosis", "No Finding")
   assert set(siim.FACTS) == {"modality", "label_source", "label_values"}
 
 

@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 from mdx.data.cxr import tbx11k
+from mdx.data.cxr.findings import CANONICAL
 
 FIXTURE = pathlib.Path(__file__).parent / "fixtures" / "tbx11k" / "TBX11K_train.json"
 # The real boxes of the fixture (annotations 1-3).
@@ -130,7 +131,7 @@ def test_findings_in_the_canonical_space(root, caplog):
   with pytest.raises(ValueError, match="'active_tb'.*not canonical.*Tuberculosis"):
     tbx11k.output_names({"findings": ["active_tb"]})
   known = {v for v in tbx11k.TO_CANONICAL.values() if v}
-  assert known <= set(tbx11k.CANONICAL) and set(tbx11k.BOX_CATEGORIES) <= set(tbx11k.TO_CANONICAL)
+  assert known <= set(CANONICAL) and set(tbx11k.BOX_CATEGORIES) <= set(tbx11k.TO_CANONICAL)
   assert set(tbx11k.FACTS) == {"modality", "label_source", "label_values"}
 
 

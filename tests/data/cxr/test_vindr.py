@@ -13,6 +13,7 @@ from PIL import Image
 from sklearn.metrics import cohen_kappa_score
 
 from mdx.data.cxr import vindr
+from mdx.data.cxr.findings import CANONICAL
 
 FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "vindr")
 KAGGLE = os.path.join(FIXTURES, "train.csv")
@@ -92,7 +93,7 @@ def by_id(source):
 def test_the_mapping_covers_every_published_label_with_canonical_names():
   published = {*vindr.KAGGLE_CLASSES, *vindr.LOCAL_LABELS, *vindr.GLOBAL_LABELS, "Other disease"}
   assert set(vindr.TO_CANONICAL) == published
-  assert {v for v in vindr.TO_CANONICAL.values() if v} <= set(vindr.CANONICAL)
+  assert {v for v in vindr.TO_CANONICAL.values() if v} <= set(CANONICAL)
   t = vindr.TO_CANONICAL
   assert t["Pleural effusion"] == "Effusion" and t["Pleural thickening"] == "Pleural_Thickening"
   assert t["Pulmonary fibrosis"] == "Fibrosis" and t["No finding"] == "No Finding"
