@@ -112,9 +112,14 @@ def reasons(dataset: str) -> dict[str, str]:
     return {}
   out = {}
   for key, value in zip(literal.keys, literal.values):
-    if not (isinstance(value, ast.Constant) and value.value is None) or key is None:
+    if not (isinstance(value, ast.Constant) and value.value is None):
       continue
-    name = getattr(module, key.id) if isinstance(key, ast.Name) else ast.literal_eval(key)
+    if isinstance(key, ast.Name):  # a module constant (vindr.NO_FINDING)
+      name = getattr(module, key.id)
+    elif isinstance(key, ast.Constant):
+      name = key.value
+    else:  # an expression or a ** spread: no single entry to annotate
+      continue
     note = [comments[n] for n in range(key.lineno, value.end_lineno + 1) if n in comments]
     above = key.lineno - 1
     while not note and above in comments and lines[above - 1].lstrip().startswith("#"):
