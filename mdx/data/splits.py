@@ -425,7 +425,7 @@ def official_source_split(records, field=_config_field) -> dict[str, np.ndarray]
   extra['official_split'] names (MIMIC-CXR: 'train' | 'validate' | 'test'). A record in no set
   (''), a set of another name, or a patient in two sets is a ValueError naming them."""
   sets = np.asarray(records.extra["official_split"]).astype(str)
-  unknown = sorted(set(np.unique(sets)) - set(OFFICIAL_NAMES))
+  unknown = sorted(set(np.unique(sets).tolist()) - set(OFFICIAL_NAMES))
   whose = getattr(records, "name", None) or "the source"
   if unknown:
     raise ValueError(

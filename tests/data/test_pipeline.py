@@ -180,3 +180,46 @@ def test_eval_pads_and_masks_and_keeps_order():
 def test_empty_eval_split_is_an_error():
   with pytest.raises(ValueError, match="evaluation split is empty"):
     eval_dataset(TinySource(5), np.array([], np.int64), batch_size=4, image_size=12)
+
+
+def test_mixed_epochs_draw_each_dataset_by_its_weight():
+  """Datasets of 30 and 10 training records, weights 1 and 3: an epoch of 40 draws
+  round(40 * 1/4) = 10 from the first and 30 from the second. The second repeats each of its
+  records three times (its own epochs one after another), the first shows 10 different records,
+  other ones in the next epoch; the same seed gives the same epochs."""
+  first, second = np.arange(30), np.arange(100, 110)
+  fn = pipeline.mixed_epochs([first, second], [1, 3], seed=5)
+  assert fn.counts == (10, 30)
+  e0, e1 = fn(0), fn(1)
+  assert len(e0) == len(e1) == 40
+  from_first = e0[e0 < 100]
+  assert len(from_first) == 10 and len(set(from_first)) == 10
+  assert np.bincount(e0[e0 >= 100] - 100).tolist() == [3] * 10
+  assert set(e1[e1 < 100]) != set(from_first)
+  np.testing.assert_array_equal(pipeline.mixed_epochs([first, second], [1, 3], seed=5)(1), e1)
+  # the records are interleaved, not one dataset after the other
+  assert 0 < np.flatnonzero(e0 >= 100)[0] < 10
+  stream = pipeline.EpochStream(fn, positions=200)
+  assert stream.epoch_len == 40 and stream[45] == e1[5]
+  with pytest.raises(ValueError, match="must all be > 0"):
+    pipeline.mixed_epochs([first, second], [1, 0], seed=5)
+  with pytest.raises(ValueError, match="dataset 1 of the mixture has no training records"):
+    pipeline.mixed_epochs([first, second[:0]], [1, 1], seed=5)
+
+
+def test_mixed_epochs_resample_within_each_dataset():
+  """A resample policy applies to each dataset's own records: dataset b's only positive is
+  repeated to balance b, and b still gets its weight's share of the epoch."""
+  labels = np.zeros((20, 1), np.float32)
+  labels[[0, 1, 2, 3, 4], 0] = 1  # a: 5 positives of 10
+  labels[15, 0] = 1  # b: 1 positive of 10
+  a, b = np.arange(10), np.arange(10, 20)
+  policy = {"mode": "oversample", "ratio": 1.0}
+  fn = pipeline.mixed_epochs([a, b], [1, 1], 0, policy, labels, ("A",))
+  epoch = fn(0)
+  from_b = epoch[epoch >= 10]
+  assert len(from_b) == fn.counts[1]
+  own = pipeline.epochs(b, 1, policy, labels, ("A",))(0)  # b's own resampled epoch
+  assert (own == 15).sum() == 9  # oversampled to as many visits as b's 9 negatives
+  assert set(from_b) <= set(own.tolist())
+  assert (from_b == 15).mean() > 0.3  # 1 in 10 without resampling; b's draws keep its balance

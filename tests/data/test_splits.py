@@ -309,3 +309,33 @@ def test_the_split_command_names_its_flags_in_the_dispatchers_messages(tmp_path,
   lines = [x for x in capsys.readouterr().err.splitlines() if x.startswith("error:")]
   assert rc == 2 and len(lines) == 1
   assert "--findings ['Nope'] not in" in lines[0] and "Data_Entry_2017.csv's findings" in lines[0]
+
+
+def test_official_split_carried_by_the_source():
+  """split.by='official' over a source whose extra names each record's official set (MIMIC-CXR:
+  train / validate / test) takes those sets as they are, without lists_dir; a set of another
+  name or a patient in two sets is one line naming it."""
+
+  class Official(splits.ArrayRecords):
+    def __init__(self, pids, sets):
+      super().__init__(pids, [f"i{k}" for k in range(len(pids))], whose="mimic")
+      self.extra = {"official_split": np.asarray(sets)}
+      self.name = "mimic"
+
+  records = Official(["a", "a", "b", "c", "d"], ["train", "train", "validate", "test", "train"])
+  out = splits.split_records({"by": "official"}, records, 0)
+  assert {k: v.tolist() for k, v in out.items()} == {
+    "train": [0, 1, 4],
+    "validation": [2],
+    "test": [3],
+  }
+  with pytest.raises(ValueError, match=r"official set 'holdout'.*known sets"):
+    splits.split_records(
+      {"by": "official"}, Official(["a", "b", "c"], ["train", "holdout", "test"]), 0
+    )
+  with pytest.raises(ValueError, match="puts patient a in both train and test"):
+    splits.split_records(
+      {"by": "official"}, Official(["a", "a", "b"], ["train", "test", "validate"]), 0
+    )
+  with pytest.raises(ValueError, match="the source carries no official split"):
+    splits.split_records({"by": "official"}, splits.ArrayRecords(["a", "b"], ["x", "y"]), 0)
