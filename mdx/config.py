@@ -227,6 +227,12 @@ def check_mixture(config: ml_collections.ConfigDict, kind: str) -> None:
         )
       splits.check_split_by(split.get("by", "patient"))
       entry["split"] = split
+  channels = {int(e.get("channels") or 1) for e in listed}
+  if len(channels) > 1:  # one batch holds films of every dataset
+    raise ValueError(
+      f"config.data.sources read {sorted(channels)} channels: films of every dataset share a "
+      "batch, so give every entry the same 'channels'"
+    )
   with config.data.ignore_type():
     config.data.sources = listed
 

@@ -173,6 +173,8 @@ def test_the_config_checks_every_entry_as_a_config_of_its_own(tmp_path, monkeypa
     config_lib.resolve(mixture_config(dict(a, split=dict(by="patient", tset=0.1)), b))
   with pytest.raises(ValueError, match="augment='dermatology' flips .* source 'phantoms' forbids"):
     config_lib.resolve(mixture_config(a, b, augment="dermatology"))
+  with pytest.raises(ValueError, match=r"read \[1, 3\] channels.*the same 'channels'"):
+    config_lib.resolve(mixture_config(a, dict(b, channels=3)))
   plain = config_lib.defaults()
   plain.data.sources = [a]
   with pytest.raises(ValueError, match="read when config.data.source='mixture'"):

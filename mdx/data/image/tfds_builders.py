@@ -9,7 +9,10 @@ MDX_RECORDS).
 The dependency runs one way: mdx.data.sources imports this module and passes each call the
 function that builds the raw source (`build`), so this module never imports the registry.
 
-One builder per source (NihChestXray14, Chexpert, ClassFolders, NihExpertLabels). The raw files are
+One builder per preparable source (BUILDERS: NIH, CheXpert, class folders, expert labels and the
+chest X-ray datasets of issue 25). The index also keeps the source's per-record metadata (extra)
+whose values are text or numbers, e.g. MIMIC's official split; per-record lists (boxes, mask
+files) stay with the raw files. The raw files are
 the builder's manual_dir input; the builder config name is '<size>px-<hash>', the hash covering
 every config.data field that changes the records, so a changed label policy or resolution never
 reuses stale records. All records go into one split, 'records': mdx splits by patient itself.
