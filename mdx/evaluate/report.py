@@ -403,6 +403,7 @@ def evaluate_and_report(
   compare_names: tuple[str, str] = ("A", "B"),
   notes: Sequence[str] = (),
   keep_bootstrap: Sequence[str] = (),
+  preface: Sequence[tuple] = (),
   overwrite: bool = False,
 ) -> dict:
   """Evaluates predictions and writes metrics.json, report.md, report.html and PNGs into out_dir.
@@ -412,7 +413,8 @@ def evaluate_and_report(
   val_* choose thresholds and fit recalibration; extra_figures / gradcam_figures: (caption, png)
   pairs copied in; compare_probs [N, C]: a second model's probabilities on the same cases, compared
   by AUROC (DeLong and paired bootstrap), named compare_names; notes: paragraphs shown after the
-  introduction (e.g. what the scores are). Returns the metrics dict (as in metrics.json), plus
+  introduction (e.g. what the scores are); preface: blocks before the results (write_report).
+  Returns the metrics dict (as in metrics.json), plus
   'bootstrap_samples' of the metrics named in keep_bootstrap (see evaluate_classification; not
   written to metrics.json). out_dir: a folder (claimed, staged and committed there, a file mdx did
   not write refused unless overwrite: see write_report) or an entered OutputFolder its caller
@@ -467,6 +469,7 @@ def evaluate_and_report(
     gradcam_figures=gradcam_figures,
     title=title,
     notes=notes,
+    preface=preface,
     overwrite=overwrite,
   )
   if samples is not None:

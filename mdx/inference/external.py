@@ -33,6 +33,7 @@ exit for another); process 0 alone writes the report.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from collections.abc import Mapping
@@ -137,7 +138,7 @@ def predict_source(
   return runtime.gather_rows(raw)
 
 
-def _entry(x) -> dict:
+def entry(x) -> dict:
   """A {'value', 'ci'} entry from a bundle's results (None or missing -> undefined)."""
   if isinstance(x, Mapping):
     ci = list(x.get("ci") or [None, None])
@@ -239,7 +240,7 @@ def _internal_prevalence(pf: Mapping | None) -> str:
     return "not reported"
   if pf.get("n_positive") is not None and pf.get("n"):
     return _prevalence(pf["n_positive"], pf["n"])
-  p = _entry(pf.get("prevalence"))["value"]
+  p = entry(pf.get("prevalence"))["value"]
   return "not reported" if p is None else f"{p:.3f}"
 
 
@@ -393,11 +394,11 @@ def _preface(ext: Mapping, result: Mapping, figure: str) -> list[tuple]:
       row = [f, "none" if t is None else f"{t:.4g}"]
       for name in metrics:
         row += [
-          report._fmt(_entry((internal.get(f) or {}).get(name))),
+          report._fmt(entry((internal.get(f) or {}).get(name))),
           report._fmt(pf["metrics"].get(name)),
         ]
       cal_int = (internal.get(f) or {}).get("brier_calibrated")
-      row += [report._fmt(_entry(cal_int)), report._fmt(pf["metrics"].get("brier"))]
+      row += [report._fmt(entry(cal_int)), report._fmt(pf["metrics"].get("brier"))]
       rows.append(row)
     header = ["Finding", "Threshold (raw score)"]
     for name in metrics:
@@ -413,6 +414,108 @@ def _preface(ext: Mapping, result: Mapping, figure: str) -> list[tuple]:
     )
     blocks.append(("table", header, rows))
   return blocks
+
+
+@dataclasses.dataclass
+class PairEvaluation:
+  """A bundle's fixed operating points on one dataset's matched findings (bundle order)."""
+
+  names: list[str]  # bundle findings evaluated
+  labels: np.ndarray  # [N, k] the dataset's labels of them (nan = unknown)
+  raw: np.ndarray  # [N, k] raw scores
+  calibrated: np.ndarray  # [N, k] the bundle's calibration applied
+  result: dict  # CL.evaluate_classification's dict, its bootstrap samples popped
+  external_samples: dict  # '<finding>/auroc' -> [B]
+  internal_split: str | None
+  internal: dict  # the bundle's per-finding results of internal_split
+  internal_samples: dict  # '<split>/<finding>/auroc' -> [B] (bundle.bootstrap())
+  internal_level: float
+  comparison: dict  # finding -> {'dataset_finding', 'internal', 'external', 'difference'}
+
+
+def evaluate_pair(
+  bundle: bundle_lib.Bundle,
+  classifier: ImageClassifier,
+  source,
+  match: findings_lib.FindingMatch,
+  raw_all: np.ndarray,
+  *,
+  bootstrap: int,
+  seed: int,
+) -> PairEvaluation:
+  """The bundle's raw scores [N, F] on every record of `source` -> its metrics at its own
+  thresholds and calibration on the matched findings, and internal vs external AUROC.
+
+  Between predicting and writing: evaluate_external's report and every cell of the generalisation
+  matrix (mdx.inference.generalisation) are computed here."""
+  names = list(match.matched)
+  cols = [classifier.findings.index(f) for f in names]
+  ds_cols = [list(source.findings).index(match.matched[f]) for f in names]
+  labels = np.asarray(source.labels(), np.float64)[:, ds_cols]
+  raw = raw_all[:, cols].astype(np.float64)
+  calibrated = classifier.calibrate(raw_all)[:, cols]
+  spec_t, spec_c = bundle.spec["thresholds"], bundle.spec["calibration"]
+  chosen_on, fitted_on = spec_t.get("chosen_on"), spec_c.get("fitted_on")
+  result = CL.evaluate_classification(
+    labels,
+    raw,
+    names,
+    patient_ids=source.patient_ids(),
+    threshold_policy=spec_t.get("policy"),
+    bootstrap=bootstrap,
+    seed=seed,
+    keep_bootstrap=("auroc",),
+    thresholds=classifier.thresholds[cols],
+    thresholds_chosen_on=(
+      f"the internal {chosen_on} (fixed in the bundle, not refitted here)"
+      if chosen_on
+      else "no set: the bundle has no thresholds, so no positive/negative calls"
+    ),
+    calibrated_probs=calibrated,
+    calibrated_with=(
+      f"the probabilities of the bundle's {spec_c.get('method')} calibration (fitted on the "
+      f"internal {fitted_on}, not refitted here)"
+      if spec_c.get("method") not in (None, "none")
+      else "the raw scores (the bundle has no calibration)"
+    ),
+  )
+  external_samples = result.pop("bootstrap_samples")
+  results = bundle.spec.get("results") or {}
+  split, internal_results = internal_split(results)
+  internal = dict(internal_results.get("per_finding") or {})
+  internal_samples = bundle.bootstrap()
+  level = float((results.get("settings") or {}).get("ci_level") or 0.95)
+  comparison = {}
+  for f in names:
+    ie = entry((internal.get(f) or {}).get("auroc"))
+    ee = result["per_finding"][f]["metrics"]["auroc"]
+    comparison[f] = {
+      "dataset_finding": match.matched[f],
+      "internal": ie,
+      "external": ee,
+      "difference": auroc_difference(
+        ie,
+        ee,
+        internal_samples.get(f"{split}/{f}/auroc"),
+        external_samples.get(f"{f}/auroc"),
+        internal_level=level,
+        external_level=result["settings"]["ci_level"],
+        level=0.95,
+      ),
+    }
+  return PairEvaluation(
+    names,
+    labels,
+    raw,
+    calibrated,
+    result,
+    external_samples,
+    split,
+    internal,
+    internal_samples,
+    level,
+    comparison,
+  )
 
 
 def evaluate_external(
@@ -475,63 +578,12 @@ def evaluate_external(
     match.matched,
   )
   raw_all = predict_source(classifier, source, progress=progress)
-  names = list(match.matched)
-  cols = [classifier.findings.index(f) for f in names]
-  ds_cols = [list(source.findings).index(match.matched[f]) for f in names]
-  labels = np.asarray(source.labels(), np.float64)[:, ds_cols]
-  raw = raw_all[:, cols].astype(np.float64)
-  calibrated = classifier.calibrate(raw_all)[:, cols]
+  pair = evaluate_pair(bundle, classifier, source, match, raw_all, bootstrap=bootstrap, seed=seed)
+  names, labels, raw, calibrated = pair.names, pair.labels, pair.raw, pair.calibrated
+  result, split, comparison = pair.result, pair.internal_split, pair.comparison
+  internal, patient_ids = pair.internal, source.patient_ids()
   spec_t, spec_c = bundle.spec["thresholds"], bundle.spec["calibration"]
-  chosen_on = spec_t.get("chosen_on")
-  fitted_on = spec_c.get("fitted_on")
-  patient_ids = source.patient_ids()
-  result = CL.evaluate_classification(
-    labels,
-    raw,
-    names,
-    patient_ids=patient_ids,
-    threshold_policy=spec_t.get("policy"),
-    bootstrap=bootstrap,
-    seed=seed,
-    keep_bootstrap=("auroc",),
-    thresholds=classifier.thresholds[cols],
-    thresholds_chosen_on=(
-      f"the internal {chosen_on} (fixed in the bundle, not refitted here)"
-      if chosen_on
-      else "no set: the bundle has no thresholds, so no positive/negative calls"
-    ),
-    calibrated_probs=calibrated,
-    calibrated_with=(
-      f"the probabilities of the bundle's {spec_c.get('method')} calibration (fitted on the "
-      f"internal {fitted_on}, not refitted here)"
-      if spec_c.get("method") not in (None, "none")
-      else "the raw scores (the bundle has no calibration)"
-    ),
-  )
-  external_samples = result.pop("bootstrap_samples")
-  results = bundle.spec.get("results") or {}
-  split, internal_results = internal_split(results)
-  internal = dict(internal_results.get("per_finding") or {})
-  internal_samples = bundle.bootstrap()
-  level = float((results.get("settings") or {}).get("ci_level") or 0.95)
-  comparison = {}
-  for f in names:
-    ie = _entry((internal.get(f) or {}).get("auroc"))
-    ee = result["per_finding"][f]["metrics"]["auroc"]
-    comparison[f] = {
-      "dataset_finding": match.matched[f],
-      "internal": ie,
-      "external": ee,
-      "difference": auroc_difference(
-        ie,
-        ee,
-        internal_samples.get(f"{split}/{f}/auroc"),
-        external_samples.get(f"{f}/auroc"),
-        internal_level=level,
-        external_level=result["settings"]["ci_level"],
-        level=0.95,
-      ),
-    }
+  chosen_on, fitted_on = spec_t.get("chosen_on"), spec_c.get("fitted_on")
   ext: dict[str, Any] = {
     "bundle": {
       "path": bundle.path,

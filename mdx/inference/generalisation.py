@@ -43,7 +43,6 @@ from mdx import outputs
 from mdx.data import prepare, sources
 from mdx.data.cxr import findings as findings_lib
 from mdx.evaluate import bootstrap as B
-from mdx.evaluate import classification as CL
 from mdx.evaluate import plots, report
 from mdx.inference import bundle as bundle_lib
 from mdx.inference import external
@@ -114,109 +113,6 @@ def trained_on(spec: Mapping) -> str:
 
 
 # ------------------------------------------------------------------------------ one pair
-@dataclasses.dataclass
-class PairEvaluation:
-  """A bundle's fixed operating points on one dataset's matched findings (bundle order)."""
-
-  names: list[str]  # bundle findings evaluated
-  labels: np.ndarray  # [N, k] the dataset's labels of them (nan = unknown)
-  raw: np.ndarray  # [N, k] raw scores
-  calibrated: np.ndarray  # [N, k] the bundle's calibration applied
-  result: dict  # CL.evaluate_classification's dict, its bootstrap samples popped
-  external_samples: dict  # '<finding>/auroc' -> [B]
-  internal_split: str | None
-  internal: dict  # the bundle's per-finding results of internal_split
-  internal_samples: dict  # '<split>/<finding>/auroc' -> [B] (bundle.bootstrap())
-  internal_level: float
-  comparison: dict  # finding -> {'dataset_finding', 'internal', 'external', 'difference'}
-
-
-def evaluate_pair(
-  bundle: bundle_lib.Bundle,
-  classifier: ImageClassifier,
-  source,
-  match: findings_lib.FindingMatch,
-  raw_all: np.ndarray,
-  *,
-  bootstrap: int,
-  seed: int,
-) -> PairEvaluation:
-  """The bundle's raw scores [N, F] on every record of `source` -> its metrics at its own
-  thresholds and calibration on the matched findings, and internal vs external AUROC.
-
-  This is the computation evaluate_external performs between predicting and writing its report
-  (the same calls, in the same order); it is here so that the matrix need not write a report per
-  pair, and belongs in mdx.inference.external for evaluate_external to call."""
-  names = list(match.matched)
-  cols = [classifier.findings.index(f) for f in names]
-  ds_cols = [list(source.findings).index(match.matched[f]) for f in names]
-  labels = np.asarray(source.labels(), np.float64)[:, ds_cols]
-  raw = raw_all[:, cols].astype(np.float64)
-  calibrated = classifier.calibrate(raw_all)[:, cols]
-  spec_t, spec_c = bundle.spec["thresholds"], bundle.spec["calibration"]
-  chosen_on, fitted_on = spec_t.get("chosen_on"), spec_c.get("fitted_on")
-  result = CL.evaluate_classification(
-    labels,
-    raw,
-    names,
-    patient_ids=source.patient_ids(),
-    threshold_policy=spec_t.get("policy"),
-    bootstrap=bootstrap,
-    seed=seed,
-    keep_bootstrap=("auroc",),
-    thresholds=classifier.thresholds[cols],
-    thresholds_chosen_on=(
-      f"the internal {chosen_on} (fixed in the bundle, not refitted here)"
-      if chosen_on
-      else "no set: the bundle has no thresholds, so no positive/negative calls"
-    ),
-    calibrated_probs=calibrated,
-    calibrated_with=(
-      f"the probabilities of the bundle's {spec_c.get('method')} calibration (fitted on the "
-      f"internal {fitted_on}, not refitted here)"
-      if spec_c.get("method") not in (None, "none")
-      else "the raw scores (the bundle has no calibration)"
-    ),
-  )
-  external_samples = result.pop("bootstrap_samples")
-  results = bundle.spec.get("results") or {}
-  split, internal_results = external.internal_split(results)
-  internal = dict(internal_results.get("per_finding") or {})
-  internal_samples = bundle.bootstrap()
-  level = float((results.get("settings") or {}).get("ci_level") or 0.95)
-  comparison = {}
-  for f in names:
-    ie = external._entry((internal.get(f) or {}).get("auroc"))
-    ee = result["per_finding"][f]["metrics"]["auroc"]
-    comparison[f] = {
-      "dataset_finding": match.matched[f],
-      "internal": ie,
-      "external": ee,
-      "difference": external.auroc_difference(
-        ie,
-        ee,
-        internal_samples.get(f"{split}/{f}/auroc"),
-        external_samples.get(f"{f}/auroc"),
-        internal_level=level,
-        external_level=result["settings"]["ci_level"],
-        level=0.95,
-      ),
-    }
-  return PairEvaluation(
-    names,
-    labels,
-    raw,
-    calibrated,
-    result,
-    external_samples,
-    split,
-    internal,
-    internal_samples,
-    level,
-    comparison,
-  )
-
-
 def _mean_samples(samples: Sequence[np.ndarray | None]) -> np.ndarray | None:
   """Per resample, the mean of the findings defined in it (as the macro of evaluate_classification
   averages); None unless every finding has samples of one length (drawn together)."""
@@ -235,7 +131,9 @@ def _ci(samples: np.ndarray | None, level: float) -> list[float | None]:
   return [lo, hi] if np.isfinite(lo) else [None, None]
 
 
-def macro_comparison(pair: PairEvaluation, bundle_findings: Sequence[str], results: Mapping):
+def macro_comparison(
+  pair: external.PairEvaluation, bundle_findings: Sequence[str], results: Mapping
+):
   """Macro AUROC over the findings whose external AUROC is defined, internal and external, with
   the CI of their difference (external.auroc_difference: from the per-resample means when both
   sides kept their samples, else from the two CIs)."""
@@ -257,7 +155,7 @@ def macro_comparison(pair: PairEvaluation, bundle_findings: Sequence[str], resul
     ci = _ci(int_samples, pair.internal_level)
     recorded = (results.get(pair.internal_split) or {}).get("macro_auroc")
     if ci == [None, None] and set(over) == set(bundle_findings) and recorded:
-      ci = external._entry(recorded)["ci"]  # the bundle's own macro is over the same findings
+      ci = external.entry(recorded)["ci"]  # the bundle's own macro is over the same findings
     out["internal"] = {"value": float(np.mean(internal)), "ci": ci}
   out["difference"] = external.auroc_difference(
     out["internal"],
@@ -281,7 +179,9 @@ def _undefined_reason(pf: Mapping) -> str | None:
   return None
 
 
-def _cell(bundle, match, pair: PairEvaluation | None, dataset_source: str, same: bool) -> dict:
+def _cell(
+  bundle, match, pair: external.PairEvaluation | None, dataset_source: str, same: bool
+) -> dict:
   """One bundle x dataset cell: per bundle finding its numbers or why it is not evaluable."""
   findings: dict[str, dict] = {}
   for f in bundle.spec["output"]["findings"]:
@@ -394,7 +294,7 @@ def generalisation_matrix(
       if match.matched:
         logging.info("%s on %s: %d images, findings %s", row, d.name, len(source), match.matched)
         raw_all = external.predict_source(classifier, source, progress=progress)  # once per pair
-        pair = evaluate_pair(
+        pair = external.evaluate_pair(
           bundle, classifier, source, match, raw_all, bootstrap=bootstrap, seed=seed
         )
       same = str(d.config.data.source) in [s.strip() for s in trained.split("+")]
