@@ -10,8 +10,9 @@ it, or with config.data.on_error='skip' is left out, listed in out_dir/skipped_r
 counted in the report.
 
   findings     the bundle's findings matched to the dataset's label columns by name, by the
-               synonym table mdx.data.cxr.findings.SYNONYMS, or by a user's finding_map; the rest
-               are listed as not evaluable (bundle) or ignored (dataset), with the reason
+               datasets' mappings onto the canonical findings (findings.canonical_of;
+               `python -m mdx findings` prints them), or by a user's finding_map; the rest are
+               listed as not evaluable (bundle) or ignored (dataset), with the reason
   scores       raw sigmoid scores [N, F], predicted in chunks (images are never all in memory):
                AUROC, average precision, and sensitivity, specificity, PPV, NPV at the bundle's
                raw thresholds
@@ -324,7 +325,8 @@ def _preface(ext: Mapping, result: Mapping, figure: str) -> list[tuple]:
     (
       "p",
       "Bundle findings are matched to the dataset's labels by name (ignoring case, spaces, "
-      "underscores and hyphens), by the synonym table of mdx.data.cxr.findings, or by the "
+      "underscores and hyphens), by the datasets' mappings onto one canonical finding list "
+      "(python -m mdx findings prints them), or by the "
       "finding map given. Prevalence: internal from the bundle's results "
       f"({split or 'none recorded'}), external measured on the known labels here.",
     )

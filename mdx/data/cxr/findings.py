@@ -188,6 +188,11 @@ def normalize(name: str) -> str:
   return "".join(ch for ch in str(name).lower() if ch not in " \t_-")
 
 
+# Column names a table maps that name no finding by themselves (RSNA's 'Target' is Pneumonia in
+# RSNA's table only): another dataset's 'Target' could mean anything, so they never match by name.
+NOT_FINDING_NAMES = frozenset({"target", "label", "class", "classname"})
+
+
 @functools.cache
 def _aliases() -> dict[str, str]:
   """{normalized name: canonical finding} of the names the tables give as a dataset's one name for
@@ -204,7 +209,9 @@ def _aliases() -> dict[str, str]:
         for name in names:
           votes.setdefault(normalize(name), set()).add(canonical)
   return {
-    key: next(iter(vote)) for key, vote in votes.items() if len(vote) == 1 and None not in vote
+    key: next(iter(vote))
+    for key, vote in votes.items()
+    if len(vote) == 1 and None not in vote and key not in NOT_FINDING_NAMES
   }
 
 

@@ -22,6 +22,15 @@ from mdx.data.cxr import nih
 from mdx.data.image import file_source
 
 FINDINGS = ("Fracture", "Pneumothorax", "Airspace opacity", "Nodule or mass")
+# Onto mdx.data.cxr.findings.CANONICAL (findings.tables() gathers every dataset's table).
+TO_CANONICAL: dict[str, str | None] = {
+  "Fracture": "Fracture",
+  "Pneumothorax": "Pneumothorax",
+  # airspace (alveolar) opacity only; CheXpert's Lung Opacity also takes interstitial opacities
+  "Airspace opacity": None,
+  # NIH's Nodule and Mass together; CheXpert's Lung Lesion is wider (cavities, cysts)
+  "Nodule or mass": None,
+}
 VALUES = {"YES": 1.0, "NO": 0.0, "": np.nan}
 
 
