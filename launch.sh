@@ -12,6 +12,7 @@
 #   ./launch.sh check CONFIG [--cold] [--out=DIR]  decode every record of CONFIG's data once, as train does first
 #   ./launch.sh sweep ABLATION --workdir=DIR [--config.FIELD=V] [flags]   every variant x seed, its report (resumes)
 #   ./launch.sh split|audit|consensus|import_weights|from_weights|main [flags]   python -m mdx COMMAND [flags]
+#   ./launch.sh findings|card|generalisation [flags]   label space, dataset card, generalisation matrix
 #   ./launch.sh local N <command> ...              the command as N joined processes on this machine
 #   ./launch.sh tpu NAME ZONE <command> ...        the same command on every worker of a Cloud TPU VM
 #   ./launch.sh bench densenet|unet3d|predict|checkpoint [flags]   speed beside PyTorch / MONAI (README: Performance)
@@ -149,7 +150,7 @@ case "$cmd" in
     setup
     ablation="$1"; shift
     exec python -m mdx sweep --config="$ablation" "$@" ;;
-  main|predict|evaluate|split|audit|consensus|import_weights|from_weights)
+  main|predict|evaluate|split|audit|consensus|import_weights|from_weights|findings|card|generalisation)
     setup
     exec python -m mdx "$cmd" "$@" ;;
   local)
