@@ -13,6 +13,7 @@ from absl import logging
 from mdx import config as config_lib
 from mdx import jsonio, losses, outputs
 from mdx.data import augment, pipeline, prepare, resample, sources, splits
+from mdx.data import card as card_lib
 from mdx.data import standardize as standardize_lib
 from mdx.data.image import records
 from mdx.evaluate import calibration, metrics, thresholds
@@ -52,6 +53,14 @@ class ClassificationTask:
     prepared = prepare.prepare_dataset(data, config.seed, sources.IMAGE, workdir)
     self.source, self.record_check = prepared.source, prepared.check
     self.splits, self.split_audit = prepared.splits, prepared.audit
+    # what the data is (images, patients, views, findings, sex, age, what was left out): the
+    # run report and the model card show it (mdx.data.card)
+    self.data_card = card_lib.describe(
+      self.source,
+      name=data.source,
+      excluded=card_lib.check_exclusions(prepared.check),
+      splits=self.splits,
+    )
     self.findings = tuple(self.source.findings)
     config_lib.resolve_num_classes(config, self.findings)
     self.labels = self.source.labels()
@@ -312,6 +321,7 @@ class ClassificationTask:
       weighted_loss=self.config.loss.name == "weighted_bce",
       loss_label=LOSS_LABELS[self.config.loss.name],
       keep_bootstrap=("auroc",),  # the bundle keeps them for external validation
+      data_card=self.data_card,
       overwrite=overwrite,
     )
     measured = {"split": split, "pred": pred, "val": val, "maps": maps, "result": result}
@@ -447,6 +457,7 @@ class ClassificationTask:
             f: float(p) for f, p in zip(self.findings, np.nanmean(self.labels[train], 0))
           },
           **self._training_sources(train),
+          "card": self.data_card,
         }
       },
     )
