@@ -191,8 +191,26 @@ def _source_facts(spec: Mapping) -> sources.SourceSpec | None:
   return sources.SOURCES.get(_source(spec) or "")
 
 
+def _mixed(spec: Mapping) -> list[Mapping]:
+  """The datasets of a model trained across several (provenance.data.sources), else []."""
+  entries = _data(spec).get("sources")
+  return [e for e in entries if isinstance(e, Mapping)] if isinstance(entries, list) else []
+
+
+def _synthetic(spec: Mapping) -> bool:
+  """Trained on images mdx generates: the source, or any dataset of a mixture, is synthetic."""
+  names = [e.get("source") for e in _mixed(spec)] or [_source(spec)]
+  return any(getattr(sources.SOURCES.get(n or ""), "synthetic", False) for n in names)
+
+
 def _modality(spec: Mapping) -> str:
   source, facts = _source(spec), _source_facts(spec)
+  mixed = _mixed(spec)
+  if mixed:  # each dataset's own facts, not the mixture's generic sentence
+    return "; ".join(
+      f"{e.get('name') or e.get('source')}: {e.get('modality') or 'modality not recorded'}"
+      for e in mixed
+    )
   if facts is not None and facts.modality:
     return facts.modality
   if source:
@@ -570,8 +588,8 @@ def _limits(spec: Mapping, items: list[str]) -> list[str]:
 
 def _common_limits(spec: Mapping) -> list[str]:
   items = []
-  source, facts = _source(spec), _source_facts(spec)
-  if facts is not None and facts.synthetic:
+  source = _source(spec)
+  if _synthetic(spec):
     items.append(
       f"**Synthetic data.** It was trained and tested on `{source}`, images mdx generates: its "
       "numbers say nothing about patients, and it must not be applied to real scans."

@@ -276,6 +276,18 @@ def test_modality_and_synthetic_data_are_the_sources_facts(monkeypatch):
   assert "trained and tested on `simulated`, images mdx generates" in _section(card, "Known limits")
   spec["provenance"]["data"]["source"] = "elsewhere"  # not registered: said so, not guessed
   assert "images of data source 'elsewhere' (modality not recorded)" in bundle.render_card(spec)
+  # across datasets: each dataset's modality, and synthetic when any of them is
+  spec["provenance"]["data"]["source"] = "mixture"
+  spec["provenance"]["data"]["sources"] = [
+    {"name": "a", "source": "nih", "modality": "frontal chest radiographs (NIH ChestX-ray14)"},
+    {"name": "b", "source": "simulated", "modality": "simulated films of a new kind"},
+  ]
+  card = bundle.render_card(spec)
+  want = "a: frontal chest radiographs (NIH ChestX-ray14); b: simulated films of a new kind"
+  assert f"- Input: {want}." in card
+  assert "Synthetic data" in _section(card, "Known limits")
+  spec["provenance"]["data"]["sources"][1]["source"] = "nih"
+  assert "Synthetic data" not in _section(bundle.render_card(spec), "Known limits")
 
 
 def test_the_training_datas_dataset_card_is_under_data():
