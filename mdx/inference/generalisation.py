@@ -400,6 +400,17 @@ def cell_text(entry: Mapping, split: str | None) -> str:
   return text
 
 
+def _over(over: Sequence[str], findings: Sequence[str]) -> str:
+  """Which of the bundle's findings a macro averages, shortest first: 'all 14 findings', '13 of 14
+  findings (not Pneumonia)', or the list when most are left out."""
+  left = [f for f in findings if f not in over]
+  if not left:
+    return f"all {len(findings)} findings"
+  if len(left) <= len(over):
+    return f"{len(over)} of {len(findings)} findings (not {', '.join(left)})"
+  return f"over {', '.join(over)}"
+
+
 def _same(cell: Mapping) -> str:
   return (
     " (same source as training: its records may include the training set)"
@@ -483,7 +494,7 @@ def render_markdown(matrix: Mapping) -> str:
         row.append("not evaluable: no finding of the bundle is evaluable here")
       else:
         text = cell_text(m, cell["internal_split"])
-        row.append(f"{text} (over {', '.join(m['over'])}){_same(cell)}")
+        row.append(f"{text} ({_over(m['over'], b['findings'])}){_same(cell)}")
     rows.append(row)
   blocks.append(("table", header, rows))
   blocks.append(("figure", "Macro AUROC, external (95% CI)", FIGURE))

@@ -306,3 +306,11 @@ def test_names_and_provenance():
   assert G.trained_on({}) == "not recorded"
   with pytest.raises(ValueError, match=r"dataset names \['x'\] are given twice"):
     G.generalisation_matrix(["b"], [G.Dataset("x", None), G.Dataset("x", None)], "/nonexistent/o")
+
+
+def test_a_macro_cell_says_which_findings_it_averages_shortest_first():
+  from mdx.inference.generalisation import _over
+
+  assert _over(["A", "B", "C"], ["A", "B", "C"]) == "all 3 findings"
+  assert _over(["A", "C"], ["A", "B", "C"]) == "2 of 3 findings (not B)"
+  assert _over(["C"], ["A", "B", "C"]) == "over C"
