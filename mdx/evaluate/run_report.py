@@ -54,11 +54,13 @@ def dataset_card_blocks(card: Mapping) -> list[tuple]:
   a heading, its counts as paragraphs, the per-finding table and, when the card has splits, the
   positives per split."""
   blocks: list[tuple] = [("h2", f"Training data: dataset card of {card.get('source')}")]
-  blocks += [("p", line) for line in card_lib.summary_lines(card)]
-  blocks.append(("table", card_lib.finding_header(card), card_lib.finding_rows(card)))
-  header, rows = card_lib.split_rows(card)
-  if rows:
-    blocks.append(("table", header, rows))
+  blocks.append(("p", " ".join(card_lib.summary_lines(card))))  # one paragraph: results follow
+  header, rows = card_lib.finding_header(card), card_lib.finding_rows(card)
+  split_header, split_rows = card_lib.split_rows(card)
+  if split_rows:  # one table: the counts, then the positives of each split
+    header = header + split_header[1:]
+    rows = [row + extra[1:] for row, extra in zip(rows, split_rows)]
+  blocks.append(("table", header, rows))
   return blocks
 
 

@@ -286,6 +286,11 @@ def test_dataset_card_blocks_render_the_cards_numbers():
   md = report._render_md(blocks)
   assert "Images 10; patients 4; studies 6." in md and "Sex: F 6, M 4." in md
   assert "median 61 years (quartiles 50-70, range 2-90) over 10 images" in md
-  assert "| Effusion | 3 | 6 | 1 | 0.333 |" in md
-  assert "| Finding | train positive | test positive |" in md and "| Effusion | 2 | 1 |" in md
+  # one paragraph and one table: the counts, then the positives of each split
+  assert sum(kind == "p" for kind, *_ in blocks) == 1 and sum(k == "table" for k, *_ in blocks) == 1
+  assert (
+    "| Finding | Positive | Negative | Unknown | Prevalence | train positive | test positive |"
+    in md
+  )
+  assert "| Effusion | 3 | 6 | 1 | 0.333 | 2 | 1 |" in md
   assert "<td>0.333</td>" in report._render_html(blocks, "t")
