@@ -10,16 +10,16 @@ and its train / validation / test split counts (mdx.data.splits, config.data.spl
 one dataset from its label table alone, no image needed: --metadata is config.data.metadata (for a
 source without that field, such as mimic, the table's folder is config.data.root unless --root is
 given), and any other field of the source is --config.data.FIELD=VALUE (e.g.
---config.data.uncertain=ones). In that mode rows whose image file is missing are kept and counted
-(mdx.data.card.build_from_tables); SIIM needs --config.data.patient_id=image_id (its patients are
-in the DICOM headers). The card is printed, and with --out written as DIR/card.json and
-DIR/card.md (mdx.outputs: whole files, a file mdx did not write refused unless --overwrite).
+--config.data.uncertain=ones). In that mode (and with --tables_only) every row is kept whether its
+image file exists or not (config.data.on_error='unchecked': mdx.data.card.build_from_tables), and
+a source that reads its image files themselves is refused, saying why: folders and NLM (labels in
+file names), SIIM by default (patients in the DICOM headers: give
+--config.data.patient_id=image_id), RSNA with read_headers (give --config.data.headers=TABLE). The
+card is printed, and with --out written as DIR/card.json and DIR/card.md (mdx.outputs: whole
+files, a file mdx did not write refused unless --overwrite).
 
 A user's mistake (an unknown source or field, a missing table, a bad row) is one line `error: ...`
 and exit status 2 (mdx.cli).
-
-Until mdx.data.image.file_source.keep_existing has a mode that keeps rows without checking their
-files, build_from_tables swaps it for the duration of the build (see its docstring).
 """
 
 from __future__ import annotations

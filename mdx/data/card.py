@@ -20,12 +20,11 @@ markdown(card) and text(card) render it for a report and for the terminal.
 
 from __future__ import annotations
 
-import contextlib
 import inspect
 import os
 import tempfile
 from collections import Counter
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -187,47 +186,82 @@ def describe(
 
 
 # --------------------------------------------------------------------- building from the tables
-@contextlib.contextmanager
-def _files_not_required(seen: dict[str, int]) -> Iterator[None]:
-  """For the block, file_source.keep_existing keeps every row (counting in `seen` the files listed
-  and present) instead of raising on or dropping rows whose image is missing.
+# What a source reads from its image files themselves, so that it cannot be built from its label
+# table alone: {source: (config.data field, the values of it that need the files (None: any), why
+# and what to do instead)}. Every other source checks its files only through
+# file_source.keep_existing, which on_error='unchecked' turns off.
+NEEDS_FILES: dict[str, tuple[str | None, tuple[Any, ...] | None, str]] = {
+  "folders": (None, None, "its labels are the names of its image folders"),
+  "nlm": (None, None, "its labels are in the image file names (MCUCXR_0001_0.png: 0 normal)"),
+  "siim": (
+    "patient_id",
+    ("header", None),
+    "its patients, studies, views, sex and age are in the DICOM headers "
+    "(config.data.patient_id='header'); --config.data.patient_id=image_id counts each image as "
+    "its own patient from the table alone",
+  ),
+  "rsna": (
+    "read_headers",
+    (True,),
+    "config.data.read_headers reads sex, age and view from the DICOM headers; give the headers "
+    "table instead (config.data.headers) or leave read_headers unset",
+  ),
+}
 
-  Every file-backed source checks its images through file_source.keep_existing and nowhere else,
-  so this one swap lets each build from its label table exactly as training would (the same rows,
-  filters and labels) without the images. Not thread-safe: the card command builds one source at
-  a time. (Meant to become a keep_existing option: see the card command's docstring.)"""
-  real = file_source.keep_existing
 
-  def keep_all(paths: Sequence[str], what: str, on_error: str) -> np.ndarray:
-    if on_error not in ("raise", "skip"):
-      raise ValueError(f"config.data.on_error={on_error!r}; choose 'raise' or 'skip'")
-    seen["listed"] += len(paths)
-    seen["present"] += sum(os.path.exists(p) for p in paths)
-    return np.ones(len(paths), bool)
-
-  file_source.keep_existing = keep_all
-  try:
-    yield
-  finally:
-    file_source.keep_existing = real
+def needs_files(data_config) -> str | None:
+  """Why config.data's source cannot be described from its label table alone (NEEDS_FILES), or
+  None when it can."""
+  name = file_source.config_get(data_config, "source")
+  if name not in NEEDS_FILES:
+    return None
+  field, values, why = NEEDS_FILES[name]
+  if field is None or file_source.config_get(data_config, field) in values:
+    return why
+  return None
 
 
 def build_from_tables(data_config, seed: int = 0):
-  """(source, files) of config.data built from its tables alone: rows whose image file is missing
-  are kept (files = {'checked': False, 'listed', 'present'}: how many image files the kept rows
-  name and how many exist). An unset config.data.images (the image folder) is an empty temporary
-  folder meanwhile, so a source that lists its folder finds nothing and takes every row's path.
-  Sources whose labels come from the image files themselves (folders, NLM, TBX11K) or from their
-  headers (SIIM's default patient_id='header', RSNA's read_headers) still need those files."""
-  spec = sources.spec(data_config.source, sources.IMAGE)
-  seen = {"listed": 0, "present": 0}
-  with contextlib.ExitStack() as stack:
-    if "images" in spec.fields and not file_source.config_get(data_config, "images"):
-      empty = stack.enter_context(tempfile.TemporaryDirectory(prefix="mdx-card-"))
-      data_config = _with_field(data_config, "images", empty)
-    stack.enter_context(_files_not_required(seen))
+  """(source, files) of config.data built from its tables alone, with the rows, filters and labels
+  training would have: config.data.on_error is 'unchecked' on a copy of the config
+  (file_source.keep_existing keeps every row, its file present or not), and an unset
+  config.data.images (the image folder) an empty temporary folder, so a source that lists its
+  folder finds nothing and takes every row's path; a mixture's entries each so. files =
+  {'checked': False, 'listed': rows kept, 'present': how many of their image files exist}.
+
+  A source that reads its image files themselves (NEEDS_FILES: folders, NLM, SIIM's default
+  patient_id='header', RSNA's read_headers) is a ValueError saying why and what to do instead."""
+  name = file_source.config_get(data_config, "source")
+  spec = sources.spec(name, sources.IMAGE)
+  with tempfile.TemporaryDirectory(prefix="mdx-card-") as empty:
+    if name == "mixture":
+      from mdx.data import mixture
+
+      parts = [_unchecked(e, empty) for e in mixture.entries(data_config)]
+      data_config = _with_field(data_config, "sources", parts)
+    else:
+      data_config = _unchecked(data_config, empty)
     source = spec.build(data_config, seed)
-  return source, {"checked": False, **seen}
+    paths = [p for part in getattr(source, "parts", [source]) for p in part.paths()]
+    present = sum(os.path.exists(p) for p in paths)
+  return source, {"checked": False, "listed": len(paths), "present": int(present)}
+
+
+def _unchecked(data_config, empty_folder: str):
+  """A copy of one source's config.data with on_error='unchecked' and, when unset, images the
+  empty folder; a ValueError when the source reads its image files themselves (needs_files)."""
+  name = file_source.config_get(data_config, "source")
+  why = needs_files(data_config)
+  if why:
+    raise ValueError(
+      f"source {name!r} cannot be described from its table alone: {why} (or describe it with "
+      "its images: the card command's --config=EXPERIMENT without --tables_only)"
+    )
+  data_config = _with_field(data_config, "on_error", "unchecked")
+  spec = sources.spec(name, sources.IMAGE)
+  if "images" in spec.fields and not file_source.config_get(data_config, "images"):
+    data_config = _with_field(data_config, "images", empty_folder)
+  return data_config
 
 
 def _with_field(data_config, field: str, value):

@@ -1,6 +1,8 @@
 """The dataset card counts what a source holds, checked against numbers worked out by hand from the
 fixture rows; a source is described from its label table without the image files."""
 
+import pathlib
+
 import ml_collections
 import numpy as np
 import pytest
@@ -124,9 +126,7 @@ def test_nih_table_without_its_images(tmp_path):
   assert counts["Cardiomegaly"] == (2, 4) and counts["Effusion"] == (1, 5)
   assert counts["Mass"] == (2, 4) and counts["Hernia"] == (1, 5) and counts["Edema"] == (0, 6)
   assert card["files"] == {"checked": False, "listed": 6, "present": 0}
-  assert file_source.keep_existing is not None and file_source.keep_existing.__name__ == (
-    "keep_existing"
-  )  # swapped back
+  assert "on_error" not in data  # the caller's config is not changed
   # with the image folder, the files present are counted; a filter of the source still applies
   data.update({"images": str(folder), "view_positions": ["PA"]})
   source, files = card_lib.build_from_tables(data)
@@ -146,3 +146,46 @@ def test_phantoms_card_against_their_labels():
   for j, f in enumerate(source.findings):
     assert card["findings"][f]["positive"] == int(np.nansum(labels[:, j]))
     assert card["findings"][f]["negative"] == int(np.sum(labels[:, j] == 0))
+
+
+def test_keep_existing_unchecked_keeps_every_row(tmp_path):
+  (tmp_path / "a.png").write_bytes(b"")
+  paths = [str(tmp_path / "a.png"), str(tmp_path / "gone.png")]
+  assert file_source.keep_existing(paths, "t", "unchecked").tolist() == [True, True]
+  assert file_source.keep_existing(paths, "t", "skip").tolist() == [True, False]
+  with pytest.raises(FileNotFoundError, match="1 of 2 image files are missing"):
+    file_source.keep_existing(paths, "t", "raise")
+  with pytest.raises(ValueError, match="choose 'raise' or 'skip'"):
+    file_source.keep_existing(paths, "t", "skpi")
+
+
+SIIM_TABLE = pathlib.Path(__file__).parent / "cxr" / "fixtures" / "siim" / "train-rle.csv"
+
+
+def test_a_source_that_reads_its_files_is_refused_saying_why(tmp_path):
+  siim = ml_collections.ConfigDict({"source": "siim", "metadata": str(SIIM_TABLE)})
+  # SIIM's patients are in the DICOM headers by default: no card from the table alone ...
+  with pytest.raises(ValueError, match="cannot be described from its table alone: its patients"):
+    card_lib.build_from_tables(siim)
+  # ... but with each image its own patient it is: the fixture's 8 images, 4 with a pneumothorax
+  siim.patient_id = "image_id"
+  source, files = card_lib.build_from_tables(siim)
+  card = card_lib.describe(source, name="siim", files=files)
+  assert (card["images"], card["patients"]) == (8, 8)
+  assert card["findings"]["Pneumothorax"]["positive"] == 4
+  assert files == {"checked": False, "listed": 8, "present": 0}
+  nlm = {"source": "nlm", "root": str(tmp_path)}
+  with pytest.raises(ValueError, match="'nlm' cannot be .* image file names"):
+    card_lib.build_from_tables(nlm)
+  rsna = {"source": "rsna", "metadata": str(tmp_path / "x.csv"), "read_headers": True}
+  with pytest.raises(ValueError, match="'rsna' cannot be .* read_headers"):
+    card_lib.build_from_tables(rsna)
+  # a mixture is refused for the entry that needs its files, and described entry by entry else
+  nih = make_nih_dir(tmp_path / "nih") / "Data_Entry_2017.csv"
+  parts = [{"source": "nih", "metadata": str(nih)}, {"source": "siim", "metadata": str(SIIM_TABLE)}]
+  mix = ml_collections.ConfigDict({"source": "mixture", "sources": parts})
+  with pytest.raises(ValueError, match="'siim' cannot be described"):
+    card_lib.build_from_tables(mix)
+  mix.sources[1]["patient_id"] = "image_id"
+  source, files = card_lib.build_from_tables(mix)
+  assert (len(source), files["listed"], files["present"]) == (14, 14, 0)

@@ -87,10 +87,18 @@ def write_csv(
     f.write(buf.getvalue())
 
 
+ON_MISSING = ("raise", "skip", "unchecked")
+
+
 def keep_existing(paths: Sequence[str], what: str, on_error: str) -> np.ndarray:
-  """Boolean mask of the files that exist; raises on missing ones unless on_error == 'skip'."""
-  if on_error not in ("raise", "skip"):
+  """Boolean mask of the rows to keep: the files that exist; a missing one raises under
+  on_error='raise' and is dropped under 'skip'. 'unchecked' keeps every row whether its file
+  exists or not: a source built from its label tables alone (mdx.data.card.build_from_tables), as
+  training would build it but without the images; nothing is read from those rows' files."""
+  if on_error not in ON_MISSING:
     raise ValueError(f"config.data.on_error={on_error!r}; choose 'raise' or 'skip'")
+  if on_error == "unchecked":
+    return np.ones(len(paths), bool)
   exists = np.array([os.path.exists(p) for p in paths], bool)
   missing = int((~exists).sum())
   if missing:
