@@ -153,6 +153,32 @@ RULES = [
     "tables",
     expect=("reference/labels.csv", "reference/agreement.json"),
   ),
+  # Chest X-ray datasets in one label space (the MIMIC table: the committed fixture slice)
+  Rule(r"^python -m mdx findings --source=padchest", "tables"),
+  Rule(
+    r"^python -m mdx card --source=mimic",
+    "tables",
+    subs=(
+      (
+        r"MIMIC/mimic-cxr-2\.0\.0-chexpert\.csv\.gz",
+        "tests/data/cxr/fixtures/mimic/mimic-cxr-2.0.0-chexpert.csv",
+      ),
+    ),
+    expect=("cards/mimic/card.json", "cards/mimic/card.md"),
+  ),
+  Rule(
+    r"^\./launch\.sh train experiments/multi_cxr_phantoms\.py --workdir=runs/multi",
+    "run_a",
+    "--config.train.steps=2 --config.data.workers=0 --config.eval.bootstrap=10 "
+    "--config.eval.examples=2",
+    expect=("runs/multi/per_dataset_metrics.json", "runs/multi/bundle/bundle.json"),
+  ),
+  Rule(
+    r"^python -m mdx generalisation --bundles=runs/a/bundle,runs/multi/bundle",
+    "run_a",
+    "--bootstrap=20",
+    expect=("matrix/matrix.md", "matrix/matrix.csv", "matrix/figures/macro_auroc.png"),
+  ),
   Rule(
     r"^python -m mdx evaluate --labels=",
     "tables",
@@ -365,6 +391,17 @@ def _fixtures_run_a(copy: str) -> dict:
   return {}
 
 
+def _fixtures_kermany(copy: str) -> dict:
+  """The pediatric pneumonia folders experiments/pneumonia_folder.py reads from MDX_DATA (the
+  generalisation matrix's third dataset): its file names carry the patient."""
+  data = os.path.join(copy, "data_fixture", "kermany_pneumonia_subset")
+  for cls in ("NORMAL", "PNEUMONIA"):
+    for p in range(10):
+      name = f"IM-{p:04d}-0001.jpeg" if cls == "NORMAL" else f"person{p}_bacteria_{p}.jpeg"
+      _png(os.path.join(data, cls, name), 72, 3 * p + (cls == "NORMAL"))
+  return {}
+
+
 def _fixtures_weights(copy: str) -> dict:
   sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
   os.environ.setdefault("KERAS_BACKEND", "torch")  # as tests/models/test_import_weights.py
@@ -393,7 +430,8 @@ FIXTURES = {  # chain -> the fixture writers it needs (each returns environment 
   "nih": (_fixtures_nih,),
   "scale": (_fixtures_nih,),  # the SLURM example trains experiments/nih_64px.py
   "tables": (_fixtures_tables,),
-  "run_a": (_fixtures_run_a,),
+  # the generalisation matrix reads NIH and pneumonia folders from MDX_DATA
+  "run_a": (_fixtures_run_a, _fixtures_nih, _fixtures_kermany),
   "weights": (_fixtures_weights,),
   "hippo": (_fixtures_hippo,),
 }
