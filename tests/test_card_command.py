@@ -72,3 +72,8 @@ def test_user_mistakes_are_one_line(tmp_path, capsys):
   assert "none.csv does not exist" in capsys.readouterr().err
   assert commands.call("card", ["--source=brats", f"--metadata={_nih(tmp_path)}"]) == 2
   assert "unknown for image tasks" in capsys.readouterr().err
+  # SIIM's patients are in its DICOM headers: refused from the table alone, saying what to set
+  siim = "tests/data/cxr/fixtures/siim/train-rle.csv"
+  assert commands.call("card", ["--source=siim", f"--metadata={siim}"]) == 2
+  err = capsys.readouterr().err
+  assert "cannot be described from its table alone" in err and "patient_id=image_id" in err
