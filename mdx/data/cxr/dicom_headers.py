@@ -1,5 +1,7 @@
 """Header fields of DICOM films read without their pixels (patient, sex, age, view, study), for the
-sources whose tables lack them (RSNA, SIIM), and DICOM ages in years.
+sources whose tables lack them (RSNA, SIIM), and DICOM ages in years. A header that cannot be read
+is named before training; a film whose header reads but that has no pixel data is named by the
+record check (mdx.data.check), which decodes every image.
 
 Reading only the header (pydicom's stop_before_pixels and specific_tags) costs about 0.3 to 0.6 s
 per 1000 files from a warm local disk, so a source can read every header when it is built, before
@@ -29,13 +31,27 @@ def age_years(value: str, max_age: float = math.inf) -> float:
   return years if years <= max_age else math.nan
 
 
+def refuse_unchecked(on_error: str, dataset: str, instead: str) -> None:
+  """A ValueError when on_error is 'unchecked' (a source built from its tables alone, without
+  its image files: file_source.keep_existing) and the source's config would read the DICOM
+  headers; `instead` says what config gives the same without them."""
+  if on_error == "unchecked":
+    raise ValueError(
+      f"{dataset}: config.data.on_error='unchecked' builds from the tables without the image "
+      f"files, but this config reads every film's DICOM header; {instead}"
+    )
+
+
 def read(
   paths: Sequence[str], tags: Sequence[str], on_error: str, dataset: str
 ) -> tuple[list[dict[str, str] | None], int]:
   """({tag: value as stripped text, '' when absent} of each DICOM, the number unreadable), pixels
   not read. An unreadable file is None when on_error is 'skip' (counted and logged), else a
-  ValueError naming it and the fix."""
+  ValueError naming it and the fix; on_error='unchecked' (no image file is to be read) is a
+  ValueError (the sources call refuse_unchecked first, with their own fix)."""
   import pydicom
+
+  refuse_unchecked(on_error, dataset, "describe it with its images")
 
   start = time.perf_counter()
   out: list[dict[str, str] | None] = []

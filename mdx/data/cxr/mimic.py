@@ -16,8 +16,12 @@ these tables have neither; they are in MIMIC-IV) and 'official_split' ('train' |
 (MIMIC-CXR-JPG 2.0.0 labels 227,827 of 227,835 studies) are left out, counted in source.skipped and
 source.excluded['unlabelled'] and logged; source.excluded also counts the images of other views
 ('views', not in skipped, as NIH's views) and those whose file is missing ('missing_file', with
-on_error='skip'). Every table is checked (numeric ids, one label row per study, one split row per
-image, the split's values, a study's subject the same in both tables) before any image is read.
+on_error='skip'). Every table is checked (rows under its header, numeric ids, one label row per
+study, one split row per image, the split's values, a study's subject the same in both tables, and
+an image in the metadata for every labelled study) before any image is read: a mistake is a one-line
+ValueError naming the file, row and column. A labelled study without an image is such a mistake,
+not a row to leave out: the published tables have none, so the label and metadata tables come
+from different releases or one was cut short.
 
 config.data fields (source='mimic'):
   root: the folder holding the tables and files/ (a path).
@@ -119,6 +123,7 @@ def _read_labels(
 ) -> tuple[dict[str, tuple[int, str]], np.ndarray]:
   """({study_id: (row, subject_id)}, float32 [rows, len(columns)]) of a label table."""
   _, rows = file_source.read_csv(path, ("subject_id", "study_id", *columns.values()))
+  records.require_rows(path, rows, "MIMIC-CXR-JPG's label table")
   studies: dict[str, tuple[int, str]] = {}
   for r, row in enumerate(rows):
     study = _id(row, "study_id", path, r + 2)
@@ -136,15 +141,37 @@ def _read_labels(
 
 def _read_splits(path: str) -> dict[str, str]:
   _, rows = file_source.read_csv(path, ("dicom_id", "split"))
-  out = {}
+  records.require_rows(path, rows, "MIMIC-CXR-JPG's split table")
+  out, first_row = {}, {}
   for r, row in enumerate(rows):
     if row["split"] not in SPLITS:
       raise ValueError(
         f"{path} row {r + 2}: column 'split' is {row['split']!r}; MIMIC-CXR's official split is "
         f"one of {list(SPLITS)}: fix the row or download the table again"
       )
-    out[row["dicom_id"].strip()] = row["split"]
+    dicom = row["dicom_id"].strip()
+    if dicom in first_row:
+      raise ValueError(
+        f"{path} row {r + 2}: image {dicom} already has a split row (row {first_row[dicom]}); "
+        "the split table holds one row per image: remove the duplicate"
+      )
+    first_row[dicom] = r + 2
+    out[dicom] = row["split"]
   return out
+
+
+def _require_images(
+  studies: Mapping[str, tuple[int, str]], imaged: set[str], label_path: str, meta_path: str
+) -> None:
+  """A ValueError naming the first labelled study (by row) that no metadata row gives an image."""
+  without = [s for s in studies if s not in imaged]
+  if without:
+    row, subject = studies[without[0]]
+    raise ValueError(
+      f"{label_path} row {row + 2}: study {without[0]} (subject {subject}) has no image in "
+      f"{meta_path} ({len(without)} labelled studies have none); use the label and metadata "
+      "tables of one MIMIC-CXR-JPG release, as PhysioNet distributes them"
+    )
 
 
 def make_source(data_config, seed: int = 0) -> file_source.FileSource:
@@ -165,9 +192,11 @@ def make_source(data_config, seed: int = 0) -> file_source.FileSource:
   splits = _read_splits(split_path)
 
   _, meta = file_source.read_csv(meta_path, ("dicom_id", "subject_id", "study_id", "ViewPosition"))
+  records.require_rows(meta_path, meta, "MIMIC-CXR-JPG's metadata table")
   views = file_source.config_get(data_config, "views")
   wanted = None if not views else {views} if isinstance(views, str) else set(views)
   seen: dict[str, int] = {}
+  imaged: set[str] = set()  # studies with an image in the metadata, whatever its view
   kept, label_rows, dropped_views, unlabelled = [], [], 0, 0
   for r, row in enumerate(meta):
     dicom = row["dicom_id"].strip()
@@ -186,6 +215,7 @@ def make_source(data_config, seed: int = 0) -> file_source.FileSource:
         f"{meta_path} row {r + 2}: image {dicom} has no row in {split_path}; use the tables of "
         "one MIMIC-CXR-JPG release"
       )
+    imaged.add(study)
     view = row["ViewPosition"].strip()
     if wanted is not None and view not in wanted:
       dropped_views += 1
@@ -200,6 +230,7 @@ def make_source(data_config, seed: int = 0) -> file_source.FileSource:
       )
     kept.append((dicom, subject, study, view))
     label_rows.append(studies[study][0])
+  _require_images(studies, imaged, label_path, meta_path)
   if dropped_views:
     logging.info(
       "MIMIC-CXR metadata %s: kept views %s, left out %d images of other views",

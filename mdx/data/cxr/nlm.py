@@ -16,15 +16,17 @@ config.data fields (source='nlm'):
   findings: canonical finding names (mdx.data.cxr.findings.CANONICAL); default ('Tuberculosis',
     'No Finding'), the two these sets label. Any other is a column of nan (unknown).
   channels: 1 (default) or 3. on_error: 'raise' (default) or 'skip', for images that cannot be
-    decoded (mdx.data.check); the images are listed from CXR_png/, so none is missing.
+    decoded (mdx.data.check); the images are listed from CXR_png/, so none is missing. 'unchecked'
+    (built from a label table without the images: the dataset card) is refused: NLM has no table.
 
 Records: one per PNG in CXR_png/ (hidden files such as macOS '._' copies are ignored; any other
-PNG not named as above is an error). Patient id: the set's prefix and the image number
-('MCUCXR_0104'): one film per patient, except where a Montgomery reading says 'same pt as
-MCUCXR_0162_1', and then both films get the patient id of the lower number. Sex ('M', 'F', 'O' as
-written; '' unknown) and age in years (nan unknown) come from the readings; an age written
-without a unit ('male 42') is left unknown. mask(source, index) returns the union of a record's
-lung masks (lung fields, not lesions); source.extra['mask_files'] lists them.
+PNG not named as above is an error, and so is one film number named twice, as _0 and _1).
+Patient id: the set's prefix and the image number ('MCUCXR_0104'): one film per patient, except
+where a Montgomery reading says 'same pt as MCUCXR_0162_1', and then both films get the patient id
+of the lower number. Sex ('M', 'F', 'O' as written; '' unknown) and age in years (nan unknown)
+come from the readings; an age written without a unit ('male 42') is left unknown.
+mask(source, index) returns the union of a record's lung masks (lung fields, not lesions);
+source.extra['mask_files'] lists them.
 """
 
 from __future__ import annotations
@@ -206,6 +208,12 @@ def make_source(data_config, seed: int = 0) -> file_source.FileSource:
   set_name, folder = find_set(root, file_source.config_get(data_config, "set"))
   findings = output_names(data_config)
   on_error = file_source.config_get(data_config, "on_error", "raise")
+  if on_error == "unchecked":
+    raise ValueError(
+      "NLM: config.data.on_error='unchecked' builds from a label table without the image files, "
+      "but NLM has no table: its labels are in the image file names (MCUCXR_0001_0.png: 0 "
+      "normal, 1 tuberculosis); describe it with its images (on_error 'raise' or 'skip')"
+    )
   if on_error not in ("raise", "skip"):
     raise ValueError(f"config.data.on_error={on_error!r}; choose 'raise' or 'skip'")
   prefix = SETS[set_name][1]
@@ -224,6 +232,14 @@ def make_source(data_config, seed: int = 0) -> file_source.FileSource:
   if not names:
     raise FileNotFoundError(f"no {prefix}_NNNN_L.png images in {image_dir}")
   stems = [n[:-4] for n in names]
+  first: dict[str, str] = {}
+  for name, stem in zip(names, stems):
+    other = first.setdefault(stem[:-2].upper(), name)
+    if other != name:  # one film number twice: as _0 and _1 its label would be both
+      raise ValueError(
+        f"{os.path.join(image_dir, name)}: film {stem[:-2]} is also {other} in {image_dir}; "
+        "each film number is one image: remove the wrong copy"
+      )
   tb = np.array([float(s[-1]) for s in stems], np.float32)
 
   sex, age, same_as = [""] * len(stems), np.full(len(stems), np.nan, np.float32), [""] * len(stems)

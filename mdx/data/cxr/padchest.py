@@ -14,6 +14,8 @@ terms after stripping stray spaces, plus ALSO for terms the taxonomy files under
 abnormal: NOT_FINDINGS) and 0 otherwise. Canonical findings no PadChest term has (Lung Opacity,
 Lung Lesion, Enlarged Cardiomediastinum, Pleural Other) are unknown (nan) when asked for.
 
+Every ImageID is listed once, and a table without rows is refused.
+
 Rows left out, each counted in source.excluded and source.skipped and logged, never silently:
 'exclude' rows; rows without labels (an empty cell or '[]': the report was not labelled, so
 nothing is known); images torchxrayvision lists as missing from the distribution or unreadable
@@ -35,6 +37,10 @@ config.data fields (source='padchest'):
     are left out).
   findings: canonical finding names (CANONICAL), default every one PadChest labels
     (DEFAULT_FINDINGS).
+  unknown_terms: 'error' (default) or 'ignore', for a term of 'Labels' that is not in
+    TO_CANONICAL (a misspelling, or a table newer than the mapping): 'error' is a ValueError naming
+    the file, row, image and term; 'ignore' counts it for no finding, counts the terms in
+    source.unknown_terms and logs them.
   channels, on_error: as for NIH.
 """
 
@@ -56,6 +62,7 @@ from mdx.data.image import file_source
 METADATA = "PADCHEST_chest_x_ray_images_labels_160K_01.02.19.csv"
 DEFAULT_VIEWS = ("PA", "AP", "AP_horizontal")
 REQUIRED = ("ImageID", "StudyID", "PatientID", "Projection", "Labels")
+UNKNOWN_TERMS = ("error", "ignore")
 
 # Every term of PadChest's 'Labels' (the 193 terms of the 01.02.19 table, spelled as there, and
 # 'hemothorax' of the publisher's taxonomy) -> the canonical finding with the same definition, or
@@ -449,7 +456,13 @@ def make_source(data_config, seed: int = 0) -> file_source.FileSource:
   root = os.fspath(file_source.require(data_config, "root", "padchest"))
   findings = output_names(data_config)
   path = metadata_path(data_config, root)
+  on_unknown = file_source.config_get(data_config, "unknown_terms", "error")
+  if on_unknown not in UNKNOWN_TERMS:
+    raise ValueError(
+      f"config.data.unknown_terms={on_unknown!r}; choose one of {list(UNKNOWN_TERMS)}"
+    )
   _, rows = file_source.read_csv(path, REQUIRED)
+  records.require_rows(path, rows, "PadChest's label table")
   label_space.log_unlabelled("PadChest", findings, LABELLED)
   views = file_source.config_get(data_config, "views", DEFAULT_VIEWS)
   views = {views} if isinstance(views, str) else set(views)
@@ -457,8 +470,18 @@ def make_source(data_config, seed: int = 0) -> file_source.FileSource:
   unknown_terms: Counter[str] = Counter()
   normal_with_findings = 0
   kept, labels, bad_seen = [], [], []
+  first_row: dict[str, int] = {}
   for r, row in enumerate(rows):
     where = f"{path} row {r + 2} (ImageID {row['ImageID']})"
+    image_id = row["ImageID"].strip()
+    if not image_id:
+      raise ValueError(f"{where}: column 'ImageID' is empty; fill it in or remove the row")
+    if image_id in first_row:
+      raise ValueError(
+        f"{where}: the image is listed twice (row {first_row[image_id]}); PadChest has one row "
+        "per image: remove the duplicate row"
+      )
+    first_row[image_id] = r + 2
     if row["Projection"].strip() not in views:
       excluded["views"] += 1
       continue
@@ -475,6 +498,12 @@ def make_source(data_config, seed: int = 0) -> file_source.FileSource:
       bad_seen.append(row["ImageID"].strip())
       continue
     vector, unknown = label_row(terms, findings)
+    if unknown and on_unknown == "error":
+      raise ValueError(
+        f"{where}: column 'Labels' has the term {unknown[0]!r}, which is not in "
+        "padchest.TO_CANONICAL; correct the term, or set config.data.unknown_terms='ignore' to "
+        "count it for no finding"
+      )
     unknown_terms.update(set(unknown))
     normal_with_findings += "normal" in terms and bool(set(terms) - NOT_FINDINGS)
     kept.append((row, age))

@@ -1,5 +1,6 @@
-"""The per-record metadata every chest X-ray source exposes in FileSource.extra, the image file
-extension a source of DICOM films takes for converted copies, and the index of image folders.
+"""The per-record metadata every chest X-ray source exposes in FileSource.extra, the check that a
+label table has rows, the image file extension a source of DICOM films takes for converted copies,
+and the index of image folders.
 
 Every source gives 'study_id', 'view', 'sex' ('M' / 'F' / ''), 'age' (years, nan unknown) per
 record, '' and nan where the dataset has none, so the dataset card and the reports read one layout;
@@ -50,6 +51,13 @@ def extra(
     "age": ages,
     **more,
   }
+
+
+def require_rows(path: str, rows: Sequence, what: str) -> None:
+  """A ValueError naming `path` when its table (or list) has no data rows: an empty table would
+  otherwise surface as 'no records left' without saying which file was empty."""
+  if not rows:
+    raise ValueError(f"{path}: no data rows; give {what}")
 
 
 def extension(data_config, default: str, allowed: Sequence[str]) -> str:

@@ -25,7 +25,8 @@ config.data fields (source='rsna'):
   findings: canonical finding names (CANONICAL); default ('Pneumonia', 'Lung Opacity',
     'No Finding'), the ones RSNA labels. Any other is a column of nan (unknown), logged at INFO.
   channels, on_error: as for NIH ('skip' also drops films whose header cannot be read when
-    read_headers is set).
+    read_headers is set; 'unchecked', the tables without the films, refuses read_headers). A film
+    without pixel data is named by the record check (mdx.data.check) before training.
 
 One record per film; source.extra holds 'boxes' (a list of ['Lung Opacity', x_min, y_min, x_max,
 y_max, ''] in pixels, x_max = x + width), 'class' (the detailed class, '' without the classes file),
@@ -170,8 +171,7 @@ def read_labels(metadata: str) -> tuple[list[str], dict[str, int], dict[str, lis
     boxes.setdefault(pid, [])
     if box:
       boxes[pid].append(box)
-  if not target:
-    raise ValueError(f"{metadata}: no rows; give RSNA's stage_2_train_labels.csv")
+  records.require_rows(metadata, target, "RSNA's stage_2_train_labels.csv")
   return list(target), target, boxes
 
 
@@ -258,6 +258,13 @@ def make_source(data_config, seed: int = 0) -> file_source.FileSource:
   if read_headers and headers_table:
     raise ValueError(
       "config.data.headers and config.data.read_headers both give sex, age and view; set one"
+    )
+  if read_headers:
+    dicom_headers.refuse_unchecked(
+      on_error,
+      "RSNA",
+      "give the headers table instead (config.data.headers) or leave "
+      "config.data.read_headers unset",
     )
   if read_headers and ext != ".dcm":
     raise ValueError(

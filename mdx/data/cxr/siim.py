@@ -17,7 +17,9 @@ config.data fields (source='siim'):
     table has no patient column and patient-level splits need every id before any image is read.
     'image_id' takes each image as its own patient and reads no header (sex, age, view and study
     left unknown).
-  channels, on_error: as for NIH ('skip' also drops files whose header cannot be read).
+  channels, on_error: as for NIH ('skip' also drops files whose header cannot be read;
+    'unchecked', the table without the films, needs patient_id='image_id'). A film without pixel
+    data is named by the record check (mdx.data.check) before training.
 
 The masks stay with the source: source.extra['rle'] holds each image's regions (relative RLE
 strings joined by ';', '' without pneumothorax) and mask(source, index) decodes their union,
@@ -190,6 +192,7 @@ def read_table(metadata: str) -> tuple[list[str], dict[str, list[str]]]:
       f"{metadata}: no ' EncodedPixels' column (found {columns}); SIIM's train-rle.csv has "
       "'ImageId, EncodedPixels'"
     )
+  records.require_rows(metadata, rows, "SIIM's train-rle.csv")
   order: list[str] = []
   regions: dict[str, list[str]] = {}
   negative: dict[str, int] = {}
@@ -234,6 +237,13 @@ def make_source(data_config, seed: int = 0) -> file_source.FileSource:
   if policy not in PATIENT_POLICIES:
     raise ValueError(f"config.data.patient_id={policy!r}; choose one of {list(PATIENT_POLICIES)}")
   on_error = file_source.config_get(data_config, "on_error", "raise")
+  if policy == "header":
+    dicom_headers.refuse_unchecked(
+      on_error,
+      "SIIM",
+      "its patients, studies, views, sex and age are in those headers; set "
+      "config.data.patient_id='image_id' to take each image as its own patient",
+    )
   ids, regions = read_table(metadata)
 
   folder = file_source.require(data_config, "images", "siim")

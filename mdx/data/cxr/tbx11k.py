@@ -152,9 +152,16 @@ def read_boxes(path: str) -> dict[str, list[tuple[str, list[float]]]]:
         f"{path}: categories[{k}] is {name!r}, not a TBX11K box category {list(BOX_CATEGORIES)}"
       )
     categories[field(c, "id", f"categories[{k}]")] = name
-  images = {}
+  images, first = {}, {}
   for k, im in enumerate(data["images"]):
-    images[field(im, "id", f"images[{k}]")] = str(field(im, "file_name", f"images[{k}]"))
+    image_id = field(im, "id", f"images[{k}]")
+    if image_id in first:  # the boxes of one image would land on the other
+      raise ValueError(
+        f"{path}: images[{k}] has id {image_id!r}, as images[{first[image_id]}] has; a COCO "
+        "image id names one image: fix the entry"
+      )
+    first[image_id] = k
+    images[image_id] = str(field(im, "file_name", f"images[{k}]"))
   out: dict[str, list[tuple[str, list[float]]]] = {name: [] for name in images.values()}
   for k, a in enumerate(data["annotations"]):
     where = f"annotations[{k}]"
@@ -215,6 +222,9 @@ def make_source(data_config, seed: int = 0) -> file_source.FileSource:
   if name:
     listed = list_path(root, str(name))
     rels = read_list(listed)
+    records.require_rows(
+      listed, rels, "a TBX11K list (one image path such as tb/tb0005.png a line)"
+    )
     what = f"TBX11K list {listed}"
   else:
     listed, rels = None, []

@@ -369,8 +369,7 @@ def read_table(metadata: str) -> Table:
     )
   else:
     table = _read_physionet(metadata, columns, rows)
-  if not table.ids:
-    raise ValueError(f"{metadata}: no rows; give VinDr-CXR's label table")
+  records.require_rows(metadata, table.ids, "VinDr-CXR's label table")
   return table
 
 

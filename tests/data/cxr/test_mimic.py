@@ -308,6 +308,20 @@ def test_a_bad_label_cell_names_the_file_row_and_column(root):
       r"metadata.csv row 8: study 50000005 belongs to subject 19000004 here but to subject "
       "11000009",
     ),
+    (
+      "metadata",  # study 50000004's one image (dicom 6, row 7) gone: a study without images
+      lambda rows: [*rows[:6], *rows[7:]],
+      r"chexpert.csv row 5: study 50000004 \(subject 11000003\) has no image in \S+metadata.csv "
+      r"\(1 labelled studies have none\); use the label and metadata tables of one",
+    ),
+    (
+      "split",
+      lambda rows: [*rows, rows[3]],
+      r"split.csv row 10: image 0c000003-\S+ already has a split row \(row 4\)",
+    ),
+    ("chexpert", lambda rows: rows[:1], r"chexpert.csv: no data rows"),
+    ("metadata", lambda rows: rows[:1], r"metadata.csv: no data rows"),
+    ("split", lambda rows: rows[:1], r"split.csv: no data rows"),
   ],
 )
 def test_bad_tables_are_one_line_naming_file_row_and_field(root, table, change, match):
@@ -315,6 +329,12 @@ def test_bad_tables_are_one_line_naming_file_row_and_field(root, table, change, 
   with pytest.raises(ValueError, match=match) as info:
     build(root)
   assert "\n" not in str(info.value)
+
+
+def test_a_study_without_images_in_the_views_kept_is_not_an_error(root):
+  # Study 50000001 keeps only its LATERAL image under views=['LATERAL']: it has images, of a view
+  # the config leaves out, which is a filter, not a broken table.
+  assert list(build(root, views=["LATERAL"]).image_ids()) == [dicom(2)]
 
 
 def test_bad_tables_fail_before_any_image_is_read(root, monkeypatch):

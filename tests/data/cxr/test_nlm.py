@@ -198,3 +198,22 @@ def test_empty_image_folder(tmp_path):
   (tmp_path / "MontgomerySet" / "CXR_png").mkdir(parents=True)
   with pytest.raises(FileNotFoundError, match="no MCUCXR_NNNN_L.png images"):
     nlm.make_source({"root": str(tmp_path), "set": "montgomery"})
+
+
+def test_one_film_number_twice_is_refused_naming_both_files(tmp_path):
+  folder, _, _ = montgomery(tmp_path)
+  png(folder / "CXR_png" / "MCUCXR_0003_1.png")  # MCUCXR_0003_0.png is there: normal and TB
+  with pytest.raises(ValueError) as info:
+    nlm.make_source({"root": str(tmp_path), "set": "montgomery"})
+  message = str(info.value)
+  assert message.startswith(f"{folder / 'CXR_png' / 'MCUCXR_0003_1.png'}: film MCUCXR_0003 is")
+  assert "also MCUCXR_0003_0.png" in message and "\n" not in message
+
+
+def test_without_the_image_files_is_refused_saying_the_labels_are_their_names(tmp_path):
+  montgomery(tmp_path)
+  with pytest.raises(ValueError) as info:
+    nlm.make_source({"root": str(tmp_path), "on_error": "unchecked"})
+  message = str(info.value)
+  assert message.startswith("NLM: config.data.on_error='unchecked'")
+  assert "labels are in the image file names" in message and "\n" not in message

@@ -92,7 +92,10 @@ def root(tmp_path):
 
 
 def build(root, **fields):
-  return padchest.make_source({"root": str(root), **fields})
+  """The source of the fixture folder; syn 21's misspelt term 'pleural efusion' is there on
+  purpose, so these tests ignore unknown terms unless they say otherwise (the default refuses
+  them: test_an_unknown_term_is_one_line_naming_file_row_image_term_and_fix)."""
+  return padchest.make_source({"root": str(root), "unknown_terms": "ignore", **fields})
 
 
 def edit(root, image_id, **cells):
@@ -225,11 +228,67 @@ def test_exclude_unlabelled_and_known_bad_rows_are_left_out_counted_and_logged(r
   assert "1 images say 'normal' beside abnormal terms" in said
 
 
-def test_an_unknown_term_counts_for_no_finding_and_is_reported(root, caplog):
+def test_an_unknown_term_is_one_line_naming_file_row_image_term_and_fix(root, monkeypatch):
+  from mdx.data.image import images
+
+  def never(*args, **kwargs):
+    raise AssertionError("an image was read")
+
+  monkeypatch.setattr(images, "read_image", never)
+  for config in ({"root": str(root)}, {"root": str(root), "unknown_terms": "error"}):
+    with pytest.raises(ValueError) as info:
+      padchest.make_source(config)
+    message = str(info.value)
+    assert message.startswith(f"{root / TABLE} row 23 (ImageID {syn(21)}): column 'Labels' has ")
+    assert "the term 'pleural efusion', which is not in padchest.TO_CANONICAL" in message
+    assert "config.data.unknown_terms='ignore'" in message and "\n" not in message
+
+
+def test_unknown_terms_ignore_counts_them_for_no_finding_and_logs_them(root, caplog):
   with caplog.at_level(logging.WARNING):
-    source = build(root)
+    source = build(root, unknown_terms="ignore")
   assert source.unknown_terms == {"pleural efusion": 1}
   assert any("{'pleural efusion': 1}" in r.getMessage() for r in caplog.records)
+  np.testing.assert_array_equal(
+    source.labels()[KEPT.index(syn(21))], expected([syn(21)], source.findings)[0]
+  )
+
+
+def test_unknown_terms_outside_the_two_policies_is_refused(root):
+  with pytest.raises(
+    ValueError, match=r"config.data.unknown_terms='warn'; choose one of \['error', 'ignore'\]"
+  ):
+    build(root, unknown_terms="warn")
+
+
+def test_a_duplicated_image_id_names_both_rows(root):
+  path = root / TABLE
+  with open(path, newline="") as f:
+    rows = list(csv.reader(f))
+  with open(path, "w", newline="") as f:
+    csv.writer(f, lineterminator="\n").writerows([*rows, rows[7]])
+  with pytest.raises(ValueError) as info:
+    build(root)
+  image_id = rows[7][rows[0].index("ImageID")]
+  message = str(info.value)
+  assert message.startswith(f"{path} row {len(rows) + 1} (ImageID {image_id}): the image is listed")
+  assert "twice (row 8)" in message and "\n" not in message
+
+
+def test_an_empty_table_or_image_id_is_named(root):
+  path = root / TABLE
+  with open(path, newline="") as f:
+    rows = list(csv.reader(f))
+  with open(path, "w", newline="") as f:
+    csv.writer(f, lineterminator="\n").writerows(rows[:1])
+  with pytest.raises(ValueError, match=rf"^{path}: no data rows; give PadChest's"):
+    build(root)
+  edited = [r[:] for r in rows]
+  edited[4][rows[0].index("ImageID")] = " "
+  with open(path, "w", newline="") as f:
+    csv.writer(f, lineterminator="\n").writerows(edited)
+  with pytest.raises(ValueError, match=r"row 5 \(ImageID  \): column 'ImageID' is empty"):
+    build(root)
 
 
 def test_views_choose_the_projections(root):

@@ -10,6 +10,7 @@ import warnings
 import numpy as np
 import pydicom
 import pytest
+from dicom_without_pixels import assert_check_names_it, strip_pixels
 from fixture_files import write_dicom
 from PIL import Image
 
@@ -277,7 +278,25 @@ def test_tables_that_are_not_rsna_are_refused(tmp_path, images):
   with pytest.raises(ValueError, match="missing column"):
     rsna.make_source(config(images) | {"metadata": str(bad)})
   bad.write_text("patientId,x,y,width,height,Target\n")
-  with pytest.raises(ValueError, match="no rows"):
+  with pytest.raises(ValueError, match=": no data rows; give "):
     rsna.make_source(config(images) | {"metadata": str(bad)})
   with pytest.raises(ValueError, match="config.data.extension='.dicom'"):
     rsna.make_source(config(images, extension="dicom"))
+
+
+def test_a_dicom_without_pixel_data_is_named_by_the_record_check(tmp_path, images):
+  film = os.path.join(images, P4 + ".dcm")
+  strip_pixels(film)
+  source = rsna.make_source(config(images, read_headers=True))  # its header still reads
+  assert len(source) == len(IDS)
+  assert_check_names_it(source, "rsna", film, tmp_path)
+
+
+def test_read_headers_without_the_image_files_is_refused_with_the_fix(tmp_path):
+  unchecked = config(str(tmp_path / "none"), on_error="unchecked")
+  assert len(rsna.make_source(unchecked)) == len(IDS)  # from the tables alone, files absent
+  with pytest.raises(ValueError) as info:
+    rsna.make_source(unchecked | {"read_headers": True})
+  message = str(info.value)
+  assert message.startswith("RSNA: config.data.on_error='unchecked' builds from the tables")
+  assert "config.data.headers" in message and "\n" not in message

@@ -10,6 +10,7 @@ import fixture_files
 import numpy as np
 import pydicom
 import pytest
+from dicom_without_pixels import assert_check_names_it, strip_pixels
 
 from mdx.data.cxr import siim
 from mdx.data.cxr.findings import CANONICAL, NIH_FINDINGS
@@ -325,3 +326,28 @@ def test_bad_rows_name_file_line_and_field(tmp_path, row, match):
 def test_missing_rle_column(tmp_path):
   with pytest.raises(ValueError, match="no ' EncodedPixels' column"):
     siim.make_source({"metadata": rewrite(tmp_path, "ImageId,Mask\n1.2,-1\n"), "images": "x"})
+
+
+def test_an_empty_table_is_named(tmp_path):
+  path = rewrite(tmp_path, "ImageId, EncodedPixels\n")
+  with pytest.raises(ValueError, match=rf"^{path}: no data rows; give SIIM's"):
+    siim.make_source({"metadata": path, "images": str(tmp_path)})
+
+
+def test_a_dicom_without_pixel_data_is_named_by_the_record_check(tree, tmp_path):
+  root, paths = tree
+  strip_pixels(paths[IDS[2]])
+  source = siim.make_source(config(root))  # the header (patient, sex, age) still reads
+  assert source.patient_ids()[2] == "PAT-B"
+  assert_check_names_it(source, "siim", paths[IDS[2]], tmp_path)
+
+
+def test_header_fields_without_the_image_files_are_refused_with_the_fix(tmp_path):
+  unchecked = config(tmp_path, on_error="unchecked", patient_id="image_id")
+  assert list(siim.make_source(unchecked).image_ids()) == IDS  # from the table alone
+  for patient_id in ("header", None):  # None: the default, 'header'
+    with pytest.raises(ValueError) as info:
+      siim.make_source(unchecked | {"patient_id": patient_id})
+    message = str(info.value)
+    assert message.startswith("SIIM: config.data.on_error='unchecked' builds from the tables")
+    assert "config.data.patient_id='image_id'" in message and "\n" not in message

@@ -158,6 +158,12 @@ def test_missing_files_and_folders(root, tmp_path):
     tbx11k.make_source({"root": str(root)})
 
 
+def test_an_empty_list_is_named(root):
+  (root / "lists" / "empty.txt").write_text("\n")
+  with pytest.raises(ValueError, match=r"lists/empty.txt: no data rows; give a TBX11K"):
+    tbx11k.make_source({"root": str(root), "list": "empty"})
+
+
 @pytest.mark.parametrize(
   "lines, match",
   [
@@ -205,6 +211,10 @@ def annotation(k, **fields):
     ),
     (annotation(1, bbox=[1, 2, -3, 4]), r"annotations\[1\] bbox"),
     (edited(lambda d: d["categories"][0].update(name="TB")), r"categories\[0\] is 'TB'"),
+    (
+      edited(lambda d: d["images"][2].update(id=d["images"][0]["id"])),
+      r"images\[2\] has id \d+, as images\[0\] has",
+    ),
     (
       annotation(0, image_id=601),
       "health/h0001.png lies in health/ .* has 1 TB box",

@@ -8,6 +8,7 @@ import re
 
 import numpy as np
 import pytest
+from dicom_without_pixels import assert_check_names_it, strip_pixels
 from fixture_files import write_dicom
 from PIL import Image
 from sklearn.metrics import cohen_kappa_score
@@ -164,6 +165,13 @@ def test_dicom_and_converted_images_are_read(tmp_path, images):
   assert source[3]["image"].dtype == np.uint8 and source.paths()[3].endswith(PTX + ".png")
   with pytest.raises(ValueError, match="config.data.extension='.tif'"):
     vindr.make_source(config(KAGGLE, folder, extension=".tif"))
+
+
+def test_a_dicom_without_pixel_data_is_named_by_the_record_check(tmp_path, images):
+  film = os.path.join(images, PTX + ".dicom")
+  strip_pixels(film)
+  source = vindr.make_source(config(KAGGLE, images))  # the table is fine: no image is read
+  assert_check_names_it(source, "vindr", film, tmp_path)
 
 
 def test_missing_images_raise_or_are_skipped(images):
@@ -379,7 +387,7 @@ def test_tables_that_are_not_vindr_are_refused(tmp_path, images):
       vindr.make_source(config(str(path), images))
   empty = tmp_path / "empty.csv"
   empty.write_text(open(KAGGLE).readline())
-  with pytest.raises(ValueError, match="no rows"):
+  with pytest.raises(ValueError, match=": no data rows; give "):
     vindr.make_source(config(str(empty), images))
 
 
