@@ -235,10 +235,12 @@ class ClassificationTask:
       out[f"val_auroc_{name}"] = entry["macro_auroc"] if entry["macro_auroc"] is not None else 0.0
     return out
 
-  def per_dataset(self, pred: dict) -> dict[str, dict]:
+  def per_dataset(self, pred: dict, bootstrap: int = 0) -> dict[str, dict]:
     """{dataset: {'n_images', 'n_patients', 'macro_auroc', 'per_finding': {finding: {'auroc',
     'n_known', 'n_positive'}}}} of predictions over a mixture's datasets (only the findings the
-    dataset labels); {} for one source."""
+    dataset labels); {} for one source. bootstrap > 0 adds 'macro_auroc_ci' and each finding's
+    'auroc_ci' ([lo, hi], None where undefined): patient-level resamples within the dataset
+    (mdx.evaluate.classification, as the pooled report's, at config.eval's level and seed)."""
     if self.datasets is None:
       return {}
     out = {}
@@ -247,26 +249,53 @@ class ClassificationTask:
       rows = of == name
       if not rows.any():
         continue
-      labels, probs = pred["labels"][rows], pred["probs"][rows]
+      labelled = [j for j, f in enumerate(self.findings) if f not in self.source.unlabelled[name]]
+      labels, probs = pred["labels"][rows][:, labelled], pred["probs"][rows][:, labelled]
+      patients = self.patient_ids[pred["index"][rows]]
       auroc = metrics.roc_auc_per_class(labels, probs)
+      cis = self._auroc_intervals(labels, probs, labelled, patients, bootstrap)
       per_finding = {}
-      for j, f in enumerate(self.findings):
-        if f in self.source.unlabelled[name]:
-          continue
-        known = labels[:, j][~np.isnan(labels[:, j])]
-        per_finding[f] = {
-          "auroc": float(auroc[j]) if np.isfinite(auroc[j]) else None,
+      for i, j in enumerate(labelled):
+        known = labels[:, i][~np.isnan(labels[:, i])]
+        per_finding[self.findings[j]] = {
+          "auroc": float(auroc[i]) if np.isfinite(auroc[i]) else None,
+          **({"auroc_ci": cis["per_finding"][i]} if cis else {}),
           "n_known": int(len(known)),
           "n_positive": int((known > 0.5).sum()),
         }
       finite = [e["auroc"] for e in per_finding.values() if e["auroc"] is not None]
       out[name] = {
         "n_images": int(rows.sum()),
-        "n_patients": int(len(np.unique(self.patient_ids[pred["index"][rows]]))),
+        "n_patients": int(len(np.unique(patients))),
         "macro_auroc": float(np.mean(finite)) if finite else None,
+        **({"macro_auroc_ci": cis["macro"]} if cis else {}),
         "per_finding": per_finding,
       }
     return out
+
+  def _auroc_intervals(self, labels, probs, columns, patients, bootstrap: int) -> dict | None:
+    """{'macro': [lo, hi], 'per_finding': [[lo, hi] per column]} of one dataset's AUROC by the
+    pooled report's patient bootstrap (mdx.evaluate.classification.evaluate_classification; no
+    thresholds, so nothing is chosen on the evaluated set); None when bootstrap is 0."""
+    if bootstrap <= 0:
+      return None
+    from mdx.evaluate import classification as evaluation
+
+    names = [self.findings[j] for j in columns]
+    result = evaluation.evaluate_classification(
+      labels,
+      probs,
+      names,
+      patient_ids=patients,
+      thresholds=[None] * len(names),
+      thresholds_chosen_on="none: only AUROC is reported per dataset",
+      bootstrap=bootstrap,
+      seed=self.config.seed,
+    )
+    return {
+      "macro": result["macro"]["auroc"]["ci"],
+      "per_finding": [result["per_finding"][f]["metrics"]["auroc"]["ci"] for f in names],
+    }
 
   def calibration_maps(self, val: dict) -> dict[str, dict]:
     """{finding: map spec} fitted on validation by config.eval.calibration (raw -> calibrated)."""
@@ -331,16 +360,27 @@ class ClassificationTask:
 
   def report_datasets(self, workdir: str, split: str, pred: dict, val: dict, result: dict) -> dict:
     """The reported split's and validation's AUROC per dataset and pooled, logged and written to
-    WORKDIR/PER_DATASET_FILE (the report folder holds the pooled report's files only)."""
+    WORKDIR/PER_DATASET_FILE (the report folder holds the pooled report's files only). The
+    reported split's numbers carry patient-bootstrap 95% CIs (config.eval.bootstrap resamples
+    within each dataset; the pooled ones are the report's own, metrics.json's macro AUROC);
+    validation's are point values, as the training curves'."""
+    key = splits.split_key(split)
+    resamples = int(self.config.eval.bootstrap)
     per = {
+      "settings": {
+        "bootstrap_resamples": {key: resamples, "validation": 0},
+        "resampling_unit": "patient, within each dataset",
+        "ci_level": result["settings"]["ci_level"],
+        "seed": int(self.config.seed),
+      },
       "splits": {
-        name: {"pooled": {"n_images": len(p["index"])}, **self.per_dataset(p)}
-        for name, p in ((splits.split_key(split), pred), ("validation", val))
-      }
+        name: {"pooled": {"n_images": len(p["index"])}, **self.per_dataset(p, b)}
+        for name, p, b in ((key, pred, resamples), ("validation", val, 0))
+      },
     }
-    per["splits"][splits.split_key(split)]["pooled"]["macro_auroc"] = result["macro"]["auroc"][
-      "value"
-    ]
+    pooled = per["splits"][key]["pooled"]
+    pooled["macro_auroc"] = result["macro"]["auroc"]["value"]
+    pooled["macro_auroc_ci"] = result["macro"]["auroc"]["ci"]
     auroc = metrics.roc_auc_per_class(val["labels"], val["probs"])
     per["splits"]["validation"]["pooled"]["macro_auroc"] = (
       float(np.nanmean(auroc)) if np.any(np.isfinite(auroc)) else None
@@ -349,10 +389,7 @@ class ClassificationTask:
       logging.info(
         "%s macro AUROC per dataset: %s",
         name,
-        ", ".join(
-          f"{d} {e['macro_auroc']:.3f}" if e.get("macro_auroc") is not None else f"{d} n/a"
-          for d, e in entries.items()
-        ),
+        ", ".join(f"{d} {_auroc_text(e)}" for d, e in entries.items()),
       )
     if workdir and jax.process_index() == 0:
       outputs.write_json(os.path.join(workdir, PER_DATASET_FILE), jsonio.jsonable(per))
@@ -502,3 +539,11 @@ class ClassificationTask:
         record = t.map(record)
       images.append(record["image"])
     return np.stack(images)
+
+
+def _auroc_text(entry: dict) -> str:
+  """'0.812 (0.760-0.861)', '0.812' without an interval, or 'n/a' (undefined)."""
+  value, ci = entry.get("macro_auroc"), entry.get("macro_auroc_ci") or [None, None]
+  if value is None:
+    return "n/a"
+  return f"{value:.3f}" + (f" ({ci[0]:.3f}-{ci[1]:.3f})" if None not in ci else "")
