@@ -183,7 +183,7 @@ _FILE_FIELDS = (
 _CXR_FIELDS = ("findings", "channels", "on_error", "prepared_dir", "bit_depth")
 _CXR_SOURCES = {  # name: (its own fields, the fields among them that name a file or folder)
   "mimic": (("root", "labeler", "uncertain", "blank", "views"), ("root",)),
-  "padchest": (("root", "metadata", "views"), ("root", "metadata")),
+  "padchest": (("root", "metadata", "views", "unknown_terms"), ("root", "metadata")),
   "vindr": (
     ("metadata", "images", "extension", "readers", "boxes"),
     ("metadata", "images", "boxes"),

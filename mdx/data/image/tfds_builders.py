@@ -73,6 +73,7 @@ RECORD_FIELDS = (
   # the chest X-ray sources of issue 25 (mdx.data.sources._CXR_SOURCES)
   "labeler",
   "views",
+  "unknown_terms",
   "readers",
   "extension",
   "boxes",
