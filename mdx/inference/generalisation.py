@@ -402,13 +402,14 @@ def cell_text(entry: Mapping, split: str | None) -> str:
 
 def _over(over: Sequence[str], findings: Sequence[str]) -> str:
   """Which of the bundle's findings a macro averages, shortest first: 'all 14 findings', '13 of 14
-  findings (not Pneumonia)', or the list when most are left out."""
+  findings (not Pneumonia)', or those averaged when most are left out ('1 of 14 findings:
+  Pneumonia')."""
   left = [f for f in findings if f not in over]
   if not left:
     return f"all {len(findings)} findings"
   if len(left) <= len(over):
     return f"{len(over)} of {len(findings)} findings (not {', '.join(left)})"
-  return f"over {', '.join(over)}"
+  return f"{len(over)} of {len(findings)} findings: {', '.join(over)}"
 
 
 def _same(cell: Mapping) -> str:

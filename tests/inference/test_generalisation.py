@@ -313,4 +313,4 @@ def test_a_macro_cell_says_which_findings_it_averages_shortest_first():
 
   assert _over(["A", "B", "C"], ["A", "B", "C"]) == "all 3 findings"
   assert _over(["A", "C"], ["A", "B", "C"]) == "2 of 3 findings (not B)"
-  assert _over(["C"], ["A", "B", "C"]) == "over C"
+  assert _over(["C"], ["A", "B", "C"]) == "1 of 3 findings: C"
