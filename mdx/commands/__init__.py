@@ -121,6 +121,22 @@ def _exit_if_joined(status: Any) -> Any:
 
 
 @contextlib.contextmanager
+def _logging_levels_kept() -> Iterator[None]:
+  """Parsing absl flags sets the root and 'absl' loggers' levels from --verbosity (WARNING by
+  default): a command called in a test's process must not silence the INFO logs of the tests that
+  run after it there."""
+  import logging
+
+  loggers = [logging.getLogger(), logging.getLogger("absl")]
+  levels = [logger.level for logger in loggers]
+  try:
+    yield
+  finally:
+    for logger, level in zip(loggers, levels):
+      logger.setLevel(level)
+
+
+@contextlib.contextmanager
 def _defined(module: ModuleType) -> Iterator[None]:
   """The command's flags in absl's FLAGS for the block, then removed (with the overrides a config
   flag added while parsing), and --debug back at its default."""
@@ -144,7 +160,7 @@ def call(name: str, argv: list[str]) -> int:
   if not hasattr(module, "define_flags"):
     return int(cli.call(module.main, argv) or 0)
   was_parsed, given = flags.FLAGS.is_parsed(), sys.argv
-  with _defined(module):
+  with _defined(module), _logging_levels_kept():
     try:
       sys.argv = [f"{PROGRAM} {name}", *argv]
       rest = cli.parse_flags(sys.argv)
