@@ -64,6 +64,48 @@ def dataset_card_blocks(card: Mapping) -> list[tuple]:
   return blocks
 
 
+def per_dataset_blocks(per_dataset: Mapping, findings: Sequence[str], split: str) -> list[tuple]:
+  """A model trained across datasets: each dataset's share of the reported split and its AUROC
+  (95% CI) per finding and macro, beside the pooled numbers of the report; findings a dataset does
+  not label say so (they are unknown there, never negative)."""
+
+  def auroc(value, ci) -> str:
+    if value is None:
+      return "undefined"
+    ci = ci or [None, None]
+    return f"{value:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if None not in ci else "")
+
+  names = list(per_dataset)
+  blocks: list[tuple] = [
+    ("h2", "Per dataset"),
+    (
+      "p",
+      f"The {split} split of each training dataset on its own (patient bootstrap within the "
+      "dataset); the tables below pool them. A finding a dataset does not label is 'not "
+      "labelled' there: unknown, left out of its metrics.",
+    ),
+  ]
+  rows = [
+    [
+      n,
+      f"{e['n_images']:,}",
+      f"{e['n_patients']:,}",
+      auroc(e.get("macro_auroc"), e.get("macro_auroc_ci")),
+    ]
+    for n, e in per_dataset.items()
+  ]
+  blocks.append(("table", ["Dataset", "Images", "Patients", "Macro AUROC (95% CI)"], rows))
+  rows = []
+  for f in findings:
+    row = [f]
+    for n in names:
+      entry = per_dataset[n]["per_finding"].get(f)
+      row.append(auroc(entry["auroc"], entry.get("auroc_ci")) if entry else "not labelled")
+    rows.append(row)
+  blocks.append(("table", ["Finding (AUROC, 95% CI)", *names], rows))
+  return blocks
+
+
 def classification_run_report(
   out_dir: str | outputs.OutputFolder,
   fig_dir: str | None = None,
@@ -94,6 +136,7 @@ def classification_run_report(
   overwrite: bool = False,
   command: str = "report",
   data_card: Mapping | None = None,
+  per_dataset: Mapping | None = None,
 ) -> dict:
   """Writes out_dir/{split}_predictions.csv, gradcam.json, metrics.json, report.md and report.html.
 
@@ -110,7 +153,8 @@ def classification_run_report(
   they are inflated); loss_label names the loss in the training curves. keep_bootstrap: metrics
   whose bootstrap samples per finding the returned dict also holds (report.evaluate_and_report).
   data_card: the training data's dataset card (mdx.data.card.describe), shown after the
-  introduction (dataset_card_blocks). Returns the metrics dict (as in metrics.json).
+  introduction (dataset_card_blocks); per_dataset: a model trained across datasets, each one's
+  numbers on the split (per_dataset_blocks). Returns the metrics dict (as in metrics.json).
 
   out_dir: the report's folder, claimed for report.layout('classification', split) (a file mdx did
   not write is an OutputError naming it, unless overwrite), staged, and committed once the whole
@@ -223,7 +267,10 @@ def classification_run_report(
       title=title,
       notes=notes,
       keep_bootstrap=keep_bootstrap,
-      **({"preface": dataset_card_blocks(data_card)} if data_card else {}),
+      preface=[
+        *(dataset_card_blocks(data_card) if data_card else []),
+        *(per_dataset_blocks(per_dataset, findings, split) if per_dataset else []),
+      ],
     )
 
 

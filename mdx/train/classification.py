@@ -325,6 +325,8 @@ class ClassificationTask:
     pred = self.predict(evaluator, split)
     val = self.predict(evaluator, "validation")
     maps = self.calibration_maps(val)
+    # across datasets: each dataset's numbers with CIs, in the report and per_dataset_metrics.json
+    per_dataset = self.per_dataset(pred, int(self.config.eval.bootstrap)) or None
     result = run_report.classification_run_report(
       out_dir,
       split=split,
@@ -351,19 +353,23 @@ class ClassificationTask:
       loss_label=LOSS_LABELS[self.config.loss.name],
       keep_bootstrap=("auroc",),  # the bundle keeps them for external validation
       data_card=self.data_card,
+      per_dataset=per_dataset,
       overwrite=overwrite,
     )
     measured = {"split": split, "pred": pred, "val": val, "maps": maps, "result": result}
     if self.datasets is not None:  # across datasets: each dataset's numbers beside the pool's
-      measured["per_dataset"] = self.report_datasets(workdir, split, pred, val, result)
+      measured["per_dataset"] = self.report_datasets(workdir, split, pred, val, result, per_dataset)
     return tasks.Report(out_dir, measured)
 
-  def report_datasets(self, workdir: str, split: str, pred: dict, val: dict, result: dict) -> dict:
+  def report_datasets(
+    self, workdir: str, split: str, pred: dict, val: dict, result: dict, reported: dict
+  ) -> dict:
     """The reported split's and validation's AUROC per dataset and pooled, logged and written to
     WORKDIR/PER_DATASET_FILE (the report folder holds the pooled report's files only). The
     reported split's numbers carry patient-bootstrap 95% CIs (config.eval.bootstrap resamples
     within each dataset; the pooled ones are the report's own, metrics.json's macro AUROC);
-    validation's are point values, as the training curves'."""
+    validation's are point values, as the training curves'. reported: per_dataset(pred,
+    bootstrap) the report already computed."""
     key = splits.split_key(split)
     resamples = int(self.config.eval.bootstrap)
     per = {
@@ -374,8 +380,8 @@ class ClassificationTask:
         "seed": int(self.config.seed),
       },
       "splits": {
-        name: {"pooled": {"n_images": len(p["index"])}, **self.per_dataset(p, b)}
-        for name, p, b in ((key, pred, resamples), ("validation", val, 0))
+        key: {"pooled": {"n_images": len(pred["index"])}, **reported},
+        "validation": {"pooled": {"n_images": len(val["index"])}, **self.per_dataset(val)},
       },
     }
     pooled = per["splits"][key]["pooled"]

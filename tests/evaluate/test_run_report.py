@@ -294,3 +294,32 @@ def test_dataset_card_blocks_render_the_cards_numbers():
   )
   assert "| Effusion | 3 | 6 | 1 | 0.333 | 2 | 1 |" in md
   assert "<td>0.333</td>" in report._render_html(blocks, "t")
+
+
+def test_per_dataset_blocks_show_each_datasets_auroc_and_what_it_does_not_label():
+  from mdx.evaluate import report
+
+  per = {
+    "nih": {
+      "n_images": 40,
+      "n_patients": 12,
+      "macro_auroc": 0.75,
+      "macro_auroc_ci": [0.6, 0.9],
+      "per_finding": {
+        "Effusion": {"auroc": 0.7, "auroc_ci": [0.5, 0.85]},
+        "Mass": {"auroc": 0.8, "auroc_ci": [0.65, 0.95]},
+      },
+    },
+    "siim": {
+      "n_images": 1200,
+      "n_patients": 900,
+      "macro_auroc": None,
+      "per_finding": {"Pneumothorax": {"auroc": None}},
+    },
+  }
+  md = report._render_md(run_report.per_dataset_blocks(per, ["Effusion", "Pneumothorax"], "test"))
+  assert "| nih | 40 | 12 | 0.750 [0.600, 0.900] |" in md
+  assert "| siim | 1,200 | 900 | undefined |" in md
+  assert "| Effusion | 0.700 [0.500, 0.850] | not labelled |" in md
+  assert "| Pneumothorax | not labelled | undefined |" in md
+  assert "Mass" not in md  # only the findings asked for
