@@ -11,6 +11,12 @@ config.data fields (source='chexpert'):
   frontal_only: keep only frontal views (default False).
   channels, on_error: as for NIH.
 The patient id is taken from the path (.../patient00001/study1/view1_frontal.jpg -> patient00001).
+
+extra per record (mdx.data.cxr.records.extra): 'study_id' from the path ('patient00001/study1'),
+'view' ('AP/PA' as the table writes it: AP, PA, LL, RL; a lateral row with it blank or frontal is
+'Lateral', a frontal row with it blank 'Frontal'), 'sex' ('Sex': Male / Female -> 'M' / 'F',
+Unknown -> ''), 'age' ('Age' in years, nan when blank; the dataset writes 90 for 90 and over).
+'' and nan where the table lacks the column.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from mdx.data.cxr import nih, records
 from mdx.data.image import file_source
 
 OBSERVATIONS = (
@@ -64,6 +71,8 @@ TO_CANONICAL: dict[str, str | None] = {
 }
 COMPETITION = ("Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Pleural Effusion")
 PATIENT_RE = re.compile(r"(patient\d+)")
+STUDY_RE = re.compile(r"(patient\d+)[/\\](study\d+)")
+LATERAL_VIEWS = ("LL", "RL")  # left / right lateral: the AP/PA codes a lateral film can carry
 POLICIES = {"ones": 1.0, "zeros": 0.0, "ignore": np.nan}
 
 
@@ -122,6 +131,34 @@ def patient_of(path: str, where: str) -> str:
   return m.group(1)
 
 
+def study_of(path: str) -> str:
+  """'patient00001/study1' from a CheXpert path ('' when the path has no study folder)."""
+  m = STUDY_RE.search(path)
+  return f"{m.group(1)}/{m.group(2)}" if m else ""
+
+
+def view_of(row: dict[str, str]) -> str:
+  """The 'AP/PA' cell; for a lateral row one of LATERAL_VIEWS or else 'Lateral', for a frontal
+  row with it blank 'Frontal' ('' when the table has neither column)."""
+  ap_pa = (row.get("AP/PA") or "").strip()
+  frontal_lateral = (row.get("Frontal/Lateral") or "").strip()
+  if frontal_lateral == "Lateral":
+    return ap_pa if ap_pa in LATERAL_VIEWS else "Lateral"
+  return ap_pa or frontal_lateral
+
+
+def extra_of(rows: Sequence[dict[str, str]], where: str) -> dict[str, np.ndarray]:
+  """FileSource.extra of CheXpert rows: study, view, sex and age per row."""
+  return records.extra(
+    len(rows),
+    study_id=[study_of(r["Path"]) for r in rows],
+    view=[view_of(r) for r in rows],
+    sex=[nih.sex_of(r.get("Sex")) for r in rows],
+    # the same cell forms as NIH's ages (plain years), read by the same code
+    age=[nih.age_of(r.get("Age"), f"{where}: {r['Path']} column 'Age'") for r in rows],
+  )
+
+
 def _resolve(root: str, rel: str) -> str:
   """root/rel, or root/rel without its first folder when root is the dataset folder itself."""
   full = os.path.join(root, rel)
@@ -157,6 +194,7 @@ def make_source(data_config, seed: int = 0) -> file_source.FileSource:
     rows, findings, uncertain, file_source.config_get(data_config, "blank", "zeros"), where=metadata
   )
   patients = [patient_of(r["Path"], metadata) for r in rows]
+  extra = extra_of(rows, metadata)
   root = file_source.require(data_config, "images", "chexpert")
   paths = [_resolve(root, r["Path"]) for r in rows]
   keep = file_source.keep_existing(
@@ -174,4 +212,5 @@ def make_source(data_config, seed: int = 0) -> file_source.FileSource:
     channels=int(file_source.config_get(data_config, "channels", 1)),
     name="chexpert",
     skipped=int((~keep).sum()),
+    extra={k: v[idx] for k, v in extra.items()},
   )

@@ -11,18 +11,24 @@ config.data fields (source='nih'):
   on_error: 'raise' (default) or 'skip' rows whose image file is missing (the count is logged and
     kept as source.skipped); the tasks also drop files that cannot be decoded (mdx.data.check).
 The official split lists (train_val_list.txt, test_list.txt) are read by official_split.
+
+extra per record (mdx.data.cxr.records.extra): 'study_id' (patient and 'Follow-up #': each
+follow-up is one visit), 'view' ('View Position': PA / AP), 'sex' ('Patient Gender': 'M', 'F' or
+''), 'age' ('Patient Age' in years: 58 or, in some releases of the 2017 table, '058Y'; nan when
+blank or above MAX_AGE). '' and nan where the table lacks the column.
 """
 
 from __future__ import annotations
 
 import glob
+import math
 import os
 from collections.abc import Sequence
 
 import numpy as np
 
+from mdx.data.cxr import dicom_headers, records
 from mdx.data.cxr import findings as findings_lib
-from mdx.data.cxr import records
 from mdx.data.image import file_source
 
 # NIH's label names -> canonical: the canonical list starts with NIH's 14 in NIH's spelling, so
@@ -37,6 +43,13 @@ IMAGE = "Image Index"
 LABELS = "Finding Labels"
 PATIENT = "Patient ID"
 REQUIRED = (IMAGE, LABELS, PATIENT)
+FOLLOW_UP = "Follow-up #"
+VIEW = "View Position"
+SEX = "Patient Gender"
+AGE = "Patient Age"
+# The 2017 table holds 16 typed-in ages of 148 to 414 years: above this an age is unknown.
+MAX_AGE = 120.0
+SEXES = {"M": "M", "MALE": "M", "F": "F", "FEMALE": "F"}
 
 
 def parse_labels(
@@ -79,6 +92,43 @@ def parse_labels(
       if name in col:
         out[r, col[name]] = 1.0
   return out
+
+
+def age_of(cell: str | None, where: str) -> float:
+  """An age cell in years ('58', '058Y', '58.0'; CheXpert's '58' too) -> float; nan when blank or
+  above MAX_AGE. Any other text is a ValueError naming `where` (file, record and column)."""
+  text = (cell or "").strip()
+  if not text:
+    return math.nan
+  years = dicom_headers.age_years(text)
+  if math.isnan(years):  # '58.0': a table saved again through pandas with some ages blank
+    try:
+      years = float(text)
+    except ValueError:
+      pass
+  if not years >= 0:  # nan or negative
+    raise ValueError(
+      f"{where} is {cell!r}, not an age in years (58 or 058Y); fix the cell or leave it empty"
+    )
+  return years if years <= MAX_AGE else math.nan
+
+
+def sex_of(cell: str | None) -> str:
+  """'M' / 'Male' -> 'M', 'F' / 'Female' -> 'F', anything else (blank, 'Unknown', 'O') -> ''."""
+  return SEXES.get((cell or "").strip().upper(), "")
+
+
+def extra_of(rows: Sequence[dict[str, str]], where: str) -> dict[str, np.ndarray]:
+  """FileSource.extra of rows in NIH's layout (Data_Entry_2017 and the expert labels): study,
+  view, sex and age per row, '' and nan where a column is absent or blank."""
+  study, view, sex, age = [], [], [], []
+  for row in rows:
+    follow_up = (row.get(FOLLOW_UP) or "").strip()
+    study.append(f"{row[PATIENT].strip()}_{follow_up}" if follow_up else "")
+    view.append((row.get(VIEW) or "").strip())
+    sex.append(sex_of(row.get(SEX)))
+    age.append(age_of(row.get(AGE), f"{where}: {row.get(IMAGE)} column {AGE!r}"))
+  return records.extra(len(rows), study_id=study, view=view, sex=sex, age=age)
 
 
 def index_images(folder: str) -> dict[str, str]:
@@ -132,6 +182,7 @@ def make_source(data_config, seed: int = 0) -> file_source.FileSource:
   if views:
     rows = [r for r in rows if r.get("View Position") in set(views)]
   labels = parse_labels(rows, findings, where=metadata)
+  extra = extra_of(rows, metadata)
   names = [r[IMAGE] for r in rows]
   folder = file_source.require(data_config, "images", "nih")
   index = index_images(folder)
@@ -148,4 +199,5 @@ def make_source(data_config, seed: int = 0) -> file_source.FileSource:
     channels=int(file_source.config_get(data_config, "channels", 1)),
     name="nih",
     skipped=int((~keep).sum()),
+    extra={k: v[idx] for k, v in extra.items()},
   )

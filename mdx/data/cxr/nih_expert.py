@@ -10,6 +10,7 @@ config.data fields (source='nih_expert'):
   set: 'test', 'val' or None (both) - the 'Set Id' column.
   findings: subset of the four (default all).
   channels, on_error: as for NIH (most users hold only part of the NIH images: use 'skip').
+extra per record: 'study_id', 'view', 'sex', 'age' from the table's NIH columns (nih.extra_of).
 """
 
 from __future__ import annotations
@@ -63,6 +64,7 @@ def make_source(data_config, seed: int = 0) -> file_source.FileSource:
           "expected YES or NO"
         )
       labels[r, c] = VALUES[cell]
+  extra = nih.extra_of(rows, metadata)
   folder = file_source.require(data_config, "images", "nih_expert")
   index = nih.index_images(folder)
   names = [r[nih.IMAGE] for r in rows]
@@ -80,4 +82,5 @@ def make_source(data_config, seed: int = 0) -> file_source.FileSource:
     channels=int(file_source.config_get(data_config, "channels", 1)),
     name="nih_expert",
     skipped=int((~keep).sum()),
+    extra={k: v[idx] for k, v in extra.items()},
   )
