@@ -22,6 +22,8 @@ from mdx.data.image import file_source, tfds_builders
 
 ROOT = os.path.join(os.path.dirname(__file__), "..", "..")
 
+VERSION = str(tfds_builders._Prepared.VERSION)  # the folder of the prepared records
+
 
 def nih_config(data, records):
   return ml_collections.ConfigDict(
@@ -51,7 +53,7 @@ def test_missing_records_are_prepared_on_first_use_with_one_line(tmp_path, caplo
   monkeypatch.setattr(tfds_builders, "_build", None)
   assert len(sources.make_source(cfg, 0)) == 6
   assert sources.prepare(cfg) == {"dir": path, "records": 6, "skipped": 0, "built": False}
-  assert sorted(os.listdir(os.path.dirname(path))) == [tfds_builders.LOCK_FILE, "1.0.0"]
+  assert sorted(os.listdir(os.path.dirname(path))) == [tfds_builders.LOCK_FILE, VERSION]
 
 
 def test_concurrent_first_uses_prepare_once(tmp_path, monkeypatch):
@@ -140,7 +142,7 @@ def test_an_interrupted_preparation_leaves_nothing_complete_and_is_redone(tmp_pa
   assert not os.path.exists(path)
   monkeypatch.undo()
   assert len(sources.make_source(cfg, 0)) == 6
-  assert sorted(os.listdir(folder)) == [tfds_builders.LOCK_FILE, "1.0.0"]
+  assert sorted(os.listdir(folder)) == [tfds_builders.LOCK_FILE, VERSION]
 
 
 def test_a_record_folder_without_its_index_is_prepared_again(tmp_path, caplog):
@@ -192,7 +194,7 @@ def test_sigkill_mid_preparation_never_looks_complete(tmp_path):
   assert not os.path.exists(path)
   assert any(n.startswith(tfds_builders.INCOMPLETE) for n in os.listdir(folder))
   assert len(sources.make_source(cfg, 0)) == 6
-  assert sorted(os.listdir(folder)) == [tfds_builders.LOCK_FILE, "1.0.0"]
+  assert sorted(os.listdir(folder)) == [tfds_builders.LOCK_FILE, VERSION]
 
 
 def load_experiment(name):

@@ -112,8 +112,12 @@ def config_name(data_config) -> str:
 class _Prepared(tfds.core.GeneratorBasedBuilder):
   """Resized images + labels + ids of one mdx source."""
 
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "Images resized at prepare time; labels float32 with nan = unknown."}
+  VERSION = tfds.core.Version("1.1.0")
+  RELEASE_NOTES = {
+    "1.0.0": "Images resized at prepare time; labels float32 with nan = unknown.",
+    # records prepared before carry no per-record metadata: a new version prepares them again
+    "1.1.0": "The index keeps each record's metadata (study, view, sex, age, official split).",
+  }
   SOURCE = ""
   # No checksums or metadata files ship with mdx (the data is the user's manual_dir); a plain None
   # also stops TFDS from resolving the package as a resource path, which fails under some importers.
