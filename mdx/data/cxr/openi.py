@@ -16,7 +16,7 @@ heading alone (exact spelling). A canonical finding is 1 when any term of the re
 report whose only term is 'normal'. Findings no term maps onto (Lung Lesion, Enlarged
 Cardiomediastinum, Pleural Other) are unknown (nan). A report's labels apply to each of its
 images. <minor> terms and the report text are not read (torchxrayvision reads the <automatic>
-terms instead: a text-mining output that the distribution does not document).
+terms instead, which a program extracted from the text; <major> terms were coded by people).
 
 Left out, counted in source.excluded (and source.skipped) and logged, never silently: reports
 without images ('no_images'; they give no record), reports indexed 'No Indexing' or without any
@@ -27,8 +27,8 @@ only in source.excluded, as NIH's views).
 config.data fields (source='openi'):
   root: the folder holding ecgen-radiology/ and the PNGs (root/NLMCXR_png/, root/png/ or root/).
   reports: the folder of the report XMLs (default root/ecgen-radiology).
-  images: the folder of the PNGs (default: the first of root/NLMCXR_png, root/png and root that
-    holds the images; a name found in two is taken from the first).
+  images: the folder of the PNGs (default: each PNG is looked up in root/NLMCXR_png, root/png
+    and root, in that order; a name found in two is taken from the first).
   findings: canonical finding names (CANONICAL); default every one OpenI labels (DEFAULT_FINDINGS).
   unknown_terms: 'error' (default) or 'ignore', as for PadChest: a <major> heading that is not in
     TO_CANONICAL (a misspelling, or a collection newer than the table: the table has every
@@ -219,11 +219,11 @@ DEFAULT_FINDINGS: tuple[str, ...] = tuple(c for c in findings_lib.CANONICAL if c
 
 FACTS = {
   "modality": (
-    "chest radiographs (frontal and lateral) of outpatient studies at two Indiana University "
-    "hospital systems, one radiology report per study (NLM's OpenI), PNG"
+    "chest radiographs (frontal and lateral) from the hospital systems of the Indiana Network "
+    "for Patient Care, one radiology report per study (NLM's OpenI), PNG"
   ),
   "label_source": (
-    "MeSH terms (major) assigned to each report by NLM's human indexers from the report text; "
+    "MeSH terms (major) coded by people from each radiology report's text; "
     "a report's labels apply to each of its images; no patient id is published, so each report "
     "(study) is its own patient"
   ),
