@@ -195,6 +195,16 @@ def resolve_num_classes(config: ml_collections.ConfigDict, names) -> int:
   return config.model.num_classes
 
 
+def as_tuples(value):
+  """Lists (a config file's, or JSON's) as the tuples experiment files use, recursively: one form
+  of a config whether it was written in Python or read back from config.json."""
+  if isinstance(value, dict):
+    return {k: as_tuples(v) for k, v in value.items()}
+  if isinstance(value, (list, tuple)):
+    return tuple(as_tuples(v) for v in value)
+  return value
+
+
 def check_mixture(config: ml_collections.ConfigDict, kind: str) -> None:
   """Every entry of config.data.sources checked as a config.data of its own: its source one of
   `kind`, every field one its source (or the mixture: name, weight, split) reads, its split's
@@ -233,8 +243,11 @@ def check_mixture(config: ml_collections.ConfigDict, kind: str) -> None:
       f"config.data.sources read {sorted(channels)} channels: films of every dataset share a "
       "batch, so give every entry the same 'channels'"
     )
-  with config.data.ignore_type():
-    config.data.sources = listed
+  # the form config.json reads back (run.load_run_config): a tuple, which a field created as a
+  # list would turn back into one, so the field is made anew
+  with config.data.unlocked():
+    del config.data["sources"]
+    config.data.sources = as_tuples(listed)
 
 
 def _sections(config) -> dict:

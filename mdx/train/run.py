@@ -65,15 +65,6 @@ def write_config(config, workdir: str) -> None:
 
 
 # ------------------------------------------------------------------------ the run's own config
-def _tuples(value):
-  """JSON's lists back into the tuples experiment files use (hashable, as the config was)."""
-  if isinstance(value, dict):
-    return {k: _tuples(v) for k, v in value.items()}
-  if isinstance(value, list):
-    return tuple(_tuples(v) for v in value)
-  return value
-
-
 def load_run_config(workdir: str, mode: str = "eval") -> ml_collections.ConfigDict:
   """WORKDIR/config.json, resolved; a one-line error when the workdir was never trained."""
   from mdx import config as config_lib
@@ -106,7 +97,7 @@ def load_run_config(workdir: str, mode: str = "eval") -> ml_collections.ConfigDi
   if not isinstance(stored, dict):
     raise ValueError(f"{path} holds no config (a JSON object); {fix}")
   try:
-    return config_lib.resolve(ml_collections.ConfigDict(_tuples(stored)))
+    return config_lib.resolve(ml_collections.ConfigDict(config_lib.as_tuples(stored)))
   except ValueError as e:
     raise ValueError(f"{path}: {e}") from e
 
