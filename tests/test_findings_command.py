@@ -41,6 +41,6 @@ def test_one_source_as_json(capsys):
 
 
 def test_an_unknown_source_is_one_line_and_status_2(capsys):
-  assert commands.call("findings", ["--source=openi"]) == 2
+  assert commands.call("findings", ["--source=no_such_dataset"]) == 2
   err = capsys.readouterr().err.strip()
-  assert err.startswith("error: no chest X-ray dataset 'openi'") and "\n" not in err
+  assert err.startswith("error: no chest X-ray dataset 'no_such_dataset'") and "\n" not in err

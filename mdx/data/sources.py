@@ -196,6 +196,10 @@ _CXR_SOURCES = {  # name: (its own fields, the fields among them that name a fil
   "nlm": (("root", "set", "masks"), ("root", "masks")),
   # tbx11k's `list` may be a bare list name ('TBX11K_train'), so it is not made a path
   "tbx11k": (("root", "list", "annotations"), ("root", "annotations")),
+  "openi": (
+    ("root", "reports", "images", "unknown_terms", "view_table", "views"),
+    ("root", "reports", "images", "view_table"),
+  ),
 }
 
 

@@ -290,7 +290,7 @@ def test_an_augmentation_preset_may_not_flip_where_the_source_forbids_it():
 # --------------------------------------------------------------------------------------------------
 # The chest X-ray datasets of issue 25, registered: built from a config that mdx.config checked.
 FIXTURES = pathlib.Path(__file__).parent / "cxr" / "fixtures"
-CXR = ("mimic", "padchest", "vindr", "rsna", "siim", "nlm", "tbx11k")
+CXR = ("mimic", "padchest", "vindr", "rsna", "siim", "nlm", "tbx11k", "openi")
 
 
 def _rows(path):
@@ -379,6 +379,20 @@ def cxr_dataset(name: str, folder: pathlib.Path) -> tuple[dict, int]:
       for k in range(n):
         _png(folder / "imgs" / sub / f"{sub}{k}.png", 50 + 20 * k)
     return {"root": "."}, 5
+  if name == "openi":  # the report XMLs, their PNGs unpacked beside them
+    shutil.copytree(FIXTURES / "openi" / "ecgen-radiology", folder / "ecgen-radiology")
+    images = [
+      "CXR1_1_IM-0001-3001",
+      "CXR1_1_IM-0001-4001",
+      "CXR2_IM-0652-1001",
+      "CXR2_IM-0652-2001",
+      "CXR3_IM-1384-1001",
+      "CXR4_IM-2050-1001",
+      "CXR6_IM-2100-1001",
+    ]
+    for k, image in enumerate(images):
+      _png(folder / f"{image}.png", 40 + 20 * k)
+    return {"root": "."}, 6  # 4.xml is not indexed: left out
   raise AssertionError(name)
 
 

@@ -67,6 +67,7 @@ DATASETS: dict[str, str] = {
   "siim": "mdx.data.cxr.siim",
   "nlm": "mdx.data.cxr.nlm",
   "tbx11k": "mdx.data.cxr.tbx11k",
+  "openi": "mdx.data.cxr.openi",
 }
 
 

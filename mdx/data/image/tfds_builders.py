@@ -84,6 +84,8 @@ RECORD_FIELDS = (
   "list",
   "annotations",
   "masks",
+  "reports",
+  "view_table",
 )
 INDEX_FILE = "mdx_index.npz"
 LOCK_FILE = ".prepare.lock"
@@ -264,6 +266,12 @@ class Tbx11k(_Prepared):
   SOURCE = "tbx11k"
 
 
+class OpenI(_Prepared):
+  """OpenI, Indiana University (manual_dir: the folder holding ecgen-radiology/ and the PNGs)."""
+
+  SOURCE = "openi"
+
+
 BUILDERS = {
   b.SOURCE: b
   for b in (
@@ -278,6 +286,7 @@ BUILDERS = {
     SiimPneumothorax,
     NlmTuberculosis,
     Tbx11k,
+    OpenI,
   )
 }
 # Prepared records keep the source's per-record metadata (source.extra) whose values are text or
