@@ -53,3 +53,18 @@ def label_matrix(
       out[:, j] = columns[f]
   log_unlabelled(dataset, findings, columns)
   return out
+
+
+def term_labels(findings: Sequence[str], labelled, positive: set[str], normal: bool) -> np.ndarray:
+  """float32 [F] of one image of a dataset labelled by a list of terms (PadChest, OpenI): nan for
+  a finding the dataset does not label, No Finding 1 exactly when the terms say normal, else 1 for
+  the findings a term maps onto (`positive`) and 0 for the rest."""
+  out = np.empty(len(findings), np.float32)
+  for j, f in enumerate(findings):
+    if f not in labelled:
+      out[j] = np.nan
+    elif f == findings_lib.NO_FINDING:
+      out[j] = float(normal)
+    else:
+      out[j] = float(f in positive)
+  return out

@@ -283,15 +283,7 @@ def label_row(terms: Sequence[str], findings: Sequence[str]) -> tuple[np.ndarray
       positive.add(TO_CANONICAL[key])
     positive.update(ALSO.get(key, ()))
   normal = bool(keys) and all(k == "normal" for k in keys)
-  out = np.empty(len(findings), np.float32)
-  for j, f in enumerate(findings):
-    if f not in LABELLED:
-      out[j] = np.nan
-    elif f == findings_lib.NO_FINDING:
-      out[j] = float(normal)
-    else:
-      out[j] = float(f in positive)
-  return out, unknown
+  return label_space.term_labels(findings, LABELLED, positive, normal), unknown
 
 
 def image_folders(data_config, root: str) -> list[str]:

@@ -389,15 +389,7 @@ def label_row(terms: Sequence[str], findings: Sequence[str]) -> tuple[np.ndarray
       positive.add(TO_CANONICAL[term])
     positive.update(ALSO.get(term, ()))
   normal = "normal" in terms and not (set(terms) - NOT_FINDINGS)
-  out = np.empty(len(findings), np.float32)
-  for j, f in enumerate(findings):
-    if f not in LABELLED:
-      out[j] = np.nan
-    elif f == findings_lib.NO_FINDING:
-      out[j] = float(normal)
-    else:
-      out[j] = float(f in positive)
-  return out, unknown
+  return label_space.term_labels(findings, LABELLED, positive, normal), unknown
 
 
 def _age(row: dict[str, str], where: str) -> float:
