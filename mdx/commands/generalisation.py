@@ -4,8 +4,10 @@ calibration as shipped (mdx.inference.generalisation):
 python -m mdx generalisation --bundles=A,B,... --datasets=X.py,Y.py,... --out=DIR
     [--names=x,y,...] [--bootstrap=N] [--seed=S] [--batch_size=B] [--overwrite]
 
---datasets are experiment files whose config.data names each dataset (every record is evaluated,
-no split; records are checked first); --names label them (default: each file's name without .py).
+--bundles may name a run's workdir (its bundle/) or a folder of runs, such as a sweep that
+trained one model per dataset (every run's bundle, by run name). --datasets are experiment files
+whose config.data names each dataset (every record is evaluated, no split; records are checked
+first); --names label them (default: each file's name without .py).
 Rows are the bundles, labelled by what their provenance says they were trained on.
 
 Writes DIR/matrix.csv (one row per bundle x dataset x finding, 'macro' included), DIR/matrix.md
@@ -31,7 +33,12 @@ FLAGS = flags.FLAGS
 
 
 def define_flags() -> None:
-  flags.DEFINE_list("bundles", None, "Bundle folders of trained classifiers (the rows).")
+  flags.DEFINE_list(
+    "bundles",
+    None,
+    "Bundles of trained classifiers (the rows): bundle folders, runs' workdirs, or a folder of "
+    "runs (a sweep's: one model per dataset) for every run's bundle.",
+  )
   flags.DEFINE_list(
     "datasets", None, "Experiment files whose config.data names each dataset (the columns)."
   )
@@ -95,7 +102,7 @@ def main(argv) -> int:
   runtime.require_accelerator()  # $MDX_ACCELERATOR, as ./launch.sh sets it
   datasets = [G.Dataset(n, dataset_config(f)) for n, f in zip(names, files)]
   matrix = G.generalisation_matrix(
-    FLAGS.bundles,
+    G.expand_bundles(FLAGS.bundles),
     datasets,
     FLAGS.out,
     bootstrap=FLAGS.bootstrap,

@@ -233,6 +233,33 @@ def _row_names(bundles: Sequence[bundle_lib.Bundle]) -> list[str]:
   return [s if short.count(s) == 1 else b.path for s, b in zip(short, bundles)]
 
 
+def expand_bundles(paths: Sequence[str]) -> list[str]:
+  """The bundle folders `paths` name, in order: a bundle (bundle.json) as it is, a run's workdir
+  as its bundle/, and a folder of runs (a sweep's, one model per dataset or per variant) as the
+  bundle of every run in it that has one, by run name. A path that is none of these is a
+  FileNotFoundError naming it."""
+  out = []
+  for given in paths:
+    path = os.path.abspath(os.path.expanduser(given))
+    if os.path.isfile(os.path.join(path, bundle_lib.SPEC)):
+      out.append(path)
+    elif os.path.isfile(os.path.join(path, "bundle", bundle_lib.SPEC)):
+      out.append(os.path.join(path, "bundle"))
+    else:
+      runs = sorted(
+        os.path.join(path, name, "bundle")
+        for name in (os.listdir(path) if os.path.isdir(path) else ())
+        if os.path.isfile(os.path.join(path, name, "bundle", bundle_lib.SPEC))
+      )
+      if not runs:
+        raise FileNotFoundError(
+          f"--bundles: {given} is no bundle ({bundle_lib.SPEC}), run (bundle/) or folder of runs "
+          "with bundles (a sweep's); train or export one first"
+        )
+      out.extend(runs)
+  return out
+
+
 def generalisation_matrix(
   bundles: Sequence[str | bundle_lib.Bundle],
   datasets: Sequence[Dataset],

@@ -314,3 +314,26 @@ def test_a_macro_cell_says_which_findings_it_averages_shortest_first():
   assert _over(["A", "B", "C"], ["A", "B", "C"]) == "all 3 findings"
   assert _over(["A", "C"], ["A", "B", "C"]) == "2 of 3 findings (not B)"
   assert _over(["C"], ["A", "B", "C"]) == "1 of 3 findings: C"
+
+
+def test_bundles_may_be_named_by_run_or_by_a_folder_of_runs(tmp_path):
+  """A sweep that trained one model per dataset is one --bundles entry: every run's bundle, by
+  run name; a run's workdir is its bundle/; anything else is one line naming it."""
+  sweep = tmp_path / "per_dataset"
+  for run in ("rsna", "nih"):
+    write_classifier_bundle(
+      str(sweep / run / "bundle"), ("Effusion",), {"Effusion": 0.5}, STANDARDIZE
+    )
+  (sweep / "results.md").write_text("the sweep's table")
+  (sweep / "unfinished").mkdir()  # a run without a bundle yet: not a row
+  single = tmp_path / "b"
+  write_classifier_bundle(str(single), ("Effusion",), {"Effusion": 0.5}, STANDARDIZE)
+  got = G.expand_bundles([str(single), str(sweep), str(sweep / "rsna")])
+  assert got == [
+    str(single),
+    str(sweep / "nih" / "bundle"),
+    str(sweep / "rsna" / "bundle"),
+    str(sweep / "rsna" / "bundle"),
+  ]
+  with pytest.raises(FileNotFoundError, match=r"--bundles: .*nowhere is no bundle"):
+    G.expand_bundles([str(tmp_path / "nowhere")])
