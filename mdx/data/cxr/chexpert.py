@@ -4,7 +4,9 @@ config.data fields (source='chexpert'):
   metadata: train.csv or valid.csv (columns 'Path', 'Frontal/Lateral', then the observations).
   images: the folder the 'Path' column is relative to (the parent of CheXpert-v1.0[-small]/), or
     the dataset folder itself.
-  findings: observation columns to predict (default: the 5 of the CheXpert competition).
+  findings: observation columns to predict, by CheXpert's names or the canonical ones (mdx.data.cxr
+    .findings: 'Effusion' reads 'Pleural Effusion'), outputs named as given (default: the 5 of the
+    CheXpert competition).
   uncertain: policy for -1: 'ones', 'zeros' or 'ignore' (nan, masked out of the loss), or a dict
     {finding: policy} (e.g. U-Ones for Atelectasis and Edema, U-Zeros for the rest).
   blank: policy for empty cells (not mentioned in the report): 'zeros' (default) or 'ignore'.
@@ -172,6 +174,10 @@ def _resolve(root: str, rel: str) -> str:
   return full
 
 
+# canonical name -> the CheXpert column of the same finding, where the names differ
+COLUMN_OF: dict[str, str] = {c: name for name, c in TO_CANONICAL.items() if c and c != name}
+
+
 def output_names(data_config) -> tuple[str, ...]:
   """The findings a source of config.data labels (data.findings, default the five competition
   findings), told without reading the metadata (mdx.config counts them for model.num_classes)."""
@@ -182,16 +188,19 @@ def make_source(data_config, seed: int = 0) -> file_source.FileSource:
   del seed
   metadata = file_source.require(data_config, "metadata", "chexpert")
   findings = output_names(data_config)
-  _, rows = file_source.read_csv(metadata, ("Path", *findings))
+  # a canonical name reads its CheXpert column ('Effusion' -> 'Pleural Effusion'), so a config
+  # written in the one label space (mdx.data.cxr.findings) reads CheXpert too
+  columns = tuple(COLUMN_OF.get(f, f) for f in findings)
+  _, rows = file_source.read_csv(metadata, ("Path", *columns))
   if file_source.config_get(data_config, "frontal_only", False):
     if rows and "Frontal/Lateral" not in rows[0]:
       raise ValueError(f"{metadata}: frontal_only needs the 'Frontal/Lateral' column")
     rows = [r for r in rows if r["Frontal/Lateral"] == "Frontal"]
   uncertain = file_source.config_get(data_config, "uncertain", "ignore")
   if not isinstance(uncertain, str):
-    uncertain = dict(uncertain)
+    uncertain = {COLUMN_OF.get(f, f): policy for f, policy in dict(uncertain).items()}
   labels = parse_labels(
-    rows, findings, uncertain, file_source.config_get(data_config, "blank", "zeros"), where=metadata
+    rows, columns, uncertain, file_source.config_get(data_config, "blank", "zeros"), where=metadata
   )
   patients = [patient_of(r["Path"], metadata) for r in rows]
   extra = extra_of(rows, metadata)

@@ -210,3 +210,27 @@ def test_an_unreadable_chexpert_age_names_the_file_path_and_column(tmp_path):
   with pytest.raises(ValueError) as e:
     chexpert.make_source(dict(metadata=meta, images=str(tmp_path), findings=["Edema"]))
   assert str(e.value).startswith(f"{meta}: {rows[0][0]} column 'Age' is 'sixty'")
+
+
+def test_chexpert_reads_a_canonical_finding_from_its_own_column(tmp_path):
+  """'Effusion' (the label space's name) reads 'Pleural Effusion'; the output keeps the name the
+  config gave, and an uncertain policy keyed by either name applies."""
+  columns = ["Path", "Frontal/Lateral", "Pleural Effusion", "Edema"]
+  rows = [
+    ("CheXpert-v1.0-small/train/patient00001/study1/view1_frontal.jpg", "Frontal", "1.0", "0.0"),
+    ("CheXpert-v1.0-small/train/patient00002/study1/view1_frontal.jpg", "Frontal", "-1.0", ""),
+    ("CheXpert-v1.0-small/train/patient00003/study1/view1_frontal.jpg", "Frontal", "", "1.0"),
+  ]
+  for row in rows:
+    png(tmp_path / row[0])
+  meta = table(tmp_path / "CheXpert-v1.0-small" / "train.csv", columns, rows)
+  base = dict(metadata=meta, images=str(tmp_path))
+  s = chexpert.make_source(dict(base, findings=["Effusion", "Edema"]))
+  assert s.findings == ("Effusion", "Edema")
+  np.testing.assert_array_equal(s.labels(), [[1.0, 0.0], [NAN, 0.0], [0.0, 1.0]])  # -1: nan
+  for key in ("Effusion", "Pleural Effusion"):
+    s = chexpert.make_source(dict(base, findings=["Effusion"], uncertain={key: "ones"}))
+    same(s.labels()[:, 0], [1.0, 1.0, 0.0])
+  theirs = chexpert.make_source(dict(base, findings=["Pleural Effusion"]))
+  assert theirs.findings == ("Pleural Effusion",)
+  same(theirs.labels()[:, 0], [1.0, NAN, 0.0])
