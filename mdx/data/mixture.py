@@ -10,7 +10,8 @@ source's fields), plus optionally:
   split   its own config.data.split (default: config.data's), e.g. MIMIC's by='official'.
 config.data.image_size reaches every entry; config.data.findings (canonical names) chooses the
 findings, default the union of the entries' findings in canonical order (mdx.data.cxr.findings
-.CANONICAL, then any other name in the order first met).
+.CANONICAL, then any other name in the order first met); names are compared in the label space, so
+CheXpert's 'Pleural Effusion' and NIH's 'Effusion' are one column.
 
 Records keep their dataset: patient and image ids are prefixed with its name ('nih:p1'), so two
 datasets' patient 'p1' are two patients, and source.datasets() names each record's dataset. A
@@ -88,12 +89,21 @@ def entry_config(data_config, entry: dict) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(own)
 
 
+def canonical_name(name: str) -> str:
+  """A dataset's finding name in the label space (mdx.data.cxr.findings.canonical_of: CheXpert's
+  'Pleural Effusion' is 'Effusion'), else the name itself: two datasets' names of one finding
+  become one column of the mixture."""
+  from mdx.data.cxr.findings import canonical_of
+
+  return canonical_of(name) or name
+
+
 def canonical_union(names: Sequence[Sequence[str]]) -> tuple[str, ...]:
   """The findings of several datasets as one list: canonical ones in canonical order, then any
   other name in the order first met."""
   from mdx.data.cxr.findings import CANONICAL
 
-  seen = [n for group in names for n in group]
+  seen = [canonical_name(n) for group in names for n in group]
   others = list(dict.fromkeys(n for n in seen if n not in CANONICAL))
   return tuple(n for n in CANONICAL if n in seen) + tuple(others)
 
@@ -138,12 +148,15 @@ class MixtureSource:
     sizes = [len(p) for p in self.parts]
     self.offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
     # column j of part k's labels feeds column columns[k][j] of the mixture's (-1: not asked for)
+    # names compared in the label space: CheXpert's 'Pleural Effusion' fills 'Effusion'
+    mine = [canonical_name(f) for f in self.findings]
+    own = [[canonical_name(f) for f in p.findings] for p in self.parts]
     self._columns = [
-      np.asarray([self.findings.index(f) if f in self.findings else -1 for f in p.findings], int)
-      for p in self.parts
+      np.asarray([mine.index(f) if f in mine else -1 for f in names], int) for names in own
     ]
     unlabelled = [
-      (n, [f for f in self.findings if f not in p.findings]) for n, p in zip(self.names, self.parts)
+      (n, [f for f, c in zip(self.findings, mine) if c not in names])
+      for n, names in zip(self.names, own)
     ]
     self.unlabelled = {n: tuple(fs) for n, fs in unlabelled}  # unknown (nan) in that dataset
     self._labels = np.concatenate([self._map(k, p.labels()) for k, p in enumerate(self.parts)])

@@ -91,6 +91,22 @@ def test_labels_in_one_finding_list_with_unknown_where_a_dataset_does_not_label(
   )
 
 
+def test_two_datasets_names_of_one_finding_are_one_column():
+  """NIH's 'Effusion' and CheXpert's 'Pleural Effusion' are one finding of the label space: one
+  column, each dataset's labels in it; asked by either name, the same."""
+  nih = Tiny(("Effusion", "Mass"), [[1, 0], [0, 1]], ["p1", "p2"])
+  chexpert = Tiny(("Pleural Effusion", "Edema"), [[0, 1], [1, NAN]], ["q1", "q2"])
+  entries = [{"source": "nih", "name": "nih"}, {"source": "chexpert", "name": "chexpert"}]
+  findings = mixture.canonical_union([nih.findings, chexpert.findings])
+  assert findings == ("Effusion", "Mass", "Edema")
+  m = mixture.MixtureSource([nih, chexpert], entries, findings)
+  expected = [[1, 0, NAN], [0, 1, NAN], [0, NAN, 1], [1, NAN, NAN]]
+  np.testing.assert_array_equal(m.labels(), np.array(expected, np.float32))
+  assert m.unlabelled == {"nih": ("Edema",), "chexpert": ("Mass",)}
+  asked = mixture.MixtureSource([nih, chexpert], entries, ("Pleural Effusion",))
+  np.testing.assert_array_equal(asked.labels()[:, 0], [1, 0, 0, 1])
+
+
 def test_select_keeps_each_dataset_and_its_records():
   a, b, entries = two()
   m = mixture.MixtureSource([a, b], entries, ("Effusion", "Mass"))
