@@ -120,6 +120,7 @@ def test_processes_share_each_global_batch():
     np.testing.assert_array_equal(b["image"], single[g]["image"][1::2])
 
 
+@pytest.mark.slow  # spawns processes: the full tier
 def test_worker_processes_give_the_same_augmented_batches():
   src = TinySource(30)
   kwargs = dict(batch_size=6, steps=5, image_size=12, seed=5, transforms=augment.make("chest_xray"))

@@ -181,6 +181,7 @@ def run_cli(args):
   )
 
 
+@pytest.mark.slow  # spawns processes: the full tier
 def test_command_line_on_one_file(classifier_dir, images, tmp_path):
   out = tmp_path / "cli"
   args = [f"--bundle={classifier_dir}", f"--input={images / 'sub' / 'b.png'}", f"--output={out}"]

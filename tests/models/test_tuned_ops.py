@@ -202,6 +202,7 @@ def test_compiler_options_apply_on_cpu_and_fall_back_when_unknown(monkeypatch):
     runtime.compiler_options.cache_clear()
 
 
+@pytest.mark.slow  # spawns processes: the full tier
 def test_allocator_names_the_preloaded_malloc():
   code = "from mdx import runtime; print(runtime.allocator())"
   env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
@@ -338,6 +339,7 @@ print("OK")
 """
 
 
+@pytest.mark.slow  # spawns processes: the full tier
 def test_tuned_ops_on_four_devices_match_one_device():
   """The gradients and BatchNorm statistics of conv1x1, BatchNorm-ReLU and max pooling under
   shard_map on 4 CPU devices (batch split, parameters replicated, check_vma on) equal one device's
