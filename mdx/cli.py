@@ -166,6 +166,15 @@ def parse_flags(argv: list[str]) -> list[str]:
   return rest
 
 
+def experiment_file_error(error: BaseException, path: str) -> str | None:
+  """The one line for `error` raised while loading the experiment file `path` that a command
+  reads itself (not through --config, e.g. generalisation's --datasets): 'FILE:LINE: message' for
+  a syntax error or one its own code raised; None for an error raised deeper (a bug there)."""
+  if isinstance(error, SyntaxError):
+    return _syntax_error(error)
+  return _experiment_error(error, [f"--config={path}"], code_only=True)
+
+
 def _syntax_error(error: SyntaxError) -> str:
   where = f"{error.filename}:{error.lineno}" if error.filename else "the experiment file"
   return f"{where}: {error.msg} ({type(error).__name__}); fix the file"

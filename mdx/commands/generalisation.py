@@ -66,10 +66,8 @@ def dataset_config(path: str):
 
   try:
     config = config_lib.load_experiment(path).get_config()
-  except SyntaxError as e:
-    raise ValueError(cli._syntax_error(e)) from None
   except Exception as e:
-    line = cli._experiment_error(e, [f"--datasets={path}"], code_only=True)
+    line = cli.experiment_file_error(e, path)
     if line is None:  # a missing file is already one line; raised inside mdx: a bug, traceback
       raise
     raise ValueError(line) from None
