@@ -155,7 +155,7 @@ def extra_of(rows: Sequence[dict[str, str]], where: str) -> dict[str, np.ndarray
     len(rows),
     study_id=[study_of(r["Path"]) for r in rows],
     view=[view_of(r) for r in rows],
-    sex=[nih.sex_of(r.get("Sex")) for r in rows],
+    sex=[records.sex_of(r.get("Sex")) for r in rows],
     # the same cell forms as NIH's ages (plain years), read by the same code
     age=[nih.age_of(r.get("Age"), f"{where}: {r['Path']} column 'Age'") for r in rows],
   )

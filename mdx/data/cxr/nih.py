@@ -49,7 +49,6 @@ SEX = "Patient Gender"
 AGE = "Patient Age"
 # The 2017 table holds 16 typed-in ages of 148 to 414 years: above this an age is unknown.
 MAX_AGE = 120.0
-SEXES = {"M": "M", "MALE": "M", "F": "F", "FEMALE": "F"}
 
 
 def parse_labels(
@@ -113,11 +112,6 @@ def age_of(cell: str | None, where: str) -> float:
   return years if years <= MAX_AGE else math.nan
 
 
-def sex_of(cell: str | None) -> str:
-  """'M' / 'Male' -> 'M', 'F' / 'Female' -> 'F', anything else (blank, 'Unknown', 'O') -> ''."""
-  return SEXES.get((cell or "").strip().upper(), "")
-
-
 def extra_of(rows: Sequence[dict[str, str]], where: str) -> dict[str, np.ndarray]:
   """FileSource.extra of rows in NIH's layout (Data_Entry_2017 and the expert labels): study,
   view, sex and age per row, '' and nan where a column is absent or blank."""
@@ -126,7 +120,7 @@ def extra_of(rows: Sequence[dict[str, str]], where: str) -> dict[str, np.ndarray
     follow_up = (row.get(FOLLOW_UP) or "").strip()
     study.append(f"{row[PATIENT].strip()}_{follow_up}" if follow_up else "")
     view.append((row.get(VIEW) or "").strip())
-    sex.append(sex_of(row.get(SEX)))
+    sex.append(records.sex_of(row.get(SEX)))
     age.append(age_of(row.get(AGE), f"{where}: {row.get(IMAGE)} column {AGE!r}"))
   return records.extra(len(rows), study_id=study, view=view, sex=sex, age=age)
 

@@ -544,12 +544,11 @@ def make_source(data_config, seed: int = 0) -> file_source.FileSource:
   def column(name: str) -> np.ndarray:
     return np.asarray([(row.get(name) or "").strip() for row, _ in rec], dtype=str)
 
-  sex = column("PatientSex_DICOM")
   extra = records.extra(
     len(rec),
     study_id=column("StudyID"),
     view=column("Projection"),
-    sex=np.where(np.isin(sex, ["M", "F"]), sex, ""),
+    sex=[records.sex_of(s) for s in column("PatientSex_DICOM")],
     age=[age for _, age in rec],
     label_method=column("MethodLabel"),
   )

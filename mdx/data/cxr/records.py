@@ -53,6 +53,15 @@ def extra(
   }
 
 
+SEXES = {"M": "M", "MALE": "M", "F": "F", "FEMALE": "F"}
+
+
+def sex_of(cell: str | None) -> str:
+  """A table's sex cell as the card counts it: 'M' / 'Male' -> 'M', 'F' / 'Female' -> 'F',
+  anything else (blank, 'Unknown', 'O') -> ''."""
+  return SEXES.get((cell or "").strip().upper(), "")
+
+
 def require_rows(path: str, rows: Sequence, what: str) -> None:
   """A ValueError naming `path` when its table (or list) has no data rows: an empty table would
   otherwise surface as 'no records left' without saying which file was empty."""
