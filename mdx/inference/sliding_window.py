@@ -4,6 +4,13 @@ Windows are cut on an evenly spaced grid with at least the requested overlap, ru
 in full batches (the last one padded, never ragged: static shapes), and their outputs are averaged
 with a Gaussian importance map that trusts window centres more than borders. A volume smaller than
 the window is padded and the output cropped back.
+
+Test-time mirroring (mirror_axes, nnU-Net's default on the axes training flipped): every window is
+also predicted flipped along each subset of the mirror axes (2**n passes for n axes, the empty
+subset being the plain pass), each output flipped back, and the 2**n outputs averaged before the
+Gaussian weighting. A model that is itself symmetric along those axes gives the same output; for
+any other the average cancels the asymmetries training taught it not to trust. Every pass is a
+full batch of the same shape, so mirroring compiles nothing new.
 """
 
 from __future__ import annotations
@@ -35,6 +42,19 @@ def window_starts(size: int, window: int, overlap: float) -> list[int]:
   return sorted({int(round(s)) for s in np.linspace(0, size - window, n)})
 
 
+def mirror_flips(mirror_axes) -> list[tuple[int, ...]]:
+  """Every subset of the spatial mirror axes as batch axes (+1), the empty one first: 2**n."""
+  axes = tuple(int(a) for a in mirror_axes)
+  if any(a not in (0, 1, 2) for a in axes) or len(set(axes)) != len(axes):
+    raise ValueError(
+      f"mirror_axes={tuple(mirror_axes)}: expected distinct spatial axes among 0, 1, 2 (D, H, W)"
+    )
+  subsets = itertools.chain.from_iterable(
+    itertools.combinations(axes, n) for n in range(len(axes) + 1)
+  )
+  return [tuple(a + 1 for a in s) for s in subsets]
+
+
 def sliding_window_inference(
   predict_fn: Callable[[np.ndarray], np.ndarray],
   image: np.ndarray,
@@ -43,11 +63,13 @@ def sliding_window_inference(
   batch_size: int = 4,
   weighting: str = "gaussian",
   sigma_scale: float = 0.125,
+  mirror_axes=(),
 ) -> np.ndarray:
   """image [D, H, W, C] -> averaged outputs [D, H, W, K].
 
   predict_fn maps a batch [batch_size, *window, C] to [batch_size, *window, K] (probabilities
-  or logits; they are averaged as given).
+  or logits; they are averaged as given). mirror_axes: spatial axes of the image (0 = D, 1 = H,
+  2 = W) to mirror at test time (module docstring); () predicts each window once.
   """
   if not 0 <= overlap < 1:
     raise ValueError(f"overlap={overlap} must be in [0, 1)")
@@ -57,6 +79,7 @@ def sliding_window_inference(
   if image.ndim != 4:
     raise ValueError(f"sliding_window_inference expects [D, H, W, C], got {image.shape}")
   window = tuple(int(w) for w in window)
+  flips = mirror_flips(mirror_axes)
   shape = image.shape[:3]
   padded = tuple(max(s, w) for s, w in zip(shape, window))
   if padded != shape:
@@ -74,7 +97,13 @@ def sliding_window_inference(
     batch = np.zeros((batch_size,) + window + image.shape[-1:], np.float32)
     for i, st in enumerate(chunk):
       batch[i] = image[tuple(slice(s, s + w) for s, w in zip(st, window))]
-    pred = np.asarray(predict_fn(batch), np.float32)
+    pred = None
+    for axes in flips:  # batch axes: the spatial axis + 1
+      flipped = np.flip(batch, axes) if axes else batch
+      out_flipped = np.asarray(predict_fn(np.ascontiguousarray(flipped)), np.float32)
+      back = np.flip(out_flipped, axes) if axes else out_flipped
+      pred = back if pred is None else pred + back
+    pred = pred / len(flips)
     if out is None:
       out = np.zeros(padded + pred.shape[-1:], np.float32)
     for i, st in enumerate(chunk):
