@@ -1,11 +1,14 @@
-"""Segmentation metrics per class and case: Dice, sensitivity, specificity, HD95; report and
-overlays.
+"""Segmentation metrics per class and case: Dice, sensitivity, specificity, HD95, normalised
+surface Dice (NSD); report and overlays.
 
 Conventions for empty structures (stated so that averages are honest):
   Dice = 1 when the class is absent from both label and prediction, 0 when absent from only one.
   Sensitivity is undefined (nan) when the label has no voxel of the class; specificity is nan when
   every voxel belongs to the class. HD95 is 0 when both are empty and nan (not inf) when only one
-  is: averages use the defined values and count the undefined ones.
+  is: averages use the defined values and count the undefined ones. NSD is 1 when both are empty
+  and 0 when exactly one is (no surface can be within tolerance of a missing one).
+Surfaces are the mask voxels with a 6-neighbour outside the mask (the volume edge counts as
+outside); distances between them are Euclidean in mm (the case's spacing).
 Masks are classes (int label maps, class k = label == k) or regions (binary [..., R] maps).
 """
 
@@ -37,6 +40,45 @@ def _surface(mask: np.ndarray) -> np.ndarray:
   return mask & ~eroded
 
 
+NSD_TOLERANCE_MM = 1.0  # case_metrics' default NSD tolerance (set it per structure and task)
+
+
+def surface_distances(pred: np.ndarray, truth: np.ndarray, spacing=None):
+  """(distance in mm from each pred surface voxel to the truth surface [n_pred_surface], and from
+  each truth surface voxel to the pred surface [n_truth_surface]); both masks must be non-empty."""
+  pred, truth = np.asarray(pred, bool), np.asarray(truth, bool)
+  spacing = np.ones(pred.ndim) if spacing is None else np.asarray(spacing, np.float64)
+  sp, st = _surface(pred), _surface(truth)
+  dist_to_t = ndimage.distance_transform_edt(~st, sampling=spacing)
+  dist_to_p = ndimage.distance_transform_edt(~sp, sampling=spacing)
+  return dist_to_t[sp], dist_to_p[st]
+
+
+def _hd95(to_truth: np.ndarray, to_pred: np.ndarray) -> float:
+  return float(max(np.percentile(to_truth, 95), np.percentile(to_pred, 95)))
+
+
+def _nsd(to_truth: np.ndarray, to_pred: np.ndarray, tolerance_mm: float) -> float:
+  within = (to_truth <= tolerance_mm).sum() + (to_pred <= tolerance_mm).sum()
+  return float(within / (len(to_truth) + len(to_pred)))
+
+
+def _check_tolerance(tolerance_mm) -> float:
+  tol = float(tolerance_mm)
+  if not np.isfinite(tol) or tol < 0:
+    raise ValueError(f"NSD tolerance_mm={tolerance_mm}: expected a distance >= 0 in mm")
+  return tol
+
+
+def _empty(pred: np.ndarray, truth: np.ndarray, both: float, one: float) -> float | None:
+  """The convention's value when a mask is empty (module docstring), else None."""
+  if not pred.any() and not truth.any():
+    return both
+  if not pred.any() or not truth.any():
+    return one
+  return None
+
+
 def hd95(pred: np.ndarray, truth: np.ndarray, spacing=None) -> float:
   """95th-percentile symmetric Hausdorff distance between the surfaces of two binary masks (in mm).
 
@@ -44,15 +86,25 @@ def hd95(pred: np.ndarray, truth: np.ndarray, spacing=None) -> float:
   BraTS evaluation. 0 if both empty, nan if only one is.
   """
   pred, truth = np.asarray(pred, bool), np.asarray(truth, bool)
-  if not pred.any() and not truth.any():
-    return 0.0
-  if not pred.any() or not truth.any():
-    return float("nan")
-  spacing = np.ones(pred.ndim) if spacing is None else np.asarray(spacing, np.float64)
-  sp, st = _surface(pred), _surface(truth)
-  dist_to_t = ndimage.distance_transform_edt(~st, sampling=spacing)
-  dist_to_p = ndimage.distance_transform_edt(~sp, sampling=spacing)
-  return float(max(np.percentile(dist_to_t[sp], 95), np.percentile(dist_to_p[st], 95)))
+  empty = _empty(pred, truth, 0.0, float("nan"))
+  return empty if empty is not None else _hd95(*surface_distances(pred, truth, spacing))
+
+
+def nsd(
+  pred: np.ndarray, truth: np.ndarray, spacing=None, tolerance_mm: float = NSD_TOLERANCE_MM
+) -> float:
+  """Normalised surface Dice (Nikolov et al. 2021) of two binary masks, in [0, 1].
+
+  (pred surface voxels within tolerance_mm of the truth surface + truth surface voxels within
+  tolerance_mm of the pred surface) / (pred surface voxels + truth surface voxels): the share of
+  both surfaces a reader would not need to correct at that tolerance (distance <= tolerance).
+  Surface voxels counted as MONAI's SurfaceDice without sub-voxels. 1 if both are empty, 0 if
+  exactly one is.
+  """
+  tol = _check_tolerance(tolerance_mm)
+  pred, truth = np.asarray(pred, bool), np.asarray(truth, bool)
+  empty = _empty(pred, truth, 1.0, 0.0)
+  return empty if empty is not None else _nsd(*surface_distances(pred, truth, spacing), tol)
 
 
 def case_metrics(
@@ -62,8 +114,14 @@ def case_metrics(
   regions: bool = False,
   spacing=None,
   with_hd95: bool = True,
+  nsd_tolerance: float | None = NSD_TOLERANCE_MM,
 ) -> dict[str, dict[str, float]]:
-  """{class_name: {dice, sensitivity, specificity, hd95, tp, fp, fn, tn}} for one case."""
+  """{class_name: {dice, sensitivity, specificity, hd95, nsd, nsd_tolerance_mm, tp, fp, fn, tn}}
+  for one case.
+
+  with_hd95 switches the surface metrics, HD95 and NSD (their distance transforms are the slow
+  part; validation during training leaves them out); nsd_tolerance (mm) None leaves NSD out."""
+  tol = None if nsd_tolerance is None else _check_tolerance(nsd_tolerance)
   k = len(class_names)
   pm, tm = binary_masks(pred, k, regions), binary_masks(label, k, regions)
   if pm.shape != tm.shape:
@@ -88,7 +146,12 @@ def case_metrics(
       "tn": tn,
     }
     if with_hd95:
-      m["hd95"] = hd95(p, t, spacing)
+      empty = _empty(p, t, 0.0, float("nan"))
+      dists = surface_distances(p, t, spacing) if empty is None else None  # one pass for both
+      m["hd95"] = empty if dists is None else _hd95(*dists)
+      if tol is not None:
+        m["nsd"] = _empty(p, t, 1.0, 0.0) if dists is None else _nsd(*dists, tol)
+        m["nsd_tolerance_mm"] = tol
     out[name] = m
   return out
 
@@ -96,12 +159,28 @@ def case_metrics(
 def summarize(
   per_case: dict[str, dict[str, dict[str, float]]], skip=("background",)
 ) -> dict[str, Any]:
-  """Means over cases per class and metric (nan left out and counted), and the mean over classes."""
+  """Means over cases per class and metric (nan left out and counted), and the mean over classes;
+  'nsd_tolerance_mm' says at which tolerance NSD was measured (None when it was not)."""
   if not per_case:
     raise ValueError("no cases to summarise")
   names = list(next(iter(per_case.values())))
-  metrics = ("dice", "sensitivity", "specificity", "hd95")
-  summary: dict[str, Any] = {"num_cases": len(per_case), "per_class": {}}
+  metrics = ("dice", "sensitivity", "specificity", "hd95", "nsd")
+  tolerances = {
+    float(m["nsd_tolerance_mm"])
+    for case in per_case.values()
+    for m in case.values()
+    if m.get("nsd_tolerance_mm") is not None
+  }
+  if len(tolerances) > 1:
+    raise ValueError(
+      f"per-case NSD was measured at tolerances {sorted(tolerances)} mm; a mean needs one: "
+      "compute every case's case_metrics with the same nsd_tolerance"
+    )
+  summary: dict[str, Any] = {
+    "num_cases": len(per_case),
+    "nsd_tolerance_mm": tolerances.pop() if tolerances else None,
+    "per_class": {},
+  }
   for name in names:
     s = {}
     for m in metrics:
@@ -169,18 +248,27 @@ def overlay_png(
 def write_report(path: str, summary: dict[str, Any], overlays: list[str] = ()) -> None:
   """A short markdown report: per-class table and the overlay pictures (linked relative to it),
   written whole or not at all (mdx.outputs.write_text)."""
+  tol = summary.get("nsd_tolerance_mm")
+  nsd_head = f"NSD ({tol:g} mm)" if tol is not None else "NSD"
   lines = [
     f"# Segmentation report ({summary['num_cases']} cases)",
     "",
-    "| class | Dice | sensitivity | specificity | HD95 (mm) |",
-    "|---|---|---|---|---|",
+    f"| class | Dice | sensitivity | specificity | HD95 (mm) | {nsd_head} |",
+    "|---|---|---|---|---|---|",
   ]
   for name, s in summary["per_class"].items():
     lines.append(
       f"| {name} | {s['dice']:.4f} | {s['sensitivity']:.4f} | {s['specificity']:.4f} | "
-      f"{s['hd95']:.2f} |"
+      f"{s['hd95']:.2f} | {s.get('nsd', float('nan')):.4f} |"
     )
-  lines += ["", f"Mean Dice over foreground classes: {summary['mean_dice']:.4f}", ""]
+  lines += ["", f"Mean Dice over foreground classes: {summary['mean_dice']:.4f}"]
+  if tol is not None:
+    lines += [
+      "",
+      f"Mean normalised surface Dice over foreground classes (tolerance {tol:g} mm): "
+      f"{summary.get('mean_nsd', float('nan')):.4f}",
+    ]
+  lines.append("")
   lines += [
     f"![{os.path.basename(p)}]({os.path.relpath(p, os.path.dirname(os.path.abspath(path)))})"
     for p in overlays
