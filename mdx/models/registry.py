@@ -2,6 +2,7 @@
 
 model = registry.create('densenet121', num_classes=14, dtype='bfloat16')
 model = registry.create_from_config(config.model, bn_axis_name='data')
+registry.input_multiples(config.model)  # a volumetric model's per-axis patch multiples (D, H, W)
 """
 
 from __future__ import annotations
@@ -83,6 +84,25 @@ def min_input_size(model_config: Any) -> int:
   return create_from_config(model_config).min_input_size()
 
 
+def input_multiples(model_config: Any) -> tuple[int, int, int]:
+  """(m_d, m_h, m_w): a volumetric model's patch sides must be multiples of these (the U-Net's
+  per-axis product of pooling strides); ValueError for a model that takes no volumes."""
+  model = create_from_config(model_config)
+  if not hasattr(model, "input_multiples"):
+    raise ValueError(
+      f"config.model.name={model_config['name']!r} is not a volumetric model; per-axis input "
+      "multiples exist for 3D models such as 'unet3d'"
+    )
+  return tuple(model.input_multiples())
+
+
+def _tuples(value: Any) -> Any:
+  """Lists (from JSON or flags) as tuples, nested ones too: module fields must be hashable."""
+  if isinstance(value, (list, tuple)):
+    return tuple(_tuples(v) for v in value)
+  return value
+
+
 def create(
   name: str,
   *,
@@ -113,9 +133,7 @@ def create_from_config(model_config: Any, bn_axis_name: str | None = None) -> nn
   for key in ("name", "num_classes"):
     if key not in cfg:
       raise ValueError(f"config.model.{key} is missing; set it in the experiment file or by flag")
-  kwargs = {
-    k: (tuple(v) if isinstance(v, list) else v) for k, v in cfg.items() if k not in NON_MODEL_FIELDS
-  }
+  kwargs = {k: _tuples(v) for k, v in cfg.items() if k not in NON_MODEL_FIELDS}
   try:
     return create(
       cfg["name"],

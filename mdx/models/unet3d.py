@@ -1,9 +1,26 @@
-"""3D U-Net (Cicek et al. 2016) for volumetric segmentation.
+"""3D U-Net (Cicek et al. 2016) for volumetric segmentation, with nnU-Net's per-axis pooling.
 
-Each level: two 3x3x3 convolutions, each followed by normalisation and ReLU; 2x max-pooling down,
-2x transposed convolution up, skip connections by concatenation; a 1x1x1 convolution gives the
-logits. Input [B, D, H, W, C] with D, H, W divisible by 2**(depth - 1); output float32 logits
-[B, D, H, W, num_classes]. Parameters are float32; dtype sets the compute precision.
+Each level: two 3x3x3 convolutions, each followed by normalisation and ReLU; max-pooling down,
+transposed convolution up, skip connections by concatenation; a 1x1x1 convolution gives the
+logits. Input [B, D, H, W, C]; output float32 logits [B, D, H, W, num_classes]. Parameters are
+float32; dtype sets the compute precision.
+
+Pooling: strides=None pools by 2 on every axis depth - 1 times (depth 3 when unset), so D, H, W
+must be multiples of 2**(depth - 1). strides=((sd, sh, sw), ...) gives one entry per pooling level
+(each factor 1 or 2; an axis with 1 is not pooled at that level), as nnU-Net's planner chooses for
+anisotropic scans (e.g. ((1, 2, 2), (2, 2, 2)) keeps the few thick slices of a CT at level 1);
+depth is then len(strides) + 1, and each axis must be a multiple of its stride product
+(input_multiples()). The transposed convolution of a level has kernel = stride, so its kernel is
+[sd, sh, sw, Cin, Cout] ([2, 2, 2, ...] and the same parameter names as before with strides=None).
+
+Deep supervision (deep_supervision=True, nnU-Net's): with train=True, __call__ returns a tuple of
+logits, full resolution first ('head' on decoder level 0), then one per coarser decoder level l =
+1 .. depth - 2 ('head_ds{l}' on 'up{l}', at the resolution of level l: [B, D / prod(strides[:l]),
+...]); the bottleneck has no head. mdx.losses.deep_supervision_loss weighs them (the coarsest one
+at 0, as nnU-Net). With train=False it returns only the full-resolution logits, so evaluation,
+sliding windows, export and bundles see one array. The extra variables are params['head_ds1'] ..
+params['head_ds{depth - 2}'] only: drop them and the variables restore into a
+deep_supervision=False model of the same strides.
 
 conv_impl: 'native' uses XLA's 3D convolution; 'slices' computes the same 3x3x3 convolution as a sum
 of three 2D convolutions over depth offsets, which XLA:CPU runs about 5x faster (forward and
@@ -87,28 +104,38 @@ class Conv3(nn.Module):
     return y
 
 
-def max_pool2(x: jax.Array) -> jax.Array:
-  """2x2x2 max-pooling by reshape (XLA:CPU's reduce_window gradient is slow in 3D)."""
+def max_pool(x: jax.Array, strides: tuple[int, int, int]) -> jax.Array:
+  """Max-pooling of x [B, D, H, W, C] by per-axis factors (sd, sh, sw), window = stride, by reshape
+  (XLA:CPU's reduce_window gradient is slow in 3D) -> [B, D / sd, H / sh, W / sw, C]."""
   b, d, h, w, c = x.shape
-  return x.reshape(b, d // 2, 2, h // 2, 2, w // 2, 2, c).max((2, 4, 6))
+  sd, sh, sw = strides
+  return x.reshape(b, d // sd, sd, h // sh, sh, w // sw, sw, c).max((2, 4, 6))
+
+
+def max_pool2(x: jax.Array) -> jax.Array:
+  """2x2x2 max-pooling (max_pool by 2 on every axis)."""
+  return max_pool(x, (2, 2, 2))
 
 
 class UpConv(nn.Module):
-  """2x2x2 transposed convolution with stride 2: the kernels do not overlap, so it is a per-voxel
-  matmul to 8 * features followed by depth-to-space (nn.ConvTranspose's 'VALID' result)."""
+  """Transposed convolution with kernel = stride = (sd, sh, sw): the kernels do not overlap, so it
+  is a per-voxel matmul to sd * sh * sw * features followed by depth-to-space (nn.ConvTranspose's
+  'VALID' result). [B, D, H, W, C] -> [B, sd * D, sh * H, sw * W, features]."""
 
   features: int
   dtype: Any = jnp.float32
+  strides: tuple[int, int, int] = (2, 2, 2)
 
   @nn.compact
   def __call__(self, x):
     b, d, h, w, c = x.shape
+    sd, sh, sw = self.strides
     kernel = self.param(
-      "kernel", nn.initializers.lecun_normal(), (2, 2, 2, c, self.features), jnp.float32
+      "kernel", nn.initializers.lecun_normal(), (sd, sh, sw, c, self.features), jnp.float32
     )
     bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
     y = jnp.einsum("bdhwc,ijkcf->bdihjwkf", x.astype(self.dtype), kernel.astype(self.dtype))
-    return y.reshape(b, 2 * d, 2 * h, 2 * w, self.features) + bias.astype(self.dtype)
+    return y.reshape(b, sd * d, sh * h, sw * w, self.features) + bias.astype(self.dtype)
 
 
 class ConvBlock(nn.Module):
@@ -155,20 +182,55 @@ class ConvBlock(nn.Module):
 
 
 class UNet3D(nn.Module):
-  """depth levels (depth - 1 poolings); level l has base_width * 2**l channels (capped)."""
+  """depth levels (depth - 1 poolings, by `strides` or by 2); level l has base_width * 2**l channels
+  (capped at max_width). See the module docstring for strides and deep_supervision."""
 
   num_classes: int
   dtype: Any = "float32"
   bn_axis_name: str | None = None
-  depth: int = 3
+  depth: int | None = None  # None: 3 without strides, len(strides) + 1 with them
   base_width: int = 16
   max_width: int = 320
   norm: str = "batch"
   conv_impl: str = "auto"
+  strides: tuple[tuple[int, int, int], ...] | None = None
+  deep_supervision: bool = False
+
+  def level_strides(self) -> tuple[tuple[int, int, int], ...]:
+    """The (sd, sh, sw) of each pooling level, checked; ValueError naming the field if invalid."""
+    depth = self.depth
+    if depth is not None and (isinstance(depth, bool) or not isinstance(depth, int) or depth < 1):
+      raise ValueError(f"config.model.depth={depth!r} must be a whole number >= 1 (or unset)")
+    if self.strides is None:
+      return ((2, 2, 2),) * ((3 if depth is None else depth) - 1)
+    entries = self.strides if isinstance(self.strides, (tuple, list)) else (self.strides,)
+    levels = []
+    for entry in entries:
+      entry = tuple(entry) if isinstance(entry, (tuple, list)) else (entry,)
+      if len(entry) != 3 or any(isinstance(s, bool) or s not in (1, 2) for s in entry):
+        raise ValueError(
+          f"config.model.strides={self.strides!r}: each entry must be three factors (D, H, W), "
+          "each 1 or 2, e.g. ((1, 2, 2), (2, 2, 2))"
+        )
+      levels.append(tuple(int(s) for s in entry))
+    if depth is not None and depth != len(levels) + 1:
+      raise ValueError(
+        f"config.model.depth={depth} disagrees with config.model.strides ({len(levels)} pooling "
+        f"levels make depth {len(levels) + 1}); leave depth unset when giving strides"
+      )
+    return tuple(levels)
+
+  def input_multiples(self) -> tuple[int, int, int]:
+    """(m_d, m_h, m_w): each input axis must be a multiple of the product of its strides."""
+    out = [1, 1, 1]
+    for level in self.level_strides():
+      out = [m * s for m, s in zip(out, level)]
+    return tuple(out)
 
   def min_input_size(self) -> int:
-    """Patch sides must be multiples of this (depth - 1 poolings by 2)."""
-    return 2 ** (self.depth - 1)
+    """Patch sides must be multiples of this: 2**(depth - 1) with uniform pooling; with strides,
+    the largest per-axis multiple (all are powers of 2, so a multiple of it suits every axis)."""
+    return max(self.input_multiples())
 
   @nn.compact
   def __call__(self, x, train: bool = False):
@@ -178,27 +240,44 @@ class UNet3D(nn.Module):
       raise ValueError(f"config.model.conv_impl={self.conv_impl!r}; choose one of {CONV_IMPLS}")
     if x.ndim != 5:
       raise ValueError(f"UNet3D expects [B, D, H, W, C] input, got shape {x.shape}")
-    factor = 2 ** (self.depth - 1)
-    if any(s % factor for s in x.shape[1:4]):
-      raise ValueError(
-        f"UNet3D with depth {self.depth} needs D, H, W divisible by {factor}; got "
-        f"{x.shape[1:4]} (pad the volume or choose another patch size)"
-      )
+    levels = self.level_strides()
+    multiples = self.input_multiples()
+    for axis, size, m in zip("DHW", x.shape[1:4], multiples):
+      if size % m:
+        raise ValueError(
+          f"UNet3D input axis {axis} has size {size}, not divisible by {m} (the product of its "
+          f"pooling strides on that axis; D, H, W multiples {multiples}, input {x.shape[1:4]}); "
+          "pad the volume or choose another patch size"
+        )
     dtype = jnp.dtype(self.dtype)
     block = dict(
       norm=self.norm, dtype=dtype, bn_axis_name=self.bn_axis_name, conv_impl=self.conv_impl
     )
-    widths = [min(self.base_width * 2**level, self.max_width) for level in range(self.depth)]
+    n = len(levels)
+    widths = [min(self.base_width * 2**level, self.max_width) for level in range(n + 1)]
     x = x.astype(dtype)
     skips = []
-    for level, width in enumerate(widths[:-1]):
-      x = ConvBlock(width, name=f"down{level}", **block)(x, train)
+    for level in range(n):
+      x = ConvBlock(widths[level], name=f"down{level}", **block)(x, train)
       skips.append(x)
-      x = max_pool2(x)
+      x = max_pool(x, levels[level])
     x = ConvBlock(widths[-1], name="bottom", **block)(x, train)
-    for level in reversed(range(self.depth - 1)):
-      x = UpConv(widths[level], dtype=dtype, name=f"upconv{level}")(x)
+    # heads of the coarser decoder levels: built at init whatever `train`, so variables initialised
+    # for inference also train; run only when training
+    supervise = self.deep_supervision and (train or self.is_initializing())
+
+    def head(name, y):  # 1x1x1 convolution to float32 logits
+      conv = nn.Conv(self.num_classes, (1, 1, 1), dtype=dtype, param_dtype=jnp.float32, name=name)
+      return conv(y).astype(jnp.float32)
+
+    extra = {}
+    for level in reversed(range(n)):
+      x = UpConv(widths[level], dtype=dtype, strides=levels[level], name=f"upconv{level}")(x)
       x = jnp.concatenate([skips[level], x], -1)
       x = ConvBlock(widths[level], name=f"up{level}", **block)(x, train)
-    x = nn.Conv(self.num_classes, (1, 1, 1), dtype=dtype, param_dtype=jnp.float32, name="head")(x)
-    return x.astype(jnp.float32)
+      if supervise and level > 0:
+        extra[level] = head(f"head_ds{level}", x)
+    x = head("head", x)
+    if self.deep_supervision and train:
+      return (x, *(extra[level] for level in range(1, n)))
+    return x
