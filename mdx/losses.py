@@ -1,4 +1,9 @@
-"""Losses. Each returns a per-example loss [B]; the train step averages over the global batch."""
+"""Losses. Each returns a per-example loss [B]; the train step averages over the global batch.
+
+Segmentation: soft Dice (+ cross-entropy) on logits [B, D, H, W, K] against integer classes
+[B, D, H, W] (softmax) or binary regions [B, D, H, W, K] (sigmoid); deep_supervision_loss weighs a
+U-Net's tuple of outputs at decreasing resolutions (nnU-Net's deep supervision).
+"""
 
 from __future__ import annotations
 
@@ -152,3 +157,84 @@ def soft_dice_loss(
       ce = ce.mean(axes)
     loss = loss + ce_weight * ce
   return loss
+
+
+# --- Deep supervision (nnU-Net): one loss per decoder resolution, weighted ---
+
+
+def deep_supervision_weights(n: int) -> np.ndarray:
+  """nnU-Net's weights of n outputs (full resolution first): 1 / 2**i, the lowest-resolution one 0,
+  normalised to sum 1 -> [n] (one output: [1])."""
+  if n < 1:
+    raise ValueError(f"deep supervision needs at least one output, got {n}")
+  if n == 1:
+    return np.ones(1)
+  w = 0.5 ** np.arange(n)
+  w[-1] = 0.0
+  return w / w.sum()
+
+
+def downsample_target(target: jax.Array, spatial_shape: tuple[int, ...]) -> jax.Array:
+  """A label map [B, D, H, W] or region mask [B, D, H, W, K] (or a voxel mask [B, D, H, W]) at an
+  output's coarser spatial_shape (d, h, w), each side dividing D, H, W.
+
+  Nearest neighbour by strided subsampling: coarse voxel i takes the fine voxel s * i + s // 2 of
+  its s-voxel block, the one nearest the block's centre, as nnU-Net does (torch 'nearest-exact'
+  interpolation, which picks exactly that voxel). Not a majority vote: subsampling keeps a label
+  some voxel really has (a majority can be ambiguous across several classes and needs a one-hot of
+  the whole fine map per output), costs a slice, and regions are binary channels, so the same slice
+  serves them channel by channel.
+  """
+  fine = target.shape[1:4]
+  if len(spatial_shape) != 3 or any(c < 1 or f % c for f, c in zip(fine, spatial_shape)):
+    raise ValueError(
+      f"deep supervision output of spatial shape {tuple(spatial_shape)} does not divide the "
+      f"label's {tuple(fine)}; every output must be the label's shape over whole factors"
+    )
+  factors = [f // c for f, c in zip(fine, spatial_shape)]
+  index = tuple(slice(s // 2, None, s) for s in factors)
+  return target[(slice(None), *index)]
+
+
+def deep_supervision_loss(
+  outputs,
+  labels: jax.Array,
+  activation: str = "softmax",
+  weights=None,
+  **dice_ce_kwargs,
+) -> jax.Array:
+  """Weighted sum of soft_dice_loss over a U-Net's outputs -> [B].
+
+  outputs: logits [B, D, H, W, K] (passed through as plain soft_dice_loss), or a tuple of them,
+  full resolution first, then coarser ones [B, D / f_d, H / f_h, W / f_w, K] (UNet3D with
+  deep_supervision and train=True). labels at full resolution ([B, D, H, W] classes or
+  [B, D, H, W, K] regions) are subsampled to each output's shape (downsample_target), as is
+  dice_ce_kwargs' mask [B, D, H, W] if given. weights: one per output, used as given; None is
+  nnU-Net's (deep_supervision_weights). dice_ce_kwargs: soft_dice_loss's epsilon, squared,
+  include_background, ce_weight, mask.
+  """
+  if not isinstance(outputs, (tuple, list)):
+    if weights is not None:
+      raise ValueError("deep supervision weights given for a single output; drop weights")
+    return soft_dice_loss(outputs, labels, activation, **dice_ce_kwargs)
+  n = len(outputs)
+  weights = deep_supervision_weights(n) if weights is None else tuple(weights)
+  if len(weights) != n:
+    raise ValueError(f"deep supervision has {n} outputs but {len(weights)} weights; give one each")
+  mask = dice_ce_kwargs.pop("mask", None)
+  total = None
+  for out, w in zip(outputs, weights):
+    if isinstance(w, (int, float, np.floating)) and w == 0:
+      continue  # nnU-Net's lowest-resolution output: no loss, no compute
+    shape = out.shape[1:4]
+    loss = w * soft_dice_loss(
+      out,
+      downsample_target(labels, shape),
+      activation,
+      mask=None if mask is None else downsample_target(mask, shape),
+      **dice_ce_kwargs,
+    )
+    total = loss if total is None else total + loss
+  if total is None:
+    raise ValueError("deep supervision weights are all 0; give at least one a weight")
+  return total
