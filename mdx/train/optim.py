@@ -1,8 +1,26 @@
-"""Optimizer and learning-rate schedule from config.train."""
+"""Optimizer and learning-rate schedule from config.train.
+
+Schedules: constant, cosine (to 0 over train.steps), warmup_cosine (linear from 0 over
+train.warmup_steps, then cosine), poly (nnU-Net's: lr * (1 - step / steps) ** train.poly_exponent,
+exponent 0.9 by default; step counts the updates already made, so the first uses lr).
+Optimizers: adam; adamw (decoupled weight decay, train.weight_decay); sgd with Nesterov momentum
+train.momentum (0.9 by default) and, when train.weight_decay is set, torch SGD's weight_decay: the
+decay times the parameter added to the gradient before momentum (nnU-Net: lr 1e-2, momentum 0.99,
+weight decay 3e-5). A global-norm clip (train.grad_clip) comes first, as torch clips the gradient
+before the optimizer adds the decay.
+"""
 
 from __future__ import annotations
 
 import optax
+
+SCHEDULES = ("constant", "cosine", "warmup_cosine", "poly")
+POLY_EXPONENT = 0.9  # nnU-Net's
+MOMENTUM = 0.9  # sgd's default momentum (nnU-Net trains with 0.99)
+
+
+def _number(x) -> bool:
+  return isinstance(x, (int, float)) and not isinstance(x, bool)
 
 
 def make_schedule(train_config) -> optax.Schedule:
@@ -16,9 +34,15 @@ def make_schedule(train_config) -> optax.Schedule:
     return optax.warmup_cosine_decay_schedule(
       0.0, lr, warmup_steps=warmup, decay_steps=max(steps, warmup + 1)
     )
-  raise ValueError(
-    f"config.train.schedule={name!r} is unknown; choose constant, cosine or warmup_cosine"
-  )
+  if name == "poly":
+    exponent = train_config.get("poly_exponent", POLY_EXPONENT)
+    if not _number(exponent) or exponent <= 0:
+      raise ValueError(f"config.train.poly_exponent={exponent!r} must be a number > 0 (e.g. 0.9)")
+    # (lr - 0) * (1 - count / steps) ** exponent + 0, count clipped to [0, steps]
+    return optax.polynomial_schedule(
+      init_value=lr, end_value=0.0, power=exponent, transition_steps=max(steps, 1)
+    )
+  raise ValueError(f"config.train.schedule={name!r} is unknown; choose one of {SCHEDULES}")
 
 
 def make_optimizer(train_config) -> optax.GradientTransformation:
@@ -29,7 +53,12 @@ def make_optimizer(train_config) -> optax.GradientTransformation:
   elif name == "adamw":
     opt = optax.adamw(schedule, weight_decay=train_config.weight_decay)
   elif name == "sgd":
-    opt = optax.sgd(schedule, momentum=0.9, nesterov=True)
+    momentum = train_config.get("momentum", MOMENTUM)
+    if not _number(momentum) or not 0 <= momentum < 1:
+      raise ValueError(f"config.train.momentum={momentum!r} must be a number in [0, 1) (e.g. 0.99)")
+    opt = optax.sgd(schedule, momentum=momentum, nesterov=True)
+    if train_config.weight_decay:  # torch SGD's weight_decay: decay * param joins the gradient
+      opt = optax.chain(optax.add_decayed_weights(train_config.weight_decay), opt)
   else:
     raise ValueError(f"config.train.optimizer={name!r} is unknown; choose adam, adamw or sgd")
   if train_config.grad_clip:
