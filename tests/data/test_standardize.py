@@ -76,3 +76,54 @@ def test_per_channel_and_per_image_on_films_and_scans():
     np.testing.assert_array_equal(standardize_array(x, "none"), x)
   with pytest.raises(ValueError, match="per_slice"):
     standardize_array(np.ones((4, 4, 1), np.float32), "per_slice")
+
+
+def test_plan_specs_ct_and_zscore_by_hand():
+  x = np.array(
+    [[[[-1200.0, 5.0], [40.0, 90.0]], [[3000.0, -7.0], [100.0, 30.0]]]], np.float32
+  )  # [1, 2, 2, 2]: a scan of two channels
+  spec = {"mode": "ct", "clip": [[-100, 200], [0, 50]], "mean": [10, 20], "std": [50, 5]}
+  out = standardize_array(x, spec)
+  lo, hi = np.array([-100.0, 0.0]), np.array([200.0, 50.0])
+  expect = (np.minimum(np.maximum(x, lo), hi) - [10.0, 20.0]) / [50.0, 5.0]
+  np.testing.assert_allclose(out, expect, rtol=1e-6)
+  assert out[0, 1, 0, 0] == (200 - 10) / 50 and out[0, 0, 0, 0] == (-100 - 10) / 50
+  # zscore: per image and channel, the 'per_channel' mode
+  z = standardize_array(x, {"mode": "zscore"})
+  flat = x.reshape(-1, 2).astype(np.float64)
+  np.testing.assert_allclose(
+    z.reshape(-1, 2), (flat - flat.mean(0)) / flat.std(0), rtol=1e-5, atol=1e-6
+  )
+  # the same spec through the grain transform, also as a ConfigDict (config.data.standardize)
+  import ml_collections
+
+  (t,) = standardize.transforms(ml_collections.ConfigDict(spec))
+  np.testing.assert_allclose(t.map({"image": x})["image"], expect, rtol=1e-6)
+  assert standardize.check(spec) == {
+    "mode": "ct",
+    "clip": [[-100.0, 200.0], [0.0, 50.0]],
+    "mean": [10.0, 20.0],
+    "std": [50.0, 5.0],
+  }
+  # string modes are unchanged
+  assert standardize.check("nonzero") == "nonzero" and standardize.check(None) is None
+
+
+def test_bad_plan_specs_are_one_line_errors():
+  good = {"mode": "ct", "clip": [[-100, 200]], "mean": [10], "std": [50]}
+  bad = [
+    {"mode": "minmax"},
+    {"mode": "zscore", "mean": [1]},
+    {k: v for k, v in good.items() if k != "std"},
+    {**good, "clip": [[300, 200]]},
+    {**good, "std": [0]},
+    {**good, "mean": [10, 11]},
+    {**good, "clip": [[-100, float("nan")]]},
+    ("ct",),
+  ]
+  for spec in bad:
+    with pytest.raises(ValueError, match="config.data.standardize") as e:
+      standardize.transforms(spec)
+    assert "\n" not in str(e.value)
+  with pytest.raises(ValueError, match="1 channel.*has 2"):
+    standardize_array(np.zeros((2, 2, 2, 2), np.float32), good)
