@@ -13,6 +13,7 @@
 #   ./launch.sh sweep ABLATION --workdir=DIR [--config.FIELD=V] [flags]   every variant x seed, its report (resumes)
 #   ./launch.sh split|audit|consensus|import_weights|from_weights|main [flags]   python -m mdx COMMAND [flags]
 #   ./launch.sh findings|card|generalisation [flags]   label space, dataset card, generalisation matrix
+#   ./launch.sh fingerprint --config=CONFIG [--output=F] [--plan_output=F]   a 3D dataset's fingerprint and plan
 #   ./launch.sh local N <command> ...              the command as N joined processes on this machine
 #   ./launch.sh tpu NAME ZONE <command> ...        the same command on every worker of a Cloud TPU VM
 #   ./launch.sh bench densenet|unet3d|predict|checkpoint [flags]   speed beside PyTorch / MONAI (README: Performance)
@@ -100,7 +101,7 @@ use_tcmalloc() {
   export TCMALLOC_LARGE_ALLOC_REPORT_THRESHOLD=1099511627776  # no line per allocation over 1 GB
 }
 
-usage() { sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+usage() { sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
 
 cmd="${1:-}"; [[ -n "$cmd" ]] || usage; shift
 case "$cmd" in
@@ -150,7 +151,7 @@ case "$cmd" in
     setup
     ablation="$1"; shift
     exec python -m mdx sweep --config="$ablation" "$@" ;;
-  main|predict|evaluate|split|audit|consensus|import_weights|from_weights|findings|card|generalisation)
+  main|predict|evaluate|split|audit|consensus|import_weights|from_weights|findings|card|generalisation|fingerprint)
     setup
     exec python -m mdx "$cmd" "$@" ;;
   local)
