@@ -7,12 +7,12 @@ The variants of the phantom imbalance ablation (imbalance.py) on the 856-film NI
 rare findings (3-4% of the films) spread over many patients: Nodule (36 films of 25 patients), Mass
 (34 of 12), Fibrosis (29 of 18) and Pleural_Thickening (26 of 15). The sample's other rare findings
 belong to a handful of patients (Edema: 21 of its 26 films are one patient's, Pneumothorax 20 of
-33), so a split by patient leaves their test sets with no positive or one patient's films. 'bce' (the baseline) is the plain loss;
-'weighted_bce' weighs each finding's positives and negatives equally; 'oversample' repeats
-positive films up to 10x per epoch towards 1:1 and 'undersample' keeps only as many all-negative
-films as films with a finding, both with plain BCE; 'focal' is the focal loss (gamma 2, alpha
-0.25). The table gives per-finding test AUROC, the sensitivity at the threshold chosen on
-validation and the calibration (ECE, 10 bins), macro over findings.
+33), so a split by patient leaves their test sets with no positive or one patient's films. 'bce'
+(the baseline) is the plain loss; 'weighted_bce' weighs each finding's positives and negatives
+equally; 'oversample' repeats positive films up to 10x per epoch towards 1:1 and 'undersample'
+keeps only as many all-negative films as films with a finding, both with plain BCE; 'focal' is the
+focal loss (gamma 2, alpha 0.25). The table gives per-finding test AUROC, the sensitivity at the
+threshold chosen on validation and the calibration (ECE, 10 bins), macro over findings.
 """
 
 import os
