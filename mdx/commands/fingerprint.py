@@ -3,8 +3,8 @@
   python -m mdx fingerprint --config=EXPERIMENT [--output=FILE] [--plan_output=FILE] [--overwrite]
   (./launch.sh fingerprint --config=EXPERIMENT ...)
 
-Builds config.data's volume source as a run builds it (every case checked under
-config.data.on_error, mdx.data.prepare, but not split: every case counts), reads each case once
+Builds config.data's volume source and splits it as a run does (every case checked under
+config.data.on_error, mdx.data.prepare; the training cases plan, as in a run), reads each case once
 into its fingerprint (mdx.data.volume.fingerprint: spacing, shape, class volumes, foreground
 intensities), cached beside the record check's cache (MDX_CHECK_CACHE, default
 ~/.cache/mdx/checks; empty turns both off) so a second call reads no scan, and prints a summary
@@ -40,41 +40,19 @@ def define_flags() -> None:
   flags.mark_flags_as_required(["config"])
 
 
-def cache_dir() -> str | None:
-  """The fingerprint cache: a folder inside the record check's cache (None when that is off)."""
-  from mdx.data import check
-
-  folder = check._cache_folder(None)
-  return os.path.join(folder, "fingerprints") if folder else None
-
-
-def memory_gb(config) -> float:
-  """config.data.plan.memory_gb, else the default budget of JAX's backend."""
-  from mdx.data.image.file_source import config_get
-  from mdx.data.volume import plan
-
-  given = config_get(config_get(config.data, "plan", {}), "memory_gb")
-  if given is not None:
-    return given
-  import jax
-
-  return plan.default_memory_gb(jax.default_backend())
-
-
 def run(config, progress: bool = True) -> tuple[dict, dict]:
   """(fingerprint, plan) of a resolved config's volume dataset (the module docstring)."""
+  import jax
+
   from mdx.data import prepare, sources
-  from mdx.data.image.file_source import config_get
-  from mdx.data.volume import fingerprint, plan
+  from mdx.data.volume import plan
 
   sources.spec(config.data.source, sources.VOLUME)  # a 2D source: one line naming the choices
-  dataset = prepare.prepare_dataset(config.data, config.seed, sources.VOLUME, split=False)
-  fp = fingerprint.fingerprint(dataset.source, cache_dir=cache_dir(), progress=progress)
-  modality = config_get(config.data, "modality") or fp["modality"]
-  made = plan.make_plan(
-    fp, modality=modality, memory_gb=memory_gb(config), overrides=plan.config_overrides(config)
+  # the training cases of the run's split, as the run plans from them
+  dataset = prepare.prepare_dataset(config.data, config.seed, sources.VOLUME)
+  return plan.plan_dataset(
+    config, dataset.source, dataset.splits["train"], jax.default_backend(), progress=progress
   )
-  return fp, made
 
 
 def _folder(path: str, overwrite: bool):

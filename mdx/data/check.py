@@ -185,7 +185,7 @@ def scan(
   start = time.perf_counter()
   n = len(source)
   files = [tuple(source.record_files(i)) for i in range(n)]
-  cache = _Cache.open(cache_dir, _context(source), [f for fs in files for f in fs])
+  cache = _Cache.open(cache_dir, context(source), [f for fs in files for f in fs])
   threads = threads or _default_threads()
   stats = _all_stats(files, threads) if cache else [None] * n
   keys = [cache.key(fs, i) if cache else "" for i, fs in enumerate(files)]
@@ -281,7 +281,7 @@ def write_list(
   if workdir:
     folder = workdir
   else:
-    folder = _cache_folder(cache_dir) or tempfile.gettempdir()
+    folder = cache_folder(cache_dir) or tempfile.gettempdir()
     digest = hashlib.sha1("\0".join(result.paths).encode()).hexdigest()[:12]
     stem, ext = os.path.splitext(file_name)
     file_name = f"{stem}-{digest}{ext}"
@@ -347,7 +347,7 @@ def _prepared_path(source, index: int) -> str:
   return f"{getattr(source, 'path', 'prepared records')} record {index}"
 
 
-def _context(source) -> str:
+def context(source) -> str:
   """What else decides a record's result besides its files (the decoding settings; for prepared
   records the stored files' fingerprint)."""
   parts = [type(source).__name__]
@@ -358,7 +358,7 @@ def _context(source) -> str:
   return ";".join(parts)
 
 
-def _cache_folder(cache_dir: str | None) -> str:
+def cache_folder(cache_dir: str | None) -> str:
   if cache_dir is not None:
     return cache_dir
   return os.environ.get(
@@ -385,7 +385,7 @@ class _Cache:
 
   @classmethod
   def open(cls, cache_dir: str | None, context: str, all_files: list[str]) -> _Cache | None:
-    folder = _cache_folder(cache_dir)
+    folder = cache_folder(cache_dir)
     if not folder:
       return None
     folders = {os.path.dirname(os.path.abspath(f)) for f in all_files}

@@ -57,6 +57,13 @@ PERCENTILES = (0.5, 50.0, 99.5)
 CACHE_PREFIX = "fingerprint-"
 
 
+def cache_folder() -> str | None:
+  """The fingerprint cache: a folder inside the record check's cache (mdx.data.check; None when
+  MDX_CHECK_CACHE turns that off)."""
+  folder = check.cache_folder(None)
+  return os.path.join(folder, "fingerprints") if folder else None
+
+
 def fingerprint(
   source,
   indices: Sequence[int] | None = None,
@@ -374,7 +381,7 @@ class _Cache:
     root = os.path.commonpath(folders) if folders else ""
     # the check's context: what besides the files decides a record (channels, classes, ...)
     context = (
-      f"{check._context(source)};fingerprint={FINGERPRINT_VERSION};"
+      f"{check.context(source)};fingerprint={FINGERPRINT_VERSION};"
       f"samples={foreground_samples};seed={seed}"
     )
     digest = hashlib.sha1(f"{root}\0{context}".encode()).hexdigest()[:20]

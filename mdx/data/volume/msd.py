@@ -8,18 +8,73 @@ and the source offers case_ids() without reading any volume (splits need them).
 
 config.data.on_error: 'raise' (default) or 'skip' cases that cannot be read, whose label is invalid
 or whose image holds NaN/Inf (the tasks check every case before training: mdx.data.check).
+
+The source states the facts a planner and a mirror need (TASKS): each Decathlon task's modality
+(dataset.json's, else the table's) and whether a left-right mirror keeps its labels true; the
+mirror axes are then the voxel axes that run left-right in the first case's affine.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import os
+import re
 from typing import Any
 
 import numpy as np
 
 from mdx.data.volume import nifti
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+  name: str
+  modality: str  # 'CT' or 'MRI': what the planner normalises by (mdx.data.volume.plan)
+  # A left-right mirror shows a plausible patient with true labels: a structure or lesion that
+  # occurs on either side (a hippocampus crop holds one side's; brain tumours, prostate, lung
+  # tumours). Not for organs with a side (liver, spleen, pancreas, heart's left atrium, colon):
+  # a mirrored liver is situs inversus. Never another axis: anterior/posterior and up/down carry
+  # meaning (the hippocampus' anterior and posterior classes are defined along one).
+  mirror_left_right: bool
+  labels: tuple[str, ...]  # dataset.json's labels 0..K-1, for a folder that lacks the file
+
+
+# The Decathlon's ten tasks (Antonelli et al. 2022, Table 1; labels as their dataset.json files
+# name them), by the number in their folder name.
+TASKS = {
+  1: Task("BrainTumour", "MRI", True, ("background", "edema", "non-enhancing tumor", "enhancing")),
+  2: Task("Heart", "MRI", False, ("background", "left atrium")),
+  3: Task("Liver", "CT", False, ("background", "liver", "cancer")),
+  4: Task("Hippocampus", "MRI", True, ("background", "anterior", "posterior")),
+  5: Task("Prostate", "MRI", True, ("background", "PZ", "TZ")),
+  6: Task("Lung", "CT", True, ("background", "cancer")),
+  7: Task("Pancreas", "CT", False, ("background", "pancreas", "cancer")),
+  8: Task("HepaticVessel", "CT", False, ("background", "vessel", "tumour")),
+  9: Task("Spleen", "CT", False, ("background", "spleen")),
+  10: Task("Colon", "CT", False, ("background", "colon cancer primaries")),
+}
+
+
+def task_of(root: str, meta: dict) -> Task | None:
+  """The Decathlon task a folder holds: dataset.json's name ('Hippocampus'), else a folder name
+  such as Task04_Hippocampus or msd_task04_hippocampus; None when neither tells."""
+  names = {t.name.lower(): t for t in TASKS.values()}
+  if str(meta.get("name", "")).lower() in names:
+    return names[str(meta["name"]).lower()]
+  folder = os.path.basename(os.path.normpath(root)).lower()
+  match = re.search(r"task0*(\d+)", folder)
+  if match and int(match.group(1)) in TASKS:
+    return TASKS[int(match.group(1))]
+  return next((t for name, t in names.items() if name in folder), None)
+
+
+def left_right_axes(affine: np.ndarray) -> tuple[int, ...]:
+  """The voxel axes of [D, H, W] that run left-right under `affine` (nibabel's orientation)."""
+  import nibabel as nib
+
+  return tuple(i for i, code in enumerate(nib.aff2axcodes(affine)) if code in ("L", "R"))
 
 
 class MSDSource:
@@ -75,13 +130,36 @@ class MSDSource:
     if class_names is None and "labels" in meta:
       labels = meta["labels"]
       class_names = tuple(labels[k] for k in sorted(labels, key=int))
+    self.task = task_of(root, meta)
+    if class_names is None and self.task is not None:  # a folder without dataset.json
+      class_names = self.task.labels
     self.class_names = tuple(class_names) if class_names is not None else None
+    modality = meta.get("modality") or {}
+    self._modality = [str(modality[k]) for k in sorted(modality, key=int)] if modality else None
     self._cache: dict[int, dict[str, Any]] | None = {} if cache else None
 
   @property
   def label_values(self) -> tuple[int, ...]:
     """A label file holds the class index itself (dataset.json's labels are 0..K-1)."""
     return tuple(range(len(self.class_names or ())))
+
+  @property
+  def modality(self) -> str | None:
+    """'CT', 'MRI' or another name of the first channel (dataset.json's, else the task table's);
+    None when neither tells (config.data.modality must then say)."""
+    if self._modality:
+      return "CT" if self._modality[0].upper() == "CT" else self._modality[0]
+    return self.task.modality if self.task else None
+
+  def mirror_axes(self) -> tuple[int, ...] | None:
+    """The axes a mirror may flip (training and test-time mirroring): the left-right axes of the
+    first case when the task allows a left-right mirror, () when it does not, None when the task
+    is unknown (config.data.flip_axes must then say)."""
+    if self.task is None:
+      return None
+    if not self.task.mirror_left_right:
+      return ()
+    return left_right_axes(nifti.load_nifti(self._images[0], np.float32).affine)
 
   def __len__(self) -> int:
     return len(self._images)

@@ -21,17 +21,17 @@ CASES = [
 FOREGROUND_VALUES = [(100.0, -5.0), (300.0, 7.0), (200.0, 1.0)]  # per case, per channel
 
 
-def _write_case(root, i, spacing, image, label, dataset="Task09_Spleen"):
+def _write_case(root, i, spacing, image, label, dataset="Task03_Liver"):
   affine = np.diag([*spacing, 1.0])
   for folder, data in (("imagesTr", image), ("labelsTr", label)):
     os.makedirs(f"{root}/{folder}", exist_ok=True)
-    nib.save(nib.Nifti1Image(data, affine), f"{root}/{folder}/spleen_{i:03d}.nii.gz")
+    nib.save(nib.Nifti1Image(data, affine), f"{root}/{folder}/liver_{i:03d}.nii.gz")
 
 
 def _msd_folder(tmp_path, constant=True):
   """Three two-channel cases: classes 1 and 2 in boxes; foreground intensities constant per case
   and channel (constant=True) or noise; background noise far from them."""
-  root = str(tmp_path / "Task09_Spleen")
+  root = str(tmp_path / "Task03_Liver")
   rng = np.random.default_rng(0)
   arrays = []
   for i, (spacing, shape) in enumerate(CASES):
@@ -53,7 +53,7 @@ def test_fingerprint_values_against_numpy(tmp_path):
   root, arrays = _msd_folder(tmp_path, constant=False)
   fp = fingerprint.fingerprint(msd.MSDSource(root), foreground_samples=50)
   assert (fp["num_cases"], fp["num_channels"], fp["num_classes"]) == (3, 2, 3)
-  assert fp["modality"] == "CT"  # the source's fact (Task09 Spleen)
+  assert fp["modality"] == "CT"  # the source's fact (Task03 Liver: CT, three classes)
   spacings = np.asarray([c[0] for c in CASES])
   shapes = np.asarray([c[1] for c in CASES])
   for key, rows in (("spacing", spacings), ("shape", shapes)):
@@ -139,7 +139,7 @@ def test_second_call_reads_only_the_cache_and_a_changed_file_is_read_again(tmp_p
   assert json.dumps(again, sort_keys=True) == json.dumps(first, sort_keys=True)
 
   # case 1's label rewritten with class 2 grown: only that case is read again
-  path = f"{root}/labelsTr/spleen_001.nii.gz"
+  path = f"{root}/labelsTr/liver_001.nii.gz"
   label = np.asarray(nib.load(path).dataobj).astype(np.uint8)
   label[:, :, 7] = 2
   nib.save(nib.Nifti1Image(label, nib.load(path).affine), path)
@@ -150,7 +150,7 @@ def test_second_call_reads_only_the_cache_and_a_changed_file_is_read_again(tmp_p
 
   monkeypatch.setattr(nifti, "load_nifti", counting)
   changed = fingerprint.fingerprint(msd.MSDSource(root), cache_dir=cache, foreground_samples=20)
-  assert sorted(reads) == ["spleen_001.nii.gz", "spleen_001.nii.gz"]  # its image and label
+  assert sorted(reads) == ["liver_001.nii.gz", "liver_001.nii.gz"]  # its image and label
   assert changed["cases"][1]["class_voxels"]["2"] == int((label == 2).sum())
   assert changed["cases"][0] == first["cases"][0]
   # other parameters are another cache entry: every case is read
@@ -194,22 +194,25 @@ def test_write_and_read_back(tmp_path):
 
 def test_fingerprint_command_prints_and_writes(tmp_path, capsys, monkeypatch):
   root, _ = _msd_folder(tmp_path)
-  experiment = tmp_path / "spleen.py"
+  experiment = tmp_path / "liver.py"
   experiment.write_text(
     "from mdx.config import defaults\n\n\n"
     "def get_config():\n"
     "  c = defaults('segmentation')\n"
     "  c.data.source = 'msd'\n"
     f"  c.data.root = {root!r}\n"
+    "  c.data.split.test = 0.0\n"
+    "  c.data.split.val = 0.34\n"
     "  return c\n"
   )
   out, plan_out = tmp_path / "o" / "fp.json", tmp_path / "o" / "plan.json"
   argv = [f"--config={experiment}", f"--output={out}", f"--plan_output={plan_out}"]
   assert commands.call("fingerprint", argv) == 0
   printed = capsys.readouterr().out
-  assert "3 cases, 2 channel(s) (CT)" in printed and "normalisation: CT per channel" in printed
+  # the training cases of the run's split (two of three) plan, as in a run
+  assert "2 cases, 2 channel(s) (CT)" in printed and "normalisation: CT per channel" in printed
   written = json.loads(out.read_text())
-  assert written["num_cases"] == 3 and written["cases"][0]["case_id"] == "spleen_000"
+  assert written["num_cases"] == 2 and written["cases"][0]["case_id"].startswith("liver_00")
   assert json.loads(plan_out.read_text())["normalization"]["mode"] == "ct"
   # a second run reads no scan (the check's cache and MDX_CHECK_CACHE/fingerprints) and replaces
   # mdx's own files
