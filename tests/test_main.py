@@ -309,10 +309,26 @@ def test_impossible_values_are_one_line_errors_before_anything_is_built(field, v
 
 def test_impossible_segmentation_values():
   c = config_lib.defaults("segmentation")
+  c.model.depth = 3  # a network set by hand (unset, the plan fits it to the patch)
   c.data.patch_size = (12, 16, 16)  # depth 3 pools twice: sides must be multiples of 4... 12 is
   config_lib.resolve(c)
   c.data.patch_size = (10, 16, 16)
-  with pytest.raises(ValueError, match=r"patch_size=\(10, 16, 16\) must be three sides"):
+  with pytest.raises(ValueError, match=r"patch_size=\(10, 16, 16\) must be three whole sides"):
+    config_lib.resolve(c)
+  c.model.depth = None
+  c.model.strides = ((1, 2, 2), (2, 2, 2))  # per axis: multiples of (2, 4, 4)
+  c.data.patch_size = (6, 12, 16)
+  config_lib.resolve(c)
+  c.data.patch_size = (6, 12, 18)
+  with pytest.raises(ValueError, match=r"multiples of \(2, 4, 4\)"):
+    config_lib.resolve(c)
+  c = config_lib.defaults("segmentation")
+  c.data.spacing = (1.0, 0.0, 1.0)
+  with pytest.raises(ValueError, match="spacing=.* must be three positive millimetres"):
+    config_lib.resolve(c)
+  c = config_lib.defaults("segmentation")
+  c.data.rotate_degrees = 10.0  # read with augment=None only
+  with pytest.raises(ValueError, match="augment=None"):
     config_lib.resolve(c)
   c = config_lib.defaults("segmentation")
   c.eval.overlap = 1.0

@@ -13,7 +13,8 @@ Nothing here imports mdx.train: a task gathers predictions and hands them to run
                   mdx.outputs.OutputFolder (report.layout: what each kind of report writes)
   gradcam         Grad-CAM for any Flax Linen classifier (the one place that reads a model), and
                   the report's Grad-CAM overlays and peak-in-lesion rates (gradcam.json)
-  segmentation    per-class Dice, sensitivity, specificity, HD95; overlays, report.md
+  segmentation    per-class Dice, sensitivity, specificity, HD95, NSD; overlays, report.md
+  postprocess     largest-component post-processing, decided per class on validation
   run_report      the report at the end of a run: classification (predictions CSV, curves,
                   examples, Grad-CAM, metrics report) and segmentation (metrics.json, curves)
   model_card      the sections of a bundle's model card (mdx.inference.bundle joins them)

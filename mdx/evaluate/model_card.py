@@ -70,6 +70,8 @@ _SEGMENTATION_METRICS = (
   ("dice", "Dice"),
   ("sensitivity", "Sensitivity"),
   ("specificity", "Specificity"),
+  ("hd95", "HD95 (mm)"),
+  ("nsd", "NSD"),
 )
 
 
@@ -361,9 +363,36 @@ def _intended_use_segmentation(spec: Mapping) -> list[str]:
     f"- Input: {_modality(spec)}; channels per voxel: {_text(inp.get('channels'))}; files: "
     f"{formats}.",
     f"  - Standardisation: {_standardize_text(_section(inp, 'standardize'))}.",
-    f"  - Whole scans are read in sliding windows of {patch} voxels with overlap "
-    f"{_text(inp.get('overlap'))}.",
   ]
+  spacing = inp.get("spacing")
+  if isinstance(spacing, Sequence):
+    lines.append(
+      f"  - Each scan is resampled to {' x '.join(f'{v:g}' for v in spacing)} mm voxels (the "
+      "plan's spacing) and the probabilities back to the scan's own grid."
+    )
+  lines.append(
+    f"  - Whole scans are read in sliding windows of {patch} voxels with overlap "
+    f"{_text(inp.get('overlap'))}."
+  )
+  mirror = inp.get("mirror_axes")
+  if mirror:
+    lines.append(
+      f"  - Test-time mirroring: every window is also read mirrored along axes "
+      f"{', '.join(str(a) for a in mirror)} and the {2 ** len(mirror)} predictions averaged."
+    )
+  ensemble = _section(spec, "ensemble")
+  if ensemble.get("members"):
+    lines.append(
+      f"  - An ensemble of {ensemble['members']} models (cross-validation folds): their "
+      "probabilities are averaged."
+    )
+  decision = out.get("postprocess")
+  if isinstance(decision, Mapping) and decision.get("largest_component"):
+    lines.append(
+      f"  - Post-processing: only the largest connected component is kept for "
+      f"{_names([str(c) for c in decision['largest_component']])} (it did not lower the "
+      "validation Dice)."
+    )
   if mode == "regions":
     lines.append(
       f"- Outputs: one sigmoid probability map per region ({out.get('activation')}); regions "
@@ -516,6 +545,8 @@ def _results_segmentation(spec: Mapping) -> list[str]:
         ["Class"] + [title for _, title in _SEGMENTATION_METRICS],
         [[c] + [_metric(m, key) for key, _ in _SEGMENTATION_METRICS] for c, m in per.items()],
       )
+    if _finite(split.get("nsd_tolerance_mm")):
+      lines += [f"NSD: normalised surface Dice at {split['nsd_tolerance_mm']:g} mm.", ""]
   return lines
 
 

@@ -283,8 +283,14 @@ def segmentation_run_report(
   overlays: Sequence[str] = (),
   overwrite: bool = False,
   command: str = "report",
+  plan: Sequence[str] | None = None,
+  inference: Mapping | None = None,
 ) -> dict:
   """Writes out_dir/metrics.json, curves.png (when there is a history), report.md and overlays/.
+
+  plan: the run's plan in a few lines (mdx.data.volume.plan.describe); inference: what test-time
+  mirroring and post-processing each brought on validation (SegmentationTask.inference_parts).
+  Both appear in the report and in metrics.json's summary.
 
   per_case: {case_id: segmentation.case_metrics(...)} of the evaluated split; overlays: PNG paths
   drawn while evaluating (anywhere, e.g. a temporary folder), copied into overlays/ and shown
@@ -295,6 +301,10 @@ def segmentation_run_report(
   """
   summary = S.summarize(per_case)
   summary["split"] = split
+  if plan:
+    summary["plan"] = list(plan)
+  if inference:
+    summary["inference"] = dict(inference)
   writes = report.layout("segmentation")
   with report.staged(out_dir, writes, command, overwrite=overwrite) as folder:
     figures = []

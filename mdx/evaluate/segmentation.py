@@ -196,6 +196,20 @@ def summarize(
   return summary
 
 
+def bundle_results(summary: dict[str, Any]) -> dict[str, Any]:
+  """A bundle's results entry of a summary: cases, mean Dice, per class Dice, sensitivity,
+  specificity, HD95 and NSD, and the NSD tolerance."""
+  return {
+    "n_cases": summary["num_cases"],
+    "mean_dice": summary["mean_dice"],
+    "per_class": {
+      name: {k: s[k] for k in ("dice", "sensitivity", "specificity", "hd95", "nsd") if k in s}
+      for name, s in summary["per_class"].items()
+    },
+    "nsd_tolerance_mm": summary.get("nsd_tolerance_mm"),
+  }
+
+
 def write_metrics(path: str, per_case, summary) -> None:
   """metrics.json: {'summary': ..., 'per_case': ...}; undefined values are written as null. Whole
   or not at all (mdx.outputs.write_json)."""
@@ -269,6 +283,25 @@ def write_report(path: str, summary: dict[str, Any], overlays: list[str] = ()) -
       f"{summary.get('mean_nsd', float('nan')):.4f}",
     ]
   lines.append("")
+  if summary.get("plan"):
+    lines += ["## Plan", "", *(f"- {line}" for line in summary["plan"]), ""]
+  parts = summary.get("inference") or {}
+  if parts.get("mean_dice"):
+    names = [k for k in next(iter(parts["mean_dice"].values())) if k != "mean"]
+    lines += [
+      f"## Inference, part by part ({parts['split']} split, Dice)",
+      "",
+      "| prediction | mean | " + " | ".join(names) + " |",
+      "|---|---|" + "---|" * len(names),
+    ]
+    for way, dice in parts["mean_dice"].items():
+      cells = " | ".join(f"{dice[n]:.4f}" for n in names)
+      lines.append(f"| {way} | {dice['mean']:.4f} | {cells} |")
+    decision = parts.get("postprocess")
+    if decision is not None:
+      kept = ", ".join(decision["largest_component"]) or "no class"
+      lines += ["", f"Largest connected component kept for: {kept} (decided on validation)."]
+    lines.append("")
   lines += [
     f"![{os.path.basename(p)}]({os.path.relpath(p, os.path.dirname(os.path.abspath(path)))})"
     for p in overlays

@@ -23,6 +23,10 @@ bundle.json sections:
   results      {'validation': ..., 'test': ...} measured numbers with CIs (see
                mdx.evaluate.model_card for what the card reads)
   provenance   {'config', 'mdx_version', 'git_commit', 'created', 'step', 'data': {...}}
+  ensemble     (optional) {'members': k, 'combine': 'mean of probabilities', 'members_from':
+               [each member's folder, step and data fingerprint]}: variables/ then holds the k
+               members' variables stacked on a leading axis (write_ensemble; a cross-validation's
+               folds, mdx.train.crossval), and predict averages their probabilities
   files        {relative path: sha256} of every other file of the bundle (written by write)
 
 What differs between tasks is a BundleKind, looked up by spec['task'] (kind()): the fields a spec
@@ -170,6 +174,17 @@ class Bundle:
 
     return registry.create_from_config(self.spec["model"], bn_axis_name=bn_axis_name)
 
+  @property
+  def members(self) -> int:
+    """How many models the bundle holds: an ensemble's k, else 1."""
+    return int((self.spec.get("ensemble") or {}).get("members", 1))
+
+  def member_variables(self) -> list[dict[str, Any]]:
+    """Each member's variables: an ensemble's unstacked (the leading axis), else the one set."""
+    if self.members == 1:
+      return [self.variables]
+    return [member(self.variables, i) for i in range(self.members)]
+
   def bootstrap(self) -> dict[str, np.ndarray]:
     """{'<split>/<finding>/auroc': samples [B]} when the bundle kept them, else {}."""
     path = os.path.join(self.path, BOOTSTRAP)
@@ -177,6 +192,72 @@ class Bundle:
       return {}
     with np.load(path) as z:
       return {k: z[k] for k in z.files}
+
+
+def member(variables: Mapping[str, Any], i: int) -> dict[str, Any]:
+  """Member i of an ensemble's stacked variables (every leaf's leading axis)."""
+  return jax.tree.map(lambda a: np.asarray(a)[i], dict(variables))
+
+
+def write_ensemble(
+  directory: str,
+  member_dirs: Sequence[str],
+  *,
+  postprocess: Mapping[str, Any] | None = None,
+  results: dict[str, Any] | None = None,
+  overwrite: bool = False,
+) -> str:
+  """One bundle of several bundles of the same model and inputs (a cross-validation's folds):
+  their variables stacked on a leading axis, the first one's spec with 'ensemble' added, and
+  `results` and the output's `postprocess` replaced (decided for the ensemble, e.g. out of fold).
+  Members whose model, input or output differ are a ValueError naming the first difference."""
+  if len(member_dirs) < 2:
+    raise ValueError(f"an ensemble needs at least two bundles, got {len(member_dirs)}")
+  members = [load(d) for d in member_dirs]
+  first = members[0]
+  if first.kind.task != "segmentation":
+    raise ValueError(
+      f"bundle {first.path}: ensembles are written for segmenters; a {first.task} bundle cannot "
+      "be one"
+    )
+  for other in members[1:]:
+    for section in ("task", "model", "input"):
+      if other.spec[section] != first.spec[section]:
+        raise ValueError(
+          f"bundles {first.path} and {other.path} differ in their {section!r} section; an "
+          "ensemble's members must be the same model reading the same input"
+        )
+    same = ("class_names", "label_mode", "activation", "label_values")
+    if any(other.spec["output"][k] != first.spec["output"][k] for k in same):
+      raise ValueError(
+        f"bundles {first.path} and {other.path} name their outputs differently; an ensemble's "
+        "members must predict the same classes"
+      )
+  stacked = jax.tree.map(
+    lambda *xs: np.stack([np.asarray(x) for x in xs]), *[m.variables for m in members]
+  )
+  spec = {k: v for k, v in first.spec.items() if k not in ("format", FILES)}
+  spec["output"] = {
+    **first.spec["output"],
+    "postprocess": dict(postprocess) if postprocess else None,
+  }
+  spec["results"] = dict(results or {})
+  provenance = {k: v for k, v in first.spec.get("provenance", {}).items() if k == "data"}
+  spec["provenance"] = provenance
+  spec["ensemble"] = {
+    "members": len(members),
+    "combine": "mean of probabilities",
+    "members_from": [
+      {
+        "bundle": m.path,
+        "step": m.spec.get("provenance", {}).get("step"),
+        "data": (m.spec.get("provenance", {}).get("data") or {}).get("fingerprint"),
+        "results": m.spec.get("results"),
+      }
+      for m in members
+    ],
+  }
+  return write(directory, spec, stacked, overwrite=overwrite)
 
 
 def code_version() -> dict[str, Any]:
@@ -388,11 +469,29 @@ def check_spec(
   # a wrong standardisation would fail every image one by one: refuse the bundle instead
   standardize = spec["input"].get("standardize")
   mode = standardize.get("mode") if isinstance(standardize, dict) else standardize
-  if mode not in standardize_lib.MODES:
+  modes = standardize_lib.MODES + standardize_lib.SPEC_MODES
+  if mode not in modes:
     raise ValueError(
-      f"bundle {where}: {SPEC} 'input' standardize mode {mode!r} is unknown; choose one of "
-      f"{standardize_lib.MODES}"
+      f"bundle {where}: {SPEC} 'input' standardize mode {mode!r} is unknown; choose one of {modes}"
     )
+  if mode in standardize_lib.SPEC_MODES:  # a plan's spec carries its statistics: check them
+    try:
+      standardize_lib.check(standardize)
+    except ValueError as e:
+      raise ValueError(f"bundle {where}: {SPEC} 'input' standardize: {e}") from None
+  members = (spec.get("ensemble") or {}).get("members", 1)
+  if not is_int(members) or members < 1:
+    raise ValueError(
+      f"bundle {where}: {SPEC} 'ensemble' members is {shown(members)}; expected k >= 2"
+    )
+  if variables is not None and members > 1:  # the fields are checked against the first member
+    leading = {np.shape(a)[0] if np.ndim(a) else None for a in jax.tree.leaves(dict(variables))}
+    if leading != {members}:
+      raise ValueError(
+        f"bundle {where}: {SPEC} says {members} ensemble members but the weights are stacked "
+        f"{sorted(map(str, leading))}; the bundle is damaged (export it again)"
+      )
+    variables = member(variables, 0)
   check = kind(task).check_spec
   if check is not None:
     check(spec, where, variables)
@@ -621,7 +720,8 @@ def _check_variables(bundle: Bundle) -> None:
   expected = jax.eval_shape(
     lambda: model.init(jax.random.key(0), np.zeros(shape, np.float32), train=False)
   )
-  want = {k: tuple(v.shape) for k, v in traverse_util.flatten_dict(dict(expected)).items()}
+  lead = (bundle.members,) if bundle.members > 1 else ()  # an ensemble's stacked members
+  want = {k: lead + tuple(v.shape) for k, v in traverse_util.flatten_dict(dict(expected)).items()}
   have = {
     k: tuple(np.shape(v)) for k, v in traverse_util.flatten_dict(bundle.variables).items() if k
   }

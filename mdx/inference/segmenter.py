@@ -17,7 +17,9 @@ import numpy as np
 from mdx import runtime
 from mdx.data import standardize as standardize_lib
 from mdx.data.volume import nifti
+from mdx.data.volume import resample as resample_lib
 from mdx.evaluate import model_card
+from mdx.evaluate import postprocess as postprocess_lib
 from mdx.inference import bundle as bundle_lib
 from mdx.inference import predict as predict_lib
 from mdx.inference import predict_files as files_lib
@@ -31,19 +33,39 @@ def probabilities(
   predict_fn: Callable[[np.ndarray], np.ndarray],
   image: np.ndarray,
   *,
-  standardize: str | None,
+  standardize: str | Mapping | None,
   patch: Sequence[int],
   overlap: float,
   batch_size: int,
+  spacing: Sequence[float] | None = None,
+  target_spacing: Sequence[float] | None = None,
+  mirror_axes: Sequence[int] = (),
 ) -> np.ndarray:
-  """Raw scan [D, H, W, C] -> averaged probabilities [D, H, W, K] (predict_fn: batch -> probs)."""
-  return sliding_window_inference(
+  """Raw scan [D, H, W, C] at its own `spacing` -> averaged probabilities [D, H, W, K] on its own
+  grid (predict_fn: batch -> probs).
+
+  With target_spacing (the plan's), the scan is resampled to it first (as training saw its cases:
+  mdx.data.volume.resample.ResampledSource, then standardised) and the probabilities are resampled
+  back, so the argmax happens on the scan's own grid; mirror_axes: test-time mirroring."""
+  resampled = (
+    target_spacing is not None
+    and spacing is not None
+    and not resample_lib.same_spacing(spacing, target_spacing)
+  )
+  shape = image.shape[:3]
+  if resampled:
+    image = resample_lib.resample_image(image, spacing, target_spacing)
+  probs = sliding_window_inference(
     predict_fn,
     standardize_lib.standardize(image, standardize),
     tuple(patch),
     overlap=overlap,
     batch_size=batch_size,
+    mirror_axes=tuple(mirror_axes),
   )
+  if resampled:
+    probs = resample_lib.resample_probabilities(probs, shape)
+  return probs
 
 
 def to_labels(probs: np.ndarray, activation: str) -> np.ndarray:
@@ -87,26 +109,58 @@ class VolumeSegmenter:
     self.batch_size = -(-size // devices) * devices
     self.activation = self.output["activation"]
     fn = predict_lib.make_predict_fn(bundle.model(runtime.DATA), self.mesh, self.activation)
-    variables = runtime.replicate(bundle.variables, self.mesh)
-    self._predict = lambda batch: fn(variables, batch)
+    # an ensemble (a cross-validation's folds) averages its members' probabilities window by
+    # window: the Gaussian weighting is linear, so this is the mean of their whole-scan outputs
+    members = [runtime.replicate(v, self.mesh) for v in bundle.member_variables()]
+    if len(members) == 1:
+      self._predict = lambda batch: fn(members[0], batch)
+    else:
+      self._predict = lambda batch: np.mean(
+        [np.asarray(fn(v, batch), np.float32) for v in members], 0
+      )
 
-  def probabilities(self, image: np.ndarray) -> np.ndarray:
+  def probabilities(self, image: np.ndarray, spacing=None) -> np.ndarray:
+    """Raw scan [D, H, W, C] at `spacing` (mm; None: taken as the bundle's target spacing) ->
+    probabilities [D, H, W, K] on the scan's own grid."""
     return probabilities(
       self._predict,
       image,
-      standardize=self.input["standardize"]["mode"],
+      standardize=standardization(self.input["standardize"]),
       patch=self.input["patch_size"],
       overlap=float(self.input["overlap"]),
       batch_size=self.batch_size,
+      spacing=spacing,
+      target_spacing=self.input.get("spacing"),
+      mirror_axes=self.input.get("mirror_axes", ()),
     )
 
-  def predict(self, image: np.ndarray) -> np.ndarray:
-    """Raw scan [D, H, W, C] -> class indices or regions (as the run's evaluation scores them)."""
-    return to_labels(self.probabilities(image), self.activation)
+  def predict(self, image: np.ndarray, spacing=None) -> np.ndarray:
+    """Raw scan [D, H, W, C] -> class indices or regions (as the run's evaluation scores them),
+    post-processed as the bundle's validation decided."""
+    labels = to_labels(self.probabilities(image, spacing), self.activation)
+    return postprocess(labels, self.output.get("postprocess"), self.output["class_names"])
 
-  def segment(self, image: np.ndarray) -> np.ndarray:
+  def segment(self, image: np.ndarray, spacing=None) -> np.ndarray:
     """Raw scan [D, H, W, C] -> uint8 label values [D, H, W] for a NIfTI file."""
-    return label_volume(self.predict(image), self.output["label_mode"], self.output["label_values"])
+    return label_volume(
+      self.predict(image, spacing), self.output["label_mode"], self.output["label_values"]
+    )
+
+
+def standardization(field: Mapping[str, Any]):
+  """A bundle's input.standardize -> what mdx.data.standardize takes: the spec itself for a plan's
+  modes (its statistics travel with it), else the mode's name."""
+  if field.get("mode") in standardize_lib.SPEC_MODES:
+    return dict(field)
+  return field.get("mode")
+
+
+def postprocess(labels: np.ndarray, decision: Mapping | None, class_names) -> np.ndarray:
+  """labels with the post-processing a validation decided (mdx.evaluate.postprocess); None: as
+  they are."""
+  if not decision or not decision.get("largest_component"):
+    return labels
+  return postprocess_lib.apply(labels, decision, class_names)
 
 
 # ------------------------------------------------------------------------------- the bundle kind
@@ -121,21 +175,33 @@ def segmentation_spec(
   class_names,
   label_mode: str,
   label_values,
+  spacing=None,
+  mirror_axes=(),
+  postprocess: Mapping[str, Any] | None = None,
+  plan: Mapping[str, Any] | None = None,
   results: dict[str, Any] | None = None,
   provenance: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
   """A 3D segmenter's bundle spec (sliding windows of patch_size with the given overlap).
-  label_values: the value written for each class index (the source's, e.g. BraTS' 4)."""
+  label_values: the value written for each class index (the source's, e.g. BraTS' 4); spacing:
+  the plan's target spacing (mm) scans are resampled to (None: run on their own grid);
+  mirror_axes: test-time mirroring; postprocess: the validation's decision
+  (mdx.evaluate.postprocess.decide); plan: the run's plan (mdx.data.volume.plan), for the card."""
   return {
     "task": TASK,
     "model": dict(model),
     "input": {
       "kind": "volume",
       "channels": int(channels),
-      "standardize": {"mode": standardize},
+      # a plan's spec ({'mode': 'ct', 'clip': ...}) as it is; a mode name as {'mode': name}
+      "standardize": dict(standardize)
+      if isinstance(standardize, Mapping)
+      else {"mode": standardize},
       "patch_size": [int(s) for s in patch_size],
       "overlap": float(overlap),
       "batch_size": int(batch_size),
+      "spacing": None if spacing is None else [float(v) for v in spacing],
+      "mirror_axes": [int(a) for a in mirror_axes],
       "formats": ["nifti"],
     },
     "output": {
@@ -143,7 +209,9 @@ def segmentation_spec(
       "label_mode": label_mode,
       "activation": "sigmoid" if label_mode == "regions" else "softmax",
       "label_values": [int(v) for v in label_values],
+      "postprocess": dict(postprocess) if postprocess else None,
     },
+    "plan": dict(plan) if plan else None,
     "results": results or {},
     "provenance": provenance or {},
   }
@@ -198,6 +266,23 @@ def check_spec(
   fields.number("input", "overlap", 0.0, 1.0)
   if fields.get("input", "batch_size") is not None:
     fields.positive_int("input", "batch_size")
+  spacing = fields.get("input", "spacing")  # absent in bundles from before plans: native grid
+  if spacing is not None and (
+    not isinstance(spacing, list)
+    or len(spacing) != 3
+    or not all(bundle_lib.is_number(v) and v > 0 for v in spacing)
+  ):
+    fields.fail("input", "spacing", f"is {shown(spacing)}; expected three positive millimetres")
+  mirror = fields.get("input", "mirror_axes", [])
+  if not isinstance(mirror, list) or not all(a in (0, 1, 2) for a in mirror):
+    fields.fail("input", "mirror_axes", f"is {shown(mirror)}; expected axes among 0, 1, 2")
+  decision = fields.get("output", "postprocess")
+  if decision is not None:
+    kept = decision.get("largest_component") if isinstance(decision, dict) else None
+    if not isinstance(kept, list) or not set(kept) <= set(names):
+      fields.fail(
+        "output", "postprocess", f"is {shown(decision)}; its largest_component must list classes"
+      )
 
 
 class ScanFiles:
@@ -235,7 +320,7 @@ class ScanFiles:
         f"the scan has {image.shape[-1]} channels {image.shape}; this model reads "
         f"{self.channels} (the bundle's input.channels)"
       )
-    return image, volume.affine
+    return image, volume.affine, volume.spacing
 
   def run(self, files, out, writer, errors, bar) -> int:
     predicted = 0
@@ -245,9 +330,9 @@ class ScanFiles:
       if reason is not None:
         errors.append((index, name, reason))
       else:
-        image, affine = value
+        image, affine, spacing = value
         warning = files_lib.size_warning(image.shape[:3], self.patch, "the scan (voxels)")
-        pred = self.segmenter.predict(image)
+        pred = self.segmenter.predict(image, spacing)
         labels = label_volume(pred, self.output["label_mode"], self.output["label_values"])
         rel = files_lib.output_name(name)
         nifti.save_nifti(os.path.join(out, rel), labels, affine)

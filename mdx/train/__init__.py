@@ -6,4 +6,5 @@ state, optim    TrainState; optimizer and schedule from config.train
 checkpoint      Orbax checkpoints of the state and the data iterator
 finetune        pretrained backbones under a new head; frozen stages
 run, sweep      one run of an experiment (flag-free); every variant of an ablation, one table
+crossval        the k folds of a segmentation experiment, out-of-fold results, their ensemble
 """

@@ -145,8 +145,11 @@ def _merge(asked, stored, overrides, mode: str, path: str) -> ml_collections.Con
       + (" (or train a new run in another --workdir)" if mode == "train" else "")
     )
   ours, theirs = flat_config(asked), flat_config(stored)
-  if ours.get("model.num_classes") is None:  # unset: the source's number, which the run counted
-    ours["model.num_classes"] = theirs.get("model.num_classes")
+  # unset: what the run found in its data (the source's number of classes, its plan's fields)
+  for field in ("model.num_classes", *config_lib.planned_fields(asked.task)):
+    if field in ours and ours[field] is None:
+      del ours[field]
+      ours.update({k: v for k, v in theirs.items() if k == field or k.startswith(field + ".")})
   fields = sorted(set(ours) | set(theirs))
   changed = [f for f in fields if ours.get(f, _UNSET) != theirs.get(f, _UNSET)]
   typed = changed if overrides is None else [f for f in changed if _under(f, overrides)]
@@ -482,10 +485,11 @@ def _run_with_workdir(
     claim_outputs(config, own_bundle, own_report, overwrite)
   if jax.process_index() == 0 and mode == "train":
     write_config(config, workdir)
-  counted = config.model.num_classes is None  # only the data tells (e.g. folders listed)
-  task = tasks.make_task(config, workdir)  # counts them into config.model.num_classes
-  if jax.process_index() == 0 and mode == "train" and counted:
-    write_config(config, workdir)  # config.json states the number the model was built with
+  before = flat_config(config)
+  # fills what only the data tells: the number of classes of a folder tree, a segmentation plan
+  task = tasks.make_task(config, workdir)
+  if jax.process_index() == 0 and mode == "train" and flat_config(config) != before:
+    write_config(config, workdir)  # config.json states what the model was built with
   if mode == "train":
     result = loop.train(config, workdir, task)
     if not config.eval.after_train:

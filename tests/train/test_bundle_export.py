@@ -19,6 +19,7 @@ from PIL import Image
 from mdx import config as config_lib
 from mdx import outputs
 from mdx.inference import bundle as bundle_lib
+from mdx.inference import segmenter
 from mdx.inference.classifier import ImageClassifier
 from mdx.inference.segmenter import VolumeSegmenter
 from mdx.train import loop, tasks
@@ -170,11 +171,15 @@ def test_classifier_bundle_equals_the_run_and_travels(tmp_path, monkeypatch):
 @pytest.mark.slow  # trains a run
 def test_segmenter_bundle_equals_the_run_and_exports_any_step(tmp_path):
   write_msd(str(tmp_path / "data"), np.diag([1.0, 1.2, 0.8, 1.0]))
-  c = config_lib.load_experiment("experiments/msd_hippocampus_unet3d.py").get_config()
+  # the planned experiment: deep supervision in training, mirroring and post-processing in bundles
+  c = config_lib.load_experiment("experiments/msd_hippocampus.py").get_config()
   c.data.root = str(tmp_path / "data")
   c.data.split = dict(by="patient", test=0.34, val=0.34)
   c.model.base_width, c.model.depth = 2, 2
   c.data.patch_size = (8, 8, 8)
+  # the fixture's folder name tells no MSD task: its classes and mirror axes are stated
+  c.data.class_names = ("background", "anterior", "posterior")
+  c.data.flip_axes = (0,)
   c.train.steps, c.train.log_every, c.train.checkpoint_every = 4, 2, 2
   c.eval.examples = 0
   c.eval.split = "test"
@@ -189,9 +194,18 @@ def test_segmenter_bundle_equals_the_run_and_exports_any_step(tmp_path):
   _, evaluator, step = loop.restore_for_eval(resolved, work, task)
   assert step == bundle.spec["provenance"]["step"]
   seg = VolumeSegmenter(bundle)
+  assert (
+    bundle.spec["input"]["mirror_axes"] == [0] and bundle.spec["model"]["deep_supervision"] is False
+  )
+  assert not any(k.startswith("head_ds") for k in bundle.variables["params"])
+  decision = bundle.spec["output"]["postprocess"]
+  assert set(decision["largest_component"]) <= {"anterior", "posterior"}
   for i in task.splits["test"]:
-    image = task.source[int(i)]["image"]
-    np.testing.assert_array_equal(seg.predict(image), task.predict_volume(evaluator, image))
+    record = task.source[int(i)]
+    expected = segmenter.postprocess(
+      task.predict_volume(evaluator, record, mirror=True), decision, task.class_names
+    )
+    np.testing.assert_array_equal(seg.predict(record["image"], record["spacing"]), expected)
 
   # export writes a bundle of any kept step, with its own report
   other = 2 if step != 2 else 4

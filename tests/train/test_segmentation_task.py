@@ -9,6 +9,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 from fixture_files import write_msd
+from scipy import ndimage
 
 from mdx.inference import segmenter
 from mdx.runtime import BatchGeometry
@@ -48,23 +49,43 @@ def _tiny(c, steps=2):
 
 @pytest.mark.slow
 def test_msd_train_report_and_predict(tmp_path):
+  """The planned experiment (nothing set but the source and its root) plans, trains, reports and
+  bundles; predict segments scans at their own spacing and grid."""
   write_msd(str(tmp_path / "data"), AFFINE)
-  c = _tiny(_config("msd_hippocampus_unet3d"))
+  c = _tiny(_config("msd_hippocampus"))
+  c.model.depth = c.data.patch_size = None  # the plan's: a whole fixture scan per patch
   c.data.root = str(tmp_path / "data")
+  c.data.class_names = ("background", "anterior", "posterior")  # no MSD task in the folder name
+  c.data.flip_axes = (0,)
   c.data.split.val = 0.34
   work = str(tmp_path / "work")
   report = runner.run(c, work, "train")
+  plan = json.load(open(os.path.join(work, "plan.json")))
+  assert plan["target_spacing"] == pytest.approx([1.0, 1.2, 0.8])  # the fixture's spacing
+  stated = json.load(open(os.path.join(work, "config.json")))
+  assert stated["data"]["patch_size"] == plan["patch_size"]  # config.json states the plan's
+  assert stated["model"]["strides"] == plan["strides"] and stated["model"]["base_width"] == 2
   metrics = json.load(open(os.path.join(report, "metrics.json")))
   assert metrics["summary"]["num_cases"] == 2 and metrics["summary"]["split"] == "validation"
   assert set(metrics["summary"]["per_class"]) == {"background", "anterior", "posterior"}
   assert 0.0 <= metrics["summary"]["mean_dice"] <= 1.0
+  assert set(metrics["summary"]["inference"]["mean_dice"]) >= {"plain", "mirrored"}
   assert any(f.endswith(".png") for f in os.listdir(os.path.join(report, "overlays")))
   assert json.loads(open(os.path.join(work, "history.jsonl")).readlines()[-1])["step"] == 2
+  # a resume plans nothing anew: the fields left None take the run's planned values
+  c.train.steps = 4
+  runner.run(c, work, "train")
+  assert json.loads(open(os.path.join(work, "history.jsonl")).readlines()[-1])["step"] == 4
+  assert json.load(open(os.path.join(work, "plan.json")))["patch_size"] == plan["patch_size"]
   scans = tmp_path / "scans"
   scans.mkdir()
   img = nib.load(str(tmp_path / "data/imagesTr/hippocampus_001.nii.gz"))
   odd = np.asarray(img.dataobj)[:9, :13, :7]  # not a multiple of the window: padded and cropped
   nib.save(nib.Nifti1Image(odd, AFFINE), str(scans / "scan_a.nii.gz"))
+  # the same anatomy on another grid: 0.8 x 1.5 x 1.0 mm, resampled to the plan's and back
+  other = np.diag([0.8, 1.5, 1.0, 1.0])
+  finer = ndimage.zoom(np.asarray(img.dataobj, np.float32), (1.0 / 0.8, 1.2 / 1.5, 0.8), order=1)
+  nib.save(nib.Nifti1Image(finer, other), str(scans / "scan_b.nii.gz"))
   # predict goes through the run's bundle: the training data may be gone and the config lack it
   os.rename(tmp_path / "data", tmp_path / "data_moved")
   c.data.root = ""
@@ -73,6 +94,9 @@ def test_msd_train_report_and_predict(tmp_path):
   assert pred.shape == (9, 13, 7)
   np.testing.assert_allclose(pred.affine, AFFINE)
   assert set(np.unique(np.asarray(pred.dataobj))) <= {0, 1, 2}
+  pred = nib.load(os.path.join(out, "scan_b.nii.gz"))
+  assert pred.shape == finer.shape  # on the scan's own grid
+  np.testing.assert_allclose(pred.affine, other)
 
 
 def test_phantom_regions_task_loss_and_label_conversion():
@@ -83,8 +107,10 @@ def test_phantom_regions_task_loss_and_label_conversion():
 
   task = segmentation.SegmentationTask(config_lib.resolve(c))
   assert task.activation == "sigmoid" and task.regions
-  batch = next(iter(task.train_data(BatchGeometry(task.config.train.batch_size))))
-  assert batch["image"].shape == (4, 8, 8, 8, 4) and batch["label"].shape == (4, 8, 8, 8, 3)
+  b = task.config.train.batch_size  # the plan's: at least 2
+  assert b >= 2 and task.plan["batch_size"] == b
+  batch = next(iter(task.train_data(BatchGeometry(b))))
+  assert batch["image"].shape == (b, 8, 8, 8, 4) and batch["label"].shape == (b, 8, 8, 8, 3)
   logits = np.where(batch["label"] > 0, 20.0, -20.0).astype(np.float32)
   assert np.all(np.asarray(task.loss(logits, batch)) < 1e-3)  # perfect prediction: ~0 loss
   regions = np.zeros((2, 2, 1, 3), np.uint8)
@@ -114,6 +140,7 @@ m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m)
 c = m.get_config()
 c.data.num_cases, c.data.shape, c.data.patch_size = 6, (16, 16, 16), (8, 8, 8)
 c.model.base_width, c.model.depth = 2, 2
+c.train.batch_size = c.eval.batch_size = 4  # one example per device of 4 (the plan's may be 2)
 c.train.steps, c.train.checkpoint_every, c.train.log_every = 2, 100, 1
 c.train.optimizer, c.train.lr = "sgd", 0.05  # linear in the gradient: tests/train/test_training.py
 c.eval.after_train = False
@@ -217,7 +244,9 @@ def test_the_bundle_states_what_report_returned_and_the_sources_label_values():
   assert spec["task"] == task.bundle_kind.task == "segmentation"
   assert spec["output"]["label_values"] == [0, 1, 2, 4]
   assert set(spec["results"]) == {"validation"} and spec["results"]["validation"]["n_cases"] == 2
-  assert variables["params"] is state.params and samples == {}
+  # the training state's parameters but the deep-supervision heads (the bundle predicts without)
+  assert variables["params"] == {k: v for k, v in state.params.items() if "head_ds" not in k}
+  assert samples == {} and spec["model"]["deep_supervision"] is False
   bundle_lib.check_spec({"format": bundle_lib.FORMAT, **spec}, "test")
   other = tasks.Report("/elsewhere", {"test": {**summary, "mean_dice": 0.25}})
   again, _, _ = task.bundle_contents(SimpleNamespace(state=state), other)
