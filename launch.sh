@@ -14,6 +14,7 @@
 #   ./launch.sh split|audit|consensus|import_weights|from_weights|main [flags]   python -m mdx COMMAND [flags]
 #   ./launch.sh findings|card|generalisation [flags]   label space, dataset card, generalisation matrix
 #   ./launch.sh fingerprint --config=CONFIG [--output=F] [--plan_output=F]   a 3D dataset's fingerprint and plan
+#   ./launch.sh crossval CONFIG --workdir=DIR [--folds=5]   k folds, out-of-fold results, their ensemble bundle
 #   ./launch.sh local N <command> ...              the command as N joined processes on this machine
 #   ./launch.sh tpu NAME ZONE <command> ...        the same command on every worker of a Cloud TPU VM
 #   ./launch.sh bench densenet|unet3d|predict|checkpoint [flags]   speed beside PyTorch / MONAI (README: Performance)
@@ -101,7 +102,7 @@ use_tcmalloc() {
   export TCMALLOC_LARGE_ALLOC_REPORT_THRESHOLD=1099511627776  # no line per allocation over 1 GB
 }
 
-usage() { sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+usage() { sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
 
 cmd="${1:-}"; [[ -n "$cmd" ]] || usage; shift
 case "$cmd" in
@@ -145,12 +146,12 @@ case "$cmd" in
     setup
     config="$1"; shift
     exec python -m mdx "$cmd" --config="$config" "$@" ;;
-  sweep)
-    # the ablation file is the config: --config.FIELD=VALUE overrides its base, as for train
+  sweep|crossval)
+    # the ablation (or experiment) file is the config: --config.FIELD=VALUE overrides its base
     [[ $# -ge 1 ]] || usage
     setup
     ablation="$1"; shift
-    exec python -m mdx sweep --config="$ablation" "$@" ;;
+    exec python -m mdx "$cmd" --config="$ablation" "$@" ;;
   main|predict|evaluate|split|audit|consensus|import_weights|from_weights|findings|card|generalisation|fingerprint)
     setup
     exec python -m mdx "$cmd" "$@" ;;

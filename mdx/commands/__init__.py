@@ -41,6 +41,7 @@ COMMANDS = {
   "findings": "the canonical finding list and every dataset's mapping onto it",
   "card": "a dataset card: images, patients, views, findings, sex and age: --config=X.py",
   "fingerprint": "a 3D dataset's fingerprint and the plan derived from it: --config=X.py",
+  "crossval": "k folds of a segmentation experiment, out-of-fold results and their ensemble",
   "generalisation": "bundles x datasets: external AUROC table and heat-map: --bundles --datasets",
   "import_weights": "Keras .h5, PyTorch or safetensors weights into a pretrained checkpoint",
   "from_weights": "published classifier weights into a bundle",
