@@ -220,18 +220,37 @@ RULES = [
     "weights",
     "--models=densenet_tiny --resolutions=32 --batch=2 --steps=1 --repeats=1",
   ),
-  # 3D segmentation
+  # 3D segmentation (an MSD folder named as the Decathlon names it: its task's classes and mirror)
   Rule(
-    r"^\./launch\.sh train experiments/msd_hippocampus_unet3d\.py",
+    r"^\./launch\.sh fingerprint --config=experiments/msd_hippocampus\.py",
+    "hippo",
+    subs=((r"=DIR\b", "=Task04_Hippocampus"),),
+  ),
+  Rule(
+    r"^\./launch\.sh train experiments/msd_hippocampus\.py",
     "hippo",
     TINY_UNET,
-    subs=((r"=DIR\b", "=msd"),),
-    expect=("runs/hippo/bundle/bundle.json",),
+    subs=((r"=DIR\b", "=Task04_Hippocampus"),),
+    expect=("runs/hippo/bundle/bundle.json", "runs/hippo/plan.json"),
   ),
   Rule(
     r"^\./launch\.sh predict --bundle=runs/hippo/bundle",
     "hippo",
-    subs=((r"SCANS", "msd/imagesTr"), (r"\bOUT\b", "hippo_out")),
+    subs=((r"SCANS", "Task04_Hippocampus/imagesTr"), (r"\bOUT\b", "hippo_out")),
+  ),
+  Rule(
+    r"^\./launch\.sh crossval experiments/msd_hippocampus\.py",
+    "hippo_cv",
+    TINY_UNET,
+    subs=((r"=DIR\b", "=Task04_Hippocampus"), (r"--folds=\d+", "--folds=2")),
+    expect=("runs/hippo_cv/crossval/results.md", "runs/hippo_cv/bundle/bundle.json"),
+  ),
+  Rule(
+    r"^\./launch\.sh sweep experiments/ablations/nnunet_parts\.py",
+    "nnunet_parts",
+    TINY_UNET,
+    subs=((r"=DIR\b", "=Task04_Hippocampus"),),
+    expect=("runs/nnunet_parts/results.md",),
   ),
 ]
 
@@ -422,7 +441,9 @@ def _fixtures_hippo(copy: str) -> dict:
   sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
   from fixture_files import write_msd
 
-  write_msd(os.path.join(copy, "msd"), np.diag([1.0, 1.0, 1.0, 1.0]), n=6, shape=(16, 16, 16))
+  write_msd(
+    os.path.join(copy, "Task04_Hippocampus"), np.diag([1.0, 1.0, 1.0, 1.0]), n=6, shape=(16, 16, 16)
+  )
   return {}
 
 
@@ -434,6 +455,8 @@ FIXTURES = {  # chain -> the fixture writers it needs (each returns environment 
   "run_a": (_fixtures_run_a, _fixtures_nih, _fixtures_kermany),
   "weights": (_fixtures_weights,),
   "hippo": (_fixtures_hippo,),
+  "hippo_cv": (_fixtures_hippo,),
+  "nnunet_parts": (_fixtures_hippo,),
 }
 
 
