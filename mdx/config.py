@@ -541,7 +541,7 @@ def _segmentation_defaults() -> ml_collections.ConfigDict:
         spacing=_planned(object),  # mm (D, H, W); None: the plan's; 'native': no resampling
         patch_size=_planned(tuple),  # training sub-volumes and sliding windows
         plan=dict(memory_gb=_planned(float)),  # None: the backend's (mdx.data.volume.plan)
-        augment="nnunet",  # nnU-Net's augmentations, or None: only the fields below
+        augment="nnunet",  # nnU-Net's augmentations, or None ('none' by flag): the fields below
         max_background=0.95,  # most a sampled patch may be background
         foreground_rate=0.33,  # share of patches centred on foreground (nnU-Net's)
         flip_axes=_planned(tuple),  # mirrors in training and test: None the source's; () none
@@ -589,7 +589,13 @@ def _segmentation_defaults() -> ml_collections.ConfigDict:
   )
 
 
-SEGMENTATION_AUGMENTS = ("nnunet", None)
+SEGMENTATION_AUGMENTS = ("nnunet", None)  # a flag spells None 'none' (a str field's value)
+
+
+def segmentation_augment(data) -> str | None:
+  """data.augment of a segmentation config, with a flag's 'none' read as None."""
+  a = data.augment
+  return None if isinstance(a, str) and a.lower() == "none" else a
 
 
 def _check_segmentation(config) -> None:
@@ -616,11 +622,14 @@ def _check_segmentation(config) -> None:
         f"config.data.spacing={spacing!r} must be three positive millimetres (D, H, W), "
         "'native' (no resampling) or None (the plan's)"
       )
-  if data.augment not in SEGMENTATION_AUGMENTS:
+  if segmentation_augment(data) not in SEGMENTATION_AUGMENTS:
     raise ValueError(
       f"config.data.augment={data.augment!r}; segmentation uses one of {SEGMENTATION_AUGMENTS}"
+      " ('none' by flag)"
     )
-  if data.augment and (data.rotate_degrees or data.intensity_scale or data.intensity_shift):
+  if segmentation_augment(data) and (
+    data.rotate_degrees or data.intensity_scale or data.intensity_shift
+  ):
     raise ValueError(
       "config.data.rotate_degrees/intensity_scale/intensity_shift are read with "
       "config.data.augment=None; with augment='nnunet' its own rotation and intensity "

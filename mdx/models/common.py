@@ -77,6 +77,28 @@ def plain_flax_ops(*names: str):
     _TUNED.update(before)
 
 
+_PORTABLE = {"on": False}
+
+
+@contextlib.contextmanager
+def portable_ops():
+  """Trace models with the operations every runtime has (for ONNX export): the plain Flax/JAX
+  ones (plain_flax_ops) and, wherever mdx picks a form per platform, the accelerators' form (XLA's
+  own convolutions, no CPU rewrites), with no platform switch in the program."""
+  before = _PORTABLE["on"]
+  _PORTABLE["on"] = True
+  try:
+    with plain_flax_ops():
+      yield
+  finally:
+    _PORTABLE["on"] = before
+
+
+def portable() -> bool:
+  """True inside portable_ops()."""
+  return _PORTABLE["on"]
+
+
 def compute_dtype(dtype: Any) -> Any:
   """'float32' | 'bfloat16' | 'float16' (or a jnp dtype) -> jnp dtype."""
   if isinstance(dtype, str):
@@ -141,7 +163,9 @@ def max_pool(x, window: int, stride: int, pad: int):
   the input and interleaved (DenseNet-121's stem at 224 px: 370 -> 250 ms a step, fwd + bwd).
   """
   if not _TUNED["max_pool_vjp"]:
-    return nn.max_pool(x, (window, window), (stride, stride), ((pad, pad), (pad, pad)))
+    return nn.max_pool(
+      x, window_shape=(window, window), strides=(stride, stride), padding=((pad, pad), (pad, pad))
+    )
   return _max_pool(x, window, stride, pad)
 
 

@@ -85,7 +85,7 @@ class Transition(common.NormBlock):
   def __call__(self, x, train: bool):
     x = self.bn_relu(train, "bn")(x)
     x = common.Conv1x1(self.features, self.dtype, name="conv")(x)
-    return nn.avg_pool(x, (2, 2), (2, 2))
+    return nn.avg_pool(x, window_shape=(2, 2), strides=(2, 2))
 
 
 class NormAct(common.NormBlock):

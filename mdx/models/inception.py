@@ -40,7 +40,9 @@ class _Blocks(nn.Module):
 
 
 def _avg3(x):
-  return nn.avg_pool(x, (3, 3), (1, 1), padding=((1, 1), (1, 1)), count_include_pad=True)
+  return nn.avg_pool(
+    x, window_shape=(3, 3), strides=(1, 1), padding=((1, 1), (1, 1)), count_include_pad=True
+  )
 
 
 def _max3s2(x):

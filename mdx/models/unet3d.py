@@ -40,6 +40,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from mdx.models import common
+
 NORMS = ("batch", "group", "instance", "none")
 CONV_IMPLS = ("auto", "native", "slices", "stacked")
 STACKED_MAX_FEATURES = 16  # 'auto' on CPU: 'stacked' up to this many output channels
@@ -48,7 +50,7 @@ STACKED_MAX_FEATURES = 16  # 'auto' on CPU: 'stacked' up to this many output cha
 def conv3x3x3(x: jax.Array, kernel: jax.Array, impl: str) -> jax.Array:
   """'SAME' 3x3x3 convolution of x [B, D, H, W, Cin] with kernel [3, 3, 3, Cin, Cout]."""
   if impl == "auto":
-    if jax.default_backend() != "cpu":
+    if jax.default_backend() != "cpu" or common.portable():
       impl = "native"
     else:
       impl = "stacked" if kernel.shape[-1] <= STACKED_MAX_FEATURES else "slices"

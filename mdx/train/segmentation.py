@@ -121,7 +121,7 @@ class SegmentationTask:
         self.patch, max_background=d.max_background, foreground_rate=d.foreground_rate
       )
     ]
-    if d.augment == "nnunet":
+    if config_lib.segmentation_augment(d) == "nnunet":
       # nnU-Net's rule: a patch more than 3x longer in-plane than deep trains as stacked 2D
       coarse = 0 if max(self.patch[1:]) > 3 * self.patch[0] else None
       out += vt.nnunet_augmentations(self.mirror_axes, anisotropic_axis=coarse)
