@@ -370,6 +370,17 @@ class RandomGaussianNoise(grain.transforms.RandomMap):
     return _with_image(record, image + noise)
 
 
+def _each_channel(record, rng: np.random.Generator, fn, p_per_channel: float | None = None):
+  """The record with its image's channels [D, H, W] replaced by fn(channel, rng), in channel
+  order; with p_per_channel, each channel only with that probability (one draw per channel before
+  fn's own draws, nnU-Net's order)."""
+  image = record["image"].copy()
+  for c in range(image.shape[-1]):
+    if p_per_channel is None or rng.random() < p_per_channel:
+      image[..., c] = fn(image[..., c], rng)
+  return _with_image(record, image)
+
+
 @dataclasses.dataclass
 class RandomGaussianBlur(grain.transforms.RandomMap):
   """With probability p (nnU-Net 0.2), blurs each channel with probability p_per_channel (0.5) by
@@ -383,12 +394,10 @@ class RandomGaussianBlur(grain.transforms.RandomMap):
   def random_map(self, record, rng: np.random.Generator):
     if rng.random() >= self.p:
       return record
-    image = record["image"].copy()
-    for c in range(image.shape[-1]):
-      if rng.random() < self.p_per_channel:
-        sigma = rng.uniform(*self.sigma_range, 3)
-        image[..., c] = ndimage.gaussian_filter(image[..., c], sigma, mode="mirror")
-    return _with_image(record, image)
+    blur = lambda x, rng: ndimage.gaussian_filter(
+      x, rng.uniform(*self.sigma_range, 3), mode="mirror"
+    )
+    return _each_channel(record, rng, blur, self.p_per_channel)
 
 
 @dataclasses.dataclass
@@ -419,13 +428,13 @@ class RandomContrast(grain.transforms.RandomMap):
   def random_map(self, record, rng: np.random.Generator):
     if rng.random() >= self.p:
       return record
-    image = record["image"].copy()
-    for c in range(image.shape[-1]):
+
+    def contrast(x, rng):
       f = bg_contrast(rng, *self.contrast_range)
-      x = image[..., c]
       mean, lo, hi = x.mean(), x.min(), x.max()
-      image[..., c] = np.clip((x - mean) * f + mean, lo, hi)
-    return _with_image(record, image)
+      return np.clip((x - mean) * f + mean, lo, hi)
+
+    return _each_channel(record, rng, contrast)
 
 
 def low_resolution(x: np.ndarray, zoom, order: int = 3) -> np.ndarray:
@@ -460,13 +469,13 @@ class RandomLowResolution(grain.transforms.RandomMap):
   def random_map(self, record, rng: np.random.Generator):
     if rng.random() >= self.p:
       return record
-    image = record["image"].copy()
-    for c in range(image.shape[-1]):
-      if rng.random() < self.p_per_channel:
-        zoom = np.full(3, rng.uniform(*self.zoom_range))
-        zoom[list(self.ignore_axes)] = 1.0
-        image[..., c] = low_resolution(image[..., c], zoom, self.order)
-    return _with_image(record, image)
+
+    def lower(x, rng):
+      zoom = np.full(3, rng.uniform(*self.zoom_range))
+      zoom[list(self.ignore_axes)] = 1.0
+      return low_resolution(x, zoom, self.order)
+
+    return _each_channel(record, rng, lower, self.p_per_channel)
 
 
 def gamma_channel(x: np.ndarray, gamma: float, invert: bool = False, retain_stats: bool = True):
@@ -496,11 +505,10 @@ class RandomGamma(grain.transforms.RandomMap):
   def random_map(self, record, rng: np.random.Generator):
     if rng.random() >= self.p:
       return record
-    image = record["image"].copy()
-    for c in range(image.shape[-1]):
-      g = bg_contrast(rng, *self.gamma_range)
-      image[..., c] = gamma_channel(image[..., c], g, self.invert, self.retain_stats)
-    return _with_image(record, image)
+    gamma = lambda x, rng: gamma_channel(
+      x, bg_contrast(rng, *self.gamma_range), self.invert, self.retain_stats
+    )
+    return _each_channel(record, rng, gamma)
 
 
 def nnunet_augmentations(flip_axes, anisotropic_axis: int | None = None, patch_size=None) -> list:
