@@ -22,7 +22,9 @@ from mdx.config import load_experiment
 SEEDS = (0, 1, 2)
 FINDINGS = ("Nodule", "Mass", "Fibrosis", "Pleural_Thickening")
 
-_base = load_experiment(os.path.join(os.path.dirname(__file__), "..", "ablation_nih.py"))
+_here = os.path.dirname(__file__)
+_base = load_experiment(os.path.join(_here, "..", "ablation_nih.py"))
+_phantom = load_experiment(os.path.join(_here, "imbalance.py"))
 
 
 def get_config():
@@ -32,31 +34,8 @@ def get_config():
   return c
 
 
-def get_sweep():
-  return {
-    "bce": {},
-    "weighted_bce": {"loss.name": "weighted_bce"},
-    "oversample": {"data.resample": {"mode": "oversample", "ratio": 1.0, "max_repeat": 10}},
-    "undersample": {"data.resample": {"mode": "undersample", "ratio": 1.0}},
-    "focal": {"loss.name": "focal"},
-  }
+get_sweep = _phantom.get_sweep  # the same variants as the phantom ablation
 
 
 def get_report():
-  rescued = ("delta_auroc", "higher")
-  return dict(
-    baseline="bce",
-    claim="a weighted loss or resampling rescues rare findings that a plain loss neglects.",
-    columns=[
-      *[(f"AUROC {f}", f"{f}/auroc") for f in FINDINGS],
-      ("sensitivity (val threshold)", "macro/sensitivity"),
-      ("ECE", "macro/ece"),
-    ],
-    figure=["macro/sensitivity", "macro/ece"],
-    expect={
-      "weighted_bce": [rescued, ("macro/ece", "higher")],
-      "oversample": [rescued, ("macro/ece", "higher")],
-      "undersample": [rescued],
-      "focal": [rescued],
-    },
-  )
+  return _phantom.get_report(FINDINGS)

@@ -41,7 +41,12 @@ def get_config():
 
 
 def get_sweep():
-  split = get_config().data.split.to_dict()
+  return split_sweep(get_config())
+
+
+def split_sweep(config) -> dict:
+  """The variants: config's own split (by patient) and the same split by image."""
+  split = config.data.split.to_dict()
   return {
     "patient_split": {},
     "image_split": {"data.split": {**split, "by": "image"}},

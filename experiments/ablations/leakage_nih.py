@@ -22,7 +22,9 @@ ALLOW_IMAGE_SPLIT = True  # this ablation exists to show the leak; nothing else 
 SEEDS = (0, 1, 2, 3, 4)
 FINDINGS = ("Effusion", "Infiltration", "Atelectasis", "Cardiomegaly")  # 151, 143, 82, 59 films
 
-_base = load_experiment(os.path.join(os.path.dirname(__file__), "..", "ablation_nih.py"))
+_here = os.path.dirname(__file__)
+_base = load_experiment(os.path.join(_here, "..", "ablation_nih.py"))
+_phantom = load_experiment(os.path.join(_here, "leakage.py"))
 
 
 def get_config():
@@ -32,11 +34,7 @@ def get_config():
 
 
 def get_sweep():
-  split = get_config().data.split.to_dict()
-  return {
-    "patient_split": {},
-    "image_split": {"data.split": {**split, "by": "image"}},
-  }
+  return _phantom.split_sweep(get_config())  # the phantom ablation's two splits
 
 
 def get_report():
