@@ -213,15 +213,25 @@ class SegmentationTask:
     )
 
   def evaluate_split(
-    self, evaluator, split: str, overlay_dir: str | None = None, final: bool = True
+    self,
+    evaluator,
+    split: str,
+    overlay_dir: str | None = None,
+    final: bool = True,
+    predicted: dict | None = None,
   ):
     """(per-case metrics, overlay paths) of `split` as its bundle would segment it: mirrored as
     eval.mirror says, post-processed as validation decided (report); HD95 and NSD with overlays.
-    final=False (validation while training): one plain pass per case, Dice alone."""
+    final=False (validation while training): one plain pass per case, Dice alone. predicted:
+    {case_id: label map before post-processing} already made this way (inference_parts), so the
+    report does not predict those cases again."""
     per_case, overlays = {}, []
     mirror = final and bool(self.config.eval.mirror)
+    predicted = predicted or {}
     for n, record in enumerate(self._cases(split)):
-      pred = self.predict_volume(evaluator, record, mirror)
+      pred = predicted.get(record["case_id"])
+      if pred is None:
+        pred = self.predict_volume(evaluator, record, mirror)
       if final:
         pred = segmenter.postprocess(pred, self.postprocess, self.class_names)
       per_case[record["case_id"]] = self._metrics(pred, record, overlay_dir is not None)
@@ -239,14 +249,16 @@ class SegmentationTask:
         overlays.append(path)
     return per_case, overlays
 
-  def inference_parts(self, evaluator, split: str) -> dict:
+  def inference_parts(self, evaluator, split: str) -> tuple[dict, dict]:
     """What test-time mirroring and post-processing each bring on `split`: the mean Dice per
     class of the plain, mirrored and post-processed predictions of the same model (the report's
     "inference" section and the README's ablation), and decides the post-processing on
-    validation when eval.postprocess asks (nnU-Net keeps it where it does not lower Dice)."""
+    validation when eval.postprocess asks (nnU-Net keeps it where it does not lower Dice).
+    Returns (that section, {case_id: the label map as the bundle predicts it, before
+    post-processing}) for evaluate_split to reuse."""
     e = self.config.eval
     if not (e.mirror or e.postprocess):
-      return {}
+      return {}, {}
     ways = {"plain": []}
     if e.mirror and self.mirror_axes:
       ways["mirrored"] = []
@@ -276,7 +288,7 @@ class SegmentationTask:
         "mean": summary["mean_dice"],
         **{k: v["dice"] for k, v in summary["per_class"].items() if k != "background"},
       }
-    return out
+    return out, {r["case_id"]: p for r, p in zip(cases, final)}
 
   def validate(self, evaluator) -> dict[str, float]:
     per_case, _ = self.evaluate_split(evaluator, "validation", final=False)
@@ -310,12 +322,13 @@ class SegmentationTask:
     out_dir = out_dir or os.path.join(workdir, "report")
     report.layout("segmentation").claim(out_dir, "report", overwrite=overwrite)
     self.postprocess = None
-    parts = {}
+    parts, validated = {}, {}
     if len(self.splits["validation"]):  # decides the post-processing, shows what each part did
-      parts = self.inference_parts(evaluator, "validation")
+      parts, validated = self.inference_parts(evaluator, "validation")
     # overlays are drawn while each case's prediction is at hand; the report copies them in
     with tempfile.TemporaryDirectory(prefix="mdx-overlays-") as drawn:
-      per_case, overlays = self.evaluate_split(evaluator, split, drawn)
+      reuse = validated if split == "validation" else None
+      per_case, overlays = self.evaluate_split(evaluator, split, drawn, predicted=reuse)
       summaries = {
         split: run_report.segmentation_run_report(
           out_dir,
@@ -330,7 +343,7 @@ class SegmentationTask:
       }
     if split != "validation" and len(self.splits["validation"]):  # the bundle states both
       summaries["validation"] = seg_metrics.summarize(
-        self.evaluate_split(evaluator, "validation")[0]
+        self.evaluate_split(evaluator, "validation", predicted=validated)[0]
       )
     return tasks.Report(out_dir, summaries)
 
