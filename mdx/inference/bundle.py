@@ -5,6 +5,8 @@ DIR/variables/       Orbax PyTree checkpoint of {'params', 'batch_stats'} (infer
 DIR/model_card.md    what the model is for, the data, results with CIs, calibration, limits
 DIR/bootstrap.npz    (optional) the internal test set's bootstrap AUROC samples per finding, so an
                      external evaluation can put a CI on internal - external AUROC
+DIR/export/          (optional) model.onnx, model.stablehlo: the network exported for deployment
+                     (mdx.inference.export.add_to_bundle, `python -m mdx export_model`)
 
 bundle.json sections:
   format       FORMAT
@@ -27,6 +29,9 @@ bundle.json sections:
                [each member's folder, step and data fingerprint]}: variables/ then holds the k
                members' variables stacked on a leading axis (write_ensemble; a cross-validation's
                folds, mdx.train.crossval), and predict averages their probabilities
+  exports      (optional) {'onnx': {'file': ONNX_FILE, 'dtype', ...}, 'stablehlo': {'file':
+               STABLEHLO_FILE, 'platforms', 'jax_version', ...}}: what export/ holds (written by
+               mdx.inference.export.add_to_bundle, which records the files in `files` too)
   files        {relative path: sha256} of every other file of the bundle (written by write)
 
 What differs between tasks is a BundleKind, looked up by spec['task'] (kind()): the fields a spec
@@ -40,10 +45,14 @@ Integrity (issue 24). `files` in bundle.json records the sha256 of every file th
 (variables/ file by file, model_card.md, bootstrap.npz); load checks them, then every spec field
 its kind reads (BundleKind.check_spec: types, lengths, against the weights), before anything is
 predicted or written, so a bundle whose weights were swapped or whose spec was edited by hand is a
-one-line refusal, not predictions under another model's thresholds. write goes through
+one-line refusal, not predictions under another model's thresholds. The exports in export/ are
+recorded and checked the same way; load(..., variables=False) checks every digest but restores no
+weights (predict served by the carried StableHLO needs none). write goes through
 mdx.outputs.OutputFolder: the files are staged in DIR and moved into place when complete, an older
 bundle's own files are replaced, a user's other files in DIR (an approval note) stay, and a file mdx
-did not write where the bundle goes is refused unless overwrite.
+did not write where the bundle goes is refused unless overwrite. New weights make the exports of the
+old ones stale: write drops the spec's `exports` and the export/ files mdx wrote (a user's file
+there is refused unless overwrite, as in variables/).
 """
 
 from __future__ import annotations
@@ -80,12 +89,18 @@ VARIABLES = "variables"
 CARD = "model_card.md"
 BOOTSTRAP = "bootstrap.npz"
 FILES = "files"  # spec[FILES]: {relative path: sha256}
+EXPORTS = "exports"  # spec[EXPORTS]: {format: {'file': ONNX_FILE | STABLEHLO_FILE, ...}}
+EXPORT = "export"
+ONNX_FILE = f"{EXPORT}/model.onnx"
+STABLEHLO_FILE = f"{EXPORT}/model.stablehlo"
+EXPORT_FILES = {"onnx": ONNX_FILE, "stablehlo": STABLEHLO_FILE}  # format -> its file
 # What write puts into DIR (claimed before any work: claim). bootstrap.npz is optional, so it is a
 # completion file too: the OutputFolder removes an older bundle's copy before moving the new files
 # in, and a bundle without one never keeps its predecessor's. bundle.json is moved last.
 COMPLETES = (SPEC, BOOTSTRAP)
 BUNDLE_FILES = (SPEC, CARD, BOOTSTRAP)
-BUNDLE_FOLDERS = (VARIABLES,)
+# export/ is claimed whole: a rewrite removes the exports mdx wrote for the old weights
+BUNDLE_FOLDERS = (VARIABLES, EXPORT)
 # What an older mdx (before OutputFolder) left beside a bundle when killed while writing it.
 OLD_TEMPORARY = ".bundle-"
 OLD_MOVED_ASIDE = ".bundle-old-"
@@ -158,7 +173,8 @@ def kind(task: str) -> BundleKind:
 class Bundle:
   path: str
   spec: dict[str, Any]
-  variables: dict[str, Any]  # {'params', 'batch_stats'} as numpy arrays
+  # {'params', 'batch_stats'} as numpy arrays; None when loaded with variables=False
+  variables: dict[str, Any] | None
 
   @property
   def task(self) -> str:
@@ -181,6 +197,11 @@ class Bundle:
 
   def member_variables(self) -> list[dict[str, Any]]:
     """Each member's variables: an ensemble's unstacked (the leading axis), else the one set."""
+    if self.variables is None:
+      raise ValueError(
+        f"bundle {self.path} was loaded without its weights (load(..., variables=False)); "
+        "load it with variables=True to run the Flax model"
+      )
     if self.members == 1:
       return [self.variables]
     return [member(self.variables, i) for i in range(self.members)]
@@ -301,9 +322,10 @@ def write(
   card: the model card's Markdown; None renders it from the final spec (provenance included)."""
   directory = os.path.abspath(os.path.expanduser(directory))
   # NaN -> null, numpy -> Python; this format whatever a spec read from a bundle said, and the
-  # digests recomputed below from what is written
+  # digests recomputed below from what is written; exports of a spec read from a bundle are of
+  # its old weights: dropped, and their files with them (BUNDLE_FOLDERS)
   spec = jsonio.jsonable(
-    {"format": FORMAT, **{k: v for k, v in spec.items() if k not in ("format", FILES)}}
+    {"format": FORMAT, **{k: v for k, v in spec.items() if k not in ("format", FILES, EXPORTS)}}
   )
   spec.setdefault("provenance", {})
   spec["provenance"] = {
@@ -593,16 +615,21 @@ def weight_shape(variables: Mapping[str, Any] | None, *path: str) -> tuple[int, 
 
 
 def _held(rel: str) -> bool:
-  """A path bundle.json's FILES may name: variables/..., the card, the bootstrap samples."""
+  """A path bundle.json's FILES may name: variables/..., the card, the bootstrap samples, the
+  exports."""
   parts = rel.split("/")
   inside = all(p not in ("", ".", "..") for p in parts) and not rel.startswith("/")
-  return rel in _RECORDED_BESIDE or (inside and len(parts) > 1 and parts[0] == VARIABLES)
+  beside = rel in _RECORDED_BESIDE or rel in EXPORT_FILES.values()
+  return beside or (inside and len(parts) > 1 and parts[0] == VARIABLES)
 
 
-def check_files(spec: Mapping[str, Any], directory: str) -> None:
+def check_files(spec: Mapping[str, Any], directory: str, replacing: Sequence[str] = ()) -> None:
   """The bundle's files are those bundle.json records (FILES), byte for byte: a ValueError naming
-  the first one changed, missing or extra (in variables/, or a bootstrap.npz not recorded). A
-  user's own files beside them (an approval note) are not the bundle's and are not read."""
+  the first one changed, missing or extra (in variables/, or a bootstrap.npz or an export not
+  recorded), or an export whose record (EXPORTS) names no recorded file. A user's own files beside
+  them (an approval note) are not the bundle's and are not read. `replacing`: files the caller is
+  about to write anew (add_to_bundle's export), not compared, so an export that a killed
+  add_to_bundle left half-moved can be written again."""
   recorded = spec.get(FILES)
   if not isinstance(recorded, dict) or not all(
     isinstance(k, str) and _held(k) and isinstance(v, str) for k, v in recorded.items()
@@ -611,16 +638,17 @@ def check_files(spec: Mapping[str, Any], directory: str) -> None:
       f"bundle {directory}: {SPEC} '{FILES}' is not the {{file: sha256}} of its files that "
       "export writes; the bundle is damaged or was edited (export it again)"
     )
+  _check_exports(spec, directory, replacing)
   found = {
     f"{VARIABLES}/{rel}": sha
     for rel, sha in outputs.tree_digests(os.path.join(directory, VARIABLES)).items()
   }
-  for rel in _RECORDED_BESIDE:
-    path = os.path.join(directory, rel)
+  for rel in (*_RECORDED_BESIDE, *EXPORT_FILES.values()):
+    path = os.path.join(directory, *rel.split("/"))
     if os.path.isfile(path):
       found[rel] = outputs.digest(path)
-    elif rel not in recorded:
-      continue
+  recorded = {k: v for k, v in recorded.items() if k not in replacing}
+  found = {k: v for k, v in found.items() if k not in replacing}
   wrong = []
   for rel in sorted(set(recorded) | set(found)):
     if rel not in found:
@@ -640,12 +668,42 @@ def check_files(spec: Mapping[str, Any], directory: str) -> None:
     )
 
 
-def load(directory: str) -> Bundle:
+def _check_exports(spec: Mapping[str, Any], directory: str, replacing: Sequence[str]) -> None:
+  """spec[EXPORTS] is {format: {'file': that format's file, ...}}, each file recorded in FILES,
+  and every recorded export file has its record: a ValueError naming the first that is not."""
+  exports = spec.get(EXPORTS, {})
+  recorded = spec[FILES]
+  fail = lambda problem: ValueError(
+    f"bundle {directory}: {SPEC} '{EXPORTS}' {problem}; the bundle is damaged or was edited "
+    "(export the model again: python -m mdx export_model --bundle=...)"
+  )
+  if not isinstance(exports, dict):
+    raise fail(f"is {shown(exports)}, not {{format: {{'file': ...}}}}")
+  for fmt, record in exports.items():
+    if fmt not in EXPORT_FILES:
+      raise fail(f"names format {fmt!r}; mdx writes {tuple(EXPORT_FILES)}")
+    if not isinstance(record, dict) or record.get("file") != EXPORT_FILES[fmt]:
+      raise fail(f"{fmt!r} is {shown(record)}; expected {{'file': {EXPORT_FILES[fmt]!r}, ...}}")
+    if record["file"] not in recorded and record["file"] not in replacing:
+      raise fail(f"{fmt!r} names {record['file']}, which '{FILES}' does not record")
+  for fmt, rel in EXPORT_FILES.items():
+    if rel in recorded and fmt not in exports and rel not in replacing:
+      raise fail(f"has no {fmt!r} record for the recorded {rel}")
+
+
+def load(directory: str, *, variables: bool = True, replacing: Sequence[str] = ()) -> Bundle:
   """Reads and checks a bundle: its spec, the digests of its files (check_files), then the spec's
   fields against the weights, all before anything is predicted. A missing, damaged or changed
-  part is a one-line error naming it."""
+  part is a one-line error naming it.
+
+  variables=False: the spec and every file's digest are checked but no weights are restored and
+  the model is not built (Bundle.variables is None): for predict served by the bundle's carried
+  StableHLO (mdx.inference.export.serving), which holds the weights it was exported with.
+  replacing: files the caller is about to write anew, not checked (check_files)."""
   directory = os.path.abspath(os.path.expanduser(directory))
-  spec, variables_path = _checked_files(directory)
+  spec, variables_path = _checked_files(directory, replacing)
+  if not variables:
+    return Bundle(directory, spec, None)
   variables = _restore_variables(variables_path, directory)
   check_spec(spec, directory, variables)  # the sizes the weights fix
   bundle = Bundle(directory, spec, variables)
@@ -660,7 +718,7 @@ def checked_variables(directory: str) -> str:
   return _checked_files(os.path.abspath(os.path.expanduser(directory)))[1]
 
 
-def _checked_files(directory: str) -> tuple[dict[str, Any], str]:
+def _checked_files(directory: str, replacing: Sequence[str] = ()) -> tuple[dict[str, Any], str]:
   """(spec, variables folder) of the bundle `directory`, its spec's fields (check_spec) and its
   files' digests (check_files) checked; a one-line error naming the first problem."""
   if not os.path.isdir(directory):
@@ -685,7 +743,7 @@ def _checked_files(directory: str) -> tuple[dict[str, Any], str]:
       f"bundle {directory} has no {VARIABLES}/ folder (the weights); the bundle is incomplete "
       "(export it again)"
     )
-  check_files(spec, directory)
+  check_files(spec, directory, replacing)
   return spec, variables_path
 
 
