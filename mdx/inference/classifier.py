@@ -24,7 +24,7 @@ from mdx.data.image import records
 from mdx.evaluate import calibration, model_card
 from mdx.evaluate import gradcam as gradcam_lib
 from mdx.inference import bundle as bundle_lib
-from mdx.inference import predict as predict_lib
+from mdx.inference import engines
 from mdx.inference import predict_files as files_lib
 from mdx.inference.bundle import Bundle, BundleKind, SpecFields, shown
 
@@ -45,25 +45,30 @@ def preprocess(image: np.ndarray, input_spec: dict) -> np.ndarray:
 class ImageClassifier:
   """predict(images) -> raw scores [N, F]; calibrate / call turn them into the bundle's outputs.
 
-  mesh: by default this process's devices (runtime.local_mesh): predict is then a local
-  computation that each of several processes runs on its own share of the inputs, never waiting
-  for the others. A global mesh (runtime.make_mesh) makes predict a collective that every process
-  must call with the same number of images. batch_size: images per forward pass on the mesh
-  (default 8 per device), rounded up to whole per-device batches.
+  engine: the forward pass (mdx.inference.engines.make; default the 'jax' backend on `mesh`: the
+  bundle's StableHLO export when it carries one for this platform, else the Flax model). mesh: by
+  default this process's devices (runtime.local_mesh): predict is then a local computation that
+  each of several processes runs on its own share of the inputs, never waiting for the others. A
+  global mesh (runtime.make_mesh) makes predict a collective that every process must call with the
+  same number of images. batch_size: images per forward pass (default 8 per device), rounded up to
+  whole per-device batches.
   """
 
-  def __init__(self, bundle: Bundle, batch_size: int | None = None, mesh=None):
+  def __init__(
+    self,
+    bundle: Bundle,
+    batch_size: int | None = None,
+    mesh=None,
+    engine: engines.Engine | None = None,
+  ):
     if bundle.task != TASK:
       raise ValueError(f"bundle {bundle.path} is a {bundle.task} model, not an image classifier")
     self.bundle = bundle
     self.input = bundle.spec["input"]
     self.findings = tuple(bundle.spec["output"]["findings"])
     self.mesh = mesh if mesh is not None else runtime.local_mesh()
-    devices = self.mesh.devices.size
-    self.batch_size = -(-int(batch_size or 8 * devices) // devices) * devices  # whole per device
-    self.model = bundle.model(bn_axis_name=runtime.DATA)
-    self._predict = predict_lib.make_predict_fn(self.model, self.mesh, "sigmoid")
-    self._variables = runtime.replicate(bundle.variables, self.mesh)
+    self.engine = engine if engine is not None else engines.make(bundle, mesh=self.mesh)
+    self.batch_size = self.engine.batch(batch_size or 8 * self.engine.devices)
     cal = bundle.spec["calibration"]["maps"]
     self._calibration = [
       calibration.map_from_spec(cal.get(f, {"kind": "identity"})) for f in self.findings
@@ -81,15 +86,19 @@ class ImageClassifier:
     return self.preprocess(images_lib.read_image(path, int(self.input["channels"])))
 
   def predict(self, images: np.ndarray) -> np.ndarray:
-    """Model inputs [N, S, S, C] -> raw sigmoid scores [N, F] (padded to full batches)."""
+    """Model inputs [N, S, S, C] -> raw sigmoid scores [N, F], batch_size images per forward
+    pass; for an engine that compiles each shape (the jax backends) the last batch is padded to a
+    full one, so a run compiles one shape."""
     images = np.asarray(images, np.float32)
     out = []
     for start in range(0, len(images), self.batch_size):
       chunk = images[start : start + self.batch_size]
-      pad = self.batch_size - len(chunk)
+      pad = self.engine.batch(len(chunk)) - len(chunk)
+      if self.engine.compiles:
+        pad = self.batch_size - len(chunk)
       if pad:
         chunk = np.concatenate([chunk, np.zeros((pad, *chunk.shape[1:]), np.float32)])
-      out.append(self._predict(self._variables, chunk)[: self.batch_size - pad])
+      out.append(self.engine(chunk)[: len(chunk) - pad])
     if not out:
       return np.zeros((0, len(self.findings)), np.float32)
     return np.concatenate(out)
@@ -246,7 +255,9 @@ def check_options(bundle: Bundle, gradcam: Sequence[str] = (), gradcam_layer: st
 class ImageFiles:
   """predict on image files (mdx.inference.predict_files.Predictor): decoded a chunk ahead on
   threads, predicted batch by batch; a row per image of calibrated probabilities, raw scores and
-  calls, and Grad-CAM overlays of the findings asked for."""
+  calls, and Grad-CAM overlays of the findings asked for. engine: the forward pass
+  (mdx.inference.engines.make; Grad-CAM needs the bundle's weights loaded, engines.load(...,
+  model=True))."""
 
   unit = "image"
 
@@ -256,8 +267,9 @@ class ImageFiles:
     batch_size: int | None = None,
     gradcam: Sequence[str] = (),
     gradcam_layer: str | None = None,
+    engine: engines.Engine | None = None,
   ):
-    self.classifier = ImageClassifier(bundle, batch_size)
+    self.classifier = ImageClassifier(bundle, batch_size, engine=engine)
     self.findings = list(self.classifier.findings)
     self.header = ["path", *self.findings]
     self.header += [f"{f} raw" for f in self.findings] + [f"{f} call" for f in self.findings]
@@ -288,7 +300,9 @@ class ImageFiles:
     return self.classifier.preprocess(image), warning
 
   def run(self, files, out, writer, errors, bar) -> int:
-    c, size = self.classifier, self.classifier.batch_size
+    c = self.classifier
+    # a batch no larger than the files: one film runs one image, not seven zeros beside it
+    c.batch_size = size = min(c.batch_size, c.engine.batch(len(files)))
     chunks = [files[i : i + size] for i in range(0, len(files), size)]
     predicted = 0
     for chunk, results in files_lib.read_ahead(self.read, chunks, min(8, os.cpu_count() or 1)):
@@ -345,7 +359,7 @@ KIND = BundleKind(
   noun="image",
   sniff=images_lib.has_dicom_preamble,  # DICOM files often have no suffix
   predictor=ImageFiles,
-  options=("gradcam", "gradcam_layer"),
+  options=("gradcam", "gradcam_layer", "engine"),
   check_options=check_options,
   card=model_card.classification_card,
   check_spec=check_spec,

@@ -34,6 +34,11 @@ The 'path' column is relative to the input folder (a single file: its name; a CS
 as listed). Images are decoded in chunks of the batch size on a thread pool, one chunk ahead of the
 model, so memory holds two chunks and decoding overlaps the forward pass.
 
+The network runs on the backend asked for (mdx.inference.engines): the bundle's StableHLO export
+when it carries one for this platform (no tracing, no Orbax restore: the fast start-up), the Flax
+model, or onnxruntime on its ONNX export; the preprocessing and everything written are the same, so
+two backends' outputs compare file by file.
+
 What a bundle reads and writes is its kind's (mdx.inference.bundle.BundleKind, looked up by the
 spec's task): the file types, and a Predictor that builds the model and turns files into rows and
 files of its own (mdx.inference.classifier.ImageFiles, mdx.inference.segmenter.ScanFiles). This
@@ -65,6 +70,7 @@ from absl import logging
 
 from mdx import outputs, runtime
 from mdx.inference import bundle as bundle_lib
+from mdx.inference import engines
 from mdx.inference import predict as predict_lib
 
 PREDICTIONS = "predictions.csv"
@@ -277,6 +283,8 @@ def predict(
   gradcam_layer: str | None = None,
   progress: bool = True,
   overwrite: bool = False,
+  backend: str = "jax",
+  onnx: str | None = None,
 ) -> dict[str, Any]:
   """Applies a bundle (a folder or a loaded Bundle) to input_path and writes output_dir.
 
@@ -284,19 +292,29 @@ def predict(
   (classifier) or windows per pass (segmenter) on each process; default the bundle's / 8 per
   device. gradcam: findings to draw Grad-CAM overlays for (classifier); gradcam_layer: the layer
   (default the model's). overwrite: replace files in output_dir that mdx did not write.
+  backend: what runs the network (mdx.inference.engines.BACKENDS): 'jax' (the bundle's StableHLO
+  export when it carries one for this platform and no Grad-CAM is asked for, else the Flax model),
+  'flax', 'stablehlo', or 'onnxruntime' (the ONNX file `onnx`, default the bundle's own); the
+  preprocessing and the files written are the same whichever runs it.
   Returns {'predicted', 'errors', 'ignored', 'output', 'predictions', 'errors_csv'}, counting
   every process's files (each process returns the same). Usage mistakes (no input, nothing
-  usable, output is a file, unknown finding, a user's file where predict would write) raise
-  ValueError or FileNotFoundError with one line naming the path and the fix, on every process,
-  before anything is written; a full disk is one line too (mdx.outputs.OutputError), with nothing
-  half-written left as final.
+  usable, output is a file, unknown finding, a user's file where predict would write, Grad-CAM
+  with onnxruntime, no ONNX file) raise ValueError or FileNotFoundError with one line naming the
+  path and the fix, on every process, before anything is written; a full disk is one line too
+  (mdx.outputs.OutputError), with nothing half-written left as final.
   """
+  engines.check_backend(backend)
+  gradcam = list(dict.fromkeys(g.strip() for g in gradcam if g.strip()))
+  if gradcam and backend == "onnxruntime":
+    raise ValueError(
+      "Grad-CAM differentiates the bundle's Flax model, which --backend=onnxruntime does not run; "
+      "drop --gradcam or use --backend=jax"
+    )
   if not isinstance(bundle, bundle_lib.Bundle):
-    bundle = bundle_lib.load(os.fspath(bundle))
+    bundle = engines.load(os.fspath(bundle), backend, model=bool(gradcam))
   if batch_size is not None and int(batch_size) < 1:
     raise ValueError(f"batch_size={batch_size}; pass a positive number (or none for the default)")
   kind = bundle.kind
-  gradcam = list(dict.fromkeys(g.strip() for g in gradcam if g.strip()))
   if gradcam and "gradcam" not in kind.options:
     raise ValueError(
       f"Grad-CAM is for image classifiers; bundle {bundle.path} is a {bundle.task} model "
@@ -305,6 +323,11 @@ def predict(
   if gradcam_layer and not gradcam:
     raise ValueError(
       f"gradcam_layer={gradcam_layer!r} without Grad-CAM findings; name them (--gradcam=A,B)"
+    )
+  if "engine" not in kind.options and (backend not in ("jax", "flax") or onnx):
+    raise ValueError(
+      f"bundle {bundle.path} is a {bundle.task} model, which predicts with its own Flax model; "
+      f"--backend={backend} is not available for it (use --backend=jax)"
     )
   # the options this kind's predictor takes (a kind without Grad-CAM was refused it above)
   options = {"gradcam": gradcam, "gradcam_layer": gradcam_layer}
@@ -325,6 +348,8 @@ def predict(
   exclude = [os.path.join(out, GRADCAM)] if out == root else [out]
   inputs = list_inputs(input_path, bundle.task, exclude, outputs.owned_files(out))
   # The model is built (and e.g. a Grad-CAM layer checked) before anything is written.
+  if "engine" in kind.options:
+    taken["engine"] = engines.make(bundle, backend, onnx=onnx, model=bool(gradcam))
   runner = kind.predictor(bundle, batch_size, **taken)
   runner.check_outputs(inputs, out)
   files, folders = runner.writes(inputs)

@@ -21,7 +21,7 @@ from mdx.data.volume import resample as resample_lib
 from mdx.evaluate import model_card
 from mdx.evaluate import postprocess as postprocess_lib
 from mdx.inference import bundle as bundle_lib
-from mdx.inference import predict as predict_lib
+from mdx.inference import engines
 from mdx.inference import predict_files as files_lib
 from mdx.inference.bundle import Bundle, BundleKind, SpecFields, shown
 from mdx.inference.sliding_window import sliding_window_inference
@@ -94,30 +94,32 @@ def label_volume(pred: np.ndarray, label_mode: str, label_values: Sequence[int])
 class VolumeSegmenter:
   """A bundle's 3D segmenter: segment(scan) -> label map as written to NIfTI.
 
-  mesh: by default this process's devices (runtime.local_mesh), so each of several processes
-  segments its own scans without waiting for the others (see ImageClassifier).
+  engine: the forward pass on one batch of windows (mdx.inference.engines.make; default the 'jax'
+  backend on `mesh`: the bundle's StableHLO export when it carries one for this platform, else
+  the Flax model). An ensemble (a cross-validation's folds) averages its members' probabilities
+  window by window: the Gaussian weighting is linear, so this is the mean of their whole-scan
+  outputs. mesh: by default this process's devices (runtime.local_mesh), so each of several
+  processes segments its own scans without waiting for the others (see ImageClassifier).
   """
 
-  def __init__(self, bundle: Bundle, batch_size: int | None = None, mesh=None):
+  def __init__(
+    self,
+    bundle: Bundle,
+    batch_size: int | None = None,
+    mesh=None,
+    engine: engines.Engine | None = None,
+  ):
     if bundle.task != TASK:
       raise ValueError(f"bundle {bundle.path} is a {bundle.task} model, not a segmenter")
     self.bundle = bundle
     self.input, self.output = bundle.spec["input"], bundle.spec["output"]
     self.mesh = mesh if mesh is not None else runtime.local_mesh()
-    devices = self.mesh.devices.size
-    size = int(batch_size or self.input.get("batch_size") or devices)
-    self.batch_size = -(-size // devices) * devices
+    self.engine = engine if engine is not None else engines.make(bundle, mesh=self.mesh)
+    self.batch_size = self.engine.batch(
+      batch_size or self.input.get("batch_size") or self.engine.devices
+    )
     self.activation = self.output["activation"]
-    fn = predict_lib.make_predict_fn(bundle.model(runtime.DATA), self.mesh, self.activation)
-    # an ensemble (a cross-validation's folds) averages its members' probabilities window by
-    # window: the Gaussian weighting is linear, so this is the mean of their whole-scan outputs
-    members = [runtime.replicate(v, self.mesh) for v in bundle.member_variables()]
-    if len(members) == 1:
-      self._predict = lambda batch: fn(members[0], batch)
-    else:
-      self._predict = lambda batch: np.mean(
-        [np.asarray(fn(v, batch), np.float32) for v in members], 0
-      )
+    self._predict = self.engine
 
   def probabilities(self, image: np.ndarray, spacing=None) -> np.ndarray:
     """Raw scan [D, H, W, C] at `spacing` (mm; None: taken as the bundle's target spacing) ->
@@ -291,8 +293,10 @@ class ScanFiles:
 
   unit = "scan"
 
-  def __init__(self, bundle: Bundle, batch_size: int | None = None):
-    self.segmenter = VolumeSegmenter(bundle, batch_size)
+  def __init__(
+    self, bundle: Bundle, batch_size: int | None = None, engine: engines.Engine | None = None
+  ):
+    self.segmenter = VolumeSegmenter(bundle, batch_size, engine=engine)
     self.channels = int(bundle.spec["input"]["channels"])
     self.output = bundle.spec["output"]
     self.names = list(self.output["class_names"])
@@ -359,6 +363,7 @@ KIND = BundleKind(
   suffixes=nifti.NIFTI_SUFFIXES,
   noun="NIfTI scan",
   predictor=ScanFiles,
+  options=("engine",),
   card=model_card.segmentation_card,
   check_spec=check_spec,
 )
