@@ -6,6 +6,7 @@
 #   ./launch.sh train CONFIG --workdir=DIR [flags] train (resumes if DIR has checkpoints), then report
 #   ./launch.sh eval CONFIG --workdir=DIR [flags]  report and bundle from the best checkpoint of DIR
 #   ./launch.sh export CONFIG --workdir=DIR --step=N [--output=BUNDLE]   a bundle of any kept step
+#   ./launch.sh export-model --bundle=DIR --format=onnx|stablehlo [--output=F] [flags]   the network for deployment
 #   ./launch.sh predict --bundle=DIR --input=IN --output=OUT [flags]   a bundle on new files
 #   ./launch.sh evaluate --bundle=DIR --config=DATASET --out=OUT   external validation of a bundle
 #   ./launch.sh prepare CONFIG [flags]             build a real dataset's records ahead (train does it on first use)
@@ -102,7 +103,7 @@ use_tcmalloc() {
   export TCMALLOC_LARGE_ALLOC_REPORT_THRESHOLD=1099511627776  # no line per allocation over 1 GB
 }
 
-usage() { sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+usage() { sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
 
 cmd="${1:-}"; [[ -n "$cmd" ]] || usage; shift
 case "$cmd" in
@@ -155,6 +156,10 @@ case "$cmd" in
   main|predict|evaluate|split|audit|consensus|import_weights|from_weights|findings|card|generalisation|fingerprint)
     setup
     exec python -m mdx "$cmd" "$@" ;;
+  export-model)
+    # jax2onnx, onnx, onnxruntime: the export extra, which the test extra includes
+    if installed_with test; then setup test; else setup export; fi
+    exec python -m mdx export_model "$@" ;;
   local)
     # N processes, each with MDX_LOCAL_DEVICES (default 2) fake CPU devices, joined through a
     # coordinator on a free local port: the multi-host code path of a pod, on this machine.

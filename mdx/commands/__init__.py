@@ -45,6 +45,7 @@ COMMANDS = {
   "generalisation": "bundles x datasets: external AUROC table and heat-map: --bundles --datasets",
   "import_weights": "Keras .h5, PyTorch or safetensors weights into a pretrained checkpoint",
   "from_weights": "published classifier weights into a bundle",
+  "export_model": "a bundle's network as ONNX or StableHLO: --bundle=DIR --format=onnx|stablehlo",
   "local": "N COMMAND...: the command as N joined processes on this machine",
 }
 PROGRAM = "python -m mdx"
