@@ -2,22 +2,31 @@
 
   python benchmarks/predict.py [--images=DIR] [--count=64] [--side=1024] [--size=224] [--repeats=3]
 
-Both read every PNG of the folder, decode it, resize it to --size, standardise it, run DenseNet-121
-(one channel in, 14 findings, random weights: speed does not depend on them) and write one CSV
-row of probabilities per image:
-  mdx      the bundle predict of `python -m mdx predict` (mdx.inference.predict_files.predict):
-           decoding on threads a chunk ahead, batches of 8 per device;
-  PyTorch  the usual pipeline: a torch DataLoader with one worker process per core, PIL decoding
-           and bilinear resizing, the torchvision-layout DenseNet-121 of classifiers.py in eval
-           mode under torch.inference_mode, batches of 8.
+Every contestant reads every PNG of the folder, decodes it, resizes it to --size, standardises it,
+runs DenseNet-121 (one channel in, 14 findings, random weights: speed does not depend on them) and
+writes one CSV row of probabilities per image:
+  mdx (Flax)       the bundle predict of `python -m mdx predict --backend=flax`
+                   (mdx.inference.predict_files.predict): the bundle's weights restored and
+                   checked, the Flax model traced, decoding on threads a chunk ahead, batches of 8
+                   per device;
+  mdx (StableHLO)  the same predict on the bundle carrying its StableHLO export (`./launch.sh
+                   export-model --format=stablehlo`, lowered for cpu, cuda and tpu), which `python
+                   -m mdx predict` serves by default: no weights restored, no model built or
+                   traced;
+  onnxruntime      the same predict with --backend=onnxruntime on the bundle's ONNX export
+                   (jax2onnx): one onnxruntime session, the same decoding and files;
+  PyTorch          the usual pipeline: a torch DataLoader with one worker process per core, PIL
+                   decoding and bilinear resizing, the torchvision-layout DenseNet-121 of
+                   classifiers.py in eval mode under torch.inference_mode, batches of 8.
 Without --images, --count synthetic 8-bit films of --side px are written first (smooth anatomy-like
 shapes plus noise, so PNG compression and decoding cost are those of a film, not of pure noise).
-Each run is one command's work: start-up (mdx: loading and checking the bundle, tracing the model,
-compiling it on the first run, later runs reading the persistent compilation cache as `python -m
-mdx predict` does; PyTorch: starting its loader workers) and then the films. The start-up is
-timed on a folder of one film, and the throughput is the rest: (films - 1) / (time for the folder
-- time for one film), medians over --repeats alternating rounds (after a first round that
-compiles), so a noisy machine slows both alike.
+Each run is one command's work: start-up (mdx: loading and checking the bundle, then with Flax
+tracing the model, with StableHLO deserializing the export; both compile on the first run and later
+runs read the persistent compilation cache as `python -m mdx predict` does; onnxruntime: building
+its session; PyTorch: starting its loader workers) and then the films. The start-up is timed on a
+folder of one film (a batch of one), and the throughput is the rest: (films - 1) / (time for the
+folder - time for one film), medians over --repeats alternating rounds (after a first round that
+compiles), so a noisy machine slows all alike. The exports are made once, before the first round.
 """
 
 from __future__ import annotations
@@ -75,10 +84,23 @@ def mdx_bundle(folder: str, size: int, dtype: str) -> str:
   return bundle_lib.write(os.path.join(folder, "bundle"), spec, variables, "# benchmark")
 
 
-def mdx_run(bundle: str, images: str, out: str) -> int:
+def exported(bundle: str, fmt: str) -> str:
+  """A copy of the bundle carrying its `fmt` export (each contestant's bundle holds only what it
+  reads, so its digest check is no larger than it must be)."""
+  import shutil
+
+  from mdx.inference import export
+
+  copy = f"{bundle}_{fmt}"
+  shutil.copytree(bundle, copy)
+  export.add_to_bundle(copy, fmt)
+  return copy
+
+
+def mdx_run(bundle: str, images: str, out: str, backend: str) -> int:
   from mdx.inference import predict_files
 
-  return predict_files.predict(bundle, images, out, progress=False)["predicted"]
+  return predict_files.predict(bundle, images, out, progress=False, backend=backend)["predicted"]
 
 
 class _Films:
@@ -151,6 +173,7 @@ def main():
     if not count:
       raise SystemExit(f"error: no .png files in {images}; pass a folder of PNG films")
     bundle = mdx_bundle(tmp, args.size, args.dtype)
+    bundles = {"stablehlo": exported(bundle, "stablehlo"), "onnx": exported(bundle, "onnx")}
     model = bench.torch_densenet121(len(FINDINGS), 1).eval()
     if torch.cuda.is_available():
       model = model.to("cuda", memory_format=torch.channels_last)
@@ -158,8 +181,15 @@ def main():
     os.makedirs(one)
     first = sorted(f for f in os.listdir(images) if f.endswith(".png"))[0]
     os.symlink(os.path.join(os.path.abspath(images), first), os.path.join(one, first))
+    out = lambda name, i: os.path.join(tmp, f"{name}_{i}")
     runs = {
-      "mdx": lambda folder, i: mdx_run(bundle, folder, os.path.join(tmp, f"mdx_{i}")),
+      "mdx (Flax)": lambda folder, i: mdx_run(bundle, folder, out("flax", i), "flax"),
+      "mdx (StableHLO)": lambda folder, i: mdx_run(
+        bundles["stablehlo"], folder, out("stablehlo", i), "jax"
+      ),
+      "onnxruntime": lambda folder, i: mdx_run(
+        bundles["onnx"], folder, out("ort", i), "onnxruntime"
+      ),
       "PyTorch": lambda folder, i: torch_run(
         model, folder, os.path.join(tmp, f"torch_{i}"), args.size, cores, args.dtype
       ),
@@ -178,8 +208,11 @@ def main():
     f"{cores} cores; torch {torch.__version__} with {torch.get_num_threads()} threads and "
     f"{cores} loader workers; malloc: {runtime.allocator()}"
   )
+  import onnxruntime
+
+  print(f"onnxruntime {onnxruntime.__version__} on {onnxruntime.get_device()}")
   print(
-    f"{'pipeline':<10}{'first start-up s':>17}{'start-up s':>12}{'films/s':>10}{'vs PyTorch':>12}"
+    f"{'pipeline':<17}{'first start-up s':>17}{'start-up s':>12}{'films/s':>10}{'vs PyTorch':>12}"
     f"{f'{count} films s':>15}"
   )
   rate = {}
@@ -192,7 +225,7 @@ def main():
   for name, t in times.items():
     first_startup, startup, films_s, total = t["row"]
     print(
-      f"{name:<10}{first_startup:>17.1f}{startup:>12.1f}{films_s:>10.1f}"
+      f"{name:<17}{first_startup:>17.2f}{startup:>12.2f}{films_s:>10.1f}"
       f"{films_s / rate['PyTorch']:>12.2f}{total:>15.1f}"
     )
 
