@@ -206,6 +206,18 @@ RULES = [
     expect=("external/report.html",),
   ),
   Rule(r"^python -m mdx from_weights ", "weights", expect=("bundles/xrv/bundle.json",)),
+  # Deploying without mdx: the demo's bundle exported to ONNX, then the standalone script
+  Rule(
+    r"^\./launch\.sh export-model --bundle=runs/demo/bundle --format=onnx",
+    "demo",
+    expect=("runs/demo/bundle/export/model.onnx",),
+  ),
+  Rule(
+    r"^python docs/deploy_onnx\.py ",
+    "demo",
+    subs=((r"\bFILMS\b", "films"),),
+    expect=("deployed/predictions.csv", "deployed/errors.csv"),
+  ),
   # Models and transfer learning
   Rule(r"^python -m mdx import_weights ", "weights"),
   Rule(
@@ -448,6 +460,7 @@ def _fixtures_hippo(copy: str) -> dict:
 
 
 FIXTURES = {  # chain -> the fixture writers it needs (each returns environment variables)
+  "demo": (_fixtures_run_a,),  # films/ for docs/deploy_onnx.py
   "nih": (_fixtures_nih,),
   "scale": (_fixtures_nih,),  # the SLURM example trains experiments/nih_64px.py
   "tables": (_fixtures_tables,),
