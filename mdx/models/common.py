@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -42,9 +42,15 @@ conv_init = nn.initializers.variance_scaling(2.0, "fan_in", "normal")
 #   check_vma off it would silently be one device's share.
 # - lax.psum(1, axis) is the axis size, and lax.pmean averages, inside shard_map (the global batch
 #   statistics of BatchNormReLU and their gradient's count).
-# - jax.default_backend() == "cpu" picks the CPU rewrites (a 1x1 convolution as a matrix product,
-#   _materialized); elsewhere 1x1 convolutions are lax.conv_general_dilated with NHWC/HWIO dimension
-#   numbers, as nn.Conv computes them.
+# - by_platform (lax.platform_dependent) picks the CPU rewrites (a 1x1 convolution as a matrix
+#   product, _materialized) in the lowering, per platform the program is lowered for: a CPU jit
+#   compiles only the CPU form, a TPU or CUDA lowering (jax.export, on any machine) only the
+#   accelerator form, where 1x1 convolutions are lax.conv_general_dilated with NHWC/HWIO dimension
+#   numbers, as nn.Conv computes them; a multi-platform export carries both. Both forms are traced
+#   (DenseNet-121's CPU train step: ~1 s more tracing, ~2 -> ~3 s; its compile time and optimised
+#   program are unchanged). The forms' custom_vjp rules sit inside the branches; differentiating
+#   lax.cond keeps each branch's platforms (tests/models/test_lowering.py reads each platform's
+#   lowering of mdx's steps; test_by_platform_chooses_in_the_lowering pins platform_dependent).
 # - BatchNormReLU copies nn.BatchNorm's numbers (float32 statistics, variance as E[x^2] - E[x]^2,
 #   running averages m * old + (1 - m) * batch); the tests compare it with nn.BatchNorm.
 # What XLA:CPU does with these programs (fusing an elementwise producer into every consumer,
@@ -97,6 +103,24 @@ def portable_ops():
 def portable() -> bool:
   """True inside portable_ops()."""
   return _PORTABLE["on"]
+
+
+def by_platform(*, cpu: Callable[..., Any], default: Callable[..., Any]) -> Callable[..., Any]:
+  """f(*args): `cpu(*args)` where the program runs on CPU, `default(*args)` on every other platform
+  (TPU, CUDA, ROCm). The two must return the same shapes and dtypes (pytrees of arrays).
+
+  The choice is made in the lowering (lax.platform_dependent), for the platform the program is
+  lowered for, not from the process's default backend: jax.jit on CPU compiles only `cpu`,
+  jax.export(..., platforms=("tpu",)) only `default`, and a multi-platform export carries both,
+  each platform taking its own when the artifact is compiled. Inside portable_ops() f is `default`
+  alone, with no switch in the program (ONNX converters know no platform index)."""
+
+  def f(*args):
+    if portable():
+      return default(*args)
+    return lax.platform_dependent(*args, cpu=cpu, default=default)
+
+  return f
 
 
 def compute_dtype(dtype: Any) -> Any:
@@ -181,13 +205,22 @@ def _pool_windows(x, window, stride, pad):
 
 
 def _materialized(x):
-  """x [..., C], computed once into memory on CPU. XLA:CPU fuses an elementwise producer into each
-  of its consumers, recomputing it per consumer, and removes lax.optimization_barrier before
-  fusion; a matrix product cannot take a fused producer, so x @ I (exact: 1 * x plus zeros, for
-  finite x; C <= 64 here, a few ms at 224 px) is where the producer runs, once."""
-  if jax.default_backend() != "cpu" or not _TUNED["gradient_materialized"]:
+  """x [..., C], computed once into memory on CPU (by_platform: x itself elsewhere). XLA:CPU
+  fuses an elementwise producer into each of its consumers, recomputing it per consumer, and
+  removes lax.optimization_barrier before fusion; a matrix product cannot take a fused producer, so
+  x @ I (exact: 1 * x plus zeros, for finite x; C <= 64 here, a few ms at 224 px) is where the
+  producer runs, once."""
+  if not _TUNED["gradient_materialized"]:
     return x
+  return by_platform(cpu=_times_identity, default=_same)(x)
+
+
+def _times_identity(x):
   return jnp.dot(x, jnp.eye(x.shape[-1], dtype=x.dtype))
+
+
+def _same(x):
+  return x
 
 
 @jax.custom_vjp
@@ -247,16 +280,22 @@ def conv1x1(x, kernel, dtype):
   """A 1x1 convolution without bias, as nn.Conv computes it: x [..., C] and kernel [1, 1, C, O]
   cast to `dtype`, output [..., O] in `dtype`.
 
-  On CPU its backward pass is written out: XLA:CPU's matrix product wants the contracted rows
-  contiguous, so for a kernel gradient sum_m x[m]^T g[m] it transposes one operand. Written as
-  (g^T x)^T, that operand is the output gradient (O channels) instead of the input (C channels, up
-  to 1024 in a DenseNet block): a DenseNet-121 layer's train step runs 6-13% faster.
+  On CPU (by_platform; other platforms get lax.conv_general_dilated) its backward pass is written
+  out: XLA:CPU's matrix product wants the contracted rows contiguous, so for a kernel gradient
+  sum_m x[m]^T g[m] it transposes one operand. Written as (g^T x)^T, that operand is the output
+  gradient (O channels) instead of the input (C channels, up to 1024 in a DenseNet block): a
+  DenseNet-121 layer's train step runs 6-13% faster.
   """
   x, kernel = x.astype(dtype), kernel.astype(dtype)
-  if not _TUNED["conv1x1_vjp"] or jax.default_backend() != "cpu":
-    dn = lax.conv_dimension_numbers(x.shape, kernel.shape, ("NHWC", "HWIO", "NHWC"))
-    return lax.conv_general_dilated(x, kernel, (1, 1), "VALID", dimension_numbers=dn)
-  return _conv1x1(x, kernel[0, 0])
+  if not _TUNED["conv1x1_vjp"]:
+    return _conv_nhwc(x, kernel)
+  return by_platform(cpu=lambda x, kernel: _conv1x1(x, kernel[0, 0]), default=_conv_nhwc)(x, kernel)
+
+
+def _conv_nhwc(x, kernel):
+  """nn.Conv's 'VALID' convolution of x [B, H, W, C] with kernel [h, w, C, O] -> [B, H', W', O]."""
+  dn = lax.conv_dimension_numbers(x.shape, kernel.shape, ("NHWC", "HWIO", "NHWC"))
+  return lax.conv_general_dilated(x, kernel, (1, 1), "VALID", dimension_numbers=dn)
 
 
 @jax.custom_vjp

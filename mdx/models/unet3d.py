@@ -26,10 +26,14 @@ conv_impl: 'native' uses XLA's 3D convolution; 'slices' computes the same 3x3x3 
 of three 2D convolutions over depth offsets, which XLA:CPU runs about 5x faster (forward and
 backward) than its 3D convolution; 'stacked' is one 2D convolution of the whole volume with the
 three depth offsets' kernels side by side on the output channels, then a shifted sum, which wins
-where there are few output channels (a wider matrix product for XLA:CPU); 'auto' picks, on CPU,
-'stacked' for up to 16 output channels and 'slices' above (benchmarks/unet3d.py), and
-'native' elsewhere. Parameters are identical every way, so a checkpoint trained with one runs with
-the others.
+where there are few output channels (a wider matrix product for XLA:CPU); 'auto' picks, for CPU,
+'stacked' for up to 16 output channels and 'slices' above (benchmarks/unet3d.py), and 'native'
+for every other platform. That choice is made in the lowering, per platform the program is lowered
+for (common.by_platform, lax.platform_dependent), not from the process's default backend: a CPU jit
+compiles only the 2D forms, jax.export for TPU or CUDA only the 3D convolution (on any machine),
+and a multi-platform export carries both; inside common.portable_ops() 'auto' is 'native' with no
+switch (ONNX export). Parameters are identical every way, so a checkpoint trained with one runs
+with the others.
 """
 
 from __future__ import annotations
@@ -49,11 +53,12 @@ STACKED_MAX_FEATURES = 16  # 'auto' on CPU: 'stacked' up to this many output cha
 
 def conv3x3x3(x: jax.Array, kernel: jax.Array, impl: str) -> jax.Array:
   """'SAME' 3x3x3 convolution of x [B, D, H, W, Cin] with kernel [3, 3, 3, Cin, Cout]."""
-  if impl == "auto":
-    if jax.default_backend() != "cpu" or common.portable():
-      impl = "native"
-    else:
-      impl = "stacked" if kernel.shape[-1] <= STACKED_MAX_FEATURES else "slices"
+  if impl == "auto":  # the CPU form where the program runs on CPU, 'native' elsewhere
+    cpu = "stacked" if kernel.shape[-1] <= STACKED_MAX_FEATURES else "slices"
+    return common.by_platform(
+      cpu=lambda x, kernel: conv3x3x3(x, kernel, cpu),
+      default=lambda x, kernel: conv3x3x3(x, kernel, "native"),
+    )(x, kernel)
   if impl == "native":
     return jax.lax.conv_general_dilated(
       x, kernel, (1, 1, 1), "SAME", dimension_numbers=("NDHWC", "DHWIO", "NDHWC")
