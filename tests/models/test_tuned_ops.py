@@ -6,6 +6,7 @@ Oracles: nn.BatchNorm followed by nn.relu, and nn.max_pool, differentiated by JA
 
 import functools
 import os
+import re
 import subprocess
 import sys
 
@@ -279,6 +280,36 @@ def test_jax_internals_the_tuned_ops_rely_on():
   want = nn.Conv(4, (1, 1), use_bias=False).apply({"params": {"kernel": kernel}}, x)
   with common.plain_flax_ops("conv1x1_vjp"):
     np.testing.assert_allclose(common.conv1x1(x, kernel, jnp.float32), want, rtol=1e-5, atol=1e-5)
+
+
+def test_by_platform_chooses_in_the_lowering():
+  """common.by_platform: the CPU branch where this CPU process runs it, the default branch in a
+  TPU or CUDA lowering (also of its gradient: differentiating lax.cond keeps the platforms),
+  both in a multi-platform export, the default alone inside portable_ops()."""
+  f = common.by_platform(cpu=lambda x: jnp.sin(x), default=lambda x: jnp.tanh(x))
+  x = jnp.float32(0.5)
+  assert float(f(x)) == float(jnp.sin(x)) and float(jax.jit(f)(x)) == float(jnp.sin(x))
+  assert float(jax.jit(jax.grad(f))(x)) == pytest.approx(float(jnp.cos(x)), rel=1e-6)
+  with common.portable_ops():  # a new function to trace: jit caches by function, not by flag
+    assert float(jax.jit(lambda x: f(x))(x)) == float(jnp.tanh(x))
+
+  def lowered(fn, platforms):
+    spec = jax.ShapeDtypeStruct((), jnp.float32)
+    return jax.export.export(jax.jit(fn), platforms=platforms)(spec).mlir_module()
+
+  for fn in (f, jax.grad(f)):
+    for platforms, sine, tanh in (
+      (("cpu",), True, False),
+      (("tpu",), False, True),
+      (("cuda",), False, True),
+      (("cpu", "cuda", "tpu"), True, True),
+    ):
+      text = lowered(fn, platforms)  # sin's derivative is cos; tanh's is 1 - tanh**2
+      found = (bool(re.search(r"stablehlo\.(sine|cosine)", text)), "stablehlo.tanh" in text)
+      assert found == (sine, tanh), (
+        _UPGRADE + f"lax.platform_dependent lowered for {platforms} does not keep exactly its "
+        "platforms' branches (common.by_platform relies on it)"
+      )
 
 
 _SHARDED = """
