@@ -15,11 +15,15 @@ mdx reproduces predict's outputs from the file alone.
 
 ONNX (onnx_model) goes through the jax2onnx converter, tracing under
 mdx.models.common.portable_ops() (plain Flax ops, accelerator forms, no platform switch). jax2onnx
-0.17's Flax pooling patches read only 'SAME' and 'VALID' padding and take any other as 'VALID'
-(DenseNet's and ResNet's stems pool with ((1, 1), (1, 1)): the graph silently loses a row and a
-column), so while tracing the pools get their padding by hand (_pools_padded_by_hand), and every
-export is checked against the JAX model on a probe batch before it is returned (_check_onnx). A
-model with an operation the converter cannot express is a ValueError naming the JAX primitive.
+0.17 gets some of mdx's layers wrong, so while it traces: its Flax pools read only 'SAME' and
+'VALID' padding and take any other as 'VALID' (DenseNet's and ResNet's stems pool with ((1, 1),
+(1, 1)): the graph silently lost a row and a column), so the pools get their padding by hand; its
+BatchNorm after its convolution stays NCHW beside an NHWC residual (ResNet: a graph onnxruntime
+refuses), so BatchNorm converts as Flax's own code; it converts no 3D lax convolution, so the
+U-Net's become 2D ones over depth slices; its float16 convolutions get float32 weights, which are
+cast. Every export is then checked against the JAX model on a probe batch before it is returned
+(_check_onnx). A model with an operation the converter cannot express is a ValueError naming the
+JAX primitive.
 
 StableHLO (stablehlo) is jax.export of the same forward pass with the weights as constants, lowered
 for CPU, CUDA and TPU in one artifact (mdx's tuned operations pick each platform's form inside the
@@ -350,9 +354,11 @@ def convert(
   jax2onnx = _import("jax2onnx")
   _check_dtype(dtype)
 
+  flax_as_is = _flax_attributes()  # before jax2onnx patches Flax
+
   def traced(x):
-    # inside the trace: jax2onnx's patches are in place then, and these go over them
-    with _pools_padded_by_hand(), _convs_3d_as_2d():
+    # inside the trace, where jax2onnx's patches are in place: Flax as it was, then these
+    with _restored(flax_as_is), _pools_padded_by_hand(), _convs_3d_as_2d():
       return fn(x)
 
   spec = jax.ShapeDtypeStruct(("batch", *shape), jnp.dtype(dtype))
@@ -405,6 +411,51 @@ def _version(package: str) -> str:
     return metadata.version(package)
   except Exception:  # noqa: BLE001 - a version is only for messages and records
     return "?"
+
+
+# Flax layers traced as their own JAX code while jax2onnx converts (_restored)
+FLAX_LAYERS = ("BatchNorm",)
+
+
+def _flax_attributes() -> list[tuple[Any, dict[str, Any]]]:
+  """(class, a copy of its attributes) of the Flax Linen layers FLAX_LAYERS, taken before jax2onnx
+  patches them (it sets a class's __call__ even where the class inherits it)."""
+  from flax import linen as nn
+
+  return [(getattr(nn, name), dict(vars(getattr(nn, name)))) for name in FLAX_LAYERS]
+
+
+_MISSING = object()
+
+
+@contextlib.contextmanager
+def _restored(attributes: Sequence[tuple[Any, dict[str, Any]]]) -> Iterator[None]:
+  """The classes as `attributes` recorded them, for the block. jax2onnx 0.17 replaces Flax's
+  layers with ONNX-level forms while it traces; its BatchNorm after its convolution is computed in
+  NCHW and then added to an NHWC residual (ResNet's graph, which onnxruntime refuses), so BatchNorm
+  converts as its own JAX code, primitive by primitive. (Its other layers need the jax.numpy
+  functions it patches too, so they cannot simply be restored: its convolutions stay, with
+  _conv_weights_like_inputs, and its pools get their padding by hand.)"""
+  undo = []
+
+  def put(owner, name, value):
+    if value is _MISSING:
+      delattr(owner, name)
+    else:
+      setattr(owner, name, value)
+
+  try:
+    for owner, before in attributes:
+      now = dict(vars(owner))
+      for name in set(before) | set(now):
+        old, new = before.get(name, _MISSING), now.get(name, _MISSING)
+        if old is not new:
+          undo.append((owner, name, new))
+          put(owner, name, old)
+    yield
+  finally:
+    for owner, name, value in reversed(undo):
+      put(owner, name, value)
 
 
 @contextlib.contextmanager
