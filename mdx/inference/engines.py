@@ -15,15 +15,17 @@ Backends (predict's --backend):
   stablehlo    the carried export only (an error when the bundle has none for this platform).
   onnxruntime  an onnxruntime InferenceSession of --onnx=F or of the bundle's export/model.onnx.
 
-Why a StableHLO export serves predict: the start-up. Of the first film's ~3.4 s start-up with the
-Flax model (DenseNet-121, 224 px, this 2-core CPU, warm compilation cache), ~0.45 s restored the
-Orbax weights, ~1.0 s ran the weight check's eval_shape (a trace of model.init), ~0.8 s traced and
-lowered the forward pass and ~1.0 s ran a batch of 8 for one film. The export is the traced,
-lowered program with the weights inside: predict loads the bundle without its weights
-(bundle.load(variables=False): spec and digests checked, no Orbax, no eval_shape), deserializes it,
-reads the compiled program from the cache and runs a batch no larger than the films
-(README: Performance has the bench's numbers). Grad-CAM differentiates the Flax model, so it
-keeps 'flax'.
+Why a StableHLO export serves predict: the start-up (one film, DenseNet-121 at 224 px, this
+2-core CPU under load, warm compilation cache, in-process). With the Flax model ~3.4 s: restoring
+the Orbax weights ~0.45 s, the weight check's eval_shape (a trace of model.init) ~1.0 s, tracing
+and lowering the forward pass ~0.8 s, reading the compiled program ~0.15 s, and a batch of 8 for
+the one film ~1.0 s. The export is that program already traced and lowered, the weights inside:
+predict loads the bundle without its weights (bundle.load(variables=False): spec and digests
+checked, no Orbax, no eval_shape, no model), deserializes the export, and the first batch, of one
+film, costs ~0.8 s: the digests ~0.1 s, refining the symbolic batch and hashing the module for the
+cache ~0.3 s, decompressing and loading the cached program ~0.3 s, running it ~0.25 s (~1.1 s
+in all; benchmarks/predict.py measures it beside PyTorch). Grad-CAM differentiates the Flax model,
+so it keeps 'flax'.
 """
 
 from __future__ import annotations
