@@ -146,6 +146,7 @@ def deployment_metadata(spec: Mapping[str, Any], *, dtype: str = "float32") -> d
       "input": {"name": INPUT, "shape": shape_in, "dtype": dtype},
       "output": {"name": OUTPUT, "shape": shape_out, "dtype": dtype},
       "activation": activation(spec),
+      "compute_dtype": dtype,  # the weights' too (the bundle's model may say another)
       "computes": f"{activation(spec)} of the network's output in inference mode (BatchNorm "
       "running statistics)",
     },
@@ -694,7 +695,8 @@ def artifact(
     )
   exported = stablehlo(bundle, platforms)
   record.update(
-    dtype="float32",
+    dtype="float32",  # in and out; computed as the bundle's model says
+    compute_dtype=bundle.spec["model"].get("dtype", "float32"),
     platforms=list(exported.platforms),
     jax_version=jax.__version__,
     calling_convention_version=int(exported.calling_convention_version),
