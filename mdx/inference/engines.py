@@ -201,6 +201,9 @@ def onnxruntime_engine(bundle: bundle_lib.Bundle, onnx: str | None = None) -> En
     ) from None
   options = ort.SessionOptions()
   options.log_severity_level = 3  # errors only: no per-node placement chatter
+  # no busy-waiting between runs: its threads would take the cores from the decoding threads
+  # (and from whatever runs after predict in this process)
+  options.add_session_config_entry("session.intra_op.allow_spinning", "0")
   available = ort.get_available_providers()
   providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
   try:
