@@ -213,10 +213,21 @@ RULES = [
     expect=("runs/demo/bundle/export/model.onnx",),
   ),
   Rule(
+    r"^\./launch\.sh export-model --bundle=runs/demo/bundle --format=stablehlo",
+    "demo",
+    expect=("runs/demo/bundle/export/model.stablehlo",),
+  ),
+  Rule(
     r"^python docs/deploy_onnx\.py ",
     "demo",
     subs=((r"\bFILMS\b", "films"),),
     expect=("deployed/predictions.csv", "deployed/errors.csv"),
+  ),
+  Rule(  # tests/inference/test_engines.py compares the two files' numbers
+    r"^\./launch\.sh predict --bundle=runs/demo/bundle",
+    "demo",
+    subs=((r"\bFILMS\b", "films"),),
+    expect=("by_mdx/predictions.csv",),
   ),
   # Models and transfer learning
   Rule(r"^python -m mdx import_weights ", "weights"),

@@ -262,6 +262,7 @@ def test_metadata_round_trip(classifier_dir, classifier_onnx):
     export.read_metadata(plain)
 
 
+@pytest.mark.slow  # a conversion of its own: the fast tier keeps one per kind
 def test_float16_onnx_says_its_dtypes_and_stays_close(classifier_dir, films):
   bundle = bundle_lib.load(classifier_dir)
   model = export.onnx_model(bundle, "float16")
@@ -320,6 +321,7 @@ def test_segmenter_stablehlo_serves_the_bundle(segmenter_dir, scan, tmp_path):
   np.testing.assert_allclose(got, want, atol=TOLERANCE, rtol=0)
 
 
+@pytest.mark.slow  # a conversion of its own: the fast tier keeps one per kind
 def test_ensemble_exports_average_their_members(tmp_path, scan):
   members = [segmenter_bundle(str(tmp_path / f"m{k}"), (), seed=k) for k in range(2)]
   path = bundle_lib.write_ensemble(str(tmp_path / "ensemble"), members)
@@ -420,6 +422,7 @@ def test_an_operation_onnx_cannot_express_is_named():
   assert "\n" not in str(e.value) and str(e.value).startswith("bundle B: jax2onnx")
 
 
+@pytest.mark.slow  # four conversions
 @pytest.mark.parametrize(
   "pool",
   [
@@ -441,6 +444,7 @@ def test_pools_keep_their_padding_in_onnx(pool):
   np.testing.assert_allclose(got, want, atol=1e-6, rtol=0)
 
 
+@pytest.mark.slow  # a conversion of its own: the fast tier keeps one per kind
 def test_a_wrong_graph_is_refused():
   model = export.convert(jnp.sin, (4,))
   with pytest.raises(ValueError, match="differs from the model .by 0.4"):
@@ -448,6 +452,7 @@ def test_a_wrong_graph_is_refused():
 
 
 # ------------------------------------------------------------------------------------ the command
+@pytest.mark.slow  # a conversion of its own: the fast tier keeps one per kind
 def test_command_writes_and_refuses(classifier_dir, tmp_path, capsys):
   path = shutil.copytree(classifier_dir, str(tmp_path / "bundle"))
   out = str(tmp_path / "out" / "model.stablehlo")
@@ -485,6 +490,7 @@ def test_command_writes_and_refuses(classifier_dir, tmp_path, capsys):
   assert export.read_metadata(foreign)["task"] == "classification"
 
 
+@pytest.mark.slow  # a conversion of its own: the fast tier keeps one per kind
 def test_resnet_residuals_convert():
   # a block that adds two BatchNorm(conv(x)) (the downsampling one), then one that adds its input
   # to BatchNorm(conv(x)): jax2onnx's own BatchNorm left the first sum NCHW, so the second added

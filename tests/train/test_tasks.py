@@ -39,7 +39,8 @@ def test_task_brings_a_registered_bundle_kind(name):
   assert {"model", "input"} <= set(kind.required)  # the weight check and check_spec read them
   assert "standardize" in kind.required["input"]
   assert kind.suffixes and all(s.startswith(".") and s == s.lower() for s in kind.suffixes)
-  assert set(kind.options) <= {"gradcam", "gradcam_layer"}  # what predict can pass on
+  # what predict can pass on (engine: the backend that runs the network, mdx.inference.engines)
+  assert set(kind.options) <= {"gradcam", "gradcam_layer", "engine"}
   # what the report measured reaches the bundle as an argument, not as state of the task
   assert "report" in inspect.signature(tasks.task_class(name).bundle_contents).parameters
 
