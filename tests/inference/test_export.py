@@ -202,6 +202,7 @@ def windowed(run, scan, meta):
 
 
 # -------------------------------------------------------------------------------------- classifier
+@pytest.mark.slow  # jax2onnx's start-up (~15 s) and a conversion: the full tier
 def test_classifier_onnx_metadata_alone_reproduces_predict(classifier_dir, classifier_onnx, films):
   meta = export.read_metadata(classifier_onnx)
   s = session(classifier_onnx)
@@ -239,6 +240,7 @@ def test_classifier_stablehlo_equals_predict_at_any_batch(classifier_dir, films)
     )
 
 
+@pytest.mark.slow  # jax2onnx's start-up (~15 s) and a conversion: the full tier
 def test_metadata_round_trip(classifier_dir, classifier_onnx):
   spec = bundle_lib.load(classifier_dir).spec
   meta = export.read_metadata(classifier_onnx)
@@ -283,6 +285,7 @@ def test_float16_onnx_says_its_dtypes_and_stays_close(classifier_dir, films):
 
 
 # --------------------------------------------------------------------------------------- segmenter
+@pytest.mark.slow  # jax2onnx's start-up (~15 s) and a conversion: the full tier
 def test_segmenter_onnx_windowed_by_metadata_reproduces_label_map(segmenter_dir, scan):
   bundle = bundle_lib.load(segmenter_dir)
   model = export.onnx_model(bundle)
@@ -346,16 +349,12 @@ def flip_byte(path, at=-100):
 def test_bundle_carries_exports_under_its_digests(classifier_dir, films, tmp_path):
   path = shutil.copytree(classifier_dir, str(tmp_path / "bundle"))
   hlo = export.add_to_bundle(path, "stablehlo", platforms=("cpu", "tpu"))
-  model = export.add_to_bundle(path, "onnx")
   assert hlo == os.path.join(path, "export", "model.stablehlo")
-  assert model == os.path.join(path, "export", "model.onnx")
   bundle = bundle_lib.load(path)
   exports = bundle.spec["exports"]
   assert exports["stablehlo"]["platforms"] == ["cpu", "tpu"]
   assert exports["stablehlo"]["jax_version"] == jax.__version__
-  assert exports["onnx"]["dtype"] == "float32" and exports["onnx"]["file"] == export.ONNX_FILE
-  for rel in (export.ONNX_FILE, export.STABLEHLO_FILE):
-    assert bundle.spec["files"][rel] == outputs.digest(os.path.join(path, rel))
+  assert bundle.spec["files"][export.STABLEHLO_FILE] == outputs.digest(hlo)
 
   classifier = ImageClassifier(bundle)
   x = np.stack([classifier.read(f) for f in films])
@@ -372,8 +371,27 @@ def test_bundle_carries_exports_under_its_digests(classifier_dir, films, tmp_pat
   # new weights make the exports stale: a rewrite drops them, files and records
   bundle_lib.write(path, bundle.spec, bundle.variables)
   rewritten = bundle_lib.load(path)
-  assert "exports" not in rewritten.spec and not os.path.exists(hlo) and not os.path.exists(model)
+  assert "exports" not in rewritten.spec and not os.path.exists(hlo)
   assert export.serving(rewritten) is None
+
+
+@pytest.mark.slow  # jax2onnx's start-up and a conversion: the full tier
+def test_bundle_carries_an_onnx_export_under_its_digest(classifier_dir, tmp_path):
+  path = shutil.copytree(classifier_dir, str(tmp_path / "bundle"))
+  export.add_to_bundle(path, "stablehlo", platforms=("cpu",))
+  model = export.add_to_bundle(path, "onnx")
+  assert model == os.path.join(path, "export", "model.onnx")
+  bundle = bundle_lib.load(path)
+  onnx_record = bundle.spec["exports"]["onnx"]
+  assert onnx_record["dtype"] == "float32" and onnx_record["file"] == export.ONNX_FILE
+  assert set(bundle.spec["exports"]) == {"onnx", "stablehlo"}  # the second kept the first
+  assert bundle.spec["files"][export.ONNX_FILE] == outputs.digest(model)
+  flip_byte(model)
+  with pytest.raises(ValueError, match=r"export/model\.onnx differs from the sha256"):
+    bundle_lib.load(path, variables=False)
+  flip_byte(model)
+  bundle_lib.write(path, bundle.spec, bundle.variables)  # new weights: both exports dropped
+  assert not os.path.exists(model) and "exports" not in bundle_lib.load(path).spec
 
 
 def test_serving_is_none_without_an_export_for_this_platform(classifier_dir, tmp_path):
@@ -414,6 +432,7 @@ def test_spec_naming_an_unrecorded_export_is_refused(classifier_dir, tmp_path):
 
 
 # ---------------------------------------------------------------------------- the converter's gaps
+@pytest.mark.slow  # jax2onnx's start-up (~15 s) and a conversion: the full tier
 def test_an_operation_onnx_cannot_express_is_named():
   # lax.platform_dependent's 'platform_index' has no ONNX form (what portable_ops avoids)
   fn = lambda x: jax.lax.platform_dependent(x, cpu=jnp.sin, default=jnp.cos)

@@ -79,6 +79,7 @@ def test_keras_densenet121_same_outputs_both_h5_layouts(tmp_path):
   assert pretrained.provenance(str(out))["input_sha256"] == outputs.digest(tmp_path / f)
 
 
+@pytest.mark.slow  # a full-size Keras model beside mdx's: the full tier
 def test_keras_densenet121_without_top_and_wrong_model(tmp_path):
   ref = keras.applications.DenseNet121(weights=None, include_top=False, input_shape=(32, 32, 3))
   ref.save(tmp_path / "notop.h5")
@@ -88,6 +89,7 @@ def test_keras_densenet121_without_top_and_wrong_model(tmp_path):
     import_weights.import_weights("densenet169", "keras_h5", str(tmp_path / "notop.h5"))
 
 
+@pytest.mark.slow  # a full-size Keras model beside mdx's: the full tier
 def test_keras_resnet50_same_outputs(tmp_path):
   rng = np.random.default_rng(1)
   ref = keras.applications.ResNet50(
