@@ -197,6 +197,7 @@ def test_library_rooms_hold_no_entry_points():
   assert not bad, f"entry points outside mdx/commands: {bad}"
 
 
+@pytest.mark.slow  # starts a Python process per room: the full tier
 def test_no_higher_room_is_loaded_at_run_time():
   """Importing every module of a room, level by level from the bottom, loads no module of a room
   above it (lazy imports inside functions included: config resolves each task's defaults)."""

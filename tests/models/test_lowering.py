@@ -227,7 +227,9 @@ def test_unet_steps_lower_for_tpu_and_cuda_with_their_own_forms(step):
   _check_unet(step)
 
 
-@pytest.mark.parametrize("step", ["train", "predict"])
+@pytest.mark.parametrize(
+  "step", [pytest.param("train", marks=pytest.mark.slow), "predict"]
+)  # the U-Net's train step stays in the fast tier; DenseNet's trains in the full one
 def test_densenet_steps_lower_for_tpu_and_cuda_with_their_own_forms(step):
   _check_densenet("densenet_tiny", step)
 
