@@ -29,8 +29,9 @@ def write_classifier_bundle(
   )
 
 
-def write_segmenter_bundle(path: str) -> str:
-  """A tiny 3D U-Net bundle: 16^3 patches, classes background / lesion written as 0 / 3."""
+def write_segmenter_bundle(path: str, mirror_axes=(), seed: int = 0) -> str:
+  """A tiny 3D U-Net bundle: 16^3 patches, classes background / lesion written as 0 / 3;
+  test-time mirroring along mirror_axes; random weights of `seed`."""
   model_spec = {
     "name": "unet3d",
     "num_classes": 2,
@@ -49,9 +50,10 @@ def write_segmenter_bundle(path: str) -> str:
     class_names=("background", "lesion"),
     label_mode="classes",
     label_values=(0, 3),
+    mirror_axes=mirror_axes,
   )
   return bundle_lib.write(
-    path, spec, registry.random_variables(model_spec, (1, 16, 16, 16, 1)), "# test"
+    path, spec, registry.random_variables(model_spec, (1, 16, 16, 16, 1), seed), "# test"
   )
 
 

@@ -718,11 +718,8 @@ def add_to_bundle(
   export's path. The bundle is checked first (load); a file mdx did not write at the export's
   place is refused unless overwrite (mdx.outputs). A kill while moving leaves a bundle load
   refuses, never a mismatched one that it accepts; exporting again repairs it."""
-  rel = bundle_lib.EXPORT_FILES.get(fmt)
-  if rel is None:
-    raise ValueError(f"export format {fmt!r} is unknown; choose one of {FORMATS}")
-  _check_dtype(dtype)
-  platforms = check_platforms(platforms)
+  platforms = _check_request(fmt, dtype, platforms)
+  rel = bundle_lib.EXPORT_FILES[fmt]
   # the export being replaced is not compared: a half-moved earlier one can be written again
   bundle = bundle_lib.load(bundle_dir, replacing=(rel,))
   # bundle.json is not a completion file here: an OutputFolder removes those before moving the
@@ -753,10 +750,7 @@ def export_file(
   """Exports the bundle at `bundle_dir` in format `fmt` to the file `output` (written whole
   through mdx.outputs: a file mdx did not write there is refused unless overwrite). Returns its
   absolute path."""
-  if fmt not in FORMATS:
-    raise ValueError(f"export format {fmt!r} is unknown; choose one of {FORMATS}")
-  _check_dtype(dtype)
-  platforms = check_platforms(platforms)
+  platforms = _check_request(fmt, dtype, platforms)
   output = os.path.abspath(os.path.expanduser(output))
   if os.path.isdir(output) or output.endswith(os.sep):
     raise ValueError(
@@ -777,6 +771,15 @@ def export_file(
     _write_bytes(folder.path(name), data)
     folder.commit()
   return output
+
+
+def _check_request(fmt: str, dtype: str, platforms: Sequence[str]) -> tuple[str, ...]:
+  """An export's format, dtype and platforms checked (one line naming the value); returns the
+  platforms as check_platforms gives them."""
+  if fmt not in FORMATS:
+    raise ValueError(f"export format {fmt!r} is unknown; choose one of {FORMATS}")
+  _check_dtype(dtype)
+  return check_platforms(platforms)
 
 
 def _write_bytes(path: str, data: bytes) -> None:

@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from bundle_fixtures import write_classifier_bundle
+from bundle_fixtures import write_classifier_bundle, write_segmenter_bundle
 from flax import linen as nn
 from PIL import Image
 
@@ -47,14 +47,6 @@ CALIBRATION = {
   },
 }
 TOLERANCE = 1e-5  # the module docstring
-SEGMENTER_MODEL = {
-  "name": "unet3d",
-  "num_classes": 2,
-  "dtype": "float32",
-  "depth": 2,
-  "base_width": 4,
-  "conv_impl": "native",  # compiles fastest on CPU; the ONNX graph is the same for every impl
-}
 pytestmark = pytest.mark.xdist_group("export")  # one worker builds the exports once
 
 
@@ -86,26 +78,9 @@ def classifier_onnx(classifier_dir, tmp_path_factory):
   return path
 
 
-def segmenter_bundle(path, mirror_axes=(0, 2), seed=0):
-  spec = bundle_lib.segmentation_spec(
-    SEGMENTER_MODEL,
-    channels=1,
-    standardize="per_channel",
-    patch_size=(16, 16, 16),
-    overlap=0.25,
-    batch_size=2,
-    class_names=("background", "lesion"),
-    label_mode="classes",
-    label_values=(0, 3),
-    mirror_axes=mirror_axes,
-  )
-  variables = registry.random_variables(SEGMENTER_MODEL, (1, 16, 16, 16, 1), seed)
-  return bundle_lib.write(path, spec, variables, "# test")
-
-
 @pytest.fixture(scope="module")
 def segmenter_dir(tmp_path_factory):
-  return segmenter_bundle(str(tmp_path_factory.mktemp("seg") / "bundle"))
+  return write_segmenter_bundle(str(tmp_path_factory.mktemp("seg") / "bundle"), (0, 2))
 
 
 @pytest.fixture(scope="module")
@@ -326,7 +301,7 @@ def test_segmenter_stablehlo_serves_the_bundle(segmenter_dir, scan, tmp_path):
 
 @pytest.mark.slow  # a conversion of its own: the fast tier keeps one per kind
 def test_ensemble_exports_average_their_members(tmp_path, scan):
-  members = [segmenter_bundle(str(tmp_path / f"m{k}"), (), seed=k) for k in range(2)]
+  members = [write_segmenter_bundle(str(tmp_path / f"m{k}"), seed=k) for k in range(2)]
   path = bundle_lib.write_ensemble(str(tmp_path / "ensemble"), members)
   bundle = bundle_lib.load(path)
   s = session(export.onnx_model(bundle))
