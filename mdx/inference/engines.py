@@ -16,16 +16,18 @@ Backends (predict's --backend):
   onnxruntime  an onnxruntime InferenceSession of --onnx=F or of the bundle's export/model.onnx.
 
 Why a StableHLO export serves predict: the start-up (one film, DenseNet-121 at 224 px, this
-2-core CPU under load, warm compilation cache, in-process). With the Flax model ~3.4 s: restoring
+2-core CPU, warm caches, in-process; benchmarks/predict.py). With the Flax model ~2.9 s: restoring
 the Orbax weights ~0.45 s, the weight check's eval_shape (a trace of model.init) ~1.0 s, tracing
-and lowering the forward pass ~0.8 s, reading the compiled program ~0.15 s, and a batch of 8 for
-the one film ~1.0 s. The export is that program already traced and lowered, the weights inside:
-predict loads the bundle without its weights (bundle.load(variables=False): spec and digests
-checked, no Orbax, no eval_shape, no model), deserializes the export, and the first batch, of one
-film, costs ~0.8 s: the digests ~0.1 s, refining the symbolic batch and hashing the module for the
-cache ~0.3 s, decompressing and loading the cached program ~0.3 s, running it ~0.25 s (~1.1 s
-in all; benchmarks/predict.py measures it beside PyTorch). Grad-CAM differentiates the Flax model,
-so it keeps 'flax'.
+and lowering the forward pass ~0.8 s, reading the compiled program ~0.15 s, and the first batch.
+The export is that program already traced and lowered, the weights inside: predict loads the
+bundle without its weights (bundle.load(variables=False): spec and digests checked, no Orbax, no
+eval_shape, no model), and reads the export's compiled program from disk by the export's digest
+(mdx.inference.executables: no lowering, no symbolic-shape refinement, no hashing of the 27 MB
+module, which through jax's own cache cost ~0.45 s), so the first film costs ~0.3 s: the digests
+~0.04 s, deserializing the export ~0.05 s, loading the compiled program ~0.1 s, running it
+~0.07 s. It is compiled with runtime.compiler_options() like every mdx step (without them XLA:CPU
+hands the convolutions to single-threaded YNNPACK: 14.5 instead of 18.3 films/s, and a first run
+of 0.22 s instead of 0.07 s). Grad-CAM differentiates the Flax model, so it keeps 'flax'.
 """
 
 from __future__ import annotations
@@ -180,7 +182,8 @@ def stablehlo_engine(bundle: bundle_lib.Bundle, mesh: Mesh) -> Engine | None:
   with open(os.path.join(bundle.path, *record["file"].split("/")), "rb") as f:
     exported = jax.export.deserialize(bytearray(f.read()))
   step = jax.jit(
-    jax.shard_map(exported.call, mesh=mesh, in_specs=P(runtime.DATA), out_specs=P(runtime.DATA))
+    jax.shard_map(exported.call, mesh=mesh, in_specs=P(runtime.DATA), out_specs=P(runtime.DATA)),
+    compiler_options=runtime.compiler_options(),
   )
 
   def forward(images: np.ndarray) -> np.ndarray:

@@ -28,8 +28,9 @@ JAX primitive.
 StableHLO (stablehlo) is jax.export of the same forward pass with the weights as constants, lowered
 for CPU, CUDA and TPU in one artifact (mdx's tuned operations pick each platform's form inside the
 lowering), so it serves on an accelerator this machine lacks. serving(bundle) is the bundle's
-carried export for the running platform, deserialized and compiled, which predict calls instead of
-building and tracing the model; the bundle is then loaded with variables=False.
+carried export for the running platform, deserialized and compiled per batch shape (the compiled
+program kept on disk by the export's digest: mdx.inference.executables), which predict calls
+instead of building and tracing the model; the bundle is then loaded with variables=False.
 
 add_to_bundle writes an export into the bundle through mdx.outputs.OutputFolder and records it in
 bundle.json ('exports', and its digest in 'files', which load checks); bundle.write drops exports
@@ -51,8 +52,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mdx import jsonio, outputs
+from mdx import jsonio, outputs, runtime
 from mdx.inference import bundle as bundle_lib
+from mdx.inference import executables
 from mdx.inference.bundle import Bundle
 
 ONNX_FILE = bundle_lib.ONNX_FILE  # "export/model.onnx" inside a bundle
@@ -651,10 +653,17 @@ def serving(bundle: Bundle) -> Callable[[np.ndarray], np.ndarray] | None:
       f"cannot be read by jax {jax.__version__} ({type(e).__name__}: {e}); export it again "
       f"(python -m mdx export_model --bundle={bundle.path} --format=stablehlo)"
     ) from None
-  call = jax.jit(exported.call)
+  options = runtime.compiler_options()
+  call = jax.jit(exported.call, compiler_options=options)
+  digest = bundle.spec.get(bundle_lib.FILES, {}).get(record["file"])  # checked by bundle.load
+  programs: dict[tuple[int, ...], Callable[[np.ndarray], Any]] = {}
 
   def predict(images: np.ndarray) -> np.ndarray:
-    return np.asarray(call(np.asarray(images, np.float32)))
+    x = np.asarray(images, np.float32)
+    if x.shape not in programs:
+      facts = {"export": digest, "input": x.shape, "compiler_options": options}
+      programs[x.shape] = executables.load_or_compile(call, (x,), facts) if digest else call
+    return np.asarray(programs[x.shape](x))
 
   return predict
 

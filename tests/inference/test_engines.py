@@ -170,6 +170,21 @@ def test_carried_stablehlo_serves_predict_without_weights_model_or_tracing(
   assert rows(out["errors_csv"]) == rows(flax_out["errors_csv"])
 
 
+def test_a_second_process_reads_the_compiled_export_from_disk(
+  classifier_dir, films, tmp_path, monkeypatch
+):
+  """The compiled export is kept under the export's digest (mdx.inference.executables): the next
+  process neither lowers it nor hashes it again, and predicts the same file for file."""
+  from mdx.inference import executables
+
+  monkeypatch.setattr(executables, "folder", lambda: str(tmp_path / "programs"))
+  first = predict_files.predict(classifier_dir, films, str(tmp_path / "a"), progress=False)
+  assert len(os.listdir(tmp_path / "programs")) >= 1
+  monkeypatch.setattr(executables, "_compile", lambda *a: pytest.fail("compiled again"))
+  second = predict_files.predict(classifier_dir, films, str(tmp_path / "b"), progress=False)
+  assert rows(second["predictions"]) == rows(first["predictions"])
+
+
 def test_grad_cam_and_flax_keep_the_model_and_weights(classifier_dir):
   spec = bundle_lib.load(classifier_dir, variables=False).spec
   assert not engines.needs_variables(spec, "jax")
