@@ -4,9 +4,10 @@
       --config.data.root=DIR
 
 'planned' is experiments/msd_hippocampus.py as it is; 'no_deep_supervision' trains the same plan
-with the full-resolution output alone in the loss. Test-time mirroring and post-processing need no
-training of their own: every run's report measures its validation Dice plain, mirrored and
-post-processed ("Inference, part by part").
+with the full-resolution output alone in the loss; 'no_augmentation' without nnU-Net's spatial
+and intensity augmentations (the left-right mirror stays: it is the source's, not nnU-Net's).
+Test-time mirroring and post-processing need no training of their own: every run's report
+measures its validation Dice plain, mirrored and post-processed ("Inference, part by part").
 """
 
 import os
@@ -25,4 +26,5 @@ def get_sweep():
   return {
     "planned": {},
     "no_deep_supervision": {"model.deep_supervision": False},
+    "no_augmentation": {"data.augment": None},
   }

@@ -175,3 +175,27 @@ def call(name: str, argv: list[str]) -> int:
       if not was_parsed:
         flags.FLAGS.unparse_flags()
   return int(status or 0)
+
+
+# ------------------------------------------ commands that run an experiment file (sweep, crossval)
+def experiment_and_overrides(argv: list[str]) -> tuple[str, dict[str, Any]]:
+  """(the experiment file's path, the --config.<field>=value overrides) of a command whose
+  --config is an ml_collections config-file flag; a stray positional argument is a usage error
+  naming the override form."""
+  from ml_collections import config_flags
+
+  if len(argv) > 1:
+    raise app.UsageError(
+      f"unexpected arguments {argv[1:]}; overrides look like --config.train.steps=5"
+    )
+  path = config_flags.get_config_filename(flags.FLAGS["config"])
+  return path, dict(config_flags.get_override_values(flags.FLAGS["config"]))
+
+
+def command_line(name: str, path: str) -> str:
+  """The command as the user gave it, for a report: './launch.sh NAME EXPERIMENT --flags...'
+  (the experiment as launch.sh takes it, first and without --config=)."""
+  import shlex
+
+  given = [shlex.quote(a) for a in sys.argv[1:] if not a.startswith("--config=")]
+  return " ".join([f"./launch.sh {name}", path, *given])

@@ -14,15 +14,12 @@ before the first fold trains.
 
 from __future__ import annotations
 
-import shlex
-import sys
-
 import jax
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
+from mdx import commands, runtime
 from mdx import config as config_lib
-from mdx import runtime
 from mdx.train import crossval
 
 FLAGS = flags.FLAGS
@@ -46,23 +43,17 @@ def define_flags() -> None:
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(
-      f"unexpected arguments {argv[1:]}; overrides look like --config.train.steps=5"
-    )
-  path = config_flags.get_config_filename(FLAGS["config"])
+  path, overrides = commands.experiment_and_overrides(argv)
   module = config_lib.load_experiment(path)
-  overrides = dict(config_flags.get_override_values(FLAGS["config"]))
   runtime.join_processes()  # a no-op unless started by ./launch.sh local N
   runtime.quiet_library_logs()
   runtime.require_accelerator()
-  given = [shlex.quote(a) for a in sys.argv[1:] if not a.startswith("--config=")]
   out = crossval.run_crossval(
     module,
     FLAGS.workdir,
     FLAGS.folds,
     overrides=overrides,
-    command=" ".join(["./launch.sh crossval", path, *given]),
+    command=commands.command_line("crossval", path),
     overwrite=FLAGS.overwrite,
   )
   if jax.process_index() == 0:

@@ -17,14 +17,12 @@ such a file.
 from __future__ import annotations
 
 import os
-import shlex
-import sys
 
 import jax
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
-from mdx import runtime
+from mdx import commands, runtime
 from mdx.train import sweep
 
 FLAGS = flags.FLAGS
@@ -60,14 +58,9 @@ def define_flags() -> None:
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(
-      f"unexpected arguments {argv[1:]}; overrides look like --config.train.steps=5"
-    )
   # The user's mistakes first, before any process joins or device starts (one line: mdx.cli).
-  path = config_flags.get_config_filename(FLAGS["config"])
+  path, overrides = commands.experiment_and_overrides(argv)
   module = sweep.load_module(path)
-  overrides = dict(config_flags.get_override_values(FLAGS["config"]))
   with sweep.image_split_switch(module):  # every run checked before any trains (or joins)
     planned = sweep.prepare(
       module,
@@ -80,7 +73,6 @@ def main(argv):
   runtime.join_processes()  # a no-op unless started by ./launch.sh local N
   runtime.quiet_library_logs()
   runtime.require_accelerator()
-  flags_given = [shlex.quote(a) for a in sys.argv[1:] if not a.startswith("--config=")]
   sweep.run_sweep(
     module,
     FLAGS.workdir,
@@ -88,7 +80,7 @@ def main(argv):
     reach=FLAGS.reach,
     overrides=overrides,
     seeds=FLAGS.seeds,
-    command=" ".join(["./launch.sh sweep", path, *flags_given]),
+    command=commands.command_line("sweep", path),
     results_page=FLAGS.results_page,
     bootstrap=FLAGS.paired_resamples,
     planned=planned,
