@@ -32,6 +32,7 @@ def test_overlapping_windows_of_a_pointwise_model_equal_direct_pass():
   np.testing.assert_allclose(out, fn(image[None])[0], rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow  # a U-Net's compile (~8 s): the full tier
 def test_unet_window_covering_the_volume_equals_direct_pass():
   model = UNet3D(num_classes=3, depth=2, base_width=4, norm="batch")
   x = np.random.default_rng(1).standard_normal((8, 12, 8, 2)).astype(np.float32)

@@ -9,7 +9,12 @@ import pytest
 from mdx.models.unet3d import UNet3D
 
 
-@pytest.mark.parametrize("norm", ["batch", "group", "instance"])
+@pytest.mark.parametrize(
+  "norm",
+  # instance norm is the segmentation default: the fast tier; the other two compile ~8 s each
+  [pytest.param("batch", marks=pytest.mark.slow), pytest.param("group", marks=pytest.mark.slow)]
+  + ["instance"],
+)
 def test_shapes_and_float32_logits(norm):
   model = UNet3D(num_classes=3, depth=3, base_width=4, norm=norm)
   x = jnp.asarray(np.random.default_rng(0).standard_normal((2, 8, 12, 8, 2)), jnp.float32)
