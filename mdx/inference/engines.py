@@ -171,16 +171,13 @@ def flax_engine(bundle: bundle_lib.Bundle, mesh: Mesh) -> Engine:
 def stablehlo_engine(bundle: bundle_lib.Bundle, mesh: Mesh) -> Engine | None:
   """The bundle's serialized StableHLO for this platform (mdx.inference.export.serving), split over
   `mesh`'s devices when it has several; None when the bundle carries none for this platform."""
-  serve = export.serving(bundle)  # deserialized: a file this jax cannot read is refused here
-  if serve is None:
+  exported = export.carried(bundle)  # a file this jax cannot read is refused here
+  if exported is None:
     return None
   devices = int(mesh.devices.size)
   if devices == 1:
-    return Engine("stablehlo", serve, 1)
+    return Engine("stablehlo", export.serving(bundle, exported), 1)
   # each device runs the exported program (lowered for one device) on its rows of the batch
-  record = bundle.spec[bundle_lib.EXPORTS]["stablehlo"]
-  with open(os.path.join(bundle.path, *record["file"].split("/")), "rb") as f:
-    exported = jax.export.deserialize(bytearray(f.read()))
   step = jax.jit(
     jax.shard_map(exported.call, mesh=mesh, in_specs=P(runtime.DATA), out_specs=P(runtime.DATA)),
     compiler_options=runtime.compiler_options(),

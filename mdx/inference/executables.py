@@ -48,8 +48,8 @@ def folder() -> str | None:
 
 @functools.cache
 def host() -> dict[str, Any]:
-  """What a compiled program depends on beyond its inputs: versions, platform, device kind and
-  count, XLA_FLAGS, and on CPU the instruction sets XLA compiled for (a cache folder shared by
+  """What a compiled program depends on beyond its inputs: versions, platform, device kind,
+  XLA_FLAGS, and on CPU the instruction sets XLA compiled for (a cache folder shared by
   machines of different CPUs must not hand AVX-512 code to one without it)."""
   import jaxlib
 
@@ -97,12 +97,11 @@ def load_or_compile(
   program (e.g. {'export': sha256, 'shape': ..., 'compiler_options': ...}); two calls with equal
   facts must compile the same program. directory: default folder(); None there: no disk."""
   directory = directory or folder()
-  in_tree = jax.tree.structure((args, {}))
-  out_tree = jax.tree.structure(jax.eval_shape(jitted, *args))
   if not directory:
     return jitted.lower(*args).compile()
   path = os.path.join(directory, key(facts) + SUFFIX)
-  stored = _load(path, in_tree, out_tree)
+  out_tree = jax.tree.structure(jax.eval_shape(jitted, *args))
+  stored = _load(path, jax.tree.structure((args, {})), out_tree)
   if stored is not None:
     return _checked_on_first_call(stored, path, lambda: _compile(jitted, args, path))
   return _compile(jitted, args, path)

@@ -633,12 +633,10 @@ def running_platform() -> str:
   return "rocm" if "rocm" in version else "cuda"
 
 
-def serving(bundle: Bundle) -> Callable[[np.ndarray], np.ndarray] | None:
-  """The bundle's carried StableHLO for the running platform as images [B, *input_shape] ->
-  probabilities [B, *output_shape] (numpy, any B; jitted, compiled per batch size), or None when
-  the bundle carries none for this platform. Needs no weights: load the bundle with
-  variables=False (its digests are checked there). An artifact this JAX cannot read is a
-  ValueError saying to export it again."""
+def carried(bundle: Bundle) -> jax.export.Exported | None:
+  """The bundle's carried StableHLO for the running platform, deserialized, or None when it
+  carries none for this platform. An artifact this JAX cannot read is a ValueError saying to
+  export it again."""
   record = (bundle.spec.get(bundle_lib.EXPORTS) or {}).get("stablehlo")
   if not record or running_platform() not in record.get("platforms", ()):
     return None
@@ -646,13 +644,27 @@ def serving(bundle: Bundle) -> Callable[[np.ndarray], np.ndarray] | None:
   with open(path, "rb") as f:
     data = f.read()
   try:
-    exported = jax.export.deserialize(bytearray(data))
+    return jax.export.deserialize(bytearray(data))
   except Exception as e:  # noqa: BLE001 - flatbuffers and jax raise many types for a bad file
     raise ValueError(
       f"bundle {bundle.path}: {record['file']} (exported with jax {record.get('jax_version')}) "
       f"cannot be read by jax {jax.__version__} ({type(e).__name__}: {e}); export it again "
       f"(python -m mdx export_model --bundle={bundle.path} --format=stablehlo)"
     ) from None
+
+
+def serving(
+  bundle: Bundle, exported: jax.export.Exported | None = None
+) -> Callable[[np.ndarray], np.ndarray] | None:
+  """The bundle's carried StableHLO for the running platform (`exported` when the caller has
+  read it with carried(bundle)) as images [B, *input_shape] -> probabilities [B, *output_shape]
+  (numpy, any B; compiled per batch size, the compiled program kept on disk by the export's
+  digest), or None when the bundle carries none for this platform. Needs no weights: load the
+  bundle with variables=False (its digests are checked there)."""
+  exported = exported if exported is not None else carried(bundle)
+  if exported is None:
+    return None
+  record = bundle.spec[bundle_lib.EXPORTS]["stablehlo"]
   options = runtime.compiler_options()
   call = jax.jit(exported.call, compiler_options=options)
   digest = bundle.spec.get(bundle_lib.FILES, {}).get(record["file"])  # checked by bundle.load
