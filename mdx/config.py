@@ -66,6 +66,9 @@ def common() -> ml_collections.ConfigDict:
       warmup_steps=0,
       weight_decay=0.0,
       grad_clip=0.0,  # global-norm clip; 0 disables
+      # > 0: validate, report and bundle an exponential moving average of the weights (e.g.
+      # 0.999: over the last ~1,000 steps), kept in the optimizer state (mdx.train.optim)
+      ema_decay=0.0,
       log_every=10,
       checkpoint_every=100,
       keep_last=2,  # checkpoints kept besides the best one
@@ -358,6 +361,12 @@ def check_values(c: ml_collections.ConfigDict) -> None:
   _require(_number(t.lr) and t.lr > 0, "train.lr", t.lr, "must be a number > 0 (e.g. 1e-3)")
   for field, value in (("train.weight_decay", t.weight_decay), ("train.grad_clip", t.grad_clip)):
     _require(_number(value) and value >= 0, field, value, "must be a number >= 0 (0 turns it off)")
+  _require(
+    _number(t.ema_decay) and 0 <= t.ema_decay < 1,
+    "train.ema_decay",
+    t.ema_decay,
+    "must be a number in [0, 1) (0 turns it off; e.g. 0.999)",
+  )
   _require(
     t.warmup_steps <= t.steps,
     "train.warmup_steps",

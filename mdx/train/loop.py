@@ -25,8 +25,19 @@ class Evaluator:
     self.geometry = geometry  # tasks build their evaluation batches with it
     self.global_batch = geometry.global_batch
     self._step = steps.make_eval_loss_step(model, loss_fn, mesh, geometry.global_batch)
-    self.state: TrainState | None = None
+    self._state: TrainState | None = None
     self._compiled = False  # the first batch compiles the step: say so, it is a silent minute
+
+  @property
+  def state(self) -> TrainState | None:
+    return self._state
+
+  @state.setter
+  def state(self, state: TrainState | None) -> None:
+    """The state evaluated, and so validated, reported and bundled: its weights' average in place
+    of its weights when the run keeps one (train.ema_decay), else the state as trained."""
+    average = None if state is None else optim.averaged_params(state.opt_state)
+    self._state = state if average is None else state.replace(params=average)
 
   def run(self, batches: Iterable[dict]) -> tuple[np.ndarray, float, list[dict]]:
     """-> (logits of valid rows, mean loss over valid rows, the valid rows' host batch fields)."""
@@ -145,7 +156,7 @@ def build(config, task, mesh, pretrained: bool = True):
   params, batch_stats = init_variables(model, task.sample_input(), config.seed)
   if pretrained:
     params, batch_stats = task.init_variables(params, batch_stats)
-  tx = task.optimizer(params)
+  tx = optim.with_params_average(task.optimizer(params), config.train.get("ema_decay", 0.0))
   state = runtime.replicate(create_state(params, batch_stats, tx, config.seed), mesh)
   return model, tx, state
 

@@ -8,10 +8,15 @@ train.momentum (0.9 by default) and, when train.weight_decay is set, torch SGD's
 decay times the parameter added to the gradient before momentum (nnU-Net: lr 1e-2, momentum 0.99,
 weight decay 3e-5). A global-norm clip (train.grad_clip) comes first, as torch clips the gradient
 before the optimizer adds the decay.
+An average of the weights (train.ema_decay) rides in the optimizer state: with_params_average.
 """
 
 from __future__ import annotations
 
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
 import optax
 
 SCHEDULES = ("constant", "cosine", "warmup_cosine", "poly")
@@ -64,3 +69,53 @@ def make_optimizer(train_config) -> optax.GradientTransformation:
   if train_config.grad_clip:
     opt = optax.chain(optax.clip_by_global_norm(train_config.grad_clip), opt)
   return opt
+
+
+# --- The weights' exponential moving average (train.ema_decay) ---
+
+
+class ParamsAverage(NamedTuple):
+  """The optimizer state of with_params_average: updates seen and the average itself."""
+
+  count: jax.Array
+  average: Any
+
+
+def with_params_average(tx: optax.GradientTransformation, decay: float):
+  """tx, then an exponential moving average of the parameters each update leaves (decay 0: tx).
+
+  Kept in the optimizer state, so checkpoints carry it and resuming continues it, and a run
+  without it keeps the state (and the checkpoints) it always had. The average is debiased, as
+  Adam's moments are: after t updates it is sum_i w_i p_i with w_i proportional to decay**(t - i),
+  the weights summing to 1 (after one update, the parameters themselves), so no weight is left on
+  the initialisation and a validation early in the run sees no half-trained blend. That equals
+  the running form a_t = a_{t-1} + (p_t - a_{t-1}) * (1 - decay) / (1 - decay**t).
+  """
+  if not decay:
+    return tx
+  if not (isinstance(decay, (int, float)) and 0 < decay < 1):
+    raise ValueError(f"config.train.ema_decay={decay!r} must be in [0, 1) (0 turns it off)")
+
+  def init(params):
+    return ParamsAverage(
+      count=jnp.zeros((), jnp.int32), average=jax.tree.map(lambda p: jnp.zeros_like(p), params)
+    )
+
+  def update(updates, state: ParamsAverage, params=None):
+    if params is None:
+      raise ValueError("the weights' average needs the parameters: call tx.update(g, s, params)")
+    count = state.count + 1
+    # (1 - d) / (1 - d**t) in float32: 1 at t = 1, decreasing to 1 - d
+    rate = (1.0 - decay) / (1.0 - jnp.power(jnp.float32(decay), count.astype(jnp.float32)))
+    new = optax.apply_updates(params, updates)
+    average = jax.tree.map(lambda a, p: a + (p - a) * rate.astype(a.dtype), state.average, new)
+    return updates, ParamsAverage(count=count, average=average)
+
+  return optax.chain(tx, optax.GradientTransformation(init, update))
+
+
+def averaged_params(opt_state) -> Any | None:
+  """The weights' average held by an optimizer state of with_params_average, else None."""
+  if isinstance(opt_state, tuple) and opt_state and isinstance(opt_state[-1], ParamsAverage):
+    return opt_state[-1].average
+  return None

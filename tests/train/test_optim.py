@@ -93,3 +93,68 @@ def test_clip_comes_before_the_decay_and_adamw_keeps_decoupled_decay():
   np.testing.assert_allclose(got, P0 - 0.1 * (np.sign(GRADS[0]) + 0.5 * P0), atol=3e-6)
   with pytest.raises(ValueError, match="config.train.momentum"):
     optim.make_optimizer(_train(momentum=1.0))
+
+
+# --- the weights' average (train.ema_decay) ---
+
+
+def test_params_average_is_the_debiased_exponential_average_of_the_weights_by_hand():
+  """After t updates: sum_i d**(t-i) p_i / sum_i d**(t-i) over the weights p_1..p_t each update
+  left (no weight on the initialisation); the training itself is untouched."""
+  decay, lr = 0.9, 0.1
+  tx = optim.with_params_average(optax.sgd(lr), decay)
+  params = {"w": jnp.asarray(P0, jnp.float32)}
+  state = tx.init(params)
+  seen = []
+  for g in GRADS:
+    updates, state = tx.update({"w": jnp.asarray(g, jnp.float32)}, state, params)
+    params = optax.apply_updates(params, updates)
+    seen.append(np.asarray(params["w"], np.float64))
+    t = len(seen)
+    w = decay ** np.arange(t - 1, -1, -1)
+    want = (w[:, None] * np.stack(seen)).sum(0) / w.sum()
+    # float32 running form against the float64 closed form, a few roundings per step
+    np.testing.assert_allclose(optim.averaged_params(state)["w"], want, rtol=1e-6, atol=1e-6)
+  np.testing.assert_allclose(params["w"], _run(optax.sgd(lr), P0, GRADS), rtol=0, atol=0)
+  assert int(state[-1].count) == len(GRADS)
+
+
+def test_params_average_off_keeps_the_optimizer_and_its_state():
+  tx = optax.adam(1e-3)
+  assert optim.with_params_average(tx, 0.0) is tx
+  assert optim.averaged_params(tx.init({"w": jnp.zeros(2)})) is None
+  with pytest.raises(ValueError, match="config.train.ema_decay=1.0"):
+    optim.with_params_average(tx, 1.0)
+
+
+def test_params_average_survives_a_checkpoint_and_is_what_the_evaluator_holds(tmp_path):
+  """Resuming continues the average (it is in the checkpointed optimizer state), and an Evaluator
+  given the state evaluates the average, not the weights as trained."""
+  from mdx import runtime
+  from mdx.train import checkpoint, loop
+  from mdx.train.state import create_state
+
+  tx = optim.with_params_average(optax.sgd(0.1), 0.5)
+  state = create_state({"w": jnp.asarray(P0, jnp.float32)}, {}, tx, seed=0)
+  for g in GRADS:
+    grads = {"w": jnp.asarray(g, jnp.float32)}
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    state = state.replace(params=optax.apply_updates(state.params, updates), opt_state=opt_state)
+  manager = checkpoint.make_manager(str(tmp_path), keep_last=1, best_metric="val_dice")
+  checkpoint.save(manager, 3, state, None, {"val_dice": 0.5})
+  manager.wait_until_finished()
+  template = create_state({"w": jnp.zeros(3)}, {}, tx, seed=0)
+  restored = checkpoint.restore(manager, 3, template)
+  average = np.asarray(optim.averaged_params(state.opt_state)["w"])
+  np.testing.assert_array_equal(optim.averaged_params(restored.opt_state)["w"], average)
+  assert not np.allclose(average, state.params["w"])
+
+  mesh = runtime.make_mesh()
+  evaluator = loop.Evaluator(
+    lambda *a, **k: None, lambda *a: None, mesh, runtime.batch_geometry(1, mesh)
+  )
+  evaluator.state = restored
+  np.testing.assert_array_equal(evaluator.state.params["w"], average)
+  plain = create_state({"w": jnp.ones(3)}, {}, optax.sgd(0.1), seed=0)
+  evaluator.state = plain
+  assert evaluator.state is plain
