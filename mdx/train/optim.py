@@ -89,16 +89,15 @@ def with_params_average(tx: optax.GradientTransformation, decay: float):
   Adam's moments are: after t updates it is sum_i w_i p_i with w_i proportional to decay**(t - i),
   the weights summing to 1 (after one update, the parameters themselves), so no weight is left on
   the initialisation and a validation early in the run sees no half-trained blend. That equals
-  the running form a_t = a_{t-1} + (p_t - a_{t-1}) * (1 - decay) / (1 - decay**t).
+  the running form a_t = a_{t-1} + (p_t - a_{t-1}) * (1 - decay) / (1 - decay**t). decay in
+  [0, 1) is config.check_values' to enforce, before any work starts.
   """
   if not decay:
     return tx
-  if not (isinstance(decay, (int, float)) and 0 < decay < 1):
-    raise ValueError(f"config.train.ema_decay={decay!r} must be in [0, 1) (0 turns it off)")
 
   def init(params):
     return ParamsAverage(
-      count=jnp.zeros((), jnp.int32), average=jax.tree.map(lambda p: jnp.zeros_like(p), params)
+      count=jnp.zeros((), jnp.int32), average=jax.tree.map(jnp.zeros_like, params)
     )
 
   def update(updates, state: ParamsAverage, params=None):

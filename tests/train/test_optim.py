@@ -123,8 +123,12 @@ def test_params_average_off_keeps_the_optimizer_and_its_state():
   tx = optax.adam(1e-3)
   assert optim.with_params_average(tx, 0.0) is tx
   assert optim.averaged_params(tx.init({"w": jnp.zeros(2)})) is None
+  from mdx import config as config_lib
+
+  c = config_lib.defaults()
+  c.train.ema_decay = 1.0  # refused with the config, before any work starts
   with pytest.raises(ValueError, match="config.train.ema_decay=1.0"):
-    optim.with_params_average(tx, 1.0)
+    config_lib.resolve(c)
 
 
 def test_params_average_survives_a_checkpoint_and_is_what_the_evaluator_holds(tmp_path):
