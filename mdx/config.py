@@ -67,7 +67,8 @@ def common() -> ml_collections.ConfigDict:
       weight_decay=0.0,
       grad_clip=0.0,  # global-norm clip; 0 disables
       # > 0: validate, report and bundle an exponential moving average of the weights (e.g.
-      # 0.999: over the last ~1,000 steps), kept in the optimizer state (mdx.train.optim)
+      # 0.999: over the last ~1,000 steps), kept in the optimizer state (mdx.train.optim);
+      # fine-tuning from such a run (model.init_from) reads the average
       ema_decay=0.0,
       log_every=10,
       checkpoint_every=100,

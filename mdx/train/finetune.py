@@ -4,7 +4,9 @@ optax.
 config.model.init_from names where the weights are, by a relative or absolute path: an
 import (python -m mdx import_weights --output=DIR), a run's workdir (its best checkpoint by
 the run's own train.best_metric), one of its checkpoints/<step> folders, a bundle, or an Orbax
-PyTree checkpoint (resolve_checkpoint); config.model.freeze is a policy over the model's stages:
+PyTree checkpoint (resolve_checkpoint); from a run that kept an average of its weights
+(train.ema_decay) the average is read, the weights it validated and bundled.
+config.model.freeze is a policy over the model's stages:
   'none'            train everything;
   'head'            train only the head;
   'from:<stage>'    freeze every stage before <stage> (e.g. 'from:block4': the last dense block,
@@ -30,6 +32,7 @@ from absl import logging
 from flax import traverse_util
 
 from mdx.models import common, pretrained
+from mdx.train import optim
 
 HEAD = "head"
 
@@ -148,17 +151,24 @@ def _best_step(directory: str, steps: Sequence[int], metric: str | None = "val_a
   return max(found, key=lambda step: (found[step], step))  # a tie: the later step
 
 
-def _checkpoint_shapes(path: str) -> dict[tuple[str, ...], tuple[int, ...]]:
-  """{('params' | 'batch_stats', ...): shape} of the checkpoint at `path`, from its metadata."""
+def _checkpoint_shapes(path: str) -> tuple[dict[tuple[str, ...], tuple[int, ...]], tuple[str, ...]]:
+  """({('params' | 'batch_stats', ...): shape}, where the weights are) of the checkpoint at
+  `path`, from its metadata. The weights are 'params', or the average a run kept of them
+  (train.ema_decay: optim.saved_average_key), which is what that run validated and bundled."""
   tree = pretrained.tree_metadata(path)
   if "params" not in tree:
     raise ValueError(
       f"the checkpoint {path} has no 'params' at its top (it holds {sorted(tree)}); "
       "config.model.init_from must hold a model's variables"
     )
-  tree = {k: tree[k] for k in ("params", "batch_stats") if k in tree}
+  average = optim.saved_average_key(tree.get("opt_state"))
+  weights = ("opt_state", *average) if average else ("params",)
+  node = tree
+  for key in weights:
+    node = node[key]
+  tree = {"params": node, **({"batch_stats": tree["batch_stats"]} if "batch_stats" in tree else {})}
   flat = traverse_util.flatten_dict(tree, is_leaf=lambda _, v: hasattr(v, "shape"))
-  return {k: tuple(v.shape) for k, v in flat.items()}
+  return {k: tuple(v.shape) for k, v in flat.items()}, weights
 
 
 def restore_backbone(
@@ -172,7 +182,9 @@ def restore_backbone(
   kernel.sum(input axis) / C repeated C times, which gives the same response to a gray image.
   """
   path = resolve_checkpoint(checkpoint_dir)
-  have = _checkpoint_shapes(path)
+  have, weights = _checkpoint_shapes(path)
+  if weights != ("params",):
+    logging.info("config.model.init_from: the run's average of its weights (train.ema_decay)")
   model = traverse_util.flatten_dict({"params": params, "batch_stats": batch_stats})
   model = {k: v for k, v in model.items() if k[1] not in exclude}
   have_backbone = {k: s for k, s in have.items() if k[1] not in exclude}
@@ -204,9 +216,13 @@ def restore_backbone(
       f"the checkpoint {path} does not fit the model's backbone "
       "(is config.model.name the architecture it was trained or imported as?):\n" + "\n".join(parts)
     )
-  target = traverse_util.unflatten_dict({k: np.zeros(have[k], np.float32) for k in model})
-  restored = pretrained.load(path, target)  # partial: the backbone only
-  flat = traverse_util.flatten_dict(restored)
+  # partial: the backbone only, the weights read from where the checkpoint keeps them
+  where = {"params": weights, "batch_stats": ("batch_stats",)}
+  target = traverse_util.unflatten_dict(
+    {(*where[k[0]], *k[1:]): np.zeros(have[k], np.float32) for k in model}
+  )
+  restored = traverse_util.flatten_dict(pretrained.load(path, target))
+  flat = {k: restored[(*where[k[0]], *k[1:])] for k in model}
   for k in adapt:
     c = model[k].shape[2]
     flat[k] = np.repeat(flat[k].sum(2, keepdims=True) / c, c, axis=2)

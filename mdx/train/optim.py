@@ -13,6 +13,7 @@ An average of the weights (train.ema_decay) rides in the optimizer state: with_p
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 import jax
@@ -117,4 +118,21 @@ def averaged_params(opt_state) -> Any | None:
   """The weights' average held by an optimizer state of with_params_average, else None."""
   if isinstance(opt_state, tuple) and opt_state and isinstance(opt_state[-1], ParamsAverage):
     return opt_state[-1].average
+  return None
+
+
+def saved_average_key(opt_state: Any) -> tuple[str, ...] | None:
+  """Where a saved optimizer state keeps the weights' average: the key path under 'opt_state' in
+  an Orbax checkpoint's tree (its tuples saved as dicts keyed '0', '1', ...), else None.
+
+  with_params_average's state is a chain's, (tx's state, ParamsAverage), so the average sits at
+  ('<last>', 'average') beside a 'count'. Readers of a checkpoint (fine-tuning from a run) take
+  it in place of 'params', as the run's validation, best checkpoint and bundle did.
+  """
+  if not isinstance(opt_state, Mapping) or not opt_state:
+    return None
+  last = max(opt_state, key=lambda k: int(k) if str(k).isdigit() else -1)
+  entry = opt_state[last]
+  if isinstance(entry, Mapping) and set(entry) == {"count", "average"}:
+    return (str(last), "average")
   return None

@@ -162,3 +162,21 @@ def test_params_average_survives_a_checkpoint_and_is_what_the_evaluator_holds(tm
   plain = create_state({"w": jnp.ones(3)}, {}, optax.sgd(0.1), seed=0)
   evaluator.state = plain
   assert evaluator.state is plain
+
+  # fine-tuning from the run (model.init_from) reads the weights it validated: the average
+  from mdx.train import finetune
+
+  params, _ = finetune.restore_backbone({"w": jnp.zeros(3)}, {}, str(tmp_path), exclude=())
+  np.testing.assert_array_equal(params["w"], average)
+
+
+def test_saved_average_key_finds_the_average_only_where_a_run_kept_one():
+  """Checkpoint trees save tuples as dicts keyed '0', '1', ...; the average is the last entry's."""
+  leaf = np.zeros(2)
+  adam = {"0": {"count": leaf, "mu": {"w": leaf}, "nu": {"w": leaf}}}
+  assert optim.saved_average_key(adam) is None
+  assert optim.saved_average_key({}) is None and optim.saved_average_key(None) is None
+  chained = {"0": adam, "1": {"count": leaf, "average": {"w": leaf}}}
+  assert optim.saved_average_key(chained) == ("1", "average")
+  ten = {**{str(i): {"count": leaf} for i in range(10)}, "10": chained["1"]}  # '10' after '9'
+  assert optim.saved_average_key(ten) == ("10", "average")
