@@ -6,8 +6,9 @@ recursively, sorted, hidden files skipped) or a CSV list (a .csv whose column 'p
 first column, names the files; relative paths are resolved against the CSV's folder).
 
 Every input ends up in exactly one place, so nothing is dropped silently: a row of predictions.csv,
-a row of errors.csv (unreadable or damaged file, wrong channels, a listed file that is missing or of
-the wrong type), or the count of ignored files (files of other types found in a folder).
+a row of errors.csv (unreadable or damaged file, wrong channels, a scan holding NaN or Inf, a listed
+file that is missing or of the wrong type), or the count of ignored files (files of other types
+found in a folder).
 
 OUTPUT/predictions.csv  classifier: path, <finding> (calibrated probability), <finding> raw (the
                         model's sigmoid score), <finding> call (1/0 at the bundle's threshold, blank
@@ -15,7 +16,8 @@ OUTPUT/predictions.csv  classifier: path, <finding> (calibrated probability), <f
                         segmenter: path, output (the label map, relative to OUTPUT), <class> voxels,
                         warning. 'warning' is blank unless the input is far below the model's input
                         size (an image under a quarter of image_size, a scan under a quarter of the
-                        patch along an axis): it was predicted, but look at it.
+                        patch along an axis) or a scan has a constant channel: it was predicted, but
+                        look at it.
 OUTPUT/errors.csv       path, reason; always written (header only when nothing failed)
 OUTPUT/gradcam/         classifier with gradcam=[findings]: <path>__<finding>.png overlays
 OUTPUT/<path>           segmenter: uint8 label values [D, H, W] with the input's affine

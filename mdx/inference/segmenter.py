@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from mdx import runtime
+from mdx.data import check
 from mdx.data import standardize as standardize_lib
 from mdx.data.volume import nifti
 from mdx.data.volume import resample as resample_lib
@@ -324,7 +325,13 @@ class ScanFiles:
         f"the scan has {image.shape[-1]} channels {image.shape}; this model reads "
         f"{self.channels} (the bundle's input.channels)"
       )
-    return image, volume.affine, volume.spacing
+    # the checks training makes of every case (mdx.data.check): a NaN would spread through the
+    # normalisation over every window it falls in, and a constant channel holds nothing to segment
+    status, reason = check.inspect({"image": image})
+    if status in check.BAD:
+      raise ValueError(f"the scan {reason}; repair or re-export the file")
+    warning = "" if status == check.OK else f"the scan has {reason}: check the file"
+    return image, volume.affine, volume.spacing, warning
 
   def run(self, files, out, writer, errors, bar) -> int:
     predicted = 0
@@ -334,8 +341,9 @@ class ScanFiles:
       if reason is not None:
         errors.append((index, name, reason))
       else:
-        image, affine, spacing = value
-        warning = files_lib.size_warning(image.shape[:3], self.patch, "the scan (voxels)")
+        image, affine, spacing, constant = value
+        small = files_lib.size_warning(image.shape[:3], self.patch, "the scan (voxels)")
+        warning = "; ".join(w for w in (small, constant) if w)
         pred = self.segmenter.predict(image, spacing)
         labels = label_volume(pred, self.output["label_mode"], self.output["label_values"])
         rel = files_lib.output_name(name)

@@ -271,17 +271,28 @@ def test_segmenter_writes_label_maps_with_the_input_affine(segmenter_dir, tmp_pa
   data = gzip.compress((scans / "sub" / "two.nii").read_bytes())
   (scans / "broken.nii.gz").write_bytes(data[: len(data) // 3])  # truncated download
   (scans / "README.md").write_text("scans")
+  nan = one.copy()
+  nan[3, 4, 5] = np.nan  # refused, as training refuses such a case: it would spread
+  nib.save(nib.Nifti1Image(nan, AFFINE), scans / "nan.nii.gz")
+  nib.save(nib.Nifti1Image(np.zeros(SCAN, np.float32), AFFINE), scans / "blank.nii.gz")
 
   out = tmp_path / "labels"
   summary = predict_files.predict(segmenter_dir, str(scans), str(out), progress=False)
-  assert (summary["predicted"], summary["errors"], summary["ignored"]) == (2, 2, 1)
+  assert (summary["predicted"], summary["errors"], summary["ignored"]) == (3, 3, 1)
   errors = {e["path"]: e["reason"] for e in read_csv(summary["errors_csv"])}
-  assert set(errors) == {"2ch.nii.gz", "broken.nii.gz"}
+  assert set(errors) == {"2ch.nii.gz", "broken.nii.gz", "nan.nii.gz"}
   assert "2 channels" in errors["2ch.nii.gz"]
+  assert errors["nan.nii.gz"].startswith("the scan contains 1 NaN and 0 Inf values")
 
   segmenter = VolumeSegmenter(bundle_lib.load(segmenter_dir))
   rows = {r["path"]: r for r in read_csv(summary["predictions"])}
-  assert list(rows) == ["one.nii.gz", "sub/two.nii"]
+  assert list(rows) == ["blank.nii.gz", "one.nii.gz", "sub/two.nii"]
+  # a blank scan is segmented, with a warning that says why its labels mean nothing
+  assert (
+    rows["blank.nii.gz"]["warning"]
+    == "the scan has channel(s) [0] constant (value 0): check the file"
+  )
+  assert rows["one.nii.gz"]["warning"] == rows["sub/two.nii"]["warning"] == ""
   for name, image in (("one.nii.gz", one[..., None]), ("sub/two.nii", two)):
     written = nib.load(out / name)
     source = nib.load(scans / name)
