@@ -112,10 +112,15 @@ def to_host(tree):
   return jax.device_get(tree)
 
 
+CACHE_GB = 4.0  # the compilation cache's bound unless MDX_COMPILATION_CACHE_GB says
+
+
 def enable_compilation_cache(directory: str | None = None) -> None:
   """Keeps compiled XLA programs on disk so a resumed run, --mode=eval or a second run skips
   compiling (a DenseNet-121 train step takes tens of seconds to compile on CPU).
-  MDX_COMPILATION_CACHE overrides the folder; an empty value turns the cache off."""
+  MDX_COMPILATION_CACHE overrides the folder; an empty value turns the cache off. The folder is
+  kept under MDX_COMPILATION_CACHE_GB (CACHE_GB by default) as each process starts
+  (prune_cache), so a machine that trains and serves many models does not fill its disk."""
   import os
 
   directory = os.environ.get(
@@ -124,8 +129,64 @@ def enable_compilation_cache(directory: str | None = None) -> None:
   )
   if not directory:
     return
+  given = os.environ.get("MDX_COMPILATION_CACHE_GB", "")
+  try:
+    gb = float(given) if given else CACHE_GB
+  except ValueError:
+    gb = float("nan")
+  if not 0 < gb < float("inf"):
+    raise ValueError(
+      f"MDX_COMPILATION_CACHE_GB={given!r}; give the cache's bound in GB, a positive number "
+      "(or MDX_COMPILATION_CACHE= to keep no cache)"
+    )
+  prune_cache(directory, int(gb * 2**30))
   jax.config.update("jax_compilation_cache_dir", directory)
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+
+
+def prune_cache(directory: str, max_bytes: int) -> list[str]:
+  """Deletes the files of a cache folder (and its subfolders) used least recently until they
+  total at most max_bytes; returns the paths deleted.
+
+  Last use is a file's access or modification time, whichever is later (a read refreshes the
+  access time at least daily under Linux's default relatime; mdx.inference.executables also
+  touches the programs it loads). A cache file deleted is only a cache miss: jax and
+  mdx.inference.executables compile the program again. A file another process deletes first, or
+  one that cannot be deleted, is passed over.
+  """
+  import os
+
+  files = []
+  for folder, _, names in os.walk(directory):
+    for name in names:
+      path = os.path.join(folder, name)
+      try:
+        st = os.stat(path)
+      except OSError:
+        continue
+      files.append((max(st.st_atime, st.st_mtime), st.st_size, path))
+  total = sum(size for _, size, _ in files)
+  removed = []
+  for _, size, path in sorted(files):
+    if total <= max_bytes:
+      break
+    try:
+      os.remove(path)
+    except FileNotFoundError:  # another process's prune came first
+      total -= size
+      continue
+    except OSError:
+      continue
+    total -= size
+    removed.append(path)
+  if removed:
+    logging.info(
+      "compilation cache %s: the %d files used least recently deleted to keep it under %.1f GB",
+      directory,
+      len(removed),
+      max_bytes / 2**30,
+    )
+  return removed
 
 
 # XLA:CPU (jaxlib 0.10) hands convolutions, matrix products and reductions to YNNPACK, whose

@@ -11,11 +11,12 @@ version, the device kind, compiler options, XLA_FLAGS, the host CPU's instructio
 hit is one file read and loaded.
 
 Files: <jax's compilation cache folder>/mdx_executables/<key>.xla (none when that cache is off),
-written whole (a temporary file, then a rename). XLA:CPU cannot serialize again a program jax read
-from its own cache (the copy fails when run: "Function ... not found"), so a program is stored
-only when it was compiled in this process; a stored one that fails to load or to run is deleted
-and compiled again. Loading a program runs its code: the folder must be as trusted as jax's cache
-(the user's own, ~/.cache/mdx/jax by default).
+written whole (a temporary file, then a rename), and bounded with jax's cache as a process starts
+(runtime.prune_cache: a program loaded is touched, so the least recently used go first). XLA:CPU
+cannot serialize again a program jax read from its own cache (the copy fails when run: "Function
+... not found"), so a program is stored only when it was compiled in this process; a stored one
+that fails to load or to run is deleted and compiled again. Loading a program runs its code: the
+folder must be as trusted as jax's cache (the user's own, ~/.cache/mdx/jax by default).
 """
 
 from __future__ import annotations
@@ -111,6 +112,7 @@ def _load(path: str, in_tree, out_tree) -> Callable[..., Any] | None:
   try:
     with open(path, "rb") as f:
       data = f.read()
+    os.utime(path)  # used now: runtime.prune_cache deletes the programs used least recently
   except OSError:
     return None
   try:

@@ -43,6 +43,16 @@ def test_a_stored_program_serves_the_next_process_without_compiling(tmp_path, mo
   np.testing.assert_array_equal(np.asarray(second(x() + 1)), np.asarray(fresh()(x() + 1)))
 
 
+def test_a_program_loaded_is_marked_as_used_for_the_cache_bound(tmp_path):
+  """runtime.prune_cache deletes the files used least recently: a load touches the program."""
+  executables.load_or_compile(fresh(), (x(),), {"f": "tanh"}, directory=str(tmp_path))
+  (name,) = files(tmp_path)
+  long_ago = 1.0e9
+  os.utime(tmp_path / name, (long_ago, long_ago))
+  executables.load_or_compile(fresh(), (x(),), {"f": "tanh"}, directory=str(tmp_path))
+  assert os.stat(tmp_path / name).st_mtime > long_ago + 1e8
+
+
 def test_other_facts_or_shapes_are_other_files(tmp_path):
   for facts, batch in (({"f": "tanh"}, 2), ({"f": "tanh", "v": 2}, 2), ({"f": "tanh"}, 3)):
     executables.load_or_compile(
