@@ -181,15 +181,17 @@ def training_curves_png(
   metric_label: str = "mean AUROC",
   loss_label: str = "loss",
   *,
-  ylim: tuple[float, float] | None = None,
+  ylim: tuple[float | None, float] | None = None,
   chance: float | None = None,
 ) -> tuple[str, str]:
   """Loss (left) and a validation metric (right) over training steps, from history.jsonl rows.
 
   Left: train_loss per logged batch and val_loss where the history has it. Right: `metric` and
   its per-class variants (keys '{metric}_*', e.g. val_dice_tumour) at each checkpoint; `chance`
-  draws a dotted line at a useless model's value (0.5 for AUROC). Rows without a key are skipped,
-  so a history without validation rows still draws. Returns (caption, path).
+  draws a dotted line at a useless model's value (0.5 for AUROC). ylim (low, high) bounds the
+  right axis; low None: the lowest value drawn, rounded down to a multiple of 0.05 (a Dice curve
+  that climbs from 0.84 to 0.89 is a flat line on 0-1). Rows without a key are skipped, so a
+  history without validation rows still draws. Returns (caption, path).
   """
 
   def series(key):
@@ -214,7 +216,11 @@ def training_curves_png(
     ax[1].axhline(chance, color="grey", ls=":", lw=1)
   ax[1].set(xlabel="step", ylabel=metric_label, title=f"Validation {metric_label}")
   if ylim is not None:
-    ax[1].set_ylim(*ylim)
+    low, high = ylim
+    if low is None:
+      drawn = [v for k in keys for _, v in series(k) if np.isfinite(v)]
+      low = max(0.0, np.floor(min(drawn, default=0.0) / 0.05 - 1e-9) * 0.05)
+    ax[1].set_ylim(low, high)
   if len(keys) > 1:
     ax[1].legend(fontsize=7)
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)

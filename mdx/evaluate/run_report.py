@@ -310,7 +310,7 @@ def segmentation_run_report(
     figures = []
     if history:
       _, path = plots.training_curves_png(
-        history, folder.path("curves.png"), "val_dice", "Dice", "loss", ylim=(0, 1)
+        history, folder.path("curves.png"), "val_dice", "Dice", "loss", ylim=(None, 1)
       )
       figures.append(path)
     for src in overlays:

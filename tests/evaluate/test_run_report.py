@@ -58,6 +58,24 @@ def test_training_curves_png_with_and_without_validation(
   assert open(empty, "rb").read(8) == PNG
 
 
+@pytest.mark.parametrize(
+  "values, low",
+  [((0.8468, 0.8841), 0.80), ((0.85, 0.9), 0.80), ((0.02, 0.3), 0.0), ((), 0.0)],
+)
+def test_a_lower_bound_of_none_is_the_lowest_value_drawn_rounded_down(
+  tmp_path, monkeypatch, values, low
+):
+  """ylim=(None, 1): a Dice curve climbing from 0.85 to 0.88 is drawn on 0.80-1, not 0-1; a
+  value on a multiple of 0.05 keeps a step below it; an empty history gets 0."""
+  closed = []
+  monkeypatch.setattr(plots.plt, "close", closed.append)  # keep the figure to read its axes
+  history = [{"step": 1 + n, "val_dice": v, "val_dice_a": v + 0.01} for n, v in enumerate(values)]
+  plots.training_curves_png(history, str(tmp_path / "c.png"), "val_dice", "Dice", ylim=(None, 1))
+  (figure,) = closed
+  assert figure.axes[1].get_ylim() == pytest.approx((low, 1.0))
+  figure.clf()
+
+
 def test_curves_differ_when_validation_is_drawn(tmp_path):
   a = plots.training_curves_png(_history(True, "val_auroc"), str(tmp_path / "a.png"))[1]
   b = plots.training_curves_png(_history(False, "val_auroc"), str(tmp_path / "b.png"))[1]
