@@ -3,6 +3,22 @@
 from mdx.inference import bundle as bundle_lib
 from mdx.models import registry
 
+# One calibration map of each kind a bundle carries, by finding (Platt, isotonic, none)
+CALIBRATION_MAPS = {
+  "Effusion": {"kind": "platt", "a": 1.7, "b": -0.3},
+  "Mass": {"kind": "isotonic", "x": [0.0, 0.4, 0.6, 1.0], "y": [0.1, 0.2, 0.7, 0.9]},
+  "Nodule": {"kind": "identity", "reason": "not calibrated"},
+}
+
+
+def calibration(findings) -> dict:
+  """A bundle's 'calibration' of CALIBRATION_MAPS for `findings`, as fitted on validation."""
+  return {
+    "method": "platt",
+    "fitted_on": "validation",
+    "maps": {f: CALIBRATION_MAPS[f] for f in findings},
+  }
+
 
 def write_classifier_bundle(
   path: str, findings, thresholds: dict, standardize: dict, size: int = 32, calibration=None

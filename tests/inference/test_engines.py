@@ -25,7 +25,7 @@ import sys
 import nibabel as nib
 import numpy as np
 import pytest
-from bundle_fixtures import write_classifier_bundle, write_segmenter_bundle
+from bundle_fixtures import calibration, write_classifier_bundle, write_segmenter_bundle
 from PIL import Image
 
 from mdx.data import standardize as standardize_lib
@@ -41,15 +41,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 DEPLOY = os.path.join(ROOT, "docs", "deploy_onnx.py")
 FINDINGS = ["Effusion", "Mass", "Nodule"]
 THRESHOLDS = {"Effusion": 0.5, "Mass": None, "Nodule": 0.45}
-CALIBRATION = {
-  "method": "platt",
-  "fitted_on": "validation",
-  "maps": {
-    "Effusion": {"kind": "platt", "a": 1.7, "b": -0.3},
-    "Mass": {"kind": "isotonic", "x": [0.0, 0.4, 0.6, 1.0], "y": [0.1, 0.2, 0.7, 0.9]},
-    "Nodule": {"kind": "identity", "reason": "not calibrated"},
-  },
-}
+CALIBRATION = calibration(FINDINGS)
 STANDARDIZE = {"mode": "dataset", "mean": [0.45], "std": [0.25]}
 SIZE = 32
 CSV_TOLERANCE = 2e-6  # the module docstring

@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from bundle_fixtures import write_classifier_bundle, write_segmenter_bundle
+from bundle_fixtures import calibration, write_classifier_bundle, write_segmenter_bundle
 from flax import linen as nn
 from PIL import Image
 
@@ -38,14 +38,7 @@ ort = pytest.importorskip("onnxruntime")
 
 FINDINGS = ["Effusion", "Mass"]
 THRESHOLDS = {"Effusion": 0.5, "Mass": None}
-CALIBRATION = {
-  "method": "platt",
-  "fitted_on": "validation",
-  "maps": {
-    "Effusion": {"kind": "platt", "a": 1.7, "b": -0.3},
-    "Mass": {"kind": "isotonic", "x": [0.0, 0.4, 0.6, 1.0], "y": [0.1, 0.2, 0.7, 0.9]},
-  },
-}
+CALIBRATION = calibration(FINDINGS)
 TOLERANCE = 1e-5  # the module docstring
 pytestmark = pytest.mark.xdist_group("export")  # one worker builds the exports once
 
