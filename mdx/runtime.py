@@ -113,6 +113,13 @@ def to_host(tree):
 
 
 CACHE_GB = 4.0  # the compilation cache's bound unless MDX_COMPILATION_CACHE_GB says
+EXECUTABLES_FOLDER = "mdx_executables"  # mdx.inference.executables' programs, in the cache folder
+EXECUTABLES_SUFFIX = ".xla"
+# The files of a cache folder that jax or mdx wrote, the only ones prune_cache counts or deletes
+# (the folder is the user's to choose: anything else in it is left alone). jax names an entry
+# '<function>-<hash>-cache'; a jax that names them otherwise leaves its entries unbounded, never
+# another file deleted.
+CACHE_FILES = ("*-cache", f"{EXECUTABLES_FOLDER}/*{EXECUTABLES_SUFFIX}")
 
 
 def enable_compilation_cache(directory: str | None = None) -> None:
@@ -145,26 +152,27 @@ def enable_compilation_cache(directory: str | None = None) -> None:
 
 
 def prune_cache(directory: str, max_bytes: int) -> list[str]:
-  """Deletes the files of a cache folder (and its subfolders) used least recently until they
-  total at most max_bytes; returns the paths deleted.
+  """Deletes the compiled programs of a cache folder (CACHE_FILES: jax's entries and mdx's
+  executables) used least recently until they total at most max_bytes; returns the paths deleted.
 
   Last use is a file's access or modification time, whichever is later (a read refreshes the
   access time at least daily under Linux's default relatime; mdx.inference.executables also
-  touches the programs it loads). A cache file deleted is only a cache miss: jax and
-  mdx.inference.executables compile the program again. A file another process deletes first, or
-  one that cannot be deleted, is passed over.
+  touches the programs it loads). A program deleted is only a cache miss: jax and
+  mdx.inference.executables compile it again. A file another process deletes first, or one that
+  cannot be deleted, is passed over.
   """
+  import glob
   import os
 
   files = []
-  for folder, _, names in os.walk(directory):
-    for name in names:
-      path = os.path.join(folder, name)
+  for pattern in CACHE_FILES:
+    for path in glob.glob(os.path.join(glob.escape(directory), pattern)):
       try:
         st = os.stat(path)
       except OSError:
         continue
-      files.append((max(st.st_atime, st.st_mtime), st.st_size, path))
+      if os.path.isfile(path):
+        files.append((max(st.st_atime, st.st_mtime), st.st_size, path))
   total = sum(size for _, size, _ in files)
   removed = []
   for _, size, path in sorted(files):

@@ -1,6 +1,6 @@
-"""The compilation cache's bound (mdx.runtime.prune_cache, enable_compilation_cache): the files used
-least recently go first, subfolders (mdx.inference.executables' programs) count with the rest, and
-a bad bound is one line before anything is deleted."""
+"""The compilation cache's bound (mdx.runtime.prune_cache, enable_compilation_cache): the programs
+used least recently go first, mdx.inference.executables' count with jax's, a file mdx did not write
+is never touched, and a bad bound is one line before anything is deleted."""
 
 import os
 
@@ -21,6 +21,12 @@ def _file(path, size, used):
 
 def test_the_files_used_least_recently_go_until_the_folder_fits(tmp_path):
   now = 1.7e9
+  # the user's own files in the folder are neither counted nor deleted, however old or large
+  theirs = [
+    _file(tmp_path / "notes.txt", 5000, now - 9 * DAY),
+    _file(tmp_path / "sub" / "old-cache", 5000, now - 9 * DAY),
+    _file(tmp_path / "mdx_executables" / "k.bin", 5000, now - 9 * DAY),
+  ]
   oldest = _file(tmp_path / "jit_a-cache", 400, now - 3 * DAY)
   program = _file(tmp_path / "mdx_executables" / "k.xla", 300, now - 2 * DAY)
   recent = _file(tmp_path / "jit_b-cache", 200, now - 1 * DAY)
@@ -29,14 +35,14 @@ def test_the_files_used_least_recently_go_until_the_folder_fits(tmp_path):
   # 1,000 bytes in all; a bound of 500 deletes the two used least recently (400 + 300)
   removed = runtime.prune_cache(str(tmp_path), 500)
   assert removed == [str(oldest), str(program)]
-  assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == [
-    "jit_b-cache",
-    "jit_c-cache",
-  ]
+  left = sorted(p.name for p in tmp_path.rglob("*") if p.is_file() and p not in theirs)
+  assert left == ["jit_b-cache", "jit_c-cache"]
   assert recent.exists() and read.exists()
   assert runtime.prune_cache(str(tmp_path), 300) == []  # exactly 300 left: all kept
   assert runtime.prune_cache(str(tmp_path), 299) == [str(recent)]
   assert runtime.prune_cache(str(tmp_path / "missing"), 0) == []
+  assert runtime.prune_cache(str(tmp_path), 0) == [str(read)]
+  assert all(p.exists() for p in theirs)
 
 
 @pytest.mark.parametrize("given", ["0", "-1", "lots", "inf", "nan"])

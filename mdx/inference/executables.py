@@ -33,10 +33,10 @@ import jax
 from absl import logging
 from jax.experimental import serialize_executable
 
-from mdx import outputs
+from mdx import outputs, runtime
 
-FOLDER = "mdx_executables"
-SUFFIX = ".xla"
+FOLDER = runtime.EXECUTABLES_FOLDER
+SUFFIX = runtime.EXECUTABLES_SUFFIX
 _JAX_CACHE_HIT = "/jax/compilation_cache/cache_hits"
 
 
