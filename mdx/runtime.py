@@ -119,7 +119,11 @@ EXECUTABLES_SUFFIX = ".xla"
 # (the folder is the user's to choose: anything else in it is left alone). jax names an entry
 # '<function>-<hash>-cache'; a jax that names them otherwise leaves its entries unbounded, never
 # another file deleted.
-CACHE_FILES = ("*-cache", f"{EXECUTABLES_FOLDER}/*{EXECUTABLES_SUFFIX}")
+CACHE_FILES = (
+  "*-cache",
+  f"{EXECUTABLES_FOLDER}/*{EXECUTABLES_SUFFIX}",
+  f"{EXECUTABLES_FOLDER}/.*{EXECUTABLES_SUFFIX}.*.tmp",  # outputs.atomic_path's, left by a kill
+)
 
 
 def enable_compilation_cache(directory: str | None = None) -> None:

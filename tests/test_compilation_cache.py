@@ -31,10 +31,12 @@ def test_the_files_used_least_recently_go_until_the_folder_fits(tmp_path):
   program = _file(tmp_path / "mdx_executables" / "k.xla", 300, now - 2 * DAY)
   recent = _file(tmp_path / "jit_b-cache", 200, now - 1 * DAY)
   read = _file(tmp_path / "jit_c-cache", 100, now - 4 * DAY)
+  killed = _file(tmp_path / "mdx_executables" / ".k2.xla.x1y2.tmp", 50, now - 5 * DAY)
   os.utime(read, (now, now - 4 * DAY))  # written long ago, read just now: in use
-  # 1,000 bytes in all; a bound of 500 deletes the two used least recently (400 + 300)
+  # 1,050 bytes in all; a bound of 500 deletes the three used least recently: a write a kill
+  # left (50), then 400 and 300
   removed = runtime.prune_cache(str(tmp_path), 500)
-  assert removed == [str(oldest), str(program)]
+  assert removed == [str(killed), str(oldest), str(program)]
   left = sorted(p.name for p in tmp_path.rglob("*") if p.is_file() and p not in theirs)
   assert left == ["jit_b-cache", "jit_c-cache"]
   assert recent.exists() and read.exists()
