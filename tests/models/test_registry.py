@@ -50,6 +50,7 @@ def test_densenet121_parameter_count_matches_torchvision():
   assert sum(np.prod(p.shape) for p in jax.tree.leaves(shapes["params"])) == 7_978_856
 
 
+@pytest.mark.slow  # two DenseNet gradients each: the full tier (the fast one stays under 3 min)
 @pytest.mark.parametrize("kwargs", [dict(remat=True), dict(concat="buffer")])
 def test_remat_and_buffer_concat_give_same_outputs_and_gradients(kwargs):
   x = jnp.asarray(np.random.default_rng(1).normal(size=(2, 32, 32, 3)), jnp.float32)

@@ -156,6 +156,7 @@ def test_gradient_materialized_is_the_identity():
   )
 
 
+@pytest.mark.slow  # it trains: the full tier (the fast one stays under 3 minutes)
 def test_densenet_trains_the_same_with_tuned_and_plain_ops():
   """Three SGD steps of a small DenseNet: same loss, parameters and BatchNorm statistics."""
   model = registry.create("densenet_tiny", num_classes=3)
